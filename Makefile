@@ -1,0 +1,39 @@
+# kvraft — `make run` starts a local 3-node cluster, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run run5 test lint typecheck unit sim bench chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kvraft cluster up --nodes 3
+
+run5: $(STAMP)
+	$(BIN)/kvraft cluster up --nodes 5
+
+lint: $(STAMP)
+	$(BIN)/ruff check kvraft tests benchmarks
+	$(BIN)/ruff format --check kvraft tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy kvraft
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+sim: $(STAMP)
+	$(BIN)/kvraft sim --seeds 1-2000 --nodes 5
+	$(BIN)/kvraft sim --seeds 1-2000 --nodes 3
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""kvraft: a Raft-replicated key-value store."""

@@ -1,0 +1,5 @@
+"""`python -m kvraft` works like `kvraft`."""
+
+from kvraft.cli import main
+
+main()

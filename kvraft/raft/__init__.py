@@ -1,0 +1,1 @@
+"""The pure Raft core: no IO, no clock, no global randomness."""

@@ -1,0 +1,389 @@
+"""One simulator run from one seed: a workload, a nemesis, checkers, a liveness phase.
+
+A run has two phases:
+
+1. Chaos: clients issue reads, writes, compare-and-sets and deletes while the
+   nemesis partitions the network, crashes and restarts nodes (sometimes in the
+   middle of a write), changes membership and transfers leadership, and the
+   network drops, duplicates and reorders messages. The safety checkers run
+   after every step.
+2. Liveness: every fault is healed and every node restarted. Within a bounded
+   number of ticks a leader must emerge, every member must catch up, and a
+   read of every key must succeed. Then the whole client history is checked
+   for linearizability.
+
+`run_seed` never raises for a finding: it returns a `SimResult` naming the
+violated property, so the caller can print the seed and a replay command.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvraft.linearizability import Operation, check_history
+from kvraft.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig, Role
+from kvraft.raft.messages import Configuration
+from kvraft.sim.checkers import Violation
+from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
+from kvraft.sim.network import NetworkFaults, SimNetwork, partition_links
+
+__all__ = ["ALL_FAULTS", "SimOptions", "SimResult", "run_seed"]
+
+ALL_FAULTS = frozenset(
+    {"drop", "duplicate", "delay", "partition", "crash", "torn", "membership", "transfer"}
+)
+PARTITION_SHAPES = ("isolate", "isolate_leader", "halves", "bridge", "ring")
+KEYS = ("a", "b", "c")
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """What one run does.
+
+    Fields:
+        nodes: initial voters.
+        faults: which faults the nemesis and the network use (see ALL_FAULTS).
+        chaos_ticks: length of the chaos phase.
+        liveness_ticks_max: how long the healed cluster has to recover and answer.
+        clients: concurrent client processes.
+        spares: extra nodes that start outside the cluster, for membership changes.
+        bugs: RaftConfig.bugs switches, for the tests that prove the checkers bite.
+    """
+
+    nodes: int = 5
+    faults: frozenset[str] = ALL_FAULTS
+    chaos_ticks: int = 1500
+    liveness_ticks_max: int = 400
+    clients: int = 6
+    spares: int = 2
+    bugs: frozenset[str] = frozenset()
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    violation: str | None = None
+    property_name: str | None = None
+    steps: int = 0
+    ticks: int = 0
+    operations: dict[str, int] = field(default_factory=dict)
+    elections: int = 0
+    messages: int = 0
+
+
+@dataclass(slots=True)
+class _Client:
+    process: int
+    op: ClientOp | None = None
+    idle_until: int = 0
+    counter: int = 0
+    last_read: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+
+
+class _Run:
+    def __init__(self, seed: int, options: SimOptions, trace: Callable[[str], None] | None):
+        self.seed = seed
+        self.options = options
+        self.rng = random.Random(seed)
+        faults = options.faults
+        network_faults = NetworkFaults(
+            drop_probability=0.05 if "drop" in faults else 0.0,
+            duplicate_probability=0.03 if "duplicate" in faults else 0.0,
+            delay_steps_min=1,
+            delay_steps_max=12 if "delay" in faults else 2,
+        )
+        self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), network_faults)
+        spares = options.spares if "membership" in faults else 0
+
+        def make_config(node_id: int) -> RaftConfig:
+            return RaftConfig(
+                node_id=node_id,
+                election_ticks=options.election_ticks,
+                heartbeat_ticks=options.heartbeat_ticks,
+                inflight_max=8,
+                batch_bytes_max=4096,
+                bugs=options.bugs,
+            )
+
+        self.cluster = SimCluster(
+            random.Random(self.rng.getrandbits(64)),
+            self.network,
+            options.nodes,
+            spares,
+            make_config,
+            trace,
+        )
+        if "torn" in faults and "crash" in faults:
+            self.cluster.torn_write_probability = 0.001
+        self.clients = [_Client(process) for process in range(options.clients)]
+        self.next_nemesis = TICK_STEPS * self.rng.randint(20, 60)
+        self.heal_at: int | None = None
+        self.leaders_seen: set[tuple[int, int]] = set()
+
+    # --- workload -----------------------------------------------------------------------
+
+    def drive_clients(self) -> None:
+        cluster = self.cluster
+        leader: SimNode | None = None
+        leader_known = False
+        for client in self.clients:
+            if client.op is not None:
+                if client.op.status == "pending":
+                    continue
+                self._remember(client, client.op)
+                client.op = None
+                client.idle_until = cluster.now + self.rng.randint(1, 3 * TICK_STEPS)
+            if cluster.now < client.idle_until:
+                continue
+            client.op = self._next_op(client)
+            if not leader_known:
+                leader, leader_known = cluster.leader(), True
+            if leader is not None and self.rng.random() < 0.85:
+                target = leader.id
+            else:
+                target = self.rng.choice(list(cluster.nodes))
+            cluster.submit(client.op, target, timeout_steps=40 * TICK_STEPS)
+
+    def _next_op(self, client: _Client) -> ClientOp:
+        key = self.rng.choice(KEYS)
+        roll = self.rng.random()
+        client.counter += 1
+        value = f"{client.process}-{client.counter}"
+        if roll < 0.4:
+            return ClientOp(client.process, "read", key)
+        if roll < 0.7:
+            return ClientOp(client.process, "write", key, value=value)
+        if roll < 0.9 and key in client.last_read:
+            expected, revision = client.last_read[key]
+            op = ClientOp(client.process, "cas", key, value=value, expected=expected)
+            op.revision_seen = revision
+            return op
+        return ClientOp(client.process, "delete", key)
+
+    def _remember(self, client: _Client, op: ClientOp) -> None:
+        if op.kind == "read" and op.status == "ok":
+            output = op.output if isinstance(op.output, str) else None
+            client.last_read[op.key] = (output, op.revision_seen)
+
+    # --- nemesis ------------------------------------------------------------------------
+
+    def drive_nemesis(self) -> None:
+        cluster = self.cluster
+        if self.heal_at is not None and cluster.now >= self.heal_at:
+            self.heal_at = None
+            cluster.network.heal()
+            cluster.log("nemesis: heal")
+        if cluster.now < self.next_nemesis:
+            return
+        self.next_nemesis = cluster.now + TICK_STEPS * self.rng.randint(10, 60)
+        actions = [a for a in ("partition", "crash", "membership", "transfer") if a in self.options.faults]
+        if "crash" in self.options.faults:
+            actions.append("restart")
+        if not actions:
+            return
+        action = self.rng.choice(actions)
+        getattr(self, f"_nemesis_{action}")()
+
+    def _nemesis_partition(self) -> None:
+        cluster = self.cluster
+        shape = self.rng.choice(PARTITION_SHAPES)
+        leader = cluster.leader()
+        links = partition_links(
+            shape, sorted(cluster.nodes), self.rng, leader.id if leader else None
+        )
+        cluster.network.partition(links)
+        self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(20, 120)
+        cluster.log(f"nemesis: partition {shape} ({len(links)} links cut)")
+
+    def _nemesis_crash(self) -> None:
+        cluster = self.cluster
+        alive = [n for n in cluster.nodes.values() if n.alive]
+        if not alive:
+            return
+        leader = cluster.leader()
+        roll = self.rng.random()
+        if roll < 0.4 and leader is not None:
+            victims = [leader.id]
+        elif roll < 0.55:
+            count = len(cluster.nodes) // 2 + 1  # a majority, briefly
+            victims = [n.id for n in self.rng.sample(alive, min(count, len(alive)))]
+        else:
+            victims = [self.rng.choice(alive).id]
+        for victim in victims:
+            cluster.crash(victim)
+
+    def _nemesis_restart(self) -> None:
+        for node in self.cluster.nodes.values():
+            if not node.alive:
+                self.cluster.restart(node.id)
+
+    def _nemesis_transfer(self) -> None:
+        cluster = self.cluster
+        leader = cluster.leader()
+        if leader is None:
+            return
+        voters = sorted(leader.core.log.configuration().voters - {leader.id})
+        if not voters:
+            return
+        target = self.rng.choice(voters)
+        try:
+            leader.core.transfer_leadership(target)
+        except (NotLeaderError, ProposalDroppedError) as error:
+            cluster.log(f"nemesis: transfer refused: {error}")
+            return
+        cluster.log(f"nemesis: transfer leadership n{leader.id} -> n{target}")
+        cluster._process(leader)
+
+    def _nemesis_membership(self) -> None:
+        cluster = self.cluster
+        all_nodes = set(cluster.nodes)
+        rng = self.rng
+
+        def change(current: Configuration) -> Configuration | None:
+            outsiders = sorted(all_nodes - current.members)
+            learners = sorted(current.learners)
+            voters = sorted(current.voters)
+            choices = []
+            if outsiders:
+                choices.append("add_learner")
+            if learners:
+                choices.append("promote")
+                choices.append("remove_learner")
+            if len(voters) > 3:
+                choices.append("remove_voter")
+            if not choices:
+                return None
+            choice = rng.choice(choices)
+            if choice == "add_learner":
+                return Configuration(current.voters, current.learners | {rng.choice(outsiders)})
+            if choice == "promote":
+                node = rng.choice(learners)
+                return Configuration(current.voters | {node}, current.learners - {node})
+            if choice == "remove_learner":
+                return Configuration(current.voters, current.learners - {rng.choice(learners)})
+            return Configuration(current.voters - {rng.choice(voters)}, current.learners)
+
+        cluster.change_membership(change)
+
+    # --- phases -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self.cluster.step()
+        if self.cluster.now % TICK_STEPS == 0:
+            leader = self.cluster.leader()
+            if leader is not None:
+                self.leaders_seen.add((leader.core.term, leader.id))
+
+    def run(self) -> SimResult:
+        cluster = self.cluster
+        chaos_steps = self.options.chaos_ticks * TICK_STEPS
+        log_matching_every = 50 * TICK_STEPS
+        while cluster.now < chaos_steps:
+            self.drive_nemesis()
+            self.drive_clients()
+            self.step()
+            if cluster.now % log_matching_every == 0:
+                cluster.checkers.check_log_matching(cluster.live_cores())
+        self._liveness()
+        cluster.checkers.check_log_matching(cluster.live_cores())
+        self._check_linearizable()
+        return self._result()
+
+    def _liveness(self) -> None:
+        cluster = self.cluster
+        cluster.log("liveness: heal everything, restart every node")
+        cluster.network.heal()
+        cluster.network.faults = NetworkFaults()
+        cluster.torn_write_probability = 0.0
+        for node_id in cluster.nodes:
+            cluster.restart(node_id)
+        deadline = cluster.now + self.options.liveness_ticks_max * TICK_STEPS
+        # Let the clients' last operations finish (they time out at worst).
+        while any(c.op is not None and c.op.status == "pending" for c in self.clients):
+            self.step()
+        final_reads = {key: ClientOp(len(self.clients), "read", key) for key in KEYS}
+        pending = dict(final_reads)
+        while pending or not self._caught_up():
+            if cluster.now >= deadline:
+                leader = cluster.leader()
+                raise Violation(
+                    "liveness",
+                    f"after {self.options.liveness_ticks_max} healed ticks: leader "
+                    f"{leader.id if leader else None}, reads pending {sorted(pending)}, "
+                    f"caught up {self._caught_up()}",
+                )
+            leader = cluster.leader()
+            for key, op in list(pending.items()):
+                if op.status == "ok":
+                    del pending[key]
+                elif op.status != "pending" or op.call == 0:
+                    if leader is not None:
+                        retry = ClientOp(op.process, "read", key)
+                        pending[key] = retry
+                        cluster.submit(retry, leader.id, timeout_steps=20 * TICK_STEPS)
+            self.step()
+
+    def _caught_up(self) -> bool:
+        leader = self.cluster.leader()
+        if leader is None:
+            return False
+        commit = leader.core.log.commit_index
+        return all(
+            self.cluster.nodes[member].core.log.applied_index >= commit
+            for member in leader.core.log.configuration().members
+        )
+
+    def _check_linearizable(self) -> None:
+        operations = [
+            Operation(
+                process=op.process,
+                kind=op.kind,
+                key=op.key,
+                call=op.call,
+                ret=op.ret,
+                status=op.status,
+                value=op.value,
+                expected=op.expected,
+                output=op.output,
+            )
+            for op in self.cluster.completed
+        ]
+        result = check_history(operations, time_budget_s=20.0)
+        if result.verdict != "yes":
+            raise Violation("linearizability", result.describe())
+
+    def _result(self) -> SimResult:
+        counts: dict[str, int] = {}
+        for op in self.cluster.completed:
+            counts[op.status] = counts.get(op.status, 0) + 1
+        return SimResult(
+            seed=self.seed,
+            steps=self.cluster.now,
+            ticks=self.cluster.now // TICK_STEPS,
+            operations=counts,
+            elections=len(self.leaders_seen),
+            messages=self.network.sent,
+        )
+
+
+def run_seed(
+    seed: int, options: SimOptions, trace: Callable[[str], None] | None = None
+) -> SimResult:
+    """Run one seeded simulation; a finding is returned, never raised."""
+    run = _Run(seed, options, trace)
+    try:
+        return run.run()
+    except Violation as violation:
+        result = run._result()
+        result.violation = str(violation)
+        result.property_name = violation.property_name
+        return result
+    except Exception as error:  # a crash of the core is a finding too
+        result = run._result()
+        result.violation = f"exception: {type(error).__name__}: {error}"
+        result.property_name = "exception"
+        return result
