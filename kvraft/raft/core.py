@@ -646,7 +646,10 @@ class RaftCore:
             ):
                 progress.become_probe()  # the snapshot or its answer was lost: start over
             if progress.match_index < self.log.last_index():
-                self._send_append(message.source, progress)
+                # Even with nothing new to send (next_index is past our log because the
+                # pipelined appends were lost), an empty AppendEntries draws a rejection
+                # whose hint puts the follower back on track.
+                self._send_append(message.source, progress, allow_empty=True)
             self._ack_read_round(message.source, message.read_round)
 
     # --- replication: follower side -----------------------------------------------------

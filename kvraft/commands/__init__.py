@@ -1,0 +1,1 @@
+"""Subcommands of the `kvraft` command line, one module each."""

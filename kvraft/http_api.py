@@ -1,0 +1,398 @@
+"""The HTTP API (aiohttp): the same on every node.
+
+Any node accepts any request. A follower forwards writes and linearizable reads
+to the leader itself (one hop, marked with `X-Kvraft-Forwarded` so a request is
+never forwarded twice), so plain `curl` works against any node.
+
+Errors say whose fault they were:
+- 4xx: the client's (bad key or header 400, too large 413, failed condition 412);
+- 503 + Retry-After: the cluster's, and nothing was applied (no leader, no quorum,
+  leadership lost, overloaded): retrying is safe;
+- 504 `outcome_unknown`: the write was proposed but not confirmed in time; it may
+  or may not be applied (retry with the same Idempotency-Key to be exactly-once).
+A 200 on a write means committed on a majority and applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from kvraft.server import NotLeader, OutcomeUnknown, RaftNode, Unavailable
+from kvraft.statemachine import (
+    LIST_LIMIT_MAX,
+    ApplyResult,
+    CommandError,
+    encode_delete,
+    encode_put,
+)
+
+__all__ = ["FORWARDED_HEADER", "create_app"]
+
+log = logging.getLogger("kvraft.http")
+
+FORWARDED_HEADER = "X-Kvraft-Forwarded"
+RETRY_AFTER_S = "1"
+LIST_LIMIT_DEFAULT = 100
+FORWARD_CONNECT_TIMEOUT_S = 1.0
+
+NODE_KEY: web.AppKey[RaftNode] = web.AppKey("node", RaftNode)
+SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answer: status, a stable code and a message for humans."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(error: ApiError) -> web.Response:
+    headers = {"Retry-After": RETRY_AFTER_S} if error.status == 503 else None
+    body = {"error": error.code, "message": error.message, **error.extra}
+    return _json(error.status, body, headers)
+
+
+# --- request parsing ----------------------------------------------------------------------
+
+
+def _key(request: web.Request) -> str:
+    return request.match_info["key"]
+
+
+def _parse_revision_header(value: str, header: str) -> int:
+    text = value.strip()
+    if text.startswith("W/"):
+        raise ApiError(400, "bad_request", f"{header}: weak ETags are not supported")
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not text.isdigit() or len(text) > 19:
+        raise ApiError(400, "bad_request", f'{header}: expected a revision like "42"')
+    return int(text)
+
+
+def _conditions(request: web.Request) -> tuple[int | None, bool]:
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_match is not None and if_none_match is not None:
+        raise ApiError(400, "bad_request", "use either If-Match or If-None-Match, not both")
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise ApiError(400, "bad_request", 'If-None-Match: only "*" (create if absent) is supported')
+    if_revision = _parse_revision_header(if_match, "If-Match") if if_match is not None else None
+    return if_revision, if_none_match is not None
+
+
+def _command_error(error: CommandError) -> ApiError:
+    status = 413 if str(error.code).endswith("too_large") else 400
+    return ApiError(status, str(error.code), str(error))
+
+
+BODY_KEY = "kvraft_body"
+
+
+async def _read_value(request: web.Request, value_bytes_max: int) -> bytes:
+    # Cached: a follower reads the body, learns it is not the leader, then forwards it.
+    if BODY_KEY in request:
+        cached: bytes = request[BODY_KEY]
+        return cached
+    declared = request.content_length
+    if declared is not None and declared > value_bytes_max:
+        raise ApiError(413, "value_too_large", f"value over the limit of {value_bytes_max} bytes")
+    body = bytearray()
+    while len(body) <= value_bytes_max:
+        chunk = await request.content.read(value_bytes_max + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > value_bytes_max:
+        raise ApiError(413, "value_too_large", f"value over the limit of {value_bytes_max} bytes")
+    request[BODY_KEY] = bytes(body)
+    return request[BODY_KEY]
+
+
+def _consistency(request: web.Request) -> str:
+    consistency = request.query.get("consistency", "linearizable")
+    if consistency not in ("linearizable", "stale"):
+        raise ApiError(400, "bad_request", "consistency must be linearizable or stale")
+    return consistency
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+class _Routes:
+    def __init__(self, node: RaftNode, registry: CollectorRegistry) -> None:
+        self.node = node
+        self.timeout_s = node.config.limits.request_timeout_ms / 1000
+        self.key_bytes_max = node.config.limits.key_bytes_max
+        self.value_bytes_max = node.config.limits.value_bytes_max
+        self.proposals = Counter(
+            "kvraft_proposals_total", "Client writes proposed", ["outcome"], registry=registry
+        )
+
+    def _check_key(self, key: str) -> None:
+        if not key:
+            raise ApiError(400, "bad_key", "the key must not be empty")
+        if len(key.encode("utf-8", "surrogatepass")) > self.key_bytes_max:
+            raise ApiError(413, "key_too_large", f"key over the limit of {self.key_bytes_max} bytes")
+
+    async def _propose(self, command: bytes) -> ApplyResult:
+        try:
+            result = await self.node.propose(command, self.timeout_s)
+        except OutcomeUnknown as error:
+            self.proposals.labels("unknown").inc()
+            raise ApiError(504, "outcome_unknown", str(error)) from None
+        except Unavailable as error:
+            self.proposals.labels("unavailable").inc()
+            raise ApiError(503, "unavailable", str(error)) from None
+        self.proposals.labels("ok" if result.ok else "condition_failed").inc()
+        if result.error is not None:
+            raise ApiError(400, str(result.error), result.message)
+        if result.condition_failed:
+            raise ApiError(
+                412, "condition_failed", "the condition did not hold", revision=result.revision
+            )
+        return result
+
+    async def put(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        self._check_key(key)
+        if_revision, if_absent = _conditions(request)
+        value = await _read_value(request, self.value_bytes_max)
+        try:
+            command = encode_put(
+                key,
+                value,
+                if_revision=if_revision,
+                if_absent=if_absent,
+                idempotency_key=request.headers.get("Idempotency-Key"),
+            )
+        except CommandError as error:
+            raise _command_error(error) from None
+        result = await self._propose(command)
+        return _json(200, {"revision": result.revision})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        self._check_key(key)
+        if_revision, if_absent = _conditions(request)
+        if if_absent:
+            raise ApiError(400, "bad_request", "If-None-Match is not meaningful on DELETE")
+        try:
+            command = encode_delete(
+                key,
+                if_revision=if_revision,
+                idempotency_key=request.headers.get("Idempotency-Key"),
+            )
+        except CommandError as error:
+            raise _command_error(error) from None
+        result = await self._propose(command)
+        return _json(200, {"revision": result.revision, "deleted": result.deleted})
+
+    async def _read_barrier(self, request: web.Request) -> None:
+        if _consistency(request) == "linearizable":
+            try:
+                await self.node.read_barrier(self.timeout_s)
+            except Unavailable as error:
+                raise ApiError(503, "unavailable", str(error)) from None
+
+    async def get(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        self._check_key(key)
+        await self._read_barrier(request)
+        found = self.node.state_machine.get(key)
+        if found is None:
+            raise ApiError(404, "not_found", f"no key {key!r}")
+        value, revision = found
+        return web.Response(
+            body=value,
+            content_type="application/octet-stream",
+            headers={"ETag": f'"{revision}"'},
+        )
+
+    async def list(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        start_after = request.query.get("start_after")
+        limit_text = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
+            raise ApiError(400, "bad_request", f"limit must be 1..{LIST_LIMIT_MAX}")
+        await self._read_barrier(request)
+        try:
+            items, continuation = self.node.state_machine.list(
+                prefix, int(limit_text), start_after=start_after
+            )
+        except CommandError as error:
+            raise _command_error(error) from None
+        body = {
+            "items": [
+                {"key": k, "revision": r, "value_b64": base64.b64encode(v).decode("ascii")}
+                for k, v, r in items
+            ],
+            "continuation": continuation,
+        }
+        return _json(200, body)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(200, self.node.status())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.node.is_ready():
+            return _json(200, {"ready": True})
+        raise ApiError(503, "not_ready", "no known leader, or not caught up with the commit index")
+
+
+def _node_collector(node: RaftNode) -> Any:
+    class NodeCollector:
+        def collect(self) -> Any:
+            core = node.core
+            if core is None:
+                return
+            gauges = {
+                "kvraft_term": ("Current Raft term", core.term),
+                "kvraft_commit_index": ("Highest committed log index", core.log.commit_index),
+                "kvraft_applied_index": ("Last applied log index", core.log.applied_index),
+                "kvraft_last_log_index": ("Last log index", core.log.last_index()),
+                "kvraft_is_leader": ("1 if this node is the leader", int(node.role_name() == "leader")),
+                "kvraft_leader_changes": ("Leader changes seen", node.leader_changes),
+                "kvraft_keys": ("Keys in the state machine", len(node.state_machine)),
+            }
+            for name, (help_text, value) in gauges.items():
+                family = GaugeMetricFamily(name, help_text)
+                family.add_metric([], value)
+                yield family
+
+    return NodeCollector()
+
+
+def create_app(node: RaftNode) -> web.Application:
+    """The aiohttp application of one node."""
+    registry = CollectorRegistry()
+    registry.register(_node_collector(node))
+    latency = Histogram(
+        "kvraft_request_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        registry=registry,
+    )
+    fsync = Histogram("kvraft_fsync_seconds", "Durable log write latency", registry=registry)
+    node.fsync_observer = fsync.observe
+    routes = _Routes(node, registry)
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            try:
+                response = await handler(request)
+            except NotLeader as error:
+                response = await _forward(request, error.leader_id)
+        except ApiError as error:
+            response = _error_response(error)
+        except web.HTTPException as error:
+            response = _json(error.status, {"error": "bad_request", "message": error.reason})
+        core = node.core
+        response.headers.setdefault("X-Kvraft-Node-Id", str(node.id))
+        if core is not None:
+            response.headers.setdefault("X-Kvraft-Leader-Id", str(core.leader_id))
+            response.headers.setdefault("X-Kvraft-Term", str(core.term))
+        route = request.match_info.route.resource
+        route_name = route.canonical if route is not None else "unmatched"
+        latency.labels(request.method, route_name).observe(time.perf_counter() - started)
+        return response
+
+    async def _forward(request: web.Request, leader_id: int) -> web.StreamResponse:
+        if FORWARDED_HEADER in request.headers:
+            raise ApiError(503, "unavailable", "forwarded to a node that is not the leader")
+        leader = node.peer_addresses.get(leader_id) if leader_id else None
+        if leader is None or leader_id == node.id:
+            raise ApiError(503, "unavailable", "no leader is known right now")
+        session = request.app[SESSION_KEY]
+        has_body = request.method in ("PUT", "POST")
+        body = await _read_value(request, routes.value_bytes_max) if has_body else b""
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() in ("if-match", "if-none-match", "idempotency-key", "content-type")
+        }
+        headers[FORWARDED_HEADER] = str(node.id)
+        url = f"{leader.http_url}{request.rel_url}"
+        is_write = request.method in ("PUT", "DELETE", "POST")
+        try:
+            async with session.request(
+                request.method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=routes.timeout_s + 1, sock_connect=FORWARD_CONNECT_TIMEOUT_S
+                ),
+            ) as upstream:
+                payload = await upstream.read()
+                passed = {
+                    name: value
+                    for name, value in upstream.headers.items()
+                    if name.lower() in ("etag", "retry-after", "content-type")
+                    or name.lower().startswith("x-kvraft-")
+                }
+                return web.Response(status=upstream.status, body=payload, headers=passed)
+        except aiohttp.ClientConnectorError:
+            raise ApiError(503, "unavailable", f"leader {leader_id} is unreachable") from None
+        except (TimeoutError, aiohttp.ClientError) as error:
+            if is_write:
+                raise ApiError(
+                    504, "outcome_unknown", f"lost the leader's answer ({error!r})"
+                ) from None
+            raise ApiError(503, "unavailable", f"lost the leader's answer ({error!r})") from None
+
+    async def on_startup(app: web.Application) -> None:
+        app[SESSION_KEY] = aiohttp.ClientSession()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app[SESSION_KEY].close()
+
+    app = web.Application(middlewares=[middleware], client_max_size=routes.value_bytes_max + 1)
+    app[NODE_KEY] = node
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_put("/v1/kv/{key:.+}", routes.put)
+    app.router.add_get("/v1/kv/{key:.+}", routes.get)
+    app.router.add_delete("/v1/kv/{key:.+}", routes.delete)
+    app.router.add_get("/v1/kv", routes.list)
+    app.router.add_get("/v1/status", routes.status)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,1050 @@
+"""The write-ahead log: the Raft log and the hard state in checksummed, segmented files.
+
+Theory of operation
+===================
+
+Files. The log lives in one directory as *segments* named ``<seq:020d>.wal``, numbered without
+gaps (compaction deletes the oldest, so the first number may be above 1). A segment is a
+sequence of *frames*. Every write the log makes is one ``write`` call of one or more whole
+frames, so the frame is the unit a crash can tear::
+
+    frame   = header (36 bytes, little-endian) + payload
+    header  = magic "KVWL" | payload length u32 | segment seq u64 | frame offset u64
+              | settled offset u64 | CRC32 of the header's first 32 bytes and the payload u32
+    payload = a msgpack array of records:
+      [0, format version, segment seq, last index]            START (first record of a segment)
+      [1, first index, [[term, count], ...], kinds, [data]]   ENTRIES, consecutive indexes
+      [2, term, voted_for, commit_index]                      HARD_STATE
+      [3, index, term, kept]                                  SNAPSHOT (the log was replaced)
+
+One batch (one Ready's writes: entries, then hard state) never spans frames, and batches
+queued together are written as one frame (group commit) followed by at most one fdatasync.
+
+Replay. Reading the records in order rebuilds the log:
+
+- ENTRIES starting at index j first deletes every entry >= j (suffix truncation), then appends.
+  The truncation is implied by the very record that carries the new entries, inside one
+  checksummed frame: a crash leaves either both or neither, so an old suffix can never come
+  back once its replacement was durable.
+- SNAPSHOT records the §7 decision taken when a leader's snapshot was installed: with ``kept``
+  the log held ``index`` with ``term`` and the entries after it survive; otherwise the whole log
+  was discarded. Either way the log continues at index + 1. The decision is recorded rather
+  than recomputed because compaction may have deleted the entries it was based on.
+- START carries the log's last index when the segment was created, so replay can begin at any
+  segment once older ones are compacted; the START frame also repeats the current hard state,
+  so deleting old segments never loses it. A later segment's START must agree with the log
+  replayed so far, which catches a missing or foreign segment.
+
+Torn tail versus corruption
+===========================
+
+Each frame header records its *settled offset*: how far its segment was known to be on stable
+storage (fdatasync returned; in relaxed mode, simply written) when the frame was written.
+Recovery reads every segment front to back; the first frame that is incomplete, fails its
+checksum or does not belong at its position (wrong magic, segment or offset) is *bad*:
+
+- In any segment but the last one, a bad frame is corruption: a segment is synced in full
+  before the next one is created, so nothing in it can be a torn write.
+- In the last segment, the bad frame at offset B is a *torn tail* - the remains of a write that
+  was in flight at a crash - unless it is a whole, checksummed frame at the wrong place (a
+  foreign or misnamed segment: corruption), or some valid frame later in the file says its
+  settled offset is beyond B. Such a frame proves that the bytes at B had been made durable
+  before it was written, so their damage is corruption, not a crash. The search for such
+  frames jumps from magic to magic (``bytes.find``) and checks each candidate's checksum.
+
+A torn tail is truncated (and logged with file and offset); everything after it was never
+acknowledged as durable: frames written after B without an fsync in between can legitimately
+reach the disk before B does, and dropping them loses nothing that was promised. Corruption
+raises `StorageCorruptionError` naming the file and offset; nothing is truncated. A frame whose
+checksum is good but whose records are malformed is always corruption (a crash cannot produce
+it). Damage to the frames written since the last settled offset that a later frame records
+(normally just the last frame) looks exactly like a torn write and is treated as one: no
+format can tell the two apart, because nothing written after them vouches for them.
+
+In relaxed mode (no fsync) a frame counts as settled once written, so mid-log damage is still
+refused; a power loss in that mode may then lose acknowledged writes or leave a log that is
+refused at open. A process crash (page cache intact) is safe in both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import zlib
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain, pairwise, repeat
+from pathlib import Path
+from typing import Any, NoReturn
+
+import msgpack
+
+from kvraft.raft.codec import NODE_ID_MAX
+from kvraft.raft.messages import Entry, EntryKind, HardState
+from kvraft.storage.api import StorageCorruptionError, StorageError, StorageFailedError
+from kvraft.storage.fileops import FileOps, read_whole_file, write_all
+
+__all__ = [
+    "FRAME_HEADER_BYTES",
+    "FRAME_MAGIC",
+    "INDEX_MAX",
+    "RECORD_PAYLOAD_BYTES_MAX",
+    "SEGMENT_BYTES_MAX_DEFAULT",
+    "SEGMENT_BYTES_MAX_HIGHEST",
+    "SEGMENT_BYTES_MAX_LOWEST",
+    "SEGMENT_FILE_BYTES_MAX",
+    "TERM_MAX",
+    "WAL_FORMAT_VERSION",
+    "LogState",
+    "WalBatch",
+    "WalRecovery",
+    "WriteAheadLog",
+    "prepare_batch",
+    "segment_file_name",
+]
+
+logger = logging.getLogger(__name__)
+
+WAL_FORMAT_VERSION = 1
+"""The version in every START record; any other value is refused."""
+
+FRAME_MAGIC = b"KVWL"
+"""The first bytes of every frame: what the torn-tail search looks for."""
+
+_HEADER_PREFIX = struct.Struct("<4sIQQQ")
+_HEADER_CRC = struct.Struct("<I")
+FRAME_HEADER_BYTES = _HEADER_PREFIX.size + _HEADER_CRC.size
+"""Size of a frame header (36 bytes)."""
+
+RECORD_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
+"""The largest frame payload. A header claiming more is corruption; one batch that would
+encode to more is refused (ValueError) - the core's own batch limits keep Readys far below."""
+
+SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
+"""A new segment is started once a write would take the current one past this size."""
+
+SEGMENT_BYTES_MAX_LOWEST = 4 * 1024
+"""The smallest accepted `segment_bytes_max`: smaller would make a segment per frame."""
+
+SEGMENT_BYTES_MAX_HIGHEST = 1024 * 1024 * 1024
+"""The largest accepted `segment_bytes_max`: recovery reads a whole segment into memory."""
+
+SEGMENT_FILE_BYTES_MAX = SEGMENT_BYTES_MAX_HIGHEST + FRAME_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX
+"""No segment we write can be larger (the limit plus one oversized frame); a larger file is
+refused as corruption before it is read."""
+
+INDEX_MAX = 2**63 - 1
+"""The largest log index accepted (fits the signed 64-bit integers other tools expect)."""
+
+TERM_MAX = 2**63 - 1
+"""The largest term accepted."""
+
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
+
+_START = 0
+_ENTRIES = 1
+_HARD_STATE = 2
+_SNAPSHOT = 3
+
+_KIND_BY_CODE = {kind.value: kind for kind in EntryKind}
+_KIND_CODES = bytes(sorted(_KIND_BY_CODE))
+_NORMAL = EntryKind.NORMAL
+_ENTRY_OVERHEAD_BYTES = 16
+"""Rough encoded size of an entry besides its data, for the batch size estimate."""
+
+
+def segment_file_name(seq: int) -> str:
+    """The file name of segment number `seq`."""
+    return f"{seq:020d}.wal"
+
+
+class _BadRecord(Exception):
+    """A checksummed frame whose content is malformed; becomes StorageCorruptionError."""
+
+
+# --- the shape of a log ------------------------------------------------------------------
+
+
+class LogState:
+    """The positions and terms of a log as runs of equal terms, optionally with its entries.
+
+    Recovery, the live WAL, the daemon-side mirror in `DiskStorage` and `MemoryStorage` all
+    apply the same operations through this class, so they cannot disagree about where the log
+    ends or what a truncation or an installed snapshot does.
+
+    Fields:
+        first_index: the first index the log holds (last_index + 1 when it is empty).
+        last_index: the last index (the position after a snapshot when it is empty).
+        entries: the entries first_index..last_index, or None when only the shape is kept.
+    """
+
+    __slots__ = ("_run_starts", "_run_terms", "entries", "first_index", "last_index")
+
+    def __init__(self, *, keep_entries: bool = False) -> None:
+        self.first_index = 1
+        self.last_index = 0
+        self._run_starts: list[int] = []
+        self._run_terms: list[int] = []
+        self.entries: list[Entry] | None = [] if keep_entries else None
+
+    def copy(self) -> LogState:
+        """A copy of the shape, without entries."""
+        other = LogState()
+        other.first_index = self.first_index
+        other.last_index = self.last_index
+        other._run_starts = list(self._run_starts)
+        other._run_terms = list(self._run_terms)
+        return other
+
+    def term_at(self, index: int) -> int | None:
+        """The term of entry `index`, or None if the log does not hold it."""
+        if not self.first_index <= index <= self.last_index:
+            return None
+        return self._run_terms[bisect_right(self._run_starts, index) - 1]
+
+    def check_batch(self, batch: WalBatch, floor_index: int = 0) -> None:
+        """Raise ValueError unless `batch` may be appended now (see `append`)."""
+        first = batch.first_index
+        if not batch.term_runs:
+            return
+        if first <= floor_index:
+            raise ValueError(
+                f"entry {first} is covered by the snapshot at {floor_index}: entries a snapshot "
+                "covers are committed and never rewritten"
+            )
+        if first > self.last_index + 1:
+            raise ValueError(f"entry {first} would leave a gap after entry {self.last_index}")
+        previous_term = self.term_at(first - 1)
+        if previous_term is not None and batch.term_runs[0][0] < previous_term:
+            raise ValueError(
+                f"entry {first} has term {batch.term_runs[0][0]}, below the term {previous_term} "
+                "of the entry before it"
+            )
+
+    def apply_batch(self, batch: WalBatch) -> None:
+        """Apply a batch that passed `check_batch`."""
+        if batch.term_runs:
+            entries = list(batch.entries) if self.entries is not None else None
+            self.append(batch.first_index, batch.term_runs, entries)
+
+    def append(
+        self,
+        first_index: int,
+        term_runs: Sequence[tuple[int, int]],
+        entries: list[Entry] | None = None,
+    ) -> None:
+        """Delete the entries >= first_index and append runs of (term, count) there (and
+        `entries`, when this log keeps entries)."""
+        if first_index > self.last_index + 1:
+            raise ValueError(f"entry {first_index} would leave a gap after {self.last_index}")
+        if first_index < self.first_index:
+            # Truncating below what the log holds (its prefix was compacted): start afresh.
+            self._run_starts.clear()
+            self._run_terms.clear()
+            self.first_index = first_index
+            if self.entries is not None:
+                self.entries.clear()
+        else:
+            cut = bisect_left(self._run_starts, first_index)
+            del self._run_starts[cut:]
+            del self._run_terms[cut:]
+            if self.entries is not None:
+                del self.entries[first_index - self.first_index :]
+        last = first_index - 1
+        for term, count in term_runs:
+            if not self._run_terms or self._run_terms[-1] != term:
+                self._run_starts.append(last + 1)
+                self._run_terms.append(term)
+            last += count
+        self.last_index = last
+        if self.entries is not None and entries is not None:
+            if self.entries:
+                self.entries.extend(entries)
+            else:
+                self.entries = entries  # replay hands over a fresh list: no copy
+
+    def reset(self, index: int, term: int) -> bool:
+        """Install a snapshot at (index, term) with §7's rule; returns whether the entries
+        after `index` were kept (the log held `index` with `term`)."""
+        kept = self.term_at(index) == term
+        self.apply_reset(index, kept=kept)
+        return kept
+
+    def apply_reset(self, index: int, *, kept: bool) -> None:
+        """Apply a recorded §7 decision: drop the entries through `index` (kept) or all."""
+        if kept:
+            self.drop_through(index)
+            return
+        self._run_starts.clear()
+        self._run_terms.clear()
+        self.first_index = index + 1
+        self.last_index = index
+        if self.entries is not None:
+            self.entries.clear()
+
+    def drop_through(self, index: int) -> None:
+        """Forget the entries up to `index` (covered by a snapshot); the rest stays."""
+        if index < self.first_index:
+            return
+        if index >= self.last_index:
+            self.apply_reset(index, kept=False)
+            return
+        keep_from = index + 1
+        run = bisect_right(self._run_starts, keep_from) - 1
+        self._run_starts = [keep_from, *self._run_starts[run + 1 :]]
+        self._run_terms = self._run_terms[run:]
+        if self.entries is not None:
+            del self.entries[: keep_from - self.first_index]
+        self.first_index = keep_from
+
+    def start_at(self, last_index: int) -> None:
+        """Position an empty log after `last_index` (replay starting at a compacted segment)."""
+        self.apply_reset(last_index, kept=False)
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalBatch:
+    """One Ready's log writes, validated and turned into records by `prepare_batch`.
+
+    Fields:
+        entries: the entries to append (empty: hard state only).
+        hard_state: the hard state to record after them, or None.
+        first_index, last_index: their index range (0, 0 without entries).
+        term_runs: their terms as (term, count) runs, terms rising.
+        records: the msgpack-ready records (entries first, then the hard state).
+        size_bytes: an estimate of the encoded size, for group-commit limits.
+    """
+
+    entries: tuple[Entry, ...]
+    hard_state: HardState | None
+    first_index: int
+    last_index: int
+    term_runs: tuple[tuple[int, int], ...]
+    records: tuple[list[Any], ...]
+    size_bytes: int
+
+
+def _hard_state_record(hard_state: HardState) -> list[Any]:
+    term, voted_for, commit_index = hard_state.term, hard_state.voted_for, hard_state.commit_index
+    if not (
+        type(term) is int
+        and type(voted_for) is int
+        and type(commit_index) is int
+        and 0 <= term <= TERM_MAX
+        and 0 <= voted_for <= NODE_ID_MAX
+        and 0 <= commit_index <= INDEX_MAX
+    ):
+        raise ValueError(f"hard state out of range: {hard_state!r}")
+    return [_HARD_STATE, term, voted_for, commit_index]
+
+
+def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> WalBatch:
+    """Validate one batch on its own (consecutive indexes, rising terms, known kinds, bytes
+    data, ranges) and build its records; ValueError on anything wrong. Where the batch may go
+    in the log is checked separately (`LogState.check_batch`)."""
+    records: list[list[Any]] = []
+    term_runs: list[tuple[int, int]] = []
+    size_bytes = 0
+    first_index = last_index = 0
+    if entries:
+        first_index = entries[0].index
+        if type(first_index) is not int or not 1 <= first_index <= INDEX_MAX - len(entries) + 1:
+            raise ValueError(f"entry index {first_index!r} is out of range")
+        run_term = 0
+        run_count = 0
+        expected_index = first_index
+        data_list: list[bytes] = []
+        kind_codes = bytearray()
+        for entry in entries:
+            if not isinstance(entry, Entry):
+                raise ValueError(f"not an Entry: {entry!r}")
+            if entry.index != expected_index:
+                raise ValueError(
+                    f"entries are not consecutive: {entry.index} follows {expected_index - 1}"
+                )
+            expected_index += 1
+            term = entry.term
+            if term != run_term:
+                if type(term) is not int or not run_term < term <= TERM_MAX:
+                    raise ValueError(f"entry {entry.index} has term {term!r}, after {run_term}")
+                if run_count:
+                    term_runs.append((run_term, run_count))
+                run_term = term
+                run_count = 0
+            run_count += 1
+            data = entry.data
+            if type(data) is not bytes:
+                raise ValueError(f"entry {entry.index}: data must be bytes, not {type(data)}")
+            if entry.kind not in _KIND_BY_CODE:
+                raise ValueError(f"entry {entry.index}: unknown kind {entry.kind!r}")
+            data_list.append(data)
+            kind_codes.append(entry.kind)
+            size_bytes += len(data) + _ENTRY_OVERHEAD_BYTES
+        term_runs.append((run_term, run_count))
+        last_index = expected_index - 1
+        records.append(
+            [_ENTRIES, first_index, [list(run) for run in term_runs], bytes(kind_codes), data_list]
+        )
+    if hard_state is not None:
+        if not isinstance(hard_state, HardState):
+            raise ValueError(f"not a HardState: {hard_state!r}")
+        records.append(_hard_state_record(hard_state))
+        size_bytes += 32
+    if size_bytes > RECORD_PAYLOAD_BYTES_MAX:
+        raise ValueError(
+            f"the batch would encode to about {size_bytes} bytes, more than one frame may hold "
+            f"({RECORD_PAYLOAD_BYTES_MAX}); split it"
+        )
+    return WalBatch(
+        entries=tuple(entries),
+        hard_state=hard_state,
+        first_index=first_index,
+        last_index=last_index,
+        term_runs=tuple(term_runs),
+        records=tuple(records),
+        size_bytes=size_bytes,
+    )
+
+
+# --- frames ---------------------------------------------------------------------------------
+
+
+def _encode_frame(payload: bytes, seq: int, offset: int, settled_offset: int) -> bytes:
+    prefix = _HEADER_PREFIX.pack(FRAME_MAGIC, len(payload), seq, offset, settled_offset)
+    checksum = zlib.crc32(payload, zlib.crc32(prefix))
+    return prefix + _HEADER_CRC.pack(checksum) + payload
+
+
+class _Misplaced(str):
+    """Why a frame is refused although its checksum is good: no crash writes a whole valid
+    frame at the wrong place, so this is never a torn write."""
+
+
+def _check_frame(data: bytes, view: memoryview, offset: int, seq: int) -> tuple[int, int] | str:
+    """(end offset, settled offset) of the valid frame at `offset`, or why it is not one (a
+    `_Misplaced` reason if it is a whole frame that does not belong there)."""
+    if len(data) - offset < FRAME_HEADER_BYTES:
+        return "incomplete frame header"
+    magic, length, frame_seq, frame_offset, settled = _HEADER_PREFIX.unpack_from(data, offset)
+    if magic != FRAME_MAGIC:
+        return "no frame starts here (bad magic)"
+    if length > RECORD_PAYLOAD_BYTES_MAX:
+        return f"frame header claims {length} payload bytes, more than {RECORD_PAYLOAD_BYTES_MAX}"
+    payload_start = offset + FRAME_HEADER_BYTES
+    end = payload_start + length
+    if end > len(data):
+        return "frame extends past the end of the file"
+    (checksum,) = _HEADER_CRC.unpack_from(data, offset + _HEADER_PREFIX.size)
+    header_checksum = zlib.crc32(view[offset : offset + _HEADER_PREFIX.size])
+    computed = zlib.crc32(view[payload_start:end], header_checksum)
+    if computed != checksum:
+        return "frame checksum mismatch"
+    if frame_seq != seq or frame_offset != offset or settled > offset:
+        return _Misplaced(
+            f"a valid frame of segment {frame_seq} written for offset {frame_offset} "
+            f"(settled {settled}) is at this position"
+        )
+    return end, settled
+
+
+def _settled_frame_after(data: bytes, view: memoryview, bad_offset: int, seq: int) -> int | None:
+    """The offset of a valid frame after `bad_offset` proving that `bad_offset` was settled."""
+    position = data.find(FRAME_MAGIC, bad_offset + 1)
+    while position != -1:
+        checked = _check_frame(data, view, position, seq)
+        if not isinstance(checked, str) and checked[1] > bad_offset:
+            return position
+        position = data.find(FRAME_MAGIC, position + 1)
+    return None
+
+
+# --- recovery -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalRecovery:
+    """What replaying the WAL found.
+
+    Fields:
+        hard_state: the last hard state recorded (all zero if none).
+        log: the replayed log, with its entries.
+        started: whether any segment was replayed (False: the WAL was empty or new).
+        torn_tail: (file, offset) where a torn tail was cut off, or None.
+    """
+
+    hard_state: HardState
+    log: LogState
+    started: bool
+    torn_tail: tuple[Path, int] | None
+
+
+@dataclass(slots=True)
+class _Segment:
+    seq: int
+    path: Path
+    index_max: int
+    """The highest entry or snapshot index recorded in the segment (0: none)."""
+
+
+class _Replay:
+    """Applies the records of the segments, in order, to a log."""
+
+    def __init__(self) -> None:
+        self.log = LogState(keep_entries=True)
+        self.hard_state = HardState()
+        self.started = False
+        self.index_max = 0
+
+    def frame(self, payload: memoryview, first_in_segment: bool, seq: int) -> None:
+        try:
+            records = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+        except Exception as error:  # msgpack raises many types on malformed input
+            raise _BadRecord(f"checksummed frame is not valid msgpack ({error})") from None
+        if type(records) is not list or not records:
+            raise _BadRecord("frame holds no records")
+        for position, record in enumerate(records):
+            if type(record) is not list or not record:
+                raise _BadRecord("record is not a non-empty array")
+            code = record[0]
+            if first_in_segment and position == 0:
+                if code != _START:
+                    raise _BadRecord("segment does not begin with a START record")
+                self._start(record, seq)
+            elif code == _ENTRIES:
+                self._entries(record)
+            elif code == _HARD_STATE:
+                self._hard_state(record)
+            elif code == _SNAPSHOT:
+                self._snapshot(record)
+            else:
+                raise _BadRecord(f"unexpected record type {code!r}")
+
+    def _start(self, record: list[Any], seq: int) -> None:
+        if len(record) != 4:
+            raise _BadRecord("malformed START record")
+        _, version, record_seq, last_index = record
+        if version != WAL_FORMAT_VERSION:
+            raise _BadRecord(f"unsupported WAL format version {version!r}")
+        if record_seq != seq:
+            raise _BadRecord(f"START record names segment {record_seq!r}, not {seq}")
+        if type(last_index) is not int or not 0 <= last_index <= INDEX_MAX:
+            raise _BadRecord(f"START record has last index {last_index!r}")
+        if not self.started:
+            self.log.start_at(last_index)
+            self.started = True
+        elif last_index != self.log.last_index:
+            raise _BadRecord(
+                f"segment starts after index {last_index} but the segments before it end at "
+                f"{self.log.last_index} (a segment is missing or foreign)"
+            )
+
+    def _entries(self, record: list[Any]) -> None:
+        if len(record) != 5:
+            raise _BadRecord("malformed ENTRIES record")
+        _, first, runs, kinds, data_list = record
+        if type(first) is not int or not 1 <= first <= INDEX_MAX:
+            raise _BadRecord(f"ENTRIES record starts at index {first!r}")
+        if type(data_list) is not list or type(kinds) is not bytes or type(runs) is not list:
+            raise _BadRecord("malformed ENTRIES record")
+        count = len(data_list)
+        if count == 0 or len(kinds) != count or not runs:
+            raise _BadRecord("ENTRIES record with inconsistent counts")
+        term_runs: list[tuple[int, int]] = []
+        total = 0
+        previous_term = 0
+        for run in runs:
+            if type(run) is not list or len(run) != 2:
+                raise _BadRecord("malformed term run")
+            term, run_count = run
+            if type(term) is not int or type(run_count) is not int:
+                raise _BadRecord("malformed term run")
+            if not previous_term < term <= TERM_MAX or run_count < 1:
+                raise _BadRecord(f"term run ({term}, {run_count}) out of order or range")
+            term_runs.append((term, run_count))
+            total += run_count
+            previous_term = term
+        last = first + count - 1
+        if total != count or last > INDEX_MAX:
+            raise _BadRecord("ENTRIES record with inconsistent counts")
+        if kinds.translate(None, _KIND_CODES):
+            raise _BadRecord("ENTRIES record with an unknown entry kind")
+        if set(map(type, data_list)) != {bytes}:
+            raise _BadRecord("ENTRIES record with data that is not bytes")
+        if not self.started:
+            raise _BadRecord("ENTRIES record before any START record")
+        if first > self.log.last_index + 1:
+            raise _BadRecord(
+                f"entries from {first} leave a gap after the last entry {self.log.last_index}"
+            )
+        terms: Iterable[int]
+        if len(term_runs) == 1:
+            terms = repeat(term_runs[0][0], count)
+        else:
+            terms = chain.from_iterable(repeat(term, n) for term, n in term_runs)
+        kind_objects: Iterable[EntryKind]
+        if kinds.count(0) == count:
+            kind_objects = repeat(_NORMAL, count)
+        else:
+            kind_objects = map(_KIND_BY_CODE.__getitem__, kinds)
+        entries = list(map(Entry, terms, range(first, last + 1), kind_objects, data_list))
+        self.log.append(first, term_runs, entries)
+        self.index_max = max(self.index_max, last)
+
+    def _hard_state(self, record: list[Any]) -> None:
+        if len(record) != 4:
+            raise _BadRecord("malformed HARD_STATE record")
+        _, term, voted_for, commit_index = record
+        if not (
+            type(term) is int
+            and type(voted_for) is int
+            and type(commit_index) is int
+            and 0 <= term <= TERM_MAX
+            and 0 <= voted_for <= NODE_ID_MAX
+            and 0 <= commit_index <= INDEX_MAX
+        ):
+            raise _BadRecord("HARD_STATE record out of range")
+        self.hard_state = HardState(term=term, voted_for=voted_for, commit_index=commit_index)
+
+    def _snapshot(self, record: list[Any]) -> None:
+        if len(record) != 4:
+            raise _BadRecord("malformed SNAPSHOT record")
+        _, index, term, kept = record
+        if type(index) is not int or type(term) is not int or type(kept) is not bool:
+            raise _BadRecord("malformed SNAPSHOT record")
+        if not (1 <= index <= INDEX_MAX and 1 <= term <= TERM_MAX):
+            raise _BadRecord("SNAPSHOT record out of range")
+        if kept:
+            known_term = self.log.term_at(index)
+            if index > self.log.last_index or known_term not in (None, term):
+                raise _BadRecord("SNAPSHOT record keeps entries the log does not hold")
+        self.log.apply_reset(index, kept=kept)
+        self.index_max = max(self.index_max, index)
+
+
+def _list_segments(file_ops: FileOps, directory: Path) -> list[tuple[int, Path]]:
+    segments = []
+    for name in file_ops.list_directory(directory):
+        match = _SEGMENT_NAME.match(name)
+        if match is None:
+            logger.warning("%s: ignoring a file that is not a WAL segment", directory / name)
+            continue
+        seq = int(match.group(1))
+        if seq == 0:
+            raise StorageCorruptionError(directory / name, 0, "segment number 0 is never used")
+        segments.append((seq, directory / name))
+    segments.sort()
+    for (seq, _), (next_seq, next_path) in pairwise(segments):
+        if next_seq != seq + 1:
+            raise StorageCorruptionError(
+                next_path, 0, f"segments {seq + 1}..{next_seq - 1} are missing before it"
+            )
+    return segments
+
+
+# --- the log --------------------------------------------------------------------------------
+
+
+class WriteAheadLog:
+    """The synchronous WAL over one directory; see the module docstring.
+
+    Not thread-safe: one thread (the storage writer thread, or a test) drives it. An `OSError`
+    from any file operation puts it in a failed state: that call and every later one raise
+    `StorageFailedError` (chained to the first error), and nothing more is written.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        file_ops: FileOps,
+        *,
+        fsync: bool,
+        segment_bytes_max: int,
+        segments: list[_Segment],
+        log: LogState,
+        hard_state: HardState,
+    ) -> None:
+        self._directory = directory
+        self._file_ops = file_ops
+        self._fsync = fsync
+        self._segment_bytes_max = segment_bytes_max
+        self._segments = segments
+        self._log = log
+        self._hard_state = hard_state
+        self._fd = -1
+        self._size = 0
+        self._settled = 0
+        self._has_frames = False
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    # -- opening --
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        file_ops: FileOps | None = None,
+        fsync: bool = True,
+        segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
+    ) -> tuple[WriteAheadLog, WalRecovery]:
+        """Recover the log in `directory` (created if missing) and open it for appending.
+
+        Raises `StorageCorruptionError` for damage a crash cannot explain, and
+        `StorageFailedError` if the file system fails while recovering.
+        """
+        if not SEGMENT_BYTES_MAX_LOWEST <= segment_bytes_max <= SEGMENT_BYTES_MAX_HIGHEST:
+            raise ValueError(
+                f"segment_bytes_max must be in {SEGMENT_BYTES_MAX_LOWEST}.."
+                f"{SEGMENT_BYTES_MAX_HIGHEST}, not {segment_bytes_max}"
+            )
+        file_ops = file_ops or FileOps()
+        try:
+            return cls._open(directory, file_ops, fsync, segment_bytes_max)
+        except OSError as error:
+            raise StorageFailedError(f"{directory}: recovering the WAL failed: {error}") from error
+
+    @classmethod
+    def _open(
+        cls, directory: Path, file_ops: FileOps, fsync: bool, segment_bytes_max: int
+    ) -> tuple[WriteAheadLog, WalRecovery]:
+        if file_ops.make_directory(directory) and fsync:
+            file_ops.sync_directory(directory.parent)
+        found = _list_segments(file_ops, directory)
+        replay = _Replay()
+        segments: list[_Segment] = []
+        torn_tail: tuple[Path, int] | None = None
+        active_size = 0
+        active_first_frame_end = 0
+        for position, (seq, path) in enumerate(found):
+            is_last = position == len(found) - 1
+            replay.index_max = 0
+            valid_end, first_frame_end, file_size = cls._replay_segment(
+                replay, file_ops, path, seq, is_last
+            )
+            if valid_end < file_size:
+                torn_tail = (path, valid_end)
+                cls._cut_torn_tail(file_ops, path, valid_end, file_size, fsync)
+            if valid_end == 0:
+                # Only the last segment gets here: it was being created when the node stopped.
+                file_ops.unlink(path)
+                if fsync:
+                    file_ops.sync_directory(directory)
+                continue
+            segments.append(_Segment(seq, path, replay.index_max))
+            active_size = valid_end
+            active_first_frame_end = first_frame_end
+        log = replay.log
+        recovery = WalRecovery(
+            hard_state=replay.hard_state, log=log, started=replay.started, torn_tail=torn_tail
+        )
+        wal = cls(
+            directory,
+            file_ops,
+            fsync=fsync,
+            segment_bytes_max=segment_bytes_max,
+            segments=segments,
+            log=log.copy(),
+            hard_state=replay.hard_state,
+        )
+        if segments:
+            wal._fd = file_ops.open(segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            wal._size = active_size
+            wal._has_frames = active_size > active_first_frame_end
+            if fsync:
+                # What the last process wrote may still sit in the page cache; it is reported
+                # as the recovered log, so it must be durable before anyone acts on it.
+                file_ops.sync_data(wal._fd)
+            wal._settled = active_size
+        else:
+            wal._create_segment(found[-1][0] if found else 1)
+        return wal, recovery
+
+    @staticmethod
+    def _replay_segment(
+        replay: _Replay, file_ops: FileOps, path: Path, seq: int, is_last: bool
+    ) -> tuple[int, int, int]:
+        """Replay one segment; (end of its valid frames, end of its first frame, file size)."""
+        try:
+            data = read_whole_file(file_ops, path, SEGMENT_FILE_BYTES_MAX)
+        except ValueError as error:
+            raise StorageCorruptionError(path, 0, str(error)) from None
+        view = memoryview(data)
+        size = len(data)
+        offset = 0
+        first_frame_end = 0
+        reason = ""
+        while offset < size:
+            checked = _check_frame(data, view, offset, seq)
+            if isinstance(checked, str):
+                reason = checked
+                break
+            end = checked[0]
+            try:
+                replay.frame(view[offset + FRAME_HEADER_BYTES : end], offset == 0, seq)
+            except _BadRecord as error:
+                raise StorageCorruptionError(path, offset, str(error)) from None
+            if offset == 0:
+                first_frame_end = end
+            offset = end
+        if offset == size:
+            if size == 0 and not is_last:
+                raise StorageCorruptionError(path, 0, "empty segment before the last one")
+            return size, first_frame_end, size
+        if isinstance(reason, _Misplaced):
+            raise StorageCorruptionError(path, offset, reason)
+        if not is_last:
+            raise StorageCorruptionError(
+                path,
+                offset,
+                f"{reason}, in a segment that is not the last one (it was synced in full "
+                "before the next was created, so this is not a torn write)",
+            )
+        proof = _settled_frame_after(data, view, offset, seq)
+        if proof is not None:
+            raise StorageCorruptionError(
+                path,
+                offset,
+                f"{reason}, yet the valid frame at offset {proof} records that these bytes were "
+                "already on stable storage (damage, not a torn write)",
+            )
+        return offset, first_frame_end, size
+
+    @staticmethod
+    def _cut_torn_tail(
+        file_ops: FileOps, path: Path, valid_end: int, file_size: int, fsync: bool
+    ) -> None:
+        logger.warning(
+            "%s: torn write at offset %d; cutting the last %d bytes (never acknowledged "
+            "as durable)",
+            path,
+            valid_end,
+            file_size - valid_end,
+        )
+        fd = file_ops.open(path, os.O_WRONLY)
+        try:
+            file_ops.truncate(fd, valid_end)
+            if fsync:
+                file_ops.sync_data(fd)
+        finally:
+            file_ops.close(fd)
+
+    # -- reading the state --
+
+    @property
+    def log(self) -> LogState:
+        """The log's shape as written so far (read-only: do not mutate)."""
+        return self._log
+
+    @property
+    def hard_state(self) -> HardState:
+        """The last hard state written."""
+        return self._hard_state
+
+    @property
+    def segment_paths(self) -> list[Path]:
+        """The segment files, oldest first."""
+        return [segment.path for segment in self._segments]
+
+    # -- writing --
+
+    def append(
+        self, entries: Sequence[Entry], hard_state: HardState | None = None, *, sync: bool = True
+    ) -> None:
+        """Write one batch (see `append_batches`)."""
+        self.append_batches([prepare_batch(entries, hard_state)], sync=sync)
+
+    def append_batches(self, batches: Sequence[WalBatch], *, sync: bool) -> None:
+        """Write batches in order with one write call (one frame unless they exceed a frame,
+        or a segment fills up) and, when `sync` and fsync is on, one fdatasync.
+
+        Raises ValueError (nothing written) if a batch does not fit the log: its first index
+        must be at most `log.last_index + 1`. With no records and `sync`, this is a barrier
+        that makes earlier unsynced writes durable.
+        """
+        self._check_usable()
+        probe = self._log.copy()
+        for batch in batches:
+            probe.check_batch(batch)
+            probe.apply_batch(batch)
+        hard_states = [batch.hard_state for batch in batches if batch.hard_state is not None]
+        try:
+            payloads = self._payloads(batches)
+            self._write_payloads(payloads, sync=sync)
+        except OSError as error:
+            self._fail(error)
+        self._log = probe
+        if hard_states:
+            self._hard_state = hard_states[-1]
+
+    def record_snapshot(self, index: int, term: int, *, sync: bool = True) -> bool:
+        """Record that a snapshot at (index, term) replaced the log (§7) and return whether
+        the entries after `index` were kept (the log held `index` with `term`)."""
+        self._check_usable()
+        if type(index) is not int or type(term) is not int:
+            raise ValueError("snapshot index and term must be integers")
+        if not (1 <= index <= INDEX_MAX and 1 <= term <= TERM_MAX):
+            raise ValueError(f"snapshot ({index}, {term}) out of range")
+        probe = self._log.copy()
+        kept = probe.reset(index, term)
+        payload = self._packer.pack([[_SNAPSHOT, index, term, kept]])
+        try:
+            self._write_payloads([(payload, index)], sync=sync)
+        except OSError as error:
+            self._fail(error)
+        self._log = probe
+        return kept
+
+    def sync(self) -> None:
+        """Make everything written so far durable (a no-op in relaxed mode)."""
+        self.append_batches([], sync=True)
+
+    def compact(self, index: int) -> int:
+        """Delete the oldest segments whose entries are all <= `index` (never the segment
+        being written); returns how many were deleted. The caller makes sure a durable
+        snapshot covers `index`."""
+        self._check_usable()
+        deleted = 0
+        try:
+            while len(self._segments) > 1 and self._segments[0].index_max <= index:
+                # Oldest first, so a crash half-way still leaves a gap-free run of segments.
+                self._file_ops.unlink(self._segments[0].path)
+                del self._segments[0]
+                deleted += 1
+            if deleted and self._fsync:
+                self._file_ops.sync_directory(self._directory)
+        except OSError as error:
+            self._fail(error)
+        return deleted
+
+    def close(self) -> None:
+        """Close the active segment. Writes nothing: every acknowledged write is already where
+        it will be after a crash, so closing and crashing leave the same bytes."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                self._file_ops.close(fd)
+            except OSError as error:
+                if self._failure is None:
+                    self._fail(error)
+
+    # -- internals --
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise StorageFailedError(f"{self._directory}: the WAL failed earlier") from (
+                self._failure
+            )
+        if self._closed:
+            raise StorageError(f"{self._directory}: the WAL is closed")
+
+    def _fail(self, error: OSError) -> NoReturn:
+        if self._failure is None:
+            self._failure = error
+            logger.error("%s: disk failure, the WAL stops: %s", self._directory, error)
+        raise StorageFailedError(f"{self._directory}: disk failure: {error}") from error
+
+    def _payloads(self, batches: Sequence[WalBatch]) -> list[tuple[bytes, int]]:
+        """Frame payloads (each with the highest index it records), split at batch
+        boundaries only when one frame would exceed RECORD_PAYLOAD_BYTES_MAX."""
+        pack = self._packer.pack
+        payloads: list[tuple[bytes, int]] = []
+        parts: list[bytes] = []
+        record_count = 0
+        part_bytes = 0
+        index_max = 0
+        for batch in batches:
+            if not batch.records:
+                continue
+            packed = b"".join(pack(record) for record in batch.records)
+            if len(packed) > RECORD_PAYLOAD_BYTES_MAX - 5:  # 5: the array header at most
+                raise ValueError(
+                    f"a batch encodes to {len(packed)} bytes, more than a frame may hold"
+                )
+            if parts and part_bytes + len(packed) > RECORD_PAYLOAD_BYTES_MAX - 5:
+                payloads.append(
+                    (self._packer.pack_array_header(record_count) + b"".join(parts), index_max)
+                )
+                parts, record_count, part_bytes, index_max = [], 0, 0, 0
+            parts.append(packed)
+            record_count += len(batch.records)
+            part_bytes += len(packed)
+            index_max = max(index_max, batch.last_index)
+        if parts:
+            payloads.append(
+                (self._packer.pack_array_header(record_count) + b"".join(parts), index_max)
+            )
+        return payloads
+
+    def _write_payloads(self, payloads: list[tuple[bytes, int]], *, sync: bool) -> None:
+        pending: list[bytes] = []
+        pending_bytes = 0
+        for payload, index_max in payloads:
+            frame_bytes = FRAME_HEADER_BYTES + len(payload)
+            over = self._size + pending_bytes + frame_bytes > self._segment_bytes_max
+            if over and (self._has_frames or pending):
+                self._flush(pending)
+                pending, pending_bytes = [], 0
+                self._roll()
+            pending.append(
+                _encode_frame(
+                    payload, self._segments[-1].seq, self._size + pending_bytes, self._settled
+                )
+            )
+            pending_bytes += frame_bytes
+            segment = self._segments[-1]
+            segment.index_max = max(segment.index_max, index_max)
+        self._flush(pending)
+        if sync and self._fsync and self._settled < self._size:
+            self._file_ops.sync_data(self._fd)
+            self._settled = self._size
+
+    def _flush(self, frames: list[bytes]) -> None:
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        write_all(self._file_ops, self._fd, data)
+        self._size += len(data)
+        self._has_frames = True
+        if not self._fsync:
+            # Relaxed mode never syncs: written is as settled as it gets, and treating it so
+            # keeps mid-log damage detectable.
+            self._settled = self._size
+
+    def _roll(self) -> None:
+        """Close the full segment (synced in full: no torn writes before the last segment)
+        and start the next one."""
+        if self._fsync and self._settled < self._size:
+            self._file_ops.sync_data(self._fd)
+        fd, self._fd = self._fd, -1
+        self._file_ops.close(fd)
+        self._create_segment(self._segments[-1].seq + 1)
+
+    def _create_segment(self, seq: int) -> None:
+        path = self._directory / segment_file_name(seq)
+        self._fd = self._file_ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        self._segments.append(_Segment(seq, path, 0))
+        payload = self._packer.pack(
+            [
+                [_START, WAL_FORMAT_VERSION, seq, self._log.last_index],
+                _hard_state_record(self._hard_state),
+            ]
+        )
+        frame = _encode_frame(payload, seq, 0, 0)
+        write_all(self._file_ops, self._fd, frame)
+        self._size = len(frame)
+        self._has_frames = False
+        if self._fsync:
+            self._file_ops.sync_data(self._fd)
+            self._file_ops.sync_directory(self._directory)
+        self._settled = self._size

@@ -1,0 +1,959 @@
+"""Moves opaque payloads between kvraft nodes over TCP, with asyncio.
+
+Theory of operation
+-------------------
+Every connection is one-way. A node *dials* each peer for its own sends and
+*accepts* connections on which it only receives; so there is never a question
+of which side owns a connection, and a link that iptables cuts in one
+direction fails in that direction only.
+
+Sending. `send` never awaits: it appends the payload to the peer's bounded
+queue and wakes that queue's writer task, or returns False and drops the
+payload when the queue is full (Raft tolerates lost messages and resends what
+matters, §5.3). Each peer has two lanes, each with its own queue, writer task
+and TCP connection: the normal lane for votes, appends and heartbeats, and a
+bulk lane (connected on first use) for large payloads such as InstallSnapshot,
+so that a heartbeat never waits behind a snapshot's megabytes (which would let
+the follower's election timer fire). A writer takes everything queued,
+writes it with one `write` of the joined frames and awaits the drain. On a quiet
+connection it sends an empty keepalive frame so the listener's idle timeout
+does not close a healthy link. A writer that cannot connect retries with
+jittered exponential backoff (randomness from the injected `random.Random`)
+and discards what was queued meanwhile: by the time the peer is back it would
+be stale. Outbound sockets bind their source address to this node's listen
+host, so per-address firewall rules between 127.0.0.x addresses cut exactly
+one link.
+
+Receiving. The listener feeds each connection's bytes to a sans-IO
+`InboundConnection` (see `frames`): the peer must send its handshake within
+`handshake_timeout_s`, then frames; a connection that is silent for
+`idle_timeout_s` is closed. Garbage, an oversized frame or a refused handshake
+closes that one connection and is logged with the peer's address and the
+reason; the node carries on. Payloads are handed to `on_message(node_id,
+payload)` synchronously, in arrival order, from the event loop.
+
+Nagle's algorithm is off on both sides: Raft messages are small and latency
+bound, and the writer already batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from kvraft.transport.frames import (
+    CLUSTER_ID_BYTES_MAX,
+    FRAME_BYTES_MAX,
+    HANDSHAKE_BYTES_MAX,
+    KEEPALIVE_FRAME,
+    NODE_ID_MAX,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    FrameError,
+    Handshake,
+    HandshakeError,
+    HandshakeReply,
+    InboundConnection,
+    decode_handshake_reply,
+    encode_frame,
+    encode_handshake,
+    encode_handshake_reply,
+)
+
+__all__ = [
+    "BULK_QUEUE_BYTES_MAX",
+    "BULK_QUEUE_MESSAGES_MAX",
+    "CONNECT_TIMEOUT_S",
+    "DRAIN_TIMEOUT_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "IDLE_TIMEOUT_S",
+    "INBOUND_CONNECTIONS_MAX",
+    "KEEPALIVE_INTERVAL_S",
+    "PEER_QUEUE_BYTES_MAX",
+    "PEER_QUEUE_MESSAGES_MAX",
+    "RECONNECT_DELAY_S_MAX",
+    "RECONNECT_DELAY_S_MIN",
+    "REFUSAL_LOG_KEYS_MAX",
+    "PeerTransport",
+    "TransportConfig",
+    "reconnect_delay_s",
+]
+
+logger = logging.getLogger(__name__)
+
+PEER_QUEUE_MESSAGES_MAX = 4096
+"""The most payloads waiting for one peer's normal lane; more are dropped. Generous next to
+what the core keeps in flight per peer, so drops mean the peer is not keeping up."""
+
+PEER_QUEUE_BYTES_MAX = 16 * 1024 * 1024
+"""The most payload bytes waiting for one peer's normal lane. A single payload larger than
+this is still accepted into an empty queue, so every payload that fits a frame can go."""
+
+BULK_QUEUE_MESSAGES_MAX = 2
+"""The most payloads waiting for one peer's bulk lane: snapshots are resent by the core when
+needed, so holding more than the next one only wastes memory."""
+
+BULK_QUEUE_BYTES_MAX = 2 * FRAME_BYTES_MAX
+"""The most payload bytes waiting for one peer's bulk lane: two full frames."""
+
+CONNECT_TIMEOUT_S = 2.0
+"""How long one TCP connect may take before the attempt counts as failed."""
+
+HANDSHAKE_TIMEOUT_S = 5.0
+"""How long an accepted connection may take to deliver its handshake (and a dialer to get
+the reply). Bytes arriving do not extend it, so a slow-loris peer is cut off here."""
+
+KEEPALIVE_INTERVAL_S = 1.0
+"""After this long without a payload to send, a writer sends an empty keepalive frame."""
+
+IDLE_TIMEOUT_S = 5.0
+"""An accepted connection that receives nothing for this long is closed: dead or stuck.
+Several keepalive intervals (and many heartbeat intervals) so a healthy peer never hits it."""
+
+DRAIN_TIMEOUT_S = 30.0
+"""The longest one batch may take to drain to the kernel; a peer that reads slower than
+that (a 64 MiB snapshot at ~2 MB/s) is treated as dead and the connection is redone."""
+
+RECONNECT_DELAY_S_MIN = 0.05
+"""The backoff before the first reconnect attempt (before jitter)."""
+
+RECONNECT_DELAY_S_MAX = 2.0
+"""The backoff cap (before jitter): an unreachable peer is retried at least this often."""
+
+INBOUND_CONNECTIONS_MAX = 256
+"""The most accepted connections open at once (two per peer for up to 64 members, plus
+transient reconnects); beyond it new connections are closed at once."""
+
+REFUSAL_LOG_KEYS_MAX = 256
+"""How many (peer host, reason) pairs of refused handshakes are remembered so that a
+misconfigured peer retrying forever is logged at WARNING once, then at DEBUG."""
+
+_LaneName = Literal["normal", "bulk"]
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """The limits and timeouts of one `PeerTransport`; defaults are the module constants.
+
+    Fields (see the constant of the same name in capitals for each one's reason):
+        frame_bytes_max: the largest payload sent or accepted.
+        queue_messages_max, queue_bytes_max: the normal lane's queue bounds, per peer.
+        bulk_queue_messages_max, bulk_queue_bytes_max: the bulk lane's queue bounds, per peer.
+        connect_timeout_s, handshake_timeout_s, idle_timeout_s, keepalive_interval_s,
+        drain_timeout_s: as their constants.
+        reconnect_delay_s_min, reconnect_delay_s_max: the backoff range before jitter.
+        inbound_connections_max: the most accepted connections open at once.
+        bind_source_address: bind outbound sockets to the listen host (unless it is a
+            wildcard address), so firewall rules per source address cut single links.
+    """
+
+    frame_bytes_max: int = FRAME_BYTES_MAX
+    queue_messages_max: int = PEER_QUEUE_MESSAGES_MAX
+    queue_bytes_max: int = PEER_QUEUE_BYTES_MAX
+    bulk_queue_messages_max: int = BULK_QUEUE_MESSAGES_MAX
+    bulk_queue_bytes_max: int = BULK_QUEUE_BYTES_MAX
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    reconnect_delay_s_min: float = RECONNECT_DELAY_S_MIN
+    reconnect_delay_s_max: float = RECONNECT_DELAY_S_MAX
+    inbound_connections_max: int = INBOUND_CONNECTIONS_MAX
+    bind_source_address: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frame_bytes_max < 1:
+            raise ValueError("frame_bytes_max must be positive")
+        if min(self.queue_messages_max, self.bulk_queue_messages_max) < 1:
+            raise ValueError("queues must hold at least one message")
+        if not 0 < self.keepalive_interval_s < self.idle_timeout_s:
+            raise ValueError(
+                "keepalive_interval_s must be positive and below idle_timeout_s, "
+                "or healthy idle connections would be closed"
+            )
+        if not 0 < self.reconnect_delay_s_min <= self.reconnect_delay_s_max:
+            raise ValueError("need 0 < reconnect_delay_s_min <= reconnect_delay_s_max")
+        positive = (self.connect_timeout_s, self.handshake_timeout_s, self.drain_timeout_s)
+        if min(positive) <= 0 or self.inbound_connections_max < 1:
+            raise ValueError("timeouts and inbound_connections_max must be positive")
+
+
+def reconnect_delay_s(attempt: int, rng: random.Random, config: TransportConfig) -> float:
+    """The wait before reconnect attempt `attempt` (0 = the first retry).
+
+    Exponential from `reconnect_delay_s_min`, capped at `reconnect_delay_s_max`, then scaled
+    by a random factor in [0.5, 1]: the jitter keeps nodes that lost a peer at the same
+    moment from retrying in lockstep, and the floor of one half keeps the backoff real.
+    """
+    exponent = min(attempt, 32)  # 2**32 times any sane minimum is past any sane maximum
+    base_s = min(config.reconnect_delay_s_max, config.reconnect_delay_s_min * 2.0**exponent)
+    return base_s * rng.uniform(0.5, 1.0)
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle off: small Raft messages must not wait for an ACK to be sent."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class _ConnectFailed(Exception):
+    """A connection attempt failed; the message says why, for the reachability log."""
+
+
+# --- outbound ------------------------------------------------------------------------------
+
+
+class _OutboundProtocol(asyncio.Protocol):
+    """One dialed connection: waits for the handshake reply, then only writes."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(HANDSHAKE_BYTES_MAX)
+        loop = asyncio.get_running_loop()
+        # None when accepted, otherwise the reason; never an exception, so an attempt
+        # abandoned mid-handshake leaves no "exception never retrieved" behind.
+        self.reply: asyncio.Future[str | None] = loop.create_future()
+        self.lost_reason: str | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        _set_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reply.done():
+            self.abort("peer sent data on a send-only connection")
+            return
+        try:
+            frames = self._decoder.feed(data)
+            if not frames:
+                return
+            if len(frames) > 1:
+                raise HandshakeError("peer sent data after its handshake reply")
+            reply = decode_handshake_reply(frames[0])
+        except (FrameError, HandshakeError) as error:
+            self.abort(f"bad handshake reply: {error}")
+            return
+        self.reply.set_result(None if reply.accepted else f"refused by peer: {reply.reason}")
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost_reason is None:
+            self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+        if not self.reply.done():
+            self.reply.set_result(self.lost_reason)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError(self.lost_reason))
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark again."""
+        if self.lost_reason is not None:
+            raise ConnectionResetError(self.lost_reason)
+        if not self._write_paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    def abort(self, reason: str) -> None:
+        """Close at once, discarding unsent bytes (we never need them after a failure)."""
+        if self.lost_reason is None:
+            self.lost_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _Outbound:
+    """One lane to one peer: a bounded queue and the writer task that empties it."""
+
+    STAT_KEYS: ClassVar[tuple[str, ...]] = (
+        "sent_messages",
+        "sent_bytes",
+        "dropped_messages",
+        "queued_messages",
+        "queued_bytes",
+        "connects",
+        "connect_failures",
+        "disconnects",
+        "connected",
+    )
+
+    def __init__(
+        self,
+        owner: PeerTransport,
+        peer: _Peer,
+        lane: _LaneName,
+        messages_max: int,
+        bytes_max: int,
+    ) -> None:
+        self._owner = owner
+        self._peer = peer
+        self.lane: _LaneName = lane
+        self._messages_max = messages_max
+        self._bytes_max = bytes_max
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._address_changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._protocol: _OutboundProtocol | None = None
+        self._reachable: bool | None = None
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        self.dropped_messages = 0
+        self.connects = 0
+        self.connect_failures = 0
+        self.disconnects = 0
+
+    # The event loop thread is the only caller of everything here, so no locks.
+
+    def offer(self, payload: bytes) -> bool:
+        if self._task is None:
+            self.dropped_messages += 1
+            return False
+        fits = (
+            len(self._queue) < self._messages_max
+            and self._queued_bytes + len(payload) <= self._bytes_max
+        )
+        if self._queue and not fits:  # an empty queue takes any frame-sized payload
+            self.dropped_messages += 1
+            return False
+        self._queue.append(payload)
+        self._queued_bytes += len(payload)
+        self._wakeup.set()
+        return True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"kvraft-transport-{self._peer.node_id}-{self.lane}"
+            )
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop the writer, close the connection and drop the queue, without waiting.
+
+        Returns the cancelled writer task (if any) for the caller to await.
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        if self._protocol is not None:
+            self._protocol.abort("transport stopped")
+            self._protocol = None
+        self._discard_queue(count_as_dropped=False)
+        return task
+
+    def address_changed(self) -> None:
+        self._address_changed.set()
+        self._wakeup.set()
+
+    def stats(self) -> dict[str, int]:
+        """The lane's counters, keyed as in `STAT_KEYS`."""
+        return {
+            "sent_messages": self.sent_messages,
+            "sent_bytes": self.sent_bytes,
+            "dropped_messages": self.dropped_messages,
+            "queued_messages": len(self._queue),
+            "queued_bytes": self._queued_bytes,
+            "connects": self.connects,
+            "connect_failures": self.connect_failures,
+            "disconnects": self.disconnects,
+            "connected": int(self._protocol is not None and self._reachable is True),
+        }
+
+    def _discard_queue(self, *, count_as_dropped: bool) -> None:
+        if count_as_dropped:
+            self.dropped_messages += len(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def _report(self, reachable: bool, detail: str) -> None:
+        """Log a change of reachability once, not on every retry."""
+        if self._reachable == reachable:
+            return
+        self._reachable = reachable
+        host, port = self._peer.address
+        # The bulk lane's state only matters when the normal lane's does not tell the story.
+        level = logging.DEBUG if self.lane == "bulk" else None
+        if reachable:
+            logger.log(
+                level or logging.INFO,
+                "peer %d at %s:%d reachable (%s lane)",
+                self._peer.node_id,
+                host,
+                port,
+                self.lane,
+            )
+        else:
+            logger.log(
+                level or logging.WARNING,
+                "peer %d at %s:%d unreachable (%s lane): %s",
+                self._peer.node_id,
+                host,
+                port,
+                self.lane,
+                detail,
+            )
+
+    async def _run(self) -> None:
+        config = self._owner.config
+        attempt = 0
+        while True:
+            try:
+                attempt = await self._connect_and_pump(attempt)
+            except Exception:
+                # A bug, not a network failure: say so loudly, but keep the lane alive.
+                logger.exception(
+                    "writer for peer %d (%s lane) failed", self._peer.node_id, self.lane
+                )
+                if self._protocol is not None:
+                    self._protocol.abort("writer failed")
+                    self._protocol = None
+                attempt += 1
+            else:
+                if attempt == 0:
+                    continue  # the address changed: dial the new one at once
+            delay_s = reconnect_delay_s(attempt - 1, self._owner.rng, config)
+            try:
+                async with asyncio.timeout(delay_s):
+                    await self._address_changed.wait()
+            except TimeoutError:
+                pass
+
+    async def _connect_and_pump(self, attempt: int) -> int:
+        """Make one connection and write until it ends. Returns the backoff attempt count for
+        the next wait: 0 to dial again at once (the address changed), else at least 1."""
+        self._address_changed.clear()
+        address = self._peer.address
+        try:
+            protocol = await self._connect(address)
+        except _ConnectFailed as error:
+            self.connect_failures += 1
+            self._report(False, str(error))
+            # Whatever waited for this peer is stale by the time it is back.
+            self._discard_queue(count_as_dropped=True)
+            return attempt + 1
+        self.connects += 1
+        self._report(True, "")
+        try:
+            reason = await self._pump(protocol, address)
+        finally:
+            protocol.abort("writer finished")
+            self._protocol = None
+        if reason is None:
+            return 0
+        self.disconnects += 1
+        self._report(False, reason)
+        return 1  # a short pause: the peer may be restarting
+
+    async def _connect(self, address: tuple[str, int]) -> _OutboundProtocol:
+        config = self._owner.config
+        host, port = address
+        loop = asyncio.get_running_loop()
+        local_host = self._owner.listen_host
+        bind = config.bind_source_address and local_host not in _WILDCARD_HOSTS
+        wake = self._wakeup.set
+        try:
+            async with asyncio.timeout(config.connect_timeout_s):
+                _, protocol = await loop.create_connection(
+                    lambda: _OutboundProtocol(on_lost=wake),
+                    host,
+                    port,
+                    local_addr=(local_host, 0) if bind else None,
+                )
+        except TimeoutError:
+            raise _ConnectFailed(f"connect timed out after {config.connect_timeout_s} s") from None
+        except (OSError, ValueError) as error:  # ValueError: e.g. an unencodable host name
+            raise _ConnectFailed(f"connect failed: {error}") from None
+        self._protocol = protocol  # from here on, stop() can abort it
+        handshake = Handshake(
+            protocol_version=PROTOCOL_VERSION,
+            cluster_id=self._owner.cluster_id,
+            node_id=self._owner.node_id,
+            target_node_id=self._peer.node_id,
+        )
+        protocol.write(encode_frame(encode_handshake(handshake)))
+        try:
+            async with asyncio.timeout(config.handshake_timeout_s):
+                failure = await protocol.reply
+        except TimeoutError:
+            failure = f"no handshake reply within {config.handshake_timeout_s} s"
+        if failure is not None:
+            protocol.abort(failure)
+            self._protocol = None
+            raise _ConnectFailed(failure)
+        return protocol
+
+    async def _pump(self, protocol: _OutboundProtocol, address: tuple[str, int]) -> str | None:
+        """Write until the connection fails (return why) or the address changes (None)."""
+        config = self._owner.config
+        while True:
+            if protocol.lost_reason is not None:
+                return protocol.lost_reason
+            if self._peer.address != address:
+                return None
+            if not self._queue:
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(config.keepalive_interval_s):
+                        await self._wakeup.wait()
+                    continue
+                except TimeoutError:
+                    batch = KEEPALIVE_FRAME
+                    count = size = 0
+            else:
+                parts: list[bytes] = []
+                size = self._queued_bytes
+                count = len(self._queue)
+                for payload in self._queue:
+                    parts.append(len(payload).to_bytes(4, "big"))
+                    parts.append(payload)
+                self._discard_queue(count_as_dropped=False)
+                batch = b"".join(parts)
+            protocol.write(batch)
+            try:
+                async with asyncio.timeout(config.drain_timeout_s):
+                    await protocol.drain()
+            except TimeoutError:
+                self.dropped_messages += count
+                return f"peer did not read a batch within {config.drain_timeout_s} s"
+            except ConnectionError as error:
+                self.dropped_messages += count
+                return str(error) or "connection lost"
+            self.sent_messages += count
+            self.sent_bytes += size
+
+
+class _Peer:
+    """Where a peer listens, and its two outbound lanes."""
+
+    def __init__(self, owner: PeerTransport, node_id: int, address: tuple[str, int]) -> None:
+        config = owner.config
+        self.node_id = node_id
+        self.address = address
+        self.normal = _Outbound(
+            owner, self, "normal", config.queue_messages_max, config.queue_bytes_max
+        )
+        self.bulk = _Outbound(
+            owner, self, "bulk", config.bulk_queue_messages_max, config.bulk_queue_bytes_max
+        )
+
+    def cancel(self) -> list[asyncio.Task[None]]:
+        """Cancel both lanes; returns their writer tasks to await."""
+        return [task for task in (self.normal.cancel(), self.bulk.cancel()) if task is not None]
+
+
+# --- inbound -------------------------------------------------------------------------------
+
+
+class _InboundProtocol(asyncio.Protocol):
+    """One accepted connection: handshake, then frames handed to `on_message`."""
+
+    def __init__(self, owner: PeerTransport) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._receiver = InboundConnection(
+            cluster_id=owner.cluster_id,
+            node_id=owner.node_id,
+            is_known_peer=owner.is_known_peer,
+            frame_bytes_max=owner.config.frame_bytes_max,
+        )
+        self._peer_address = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_receive_time = 0.0
+        self._closed = False
+
+    @property
+    def peer_node_id(self) -> int | None:
+        handshake = self._receiver.handshake
+        return None if handshake is None else handshake.node_id
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._peer_address = _format_address(transport.get_extra_info("peername"))
+        owner = self._owner
+        if not owner._accepting:
+            # Accepted just before `stop` closed the server: nobody would close it later.
+            self._closed = True
+            transport.abort()
+            return
+        if len(owner._inbound) >= owner.config.inbound_connections_max:
+            owner._counters["connection_limit_refusals"] += 1
+            logger.warning(
+                "closing connection from %s: already %d inbound connections",
+                self._peer_address,
+                len(owner._inbound),
+            )
+            self._closed = True
+            transport.abort()
+            return
+        owner._inbound.add(self)
+        owner._counters["accepted_connections"] += 1
+        _set_nodelay(transport)
+        self._timer = self._loop.call_later(
+            owner.config.handshake_timeout_s, self._on_handshake_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._last_receive_time = self._loop.time()
+        had_handshake = self._receiver.handshake is not None
+        try:
+            payloads = self._receiver.receive_data(data)
+        except HandshakeError as error:
+            self._refuse(str(error))
+            return
+        except FrameError as error:
+            self._owner._counters["frame_errors"] += 1
+            self._close(logging.WARNING, f"bad frame: {error}")
+            return
+        handshake = self._receiver.handshake
+        if handshake is None:
+            return
+        node_id = handshake.node_id
+        if not had_handshake:
+            self._accept(node_id)
+        elif not self._owner.is_known_peer(node_id):
+            # Membership is asked on every read, so a removed node is cut off at once.
+            self._close(logging.INFO, f"node {node_id} is no longer a member")
+            return
+        received = self._owner._received.setdefault(node_id, [0, 0])
+        received[1] += len(data)
+        on_message = self._owner.on_message
+        for payload in payloads:
+            received[0] += 1
+            try:
+                on_message(node_id, payload)
+            except Exception:
+                # A bug in the handler, maybe triggered by this peer's bytes: losing this
+                # connection is recoverable, losing the event loop is not.
+                logger.exception(
+                    "on_message failed for a payload from node %d at %s; closing the connection",
+                    node_id,
+                    self._peer_address,
+                )
+                self._close(logging.DEBUG, "on_message raised")
+                return
+            if self._closed:  # the handler stopped the transport
+                return
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._owner._inbound.discard(self)
+        logger.debug(
+            "connection from %s (node %s) closed: %s",
+            self._peer_address,
+            self.peer_node_id,
+            exc or "closed",
+        )
+
+    def close(self, reason: str) -> None:
+        self._close(logging.DEBUG, reason)
+
+    def _accept(self, node_id: int) -> None:
+        assert self._transport is not None
+        self._owner._counters["accepted_handshakes"] += 1
+        self._transport.write(encode_frame(encode_handshake_reply(HandshakeReply(accepted=True))))
+        logger.debug("accepted connection from node %d at %s", node_id, self._peer_address)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._owner.config.idle_timeout_s, self._on_idle_timer)
+
+    def _refuse(self, reason: str) -> None:
+        assert self._transport is not None
+        self._owner._counters["refused_handshakes"] += 1
+        level = self._owner._refusal_log_level(self._peer_address.rpartition(":")[0], reason)
+        logger.log(level, "refused connection from %s: %s", self._peer_address, reason)
+        # Tell the dialer why, so the misconfigured side can log it too; then close after
+        # the reply is flushed (the peer's further bytes are ignored).
+        reply = HandshakeReply(accepted=False, reason=reason)
+        self._transport.write(encode_frame(encode_handshake_reply(reply)))
+        self._closed = True
+        self._transport.close()
+
+    def _close(self, level: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        logger.log(
+            level,
+            "closing connection from %s (node %s): %s",
+            self._peer_address,
+            self.peer_node_id,
+            reason,
+        )
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _on_handshake_timeout(self) -> None:
+        self._timer = None
+        self._owner._counters["handshake_timeouts"] += 1
+        self._close(
+            logging.INFO,
+            f"no handshake within {self._owner.config.handshake_timeout_s} s",
+        )
+
+    def _on_idle_timer(self) -> None:
+        # One timer per connection, re-armed for the remaining time instead of being
+        # cancelled and recreated on every read.
+        idle_timeout_s = self._owner.config.idle_timeout_s
+        remaining_s = self._last_receive_time + idle_timeout_s - self._loop.time()
+        if remaining_s > 0:
+            self._timer = self._loop.call_later(remaining_s, self._on_idle_timer)
+            return
+        self._timer = None
+        self._owner._counters["idle_timeouts"] += 1
+        self._close(logging.INFO, f"nothing received for {idle_timeout_s} s")
+
+
+# --- the transport -------------------------------------------------------------------------
+
+
+class PeerTransport:
+    """Sends payloads to peers and hands received ones to `on_message`, over TCP.
+
+    Args:
+        node_id: this node's id (sent in handshakes; inbound handshakes must target it).
+        cluster_id: the cluster's id; peers of another cluster are refused.
+        listen_host, listen_port: where to accept peers. Port 0 picks a free port at the
+            first `start`; later restarts reuse it so peers' address books stay right.
+        on_message: called as `on_message(node_id, payload)` for each received payload, in
+            arrival order, on the event loop. It must not block; if it raises, the
+            connection the payload came on is closed.
+        is_known_peer: whether a node id may connect; asked at every handshake and on every
+            read, so membership may change at any time.
+        config: limits and timeouts.
+        rng: the source of reconnect jitter; pass a seeded one for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        cluster_id: str,
+        listen_host: str,
+        listen_port: int,
+        on_message: Callable[[int, bytes], None],
+        is_known_peer: Callable[[int], bool],
+        *,
+        config: TransportConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= node_id <= NODE_ID_MAX:
+            raise ValueError(f"node_id {node_id} is not in 1..{NODE_ID_MAX}")
+        if not cluster_id or len(cluster_id.encode()) > CLUSTER_ID_BYTES_MAX:
+            raise ValueError(f"cluster_id must be 1..{CLUSTER_ID_BYTES_MAX} UTF-8 bytes")
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.listen_host = listen_host
+        self._listen_port = listen_port
+        self.on_message = on_message
+        self.is_known_peer = is_known_peer
+        self.config = config or TransportConfig()
+        self.rng = rng or random.Random()
+        self._server: asyncio.Server | None = None
+        self._accepting = False
+        self._peers: dict[int, _Peer] = {}
+        self._inbound: set[_InboundProtocol] = set()
+        self._received: dict[int, list[int]] = {}  # node id -> [messages, bytes]
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "accepted_connections",
+                "accepted_handshakes",
+                "refused_handshakes",
+                "frame_errors",
+                "handshake_timeouts",
+                "idle_timeouts",
+                "connection_limit_refusals",
+                "unknown_peer_sends",
+            ),
+            0,
+        )
+        self._refusals_logged: set[tuple[str, str]] = set()
+        self._cancelled_writers: set[asyncio.Task[None]] = set()
+
+    @property
+    def listen_port(self) -> int:
+        """The port accepted on: the bound one once started with port 0."""
+        return self._listen_port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Listen for peers and start dialing every known peer address."""
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        # Set before create_server, which may accept a connection before it returns.
+        self._accepting = True
+        self._server = await loop.create_server(
+            lambda: _InboundProtocol(self),
+            self.listen_host,
+            self._listen_port,
+            reuse_address=True,  # a restarted node must rebind despite TIME_WAIT sockets
+        )
+        sockets = self._server.sockets
+        if self._listen_port == 0 and sockets:
+            self._listen_port = sockets[0].getsockname()[1]
+        logger.info(
+            "node %d listening for peers on %s:%d", self.node_id, self.listen_host, self.listen_port
+        )
+        for peer in self._peers.values():
+            peer.normal.start()
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection and drop everything queued."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._accepting = False
+        server.close()
+        for peer in self._peers.values():
+            self._cancelled_writers.update(peer.cancel())
+        await self._await_cancelled_writers()
+        await server.wait_closed()
+        # A connection the loop had accepted just before `close` gets its `connection_made`
+        # one or two loop turns later (asyncio creates the transport in a task); give it
+        # those turns so it is aborted there, instead of outliving the event loop.
+        for _ in range(2):
+            await asyncio.sleep(0)
+        for connection in list(self._inbound):
+            connection.close("transport stopped")
+
+    async def _await_cancelled_writers(self) -> None:
+        tasks, self._cancelled_writers = self._cancelled_writers, set()
+        # return_exceptions: the writers end in CancelledError, which is not our cancellation.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def set_peer_address(self, node_id: int, host: str, port: int) -> None:
+        """Add a peer, or move it: its connections are redone to the new address."""
+        if node_id == self.node_id:
+            raise ValueError("a node does not send to itself")
+        if not 1 <= node_id <= NODE_ID_MAX or not host or not 1 <= port <= 65535:
+            raise ValueError(f"bad peer address: node {node_id} at {host!r}:{port}")
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(self, node_id, (host, port))
+            if self.running:
+                peer.normal.start()
+        elif peer.address != (host, port):
+            peer.address = (host, port)
+            peer.normal.address_changed()
+            peer.bulk.address_changed()
+
+    def remove_peer(self, node_id: int) -> None:
+        """Forget a peer: close its outbound connections and drop what was queued for it."""
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            # The connections are aborted now; the cancelled writer tasks are kept so that
+            # `stop` can await them and none is left pending when the loop ends.
+            self._cancelled_writers.update(peer.cancel())
+
+    def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool:
+        """Queue `payload` for `node_id` without waiting; False if it was dropped.
+
+        Dropped means: no address known for the peer, the transport is not running, or the
+        lane's queue is full. `bulk=True` puts the payload on the peer's second connection,
+        for large payloads (InstallSnapshot) that must not delay the others. Raises
+        `ValueError` for an empty payload (reserved for keepalives) or one larger than
+        `config.frame_bytes_max` (no peer would accept it).
+        """
+        if not payload or len(payload) > self.config.frame_bytes_max:
+            raise ValueError(
+                f"payload of {len(payload)} bytes is not in 1..{self.config.frame_bytes_max}"
+            )
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._counters["unknown_peer_sends"] += 1
+            return False
+        if bulk:
+            if self.running:
+                peer.bulk.start()  # the bulk lane connects on first use
+            return peer.bulk.offer(payload)
+        return peer.normal.offer(payload)
+
+    def peer_stats(self) -> dict[int, dict[str, int]]:
+        """Counters per peer for metrics: the normal lane's, the bulk lane's (prefixed
+        `bulk_`) and what was received from the peer."""
+        # Every entry has every key, also for a node we only receive from (it may be
+        # missing from our address book), so metrics code can index without checks.
+        keys = (
+            *_Outbound.STAT_KEYS,
+            *(f"bulk_{key}" for key in _Outbound.STAT_KEYS),
+            "received_messages",
+            "received_bytes",
+        )
+        stats: dict[int, dict[str, int]] = {}
+        for node_id in self._peers.keys() | self._received.keys():
+            entry = stats[node_id] = dict.fromkeys(keys, 0)
+            peer = self._peers.get(node_id)
+            if peer is not None:
+                entry.update(peer.normal.stats())
+                entry.update({f"bulk_{k}": value for k, value in peer.bulk.stats().items()})
+            entry["received_messages"], entry["received_bytes"] = self._received.get(
+                node_id, (0, 0)
+            )
+        return stats
+
+    def server_stats(self) -> dict[str, int]:
+        """Counters of the accepting side (handshakes refused, timeouts, ...) for metrics."""
+        return {**self._counters, "inbound_connections": len(self._inbound)}
+
+    def _refusal_log_level(self, host: str, reason: str) -> int:
+        """WARNING the first time a host is refused for a reason, DEBUG when it retries."""
+        key = (host, reason)
+        if key in self._refusals_logged:
+            return logging.DEBUG
+        if len(self._refusals_logged) >= REFUSAL_LOG_KEYS_MAX:
+            self._refusals_logged.clear()
+        self._refusals_logged.add(key)
+        return logging.WARNING
