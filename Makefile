@@ -26,7 +26,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy kvraft
 
 test: lint typecheck
-	$(BIN)/pytest -q
+	bash scripts/ensure-test-tools.sh
+	$(BIN)/pytest -q -p no:cacheprovider
 
 sim: $(STAMP)
 	$(BIN)/kvraft sim --seeds 1-2000 --nodes 5

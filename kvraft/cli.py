@@ -11,6 +11,12 @@ __all__ = ["main"]
 # (module under kvraft.commands, attribute): each attribute is a click command or group.
 SUBCOMMANDS = (
     ("serve", "serve"),
+    ("cluster", "cluster"),
+    ("kv", "put"),
+    ("kv", "get"),
+    ("kv", "delete"),
+    ("kv", "list_keys"),
+    ("kv", "status"),
     ("sim", "sim"),
 )
 

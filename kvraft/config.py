@@ -28,6 +28,7 @@ the container's own loopback health check and the published ports do not reach.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pathlib
@@ -329,14 +330,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         config = parse_config(text, file_path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{file_path}: {exc}") from exc
-    return ClusterConfig(
-        cluster_id=config.cluster_id,
-        nodes=config.nodes,
-        raft=config.raft,
-        storage=config.storage,
-        limits=config.limits,
-        path=file_path,
-    )
+    return dataclasses.replace(config, path=file_path)
 
 
 def parse_config(text: str, base_dir: pathlib.Path) -> ClusterConfig:

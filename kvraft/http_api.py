@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -102,7 +103,9 @@ def _conditions(request: web.Request) -> tuple[int | None, bool]:
     if if_match is not None and if_none_match is not None:
         raise ApiError(400, "bad_request", "use either If-Match or If-None-Match, not both")
     if if_none_match is not None and if_none_match.strip() != "*":
-        raise ApiError(400, "bad_request", 'If-None-Match: only "*" (create if absent) is supported')
+        raise ApiError(
+            400, "bad_request", 'If-None-Match: only "*" (create if absent) is supported'
+        )
     if_revision = _parse_revision_header(if_match, "If-Match") if if_match is not None else None
     return if_revision, if_none_match is not None
 
@@ -131,8 +134,9 @@ async def _read_value(request: web.Request, value_bytes_max: int) -> bytes:
         body += chunk
     if len(body) > value_bytes_max:
         raise ApiError(413, "value_too_large", f"value over the limit of {value_bytes_max} bytes")
-    request[BODY_KEY] = bytes(body)
-    return request[BODY_KEY]
+    value = bytes(body)
+    request[BODY_KEY] = value
+    return value
 
 
 def _consistency(request: web.Request) -> str:
@@ -159,7 +163,9 @@ class _Routes:
         if not key:
             raise ApiError(400, "bad_key", "the key must not be empty")
         if len(key.encode("utf-8", "surrogatepass")) > self.key_bytes_max:
-            raise ApiError(413, "key_too_large", f"key over the limit of {self.key_bytes_max} bytes")
+            raise ApiError(
+                413, "key_too_large", f"key over the limit of {self.key_bytes_max} bytes"
+            )
 
     async def _propose(self, command: bytes) -> ApplyResult:
         try:
@@ -280,7 +286,10 @@ def _node_collector(node: RaftNode) -> Any:
                 "kvraft_commit_index": ("Highest committed log index", core.log.commit_index),
                 "kvraft_applied_index": ("Last applied log index", core.log.applied_index),
                 "kvraft_last_log_index": ("Last log index", core.log.last_index()),
-                "kvraft_is_leader": ("1 if this node is the leader", int(node.role_name() == "leader")),
+                "kvraft_is_leader": (
+                    "1 if this node is the leader",
+                    int(node.role_name() == "leader"),
+                ),
                 "kvraft_leader_changes": ("Leader changes seen", node.leader_changes),
                 "kvraft_keys": ("Keys in the state machine", len(node.state_machine)),
             }
@@ -348,7 +357,9 @@ def create_app(node: RaftNode) -> web.Application:
             if name.lower() in ("if-match", "if-none-match", "idempotency-key", "content-type")
         }
         headers[FORWARDED_HEADER] = str(node.id)
-        url = f"{leader.http_url}{request.rel_url}"
+        # The raw path, not a re-parsed one: yarl would resolve "." and ".." segments,
+        # which are legal inside keys.
+        url = yarl.URL(leader.http_url + request.raw_path, encoded=True)
         is_write = request.method in ("PUT", "DELETE", "POST")
         try:
             async with session.request(
@@ -378,7 +389,12 @@ def create_app(node: RaftNode) -> web.Application:
             raise ApiError(503, "unavailable", f"lost the leader's answer ({error!r})") from None
 
     async def on_startup(app: web.Application) -> None:
-        app[SESSION_KEY] = aiohttp.ClientSession()
+        session = aiohttp.ClientSession()
+        # aiohttp silently re-sends a request once when a kept-alive connection drops after
+        # sending (aio-libs/aiohttp#10790): a forwarded PUT could apply twice. There is no
+        # public switch; this private one is what aiohttp's own test client sets.
+        session._retry_connection = False
+        app[SESSION_KEY] = session
 
     async def on_cleanup(app: web.Application) -> None:
         await app[SESSION_KEY].close()

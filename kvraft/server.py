@@ -198,10 +198,12 @@ class RaftNode:
             self.core.log.last_index(),
             self.core.log.commit_index,
         )
+        # A node named by a DNS name (a compose service) listens on every interface; one
+        # with an IP address binds it, and its outbound connections come from it too.
         self.transport = PeerTransport(
             self.id,
             self.config.cluster_id,
-            self.spec.raft_host,
+            self.spec.raft_listen_host or "0.0.0.0",
             self.spec.raft_port,
             self._on_peer_payload,
             self._is_known_peer,

@@ -86,7 +86,9 @@ def http(
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return HttpAnswer(response.status, response.read(), CIMultiDict(response.headers.items()))
+            return HttpAnswer(
+                response.status, response.read(), CIMultiDict(response.headers.items())
+            )
     except urllib.error.HTTPError as error:
         return HttpAnswer(error.code, error.read(), CIMultiDict(error.headers.items()))
 
@@ -95,7 +97,12 @@ class Cluster:
     """N node processes of one cluster, with their config in a temporary directory."""
 
     def __init__(
-        self, root: Path, nodes: int, *, fsync: bool = False, extra_env: dict[str, str] | None = None
+        self,
+        root: Path,
+        nodes: int,
+        *,
+        fsync: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         http_ports = free_ports(nodes)
@@ -112,8 +119,16 @@ class Cluster:
     def start(self, node_id: int) -> None:
         log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 - lives with the process
         self.processes[node_id] = subprocess.Popen(
-            [sys.executable, "-m", "kvraft", "serve", "--config", str(self.config_path),
-             "--id", str(node_id)],
+            [
+                sys.executable,
+                "-m",
+                "kvraft",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--id",
+                str(node_id),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -153,8 +168,14 @@ class Cluster:
     def url(self, node_id: int) -> str:
         return self.config.node(node_id).http_url
 
-    def request(self, node_id: int, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> HttpAnswer:
+    def request(
+        self,
+        node_id: int,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HttpAnswer:
         return http(method, self.url(node_id) + path, body, headers)
 
     def status(self, node_id: int) -> dict[str, Any]:

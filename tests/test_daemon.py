@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kvraft.config import local_cluster_config, render_config
 from kvraft.transport.frames import (
     HANDSHAKE_BYTES_MAX,
     PROTOCOL_VERSION,
@@ -22,8 +23,6 @@ from kvraft.transport.frames import (
     encode_frame,
     encode_handshake,
 )
-
-from kvraft.config import local_cluster_config, render_config
 from tests.cluster_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,8 +57,9 @@ def test_writes_through_followers_are_readable_on_every_node(cluster3: Cluster) 
         assert got.headers["ETag"] == f'"{revision}"'
         # Stale reads serve this node's applied state; it catches up without a leader hop.
         wait_for(
-            lambda n=node: cluster3.request(n, "GET", "/v1/kv/app/config?consistency=stale").body
-            == b"hello",
+            lambda n=node: (
+                cluster3.request(n, "GET", "/v1/kv/app/config?consistency=stale").body == b"hello"
+            ),
             what=f"node {node} to apply the write",
         )
     missing = cluster3.request(follower, "GET", "/v1/kv/nope")
@@ -117,8 +117,9 @@ def test_killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes(
     # The old leader restarts with its data and catches up.
     cluster3.start(leader)
     wait_for(
-        lambda: cluster3.request(leader, "GET", "/v1/kv/after?consistency=stale").body
-        == b"failover",
+        lambda: (
+            cluster3.request(leader, "GET", "/v1/kv/after?consistency=stale").body == b"failover"
+        ),
         what="the restarted node to catch up",
     )
 

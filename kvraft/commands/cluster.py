@@ -143,7 +143,8 @@ class WatchState:
         exits_reported: nodes whose process exit was already reported.
         quiet_until_back: exited nodes; their unreachability is not reported again.
         leader: (node id, term) of the current leader, or None.
-        leaderless_since_ms: since when there has been no leader (None while there is one).
+        leaderless_since_ms: since when there has been no leader (None while there is one,
+            and before any node has answered).
     """
 
     nodes: Mapping[int, NodeObservation]
@@ -154,9 +155,10 @@ class WatchState:
     leaderless_since_ms: float | None
 
     @classmethod
-    def initial(cls, at_ms: float) -> WatchState:
-        """Before the first poll: nothing seen, no leader since `at_ms` (start-up)."""
-        return cls({}, frozenset(), frozenset(), frozenset(), None, at_ms)
+    def initial(cls) -> WatchState:
+        """Before the first poll: nothing seen, no leader. The first election is timed from
+        the moment the first node answers, not from process start (Python start-up)."""
+        return cls({}, frozenset(), frozenset(), frozenset(), None, None)
 
 
 def observation_from_status(result: Mapping[str, Any] | KVError | None) -> NodeObservation:
@@ -251,6 +253,8 @@ def observe(state: WatchState, snapshot: ClusterSnapshot) -> tuple[WatchState, l
                 )
     leader = _leader(snapshot.nodes)
     leaderless_since_ms = state.leaderless_since_ms
+    if state.leader is None and leaderless_since_ms is None and seen:
+        leaderless_since_ms = snapshot.at_ms
     if leader != state.leader:
         if leader is None:
             assert state.leader is not None
@@ -261,18 +265,17 @@ def observe(state: WatchState, snapshot: ClusterSnapshot) -> tuple[WatchState, l
             leaderless_since_ms = snapshot.at_ms
         else:
             node_id, term = leader
-            if state.leader is None:
-                waited_ms = snapshot.at_ms - (leaderless_since_ms or snapshot.at_ms)
-                how = f"after {waited_ms:.0f} ms without a leader"
-            elif state.leader[0] == node_id:
-                how = f"again (was term {state.leader[1]})"
+            if state.leader is not None and state.leader[0] == node_id:
+                how = f" again (was term {state.leader[1]})"
+            elif state.leader is not None:
+                how = f", replacing node {state.leader[0]} (term {state.leader[1]})"
+            elif state.leaderless_since_ms is not None:
+                waited_ms = snapshot.at_ms - state.leaderless_since_ms
+                how = f" after {waited_ms:.0f} ms without a leader"
             else:
-                how = f"replacing node {state.leader[0]} (term {state.leader[1]})"
-            events.append(
-                ClusterEvent(
-                    "leader_elected", node_id, f"leader elected: node {node_id} (term {term}) {how}"
-                )
-            )
+                how = ""  # a leader already on the first answer: nothing was timed
+            text = f"leader elected: node {node_id} (term {term}){how}"
+            events.append(ClusterEvent("leader_elected", node_id, text))
             leaderless_since_ms = None
     new_state = replace(
         state,
@@ -497,8 +500,8 @@ async def _narrate(
     log_paths: Mapping[int, pathlib.Path],
     restart_hint: Callable[[int], str],
     echo: Callable[[str], None],
-) -> None:
-    """Poll and print events until SIGINT or SIGTERM."""
+) -> WatchState:
+    """Poll and print events until SIGINT or SIGTERM; return the last watch state."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -510,7 +513,7 @@ async def _narrate(
         attempt_timeout_s=POLL_TIMEOUT_S,
         connect_timeout_s=POLL_TIMEOUT_S,
     ) as client:
-        state = WatchState.initial(time.monotonic() * 1000)
+        state = WatchState.initial()
         while not stop.is_set():
             started_s = time.monotonic()
             results = await client.status_all()
@@ -539,6 +542,7 @@ async def _narrate(
                 )
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(signal_number)
+    return state
 
 
 def _banner(
@@ -662,13 +666,21 @@ def up(
         _write_pids(pids_path, {node_id: p.pid for node_id, p in processes.items()})
         for line in _banner(config, config_shown, processes, log_paths, created):
             click.echo(line)
-        asyncio.run(_narrate(config, processes, log_paths, restart_hint, click.echo))
+        final_state = asyncio.run(_narrate(config, processes, log_paths, restart_hint, click.echo))
     except KeyboardInterrupt:
-        pass  # Ctrl-C before the narration installed its handler: stop all the same
+        final_state = None  # interrupted before the narration took over: stop all the same
     finally:
         click.echo("stopping the cluster...")
         _stop_processes(processes, click.echo)
         pids_path.unlink(missing_ok=True)
+    for node_id, observation in sorted((final_state.nodes if final_state else {}).items()):
+        started = processes.get(node_id)
+        if observation.reachable and observation.pid and started and observation.pid != started.pid:
+            # Restarted by hand: not ours to stop.
+            click.echo(
+                f"node {node_id} (pid {observation.pid}) was started outside `cluster up` "
+                "and is still running"
+            )
     click.echo(f"stopped; `kvraft cluster up --data-dir {data_dir}` resumes it with its data")
 
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from aiohttp import web
@@ -43,7 +44,7 @@ async def run_node(config_path: Path, node_id: int) -> int:
         return EXIT_STORAGE_FAILED
     runner = web.AppRunner(create_app(node), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, spec.http_host, spec.http_port, reuse_address=True)
+    site = web.TCPSite(runner, spec.http_listen_host, spec.http_port, reuse_address=True)
     await site.start()
     log.info(
         "node %d serving: http %s, raft %s, data %s",
@@ -57,8 +58,9 @@ async def run_node(config_path: Path, node_id: int) -> int:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
     assert node.failed is not None
-    stop_waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([stop_waiter, node.failed], return_when=asyncio.FIRST_COMPLETED)
+    stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    failed: asyncio.Future[Any] = node.failed
+    await asyncio.wait([stop_waiter, failed], return_when=asyncio.FIRST_COMPLETED)
     if node.failed.done():
         log.critical("node %d exits: its storage failed (%s)", node_id, node.failed.result())
         stop_waiter.cancel()

@@ -89,7 +89,10 @@ def replay_command(seed: int, options: SimOptions, faults_text: str) -> str:
     help=f"Comma-separated from {','.join(sorted(ALL_FAULTS))}, or all, or none.",
 )
 @click.option(
-    "--ticks", type=click.IntRange(50, 10**6), default=1500, show_default=True,
+    "--ticks",
+    type=click.IntRange(50, 10**6),
+    default=1500,
+    show_default=True,
     help="Length of the chaos phase in Raft ticks.",
 )
 @click.option("--jobs", type=int, default=os.cpu_count() or 1, show_default=True)
@@ -131,7 +134,7 @@ def sim(
         _run_all(seeds, options, jobs),
         length=len(seeds),
         label=f"simulating {nodes} nodes",
-        file=sys.stderr if show_bar else open(os.devnull, "w"),  # noqa: SIM115
+        file=sys.stderr if show_bar else open(os.devnull, "w"),
         show_pos=True,
     ) as bar:
         for result in bar:

@@ -74,8 +74,7 @@ class SafetyCheckers:
         if core.log.commit_index < previous:
             raise Violation(
                 "commit index monotonic",
-                f"node {core.id} commit index went back from {previous} to "
-                f"{core.log.commit_index}",
+                f"node {core.id} commit index went back from {previous} to {core.log.commit_index}",
             )
         self.commit_index[core.id] = core.log.commit_index
 

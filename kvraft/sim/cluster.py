@@ -36,7 +36,7 @@ from kvraft.sim.checkers import SafetyCheckers
 from kvraft.sim.network import SimNetwork
 from kvraft.statemachine import KVStateMachine
 
-__all__ = ["ClientOp", "SimCluster", "SimDisk", "SimNode", "TICK_STEPS"]
+__all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
 TICK_STEPS = 10
 """Simulator steps per Raft tick: messages take a few steps, so many fit in one tick."""
@@ -162,9 +162,7 @@ class SimCluster:
         self.checkers = SafetyCheckers()
         self.trace = trace
         self.snapshot_threshold_entries = snapshot_threshold_entries
-        initial = SnapshotMeta(
-            configuration=Configuration(voters=frozenset(range(1, voters + 1)))
-        )
+        initial = SnapshotMeta(configuration=Configuration(voters=frozenset(range(1, voters + 1))))
         self.nodes: dict[int, SimNode] = {}
         for node_id in range(1, voters + spares + 1):
             # Spares join later: they start knowing no configuration at all.
@@ -200,11 +198,11 @@ class SimCluster:
                 self._process(node)
                 changed = True
         for message in self.network.due(self.now):
-            node = self.nodes.get(message.target)
-            if node is None or not node.alive:
+            target = self.nodes.get(message.target)
+            if target is None or not target.alive:
                 continue
-            node.core.step(message)
-            self._process(node)
+            target.core.step(message)
+            self._process(target)
             changed = True
         if self.now % TICK_STEPS == 0:
             self._expire_client_ops()

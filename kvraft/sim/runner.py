@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvraft.linearizability import Operation, check_history
-from kvraft.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig, Role
+from kvraft.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig
 from kvraft.raft.messages import Configuration
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
@@ -98,14 +98,18 @@ class _Run:
         )
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), network_faults)
         spares = options.spares if "membership" in faults else 0
+        # Flow-control settings vary by seed: one entry per AppendEntries and a window of
+        # one reach interleavings (like Figure 8's) that large batches hide.
+        batch_bytes_max = self.rng.choice((1, 256, 4096))
+        inflight_max = self.rng.choice((1, 4, 16))
 
         def make_config(node_id: int) -> RaftConfig:
             return RaftConfig(
                 node_id=node_id,
                 election_ticks=options.election_ticks,
                 heartbeat_ticks=options.heartbeat_ticks,
-                inflight_max=8,
-                batch_bytes_max=4096,
+                inflight_max=inflight_max,
+                batch_bytes_max=batch_bytes_max,
                 bugs=options.bugs,
             )
 
@@ -123,6 +127,15 @@ class _Run:
         self.next_nemesis = TICK_STEPS * self.rng.randint(20, 60)
         self.heal_at: int | None = None
         self.leaders_seen: set[tuple[int, int]] = set()
+        # "Crash the next new leader soon after it is elected": the window in which it has
+        # replicated its predecessors' entries but not yet its own no-op (Figure 8).
+        self.hunt_leader_after_term: int | None = None
+        self.hunt_on_first_commit = False
+        self.hunt_isolates = False
+        self.hunt_commit_baseline: tuple[tuple[int, int], int] | None = None
+        self.hunts_remaining = 0
+        self.restart_at: dict[int, int] = {}
+        self.hunted_crash_at: tuple[int, int] | None = None
 
     # --- workload -----------------------------------------------------------------------
 
@@ -180,9 +193,11 @@ class _Run:
         if cluster.now < self.next_nemesis:
             return
         self.next_nemesis = cluster.now + TICK_STEPS * self.rng.randint(10, 60)
-        actions = [a for a in ("partition", "crash", "membership", "transfer") if a in self.options.faults]
+        actions: list[str] = [
+            a for a in ("partition", "crash", "membership", "transfer") if a in self.options.faults
+        ]
         if "crash" in self.options.faults:
-            actions.append("restart")
+            actions += ["restart", "crash_new_leader"]
         if not actions:
             return
         action = self.rng.choice(actions)
@@ -215,6 +230,57 @@ class _Run:
             victims = [self.rng.choice(alive).id]
         for victim in victims:
             cluster.crash(victim)
+
+    def _nemesis_crash_new_leader(self) -> None:
+        leader = self.cluster.leader()
+        self.hunt_leader_after_term = leader.core.term if leader else 0
+        # Leader churn: several new leaders in a row, each cut off early and brought back
+        # soon, so stale log tails of different terms pile up on different nodes.
+        self.hunts_remaining = self.rng.randint(1, 4)
+        # Strike right after the election, or right after the leader's first commit in its
+        # term, when followers hold partial logs; isolating also loses what is in flight.
+        self.hunt_on_first_commit = self.rng.random() < 0.5
+        self.hunt_isolates = "partition" in self.options.faults and self.rng.random() < 0.5
+        when = "first commit" if self.hunt_on_first_commit else "election"
+        what = "isolate" if self.hunt_isolates else "crash"
+        self.cluster.log(f"nemesis: will {what} the next new leader soon after its {when}")
+
+    def _hunt_leader(self) -> None:
+        cluster = self.cluster
+        if self.hunted_crash_at is not None:
+            at, node_id = self.hunted_crash_at
+            if cluster.now >= at:
+                self.hunted_crash_at = None
+                if self.hunt_isolates:
+                    others = [n for n in cluster.nodes if n != node_id]
+                    cluster.network.partition(
+                        {(node_id, n) for n in others} | {(n, node_id) for n in others}
+                    )
+                    self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(20, 80)
+                    cluster.log(f"nemesis: isolate n{node_id}")
+                else:
+                    cluster.crash(node_id)
+                    self.restart_at[node_id] = cluster.now + TICK_STEPS * self.rng.randint(5, 40)
+                if self.hunts_remaining > 0:
+                    self.hunts_remaining -= 1
+                    self.hunt_leader_after_term = max(n.core.term for n in cluster.nodes.values())
+            return
+        if self.hunt_leader_after_term is None:
+            return
+        leader = cluster.leader()
+        if leader is None or leader.core.term <= self.hunt_leader_after_term:
+            return
+        if self.hunt_on_first_commit:
+            key = (leader.core.term, leader.id)
+            if self.hunt_commit_baseline is None or self.hunt_commit_baseline[0] != key:
+                self.hunt_commit_baseline = (key, leader.core.log.commit_index)
+                return
+            if leader.core.log.commit_index <= self.hunt_commit_baseline[1]:
+                return
+        self.hunt_leader_after_term = None
+        self.hunt_commit_baseline = None
+        delay = self.rng.randint(0, 2 * TICK_STEPS)
+        self.hunted_crash_at = (cluster.now + delay, leader.id)
 
     def _nemesis_restart(self) -> None:
         for node in self.cluster.nodes.values():
@@ -272,6 +338,11 @@ class _Run:
     # --- phases -------------------------------------------------------------------------
 
     def step(self) -> None:
+        for node_id, at in list(self.restart_at.items()):
+            if self.cluster.now >= at:
+                del self.restart_at[node_id]
+                self.cluster.restart(node_id)
+        self._hunt_leader()
         self.cluster.step()
         if self.cluster.now % TICK_STEPS == 0:
             leader = self.cluster.leader()
@@ -296,6 +367,9 @@ class _Run:
     def _liveness(self) -> None:
         cluster = self.cluster
         cluster.log("liveness: heal everything, restart every node")
+        self.hunt_leader_after_term = self.hunted_crash_at = None
+        self.hunts_remaining = 0
+        self.restart_at.clear()
         cluster.network.heal()
         cluster.network.faults = NetworkFaults()
         cluster.torn_write_probability = 0.0
@@ -320,11 +394,10 @@ class _Run:
             for key, op in list(pending.items()):
                 if op.status == "ok":
                     del pending[key]
-                elif op.status != "pending" or op.call == 0:
-                    if leader is not None:
-                        retry = ClientOp(op.process, "read", key)
-                        pending[key] = retry
-                        cluster.submit(retry, leader.id, timeout_steps=20 * TICK_STEPS)
+                elif (op.status != "pending" or op.call == 0) and leader is not None:
+                    retry = ClientOp(op.process, "read", key)
+                    pending[key] = retry
+                    cluster.submit(retry, leader.id, timeout_steps=20 * TICK_STEPS)
             self.step()
 
     def _caught_up(self) -> bool:

@@ -97,7 +97,9 @@ class Storage(Protocol):
         barrier that makes every earlier unsynced save durable."""
         ...
 
-    async def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    async def save_snapshot(
+        self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> None:
         """Store the state machine's own snapshot (iterated on the caller's thread); the log
         is left as it is (call `compact` to drop what the snapshot covers)."""
         ...

@@ -274,7 +274,9 @@ class DiskStorage:
         self._log.apply_batch(batch)
         await future
 
-    async def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    async def save_snapshot(
+        self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> None:
         """See `kvraft.storage.api.Storage.save_snapshot`. The chunks are taken one at a time
         on the loop (the state machine lives there) and each is written before the next is
         taken, so a bytearray chunk may be reused by the producer."""

@@ -44,7 +44,7 @@ from kvraft.storage.api import (
     StorageError,
     StorageFailedError,
 )
-from kvraft.storage.fileops import FileOps
+from kvraft.storage.fileops import FileOps, make_directories
 from kvraft.storage.snapshots import (
     SNAPSHOT_DATA_BYTES_MAX,
     SNAPSHOTS_KEPT_DEFAULT,
@@ -117,17 +117,6 @@ def check_installed_snapshot(
         raise ValueError(f"snapshot data exceeds {SNAPSHOT_DATA_BYTES_MAX} bytes")
 
 
-def _make_directories(file_ops: FileOps, data_dir: Path, fsync: bool) -> None:
-    missing = []
-    path = data_dir
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        if file_ops.make_directory(directory) and fsync:
-            file_ops.sync_directory(directory.parent)
-
-
 class StorageEngine:
     """WAL + snapshots of one data directory. Single-threaded (except `open_snapshot_reader`,
     which only opens its own descriptor)."""
@@ -186,7 +175,7 @@ class StorageEngine:
                 data_dir,
             )
         try:
-            _make_directories(file_ops, data_dir, fsync)
+            make_directories(file_ops, data_dir, sync=fsync)
             lock_fd = file_ops.open(data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise StorageFailedError(f"{data_dir}: cannot open: {error}") from error

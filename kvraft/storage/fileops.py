@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["FileOps", "read_whole_file", "write_all"]
+__all__ = ["FileOps", "make_directories", "read_whole_file", "write_all"]
 
 _OPEN_FLAGS_ALWAYS = getattr(os, "O_CLOEXEC", 0)
 """Our descriptors must not leak into child processes (the chaos tests spawn nodes)."""
@@ -84,6 +84,18 @@ class FileOps:
         that simulates a crash by reopening without closing) does not deadlock on itself.
         """
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def make_directories(file_ops: FileOps, path: Path, *, sync: bool) -> None:
+    """Create `path` and any missing parents; with `sync`, make each new entry durable by
+    syncing the directory that holds it (a new directory is only durable once its parent is)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        if file_ops.make_directory(directory) and sync:
+            file_ops.sync_directory(directory.parent)
 
 
 def write_all(file_ops: FileOps, fd: int, data: bytes) -> None:

@@ -93,7 +93,9 @@ class MemoryStorage:
         if hard_state is not None:
             self.disk.hard_state = hard_state
 
-    async def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    async def save_snapshot(
+        self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> None:
         self._check_usable()
         check_snapshot_fits(meta, self.disk.log, self._newest())
         if isinstance(chunks, bytes | bytearray | memoryview):

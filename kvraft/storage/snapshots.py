@@ -39,7 +39,7 @@ import msgpack
 from kvraft.raft.codec import CodecError, decode_configuration, encode_configuration
 from kvraft.raft.messages import SnapshotMeta
 from kvraft.storage.api import StorageCorruptionError, StorageError
-from kvraft.storage.fileops import FileOps, write_all
+from kvraft.storage.fileops import FileOps, make_directories, write_all
 from kvraft.storage.wal import INDEX_MAX, TERM_MAX
 
 __all__ = [
@@ -374,8 +374,7 @@ class SnapshotStore:
         if type(snapshots_kept) is not int or not 1 <= snapshots_kept <= SNAPSHOTS_KEPT_MAX:
             raise ValueError(f"snapshots_kept must be in 1..{SNAPSHOTS_KEPT_MAX}")
         file_ops = file_ops or FileOps()
-        if file_ops.make_directory(directory) and fsync:
-            file_ops.sync_directory(directory.parent)
+        make_directories(file_ops, directory, sync=fsync)
         changed = False
         candidates: list[tuple[int, int, Path]] = []
         for name in file_ops.list_directory(directory):

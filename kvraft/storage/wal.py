@@ -17,8 +17,9 @@ frames, so the frame is the unit a crash can tear::
       [2, term, voted_for, commit_index]                      HARD_STATE
       [3, index, term, kept]                                  SNAPSHOT (the log was replaced)
 
-One batch (one Ready's writes: entries, then hard state) never spans frames, and batches
-queued together are written as one frame (group commit) followed by at most one fdatasync.
+One batch (one Ready's writes: entries, then hard state) never spans frames. Batches queued
+together (group commit) share one frame - several, in the same write, if they exceed
+RECORD_PAYLOAD_BYTES_MAX - followed by at most one fdatasync.
 
 Replay. Reading the records in order rebuilds the log:
 
@@ -68,13 +69,14 @@ refused at open. A process crash (page cache intact) is safe in both modes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import struct
 import zlib
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, pairwise, repeat
 from pathlib import Path
@@ -85,7 +87,7 @@ import msgpack
 from kvraft.raft.codec import NODE_ID_MAX
 from kvraft.raft.messages import Entry, EntryKind, HardState
 from kvraft.storage.api import StorageCorruptionError, StorageError, StorageFailedError
-from kvraft.storage.fileops import FileOps, read_whole_file, write_all
+from kvraft.storage.fileops import FileOps, make_directories, read_whole_file, write_all
 
 __all__ = [
     "FRAME_HEADER_BYTES",
@@ -154,6 +156,31 @@ _KIND_CODES = bytes(sorted(_KIND_BY_CODE))
 _NORMAL = EntryKind.NORMAL
 _ENTRY_OVERHEAD_BYTES = 16
 """Rough encoded size of an entry besides its data, for the batch size estimate."""
+
+
+def _entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
+    """A faster `Entry(term, index, kind, data)` for replay, where a million entries may be
+    built: it sets the four slots through their descriptors and skips the frozen dataclass's
+    `__init__` (half the cost). Used only while Entry is exactly those four fields with no
+    `__post_init__`; otherwise the constructor itself."""
+    names = tuple(field.name for field in dataclasses.fields(Entry))
+    if names != ("term", "index", "kind", "data") or hasattr(Entry, "__post_init__"):
+        return Entry
+    new = object.__new__
+    set_term, set_index, set_kind, set_data = (getattr(Entry, name).__set__ for name in names)
+
+    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+        entry: Entry = new(Entry)
+        set_term(entry, term)
+        set_index(entry, index)
+        set_kind(entry, kind)
+        set_data(entry, data)
+        return entry
+
+    return build
+
+
+_build_entry = _entry_builder()
 
 
 def segment_file_name(seq: int) -> str:
@@ -484,6 +511,19 @@ class WalRecovery:
     torn_tail: tuple[Path, int] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    """One frame's payload to write, with what a segment started just before it must say."""
+
+    data: bytes
+    index_max: int
+    """The highest entry or snapshot index its records hold."""
+    last_index_before: int
+    """The log's last index before these records (for a START record)."""
+    hard_state_before: HardState
+    """The hard state before these records (repeated in a START frame)."""
+
+
 @dataclass(slots=True)
 class _Segment:
     seq: int
@@ -592,7 +632,7 @@ class _Replay:
             kind_objects = repeat(_NORMAL, count)
         else:
             kind_objects = map(_KIND_BY_CODE.__getitem__, kinds)
-        entries = list(map(Entry, terms, range(first, last + 1), kind_objects, data_list))
+        entries = list(map(_build_entry, terms, range(first, last + 1), kind_objects, data_list))
         self.log.append(first, term_runs, entries)
         self.index_max = max(self.index_max, last)
 
@@ -695,7 +735,8 @@ class WriteAheadLog:
         fsync: bool = True,
         segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
     ) -> tuple[WriteAheadLog, WalRecovery]:
-        """Recover the log in `directory` (created if missing) and open it for appending.
+        """Recover the log in `directory` (created with its parents if missing) and open it
+        for appending.
 
         Raises `StorageCorruptionError` for damage a crash cannot explain, and
         `StorageFailedError` if the file system fails while recovering.
@@ -715,8 +756,7 @@ class WriteAheadLog:
     def _open(
         cls, directory: Path, file_ops: FileOps, fsync: bool, segment_bytes_max: int
     ) -> tuple[WriteAheadLog, WalRecovery]:
-        if file_ops.make_directory(directory) and fsync:
-            file_ops.sync_directory(directory.parent)
+        make_directories(file_ops, directory, sync=fsync)
         found = _list_segments(file_ops, directory)
         replay = _Replay()
         segments: list[_Segment] = []
@@ -764,7 +804,7 @@ class WriteAheadLog:
                 file_ops.sync_data(wal._fd)
             wal._settled = active_size
         else:
-            wal._create_segment(found[-1][0] if found else 1)
+            wal._create_segment(found[-1][0] if found else 1, log.last_index, replay.hard_state)
         return wal, recovery
 
     @staticmethod
@@ -894,9 +934,14 @@ class WriteAheadLog:
             raise ValueError(f"snapshot ({index}, {term}) out of range")
         probe = self._log.copy()
         kept = probe.reset(index, term)
-        payload = self._packer.pack([[_SNAPSHOT, index, term, kept]])
+        payload = _Payload(
+            self._packer.pack([[_SNAPSHOT, index, term, kept]]),
+            index_max=index,
+            last_index_before=self._log.last_index,
+            hard_state_before=self._hard_state,
+        )
         try:
-            self._write_payloads([(payload, index)], sync=sync)
+            self._write_payloads([payload], sync=sync)
         except OSError as error:
             self._fail(error)
         self._log = probe
@@ -954,15 +999,22 @@ class WriteAheadLog:
             logger.error("%s: disk failure, the WAL stops: %s", self._directory, error)
         raise StorageFailedError(f"{self._directory}: disk failure: {error}") from error
 
-    def _payloads(self, batches: Sequence[WalBatch]) -> list[tuple[bytes, int]]:
-        """Frame payloads (each with the highest index it records), split at batch
-        boundaries only when one frame would exceed RECORD_PAYLOAD_BYTES_MAX."""
+    def _payloads(self, batches: Sequence[WalBatch]) -> list[_Payload]:
+        """Frame payloads, split at batch boundaries only when one frame would exceed
+        RECORD_PAYLOAD_BYTES_MAX."""
         pack = self._packer.pack
-        payloads: list[tuple[bytes, int]] = []
+        payloads: list[_Payload] = []
         parts: list[bytes] = []
-        record_count = 0
-        part_bytes = 0
-        index_max = 0
+        record_count = part_bytes = index_max = 0
+        # The log position and hard state as the records so far leave them, and as they
+        # were when the frame being assembled began.
+        last_index, hard_state = self._log.last_index, self._hard_state
+        frame_last_index, frame_hard_state = last_index, hard_state
+
+        def finish_frame() -> None:
+            data = self._packer.pack_array_header(record_count) + b"".join(parts)
+            payloads.append(_Payload(data, index_max, frame_last_index, frame_hard_state))
+
         for batch in batches:
             if not batch.records:
                 continue
@@ -972,38 +1024,39 @@ class WriteAheadLog:
                     f"a batch encodes to {len(packed)} bytes, more than a frame may hold"
                 )
             if parts and part_bytes + len(packed) > RECORD_PAYLOAD_BYTES_MAX - 5:
-                payloads.append(
-                    (self._packer.pack_array_header(record_count) + b"".join(parts), index_max)
-                )
+                finish_frame()
                 parts, record_count, part_bytes, index_max = [], 0, 0, 0
+                frame_last_index, frame_hard_state = last_index, hard_state
             parts.append(packed)
             record_count += len(batch.records)
             part_bytes += len(packed)
             index_max = max(index_max, batch.last_index)
+            if batch.term_runs:
+                last_index = batch.last_index  # a batch ends the log at its last entry
+            if batch.hard_state is not None:
+                hard_state = batch.hard_state
         if parts:
-            payloads.append(
-                (self._packer.pack_array_header(record_count) + b"".join(parts), index_max)
-            )
+            finish_frame()
         return payloads
 
-    def _write_payloads(self, payloads: list[tuple[bytes, int]], *, sync: bool) -> None:
+    def _write_payloads(self, payloads: list[_Payload], *, sync: bool) -> None:
         pending: list[bytes] = []
         pending_bytes = 0
-        for payload, index_max in payloads:
-            frame_bytes = FRAME_HEADER_BYTES + len(payload)
+        for payload in payloads:
+            frame_bytes = FRAME_HEADER_BYTES + len(payload.data)
             over = self._size + pending_bytes + frame_bytes > self._segment_bytes_max
             if over and (self._has_frames or pending):
                 self._flush(pending)
                 pending, pending_bytes = [], 0
-                self._roll()
+                self._roll(payload.last_index_before, payload.hard_state_before)
             pending.append(
                 _encode_frame(
-                    payload, self._segments[-1].seq, self._size + pending_bytes, self._settled
+                    payload.data, self._segments[-1].seq, self._size + pending_bytes, self._settled
                 )
             )
             pending_bytes += frame_bytes
             segment = self._segments[-1]
-            segment.index_max = max(segment.index_max, index_max)
+            segment.index_max = max(segment.index_max, payload.index_max)
         self._flush(pending)
         if sync and self._fsync and self._settled < self._size:
             self._file_ops.sync_data(self._fd)
@@ -1021,23 +1074,23 @@ class WriteAheadLog:
             # keeps mid-log damage detectable.
             self._settled = self._size
 
-    def _roll(self) -> None:
+    def _roll(self, last_index: int, hard_state: HardState) -> None:
         """Close the full segment (synced in full: no torn writes before the last segment)
-        and start the next one."""
+        and start the next one, at log position `last_index` with `hard_state`."""
         if self._fsync and self._settled < self._size:
             self._file_ops.sync_data(self._fd)
         fd, self._fd = self._fd, -1
         self._file_ops.close(fd)
-        self._create_segment(self._segments[-1].seq + 1)
+        self._create_segment(self._segments[-1].seq + 1, last_index, hard_state)
 
-    def _create_segment(self, seq: int) -> None:
+    def _create_segment(self, seq: int, last_index: int, hard_state: HardState) -> None:
         path = self._directory / segment_file_name(seq)
         self._fd = self._file_ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         self._segments.append(_Segment(seq, path, 0))
         payload = self._packer.pack(
             [
-                [_START, WAL_FORMAT_VERSION, seq, self._log.last_index],
-                _hard_state_record(self._hard_state),
+                [_START, WAL_FORMAT_VERSION, seq, last_index],
+                _hard_state_record(hard_state),
             ]
         )
         frame = _encode_frame(payload, seq, 0, 0)

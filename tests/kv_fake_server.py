@@ -1,0 +1,296 @@
+"""A test double of a kvraft cluster's HTTP API, for the client and CLI tests.
+
+It is a fake of the *server*: several nodes, each on its own loopback port, sharing one
+in-memory store, following the documented API (`/v1/kv`, `/v1/status`, the
+`X-Kvraft-*` headers, conditions, idempotency keys, list pagination). Tests script
+faults per node (an error status with `Retry-After`, a dropped connection, a
+malformed answer), optionally after applying the request, and read back every request
+each node received. It runs its own event loop in a background thread so blocking
+clients, `CliRunner` and asyncio clients can all talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeCluster", "Fault", "RecordedRequest", "refused_endpoint"]
+
+START_TIMEOUT_S = 10.0
+"""The longest starting or stopping the fake may take."""
+
+
+def refused_endpoint() -> str:
+    """An http endpoint on which nothing listens, so connecting is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What a node does with the next request it receives instead of answering normally.
+
+    Fields:
+        status: answer with this HTTP status and a JSON error body.
+        error: the error code in that body.
+        retry_after: the `Retry-After` header value, if any.
+        apply_first: carry out the request before failing (the ambiguous case).
+        drop: close the connection without any answer.
+        body: answer 200 with these raw bytes (a malformed answer).
+    """
+
+    status: int | None = None
+    error: str = "unavailable"
+    retry_after: str | None = None
+    apply_first: bool = False
+    drop: bool = False
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request a node received: the node, method, decoded key (or None), the raw
+    path, headers and body."""
+
+    node_id: int
+    method: str
+    key: str | None
+    raw_path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _State:
+    store: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    revision: int = 0
+    idempotent_answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: dict[int, collections.deque[Fault]] = field(default_factory=dict)
+
+
+class FakeCluster:
+    """`with FakeCluster(3) as cluster:` gives `cluster.endpoints` of three live nodes."""
+
+    def __init__(self, nodes: int = 3, *, leader_id: int = 1, term: int = 4) -> None:
+        self.node_ids = list(range(1, nodes + 1))
+        self.leader_id = leader_id
+        self.term = term
+        self.endpoints: list[str] = []
+        self._ports: dict[int, int] = {}
+        self._state = _State()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runners: list[web.AppRunner] = []
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def __enter__(self) -> FakeCluster:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT_S)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(START_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(START_TIMEOUT_S)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        for node_id in self.node_ids:
+            app = web.Application()
+            app.router.add_route("*", "/v1/kv/{key:.+}", self._handler(node_id, self._kv))
+            app.router.add_get("/v1/kv", self._handler(node_id, self._list))
+            app.router.add_get("/v1/status", self._handler(node_id, self._status))
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._runners.append(runner)
+            port = runner.addresses[0][1]
+            self._ports[node_id] = port
+            self.endpoints.append(f"http://127.0.0.1:{port}")
+
+    async def _stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+    # -- what tests use ------------------------------------------------------------
+
+    def endpoint(self, node_id: int) -> str:
+        return f"http://127.0.0.1:{self._ports[node_id]}"
+
+    def inject(self, node_id: int, *faults: Fault) -> None:
+        """Queue `faults` for the next requests to `node_id`, one fault per request."""
+        with self._lock:
+            self._state.faults.setdefault(node_id, collections.deque()).extend(faults)
+
+    def requests(self, method: str | None = None) -> list[RecordedRequest]:
+        """Every request received so far (optionally only one method), in order."""
+        with self._lock:
+            return [r for r in self._state.requests if method is None or r.method == method]
+
+    def stored(self, key: str) -> tuple[bytes, int] | None:
+        with self._lock:
+            return self._state.store.get(key)
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            return iter(sorted(self._state.store))
+
+    # -- the server ----------------------------------------------------------------
+
+    def _handler(self, node_id: int, inner: Any) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            key = request.match_info.get("key")
+            with self._lock:
+                self._state.requests.append(
+                    RecordedRequest(
+                        node_id, request.method, key, request.raw_path, dict(request.headers), body
+                    )
+                )
+                queue = self._state.faults.get(node_id)
+                fault = queue.popleft() if queue else None
+                if fault is None or fault.apply_first:
+                    status, payload, headers = inner(node_id, request, body)
+            response: web.StreamResponse
+            if fault is None:
+                response = _respond(status, payload, headers)
+            elif fault.drop:
+                assert request.transport is not None
+                request.transport.abort()
+                response = web.Response()
+            elif fault.body is not None:
+                response = web.Response(status=200, body=fault.body)
+            else:
+                assert fault.status is not None
+                extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                response = web.json_response(
+                    {"error": fault.error, "message": "injected by the test"},
+                    status=fault.status,
+                    headers=extra,
+                )
+            response.headers["X-Kvraft-Node-Id"] = str(node_id)
+            response.headers["X-Kvraft-Leader-Id"] = str(self.leader_id)
+            response.headers["X-Kvraft-Term"] = str(self.term)
+            return response
+
+        return handle
+
+    def _kv(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Runs under the lock."""
+        state = self._state
+        key = request.match_info["key"]
+        if request.method == "GET":
+            if request.query.get("consistency", "linearizable") not in ("linearizable", "stale"):
+                return 400, {"error": "bad_request", "message": "bad consistency"}, {}
+            entry = state.store.get(key)
+            if entry is None:
+                return 404, {"error": "not_found", "message": f"no key {key!r}"}, {}
+            return 200, entry[0], {"ETag": f'"{entry[1]}"'}
+        if request.method not in ("PUT", "DELETE"):
+            return 405, {"error": "bad_request", "message": "method"}, {}
+        if len(key.encode()) > 64:
+            return 413, {"error": "key_too_large", "message": "key longer than 64 bytes"}, {}
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and idempotency_key in state.idempotent_answers:
+            status, remembered = state.idempotent_answers[idempotency_key]
+            return status, remembered, {}
+        current = state.store.get(key)
+        current_revision = current[1] if current else 0
+        if_match = request.headers.get("If-Match")
+        if (if_match is not None and if_match != f'"{current_revision}"') or (
+            request.headers.get("If-None-Match") == "*" and current is not None
+        ):
+            return 412, {"error": "condition_failed", "revision": current_revision}, {}
+        state.revision += 1
+        if request.method == "PUT":
+            state.store[key] = (body, state.revision)
+            payload: dict[str, Any] = {"revision": state.revision}
+        else:
+            state.store.pop(key, None)
+            payload = {"revision": state.revision, "deleted": current is not None}
+        if idempotency_key is not None:
+            state.idempotent_answers[idempotency_key] = (200, payload)
+        return 200, payload, {}
+
+    def _list(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        prefix = request.query.get("prefix", "")
+        start_after = request.query.get("start_after")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return 400, {"error": "bad_request", "message": "limit"}, {}
+        keys = sorted(
+            k
+            for k in self._state.store
+            if k.startswith(prefix) and (start_after is None or k > start_after)
+        )
+        page = keys[:limit]
+        items = [
+            {
+                "key": k,
+                "revision": self._state.store[k][1],
+                "value_b64": base64.b64encode(self._state.store[k][0]).decode(),
+            }
+            for k in page
+        ]
+        continuation = page[-1] if len(keys) > limit else None
+        return 200, {"items": items, "continuation": continuation}, {}
+
+    def _status(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        members = [
+            {
+                "id": n,
+                "raft_address": f"127.0.0.1:{7000 + n}",
+                "http_address": f"127.0.0.1:{self._ports[n]}",
+                "voter": True,
+            }
+            for n in self.node_ids
+        ]
+        return (
+            200,
+            {
+                "id": node_id,
+                "pid": os.getpid(),
+                "role": "leader" if node_id == self.leader_id else "follower",
+                "term": self.term,
+                "leader_id": self.leader_id,
+                "commit_index": self._state.revision,
+                "applied_index": self._state.revision,
+                "last_log_index": self._state.revision,
+                "snapshot_index": 0,
+                "cluster_id": "fake",
+                "members": members,
+                "membership_change_pending": False,
+            },
+            {},
+        )
+
+
+def _respond(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
+    if isinstance(payload, bytes):
+        return web.Response(status=status, body=payload, headers=headers)
+    return web.Response(
+        status=status, text=json.dumps(payload), content_type="application/json", headers=headers
+    )

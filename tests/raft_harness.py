@@ -1,0 +1,522 @@
+"""A hand-driven Raft cluster for tests: real `RaftCore`s, a network and disks the test controls.
+
+Theory of operation
+-------------------
+`RaftCluster` owns one `RaftCore` per node, a FIFO of messages in flight, and per
+node a `FakeStore` (the durable disk) and a tiny state machine (the list of
+commands applied). Nothing happens by itself: a test ticks chosen nodes, feeds
+client requests, and decides which in-flight messages are delivered, kept
+waiting or dropped. After every input the node's `Ready`s are worked through in
+exactly the order `kvraft.raft.ready` prescribes:
+
+1. `messages` enter the network;
+2. the store saves `snapshot` (dropping the log it replaces), `entries`
+   (overwriting from the first one's index) and `hard_state`;
+3. `messages_after_persist` enter the network;
+4. the state machine restores `snapshot` and applies `committed_entries`;
+5. `read_states` and `dropped_read_ids` are recorded for the test;
+6. `persisted(last_index, last_term)` reports the entries durable.
+
+A node's disk can be paused (`pause_disk`): its Readies then stop after step 1
+until `resume_disk`, which models a slow fsync running in parallel with the
+leader's replication (dissertation §10.2.1).
+
+As a cheap global check, every applied entry is compared with what any other
+node applied at the same index (State Machine Safety, §5.4.3): a mismatch fails
+the test at once, whatever the test itself asserts.
+
+Randomness is a seeded `random.Random` per node (and per restart), so every test
+is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from kvraft.raft.core import RaftConfig, RaftCore, Role
+from kvraft.raft.messages import (
+    NO_NODE,
+    AppendEntries,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    SnapshotMeta,
+)
+from kvraft.raft.ready import ReadState, Ready
+
+__all__ = [
+    "DELIVERY_ROUNDS_MAX",
+    "ELECTION_ATTEMPTS_MAX",
+    "FakeStore",
+    "MessageFilter",
+    "RaftCluster",
+    "SimNode",
+    "appends_with_term",
+    "between",
+    "entries_from_terms",
+    "make_core",
+    "of_type",
+    "sent",
+    "votes_only",
+]
+
+DELIVERY_ROUNDS_MAX = 1_000
+"""`stabilize` gives up after this many rounds: a livelock must fail the test, not hang it."""
+
+ELECTION_ATTEMPTS_MAX = 10
+"""`elect` gives a node this many election timeouts to win before failing the test."""
+
+MessageFilter = Callable[[Message], bool]
+"""Chooses messages in flight (to deliver or to drop)."""
+
+
+def of_type(*types: type) -> MessageFilter:
+    """Messages of any of `types`."""
+    return lambda message: isinstance(message, types)
+
+
+def between(*node_ids: int) -> MessageFilter:
+    """Messages whose sender and receiver are both among `node_ids`."""
+    group = frozenset(node_ids)
+    return lambda message: message.source in group and message.target in group
+
+
+votes_only: MessageFilter = of_type(RequestVote, RequestVoteResponse)
+"""(Pre-)vote requests and answers: lets an election finish without any replication."""
+
+
+def appends_with_term(term: int) -> MessageFilter:
+    """AppendEntries carrying at least one entry of `term`."""
+    return lambda m: isinstance(m, AppendEntries) and any(e.term == term for e in m.entries)
+
+
+def entries_from_terms(terms: Sequence[int], first_index: int = 1) -> list[Entry]:
+    """A log whose entry at `first_index + i` has term `terms[i]`, each with distinct data."""
+    return [
+        Entry(
+            term, first_index + offset, EntryKind.NORMAL, f"t{term}i{first_index + offset}".encode()
+        )
+        for offset, term in enumerate(terms)
+    ]
+
+
+def make_core(
+    node_id: int,
+    voters: Iterable[int] = (1, 2, 3),
+    *,
+    learners: Iterable[int] = (),
+    log_terms: Sequence[int] = (),
+    term: int | None = None,
+    voted_for: int = NO_NODE,
+    commit_index: int = 0,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> RaftCore:
+    """A lone core, for tests that feed it messages by hand and read its Ready.
+
+    Its log holds entries with `log_terms` (all durable); its term defaults to the last one.
+    """
+    configuration = Configuration(voters=frozenset(voters), learners=frozenset(learners))
+    if term is None:
+        term = log_terms[-1] if log_terms else 0
+    return RaftCore(
+        RaftConfig(node_id=node_id, **config_overrides),
+        random.Random(f"{seed}/{node_id}"),
+        hard_state=HardState(term, voted_for, commit_index),
+        snapshot=SnapshotMeta(configuration=configuration),
+        entries=entries_from_terms(log_terms),
+    )
+
+
+def sent(ready: Ready) -> list[Message]:
+    """Every message of a Ready, whichever list it is in."""
+    return [*ready.messages, *ready.messages_after_persist]
+
+
+def encode_state(commands: Sequence[tuple[int, bytes]]) -> bytes:
+    """The state machine's snapshot bytes: its (index, command) pairs."""
+    data: bytes = msgpack.packb([[index, command] for index, command in commands])
+    return data
+
+
+def decode_state(data: bytes) -> list[tuple[int, bytes]]:
+    if not data:
+        return []
+    return [(int(index), bytes(command)) for index, command in msgpack.unpackb(data)]
+
+
+class FakeStore:
+    """One node's durable storage: what survives a crash."""
+
+    def __init__(
+        self,
+        snapshot: SnapshotMeta,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        self.snapshot = snapshot
+        self.snapshot_data = b""
+        self.hard_state = hard_state or HardState()
+        self.entries: list[Entry] = list(entries)
+
+    def write(self, ready: Ready) -> None:
+        """Step 2 of `kvraft.raft.ready`: snapshot, then entries, then hard state."""
+        if ready.snapshot is not None:
+            self.snapshot = ready.snapshot.meta
+            self.snapshot_data = ready.snapshot.data
+            # The core replaced its whole log with the snapshot: so does the disk, or a
+            # restart would resurrect entries the core no longer has.
+            self.entries = []
+        if ready.entries:
+            first = ready.entries[0].index
+            self.entries = [entry for entry in self.entries if entry.index < first]
+            self.entries.extend(ready.entries)
+        if ready.hard_state is not None:
+            self.hard_state = ready.hard_state
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """The node compacted its own log after snapshotting its state machine."""
+        self.snapshot = meta
+        self.snapshot_data = data
+        self.entries = [entry for entry in self.entries if entry.index > meta.index]
+
+
+class SimNode:
+    """One node: its core, its disk, its state machine and what the shell saw."""
+
+    def __init__(self, config: RaftConfig, seed: int, store: FakeStore) -> None:
+        self.id = config.node_id
+        self.config = config
+        self.seed = seed
+        self.store = store
+        self.up = True
+        self.boots = 0
+        self.disk_paused = False
+        self.pending_readies: list[Ready] = []
+        self.read_states: list[ReadState] = []
+        self.dropped_read_ids: list[int] = []
+        self.restored_snapshots: list[SnapshotMeta] = []
+        self.state: list[tuple[int, bytes]] = []
+        self.applied_index = 0
+        self.core = self.boot()
+
+    def boot(self) -> RaftCore:
+        """(Re)build the core from the disk alone, as after a crash."""
+        self.boots += 1
+        self.state = decode_state(self.store.snapshot_data)
+        self.applied_index = self.store.snapshot.index
+        self.pending_readies = []
+        self.disk_paused = False
+        return RaftCore(
+            self.config,
+            random.Random(f"{self.seed}/{self.id}/{self.boots}"),
+            hard_state=self.store.hard_state,
+            snapshot=self.store.snapshot,
+            entries=list(self.store.entries),
+        )
+
+    @property
+    def commands(self) -> list[bytes]:
+        """The state machine's commands, in the order applied."""
+        return [command for _, command in self.state]
+
+
+class RaftCluster:
+    """Cores wired by an in-memory network that the test drives step by step."""
+
+    def __init__(
+        self,
+        voters: Iterable[int],
+        *,
+        learners: Iterable[int] = (),
+        seed: int = 0,
+        logs: Mapping[int, Sequence[Entry]] | None = None,
+        hard_states: Mapping[int, HardState] | None = None,
+        **config_overrides: Any,
+    ) -> None:
+        """Start a brand-new cluster: every member knows the initial configuration.
+
+        `logs` and `hard_states` let a test start nodes from a given disk (as after a
+        restart); `config_overrides` are `RaftConfig` fields shared by every node.
+        """
+        self.seed = seed
+        self.config_overrides = config_overrides
+        configuration = Configuration(voters=frozenset(voters), learners=frozenset(learners))
+        initial = SnapshotMeta(configuration=configuration)
+        self.nodes: dict[int, SimNode] = {}
+        for node_id in sorted(configuration.members):
+            store = FakeStore(
+                initial,
+                (hard_states or {}).get(node_id),
+                (logs or {}).get(node_id, ()),
+            )
+            self.nodes[node_id] = SimNode(self._config(node_id), seed, store)
+        self.in_flight: list[Message] = []
+        """Messages sent and not yet delivered or dropped, oldest first."""
+        self.history: list[Message] = []
+        """Every message ever sent, in order (a test's record of what happened)."""
+        self.blocked_links: set[tuple[int, int]] = set()
+        self.applied_by_index: dict[int, Entry] = {}
+        for node in self.nodes.values():
+            self.process(node.id)
+
+    def _config(self, node_id: int) -> RaftConfig:
+        return RaftConfig(node_id=node_id, **self.config_overrides)
+
+    # --- looking ------------------------------------------------------------------------
+
+    def core(self, node_id: int) -> RaftCore:
+        return self.nodes[node_id].core
+
+    def node(self, node_id: int) -> SimNode:
+        return self.nodes[node_id]
+
+    def leaders(self) -> list[int]:
+        """Live nodes that believe they lead, highest term first."""
+        found = [n for n in self.nodes.values() if n.up and n.core.role == Role.LEADER]
+        return [n.id for n in sorted(found, key=lambda n: -n.core.term)]
+
+    def log(self, node_id: int) -> list[Entry]:
+        """The entries node `node_id` keeps after its snapshot."""
+        return list(self.core(node_id).log.entries)
+
+    def log_terms(self, node_id: int) -> list[int]:
+        return [entry.term for entry in self.log(node_id)]
+
+    def pending(self, select: MessageFilter | None = None) -> list[Message]:
+        """Messages in flight that `select` chooses."""
+        return [m for m in self.in_flight if select is None or select(m)]
+
+    # --- client requests ----------------------------------------------------------------
+
+    def propose(self, node_id: int, data: bytes) -> int:
+        index = self.core(node_id).propose(data)
+        self.process(node_id)
+        return index
+
+    def propose_batch(self, node_id: int, commands: list[bytes]) -> list[int]:
+        indexes = self.core(node_id).propose_batch(commands)
+        self.process(node_id)
+        return indexes
+
+    def propose_configuration(self, node_id: int, configuration: Configuration) -> int:
+        index = self.core(node_id).propose_configuration(configuration)
+        self.process(node_id)
+        return index
+
+    def read_index(self, node_id: int, read_id: int) -> None:
+        self.core(node_id).read_index(read_id)
+        self.process(node_id)
+
+    def transfer_leadership(self, node_id: int, target: int) -> None:
+        self.core(node_id).transfer_leadership(target)
+        self.process(node_id)
+
+    def compact(self, node_id: int, index: int | None = None) -> SnapshotMeta:
+        """Snapshot the node's state machine at `index` (default: all applied) and compact."""
+        node = self.nodes[node_id]
+        index = node.applied_index if index is None else index
+        data = encode_state([(i, command) for i, command in node.state if i <= index])
+        meta = node.core.compact(index)
+        node.store.save_snapshot(meta, data)
+        return meta
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self, *node_ids: int, count: int = 1) -> None:
+        """Tick the nodes (every live node if none is named) `count` times; deliver nothing."""
+        chosen = node_ids or tuple(n.id for n in self.nodes.values() if n.up)
+        for _ in range(count):
+            for node_id in chosen:
+                if self.nodes[node_id].up:
+                    self.core(node_id).tick()
+                    self.process(node_id)
+
+    def run(self, ticks: int, *node_ids: int) -> None:
+        """`ticks` rounds of: tick the nodes, then deliver until the network is quiet."""
+        for _ in range(ticks):
+            self.tick(*node_ids)
+            self.stabilize()
+
+    def campaign(self, node_id: int) -> None:
+        """Tick only `node_id` until its election timer fires; deliver nothing."""
+        core = self.core(node_id)
+        for _ in range(2 * core.config.election_ticks + 1):
+            if core.role != Role.FOLLOWER:
+                return
+            self.tick(node_id)
+        raise AssertionError(f"node {node_id} did not campaign within 2 * election_ticks")
+
+    def elect(self, node_id: int, select: MessageFilter | None = None) -> None:
+        """Make `node_id` leader: tick only it, delivering `select` (all by default) after
+        each tick, until it wins. Others are not ticked, so only `node_id` campaigns."""
+        core = self.core(node_id)
+        for _ in range(ELECTION_ATTEMPTS_MAX * 2 * core.config.election_ticks):
+            self.tick(node_id)
+            self.stabilize(select)
+            if core.role == Role.LEADER:
+                return
+        raise AssertionError(f"node {node_id} was not elected")
+
+    # --- network ------------------------------------------------------------------------
+
+    def deliver(self, select: MessageFilter | None = None) -> list[Message]:
+        """Deliver every message now in flight that `select` chooses (all by default).
+
+        Messages they provoke stay in flight for the next call. Messages on a cut link
+        or to a crashed node are lost.
+        """
+        chosen = [m for m in self.in_flight if select is None or select(m)]
+        if not chosen:
+            return []
+        chosen_ids = {id(m) for m in chosen}
+        self.in_flight = [m for m in self.in_flight if id(m) not in chosen_ids]
+        delivered = []
+        for message in chosen:
+            target = self.nodes.get(message.target)
+            if target is None or not target.up:
+                continue
+            if (message.source, message.target) in self.blocked_links:
+                continue
+            target.core.step(message)
+            delivered.append(message)
+            self.process(message.target)
+        return delivered
+
+    def stabilize(self, select: MessageFilter | None = None) -> None:
+        """Deliver chosen messages, and the messages they provoke, until none is left."""
+        for _ in range(DELIVERY_ROUNDS_MAX):
+            if not any(select is None or select(m) for m in self.in_flight):
+                return
+            self.deliver(select)
+        raise AssertionError(f"still delivering after {DELIVERY_ROUNDS_MAX} rounds")
+
+    def drop(self, select: MessageFilter | None = None) -> list[Message]:
+        """Lose the chosen messages in flight (all by default)."""
+        dropped: list[Message] = []
+        kept: list[Message] = []
+        for message in self.in_flight:
+            # One call of `select` per message: it may be random.
+            (dropped if select is None or select(message) else kept).append(message)
+        self.in_flight = kept
+        return dropped
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Cut every link between nodes of different groups (nodes not named: alone)."""
+        group_of: dict[int, int] = {}
+        for number, group in enumerate(groups):
+            for node_id in group:
+                group_of[node_id] = number
+        self.blocked_links = {
+            (a, b)
+            for a in self.nodes
+            for b in self.nodes
+            if a != b and group_of.get(a, -a) != group_of.get(b, -b)
+        }
+
+    def isolate(self, node_id: int) -> None:
+        """Cut `node_id` off from everyone (in addition to cuts already made)."""
+        for other in self.nodes:
+            if other != node_id:
+                self.blocked_links |= {(node_id, other), (other, node_id)}
+
+    def heal(self) -> None:
+        self.blocked_links = set()
+
+    # --- faults and membership ----------------------------------------------------------
+
+    def crash(self, node_id: int) -> None:
+        """Stop the node; only its disk survives (writes still pending are lost)."""
+        node = self.nodes[node_id]
+        node.up = False
+        node.pending_readies = []
+
+    def restart(self, node_id: int) -> None:
+        """Boot the node again from its disk."""
+        node = self.nodes[node_id]
+        node.core = node.boot()
+        node.up = True
+        self.process(node_id)
+
+    def join(self, node_id: int) -> None:
+        """A brand-new node with an empty disk and no configuration: it waits for a leader."""
+        self.nodes[node_id] = SimNode(self._config(node_id), self.seed, FakeStore(SnapshotMeta()))
+
+    def pause_disk(self, node_id: int) -> None:
+        """Writes of this node wait (messages that need no write still go out)."""
+        self.nodes[node_id].disk_paused = True
+
+    def resume_disk(self, node_id: int) -> None:
+        """Finish the waiting writes in order, then run normally."""
+        node = self.nodes[node_id]
+        node.disk_paused = False
+        waiting, node.pending_readies = node.pending_readies, []
+        for ready in waiting:
+            self._finish_ready(node, ready)
+        self.process(node_id)
+
+    # --- the shell: one Ready at a time, in the order ready.py prescribes ---------------
+
+    def process(self, node_id: int) -> None:
+        """Work through the node's Readies until it has nothing more to do."""
+        node = self.nodes[node_id]
+        for _ in range(DELIVERY_ROUNDS_MAX):
+            if not node.up or not node.core.has_ready():
+                return
+            ready = node.core.ready()
+            for message in ready.messages:
+                self._send(node, message)
+            if node.disk_paused:
+                node.pending_readies.append(ready)
+            else:
+                self._finish_ready(node, ready)
+        raise AssertionError(f"node {node_id} never ran out of Ready")
+
+    def _finish_ready(self, node: SimNode, ready: Ready) -> None:
+        node.store.write(ready)
+        for message in ready.messages_after_persist:
+            self._send(node, message)
+        if ready.snapshot is not None:
+            node.state = decode_state(ready.snapshot.data)
+            node.applied_index = ready.snapshot.meta.index
+            node.restored_snapshots.append(ready.snapshot.meta)
+        for entry in ready.committed_entries:
+            self._apply(node, entry)
+        node.read_states.extend(ready.read_states)
+        node.dropped_read_ids.extend(ready.dropped_read_ids)
+        if ready.entries:
+            last = ready.entries[-1]
+            node.core.persisted(last.index, last.term)
+
+    def _send(self, node: SimNode, message: Message) -> None:
+        if isinstance(message, InstallSnapshot):
+            # The core names the snapshot; the shell attaches the state machine's bytes.
+            assert message.meta == node.store.snapshot, "InstallSnapshot names an unsaved snapshot"
+            message = dataclasses.replace(message, data=node.store.snapshot_data)
+        self.in_flight.append(message)
+        self.history.append(message)
+
+    def _apply(self, node: SimNode, entry: Entry) -> None:
+        assert entry.index == node.applied_index + 1, (
+            f"node {node.id} applied {entry.index} after {node.applied_index}"
+        )
+        assert any(e == entry for e in node.store.entries), (
+            f"node {node.id} applied entry {entry.index} before it was durable"
+        )
+        first = self.applied_by_index.setdefault(entry.index, entry)
+        assert first == entry, (
+            f"State Machine Safety violated at index {entry.index}: {first} vs {entry}"
+        )
+        node.applied_index = entry.index
+        if entry.kind == EntryKind.NORMAL:
+            node.state.append((entry.index, entry.data))

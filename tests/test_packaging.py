@@ -1,0 +1,323 @@
+"""Tests for the container packaging: Dockerfile, docker-compose.yml and the configs they use.
+
+Docker itself cannot run here, so these check what can be checked without an engine: hadolint
+on the Dockerfile, compose's own validation of docker-compose.yml (plain and with the `five`
+profile), and that every service's command, with the config file compose would mount for it,
+is a valid kvraft config that names that service's node. `scripts/ensure-test-tools.sh`
+installs the tools; a missing tool fails the test with a message saying so, never a skip.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+
+from kvraft.config import ClusterConfig, ConfigError, load_config
+
+__all__: list[str] = []
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+CONFIG_IN_CONTAINER = "/etc/kvraft/cluster.toml"
+INSTALL_HINT = "run scripts/ensure-test-tools.sh to install it"
+TOOL_TIMEOUT_S = 120
+"""Compose v1 is a Python program that imports a lot; generous, but a hang still ends."""
+
+
+# --- Tools ------------------------------------------------------------------------------------
+
+
+def hadolint_command() -> list[str]:
+    """hadolint from the test's virtualenv (where the script installs it) or from PATH."""
+    beside_python = pathlib.Path(sys.executable).parent / "hadolint"
+    if beside_python.exists():
+        return [str(beside_python)]
+    on_path = shutil.which("hadolint")
+    if on_path is None:
+        pytest.fail(f"hadolint is not installed; {INSTALL_HINT}")
+    return [on_path]
+
+
+def compose_command() -> list[str]:
+    """`docker-compose` (v1) or `docker compose` (v2), whichever works."""
+    standalone = shutil.which("docker-compose")
+    if standalone is not None:
+        return [standalone]
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, timeout=TOOL_TIMEOUT_S
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    pytest.fail(f"neither docker-compose nor 'docker compose' is available; {INSTALL_HINT}")
+
+
+def compose_config(*profiles: str, cluster_size: str | None = None) -> dict[str, Any]:
+    """The compose file as compose resolves it (variables, absolute bind paths), keeping only
+    the services that `up` with these profiles would start."""
+    try:
+        import yaml
+    except ImportError:
+        pytest.fail(f"PyYAML (to read compose's output) is not installed; {INSTALL_HINT}")
+    # Only the variables this test sets may steer compose: a developer's COMPOSE_PROFILES or
+    # KVRAFT_CLUSTER_SIZE must not change what is checked.
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("COMPOSE_", "KVRAFT_"))
+    }
+    if cluster_size is not None:
+        environment["KVRAFT_CLUSTER_SIZE"] = cluster_size
+    profile_options = [option for profile in profiles for option in ("--profile", profile)]
+    result = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE_FILE), *profile_options, "config"],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"compose refused the file:\n{result.stderr}"
+    resolved = yaml.safe_load(result.stdout)
+    assert isinstance(resolved, dict)
+    # compose v1's `config` lists every service whatever the profiles (v2 filters); apply the
+    # documented rule for both: a service with profiles starts only if one of them is active.
+    resolved["services"] = {
+        name: service
+        for name, service in resolved["services"].items()
+        if not service.get("profiles") or set(service["profiles"]) & set(profiles)
+    }
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def compose_default() -> dict[str, Any]:
+    return compose_config()
+
+
+@pytest.fixture(scope="module")
+def compose_five() -> dict[str, Any]:
+    return compose_config("five", cluster_size="5")
+
+
+# --- What a service runs ----------------------------------------------------------------------
+
+
+def option_value(command: list[str], option: str) -> str:
+    assert command.count(option) == 1, f"{option} once in {command}"
+    return command[command.index(option) + 1]
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, pathlib.Path]:
+    """Container path -> host path of a service's bind mounts (long or short syntax)."""
+    mounts: dict[str, pathlib.Path] = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+            if source.startswith(("/", ".")):
+                mounts[target] = pathlib.Path(source)
+        elif volume.get("type") == "bind":
+            mounts[volume["target"]] = pathlib.Path(volume["source"])
+    return mounts
+
+
+def published_ports(service: dict[str, Any]) -> set[tuple[int, int]]:
+    """(host port, container port) pairs, from v1's strings or v2's mappings."""
+    pairs: set[tuple[int, int]] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            *_, published, target = port.split("/")[0].split(":")
+            pairs.add((int(published), int(target)))
+        else:
+            pairs.add((int(port["published"]), int(port["target"])))
+    return pairs
+
+
+def service_node(name: str, service: dict[str, Any]) -> tuple[int, ClusterConfig]:
+    """The node id a service runs and the config it runs it with, read as the daemon would:
+    the `--config` path inside the container mapped to the file compose mounts there."""
+    command = [str(part) for part in service["command"]]
+    assert command[0] == "serve", f"{name} runs {command}"
+    config_path = option_value(command, "--config")
+    mounts = bind_mounts(service)
+    assert config_path in mounts, f"{name}: nothing is mounted at {config_path}"
+    host_path = mounts[config_path].resolve()
+    assert host_path.is_relative_to(REPO / "configs"), f"{name} mounts {host_path}"
+    return int(option_value(command, "--id")), load_config(host_path)
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, arguments = pending.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def instruction(name: str) -> str:
+    values = [arguments for keyword, arguments in dockerfile_instructions() if keyword == name]
+    assert len(values) == 1, f"{name} appears {len(values)} times"
+    return values[0]
+
+
+def test_hadolint_passes_the_dockerfile_without_any_finding() -> None:
+    result = subprocess.run(
+        [*hadolint_command(), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_the_image_runs_node_1_of_the_config_it_ships_and_health_checks_its_port() -> None:
+    assert json.loads(instruction("ENTRYPOINT")) == ["kvraft"]
+    command = json.loads(instruction("CMD"))
+    assert command == ["serve", "--config", CONFIG_IN_CONTAINER, "--id", "1"]
+    copies = [args.split() for keyword, args in dockerfile_instructions() if keyword == "COPY"]
+    shipped = [REPO / args[0] for args in copies if args[-1] == CONFIG_IN_CONTAINER]
+    assert len(shipped) == 1, "the image ships one default config"
+    node = load_config(shipped[0]).node(int(command[-1]))
+    environment = [args for keyword, args in dockerfile_instructions() if keyword == "ENV"]
+    health_url = " ".join(environment).partition("KVRAFT_HEALTHCHECK_URL=")[2].split()[0]
+    assert health_url == f"http://127.0.0.1:{node.http_port}/healthz"
+    # A DNS-named node listens on all interfaces, so 127.0.0.1 inside the container answers.
+    assert node.http_listen_host is None
+    assert "KVRAFT_HEALTHCHECK_URL" in instruction("HEALTHCHECK")
+    assert "urllib.request" in instruction("HEALTHCHECK")
+
+
+def test_the_image_runs_unprivileged_keeps_data_in_a_volume_and_stops_on_sigterm() -> None:
+    user = instruction("USER").split(":")[0]
+    assert user.isdigit() and int(user) != 0
+    assert json.loads(instruction("VOLUME")) == ["/data"]
+    assert instruction("STOPSIGNAL") == "SIGTERM"
+    assert instruction("FROM").startswith("python:3.11-slim")
+
+
+def test_the_console_script_the_image_runs_is_the_packages() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert json.loads(instruction("ENTRYPOINT"))[0] in pyproject["project"]["scripts"]
+
+
+def test_the_build_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    sources = {
+        source
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "COPY"
+        for source in arguments.split()[:-1]
+        if not source.startswith("--")
+    }
+    needed = {"pyproject.toml", "kvraft"}
+    readme = pyproject["project"].get("readme")
+    if isinstance(readme, str):
+        needed.add(readme)
+    assert needed <= sources
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for source in sources:
+        parts = pathlib.PurePosixPath(source).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        ignored = [p for p in patterns for prefix in prefixes if fnmatch.fnmatch(prefix, p)]
+        assert not ignored, f".dockerignore drops {source} ({ignored})"
+
+
+def test_the_image_exposes_every_port_of_the_five_node_cluster() -> None:
+    exposed: set[int] = set()
+    for entry in instruction("EXPOSE").split():
+        low, _, high = entry.partition("-")
+        exposed |= set(range(int(low), int(high or low) + 1))
+    for node in load_config(REPO / "configs" / "docker-5.toml").nodes:
+        assert {node.raft_port, node.http_port} <= exposed
+
+
+# --- docker-compose.yml -----------------------------------------------------------------------
+
+
+def test_compose_starts_three_nodes_by_default(compose_default: dict[str, Any]) -> None:
+    assert sorted(compose_default["services"]) == ["node1", "node2", "node3"]
+
+
+def test_the_five_profile_with_its_variable_starts_five_nodes(
+    compose_five: dict[str, Any],
+) -> None:
+    assert sorted(compose_five["services"]) == [f"node{n}" for n in range(1, 6)]
+
+
+@pytest.mark.parametrize(("fixture", "size"), [("compose_default", 3), ("compose_five", 5)])
+def test_every_service_runs_its_own_node_of_one_shared_cluster_config(
+    fixture: str, size: int, request: pytest.FixtureRequest
+) -> None:
+    resolved: dict[str, Any] = request.getfixturevalue(fixture)
+    configs = []
+    for name, service in sorted(resolved["services"].items()):
+        node_id, config = service_node(name, service)
+        assert name == f"node{node_id}"
+        node = config.node(node_id)
+        # Peers dial the service name, which compose's network resolves.
+        assert node.raft_host == name
+        assert node.http_host == name
+        assert config.path == REPO / "configs" / f"docker-{size}.toml"
+        configs.append(config)
+    assert len(configs) == size
+    assert all(config == configs[0] for config in configs), "every node reads the same cluster"
+    assert [node.id for node in configs[0].nodes] == list(range(1, size + 1))
+
+
+@pytest.mark.parametrize("fixture", ["compose_default", "compose_five"])
+def test_each_service_publishes_its_http_port_health_checks_it_and_keeps_data_in_a_volume(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    resolved: dict[str, Any] = request.getfixturevalue(fixture)
+    volume_sources = []
+    for name, service in resolved["services"].items():
+        node_id, config = service_node(name, service)
+        node = config.node(node_id)
+        assert published_ports(service) == {(node.http_port, node.http_port)}
+        health_url = service["environment"]["KVRAFT_HEALTHCHECK_URL"]
+        assert health_url == f"http://127.0.0.1:{node.http_port}/healthz"
+        volumes = [
+            volume
+            for volume in service["volumes"]
+            if isinstance(volume, dict) and volume.get("type") == "volume"
+        ]
+        assert [volume["target"] for volume in volumes] == [str(node.data_dir)]
+        volume_sources.append(volumes[0]["source"])
+        assert service["restart"] == "no"
+    assert len(set(volume_sources)) == len(volume_sources), "each node has its own volume"
+
+
+def test_the_five_profile_without_its_variable_leaves_node4_out_of_the_cluster() -> None:
+    # Documented fail-fast: node4 then reads the 3-node config and `serve --id 4` refuses to
+    # start, rather than joining peers whose config does not list it.
+    resolved = compose_config("five")
+    node_id, config = service_node("node4", resolved["services"]["node4"])
+    with pytest.raises(ConfigError, match="no node with id 4"):
+        config.node(node_id)
