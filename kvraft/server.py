@@ -268,8 +268,13 @@ class RaftNode:
             self.failed.set_result(error)
 
     def _fail_all_waiters(self, error: Exception) -> None:
-        futures: list[asyncio.Future[Any]] = [w.future for w in self._waiters.values()]
-        futures += [p.future for p in self._proposals]
+        # A command already in the log may still commit (followers have it, or the disk
+        # kept it after all): its fate is unknown. Anything not yet proposed, and every
+        # read, simply did not happen.
+        for waiter in self._waiters.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(OutcomeUnknown(f"{error}; the write may still apply"))
+        futures: list[asyncio.Future[Any]] = [p.future for p in self._proposals]
         futures += [f for _, f in self._reads] + list(self._read_futures.values())
         futures += [f for _, f in self._reads_waiting_apply]
         for future in futures:
