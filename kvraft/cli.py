@@ -17,6 +17,8 @@ SUBCOMMANDS = (
     ("kv", "delete"),
     ("kv", "list_keys"),
     ("kv", "status"),
+    ("member", "member"),
+    ("member", "leader"),
     ("sim", "sim"),
 )
 

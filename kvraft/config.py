@@ -70,6 +70,7 @@ __all__ = [
     "StorageSettings",
     "load_config",
     "local_cluster_config",
+    "parse_address",
     "parse_config",
     "render_config",
 ]
@@ -524,7 +525,7 @@ def _nodes_from_table(value: object, base_dir: pathlib.Path) -> tuple[NodeSpec, 
         ids_seen.add(node_id)
         hosts_ports: dict[str, tuple[str, int]] = {}
         for key in ("raft_address", "http_address"):
-            host, port = _parse_address(item[key], f"{prefix}.{key}")
+            host, port = parse_address(item[key], f"{prefix}.{key}")
             address = _join_address(host, port)
             if address in addresses_seen:
                 raise ConfigError(
@@ -565,7 +566,7 @@ def _check_bool(value: object, key_path: str) -> bool:
     return value
 
 
-def _parse_address(value: object, key_path: str) -> tuple[str, int]:
+def parse_address(value: object, key_path: str) -> tuple[str, int]:
     """``host:port`` -> (normalised host, port); IPv6 literals must be bracketed."""
     if not isinstance(value, str):
         raise ConfigError(f"{key_path}: expected a string host:port, got {_type_name(value)}")

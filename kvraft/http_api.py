@@ -11,6 +11,10 @@ Errors say whose fault they were:
 - 504 `outcome_unknown`: the write was proposed but not confirmed in time; it may
   or may not be applied (retry with the same Idempotency-Key to be exactly-once).
 A 200 on a write means committed on a majority and applied.
+
+Membership (`/v1/members`, `/v1/leader/transfer`) follows the same rules, with 404 for
+an unknown member and 409 when the request contradicts the membership or another
+change is still in progress; see `kvraft.server.RaftNode.add_member` for the steps.
 """
 
 from __future__ import annotations
@@ -29,7 +33,24 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from kvraft.server import NotLeader, OutcomeUnknown, RaftNode, Unavailable
+from kvraft.membership import (
+    MEMBER_REQUEST_BYTES_MAX,
+    MembershipConflictError,
+    MembershipError,
+    UnknownMemberError,
+    parse_add_request,
+    parse_node_id,
+    parse_transfer_request,
+)
+from kvraft.server import (
+    ChangeInProgress,
+    HandedOver,
+    NotCaughtUp,
+    NotLeader,
+    OutcomeUnknown,
+    RaftNode,
+    Unavailable,
+)
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
     ApplyResult,
@@ -38,7 +59,7 @@ from kvraft.statemachine import (
     encode_put,
 )
 
-__all__ = ["FORWARDED_HEADER", "create_app"]
+__all__ = ["FORWARDED_HEADER", "MEMBERSHIP_PATH_PREFIXES", "create_app"]
 
 log = logging.getLogger("kvraft.http")
 
@@ -46,6 +67,8 @@ FORWARDED_HEADER = "X-Kvraft-Forwarded"
 RETRY_AFTER_S = "1"
 LIST_LIMIT_DEFAULT = 100
 FORWARD_CONNECT_TIMEOUT_S = 1.0
+MEMBERSHIP_PATH_PREFIXES = ("/v1/members", "/v1/leader/")
+"""Routes that may take `RaftNode.membership_timeout_s`, so a forwarding node waits that long."""
 
 NODE_KEY: web.AppKey[RaftNode] = web.AppKey("node", RaftNode)
 SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
@@ -118,14 +141,17 @@ def _command_error(error: CommandError) -> ApiError:
 BODY_KEY = "kvraft_body"
 
 
-async def _read_value(request: web.Request, value_bytes_max: int) -> bytes:
+async def _read_value(request: web.Request, value_bytes_max: int, what: str = "value") -> bytes:
     # Cached: a follower reads the body, learns it is not the leader, then forwards it.
     if BODY_KEY in request:
         cached: bytes = request[BODY_KEY]
         return cached
+    too_large = ApiError(
+        413, f"{what}_too_large", f"{what} over the limit of {value_bytes_max} bytes"
+    )
     declared = request.content_length
     if declared is not None and declared > value_bytes_max:
-        raise ApiError(413, "value_too_large", f"value over the limit of {value_bytes_max} bytes")
+        raise too_large
     body = bytearray()
     while len(body) <= value_bytes_max:
         chunk = await request.content.read(value_bytes_max + 1 - len(body))
@@ -133,10 +159,21 @@ async def _read_value(request: web.Request, value_bytes_max: int) -> bytes:
             break
         body += chunk
     if len(body) > value_bytes_max:
-        raise ApiError(413, "value_too_large", f"value over the limit of {value_bytes_max} bytes")
+        raise too_large
     value = bytes(body)
     request[BODY_KEY] = value
     return value
+
+
+async def _read_json(request: web.Request) -> object:
+    """The request's JSON body (None when empty), bounded by MEMBER_REQUEST_BYTES_MAX."""
+    body = await _read_value(request, MEMBER_REQUEST_BYTES_MAX, "body")
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
 
 
 def _consistency(request: web.Request) -> str:
@@ -266,6 +303,66 @@ class _Routes:
     async def status(self, request: web.Request) -> web.Response:
         return _json(200, self.node.status())
 
+    # --- membership ---------------------------------------------------------------------
+
+    async def _membership(self, call: Awaitable[dict[str, Any]]) -> web.Response:
+        """Run a membership call and turn its failures into answers (NotLeader passes up to
+        the middleware, which forwards the request to the leader)."""
+        try:
+            return _json(200, await call)
+        except UnknownMemberError as error:
+            raise ApiError(404, "unknown_member", str(error)) from None
+        except MembershipConflictError as error:
+            raise ApiError(409, "member_conflict", str(error)) from None
+        except MembershipError as error:
+            raise ApiError(400, "bad_request", str(error)) from None
+        except ChangeInProgress as error:
+            raise ApiError(409, "change_in_progress", str(error)) from None
+        except NotLeader:
+            raise
+        except NotCaughtUp as error:
+            raise ApiError(503, "not_caught_up", str(error)) from None
+        except Unavailable as error:
+            raise ApiError(503, "unavailable", str(error)) from None
+        except OutcomeUnknown as error:
+            raise ApiError(504, "outcome_unknown", str(error)) from None
+
+    async def members(self, request: web.Request) -> web.Response:
+        if self.node.role_name() != "leader":
+            # Only the leader knows how far each member has replicated.
+            raise NotLeader(self.node.core.leader_id if self.node.core else 0)
+        return _json(200, self.node.members_view())
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        try:
+            add = parse_add_request(await _read_json(request))
+        except MembershipError as error:
+            raise ApiError(400, "bad_request", str(error)) from None
+        return await self._membership(self.node.add_member(add.member, voter=add.voter))
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        text = request.match_info["node_id"]
+        if not text.isdigit() or len(text) > 10:
+            raise ApiError(400, "bad_request", "the node id must be a positive integer")
+        try:
+            node_id = parse_node_id(int(text))
+        except MembershipError as error:
+            raise ApiError(400, "bad_request", str(error)) from None
+        return await self._membership(self.node.remove_member(node_id))
+
+    async def transfer_leadership(self, request: web.Request) -> web.Response:
+        try:
+            target = parse_transfer_request(await _read_json(request))
+        except MembershipError as error:
+            raise ApiError(400, "bad_request", str(error)) from None
+        previous = self.node.id
+
+        async def transfer() -> dict[str, Any]:
+            leader_id = await self.node.transfer_leadership(target)
+            return {"leader_id": leader_id, "previous_leader_id": previous}
+
+        return await self._membership(transfer())
+
     async def healthz(self, request: web.Request) -> web.Response:
         return _json(200, {"ok": True})
 
@@ -327,7 +424,10 @@ def create_app(node: RaftNode) -> web.Application:
             try:
                 response = await handler(request)
             except NotLeader as error:
-                response = await _forward(request, error.leader_id)
+                # A leader that handed over to finish a request sends it on one more hop.
+                response = await _forward(
+                    request, error.leader_id, another_hop=isinstance(error, HandedOver)
+                )
         except ApiError as error:
             response = _error_response(error)
         except web.HTTPException as error:
@@ -342,8 +442,10 @@ def create_app(node: RaftNode) -> web.Application:
         latency.labels(request.method, route_name).observe(time.perf_counter() - started)
         return response
 
-    async def _forward(request: web.Request, leader_id: int) -> web.StreamResponse:
-        if FORWARDED_HEADER in request.headers:
+    async def _forward(
+        request: web.Request, leader_id: int, *, another_hop: bool = False
+    ) -> web.StreamResponse:
+        if FORWARDED_HEADER in request.headers and not another_hop:
             raise ApiError(503, "unavailable", "forwarded to a node that is not the leader")
         leader = node.peer_addresses.get(leader_id) if leader_id else None
         if leader is None or leader_id == node.id:
@@ -361,6 +463,9 @@ def create_app(node: RaftNode) -> web.Application:
         # which are legal inside keys.
         url = yarl.URL(leader.http_url + request.raw_path, encoded=True)
         is_write = request.method in ("PUT", "DELETE", "POST")
+        timeout_s = routes.timeout_s
+        if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
+            timeout_s = node.membership_timeout_s
         try:
             async with session.request(
                 request.method,
@@ -368,7 +473,7 @@ def create_app(node: RaftNode) -> web.Application:
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(
-                    total=routes.timeout_s + 1, sock_connect=FORWARD_CONNECT_TIMEOUT_S
+                    total=timeout_s + 1, sock_connect=FORWARD_CONNECT_TIMEOUT_S
                 ),
             ) as upstream:
                 payload = await upstream.read()
@@ -408,6 +513,10 @@ def create_app(node: RaftNode) -> web.Application:
     app.router.add_delete("/v1/kv/{key:.+}", routes.delete)
     app.router.add_get("/v1/kv", routes.list)
     app.router.add_get("/v1/status", routes.status)
+    app.router.add_get("/v1/members", routes.members)
+    app.router.add_post("/v1/members", routes.add_member)
+    app.router.add_delete("/v1/members/{node_id}", routes.remove_member)
+    app.router.add_post("/v1/leader/transfer", routes.transfer_leadership)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", metrics)

@@ -12,6 +12,16 @@ The flow of a write, as this module runs it (see `kvraft.raft.ready` for the rul
 Only the driver task touches the core. Everything else (HTTP handlers, the tick
 timer, the transport's receive callback) puts work in a queue and wakes the driver,
 so the core sees one input at a time and the event loop never waits on the disk.
+
+Membership. Where each member can be reached travels in the log with the members
+themselves (`kvraft.membership`): before each Ready is handled, the node reads the
+latest configuration in its log (§4.1: a configuration is in force once appended,
+committed or not) and updates its address book, the transport's peers and which
+peers may connect. A change is proposed through the driver like a write; the node
+adds a new member as a learner, waits for it to catch up, then promotes it (§4.2.1),
+and removes itself only after handing leadership over (§3.10). A peer that connects
+but is not in this node's log yet (this node is behind) is looked up over HTTP from
+the other members, so a lagging node can still follow a leader it has not heard of.
 """
 
 from __future__ import annotations
@@ -23,13 +33,30 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
 from kvraft.config import ClusterConfig, NodeSpec
+from kvraft.membership import (
+    LookupThrottle,
+    MemberAddress,
+    MembershipConflictError,
+    MembershipError,
+    UnknownMemberError,
+    address_book_of,
+    is_caught_up,
+    parse_member,
+    pick_transfer_target,
+    plan_learner_add,
+    plan_promotion,
+    plan_removal,
+)
 from kvraft.raft.codec import CodecError, decode_message, encode_message
 from kvraft.raft.core import (
+    ConfigurationChangeError,
     NotLeaderError,
     ProposalDroppedError,
     RaftConfig,
@@ -37,6 +64,7 @@ from kvraft.raft.core import (
     Role,
 )
 from kvraft.raft.messages import (
+    NO_NODE,
     Configuration,
     Entry,
     EntryKind,
@@ -44,6 +72,7 @@ from kvraft.raft.messages import (
     Message,
     SnapshotMeta,
 )
+from kvraft.raft.progress import Progress, ProgressState
 from kvraft.raft.ready import Ready
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
@@ -51,7 +80,13 @@ from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
 
 __all__ = [
+    "INBOUND_MESSAGES_MAX",
+    "LOOKUP_TIMEOUT_S",
+    "MEMBERSHIP_REQUEST_TIMEOUTS",
+    "ChangeInProgress",
+    "HandedOver",
     "NodeStoppedError",
+    "NotCaughtUp",
     "NotLeader",
     "OutcomeUnknown",
     "ProposalLost",
@@ -63,6 +98,14 @@ log = logging.getLogger("kvraft.server")
 
 INBOUND_MESSAGES_MAX = 100_000
 """Peer messages waiting for the driver; beyond this they are dropped (Raft tolerates loss)."""
+
+MEMBERSHIP_REQUEST_TIMEOUTS = 3
+"""A membership change may take this many `limits.request_timeout_ms`: adding a voter commits
+the learner, waits for it to catch up, then commits its promotion, each bounded by one."""
+
+LOOKUP_TIMEOUT_S = 2.0
+"""How long one look-up of an unknown peer waits for a member's answer before asking the
+next member (`kvraft.membership.LookupThrottle` says when to look up)."""
 
 
 class NotLeader(Exception):
@@ -89,6 +132,20 @@ class NodeStoppedError(Unavailable):
     """The node is shutting down or has failed."""
 
 
+class NotCaughtUp(Unavailable):
+    """The new member is a learner but has not caught up in time; retrying promotes it."""
+
+
+class ChangeInProgress(Exception):
+    """Another membership change is not finished yet (or the leader has not committed an
+    entry of its term yet, §4.1 and the 2015 single-server change fix): retry later."""
+
+
+class HandedOver(NotLeader):
+    """This leader handed leadership to `leader_id` so that the new leader can finish the
+    request (removing the old leader); the request is to be forwarded there."""
+
+
 @dataclass(slots=True)
 class _Proposal:
     command: bytes
@@ -101,6 +158,19 @@ class _Waiter:
     future: asyncio.Future[ApplyResult]
 
 
+@dataclass(slots=True)
+class _ConfigProposal:
+    configuration: Configuration
+    base: Configuration  # the configuration the change was planned from
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _ConfigWaiter:
+    term: int
+    future: asyncio.Future[None]
+
+
 class RaftNode:
     """A running node. `start()`, serve requests, `stop()`."""
 
@@ -109,11 +179,18 @@ class RaftNode:
         config: ClusterConfig,
         node_id: int,
         *,
+        spec: NodeSpec | None = None,
         storage: Storage | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """A node of `config`'s cluster. A node named in `config.nodes` is a founding member:
+        it starts from the file's configuration. Any other node (a joining one) passes its own
+        `spec` and starts with an empty configuration until the cluster adds it."""
         self.config = config
-        self.spec: NodeSpec = config.node(node_id)
+        self._founding = any(node.id == node_id for node in config.nodes)
+        self.spec: NodeSpec = config.node(node_id) if spec is None else spec
+        if self.spec.id != node_id:
+            raise ValueError(f"spec is for node {self.spec.id}, not {node_id}")
         self.id = node_id
         self._rng = rng or random.Random()
         self._storage_override = storage
@@ -146,7 +223,28 @@ class RaftNode:
         self.last_leader_id = 0
         self.on_apply_hooks: list[Callable[[Entry], None]] = []
         self.fsync_observer: Callable[[float], None] | None = None
-        self.peer_addresses: dict[int, NodeSpec] = {node.id: node for node in config.nodes}
+        # Membership: the addresses of the latest configuration in the log, addresses learned
+        # outside it (the join answer, look-ups) for ids the log does not name yet, and the
+        # union of both that the transport and the HTTP forwarding use.
+        self._file_book = {node.id: MemberAddress.of_spec(node) for node in config.nodes}
+        self._log_book: dict[int, MemberAddress] = {}
+        self._provisional_book: dict[int, MemberAddress] = {}
+        self._configuration_seen: Configuration | None = None
+        self._lookups = LookupThrottle()
+        self._lookup_task: asyncio.Task[None] | None = None
+        self._transport_addresses: dict[int, tuple[str, int]] = {}
+        if not self._founding:
+            # A new node knows no configuration yet; the file's nodes (if any) are where the
+            # cluster was, so the leader's first messages can be answered.
+            self._provisional_book = {i: a for i, a in self._file_book.items() if i != node_id}
+        self.peer_addresses: dict[int, MemberAddress] = dict(self._file_book)
+        self.peer_addresses[node_id] = MemberAddress.of_spec(self.spec)
+        self._config_proposals: list[_ConfigProposal] = []
+        self._config_waiters: dict[int, _ConfigWaiter] = {}
+        self._membership_lock = asyncio.Lock()
+        self._state_changed = asyncio.Event()
+        self._state_waiters = 0  # coroutines in _wait_until: only then is a new Event needed
+        self._http_session: aiohttp.ClientSession | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -209,14 +307,18 @@ class RaftNode:
             self._is_known_peer,
             rng=random.Random(self._rng.getrandbits(64)),
         )
-        for node in self.peer_addresses.values():
-            if node.id != self.id:
-                self.transport.set_peer_address(node.id, node.raft_host, node.raft_port)
+        self._refresh_membership(self.core)
+        if not self.core.log.configuration().members:
+            log.info("node %d: not a member of any configuration yet; waiting to be added", self.id)
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._drive(), name=f"kvraft-driver-{self.id}"))
         self._tasks.append(asyncio.create_task(self._tick_timer(), name=f"kvraft-tick-{self.id}"))
 
     def _bootstrap_configuration(self) -> Configuration:
+        # The file's addresses are used while the configuration has no context (see
+        # `address_book_of`), so the file stays authoritative until the first change.
+        if not self._founding:
+            return Configuration()
         voters = frozenset(n.id for n in self.config.nodes if n.voter)
         learners = frozenset(n.id for n in self.config.nodes if not n.voter)
         return Configuration(voters=voters, learners=learners)
@@ -239,6 +341,13 @@ class RaftNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._snapshot_task
         self._fail_all_waiters(NodeStoppedError("node is shutting down"))
+        self._notify_state_changed()
+        if self._lookup_task is not None:
+            self._lookup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._lookup_task
+        if self._http_session is not None:
+            await self._http_session.close()
         if self.transport is not None:
             await self.transport.stop()
         if self.storage is not None:
@@ -248,11 +357,10 @@ class RaftNode:
     async def _hand_over_leadership(self, timeout_s: float) -> None:
         core = self.core
         assert core is not None
-        peers = core.status().peers
-        voters = core.log.configuration().voters - {self.id}
-        if not voters:
+        matches = {peer: progress.match_index for peer, progress in core.progress.items()}
+        target = pick_transfer_target(core.log.configuration().voters, self.id, matches)
+        if target is None:
             return
-        target = max(voters, key=lambda v: peers[v].match_index if v in peers else -1)
         self.request_leadership_transfer(target)
         deadline = time.monotonic() + timeout_s
         while core.role == Role.LEADER and time.monotonic() < deadline:
@@ -274,14 +382,22 @@ class RaftNode:
         for waiter in self._waiters.values():
             if not waiter.future.done():
                 waiter.future.set_exception(OutcomeUnknown(f"{error}; the write may still apply"))
+        for config_waiter in self._config_waiters.values():
+            if not config_waiter.future.done():
+                config_waiter.future.set_exception(
+                    OutcomeUnknown(f"{error}; the membership change may still apply")
+                )
         futures: list[asyncio.Future[Any]] = [p.future for p in self._proposals]
+        futures += [p.future for p in self._config_proposals]
         futures += [f for _, f in self._reads] + list(self._read_futures.values())
         futures += [f for _, f in self._reads_waiting_apply]
         for future in futures:
             if not future.done():
                 future.set_exception(error)
         self._waiters.clear()
+        self._config_waiters.clear()
         self._proposals.clear()
+        self._config_proposals.clear()
         self._reads.clear()
         self._read_futures.clear()
         self._reads_waiting_apply.clear()
@@ -347,7 +463,12 @@ class RaftNode:
             self._wake.set()
 
     def _is_known_peer(self, node_id: int) -> bool:
-        return node_id in self.peer_addresses and node_id != self.id
+        if node_id == self.id:
+            return False
+        if node_id in self.peer_addresses:
+            return True
+        self._maybe_look_up(node_id)
+        return False
 
     def _on_peer_payload(self, node_id: int, payload: bytes) -> None:
         try:
@@ -381,7 +502,9 @@ class RaftNode:
                 while core.has_ready() and not self._stopping:
                     await self._handle_ready(core, core.ready())
                     self._feed(core)  # what arrived while we waited on the disk
+                self._refresh_membership(core)
                 self._observe_leader(core)
+                self._notify_state_changed()
         except StorageError as error:
             self._fail(error)
         except asyncio.CancelledError:
@@ -410,6 +533,11 @@ class RaftNode:
             else:
                 for proposal, index in zip(live, indexes, strict=True):
                     self._waiters[index] = _Waiter(core.term, proposal.future)
+        if self._config_proposals:
+            config_proposals, self._config_proposals = self._config_proposals, []
+            for config_proposal in config_proposals:
+                if not config_proposal.future.done():
+                    self._propose_configuration(core, config_proposal)
         if self._reads:
             reads, self._reads = self._reads, []
             for read_id, future in reads:
@@ -424,9 +552,42 @@ class RaftNode:
             with contextlib.suppress(Exception):
                 core.transfer_leadership(target)
 
+    def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
+        future = proposal.future
+        if core.role != Role.LEADER:
+            future.set_exception(NotLeader(core.leader_id))
+            return
+        if core.log.configuration() != proposal.base:
+            # Planned from a configuration that is no longer the latest: proposing it would
+            # undo whatever changed in between.
+            future.set_exception(ChangeInProgress("the membership changed meanwhile; retry"))
+            return
+        if core.log.pending_configuration_index():
+            future.set_exception(ChangeInProgress("another membership change is in progress"))
+            return
+        if core.log.term_at(core.log.commit_index) != core.term:
+            future.set_exception(
+                ChangeInProgress("the new leader has not committed an entry of its term yet")
+            )
+            return
+        try:
+            index = core.propose_configuration(proposal.configuration)
+        except NotLeaderError as error:
+            future.set_exception(NotLeader(error.leader_id))
+        except ProposalDroppedError as error:
+            future.set_exception(Unavailable(str(error)))
+        except ConfigurationChangeError as error:
+            future.set_exception(MembershipConflictError(str(error)))
+        else:
+            self._config_waiters[index] = _ConfigWaiter(core.term, future)
+
     async def _handle_ready(self, core: RaftCore, ready: Ready) -> None:
         storage = self.storage
         assert storage is not None
+        # Configurations in force are the latest in the log (§4.1), including the entries of
+        # this Ready and an accepted snapshot's: the new peers must be known before the
+        # messages to them go out.
+        self._refresh_membership(core)
         for message in ready.messages:
             self._send(message)
         if ready.snapshot is not None:
@@ -466,6 +627,16 @@ class RaftNode:
             result = None
         for hook in self.on_apply_hooks:
             hook(entry)
+        config_waiter = self._config_waiters.pop(entry.index, None)
+        if config_waiter is not None and not config_waiter.future.done():
+            # Whatever entry holds our index: ours only if it has our term (§5.3, one leader
+            # per term writes each index once).
+            if config_waiter.term == entry.term and entry.kind == EntryKind.CONFIG:
+                config_waiter.future.set_result(None)
+            else:
+                config_waiter.future.set_exception(
+                    ProposalLost("leadership changed; the membership change was not applied")
+                )
         waiter = self._waiters.pop(entry.index, None)
         if waiter is None or waiter.future.done():
             return
@@ -552,6 +723,293 @@ class RaftNode:
         full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
         transport.send(message.target, encode_message(full), bulk=True)
 
+    # --- membership: the address book -------------------------------------------------
+
+    def _refresh_membership(self, core: RaftCore) -> None:
+        """Follow the latest configuration in the log: its addresses, who may connect."""
+        configuration = core.log.configuration()
+        if configuration is self._configuration_seen:
+            return
+        self._configuration_seen = configuration
+        try:
+            book = address_book_of(configuration, self._file_book)
+        except MembershipError as error:
+            # Only a faulty or hostile leader writes such an entry. Keep reaching the members
+            # we can rather than stop: the entry is in the log either way.
+            log.error("node %d: unusable address book in the log: %s", self.id, error)
+            book = {
+                node_id: address
+                for node_id, address in self.peer_addresses.items()
+                if node_id in configuration.members
+            }
+        for node_id in self._log_book.keys() - book.keys():
+            self._lookups.removed(node_id)
+            self._provisional_book.pop(node_id, None)
+        for node_id in book:
+            self._lookups.rejoined(node_id)
+            self._provisional_book.pop(node_id, None)  # the log is the authority now
+        if book != self._log_book:
+            log.info(
+                "node %d: members %s (voters %s)",
+                self.id,
+                sorted(configuration.members),
+                sorted(configuration.voters),
+            )
+        self._log_book = book
+        self._apply_addresses()
+
+    def learn_addresses(self, book: dict[int, MemberAddress]) -> None:
+        """Addresses learned outside the log (a join answer, a look-up), used for ids the log
+        does not name yet: the leader must be reachable before the log can say who it is."""
+        for node_id, address in book.items():
+            if node_id != self.id and node_id not in self._log_book:
+                self._provisional_book[node_id] = address
+        self._apply_addresses()
+
+    def _apply_addresses(self) -> None:
+        addresses = {**self._provisional_book, **self._log_book}
+        addresses[self.id] = addresses.get(self.id) or MemberAddress.of_spec(self.spec)
+        self.peer_addresses = addresses
+        transport = self.transport
+        if transport is None:
+            return
+        for node_id in list(self._transport_addresses):
+            if node_id not in addresses:
+                transport.remove_peer(node_id)
+                del self._transport_addresses[node_id]
+        for node_id, address in addresses.items():
+            target = (address.raft_host, address.raft_port)
+            if node_id != self.id and self._transport_addresses.get(node_id) != target:
+                transport.set_peer_address(node_id, *target)
+                self._transport_addresses[node_id] = target
+
+    def _maybe_look_up(self, node_id: int) -> None:
+        """A peer we do not know dialled in: maybe a member our log has not reached yet."""
+        if self._stopping or self.transport is None:
+            return
+        if self._lookup_task is not None and not self._lookup_task.done():
+            return
+        if not self._lookups.allow(node_id, time.monotonic()):
+            return
+        self._lookup_task = asyncio.create_task(self._look_up(node_id))
+
+    async def _look_up(self, node_id: int) -> None:
+        if self._http_session is None:
+            self._http_session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT_S)
+        for asked in [a for i, a in sorted(self.peer_addresses.items()) if i != self.id]:
+            try:
+                async with self._http_session.get(
+                    asked.http_url + "/v1/members", timeout=timeout
+                ) as response:
+                    if response.status != 200:
+                        continue
+                    body = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            found = _member_in_answer(body, node_id)
+            if found is not None:
+                if node_id not in self._log_book and not self._lookups.is_removed(node_id):
+                    log.info(
+                        "node %d: learned from node %d that node %d is a member at %s",
+                        self.id,
+                        asked.id,
+                        node_id,
+                        found.raft_address,
+                    )
+                    self.learn_addresses({node_id: found})
+                return
+            if isinstance(body, dict) and isinstance(body.get("members"), list):
+                return  # a definite answer: not a member
+
+    # --- membership: changes ------------------------------------------------------------
+
+    @property
+    def membership_timeout_s(self) -> float:
+        """The longest a membership request takes before it answers 503/504."""
+        return MEMBERSHIP_REQUEST_TIMEOUTS * self.config.limits.request_timeout_ms / 1000
+
+    def _leader_core(self) -> RaftCore:
+        if self._stopping:
+            raise NodeStoppedError("node is shutting down")
+        core = self.core
+        assert core is not None
+        if core.role != Role.LEADER:
+            raise NotLeader(core.leader_id)
+        return core
+
+    def _notify_state_changed(self) -> None:
+        if self._state_waiters:
+            event, self._state_changed = self._state_changed, asyncio.Event()
+            event.set()
+
+    async def _wait_until(self, condition: Callable[[], bool], deadline_s: float) -> bool:
+        """Wait (on the loop's clock) until `condition()` holds; False at the deadline."""
+        loop = asyncio.get_running_loop()
+        while not condition():
+            remaining_s = deadline_s - loop.time()
+            if remaining_s <= 0 or self._stopping:
+                return False
+            event = self._state_changed
+            self._state_waiters += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining_s)
+            finally:
+                self._state_waiters -= 1
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _exclusive_change(self) -> AsyncIterator[None]:
+        # One change at a time, including the steps of an add that leave nothing pending in
+        # the log (waiting for the learner): a second request is refused, never queued.
+        if self._membership_lock.locked():
+            raise ChangeInProgress("another membership change is in progress on the leader")
+        async with self._membership_lock:
+            yield
+
+    def _book_of(self, configuration: Configuration) -> dict[int, MemberAddress]:
+        return {i: a for i, a in self.peer_addresses.items() if i in configuration.members}
+
+    async def _wait_for_first_commit(self, core: RaftCore, deadline_s: float) -> None:
+        # A new leader may change the membership only once an entry of its term commits;
+        # that usually takes one round trip, so wait for it rather than refuse at once.
+        election_s = self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+
+        def committed_in_term() -> bool:
+            return core.log.term_at(core.log.commit_index) == core.term
+
+        await self._wait_until(
+            lambda: core.role != Role.LEADER or committed_in_term(),
+            min(deadline_s, loop.time() + election_s),
+        )
+
+    async def _commit_configuration(
+        self, configuration: Configuration, base: Configuration, deadline_s: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        remaining_s = min(deadline_s - loop.time(), self.config.limits.request_timeout_ms / 1000)
+        if remaining_s <= 0:
+            raise Unavailable("no time left to propose the membership change")
+        future: asyncio.Future[None] = loop.create_future()
+        self._config_proposals.append(_ConfigProposal(configuration, base, future))
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), remaining_s)
+        except TimeoutError:
+            raise OutcomeUnknown(
+                "the membership change was proposed but not committed in time (no quorum?); "
+                "it may still apply"
+            ) from None
+
+    async def add_member(self, member: MemberAddress, *, voter: bool = True) -> dict[str, Any]:
+        """Add `member` as a learner, wait until it has caught up and, if `voter`, promote it
+        (§4.2.1). Idempotent: a member already there at the same addresses is not re-added.
+
+        Raises NotLeader, ChangeInProgress, MembershipError (and subclasses), NotCaughtUp,
+        Unavailable or OutcomeUnknown; returns `members_view()` once everything committed.
+        """
+        core = self._leader_core()
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.membership_timeout_s
+        async with self._exclusive_change():
+            await self._wait_for_first_commit(core, deadline_s)
+            core = self._leader_core()
+            base = core.log.configuration()
+            if not voter and member.id in base.voters:
+                raise MembershipConflictError(
+                    f"node {member.id} is a voter; remove it to add it back as a learner"
+                )
+            learner = plan_learner_add(base, self._book_of(base), member)
+            if learner is not None:
+                await self._commit_configuration(learner, base, deadline_s)
+                log.info("node %d: added node %d as a learner", self.id, member.id)
+            if voter and member.id not in self._leader_core().log.configuration().voters:
+                await self._wait_caught_up(member.id, deadline_s)
+                base = self._leader_core().log.configuration()
+                promotion = plan_promotion(base, self._book_of(base), member.id)
+                if promotion is not None:
+                    await self._commit_configuration(promotion, base, deadline_s)
+                    log.info("node %d: promoted node %d to voter", self.id, member.id)
+        return self.members_view()
+
+    async def _wait_caught_up(self, node_id: int, deadline_s: float) -> None:
+        core = self._leader_core()
+
+        def caught_up() -> bool:
+            progress = core.progress.get(node_id)
+            if core.role != Role.LEADER:
+                return True  # stop waiting: the caller finds out it is no longer the leader
+            return progress is not None and self._progress_caught_up(core, progress)
+
+        # Catching up gets its own request timeout (a snapshot can take a while), leaving the
+        # last one for the promotion.
+        loop = asyncio.get_running_loop()
+        request_timeout_s = self.config.limits.request_timeout_ms / 1000
+        if not await self._wait_until(caught_up, min(deadline_s, loop.time() + request_timeout_s)):
+            progress = core.progress.get(node_id)
+            match_index = progress.match_index if progress is not None else 0
+            raise NotCaughtUp(
+                f"node {node_id} is a learner but has not caught up yet (match index "
+                f"{match_index}, commit index {core.log.commit_index}); retry to promote it"
+            )
+        self._leader_core()  # still the leader?
+
+    async def remove_member(self, node_id: int) -> dict[str, Any]:
+        """Remove `node_id` from the cluster. The leader removing itself first hands
+        leadership to the most caught-up voter (§3.10) and raises HandedOver: the new leader
+        does the removal, and the old one, no longer a member, stays quiet (§4.2.3)."""
+        core = self._leader_core()
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.membership_timeout_s
+        if node_id == self.id:
+            plan_removal(core.log.configuration(), self.peer_addresses, node_id)  # validate
+            new_leader = await self.transfer_leadership(None)
+            raise HandedOver(new_leader)
+        async with self._exclusive_change():
+            await self._wait_for_first_commit(core, deadline_s)
+            base = self._leader_core().log.configuration()
+            change = plan_removal(base, self._book_of(base), node_id)
+            await self._commit_configuration(change, base, deadline_s)
+            log.info("node %d: removed node %d", self.id, node_id)
+        return self.members_view()
+
+    async def transfer_leadership(self, target: int | None) -> int:
+        """Hand leadership to `target` (None: the most caught-up voter) and wait until it
+        moved; returns the new leader's id. Raises NotLeader, MembershipError (unknown or
+        non-voting target), Unavailable (nothing moved in time) or OutcomeUnknown (this node
+        stepped down but no new leader is known yet)."""
+        core = self._leader_core()
+        configuration = core.log.configuration()
+        if target is None:
+            matches = {peer: progress.match_index for peer, progress in core.progress.items()}
+            target = pick_transfer_target(configuration.voters, self.id, matches)
+            if target is None:
+                raise MembershipConflictError("there is no other voter to hand leadership to")
+        elif target == self.id:
+            return self.id
+        elif target not in configuration.members:
+            raise UnknownMemberError(f"node {target} is not a member")
+        elif target not in configuration.voters:
+            raise MembershipConflictError(f"node {target} is a learner; only a voter can lead")
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.config.limits.request_timeout_ms / 1000
+        # The core abandons a transfer after an election timeout (§3.10): ask again until the
+        # deadline, so a target that was briefly slow still gets it.
+        retry_s = 2 * self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
+        while core.role == Role.LEADER and loop.time() < deadline_s:
+            self.request_leadership_transfer(target)
+            await self._wait_until(
+                lambda: core.role != Role.LEADER, min(deadline_s, loop.time() + retry_s)
+            )
+        if core.role == Role.LEADER:
+            raise Unavailable(f"node {target} did not take leadership in time; nothing changed")
+        if not await self._wait_until(lambda: core.leader_id not in (NO_NODE, self.id), deadline_s):
+            raise OutcomeUnknown("this node stepped down but no new leader is known yet")
+        log.info("node %d: handed leadership to node %d", self.id, core.leader_id)
+        return core.leader_id
+
     # --- status -------------------------------------------------------------------------
 
     def role_name(self) -> str:
@@ -561,34 +1019,68 @@ class RaftNode:
             return "leader"
         if core.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             return "candidate"
-        if self.id in core.log.configuration().learners:
+        configuration = core.log.configuration()
+        if self.id in configuration.learners:
             return "learner"
+        if self.id not in configuration.voters:
+            return "non_member"  # joining, or removed
         return "follower"
 
-    def leader_spec(self) -> NodeSpec | None:
+    def leader_spec(self) -> MemberAddress | None:
         core = self.core
         if core is None or not core.leader_id:
             return None
         return self.peer_addresses.get(core.leader_id)
 
+    def _member_items(self, core: RaftCore) -> list[dict[str, Any]]:
+        configuration = core.log.configuration()
+        items = []
+        for member in sorted(configuration.members):
+            address = self.peer_addresses.get(member)
+            item: dict[str, Any] = {
+                "id": member,
+                "raft_address": address.raft_address if address else None,
+                "http_address": address.http_address if address else None,
+                "voter": member in configuration.voters,
+            }
+            if core.role == Role.LEADER:
+                progress = core.progress.get(member)
+                item["match_index"] = progress.match_index if progress else 0
+                item["caught_up"] = member == self.id or (
+                    progress is not None and self._progress_caught_up(core, progress)
+                )
+            items.append(item)
+        return items
+
+    @staticmethod
+    def _progress_caught_up(core: RaftCore, progress: Progress) -> bool:
+        return is_caught_up(
+            progress.match_index,
+            core.log.commit_index,
+            replicating=progress.state == ProgressState.REPLICATE,
+        )
+
+    def change_pending(self) -> bool:
+        """A membership change is uncommitted, or a leader is in the middle of one."""
+        core = self.core
+        assert core is not None
+        return bool(core.log.pending_configuration_index()) or self._membership_lock.locked()
+
+    def members_view(self) -> dict[str, Any]:
+        """`GET /v1/members`: every member, and on the leader how far each has replicated."""
+        core = self.core
+        assert core is not None
+        return {
+            "leader_id": core.leader_id,
+            "term": core.term,
+            "change_pending": self.change_pending(),
+            "members": self._member_items(core),
+        }
+
     def status(self) -> dict[str, Any]:
         core = self.core
         assert core is not None
         status = core.status()
-        members = []
-        configuration = status.configuration
-        for member in sorted(configuration.members):
-            spec = self.peer_addresses.get(member)
-            item: dict[str, Any] = {
-                "id": member,
-                "raft_address": spec.raft_address if spec else None,
-                "http_address": spec.http_address if spec else None,
-                "voter": member in configuration.voters,
-            }
-            if core.role == Role.LEADER:
-                peer = status.peers.get(member)
-                item["match_index"] = peer.match_index if peer else 0
-            members.append(item)
         return {
             "id": self.id,
             "pid": os.getpid(),
@@ -600,8 +1092,8 @@ class RaftNode:
             "applied_index": self.state_machine.applied_index,
             "last_log_index": status.last_log_index,
             "snapshot_index": status.snapshot_index,
-            "members": members,
-            "membership_change_pending": bool(status.pending_configuration_index),
+            "members": self._member_items(core),
+            "membership_change_pending": self.change_pending(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
@@ -614,3 +1106,16 @@ class RaftNode:
             and core.leader_id != 0
             and self.state_machine.applied_index >= core.log.commit_index
         )
+
+
+def _member_in_answer(body: object, node_id: int) -> MemberAddress | None:
+    """`node_id`'s addresses in a `GET /v1/members` answer (untrusted), if it is listed."""
+    if not isinstance(body, dict) or not isinstance(body.get("members"), list):
+        return None
+    for item in body["members"]:
+        if isinstance(item, dict) and item.get("id") == node_id:
+            try:
+                return parse_member(node_id, item.get("raft_address"), item.get("http_address"))
+            except MembershipError:
+                return None
+    return None

@@ -1,39 +1,348 @@
-"""`kvraft serve`: run one node in this process until SIGTERM/SIGINT or a disk failure."""
+"""`kvraft serve`: run one node in this process until SIGTERM/SIGINT or a disk failure.
+
+A node named in the config file (`--config FILE --id N`) is a founding member and takes its
+addresses and data directory from the file. Any other node gives them on the command line
+(`--raft-address`, `--http-address`, `--data-dir`) and starts with an empty configuration;
+with `--join URL` it asks the cluster, through any member, to add it. The cluster adds it as a
+learner, sends it a snapshot and the log, and promotes it to voter once it has caught up. From
+then on its membership and its peers' addresses are in its own log, so a restart needs no
+`--join` (the cluster id it joined is kept in `DATA_DIR/node.json` for a restart without
+`--config`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import random
+import re
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import click
 from aiohttp import web
 
-__all__ = ["serve"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_JOIN_REFUSED",
+    "EXIT_STORAGE_CORRUPT",
+    "EXIT_STORAGE_FAILED",
+    "IDENTITY_FILE_BYTES_MAX",
+    "IDENTITY_FILE_NAME",
+    "JOIN_ATTEMPT_TIMEOUT_S",
+    "JOIN_BACKOFF_S_MAX",
+    "JOIN_TIMEOUT_S",
+    "JoinError",
+    "NodeIdentity",
+    "fetch_cluster_id",
+    "join_cluster",
+    "read_identity",
+    "serve",
+    "write_identity",
+]
 
 log = logging.getLogger("kvraft.serve")
 
 EXIT_STORAGE_CORRUPT = 2
 EXIT_STORAGE_FAILED = 3
 EXIT_CONFIG = 4
+EXIT_JOIN_REFUSED = 5
+
+IDENTITY_FILE_NAME = "node.json"
+"""In a joined node's data directory: the cluster id and node id it joined with."""
+
+IDENTITY_FILE_BYTES_MAX = 4096
+"""The largest identity file read: it holds two short fields."""
+
+JOIN_TIMEOUT_S = 300.0
+"""How long a joining node keeps asking to be added (through elections, a busy cluster or
+one change after another) before it gives up and exits."""
+
+JOIN_ATTEMPT_TIMEOUT_S = 60.0
+"""How long one join request may take: the cluster adds the node as a learner, waits for it
+to catch up and promotes it, each step bounded by the cluster's request timeout."""
+
+JOIN_BACKOFF_S_MAX = 2.0
+"""The longest pause between join attempts."""
+
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Answers that mean "not now": ask again after a pause.
+_JOIN_RETRY_STATUSES = frozenset({409, 502, 503, 504})
 
 
-async def run_node(config_path: Path, node_id: int) -> int:
-    from kvraft.config import ConfigError, load_config
+class JoinError(Exception):
+    """Joining cannot work: a bad join URL, an identity mismatch, or the cluster refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What a joined node keeps in `IDENTITY_FILE_NAME`: its `cluster_id` and `node_id`."""
+
+    cluster_id: str
+    node_id: int
+
+
+def read_identity(data_dir: Path) -> NodeIdentity | None:
+    """The identity kept in `data_dir` (None if there is none); JoinError if it is damaged."""
+    path = data_dir / IDENTITY_FILE_NAME
+    try:
+        with open(path, "rb") as file:
+            data = file.read(IDENTITY_FILE_BYTES_MAX + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise JoinError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(data) > IDENTITY_FILE_BYTES_MAX:
+        raise JoinError(f"{path}: larger than {IDENTITY_FILE_BYTES_MAX} bytes")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        raise JoinError(f"{path}: not valid JSON") from None
+    cluster_id = obj.get("cluster_id") if isinstance(obj, dict) else None
+    node_id = obj.get("node_id") if isinstance(obj, dict) else None
+    if not isinstance(cluster_id, str) or _CLUSTER_ID.fullmatch(cluster_id) is None:
+        raise JoinError(f"{path}: 'cluster_id' is missing or invalid")
+    if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id < 1:
+        raise JoinError(f"{path}: 'node_id' is missing or invalid")
+    return NodeIdentity(cluster_id, node_id)
+
+
+def write_identity(data_dir: Path, identity: NodeIdentity) -> None:
+    """Keep `identity` in `data_dir`, atomically (a crash leaves the old file or the new)."""
+    path = data_dir / IDENTITY_FILE_NAME
+    temporary = path.with_suffix(".tmp")
+    text = json.dumps({"cluster_id": identity.cluster_id, "node_id": identity.node_id})
+    with open(temporary, "w") as file:
+        file.write(text + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=JOIN_ATTEMPT_TIMEOUT_S, sock_connect=2.0)
+    async with session.get(url, timeout=timeout) as response:
+        body = await response.read()
+    try:
+        return response.status, json.loads(body)
+    except (ValueError, RecursionError):
+        return response.status, None
+
+
+async def fetch_cluster_id(join_url: str) -> str:
+    """The cluster id of the cluster at `join_url` (asked once; JoinError if it fails)."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            status, body = await _get_json(session, join_url + "/v1/status")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise JoinError(f"{join_url}: cannot ask for the cluster id: {error!r}") from None
+    cluster_id = body.get("cluster_id") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(cluster_id, str) or not _CLUSTER_ID.fullmatch(cluster_id):
+        raise JoinError(f"{join_url}/v1/status (HTTP {status}) gave no valid cluster_id")
+    return cluster_id
+
+
+async def join_cluster(
+    node: Any, join_url: str, voter: bool = True, timeout_s: float = JOIN_TIMEOUT_S
+) -> None:
+    """Ask the cluster at `join_url` to add `node` (a RaftNode), retrying what may succeed
+    later with backoff for up to `timeout_s`. JoinError if the cluster refuses, or time
+    runs out."""
+    from kvraft.membership import MembershipError, parse_member
+
+    loop = asyncio.get_running_loop()
+    deadline_s = loop.time() + timeout_s
+    rng = random.Random()
+    attempt = 0
+    spec = node.spec
+    request = {
+        "id": node.id,
+        "raft_address": spec.raft_address,
+        "http_address": spec.http_address,
+        "voter": voter,
+    }
+    learned = False
+    async with aiohttp.ClientSession() as session:
+        while True:
+            problem: str
+            try:
+                if not learned:
+                    # First the members' addresses: the leader's first messages must be
+                    # answerable before the log can tell this node who the leader is.
+                    status, body = await _get_json(session, join_url + "/v1/members")
+                    if status == 200 and isinstance(body, dict):
+                        book = {}
+                        for item in body.get("members") or []:
+                            if not isinstance(item, dict):
+                                continue
+                            with contextlib.suppress(MembershipError):
+                                member = parse_member(
+                                    item.get("id"),
+                                    item.get("raft_address"),
+                                    item.get("http_address"),
+                                )
+                                book[member.id] = member
+                        node.learn_addresses(book)
+                        learned = True
+                        log.info("node %d: the cluster's members are %s", node.id, sorted(book))
+                        continue
+                    problem = f"GET /v1/members: HTTP {status} {body!r}"
+                else:
+                    timeout = aiohttp.ClientTimeout(total=JOIN_ATTEMPT_TIMEOUT_S, sock_connect=2.0)
+                    async with session.post(
+                        join_url + "/v1/members", json=request, timeout=timeout
+                    ) as response:
+                        text = (await response.read()).decode("utf-8", "replace")
+                        status = response.status
+                    if status == 200:
+                        log.info("node %d: joined the cluster through %s", node.id, join_url)
+                        return
+                    if status not in _JOIN_RETRY_STATUSES or "member_conflict" in text:
+                        raise JoinError(f"the cluster refused to add node {node.id}: {text}")
+                    problem = f"POST /v1/members: HTTP {status} {text[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as error:
+                problem = repr(error)
+            attempt += 1
+            pause_s = min(JOIN_BACKOFF_S_MAX, 0.1 * 2 ** min(attempt, 10)) * rng.uniform(0.5, 1)
+            if loop.time() + pause_s > deadline_s:
+                raise JoinError(f"could not join within {timeout_s:g} s (last: {problem})")
+            log.warning("node %d: join attempt %d: %s; retrying", node.id, attempt, problem)
+            await asyncio.sleep(pause_s)
+
+
+async def _resolve(
+    config_path: Path | None,
+    node_id: int,
+    raft_address: str | None,
+    http_address: str | None,
+    data_dir: Path | None,
+    join_url: str | None,
+) -> tuple[Any, Any, bool]:
+    """(ClusterConfig, NodeSpec, founding) from the options; ConfigError or JoinError when
+    they do not describe a node. Without a config file or an identity file yet, the cluster
+    id comes from the join URL."""
+    import dataclasses
+
+    from kvraft.config import (
+        ClusterConfig,
+        ConfigError,
+        LimitSettings,
+        NodeSpec,
+        RaftSettings,
+        StorageSettings,
+        load_config,
+    )
+    from kvraft.membership import MembershipError, parse_member
+
+    config = load_config(config_path) if config_path is not None else None
+    given = [
+        name
+        for name, value in (
+            ("--raft-address", raft_address),
+            ("--http-address", http_address),
+            ("--data-dir", data_dir),
+            ("--join", join_url),
+        )
+        if value is not None
+    ]
+    if config is not None and any(node.id == node_id for node in config.nodes):
+        if given:
+            raise ConfigError(
+                f"node {node_id} is in {config_path}: its addresses and data dir come from "
+                f"there, and it is a founding member (drop {', '.join(given)})"
+            )
+        return config, config.node(node_id), True
+    if raft_address is None or http_address is None or data_dir is None:
+        where = f"not in {config_path}" if config is not None else "not described by --config"
+        raise ConfigError(
+            f"node {node_id} is {where}: give --raft-address, --http-address and --data-dir "
+            "(and --join URL to add it to a running cluster)"
+        )
+    try:
+        address = parse_member(node_id, raft_address, http_address)
+    except MembershipError as error:
+        raise ConfigError(str(error)) from None
+    data_dir = Path(os.path.abspath(data_dir))
+    identity = read_identity(data_dir)
+    if identity is not None and identity.node_id != node_id:
+        raise JoinError(f"{data_dir} belongs to node {identity.node_id}, not {node_id}")
+    cluster_id: str | None = config.cluster_id if config is not None else None
+    if identity is not None:
+        if cluster_id is not None and cluster_id != identity.cluster_id:
+            raise JoinError(
+                f"{data_dir} belongs to cluster {identity.cluster_id!r}, "
+                f"but {config_path} is for {cluster_id!r}"
+            )
+        cluster_id = identity.cluster_id
+    if join_url is not None:
+        joined_id = await fetch_cluster_id(join_url)
+        if cluster_id is not None and joined_id != cluster_id:
+            raise JoinError(f"{join_url} serves cluster {joined_id!r}, not {cluster_id!r}")
+        cluster_id = joined_id
+    if cluster_id is None:
+        raise ConfigError(
+            f"node {node_id} has never joined a cluster from {data_dir}: give --join URL "
+            "(or --config FILE)"
+        )
+    spec = NodeSpec(
+        id=node_id,
+        raft_host=address.raft_host,
+        raft_port=address.raft_port,
+        http_host=address.http_host,
+        http_port=address.http_port,
+        data_dir=data_dir,
+    )
+    if config is None:
+        config = ClusterConfig(
+            cluster_id, (), RaftSettings(), StorageSettings(), LimitSettings(), path=None
+        )
+    else:
+        config = dataclasses.replace(config, cluster_id=cluster_id)
+    return config, spec, False
+
+
+async def run_node(
+    config_path: Path | None,
+    node_id: int,
+    *,
+    raft_address: str | None = None,
+    http_address: str | None = None,
+    data_dir: Path | None = None,
+    join_url: str | None = None,
+    learner: bool = False,
+) -> int:
+    from kvraft.client import ClientError, normalize_endpoint
+    from kvraft.config import ConfigError
     from kvraft.http_api import create_app
     from kvraft.server import RaftNode
     from kvraft.storage.api import StorageCorruptionError, StorageError
 
     try:
-        config = load_config(config_path)
-        spec = config.node(node_id)
+        if join_url is not None:
+            try:
+                join_url = normalize_endpoint(join_url)
+            except ClientError as error:
+                raise JoinError(f"--join: {error}") from None
+        config, spec, founding = await _resolve(
+            config_path, node_id, raft_address, http_address, data_dir, join_url
+        )
     except ConfigError as error:
-        log.error("invalid configuration %s: %s", config_path, error)
+        if config_path is not None:
+            log.error("invalid configuration %s: %s", config_path, error)
+        else:
+            log.error("node %d cannot start: %s", node_id, error)
         return EXIT_CONFIG
-    node = RaftNode(config, node_id)
+    except JoinError as error:
+        log.error("node %d cannot start: %s", node_id, error)
+        return EXIT_CONFIG
+    node = RaftNode(config, node_id, spec=None if founding else spec)
     try:
         await node.start()
     except StorageCorruptionError as error:
@@ -42,6 +351,13 @@ async def run_node(config_path: Path, node_id: int) -> int:
     except StorageError as error:
         log.error("node %d cannot open its storage: %s", node_id, error)
         return EXIT_STORAGE_FAILED
+    if not founding:
+        try:
+            write_identity(spec.data_dir, NodeIdentity(config.cluster_id, node_id))
+        except OSError as error:
+            log.error("node %d cannot write its identity file: %s", node_id, error)
+            await node.stop(transfer_leadership=False)
+            return EXIT_STORAGE_FAILED
     runner = web.AppRunner(create_app(node), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, spec.http_listen_host, spec.http_port, reuse_address=True)
@@ -60,7 +376,32 @@ async def run_node(config_path: Path, node_id: int) -> int:
     assert node.failed is not None
     stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     failed: asyncio.Future[Any] = node.failed
-    await asyncio.wait([stop_waiter, failed], return_when=asyncio.FIRST_COMPLETED)
+    waiting: list[asyncio.Future[Any]] = [stop_waiter, failed]
+    joining: asyncio.Task[None] | None = None
+    if join_url is not None:
+        joining = asyncio.create_task(join_cluster(node, join_url, voter=not learner))
+        waiting.append(joining)
+    elif not node.peer_addresses.keys() - {node_id} and not founding:
+        log.warning("node %d knows no cluster yet: start it with --join URL", node_id)
+    while True:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if joining is not None and joining in done:
+            waiting.remove(joining)
+            join_error = joining.exception()
+            if join_error is None:
+                joining = None
+                continue
+            log.error("node %d could not join: %s", node_id, join_error)
+            stop_waiter.cancel()
+            await site.stop()
+            await node.stop(transfer_leadership=False)
+            await runner.cleanup()
+            return EXIT_JOIN_REFUSED
+        break
+    if joining is not None:
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await joining
     if node.failed.done():
         log.critical("node %d exits: its storage failed (%s)", node_id, node.failed.result())
         stop_waiter.cancel()
@@ -81,13 +422,52 @@ async def run_node(config_path: Path, node_id: int) -> int:
     "--config",
     "config_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="Cluster configuration (TOML).",
+    default=None,
+    help="Cluster configuration (TOML): a founding node's entry, or the settings of a new one.",
 )
 @click.option("--id", "node_id", type=click.IntRange(1), required=True, help="This node's id.")
+@click.option("--raft-address", default=None, help="host:port peers dial (a node not in --config).")
+@click.option(
+    "--http-address", default=None, help="host:port clients dial (a node not in --config)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="This node's WAL and snapshots (a node not in --config).",
+)
+@click.option(
+    "--join",
+    "join_url",
+    default=None,
+    help="URL of any member: ask the cluster to add this node (a node not in --config).",
+)
+@click.option(
+    "--learner", is_flag=True, help="With --join: stay a learner (replicates, never votes)."
+)
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: Path, node_id: int, log_level: str) -> None:
-    """Run one kvraft node."""
+def serve(
+    config_path: Path | None,
+    node_id: int,
+    raft_address: str | None,
+    http_address: str | None,
+    data_dir: Path | None,
+    join_url: str | None,
+    learner: bool,
+    log_level: str,
+) -> None:
+    """Run one kvraft node.
+
+    \b
+    A founding member:      kvraft serve --config cluster.toml --id 1
+    A new node joining:     kvraft serve --id 4 --raft-address 127.0.0.1:7004 \\
+                              --http-address 127.0.0.1:8004 --data-dir data/node4 \\
+                              --join http://127.0.0.1:8001 [--config cluster.toml]
+    """
+    if config_path is None and raft_address is None and http_address is None:
+        raise click.UsageError("give --config FILE, or --raft-address/--http-address/--data-dir")
+    if learner and join_url is None:
+        raise click.UsageError("--learner is for a node that joins: add --join URL")
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
@@ -98,4 +478,16 @@ def serve(config_path: Path, node_id: int, log_level: str) -> None:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    sys.exit(runner(run_node(config_path, node_id)))
+    sys.exit(
+        runner(
+            run_node(
+                config_path,
+                node_id,
+                raft_address=raft_address,
+                http_address=http_address,
+                data_dir=data_dir,
+                join_url=join_url,
+                learner=learner,
+            )
+        )
+    )

@@ -236,7 +236,7 @@ class _Run:
         self.hunt_leader_after_term = leader.core.term if leader else 0
         # Leader churn: several new leaders in a row, each cut off early and brought back
         # soon, so stale log tails of different terms pile up on different nodes.
-        self.hunts_remaining = self.rng.randint(1, 4)
+        self.hunts_remaining = self.rng.randint(2, 8)
         # Strike right after the election, or right after the leader's first commit in its
         # term, when followers hold partial logs; isolating also loses what is in flight.
         self.hunt_on_first_commit = self.rng.random() < 0.5
@@ -256,11 +256,11 @@ class _Run:
                     cluster.network.partition(
                         {(node_id, n) for n in others} | {(n, node_id) for n in others}
                     )
-                    self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(20, 80)
+                    self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(5, 30)
                     cluster.log(f"nemesis: isolate n{node_id}")
                 else:
                     cluster.crash(node_id)
-                    self.restart_at[node_id] = cluster.now + TICK_STEPS * self.rng.randint(5, 40)
+                    self.restart_at[node_id] = cluster.now + TICK_STEPS * self.rng.randint(2, 30)
                 if self.hunts_remaining > 0:
                     self.hunts_remaining -= 1
                     self.hunt_leader_after_term = max(n.core.term for n in cluster.nodes.values())
