@@ -82,24 +82,32 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # --- shared options and error handling ---------------------------------------------------------
 
 
-def _client_options(command: _F) -> _F:
-    command = click.option(
-        "--timeout",
-        "timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
-        default=TIMEOUT_S_DEFAULT,
-        show_default=True,
-        help="Seconds to keep trying across all endpoints.",
-    )(command)
-    command = click.option(
-        "--endpoints",
-        "endpoints_text",
-        envvar=ENDPOINTS_ENV,
-        default=ENDPOINTS_DEFAULT,
-        show_default=True,
-        help=f"Comma-separated node URLs (or host:port); env {ENDPOINTS_ENV}.",
-    )(command)
-    return command
+def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
+    """The `--endpoints` and `--timeout` options every client command takes."""
+
+    def decorate(command: _F) -> _F:
+        command = click.option(
+            "--timeout",
+            "timeout_s",
+            type=click.FloatRange(min=0, min_open=True),
+            default=timeout_s_default,
+            show_default=True,
+            help="Seconds to keep trying across all endpoints.",
+        )(command)
+        command = click.option(
+            "--endpoints",
+            "endpoints_text",
+            envvar=ENDPOINTS_ENV,
+            default=ENDPOINTS_DEFAULT,
+            show_default=True,
+            help=f"Comma-separated node URLs (or host:port); env {ENDPOINTS_ENV}.",
+        )(command)
+        return command
+
+    return decorate
+
+
+_client_options = client_options(TIMEOUT_S_DEFAULT)
 
 
 def _make_client(

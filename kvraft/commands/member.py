@@ -29,7 +29,7 @@ from kvraft.client import (
     interpret_status,
     plan_exchange,
 )
-from kvraft.commands.kv import ENDPOINTS_DEFAULT, ENDPOINTS_ENV, display_text
+from kvraft.commands.kv import client_options, display_text
 
 __all__ = [
     "MEMBER_ATTEMPT_TIMEOUT_S",
@@ -148,24 +148,7 @@ def _text(value: object) -> str:
 # --- shared options ---------------------------------------------------------------------
 
 
-def _options(command: _F) -> _F:
-    command = click.option(
-        "--timeout",
-        "timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
-        default=MEMBER_TIMEOUT_S_DEFAULT,
-        show_default=True,
-        help="Seconds to keep trying across all endpoints.",
-    )(command)
-    command = click.option(
-        "--endpoints",
-        "endpoints_text",
-        envvar=ENDPOINTS_ENV,
-        default=ENDPOINTS_DEFAULT,
-        show_default=True,
-        help=f"Comma-separated node URLs (or host:port); env {ENDPOINTS_ENV}.",
-    )(command)
-    return command
+_options = client_options(MEMBER_TIMEOUT_S_DEFAULT)
 
 
 def _client(endpoints_text: str, timeout_s: float) -> MembershipClient:
