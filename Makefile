@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run5 test lint typecheck unit sim bench chaos clean
+.PHONY: run run5 test lint typecheck sim bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,16 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	bash scripts/ensure-test-tools.sh
+	bash scripts/ensure-iptables.sh
 	$(BIN)/pytest -q -p no:cacheprovider
 
 sim: $(STAMP)
 	$(BIN)/kvraft sim --seeds 1-2000 --nodes 5
 	$(BIN)/kvraft sim --seeds 1-2000 --nodes 3
+
+chaos: $(STAMP)
+	bash scripts/ensure-iptables.sh
+	$(BIN)/kvraft chaos --nodes 5 --time 60 --nemesis kill,pause,partition --seed 1 --report chaos-report
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

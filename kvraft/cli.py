@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     ("member", "member"),
     ("member", "leader"),
     ("sim", "sim"),
+    ("chaos", "chaos"),
 )
 
 

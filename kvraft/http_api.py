@@ -20,6 +20,7 @@ change is still in progress; see `kvraft.server.RaftNode.add_member` for the ste
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import time
@@ -398,6 +399,14 @@ def _node_collector(node: RaftNode) -> Any:
     return NodeCollector()
 
 
+def _source_address(host: str) -> tuple[str, int] | None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a DNS name (a compose service): let the kernel choose
+    return (host, 0)
+
+
 def create_app(node: RaftNode) -> web.Application:
     """The aiohttp application of one node."""
     registry = CollectorRegistry()
@@ -494,7 +503,11 @@ def create_app(node: RaftNode) -> web.Application:
             raise ApiError(503, "unavailable", f"lost the leader's answer ({error!r})") from None
 
     async def on_startup(app: web.Application) -> None:
-        session = aiohttp.ClientSession()
+        # Forwarded requests leave from this node's own address (when it has one), so a
+        # partition between two node addresses cuts forwarding too, as it would between
+        # machines.
+        connector = aiohttp.TCPConnector(local_addr=_source_address(node.spec.http_host))
+        session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently re-sends a request once when a kept-alive connection drops after
         # sending (aio-libs/aiohttp#10790): a forwarded PUT could apply twice. There is no
         # public switch; this private one is what aiohttp's own test client sets.

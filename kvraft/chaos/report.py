@@ -1,0 +1,674 @@
+"""The chaos report: the numbers of a run, as text, as JSON, and an HTML timeline of a violation.
+
+`build_report` computes everything from the recorded events (client history and
+nemesis log) plus what the runner observed (`RunFacts`); `render_text` and
+`report_json` present it; `render_timeline` draws the witness of a
+linearizability violation, one lane per client process, as a self-contained
+HTML page (no scripts, no external files).
+
+Definitions the report uses:
+
+* availability: client operations that ended ``ok`` per `AVAILABILITY_BUCKET_S`
+  second, from the start of the workload to its end (final reads excluded);
+* unavailability after a fault on the leader (killed, paused, or cut off from a
+  majority): the longest stretch without any ``ok`` completion, from the fault's
+  start until the next fault starts (or the workload ends);
+* elections seen: leaders the monitor observed, one per term.
+
+Pure: no IO, no clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvraft.chaos.checks import REGISTER_FUNCTIONS, SET_ADD, SetCheck, pair_operations
+from kvraft.linearizability import CheckResult, Operation, format_operation
+
+__all__ = [
+    "AVAILABILITY_BUCKET_S",
+    "AVAILABILITY_ROW_BUCKETS",
+    "LIST_SHOWN_MAX",
+    "LOG_TAIL_LINES",
+    "TIMELINE_OPERATIONS_MAX",
+    "ChaosReport",
+    "LeaderFault",
+    "RunFacts",
+    "availability",
+    "build_report",
+    "leader_faults",
+    "operation_counts",
+    "render_text",
+    "render_timeline",
+    "report_json",
+]
+
+AVAILABILITY_BUCKET_S = 1.0
+"""Width of one availability bucket, in seconds."""
+
+AVAILABILITY_ROW_BUCKETS = 10
+"""Availability buckets per line of the text report."""
+
+LIST_SHOWN_MAX = 20
+"""Most lost or unexpected set elements listed by name in the text report (all are in
+``report.json``)."""
+
+LOG_TAIL_LINES = 30
+"""Lines of each node's log quoted in the report of a failed run."""
+
+TIMELINE_OPERATIONS_MAX = 500
+"""Most operations drawn in the HTML timeline (the last ones, where the violation is); a
+witness is usually a handful."""
+
+_WORKLOAD_FUNCTIONS = REGISTER_FUNCTIONS | {SET_ADD}
+
+
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """What the runner knows besides the events.
+
+    Fields:
+        nodes, duration_s, nemeses, seed, report_dir: the run's options.
+        broken_stale_reads: the deliberately broken read mode was on.
+        partitions_skipped: why partitions were skipped (None: they were not).
+        chain: the iptables chain used (None: none).
+        schedule: the planned faults, one line each.
+        origin_ns, workload_end_ns: the workload's start and end (monotonic ns); every time
+            in the report is relative to `origin_ns`.
+        started_at: the wall-clock time of `origin_ns`, to find the moment in node logs.
+        converged: after healing, every node followed one leader and caught up.
+        convergence_detail: what convergence found (or what was missing).
+        recovery_s: seconds from healing to convergence (None: never converged).
+        final_reads_complete: every register key was read after healing.
+        unexpected_exits: (node, pid, code) of processes that exited on their own.
+        teardown_codes: each node's exit code at teardown.
+        pids_started: every node process started.
+        stragglers: client threads that did not stop in time.
+        nemesis_errors: faults that could not be injected or healed.
+        client_errors: unexpected exceptions in client threads (harness bugs).
+        log_paths: each node's log file.
+        log_tails: the last lines of each node's log (filled in for a failed run).
+        replay: the command that repeats the run's fault schedule.
+    """
+
+    nodes: int
+    duration_s: float
+    nemeses: tuple[str, ...]
+    seed: int
+    report_dir: str
+    broken_stale_reads: bool
+    partitions_skipped: str | None
+    chain: str | None
+    schedule: tuple[str, ...]
+    origin_ns: int
+    workload_end_ns: int
+    converged: bool
+    convergence_detail: str
+    recovery_s: float | None
+    final_reads_complete: bool
+    unexpected_exits: tuple[tuple[int, int, int], ...] = ()
+    teardown_codes: Mapping[int, int] = field(default_factory=dict)
+    pids_started: tuple[int, ...] = ()
+    stragglers: tuple[str, ...] = ()
+    nemesis_errors: tuple[str, ...] = ()
+    client_errors: tuple[str, ...] = ()
+    log_paths: Mapping[int, str] = field(default_factory=dict)
+    log_tails: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    replay: str = ""
+    started_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderFault:
+    """A fault that hit the leader: when (s after the workload started), what, and the
+    longest stretch without a successful operation after it (None: no fault window)."""
+
+    start_s: float
+    description: str
+    longest_gap_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosReport:
+    """Everything the report shows; `passed` is the exit status's source. `witness_nodes`
+    maps each witness operation's (process, call time) to the node it was sent to."""
+
+    facts: RunFacts
+    counts: Mapping[str, Mapping[str, int]]
+    availability: tuple[int, ...]
+    leader_faults: tuple[LeaderFault, ...]
+    elections: tuple[tuple[float, int, int], ...]
+    faults: tuple[tuple[float, float, str], ...]
+    set_check: SetCheck
+    linearizability: CheckResult
+    failures: tuple[str, ...]
+    witness_nodes: Mapping[tuple[int, int], int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _seconds(moment_ns: int, origin_ns: int) -> float:
+    return (moment_ns - origin_ns) / 1e9
+
+
+def operation_counts(events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """For each operation (``read``, ``write``, ``cas``, ``add``, ``list``): how many ended
+    ``ok``, ``fail`` and ``info`` (no completion counts as info); for ``cas`` also
+    ``applied`` and ``not_applied`` among the ok ones."""
+    counts: dict[str, dict[str, int]] = {}
+    functions = frozenset(f for event in events if isinstance(f := event.get("f"), str))
+    for invoke, completion in pair_operations(events, functions):
+        f = str(invoke.get("f"))
+        status = "info" if completion is None else str(completion.get("type"))
+        row = counts.setdefault(f, {"ok": 0, "fail": 0, "info": 0})
+        row[status] = row.get(status, 0) + 1
+        if f == "cas" and status == "ok" and completion is not None:
+            applied = "applied" if completion.get("output") is True else "not_applied"
+            row[applied] = row.get(applied, 0) + 1
+    return counts
+
+
+def _ok_times(events: Sequence[Mapping[str, Any]], start_ns: int, end_ns: int) -> list[int]:
+    return sorted(
+        event["time"]
+        for event in events
+        if event.get("type") == "ok"
+        and isinstance(event.get("f"), str)
+        and event["f"] in _WORKLOAD_FUNCTIONS
+        and isinstance(event.get("time"), int)
+        and start_ns <= event["time"] <= end_ns
+    )
+
+
+def availability(
+    events: Sequence[Mapping[str, Any]],
+    origin_ns: int,
+    end_ns: int,
+    bucket_s: float = AVAILABILITY_BUCKET_S,
+) -> tuple[int, ...]:
+    """Ok completions of workload operations per bucket, from `origin_ns` to `end_ns`."""
+    bucket_ns = int(bucket_s * 1e9)
+    buckets = [0] * max(1, -(-(end_ns - origin_ns) // bucket_ns))
+    for moment in _ok_times(events, origin_ns, end_ns):
+        buckets[min(len(buckets) - 1, (moment - origin_ns) // bucket_ns)] += 1
+    return tuple(buckets)
+
+
+def _fault_starts(nemesis_events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(
+        (e for e in nemesis_events if e.get("type") == "start" and isinstance(e.get("time"), int)),
+        key=lambda e: int(e["time"]),
+    )
+
+
+def _ints(value: object) -> list[int]:
+    """The ints of a list from a log file (anything else is dropped: the file is untrusted)."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if type(item) is int]
+
+
+def _fault_text(event: Mapping[str, Any]) -> str:
+    kind, target = str(event.get("f")), str(event.get("target"))
+    if kind == "partition":
+        pairs = [_ints(pair) for pair in event.get("cuts") or [] if isinstance(pair, list)]
+        links = sorted({f"{a}x{b}" for a, b in (p for p in pairs if len(p) == 2) if a < b})
+        return f"partition {target} (cut {', '.join(links) or 'nothing'})"
+    nodes = ",".join(str(node) for node in _ints(event.get("nodes")))
+    return f"{kind} {target} [{nodes}]"
+
+
+def leader_faults(
+    events: Sequence[Mapping[str, Any]],
+    nemesis_events: Sequence[Mapping[str, Any]],
+    origin_ns: int,
+    end_ns: int,
+) -> tuple[LeaderFault, ...]:
+    """For each fault that hit the leader, the longest stretch without an ok operation
+    between its start and the next fault's start (or `end_ns`)."""
+    starts = _fault_starts(nemesis_events)
+    found = []
+    for index, event in enumerate(starts):
+        if event.get("hits_leader") is not True:
+            continue
+        window_start = int(event["time"])
+        window_end = int(starts[index + 1]["time"]) if index + 1 < len(starts) else end_ns
+        if window_end <= window_start:
+            continue
+        points = [window_start, *_ok_times(events, window_start, window_end), window_end]
+        gap_ns = max(later - earlier for earlier, later in itertools.pairwise(points))
+        found.append(
+            LeaderFault(_seconds(window_start, origin_ns), _fault_text(event), gap_ns / 1e9)
+        )
+    return tuple(found)
+
+
+def _faults(
+    nemesis_events: Sequence[Mapping[str, Any]], origin_ns: int, end_ns: int
+) -> tuple[tuple[float, float, str], ...]:
+    """(start s, end s, description) of each injected fault."""
+    ends = [e for e in nemesis_events if e.get("type") == "end" and isinstance(e.get("time"), int)]
+    result = []
+    for start in _fault_starts(nemesis_events):
+        later = [int(e["time"]) for e in ends if int(e["time"]) >= int(start["time"])]
+        finish = min(later) if later else end_ns
+        result.append(
+            (
+                _seconds(int(start["time"]), origin_ns),
+                _seconds(finish, origin_ns),
+                _fault_text(start),
+            )
+        )
+    return tuple(result)
+
+
+def build_report(
+    facts: RunFacts,
+    events: Sequence[Mapping[str, Any]],
+    nemesis_events: Sequence[Mapping[str, Any]],
+    set_check: SetCheck,
+    linearizability: CheckResult,
+) -> ChaosReport:
+    """Compute every number of the report and decide whether the run passed."""
+    origin, end = facts.origin_ns, facts.workload_end_ns
+    elections = tuple(
+        (_seconds(int(e["time"]), origin), int(e["node"]), int(e["term"]))
+        for e in nemesis_events
+        if e.get("type") == "leader"
+        and all(type(e.get(name)) is int for name in ("time", "node", "term"))
+    )
+    failures: list[str] = []
+    if linearizability.verdict != "yes":
+        failures.append(f"linearizable: {linearizability.verdict}")
+    if set_check.lost:
+        failures.append(f"{len(set_check.lost)} acknowledged set elements lost")
+    if set_check.unexpected:
+        failures.append(f"{len(set_check.unexpected)} set elements present that nobody added")
+    if set_check.failed_present:
+        failures.append(
+            f"{len(set_check.failed_present)} set elements present although their add "
+            "was answered 503 (nothing applied)"
+        )
+    if not set_check.final_read_complete:
+        failures.append("the final read of the set did not complete")
+    if not facts.final_reads_complete:
+        failures.append("not every register key could be read after healing")
+    if not facts.converged:
+        failures.append(f"the cluster did not recover after healing: {facts.convergence_detail}")
+    for node, pid, code in facts.unexpected_exits:
+        failures.append(f"node {node} (pid {pid}) exited on its own with code {code}")
+    if facts.client_errors:
+        failures.append(
+            f"{len(facts.client_errors)} client errors (a harness bug), first: "
+            f"{facts.client_errors[0]}"
+        )
+    witness_calls = {(op.process, op.call) for op in linearizability.witness}
+    witness_nodes = {
+        (event["process"], event["time"]): event["node"]
+        for event in events
+        if event.get("type") == "invoke"
+        and all(type(event.get(name)) is int for name in ("process", "time", "node"))
+        and (event["process"], event["time"]) in witness_calls
+    }
+    return ChaosReport(
+        facts=facts,
+        counts=operation_counts(events),
+        availability=availability(events, origin, end),
+        leader_faults=leader_faults(events, nemesis_events, origin, end),
+        elections=elections,
+        faults=_faults(nemesis_events, origin, end),
+        set_check=set_check,
+        linearizability=linearizability,
+        failures=tuple(failures),
+        witness_nodes=witness_nodes,
+    )
+
+
+def _node_note(nodes: Mapping[tuple[int, int], int], op: Operation) -> str:
+    node = nodes.get((op.process, op.call))
+    return "" if node is None else f"  (node {node})"
+
+
+def _relative(op: Operation, origin_ns: int) -> Operation:
+    """`op` with its times in milliseconds since `origin_ns` (for reading)."""
+    return dataclasses.replace(
+        op,
+        call=(op.call - origin_ns) // 1_000_000,
+        ret=None if op.ret is None else (op.ret - origin_ns) // 1_000_000,
+    )
+
+
+_OPERATION_TIMES = re.compile(r"\[(\d+), (\d+|\?)\]")
+
+
+def _relative_times(text: str, origin_ns: int) -> str:
+    """`text` with the ``[call, ret]`` ns times of `format_operation` in ms since `origin_ns`."""
+
+    def shift(match: re.Match[str]) -> str:
+        call, ret = match.group(1), match.group(2)
+        shifted_ret = ret if ret == "?" else str((int(ret) - origin_ns) // 1_000_000)
+        return f"[{(int(call) - origin_ns) // 1_000_000}, {shifted_ret}]"
+
+    return _OPERATION_TIMES.sub(shift, text)
+
+
+def _shown(items: Sequence[str]) -> str:
+    text = ", ".join(items[:LIST_SHOWN_MAX])
+    if len(items) > LIST_SHOWN_MAX:
+        text += f", ... ({len(items) - LIST_SHOWN_MAX} more in report.json)"
+    return text
+
+
+def render_text(report: ChaosReport) -> str:
+    """The human-readable report."""
+    facts = report.facts
+    lines = [
+        f"kvraft chaos: {facts.nodes} nodes, {facts.duration_s:g} s, nemesis "
+        f"{','.join(facts.nemeses) or 'none'}, seed {facts.seed}",
+        f"report: {facts.report_dir}",
+        f"times are seconds since the workload started (at {facts.started_at or '?'}, the "
+        "clock of the node logs)",
+    ]
+    if facts.broken_stale_reads:
+        lines.append(
+            "BROKEN MODE: reads are stale (any node, no leader contact) but recorded as "
+            "linearizable; the checker is expected to say no"
+        )
+    if facts.partitions_skipped:
+        lines.append(f"partitions skipped: {facts.partitions_skipped}")
+    lines += ["", "operations (ok / fail / info):"]
+    for f in ("read", "write", "cas", "add", "list"):
+        row = report.counts.get(f)
+        if row is None:
+            continue
+        text = f"  {f:<6} {row.get('ok', 0):>6} / {row.get('fail', 0):>5} / {row.get('info', 0):>5}"
+        if f == "cas":
+            text += (
+                f"   (applied {row.get('applied', 0)}, condition failed "
+                f"{row.get('not_applied', 0)})"
+            )
+        lines.append(text)
+    lines += ["", f"faults ({len(report.faults)}):"]
+    for start_s, end_s, text in report.faults:
+        lines.append(f"  {start_s:7.2f}s - {end_s:7.2f}s  {text}")
+    if not report.faults:
+        lines.append("  none")
+    for error in facts.nemesis_errors:
+        lines.append(f"  error: {error}")
+    lines += ["", f"availability (ok operations per {AVAILABILITY_BUCKET_S:g} s):"]
+    for row_start in range(0, len(report.availability), AVAILABILITY_ROW_BUCKETS):
+        counts = report.availability[row_start : row_start + AVAILABILITY_ROW_BUCKETS]
+        start_s = row_start * AVAILABILITY_BUCKET_S
+        lines.append(f"  {start_s:5.0f}s  " + " ".join(f"{count:4d}" for count in counts))
+    lines += ["", "unavailability after faults on the leader (longest gap without an ok op):"]
+    for fault in report.leader_faults:
+        lines.append(f"  {fault.start_s:7.2f}s  {fault.description}: {fault.longest_gap_s:.2f} s")
+    if not report.leader_faults:
+        lines.append("  no fault hit a known leader")
+    elected = ", ".join(
+        f"node {node} term {term} at {at:.2f}s" for at, node, term in report.elections
+    )
+    lines += ["", f"elections seen: {len(report.elections)} ({elected or 'none'})"]
+    exits = ", ".join(f"node {n} pid {p} code {c}" for n, p, c in facts.unexpected_exits)
+    lines.append(f"unexpected node exits: {exits or 'none'}")
+    recovery = f"{facts.recovery_s:.2f} s" if facts.recovery_s is not None else "never"
+    lines.append(f"recovery after healing: {recovery} ({facts.convergence_detail})")
+    check = report.set_check
+    lines += [
+        "",
+        f"set: {check.attempted} added, {check.acknowledged} acknowledged, {check.failed} "
+        f"failed, {check.unknown} unknown ({check.unknown_present} of them present); "
+        f"{check.present} present after healing",
+        f"lost acknowledged writes: {len(check.lost)}"
+        + (f" ({_shown(check.lost)})" if check.lost else ""),
+        f"unexpected elements: {len(check.unexpected)}"
+        + (f" ({_shown(check.unexpected)})" if check.unexpected else ""),
+        f"failed adds present: {len(check.failed_present)}"
+        + (f" ({_shown(check.failed_present)})" if check.failed_present else ""),
+        "",
+    ]
+    lines += _linearizability_lines(report)
+    lines.append("")
+    if report.passed:
+        lines.append("verdict: PASS")
+    else:
+        lines.append("verdict: FAIL")
+        lines += [f"  - {failure}" for failure in report.failures]
+        lines.append(f"  replay the fault schedule: {facts.replay}")
+        for node, path in sorted(facts.log_paths.items()):
+            lines.append(f"  node {node} log: {path}")
+        for node, tail in sorted(facts.log_tails.items()):
+            lines.append(f"--- last lines of node {node}'s log ---")
+            lines += [f"  {line}" for line in tail]
+    return "\n".join(lines) + "\n"
+
+
+def _linearizability_lines(report: ChaosReport) -> list[str]:
+    result = report.linearizability
+    counts = {verdict: 0 for verdict in ("yes", "no", "unknown")}
+    operations = 0
+    for key_result in result.per_key.values():
+        counts[key_result.verdict] += 1
+        operations += key_result.operation_count
+    lines = [
+        f"linearizable: {result.verdict} ({len(result.per_key)} keys, {operations} operations "
+        f"checked: {counts['yes']} yes, {counts['no']} no, {counts['unknown']} unknown)"
+    ]
+    for key_result in result.per_key.values():
+        if key_result.verdict != "yes":
+            reason = _relative_times(key_result.reason, report.facts.origin_ns)
+            lines.append(f"  key {key_result.key!r}: {key_result.verdict}: {reason}")
+    if result.key is not None:
+        stuck = result.per_key[result.key].stuck_operation
+        lines.append(
+            f"  smallest failing sub-history of key {result.key!r} ({len(result.witness)} ops; "
+            "times in ms since the workload started; see timeline.html):"
+        )
+        for op in result.witness:
+            marker = "   <- cannot take effect in time" if op is stuck else ""
+            text = format_operation(_relative(op, report.facts.origin_ns))
+            lines.append(f"    {text}{_node_note(report.witness_nodes, op)}{marker}")
+    return lines
+
+
+def report_json(report: ChaosReport) -> dict[str, Any]:
+    """The report as a JSON-serialisable object (everything, lists in full)."""
+    facts = report.facts
+    result = report.linearizability
+    check = report.set_check
+    return {
+        "passed": report.passed,
+        "failures": list(report.failures),
+        "options": {
+            "nodes": facts.nodes,
+            "time_s": facts.duration_s,
+            "nemesis": list(facts.nemeses),
+            "seed": facts.seed,
+            "broken_stale_reads": facts.broken_stale_reads,
+        },
+        "started_at": facts.started_at,
+        "partitions_skipped": facts.partitions_skipped,
+        "firewall_chain": facts.chain,
+        "schedule": list(facts.schedule),
+        "faults": [
+            {"start_s": start, "end_s": end, "fault": text} for start, end, text in report.faults
+        ],
+        "nemesis_errors": list(facts.nemesis_errors),
+        "operations": {f: dict(row) for f, row in report.counts.items()},
+        "availability_per_s": list(report.availability),
+        "leader_faults": [
+            {"start_s": f.start_s, "fault": f.description, "longest_gap_s": f.longest_gap_s}
+            for f in report.leader_faults
+        ],
+        "elections": [
+            {"at_s": at, "node": node, "term": term} for at, node, term in report.elections
+        ],
+        "unexpected_exits": [
+            {"node": n, "pid": p, "code": c} for n, p, c in facts.unexpected_exits
+        ],
+        "converged": facts.converged,
+        "convergence": facts.convergence_detail,
+        "recovery_s": facts.recovery_s,
+        "teardown_exit_codes": {str(n): c for n, c in sorted(facts.teardown_codes.items())},
+        "pids_started": list(facts.pids_started),
+        "stragglers": list(facts.stragglers),
+        "client_errors": list(facts.client_errors),
+        "set": {
+            "attempted": check.attempted,
+            "acknowledged": check.acknowledged,
+            "failed": check.failed,
+            "unknown": check.unknown,
+            "unknown_present": check.unknown_present,
+            "present": check.present,
+            "lost": list(check.lost),
+            "unexpected": list(check.unexpected),
+            "failed_present": list(check.failed_present),
+            "final_read_complete": check.final_read_complete,
+        },
+        "linearizable": result.verdict,
+        "keys": {
+            key: {"verdict": r.verdict, "operations": r.operation_count, "reason": r.reason}
+            for key, r in result.per_key.items()
+        },
+        "witness_key": result.key,
+        "witness": [
+            format_operation(_relative(op, facts.origin_ns)) + _node_note(report.witness_nodes, op)
+            for op in result.witness
+        ],
+        "replay": facts.replay,
+    }
+
+
+# --- the HTML timeline -------------------------------------------------------------------------
+
+_STYLE = """
+body { font: 13px sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.2em; }
+.chart { position: relative; border-left: 1px solid #999; margin-left: 7em; }
+.lane { position: relative; height: 34px; border-bottom: 1px solid #eee; }
+.lane-name { position: absolute; left: -7em; width: 6.5em; top: 9px; text-align: right; }
+.op { position: absolute; top: 4px; height: 24px; overflow: hidden; white-space: nowrap;
+      font-size: 11px; line-height: 24px; padding: 0 3px; box-sizing: border-box;
+      border-radius: 3px; border: 1px solid #555; }
+.ok { background: #cfe8cf; } .info { background: repeating-linear-gradient(45deg, #fde9b6,
+      #fde9b6 6px, #fff6dc 6px, #fff6dc 12px); border-style: dashed; }
+.stuck { border: 2px solid #c00; background: #f6c6c6; }
+.fault { position: absolute; top: 0; bottom: 0; background: rgba(120, 120, 220, 0.12);
+         border-left: 1px dashed #88c; border-right: 1px dashed #88c; }
+.fault span { position: absolute; top: -1.4em; font-size: 10px; color: #447; white-space: nowrap; }
+.axis { position: relative; height: 1.6em; margin-left: 7em; color: #666; font-size: 11px; }
+.tick { position: absolute; }
+table { border-collapse: collapse; margin-top: 1.5em; }
+td { padding: 2px 8px; border-bottom: 1px solid #eee; font-family: monospace; }
+"""
+
+
+def _op_label(op: Operation) -> str:
+    if op.kind == "read":
+        return f"R {op.output!r}"
+    if op.kind == "write":
+        return f"W {op.value!r}"
+    if op.kind == "cas":
+        result = "" if op.status != "ok" else (" ok" if op.output else " no")
+        return f"CAS {op.expected!r}->{op.value!r}{result}"
+    return op.kind
+
+
+def render_timeline(
+    witness: Sequence[Operation],
+    stuck: Operation | None,
+    faults: Sequence[tuple[float, float, str]],
+    origin_ns: int,
+    key: str,
+    nodes: Mapping[tuple[int, int], int] | None = None,
+) -> str:
+    """A self-contained HTML page drawing `witness` (ops of one key) per process over time,
+    with the faults that overlap it as shaded bands; `stuck` is highlighted; `nodes` names
+    the node each op was sent to, by (process, call time)."""
+    nodes = nodes or {}
+    shown = sorted(witness, key=lambda op: (op.call, op.process))[-TIMELINE_OPERATIONS_MAX:]
+    title = f"kvraft chaos: linearizability violation on key {key!r}"
+    if not shown:
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title></head><body><h1>{html.escape(title)}</h1><p>No operations.</p>"
+            "</body></html>\n"
+        )
+    start_ns = min(op.call for op in shown)
+    last_ns = max(max(op.call, op.ret or op.call) for op in shown)
+    # Unknown outcomes have no end: draw them to the right edge, a little past the last event.
+    end_ns = last_ns + max(1, (last_ns - start_ns) // 10)
+    span_ns = max(1, end_ns - start_ns)
+
+    def percent(moment_ns: int) -> float:
+        return 100.0 * (moment_ns - start_ns) / span_ns
+
+    def seconds(moment_ns: int) -> str:
+        return f"{(moment_ns - origin_ns) / 1e9:.3f}s"
+
+    processes = sorted({op.process for op in shown})
+    lanes = []
+    for process in processes:
+        bars = []
+        for op in (op for op in shown if op.process == process):
+            finish = op.ret if op.ret is not None and op.status == "ok" else end_ns
+            left = percent(op.call)
+            width = max(0.4, percent(finish) - left)
+            css = "stuck" if op is stuck else ("ok" if op.status == "ok" else "info")
+            tooltip = f"{format_operation(op)} | called {seconds(op.call)}, " + (
+                f"returned {seconds(op.ret)}" if op.ret is not None else "outcome unknown"
+            )
+            bars.append(
+                f'<div class="op {css}" style="left:{left:.3f}%;width:{width:.3f}%" '
+                f'title="{html.escape(tooltip)}">{html.escape(_op_label(op))}</div>'
+            )
+        lanes.append(
+            f'<div class="lane"><div class="lane-name">process {process}</div>{"".join(bars)}</div>'
+        )
+    bands = []
+    for fault_start_s, fault_end_s, text in faults:
+        fault_start = origin_ns + int(fault_start_s * 1e9)
+        fault_end = origin_ns + int(fault_end_s * 1e9)
+        if fault_end < start_ns or fault_start > end_ns:
+            continue
+        left = max(0.0, percent(fault_start))
+        right = min(100.0, percent(fault_end))
+        bands.append(
+            f'<div class="fault" style="left:{left:.3f}%;width:{max(0.2, right - left):.3f}%">'
+            f"<span>{html.escape(text)}</span></div>"
+        )
+    ticks = "".join(
+        f'<div class="tick" style="left:{fraction * 100:.1f}%">'
+        f"{html.escape(seconds(start_ns + int(span_ns * fraction)))}</div>"
+        for fraction in (0.0, 0.25, 0.5, 0.75)
+    )
+    rows = "".join(
+        f"<tr><td>{'&#9654;' if op is stuck else ''}</td><td>{html.escape(seconds(op.call))}</td>"
+        f"<td>{html.escape(seconds(op.ret) if op.ret is not None else '?')}</td>"
+        f"<td>{html.escape(format_operation(_relative(op, origin_ns)))}</td>"
+        f"<td>{html.escape(_node_note(nodes, op).strip())}</td></tr>"
+        for op in shown
+    )
+    note = (
+        "Each bar is one operation, from the moment its client sent it to the moment the "
+        "answer arrived (hatched: outcome unknown, it may take effect at any later time). "
+        "No order of these operations, each taking effect at one instant inside its bar, "
+        "explains every result. Red: the operation that could not take effect in time. "
+        "Shaded bands: faults. Times: seconds since the workload started."
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>"
+        f'<div class="axis">{ticks}</div><div class="chart">{"".join(bands)}{"".join(lanes)}</div>'
+        f"<table><tr><td></td><td>called</td><td>returned</td><td>operation</td></tr>{rows}"
+        "</table></body></html>\n"
+    )

@@ -1,0 +1,505 @@
+"""One chaos run, start to finish: cluster up, workload and nemesis, heal, final reads, checks.
+
+Theory of operation
+-------------------
+`run_chaos` is the only place that wires the parts together:
+
+1. refuse a report directory that already holds something; write the cluster
+   config; decide whether partitions are possible (root and a working
+   iptables) and say so when they are not;
+2. start the nodes, wait until they agree on a leader;
+3. run the clients (`Workload`) and the nemesis (`run_schedule`) for the
+   requested time, then stop both;
+4. heal everything (flush the rules, SIGCONT, restart what is down), wait until
+   every node follows one leader and has applied everything committed, then
+   read every register key and every set element;
+5. stop the nodes (SIGTERM), remove the iptables chain, and only then check the
+   history as written to disk and write the report.
+
+Step 5's cleanup runs in a ``finally`` with SIGINT/SIGTERM/SIGHUP blocked, so an
+exception or a Ctrl-C at any point still leaves no node process and no rule
+behind (SIGTERM and SIGHUP are turned into KeyboardInterrupt for the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT, check_registers, check_set
+from kvraft.chaos.cluster import (
+    ChaosCluster,
+    ClusterMonitor,
+    chaos_config,
+    loopback_block,
+    wait_converged,
+)
+from kvraft.chaos.history import (
+    HISTORY_FILE_NAME,
+    NEMESIS_FILE_NAME,
+    EventLog,
+    HistoryRecorder,
+    load_events,
+)
+from kvraft.chaos.nemesis import (
+    NEMESIS_KINDS,
+    Fault,
+    Grudge,
+    cut_pairs,
+    describe_fault,
+    plan_schedule,
+    run_schedule,
+)
+from kvraft.chaos.netfilter import Firewall, FirewallError, chain_name, find_iptables
+from kvraft.chaos.report import (
+    LOG_TAIL_LINES,
+    ChaosReport,
+    RunFacts,
+    build_report,
+    render_text,
+    render_timeline,
+    report_json,
+)
+from kvraft.chaos.workload import Workload
+from kvraft.config import ClusterConfig, render_config
+
+__all__ = [
+    "FINAL_READ_TIMEOUT_S",
+    "LOG_TAIL_BYTES_MAX",
+    "RECOVERY_TIMEOUT_S",
+    "STARTUP_TIMEOUT_S",
+    "ChaosError",
+    "ChaosOptions",
+    "replay_command",
+    "run_chaos",
+]
+
+STARTUP_TIMEOUT_S = 30.0
+"""How long a fresh cluster may take to elect its first leader (Python start-up included)."""
+
+RECOVERY_TIMEOUT_S = 60.0
+"""How long the healed cluster may take to agree on a leader and catch every node up; a
+node that needs longer is reported as not recovered."""
+
+FINAL_READ_TIMEOUT_S = 30.0
+"""How long the final reads (every register key, every set page) may take in all."""
+
+LOG_TAIL_BYTES_MAX = 64 * 1024
+"""The most bytes read from the end of a node's log to quote its last lines in a report."""
+
+
+class ChaosError(RuntimeError):
+    """The harness could not run (a bad report directory, a cluster that never started)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosOptions:
+    """What to run.
+
+    Fields:
+        nodes: cluster size (3 or 5).
+        time_s: how long the workload and the nemesis run.
+        nemeses: the fault kinds (see `kvraft.chaos.nemesis.NEMESIS_KINDS`).
+        seed: decides the fault schedule and the clients' choices.
+        report_dir: where the config, data, logs, history and report go (must be empty).
+        broken_stale_reads: the deliberately wrong read mode the checker must catch.
+        check_time_budget_s: how long the linearizability search may take.
+    """
+
+    nodes: int
+    time_s: float
+    nemeses: frozenset[str]
+    seed: int
+    report_dir: pathlib.Path
+    broken_stale_reads: bool = False
+    check_time_budget_s: float = CHECK_TIME_BUDGET_S_DEFAULT
+
+
+def replay_command(options: ChaosOptions) -> str:
+    """The command that runs the same schedule again (real processes: the timing differs)."""
+    kinds = ",".join(kind for kind in NEMESIS_KINDS if kind in options.nemeses) or "none"
+    command = (
+        f"kvraft chaos --nodes {options.nodes} --time {options.time_s:g} --nemesis {kinds} "
+        f"--seed {options.seed} --report NEW_DIR"
+    )
+    return command + (" --broken-stale-reads" if options.broken_stale_reads else "")
+
+
+class _Controls:
+    """The nemesis's view of the cluster, the monitor and the firewall."""
+
+    def __init__(
+        self, cluster: ChaosCluster, monitor: ClusterMonitor, firewall: Firewall | None
+    ) -> None:
+        self.cluster = cluster
+        self.monitor = monitor
+        self.firewall = firewall
+
+    def current_leader(self) -> int | None:
+        return self.monitor.current_leader()
+
+    def kill(self, node_id: int) -> None:
+        self.cluster.kill(node_id)
+
+    def restart(self, node_id: int) -> None:
+        self.cluster.restart(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self.cluster.pause(node_id)
+
+    def resume(self, node_id: int) -> None:
+        self.cluster.resume(node_id)
+
+    def partition(self, grudge: Grudge) -> None:
+        if self.firewall is None:
+            raise FirewallError("partitions are unavailable")
+        host = self.cluster.host_of
+        self.firewall.cut((host(sender), host(receiver)) for receiver, sender in cut_pairs(grudge))
+
+    def heal(self) -> None:
+        if self.firewall is not None:
+            self.firewall.heal()
+
+
+@contextlib.contextmanager
+def _interrupt_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt (like SIGINT) while the run is on, so
+    they unwind through the cleanup; only possible from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signal_number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {
+        number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP while cleanup runs (they arrive after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _deadline(seconds: float) -> Callable[[], bool]:
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+def _log_tail(path: pathlib.Path) -> tuple[str, ...]:
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - LOG_TAIL_BYTES_MAX))
+            text = file.read(LOG_TAIL_BYTES_MAX).decode("utf-8", "replace")
+    except OSError as error:
+        return (f"(cannot read {path}: {error.strerror or error})",)
+    return tuple(text.splitlines()[-LOG_TAIL_LINES:])
+
+
+def _prepare_directory(report_dir: pathlib.Path) -> None:
+    if report_dir.exists():
+        if not report_dir.is_dir():
+            raise ChaosError(f"{report_dir} exists and is not a directory")
+        if any(report_dir.iterdir()):
+            raise ChaosError(f"{report_dir} is not empty; every run needs a fresh report directory")
+    (report_dir / "nodes").mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What the run observed, filled in as it goes (the report needs it even after errors)."""
+
+    origin_ns: int = 0
+    started_at: str = ""
+    workload_end_ns: int = 0
+    converged: bool = False
+    convergence_detail: str = "the run did not get that far"
+    recovery_s: float | None = None
+    final_reads_complete: bool = False
+    stragglers: tuple[str, ...] = ()
+    teardown_codes: dict[int, int] | None = None
+
+
+def _install_firewall(firewall: Firewall, echo: Callable[[str], None]) -> str | None:
+    """Clear chains left by dead runs and install ours; None, or why it failed."""
+    try:
+        removed = firewall.remove_stale_chains()
+        if removed:
+            echo(f"removed iptables chains left by dead runs: {', '.join(removed)}")
+        firewall.install()
+    except FirewallError as error:
+        return str(error)
+    return None
+
+
+@dataclass(slots=True)
+class _Run:
+    """The parts of a run that the report needs after the cluster is gone."""
+
+    schedule: tuple[Fault, ...]
+    cluster: ChaosCluster
+    monitor: ClusterMonitor
+    workload: Workload
+    progress: _Progress
+
+
+def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> ChaosReport:
+    """Run one chaos test and write its report to `options.report_dir`; the report.
+
+    Raises ChaosError when the harness itself cannot run, KeyboardInterrupt when
+    interrupted (after cleaning up), NemesisError for bad options.
+    """
+    report_dir = options.report_dir
+    _prepare_directory(report_dir)
+    pid = os.getpid()
+    config = chaos_config(options.nodes, report_dir / "data", loopback_block(pid))
+    config_path = report_dir / "cluster.toml"
+    config_path.write_text(render_config(config))
+    firewall: Firewall | None = None
+    partitions_skipped: str | None = None
+    with _interrupt_on_termination():
+        try:
+            if "partition" in options.nemeses:
+                executable, partitions_skipped = find_iptables()
+                if executable is not None:
+                    # Assigned before anything is installed: the `finally` removes what exists.
+                    firewall = Firewall(executable, chain_name(pid))
+                    partitions_skipped = _install_firewall(firewall, echo)
+                    if partitions_skipped is not None:
+                        with contextlib.suppress(FirewallError):
+                            firewall.remove()
+                        firewall = None
+                if firewall is None:
+                    echo(f"partitions skipped: {partitions_skipped}")
+            kinds = options.nemeses if firewall is not None else options.nemeses - {"partition"}
+            run = _run_cluster(options, config, config_path, kinds, firewall, echo)
+        finally:
+            if firewall is not None:
+                with _signals_blocked():
+                    try:
+                        firewall.remove()
+                    except FirewallError as error:
+                        chain = firewall.chain
+                        echo(
+                            f"WARNING: {error}; remove it by hand: iptables -D INPUT -s "
+                            f"127.0.0.0/8 -d 127.0.0.0/8 -j {chain}; iptables -F {chain}; "
+                            f"iptables -X {chain}"
+                        )
+    return _check_and_report(options, run, firewall, partitions_skipped, echo)
+
+
+def _run_cluster(
+    options: ChaosOptions,
+    config: ClusterConfig,
+    config_path: pathlib.Path,
+    kinds: Collection[str],
+    firewall: Firewall | None,
+    echo: Callable[[str], None],
+) -> _Run:
+    """Everything with node processes in it; they are all gone when this returns or raises."""
+    report_dir = options.report_dir
+    node_ids = [spec.id for spec in config.nodes]
+    schedule = plan_schedule(options.seed, kinds, options.time_s, node_ids)
+    history_log = EventLog(report_dir / HISTORY_FILE_NAME)
+    nemesis_log = EventLog(report_dir / NEMESIS_FILE_NAME)
+
+    def log_nemesis(event: dict[str, Any]) -> None:
+        nemesis_log.append({"time": time.monotonic_ns(), **event})
+
+    cluster = ChaosCluster(config, config_path, report_dir / "nodes")
+    monitor = ClusterMonitor(cluster, log_nemesis)
+    workload = Workload(
+        cluster.endpoints(),
+        HistoryRecorder(history_log),
+        options.seed,
+        stale_reads=options.broken_stale_reads,
+    )
+    controls = _Controls(cluster, monitor, firewall)
+    stop = threading.Event()
+    progress = _Progress()
+    nemesis_thread = threading.Thread(
+        target=lambda: run_schedule(
+            schedule, controls, node_ids, log_nemesis, stop, progress.origin_ns
+        ),
+        name="chaos-nemesis",
+        daemon=True,
+    )
+    echo(
+        f"kvraft chaos: {options.nodes} nodes on {config.nodes[0].raft_host.rpartition('.')[0]}.x,"
+        f" {options.time_s:g} s, {len(schedule)} faults planned, seed {options.seed}, "
+        f"report {report_dir}"
+    )
+    try:
+        _run(options, cluster, monitor, workload, controls, nemesis_thread, stop, progress, echo)
+    finally:
+        with _signals_blocked():
+            stop.set()
+            if nemesis_thread.is_alive():
+                nemesis_thread.join()
+            progress.stragglers = progress.stragglers or tuple(workload.stop())
+            monitor.stop()
+            codes = cluster.teardown(graceful=False)
+            if progress.teardown_codes is None:
+                progress.teardown_codes = codes
+            history_log.close()
+            nemesis_log.close()
+    return _Run(schedule, cluster, monitor, workload, progress)
+
+
+def _check_and_report(
+    options: ChaosOptions,
+    run: _Run,
+    firewall: Firewall | None,
+    partitions_skipped: str | None,
+    echo: Callable[[str], None],
+) -> ChaosReport:
+    """Check the history as written to disk, and write the report."""
+    report_dir = options.report_dir
+    schedule, cluster, monitor, progress = run.schedule, run.cluster, run.monitor, run.progress
+    node_ids = cluster.node_ids
+    echo("checking the history...")
+    events = load_events(report_dir / HISTORY_FILE_NAME)
+    nemesis_events = load_events(report_dir / NEMESIS_FILE_NAME)
+    linearizability = check_registers(events, options.check_time_budget_s)
+    set_result = check_set(events)
+    nemesis_errors = tuple(
+        str(event.get("detail")) for event in nemesis_events if event.get("type") == "error"
+    )
+    log_paths = {node_id: cluster.log_path(node_id) for node_id in node_ids}
+    facts = RunFacts(
+        nodes=options.nodes,
+        duration_s=options.time_s,
+        nemeses=tuple(kind for kind in NEMESIS_KINDS if kind in options.nemeses),
+        seed=options.seed,
+        report_dir=str(report_dir),
+        broken_stale_reads=options.broken_stale_reads,
+        partitions_skipped=partitions_skipped,
+        chain=firewall.chain if firewall is not None else None,
+        schedule=tuple(
+            f"{fault.start_s:.2f}s +{fault.hold_s:.2f}s {describe_fault(fault)}"
+            for fault in schedule
+        ),
+        origin_ns=progress.origin_ns,
+        started_at=progress.started_at,
+        workload_end_ns=progress.workload_end_ns,
+        converged=progress.converged,
+        convergence_detail=progress.convergence_detail,
+        recovery_s=progress.recovery_s,
+        final_reads_complete=progress.final_reads_complete,
+        unexpected_exits=tuple(monitor.exits),
+        teardown_codes=progress.teardown_codes or {},
+        pids_started=tuple(cluster.pids_started),
+        stragglers=progress.stragglers,
+        nemesis_errors=nemesis_errors,
+        client_errors=tuple(run.workload.errors),
+        log_paths={node_id: str(path) for node_id, path in log_paths.items()},
+        replay=replay_command(options),
+    )
+    report = build_report(facts, events, nemesis_events, set_result, linearizability)
+    if not report.passed:
+        tails = {node_id: _log_tail(path) for node_id, path in log_paths.items()}
+        report = build_report(
+            dataclasses.replace(facts, log_tails=tails),
+            events,
+            nemesis_events,
+            set_result,
+            linearizability,
+        )
+    _write_report(report, report_dir)
+    return report
+
+
+def _run(
+    options: ChaosOptions,
+    cluster: ChaosCluster,
+    monitor: ClusterMonitor,
+    workload: Workload,
+    controls: _Controls,
+    nemesis_thread: threading.Thread,
+    stop: threading.Event,
+    progress: _Progress,
+    echo: Callable[[str], None],
+) -> None:
+    node_ids = cluster.node_ids
+    cluster.start_all()
+    monitor.start()
+    ready, detail = wait_converged(cluster, _deadline(STARTUP_TIMEOUT_S), node_ids)
+    if not ready:
+        raise ChaosError(
+            f"the cluster did not elect a leader within {STARTUP_TIMEOUT_S:g} s ({detail}); "
+            f"see the node logs in {cluster.log_dir}"
+        )
+    echo(f"cluster up ({detail}); running the workload for {options.time_s:g} s")
+    progress.origin_ns = time.monotonic_ns()
+    progress.started_at = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
+    workload.start()
+    nemesis_thread.start()
+    stop.wait(options.time_s)  # the run's length: the clients and the nemesis work meanwhile
+    stop.set()
+    nemesis_thread.join()
+    progress.stragglers = tuple(workload.stop())
+    progress.workload_end_ns = time.monotonic_ns()
+
+    echo("healing: removing partitions, resuming and restarting nodes")
+    controls.heal()
+    for node_id in cluster.paused():
+        cluster.resume(node_id)
+    for node_id in cluster.down():
+        cluster.restart(node_id)
+    healed_s = time.monotonic()
+    progress.converged, progress.convergence_detail = wait_converged(
+        cluster, _deadline(RECOVERY_TIMEOUT_S), node_ids
+    )
+    if progress.converged:
+        progress.recovery_s = time.monotonic() - healed_s
+    echo(f"recovery: {progress.convergence_detail}")
+    deadline = _deadline(FINAL_READ_TIMEOUT_S)
+    keys_read = workload.final_register_reads(deadline)
+    set_complete = workload.final_set_read(deadline)
+    progress.final_reads_complete = all(keys_read.values()) and set_complete
+    monitor.stop()
+    progress.teardown_codes = cluster.teardown(graceful=True)
+
+
+def _write_report(report: ChaosReport, report_dir: pathlib.Path) -> None:
+    (report_dir / "report.txt").write_text(render_text(report))
+    (report_dir / "report.json").write_text(json.dumps(report_json(report), indent=2) + "\n")
+    result = report.linearizability
+    if result.verdict == "no" and result.key is not None:
+        stuck = result.per_key[result.key].stuck_operation
+        page = render_timeline(
+            result.witness,
+            stuck,
+            report.faults,
+            report.facts.origin_ns,
+            result.key,
+            report.witness_nodes,
+        )
+        (report_dir / "timeline.html").write_text(page)

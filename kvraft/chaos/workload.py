@@ -1,0 +1,506 @@
+"""The chaos clients: register and set workloads over the HTTP API, and what an answer means.
+
+Theory of operation
+-------------------
+Each client is a thread that performs one operation at a time against a node
+it picks at random, records the call before sending and the outcome after the
+answer, and never retries: a retry would be a second operation, and hiding it
+inside one would blur what the history says.
+
+* Register clients (a few per key, on a handful of keys ``r/0``, ``r/1``, ...)
+  read, write unique values, and compare-and-set: they read the value v and its
+  revision r, then ``PUT`` a new unique value with ``If-Match: "r"``. Values are
+  unique, so revision r names value v, and the cas is recorded as "expected v".
+* Set clients add unique elements, one key each under ``set/``; after healing,
+  `final_set_read` pages through ``GET /v1/kv?prefix=set/`` to see which survived.
+
+What an answer means (`write_outcome`, `read_outcome`) follows the API's promises:
+200 is ``ok`` (a 412 is an ok cas that did not apply); 503 and any other 4xx
+mean nothing was applied (``fail``); a 504, a timeout or a connection lost after
+the request may have been sent is ``info`` (unknown: it may still take effect,
+or never). A connection that could not be made is ``fail``. A read has no
+effect, so a read that did not succeed is simply ``fail``.
+
+A client whose operation ended ``info`` continues as a new logical process
+(Jepsen's convention): its old operation may still be in flight, and a process
+has at most one operation outstanding.
+
+HTTP goes through `exchange`, one fresh `http.client` connection per request:
+no pooled connection can be silently re-sent by a library after a failure.
+
+`--broken-stale-reads` (tests only) reads with ``?consistency=stale`` from any node
+while recording the reads as ordinary (linearizable) reads: the checker must
+catch it.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kvraft.chaos.checks import SET_ADD, SET_LIST
+from kvraft.chaos.history import HistoryRecorder
+from kvraft.client import (
+    FailureKind,
+    HttpRequest,
+    HttpResponse,
+    KVError,
+    TransportFailure,
+    build_get,
+    build_list,
+    build_put,
+    interpret_get,
+    interpret_list,
+)
+from kvraft.statemachine import LIST_LIMIT_MAX
+
+__all__ = [
+    "CLIENTS_PER_REGISTER_KEY",
+    "CLIENT_CONNECT_TIMEOUT_S",
+    "CLIENT_JOIN_TIMEOUT_S",
+    "CLIENT_REQUEST_TIMEOUT_S",
+    "CLIENT_THINK_S_MAX",
+    "REGISTER_KEYS",
+    "REGISTER_KEY_PREFIX",
+    "RESPONSE_BYTES_MAX",
+    "SET_CLIENTS",
+    "SET_KEY_PREFIX",
+    "SET_PAGES_MAX",
+    "Endpoint",
+    "ReadOutcome",
+    "Workload",
+    "WriteOutcome",
+    "decode_value",
+    "exchange",
+    "list_page_elements",
+    "read_outcome",
+    "register_keys",
+    "write_outcome",
+]
+
+REGISTER_KEYS = 5
+"""Keys of the register workload: enough to spread the load, few enough that every key sees
+many concurrent operations (where violations live)."""
+
+CLIENTS_PER_REGISTER_KEY = 3
+"""Concurrent clients per register key: three is the smallest number at which a read can
+race a write and a cas at once."""
+
+SET_CLIENTS = 3
+"""Concurrent clients of the set workload."""
+
+REGISTER_KEY_PREFIX = "r/"
+SET_KEY_PREFIX = "set/"
+
+CLIENT_CONNECT_TIMEOUT_S = 1.0
+"""How long a client waits to connect: on loopback a connection either happens at once or
+the node is gone (a paused node's kernel still accepts)."""
+
+CLIENT_REQUEST_TIMEOUT_S = 4.0
+"""How long a client waits for an answer: more than the nodes' request timeout (2 s in the
+chaos config) plus a follower's forwarding margin (1 s), so nodes normally answer 503/504
+themselves and only frozen nodes run into this."""
+
+CLIENT_JOIN_TIMEOUT_S = CLIENT_REQUEST_TIMEOUT_S + CLIENT_CONNECT_TIMEOUT_S + 2.0
+"""How long stopping waits for a client thread: its operation in flight has then timed out."""
+
+CLIENT_THINK_S_MAX = 0.05
+"""Each client pauses up to this long (uniformly) between operations, which keeps a minute's
+history at a size the linearizability search decides in seconds."""
+
+RESPONSE_BYTES_MAX = 8 * 1024 * 1024
+"""The largest answer body read: a full list page (4 MiB of entries, base64) fits; anything
+larger is a node fault and is treated like a broken connection."""
+
+SET_PAGES_MAX = 10_000
+"""The most pages the final set read follows (10 million elements at 1000 per page); past it
+the read is incomplete, which fails the set check rather than looping forever."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a node serves HTTP: its id, host and port."""
+
+    node_id: int
+    host: str
+    port: int
+
+
+def register_keys(count: int = REGISTER_KEYS) -> list[str]:
+    """The register workload's keys."""
+    return [f"{REGISTER_KEY_PREFIX}{index}" for index in range(count)]
+
+
+# --- one HTTP exchange ---------------------------------------------------------------------
+
+
+def exchange(
+    endpoint: Endpoint,
+    request: HttpRequest,
+    *,
+    connect_timeout_s: float = CLIENT_CONNECT_TIMEOUT_S,
+    timeout_s: float = CLIENT_REQUEST_TIMEOUT_S,
+    body_bytes_max: int = RESPONSE_BYTES_MAX,
+) -> HttpResponse | TransportFailure:
+    """Send `request` on a fresh connection; the answer, or where the attempt failed."""
+    connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=connect_timeout_s)
+    try:
+        try:
+            connection.connect()
+        except OSError as error:
+            return TransportFailure(FailureKind.NOT_SENT, f"connect: {error!r}")
+        assert connection.sock is not None
+        connection.sock.settimeout(timeout_s)
+        try:
+            connection.request(
+                request.method, request.target, body=request.body, headers=dict(request.headers)
+            )
+            response = connection.getresponse()
+            body = response.read(body_bytes_max + 1)
+        except (OSError, http.client.HTTPException) as error:
+            return TransportFailure(FailureKind.AFTER_SEND, f"after sending: {error!r}")
+        if len(body) > body_bytes_max:
+            return TransportFailure(
+                FailureKind.AFTER_SEND, f"answer longer than {body_bytes_max} bytes"
+            )
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return HttpResponse(response.status, headers, body)
+    finally:
+        connection.close()
+
+
+# --- what an answer means (pure) -----------------------------------------------------------
+
+
+def decode_value(raw: bytes) -> str:
+    """A value as recorded: the text the clients wrote, or a marker no client ever writes
+    (so a corrupted value shows up as a read of a value never written)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<undecodable {raw[:64].hex()}>"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """How a write or cas ended: `type` (ok/fail/info), `output` (cas: applied or not;
+    write: None) and `error` (why it did not succeed)."""
+
+    type: str
+    output: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    """How a read ended: `type` (ok/fail), the `value` (None: absent), its `revision`
+    (0: absent) and `error`."""
+
+    type: str
+    value: str | None = None
+    revision: int = 0
+    error: str | None = None
+
+
+def _error_text(response: HttpResponse) -> str:
+    return f"HTTP {response.status} {response.body[:120].decode('utf-8', 'replace')}".strip()
+
+
+def write_outcome(answer: HttpResponse | TransportFailure, *, conditional: bool) -> WriteOutcome:
+    """What a write's (or, `conditional`, a cas's) answer says about its effect."""
+    if isinstance(answer, TransportFailure):
+        if answer.kind is FailureKind.NOT_SENT:
+            return WriteOutcome("fail", error=answer.detail)
+        return WriteOutcome("info", error=answer.detail)
+    status = answer.status
+    if status == 200:
+        return WriteOutcome("ok", True if conditional else None)
+    if status == 412 and conditional:
+        return WriteOutcome("ok", False)
+    if status == 503 or 400 <= status < 500:
+        # 503 promises nothing was applied; any other 4xx refused the request outright.
+        return WriteOutcome("fail", error=_error_text(answer))
+    return WriteOutcome("info", error=_error_text(answer))  # 504 outcome_unknown, other 5xx
+
+
+def read_outcome(answer: HttpResponse | TransportFailure) -> ReadOutcome:
+    """What a read's answer returned; anything but a well-formed 200/404 is ``fail``."""
+    if isinstance(answer, TransportFailure):
+        return ReadOutcome("fail", error=answer.detail)
+    try:
+        found = interpret_get(answer)
+    except KVError as error:
+        return ReadOutcome("fail", error=f"HTTP {answer.status}: {error}")
+    if found is None:
+        return ReadOutcome("ok")
+    raw, revision = found
+    if revision == 0:
+        return ReadOutcome("fail", error="HTTP 200 with revision 0 (absent) and a value")
+    return ReadOutcome("ok", decode_value(raw), revision)
+
+
+def list_page_elements(
+    answer: HttpResponse | TransportFailure,
+) -> tuple[list[str], str | None] | str:
+    """(elements, continuation) of one page of the final set read, or why it failed."""
+    if isinstance(answer, TransportFailure):
+        return answer.detail
+    try:
+        items, continuation = interpret_list(answer)
+    except KVError as error:
+        return f"HTTP {answer.status}: {error}"
+    elements = []
+    for item in items:
+        element = item.key.removeprefix(SET_KEY_PREFIX)
+        value = decode_value(item.value)
+        # A key whose value is not its own name is corruption: record it as an element
+        # nobody added, so the set check reports it as unexpected.
+        elements.append(element if value == element else f"{element}={value!r}")
+    return elements, continuation
+
+
+# --- the clients ---------------------------------------------------------------------------
+
+
+class _ClientState:
+    """A client's identity: its slot, its current logical process, and its randomness."""
+
+    def __init__(self, slot: int, slots_total: int, seed: int) -> None:
+        self.slot = slot
+        self.slots_total = slots_total
+        self.generation = 0
+        self.counter = 0
+        # A string seed is hashed deterministically (random.seed's version 2).
+        self.rng = random.Random(f"kvraft-chaos/{seed}/{slot}")
+
+    @property
+    def process(self) -> int:
+        return self.slot + self.generation * self.slots_total
+
+    def crashed(self) -> None:
+        """The last operation's outcome is unknown: continue as a new process."""
+        self.generation += 1
+
+    def unique(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.slot}-{self.counter}"
+
+
+class Workload:
+    """The register and set clients of one run, and the final reads.
+
+    `start` launches one thread per client; `stop` asks them to finish their current
+    operation and waits for them; `final_register_reads` and `final_set_read` run in the
+    caller's thread after the cluster has been healed.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        recorder: HistoryRecorder,
+        seed: int,
+        *,
+        stale_reads: bool = False,
+        keys: Sequence[str] | None = None,
+        clients_per_key: int = CLIENTS_PER_REGISTER_KEY,
+        set_clients: int = SET_CLIENTS,
+        exchange_function: Callable[..., HttpResponse | TransportFailure] = exchange,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("a workload needs at least one endpoint")
+        self.endpoints = list(endpoints)
+        self.recorder = recorder
+        self.stale_reads = stale_reads
+        self.keys = list(keys) if keys is not None else register_keys()
+        self._exchange = exchange_function
+        self._stop = threading.Event()
+        register_slots = len(self.keys) * clients_per_key
+        slots_total = register_slots + set_clients + 1  # the last slot does the final reads
+        self._register_clients = [
+            (_ClientState(slot, slots_total, seed), self.keys[slot % len(self.keys)])
+            for slot in range(register_slots)
+        ]
+        self._set_clients = [
+            _ClientState(register_slots + index, slots_total, seed) for index in range(set_clients)
+        ]
+        self._final = _ClientState(slots_total - 1, slots_total, seed)
+        self._threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        """Unexpected exceptions in client threads (harness bugs), as text."""
+
+    # --- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every client thread."""
+        for state, key in self._register_clients:
+            self._threads.append(
+                threading.Thread(
+                    target=self._loop,
+                    args=(state, functools.partial(self._register_step, key=key)),
+                    name=f"chaos-register-{state.slot}",
+                    daemon=True,
+                )
+            )
+        for state in self._set_clients:
+            self._threads.append(
+                threading.Thread(
+                    target=self._loop,
+                    args=(state, self._set_step),
+                    name=f"chaos-set-{state.slot}",
+                    daemon=True,
+                )
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> list[str]:
+        """Stop the clients and wait for them; the names of any that did not finish."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(CLIENT_JOIN_TIMEOUT_S)
+        return [thread.name for thread in self._threads if thread.is_alive()]
+
+    def _loop(self, state: _ClientState, step: Callable[[_ClientState], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                step(state)
+            except Exception as error:  # a harness bug: report it, never hide it
+                if not self._stop.is_set():
+                    self.errors.append(f"client {state.slot}: {error!r}")
+                # An operation may have been left open: it stays unknown, under the old
+                # process, and this client goes on as a new one.
+                state.crashed()
+            # Think time between operations (a rate limit, not synchronisation).
+            self._stop.wait(state.rng.uniform(0.0, CLIENT_THINK_S_MAX))
+
+    def _endpoint(self, state: _ClientState) -> Endpoint:
+        return state.rng.choice(self.endpoints)
+
+    # --- operations ------------------------------------------------------------------------
+
+    def _read(self, state: _ClientState, key: str, endpoint: Endpoint) -> ReadOutcome:
+        consistency = "stale" if self.stale_reads else "linearizable"
+        process = state.process
+        self.recorder.invoke(process, "read", key, node=endpoint.node_id)
+        outcome = read_outcome(self._exchange(endpoint, build_get(key, consistency=consistency)))
+        self.recorder.complete(
+            process,
+            outcome.type,
+            "read",
+            key,
+            output=outcome.value,
+            error=outcome.error,
+            node=endpoint.node_id,
+        )
+        return outcome
+
+    def _put(
+        self,
+        state: _ClientState,
+        f: str,
+        key: str,
+        value: str,
+        *,
+        expected: str | None = None,
+        if_revision: int | None = None,
+    ) -> WriteOutcome:
+        endpoint = self._endpoint(state)
+        process = state.process
+        conditional = if_revision is not None
+        self.recorder.invoke(process, f, key, value=value, expected=expected, node=endpoint.node_id)
+        request = build_put(key, value.encode("utf-8"), if_revision=if_revision)
+        outcome = write_outcome(self._exchange(endpoint, request), conditional=conditional)
+        self.recorder.complete(
+            process,
+            outcome.type,
+            f,
+            key,
+            output=outcome.output,
+            error=outcome.error,
+            node=endpoint.node_id,
+        )
+        if outcome.type == "info":
+            state.crashed()
+        return outcome
+
+    def _register_step(self, state: _ClientState, key: str) -> None:
+        choice = state.rng.random()
+        if choice < 0.4:
+            self._read(state, key, self._endpoint(state))
+        elif choice < 0.7:
+            self._put(state, "write", key, state.unique("v"))
+        else:
+            # Compare-and-set: read the value and its revision, then write conditionally.
+            seen = self._read(state, key, self._endpoint(state))
+            if seen.type == "ok":
+                self._put(
+                    state,
+                    "cas",
+                    key,
+                    state.unique("v"),
+                    expected=seen.value,
+                    if_revision=seen.revision,
+                )
+
+    def _set_step(self, state: _ClientState) -> None:
+        element = state.unique("e")
+        self._put(state, SET_ADD, SET_KEY_PREFIX + element, element)
+
+    # --- the final phase -------------------------------------------------------------------
+
+    def final_register_reads(self, deadline_passed: Callable[[], bool]) -> dict[str, bool]:
+        """Read every register key until one read of it succeeds or the deadline passes;
+        whether each key was read."""
+        done: dict[str, bool] = {}
+        attempt = 0
+        for key in self.keys:
+            done[key] = False
+            while not deadline_passed():
+                endpoint = self.endpoints[attempt % len(self.endpoints)]
+                attempt += 1
+                if self._read(self._final, key, endpoint).type == "ok":
+                    done[key] = True
+                    break
+        return done
+
+    def final_set_read(
+        self, deadline_passed: Callable[[], bool], *, pages_max: int = SET_PAGES_MAX
+    ) -> bool:
+        """Read every set element, page by page (a failed page is retried on the next node);
+        whether the last page was reached before the deadline and within `pages_max` pages."""
+        process = self._final.process
+        start_after: str | None = None
+        attempt = 0
+        pages = 0
+        while not deadline_passed() and pages < pages_max:
+            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            attempt += 1
+            self.recorder.invoke(
+                process, SET_LIST, SET_KEY_PREFIX, value=start_after, node=endpoint.node_id
+            )
+            request = build_list(SET_KEY_PREFIX, limit=LIST_LIMIT_MAX, start_after=start_after)
+            page = list_page_elements(self._exchange(endpoint, request))
+            if isinstance(page, str):
+                self.recorder.complete(
+                    process, "fail", SET_LIST, SET_KEY_PREFIX, error=page, node=endpoint.node_id
+                )
+                continue
+            elements, continuation = page
+            pages += 1
+            self.recorder.complete(
+                process,
+                "ok",
+                SET_LIST,
+                SET_KEY_PREFIX,
+                output=elements,
+                node=endpoint.node_id,
+                extra={"last_page": continuation is None},
+            )
+            if continuation is None:
+                return True
+            start_after = continuation
+        return False

@@ -1,0 +1,146 @@
+"""`kvraft chaos`: fault-test a real local cluster and check its history (see `kvraft.chaos`)."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import secrets
+import sys
+
+import click
+
+from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT
+from kvraft.chaos.history import HistoryFileError
+from kvraft.chaos.nemesis import NODE_COUNTS, RUN_S_MAX, NemesisError, parse_nemesis_kinds
+from kvraft.chaos.report import render_text
+from kvraft.chaos.runner import ChaosError, ChaosOptions, run_chaos
+from kvraft.linearizability import HistoryError
+
+__all__ = [
+    "CHECK_BUDGET_S_MAX",
+    "EXIT_FAILED",
+    "EXIT_HARNESS_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_PASSED",
+    "SEED_MAX",
+    "chaos",
+]
+
+EXIT_PASSED = 0
+"""Every check passed."""
+
+EXIT_FAILED = 1
+"""A check failed, or the linearizability verdict is unknown (never a pass)."""
+
+EXIT_HARNESS_ERROR = 3
+"""The harness could not run (report directory in use, a cluster that never started, ...)."""
+
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C, SIGTERM, SIGHUP); everything started was cleaned up."""
+
+SEED_MAX = 2**63 - 1
+"""The largest seed accepted (seeds are printed and typed back, so they stay integers)."""
+
+CHECK_BUDGET_S_MAX = 24 * 3600.0
+"""The longest time budget the linearizability search may be given."""
+
+_DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
+
+
+@click.command()
+@click.option(
+    "--nodes",
+    type=click.Choice([str(count) for count in NODE_COUNTS]),
+    default="3",
+    show_default=True,
+    help="Cluster size.",
+)
+@click.option(
+    "--time",
+    "time_s",
+    type=click.IntRange(1, RUN_S_MAX),
+    default=60,
+    show_default=True,
+    help="Seconds of workload and faults (healing and checking come after).",
+)
+@click.option(
+    "--nemesis",
+    "nemesis_text",
+    default="kill,pause,partition",
+    show_default=True,
+    help="Faults to inject: any of kill,pause,partition, or none.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, SEED_MAX),
+    default=None,
+    help="Decides the fault schedule and the clients' choices (default: random, printed).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="An empty or new directory for the config, data, logs, history and report "
+    "(default: data/chaos/<time>-seed<N>).",
+)
+@click.option(
+    "--check-budget",
+    "check_budget_s",
+    type=click.FloatRange(min=0, max=CHECK_BUDGET_S_MAX, min_open=True),
+    default=CHECK_TIME_BUDGET_S_DEFAULT,
+    show_default=True,
+    help="Seconds the linearizability search may take before it answers unknown.",
+)
+@click.option(
+    "--broken-stale-reads",
+    is_flag=True,
+    hidden=True,
+    help="Tests only: read stale state from any node while calling it linearizable.",
+)
+def chaos(
+    nodes: str,
+    time_s: int,
+    nemesis_text: str,
+    seed: int | None,
+    report_dir: pathlib.Path | None,
+    check_budget_s: float,
+    broken_stale_reads: bool,
+) -> None:
+    """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions) and check
+    that what the clients saw was linearizable and that no acknowledged write was lost.
+
+    Exits 0 only when every check passed; the report is printed and written to DIR.
+    """
+    try:
+        kinds = parse_nemesis_kinds(nemesis_text)
+    except NemesisError as error:
+        raise click.BadParameter(str(error), param_hint="--nemesis") from None
+    if seed is None:
+        seed = secrets.randbelow(1_000_000)
+    if report_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        report_dir = _DEFAULT_REPORT_ROOT / f"{stamp}-seed{seed}"
+    options = ChaosOptions(
+        nodes=int(nodes),
+        time_s=float(time_s),
+        nemeses=kinds,
+        seed=seed,
+        report_dir=report_dir,
+        broken_stale_reads=broken_stale_reads,
+        check_time_budget_s=check_budget_s,
+    )
+    try:
+        report = run_chaos(options, echo=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo("interrupted: every node stopped and every rule removed", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (ChaosError, HistoryFileError, HistoryError, OSError) as error:
+        click.echo(f"kvraft chaos: {error}", err=True)
+        sys.exit(EXIT_HARNESS_ERROR)
+    click.echo(render_text(report), nl=False)
+    sys.exit(EXIT_PASSED if report.passed else EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m kvraft.commands.chaos`
+    chaos()
