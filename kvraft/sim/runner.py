@@ -237,8 +237,12 @@ class _Run:
         # Leader churn: several new leaders in a row, each cut off early and brought back
         # soon, so stale log tails of different terms pile up on different nodes.
         self.hunts_remaining = self.rng.randint(2, 8)
+        self._arm_hunt()
+
+    def _arm_hunt(self) -> None:
         # Strike right after the election, or right after the leader's first commit in its
-        # term, when followers hold partial logs; isolating also loses what is in flight.
+        # term, when followers hold partial logs; isolating also loses what is in flight
+        # (such as the new leader's no-op on its way to the follower that just acked).
         self.hunt_on_first_commit = self.rng.random() < 0.5
         self.hunt_isolates = "partition" in self.options.faults and self.rng.random() < 0.5
         when = "first commit" if self.hunt_on_first_commit else "election"
@@ -264,6 +268,7 @@ class _Run:
                 if self.hunts_remaining > 0:
                     self.hunts_remaining -= 1
                     self.hunt_leader_after_term = max(n.core.term for n in cluster.nodes.values())
+                    self._arm_hunt()
             return
         if self.hunt_leader_after_term is None:
             return
@@ -279,7 +284,7 @@ class _Run:
                 return
         self.hunt_leader_after_term = None
         self.hunt_commit_baseline = None
-        delay = self.rng.randint(0, 2 * TICK_STEPS)
+        delay = self.rng.randint(0, 2 if self.hunt_on_first_commit else 2 * TICK_STEPS)
         self.hunted_crash_at = (cluster.now + delay, leader.id)
 
     def _nemesis_restart(self) -> None:
