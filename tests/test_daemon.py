@@ -267,3 +267,27 @@ def test_every_acknowledged_write_survives_kill_9_of_every_node(tmp_path: Path) 
             assert worker == ack_worker and int(counter) >= int(ack_counter), (key, got.body)
     finally:
         cluster.close()
+
+
+def test_health_readiness_and_metrics_endpoints(cluster3: Cluster) -> None:
+    leader = cluster3.leader()
+    assert cluster3.request(leader, "PUT", "/v1/kv/m", b"1").status == 200
+    for node in sorted(cluster3.processes):
+        assert cluster3.request(node, "GET", "/healthz").json() == {"ok": True}
+        wait_for(
+            lambda n=node: cluster3.request(n, "GET", "/readyz").status == 200,
+            what=f"node {node} ready",
+        )
+        metrics = cluster3.request(node, "GET", "/metrics")
+        assert metrics.status == 200
+        text = metrics.body.decode()
+        term = cluster3.status(node)["term"]
+        assert f"kvraft_term {float(term)}" in text
+        assert "kvraft_commit_index" in text and "kvraft_request_seconds_bucket" in text
+        assert ("kvraft_is_leader 1.0" in text) == (node == leader)
+        # Every answer names the answering node, the known leader and the term.
+        assert metrics.headers["X-Kvraft-Node-Id"] == str(node)
+        assert metrics.headers["X-Kvraft-Leader-Id"] == str(leader)
+    leader_metrics = cluster3.request(leader, "GET", "/metrics").body.decode()
+    assert 'kvraft_proposals_total{outcome="ok"}' in leader_metrics
+    assert "kvraft_fsync_seconds_count" in leader_metrics
