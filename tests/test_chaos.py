@@ -4,11 +4,13 @@ read mode that the checker must catch."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import itertools
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -34,6 +36,8 @@ from kvraft.chaos.cluster import (
     converged,
     loopback_block,
     node_host,
+    parse_members_view,
+    spare_specs,
 )
 from kvraft.chaos.history import (
     EventLog,
@@ -46,19 +50,27 @@ from kvraft.chaos.nemesis import (
     FAULT_HOLD_S_MIN,
     QUIET_S_MIN,
     RUN_S_MAX,
+    SPARE_SLOTS,
+    VOTERS_MIN_FLOOR,
     WARMUP_S,
     Fault,
+    MemberCall,
+    MemberState,
+    MemberStep,
     NemesisError,
     bridge_grudge,
     cut_pairs,
     groups_grudge,
     isolate_grudge,
+    majority_running,
     parse_nemesis_kinds,
+    plan_member_change,
     plan_schedule,
     resolve_fault,
     ring_grudge,
     run_schedule,
     sees_majority,
+    voters_bounds,
 )
 from kvraft.chaos.netfilter import (
     CHAIN_NAME_CHARS_MAX,
@@ -94,6 +106,7 @@ from kvraft.client import FailureKind, HttpResponse, TransportFailure, build_get
 from kvraft.linearizability import CheckResult, Operation
 
 ALL_KINDS = frozenset(nemesis.NEMESIS_KINDS)
+PROCESS_AND_NETWORK_KINDS = frozenset({"kill", "pause", "partition"})
 SECOND_NS = 1_000_000_000
 
 
@@ -217,8 +230,7 @@ def test_nemesis_list_parsing() -> None:
     assert parse_nemesis_kinds("none") == frozenset()
     with pytest.raises(NemesisError, match="unknown nemesis"):
         parse_nemesis_kinds("kill,flood")
-    with pytest.raises(NemesisError, match="membership"):
-        parse_nemesis_kinds("member")
+    assert parse_nemesis_kinds("member,transfer,kill") == {"member", "transfer", "kill"}
     with pytest.raises(NemesisError):
         parse_nemesis_kinds(" , ")
 
@@ -235,6 +247,173 @@ def test_faults_aimed_at_the_leader_hit_the_leader_known_when_they_fire() -> Non
     assert resolved.hits_leader
     pause_one = Fault(2.0, 3.0, "pause", "one", (2,))
     assert not resolve_fault(pause_one, leader=3, node_ids=[1, 2, 3]).hits_leader
+
+
+# --------------------------------------------------------------------------- membership faults
+
+
+def member_state(
+    voters: set[int],
+    running: set[int] | None = None,
+    learners: frozenset[int] = frozenset(),
+    leader: int | None = 1,
+    founding: int = 3,
+) -> MemberState:
+    low, high = voters_bounds(founding)
+    slots = tuple(range(1, founding + SPARE_SLOTS + 1))
+    alive = frozenset(voters if running is None else running)
+    return MemberState(frozenset(voters), learners, alive, slots, leader, low, high)
+
+
+def apply_steps(state: MemberState, steps: tuple[MemberStep, ...]) -> list[MemberState]:
+    """The membership after each step (an added node runs)."""
+    states = []
+    for step in steps:
+        if step.action == "add":
+            state = dataclasses.replace(
+                state, voters=state.voters | {step.node}, running=state.running | {step.node}
+            )
+        else:
+            state = dataclasses.replace(
+                state, voters=state.voters - {step.node}, learners=state.learners - {step.node}
+            )
+        states.append(state)
+    return states
+
+
+def test_voter_bounds_keep_three_voters_and_two_spares() -> None:
+    assert voters_bounds(3) == (VOTERS_MIN_FLOOR, 3 + SPARE_SLOTS)
+    assert voters_bounds(5) == (4, 5 + SPARE_SLOTS)
+
+
+@pytest.mark.parametrize("founding", [3, 5])
+def test_membership_plans_stay_in_bounds_with_a_majority_of_voters_running(founding: int) -> None:
+    rng = random.Random(founding)
+    low, high = voters_bounds(founding)
+    slots = list(range(1, founding + SPARE_SLOTS + 1))
+    for _ in range(400):
+        voters = set(rng.sample(slots, rng.randint(low, high)))
+        running = {node for node in voters if rng.random() < 0.8}
+        leader = rng.choice([None, *sorted(voters)])
+        state = member_state(voters, running, leader=leader, founding=founding)
+        action = rng.choice(nemesis.MEMBER_ACTIONS)
+        steps, _note = plan_member_change(action, state, rng.getrandbits(32))
+        for after in apply_steps(state, steps):
+            assert low <= len(after.voters) <= high
+            assert majority_running(after.voters, after.running)
+        added = [step.node for step in steps if step.action == "add"]
+        assert all(node not in voters for node in added)  # only free slots are added
+
+
+def test_membership_actions_do_what_they_say_when_the_bounds_allow() -> None:
+    state = member_state({1, 2, 3, 4}, leader=2)
+    (step,) = plan_member_change("remove-leader", state, 0)[0]
+    assert step == MemberStep("remove", 2)
+    (step,) = plan_member_change("remove", state, 5)[0]
+    assert step.action == "remove" and step.node in {1, 3, 4}
+    (step,) = plan_member_change("add", state, 0)[0]
+    assert step == MemberStep("add", 5)
+    add, remove = plan_member_change("replace", state, 0)[0]
+    assert add == MemberStep("add", 5) and remove.action == "remove"
+
+
+def test_membership_falls_back_at_the_size_limits_and_skips_without_a_majority() -> None:
+    full = member_state({1, 2, 3, 4, 5})
+    steps, note = plan_member_change("add", full, 0)
+    assert [step.action for step in steps] == ["remove"] and "cannot add" in note
+    smallest = member_state({1, 2, 3})
+    steps, note = plan_member_change("remove", smallest, 0)
+    assert [step.action for step in steps] == ["add", "remove"] and "replacing" in note
+    # Four voters, two of them down: removing a running one leaves 1 of 3 running, and
+    # adding one makes 3 of 5: only the add keeps a majority running.
+    steps, _ = plan_member_change("remove", member_state({1, 2, 3, 4}, running={1, 2}), 0)
+    assert [step.action for step in steps] == ["add"]
+    steps, note = plan_member_change("add", member_state({1, 2, 3}, running={1}), 0)
+    assert steps == () and "skipped" in note
+
+
+def test_a_leftover_learner_is_removed_first_and_never_re_added_at_once() -> None:
+    state = member_state({1, 2, 3}, learners=frozenset({4}))
+    steps, note = plan_member_change("add", state, 0)
+    assert steps == (MemberStep("remove", 4), MemberStep("add", 5))
+    assert "leftover learner 4" in note
+
+
+def test_unknown_membership_actions_are_refused() -> None:
+    with pytest.raises(NemesisError, match="unknown membership action"):
+        plan_member_change("shrink", member_state({1, 2, 3}), 0)
+
+
+def test_faults_follow_the_members_of_the_moment() -> None:
+    kill = Fault(2.0, 3.0, "kill", "one", (2,), (), draw=7)
+    assert resolve_fault(kill, leader=1, node_ids=[1, 2, 3]).nodes == (2,)
+    moved = resolve_fault(kill, leader=1, node_ids=[1, 3, 4])
+    assert len(moved.nodes) == 1 and moved.nodes[0] in {1, 3, 4}
+    majority = Fault(2.0, 3.0, "pause", "majority", (1, 2), (), draw=7)
+    assert len(resolve_fault(majority, leader=None, node_ids=[1, 2, 3, 4, 5]).nodes) == 3
+    bridge = Fault(2.0, 3.0, "partition", "bridge", (2, 1, 3), bridge_grudge([2, 1, 3]), 7)
+    four = resolve_fault(bridge, leader=4, node_ids=[1, 2, 3, 4])
+    assert four.target == "halves"  # a bridge needs an odd number of nodes
+    cut = links_between(four.grudge)
+    assert len(cut) == 4 and all(pair <= {1, 2, 3, 4} for pair in cut)
+    ring = Fault(2.0, 3.0, "partition", "majorities-ring", (1, 2, 3, 4, 5), (), 7)
+    assert resolve_fault(ring, None, [1, 2, 3, 5, 6]).target == "majorities-ring"
+
+
+def test_schedule_runner_adds_then_removes_and_stops_the_removed_node_at_the_end() -> None:
+    controls = RecordingControls(leader=1)
+    controls.voters = {1, 2, 3}
+    logged: list[dict[str, Any]] = []
+    schedule = [Fault(0.0, 0.0, "member", "replace", (), (), draw=0)]
+    run_schedule(schedule, controls, [1, 2, 3], logged.append, threading.Event(), 0)
+    assert [call[0] for call in controls.calls] == ["add", "remove", "retire"]
+    removed = controls.calls[1][1]
+    assert controls.calls[2] == ("retire", removed)
+    types = [(e["type"], e.get("action")) for e in logged]
+    assert types[0] == ("start", None) and types[-1] == ("end", None)
+    assert ("member", "plan") in types and ("member", "add") in types
+
+
+def test_a_failed_add_stops_a_replace_before_its_removal() -> None:
+    controls = RecordingControls(leader=1)
+    controls.voters = {1, 2, 3}
+    controls.add_outcome = "timeout"
+    logged: list[dict[str, Any]] = []
+    schedule = [Fault(0.0, 0.0, "member", "replace", (), (), draw=0)]
+    run_schedule(schedule, controls, [1, 2, 3], logged.append, threading.Event(), 0)
+    assert [call[0] for call in controls.calls] == ["add"]
+    assert any(e.get("outcome") == "timeout" for e in logged)
+
+
+def test_refused_membership_calls_are_nemesis_outcomes_not_errors() -> None:
+    controls = RecordingControls(leader=1)
+    logged: list[dict[str, Any]] = []
+    schedule = [Fault(0.0, 0.0, "transfer", "named", (), (), draw=1)]
+    run_schedule(schedule, controls, [1, 2, 3], logged.append, threading.Event(), 0)
+    (call,) = [e for e in logged if e["type"] == "member"]
+    assert call["outcome"] == "unavailable" and call["node"] in {2, 3}
+    assert not [e for e in logged if e["type"] == "error"]
+
+
+def test_members_view_is_read_from_untrusted_json() -> None:
+    view = parse_members_view(
+        {"leader_id": 4, "change_pending": False,
+         "members": [{"id": 1, "voter": True}, {"id": 4, "voter": True}, {"id": 5}]}
+    )  # fmt: skip
+    assert view is not None
+    assert view.voters == {1, 4} and view.learners == {5} and view.leader == 4
+    bad_bodies: list[object] = [None, [], {"members": "x"}, {"members": [{"id": "1"}]}]
+    for bad in [*bad_bodies, {"members": []}]:
+        assert parse_members_view(bad) is None
+
+
+def test_spare_slots_get_their_own_addresses_and_data_dirs(tmp_path: pathlib.Path) -> None:
+    config = chaos_config(3, tmp_path, "127.9.9")
+    spares = spare_specs(config, SPARE_SLOTS, "127.9.9")
+    assert [spec.id for spec in spares] == [4, 5]
+    assert [spec.raft_host for spec in spares] == ["127.9.9.4", "127.9.9.5"]
+    assert all(spec.data_dir.parent == config.nodes[0].data_dir.parent for spec in spares)
+    assert not {spec.data_dir for spec in spares} & {spec.data_dir for spec in config.nodes}
 
 
 class RecordingControls:
@@ -267,6 +446,35 @@ class RecordingControls:
 
     def heal(self) -> None:
         self.calls.append(("heal", None))
+
+    # Membership: a cluster whose voters change as asked.
+    voters: set[int]
+    add_outcome = "ok"
+
+    def member_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(getattr(self, "voters", {1, 2, 3})))
+
+    def membership(self) -> MemberState | None:
+        voters = frozenset(getattr(self, "voters", {1, 2, 3}))
+        return MemberState(voters, frozenset(), voters, (1, 2, 3, 4, 5), self.leader, 3, 5)
+
+    def add_member(self, node_id: int) -> MemberCall:
+        self.calls.append(("add", node_id))
+        if self.add_outcome == "ok":
+            self.voters = set(self.member_ids()) | {node_id}
+        return MemberCall(self.add_outcome, None, "", 1.0)
+
+    def remove_member(self, node_id: int) -> MemberCall:
+        self.calls.append(("remove", node_id))
+        self.voters = set(self.member_ids()) - {node_id}
+        return MemberCall("ok", 200, "", 0.1)
+
+    def transfer_leadership(self, to: int | None) -> MemberCall:
+        self.calls.append(("transfer", to))
+        return MemberCall("unavailable", 503, "no quorum", 0.1)
+
+    def retire(self, node_id: int) -> None:
+        self.calls.append(("retire", node_id))
 
 
 def test_schedule_runner_injects_and_heals_each_fault_in_order() -> None:
@@ -1041,7 +1249,7 @@ def test_command_refuses_bad_options_before_starting_anything(tmp_path: pathlib.
 
     report_dir = str(tmp_path / "never")
     for args, message in [
-        (["--nemesis", "kill,member"], "membership"),
+        (["--nemesis", "kill,members"], "unknown nemesis"),
         (["--nemesis", "flood"], "unknown nemesis"),
         (["--nodes", "4"], "4"),
         (["--seed", str(SEED_MAX + 1)], "--seed"),
@@ -1089,7 +1297,8 @@ def run_chaos_command(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def processes_using(config_path: pathlib.Path) -> list[int]:
-    """Pids of live processes whose command line names this config file."""
+    """Pids of live processes whose command line names this config file's directory (the
+    founding nodes' config, the spares' join configs, the data directories)."""
     found = []
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -1098,7 +1307,7 @@ def processes_using(config_path: pathlib.Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # exited meanwhile
-        if str(config_path).encode() in cmdline:
+        if str(config_path.parent).encode() + b"/" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -1123,8 +1332,8 @@ def test_a_short_run_with_every_fault_is_linearizable_and_loses_no_write(
     tmp_path: pathlib.Path,
 ) -> None:
     seed = 3  # kills (the leader, a majority), pauses the leader, isolates it, bridges
-    planned = plan_schedule(seed, ALL_KINDS, 30, [1, 2, 3])
-    assert {fault.kind for fault in planned} == ALL_KINDS
+    planned = plan_schedule(seed, PROCESS_AND_NETWORK_KINDS, 30, [1, 2, 3])
+    assert {fault.kind for fault in planned} == PROCESS_AND_NETWORK_KINDS
     report_dir = tmp_path / "run"
     done = run_chaos_command(
         "--nodes", "3", "--time", "30", "--seed", str(seed), "--report", str(report_dir)
@@ -1142,6 +1351,33 @@ def test_a_short_run_with_every_fault_is_linearizable_and_loses_no_write(
         assert "partitions skipped" in done.stderr
     assert len(summary["elections"]) >= 2  # the leader was killed at least once
     assert summary["pids_started"]
+    assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+
+
+@pytest.mark.slow
+def test_a_short_run_with_membership_changes_is_linearizable_and_loses_no_write(
+    tmp_path: pathlib.Path,
+) -> None:
+    seed = 11  # replaces a voter (the leader) with a spare, kills, adds the other spare
+    planned = plan_schedule(seed, {"kill", "partition", "member"}, 30, [1, 2, 3])
+    assert "member" in {fault.kind for fault in planned}
+    report_dir = tmp_path / "run"
+    done = run_chaos_command(
+        "--nodes", "3", "--time", "30", "--nemesis", "kill,partition,member",
+        "--seed", str(seed), "--report", str(report_dir),
+    )  # fmt: skip
+    assert "linearizable: yes" in done.stdout, done.stdout + done.stderr
+    assert "lost acknowledged writes: 0" in done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((report_dir / "report.json").read_text())
+    assert summary["passed"] and summary["converged"] and summary["unexpected_exits"] == []
+    calls = summary["membership"]["calls"]
+    assert any(c["action"] == "add" and c["outcome"] == "ok" for c in calls), calls
+    assert summary["membership"]["non_member_answers"] == []
+    final = set(summary["membership"]["final_members"])
+    assert final and final != {1, 2, 3}  # the membership really changed
+    nemesis_events = load_events(report_dir / "nemesis.jsonl")
+    assert any(e["type"] == "member" and e.get("action") == "plan" for e in nemesis_events)
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 

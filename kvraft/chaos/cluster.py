@@ -18,6 +18,18 @@ one with SIGTERM (SIGKILL after `STOP_TIMEOUT_S`) and touches no other process.
 A process that exits without being killed by the nemesis is an *unexpected
 exit* (e.g. a node refusing to start after a crash) and is reported.
 
+Spare slots (ids N+1, N+2, `spare_specs`) have their own addresses, ports and
+data directories but are not in the config file: they start outside the
+cluster. `ChaosCluster.join` starts one (or a founding node that was removed:
+its old data directory is moved aside first, since only an empty node may join)
+with ``kvraft serve --config DIR/join-<id>.toml --id K --raft-address ...
+--http-address ... --data-dir ... --join URL``; the join config has the chaos
+settings and the founding nodes other than K. Such a node restarts with the
+same command minus ``--join`` (its membership is in its log). `retire` stops a
+removed node for good. `members_view` asks any live node for ``GET
+/v1/members`` (a follower forwards it to the leader) and `parse_members_view`
+reads the answer.
+
 `ClusterMonitor` polls every node's ``/v1/status`` in the background: it logs
 each leader it sees (elections), knows the current leader for faults aimed at
 it, and notices unexpected exits.
@@ -28,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import pathlib
 import signal
@@ -36,14 +49,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from kvraft.chaos.workload import Endpoint, exchange
-from kvraft.client import KVError, TransportFailure, build_status, interpret_status
+from kvraft.client import (
+    HttpRequest,
+    KVError,
+    TransportFailure,
+    build_status,
+    interpret_status,
+)
 from kvraft.config import (
     ClusterConfig,
     LimitSettings,
+    NodeSpec,
     RaftSettings,
     StorageSettings,
     local_cluster_config,
@@ -56,18 +76,23 @@ __all__ = [
     "CHAOS_SEGMENT_BYTES_MAX",
     "CHAOS_SNAPSHOT_THRESHOLD_ENTRIES",
     "LEADER_FRESH_S",
+    "MEMBER_CALL_TIMEOUT_S",
     "MONITOR_INTERVAL_S",
     "STATUS_TIMEOUT_S",
     "STOP_TIMEOUT_S",
     "ChaosCluster",
     "ClusterMonitor",
+    "MembersView",
     "NodeView",
     "chaos_config",
     "converged",
     "free_port",
     "loopback_block",
     "node_host",
+    "parse_members_view",
+    "spare_specs",
     "wait_converged",
+    "wait_members_converged",
 ]
 
 CHAOS_REQUEST_TIMEOUT_MS = 2000
@@ -93,6 +118,10 @@ MONITOR_INTERVAL_S = 0.2
 
 LEADER_FRESH_S = 1.0
 """A leader observation older than this is not trusted to aim a fault at the leader."""
+
+MEMBER_CALL_TIMEOUT_S = 3 * CHAOS_REQUEST_TIMEOUT_MS / 1000 + 3.0
+"""How long one membership call waits for its answer: the server's own bound (three request
+timeouts) plus a forwarding hop and margin, so the server normally answers 503/504 itself."""
 
 
 def loopback_block(pid: int) -> str:
@@ -153,6 +182,68 @@ def chaos_config(
     return parse_config(render_config(config), data_dir)
 
 
+def spare_specs(
+    config: ClusterConfig, count: int, block: str, *, port_for: Callable[[str], int] = free_port
+) -> tuple[NodeSpec, ...]:
+    """`count` spare node slots after the founding nodes (ids N+1, ...): each on its own
+    address ``block.id`` with its own ports and a data directory next to the others'."""
+    first = max(spec.id for spec in config.nodes) + 1
+    data_root = config.nodes[0].data_dir.parent
+    specs = []
+    for node_id in range(first, first + count):
+        host = node_host(block, node_id)
+        specs.append(
+            NodeSpec(
+                id=node_id,
+                raft_host=host,
+                raft_port=port_for(host),
+                http_host=host,
+                http_port=port_for(host),
+                data_dir=data_root / f"node{node_id}",
+            )
+        )
+    return tuple(specs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MembersView:
+    """A ``GET /v1/members`` answer: the voters, the learners, the leader (None: unknown)
+    and whether a change is pending."""
+
+    voters: frozenset[int]
+    learners: frozenset[int]
+    leader: int | None
+    change_pending: bool
+
+    @property
+    def members(self) -> frozenset[int]:
+        return self.voters | self.learners
+
+
+def parse_members_view(body: object) -> MembersView | None:
+    """Read an (untrusted) ``GET /v1/members`` body; None if it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("members"), list):
+        return None
+    voters: set[int] = set()
+    learners: set[int] = set()
+    for item in body["members"]:
+        if not isinstance(item, dict):
+            return None
+        node_id = item.get("id")
+        if type(node_id) is not int or node_id < 1:
+            return None
+        (voters if item.get("voter") is True else learners).add(node_id)
+    if not voters:
+        return None
+    leader = body.get("leader_id")
+    return MembersView(
+        frozenset(voters),
+        frozenset(learners),
+        leader if type(leader) is int and leader > 0 else None,
+        body.get("change_pending") is True,
+    )
+
+
 def _status_of(endpoint: Endpoint) -> dict[str, Any] | None:
     answer = exchange(
         endpoint, build_status(), connect_timeout_s=STATUS_TIMEOUT_S, timeout_s=STATUS_TIMEOUT_S
@@ -168,11 +259,23 @@ def _status_of(endpoint: Endpoint) -> dict[str, Any] | None:
 class ChaosCluster:
     """The node processes of one run. Thread-safe: the nemesis and the main thread share it."""
 
-    def __init__(self, config: ClusterConfig, config_path: pathlib.Path, log_dir: pathlib.Path):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        config_path: pathlib.Path,
+        log_dir: pathlib.Path,
+        spares: Sequence[NodeSpec] = (),
+    ):
         self.config = config
         self.config_path = config_path
         self.log_dir = log_dir
-        self.node_ids = [spec.id for spec in config.nodes]
+        self.founding_ids = [spec.id for spec in config.nodes]
+        self.slots: dict[int, NodeSpec] = {spec.id: spec for spec in (*config.nodes, *spares)}
+        self.node_ids = sorted(self.slots)
+        # Slots started the joining way (spares; founding nodes re-added after a removal).
+        self._joining_style: set[int] = {spec.id for spec in spares}
+        self._join_urls: dict[int, str] = {}
+        self._retired_dirs = 0
         self._lock = threading.RLock()
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         # Nodes whose process is meant to be gone (killed by the nemesis, or torn down).
@@ -183,21 +286,41 @@ class ChaosCluster:
 
     # --- addresses -------------------------------------------------------------------------
 
-    def endpoints(self) -> list[Endpoint]:
-        """Every node's HTTP endpoint."""
-        return [Endpoint(spec.id, spec.http_host, spec.http_port) for spec in self.config.nodes]
+    def endpoints(self, node_ids: Collection[int] | None = None) -> list[Endpoint]:
+        """The HTTP endpoints of `node_ids` (default: the founding nodes)."""
+        wanted = self.founding_ids if node_ids is None else sorted(node_ids)
+        return [
+            Endpoint(node_id, self.slots[node_id].http_host, self.slots[node_id].http_port)
+            for node_id in wanted
+            if node_id in self.slots
+        ]
 
     def host_of(self, node_id: int) -> str:
         """The node's own address (Raft and HTTP)."""
-        return self.config.node(node_id).raft_host
+        return self.slots[node_id].raft_host
+
+    def _command(self, node_id: int, join_url: str | None) -> list[str]:
+        base = [sys.executable, "-m", "kvraft", "serve"]
+        if node_id not in self._joining_style:
+            return [*base, "--config", str(self.config_path), "--id", str(node_id)]
+        spec = self.slots[node_id]
+        join_config = self.config_path.parent / f"join-{node_id}.toml"
+        if not join_config.exists():
+            others = tuple(n for n in self.config.nodes if n.id != node_id)
+            join_config.write_text(render_config(dataclasses.replace(self.config, nodes=others)))
+        command = [*base, "--config", str(join_config), "--id", str(node_id)]
+        command += ["--raft-address", spec.raft_address, "--http-address", spec.http_address]
+        command += ["--data-dir", str(spec.data_dir)]
+        return command + (["--join", join_url] if join_url is not None else [])
 
     def log_path(self, node_id: int) -> pathlib.Path:
         return self.log_dir / f"node{node_id}.log"
 
     # --- processes -------------------------------------------------------------------------
 
-    def start(self, node_id: int) -> int:
-        """Start node `node_id` (with its config and data) unless it runs; its pid."""
+    def start(self, node_id: int, join_url: str | None = None) -> int:
+        """Start node `node_id` (with its config and data) unless it runs; its pid. A node
+        started the joining way gets `join_url` as ``--join`` (None: restart it without)."""
         with self._lock:
             running = self._processes.get(node_id)
             if running is not None and running.poll() is None:
@@ -207,16 +330,7 @@ class ChaosCluster:
                 log.write(f"--- kvraft chaos: starting node {node_id} at {stamp} ---\n".encode())
                 log.flush()
                 process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "kvraft",
-                        "serve",
-                        "--config",
-                        str(self.config_path),
-                        "--id",
-                        str(node_id),
-                    ],
+                    self._command(node_id, join_url),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -230,8 +344,47 @@ class ChaosCluster:
             return process.pid
 
     def start_all(self) -> None:
-        for node_id in self.node_ids:
+        """Start the founding nodes (the spares start outside the cluster)."""
+        for node_id in self.founding_ids:
             self.start(node_id)
+
+    def join(self, node_id: int, join_url: str) -> int:
+        """Start slot `node_id` empty, asking `join_url` to add it; its pid. Its old data
+        directory (a removed node's) is moved aside, kept for the post-mortem."""
+        with self._lock:
+            running = self._processes.get(node_id)
+            if running is not None and running.poll() is None:
+                raise RuntimeError(f"node {node_id} still runs (pid {running.pid})")
+            data_dir = self.slots[node_id].data_dir
+            if data_dir.exists():
+                self._retired_dirs += 1
+                data_dir.rename(data_dir.with_name(f"{data_dir.name}.removed-{self._retired_dirs}"))
+            self._joining_style.add(node_id)
+            return self.start(node_id, join_url)
+
+    def retire(self, node_id: int) -> int | None:
+        """Stop a node for good (SIGTERM, SIGKILL after `STOP_TIMEOUT_S`); its exit code
+        (None: it was not running)."""
+        with self._lock:
+            process = self._processes.get(node_id)
+            if process is None or process.poll() is not None:
+                return None
+            self._exit_expected.add(node_id)
+            self._paused.discard(node_id)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
+                process.send_signal(signal.SIGTERM)
+            try:
+                return process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                return process.wait()
+
+    def exit_code(self, node_id: int) -> int | None:
+        """The node's exit code if its process ended (None: running or never started)."""
+        with self._lock:
+            process = self._processes.get(node_id)
+            return None if process is None else process.poll()
 
     def kill(self, node_id: int) -> None:
         """SIGKILL the node (a crash) and reap it; nothing if it is not running."""
@@ -275,12 +428,12 @@ class ChaosCluster:
         with self._lock:
             return sorted(self._paused)
 
-    def down(self) -> list[int]:
-        """Nodes without a live process (killed, or exited on their own)."""
+    def down(self, among: Collection[int] | None = None) -> list[int]:
+        """Nodes (of `among`, default the founding ones) without a live process."""
         with self._lock:
             return [
                 node_id
-                for node_id in self.node_ids
+                for node_id in sorted(self.founding_ids if among is None else among)
                 if (process := self._processes.get(node_id)) is None or process.poll() is not None
             ]
 
@@ -331,8 +484,25 @@ class ChaosCluster:
 
     def status(self, node_id: int) -> dict[str, Any] | None:
         """The node's ``/v1/status``, or None if it did not answer in time."""
-        spec = self.config.node(node_id)
+        spec = self.slots[node_id]
         return _status_of(Endpoint(node_id, spec.http_host, spec.http_port))
+
+    def members_view(self, via: Collection[int]) -> MembersView | None:
+        """``GET /v1/members`` through the first available node of `via` that answers."""
+        for endpoint in self.endpoints([n for n in via if self.is_available(n)]):
+            request = HttpRequest(
+                "GET", "/v1/members", (("Accept", "application/json"),), b"", False, True, "members"
+            )
+            answer = exchange(endpoint, request, timeout_s=MEMBER_CALL_TIMEOUT_S)
+            if isinstance(answer, TransportFailure) or answer.status != 200:
+                continue
+            try:
+                view = parse_members_view(json.loads(answer.body))
+            except (ValueError, RecursionError):
+                view = None
+            if view is not None:
+                return view
+        return None
 
 
 def converged(statuses: dict[int, dict[str, Any] | None]) -> tuple[bool, str]:
@@ -460,5 +630,38 @@ def wait_converged(
         verdict = converged({node_id: cluster.status(node_id) for node_id in node_ids})
         if verdict[0]:
             return verdict
+        time.sleep(MONITOR_INTERVAL_S)  # polling interval
+    return verdict
+
+
+def wait_members_converged(
+    cluster: ChaosCluster, deadline_passed: Callable[[], bool]
+) -> tuple[bool, frozenset[int], str]:
+    """After healing: poll until the *current* members (``GET /v1/members``, asked again
+    each round) all answer, follow one leader, have applied everything committed, and no
+    membership change is pending. A member without a process is restarted (a joined node
+    without ``--join``) and a running node that is no longer a member is stopped. The
+    verdict, the members last seen, and why."""
+    verdict: tuple[bool, frozenset[int], str] = (False, frozenset(), "not polled")
+    while not deadline_passed():
+        view = cluster.members_view(cluster.node_ids)
+        if view is None:
+            verdict = (False, frozenset(), "no node answered GET /v1/members")
+        else:
+            members = view.members & set(cluster.node_ids)
+            for node_id in cluster.down(members):
+                cluster.start(node_id)
+            for node_id in cluster.node_ids:
+                if node_id not in view.members and cluster.is_available(node_id):
+                    cluster.retire(node_id)
+            ok, detail = converged({node_id: cluster.status(node_id) for node_id in members})
+            if ok and view.change_pending:
+                ok, detail = False, "a membership change is pending"
+            shown = f"members {sorted(view.voters)}" + (
+                f", learners {sorted(view.learners)}" if view.learners else ""
+            )
+            verdict = (ok, view.members, f"{shown}: {detail}")
+            if ok:
+                return verdict
         time.sleep(MONITOR_INTERVAL_S)  # polling interval
     return verdict

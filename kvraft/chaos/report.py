@@ -14,6 +14,12 @@ Definitions the report uses:
   majority): the longest stretch without any ``ok`` completion, from the fault's
   start until the next fault starts (or the workload ends);
 * elections seen: leaders the monitor observed, one per term.
+* membership: every membership call the nemesis made (``member`` events) with
+  its outcome (a 409/503/504 is an outcome, not a failure of the run), the time
+  each successful add took (from starting the spare to seeing it a voter), and
+  for each membership or transfer fault the longest stretch without an ``ok``
+  operation from its start until the next fault; ok answers that a removed node
+  served itself fail the run.
 
 Pure: no IO, no clock.
 """
@@ -39,10 +45,13 @@ __all__ = [
     "TIMELINE_OPERATIONS_MAX",
     "ChaosReport",
     "LeaderFault",
+    "MemberChange",
     "RunFacts",
     "availability",
     "build_report",
     "leader_faults",
+    "member_changes",
+    "membership_gaps",
     "operation_counts",
     "render_text",
     "render_timeline",
@@ -95,6 +104,8 @@ class RunFacts:
         log_paths: each node's log file.
         log_tails: the last lines of each node's log (filled in for a failed run).
         replay: the command that repeats the run's fault schedule.
+        final_members: the membership after healing (``GET /v1/members``).
+        non_member_answers: ok answers a removed node served itself (each fails the run).
     """
 
     nodes: int
@@ -122,6 +133,8 @@ class RunFacts:
     log_tails: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     replay: str = ""
     started_at: str = ""
+    final_members: tuple[int, ...] = ()
+    non_member_answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +145,19 @@ class LeaderFault:
     start_s: float
     description: str
     longest_gap_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """One membership call of the nemesis: when (s after the workload started), what
+    (``add``, ``remove``, ``transfer``), on which node, its outcome and how long it took."""
+
+    at_s: float
+    action: str
+    node: int | None
+    outcome: str
+    duration_s: float
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +175,8 @@ class ChaosReport:
     linearizability: CheckResult
     failures: tuple[str, ...]
     witness_nodes: Mapping[tuple[int, int], int] = field(default_factory=dict)
+    member_changes: tuple[MemberChange, ...] = ()
+    membership_gaps: tuple[LeaderFault, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -222,6 +250,8 @@ def _fault_text(event: Mapping[str, Any]) -> str:
         pairs = [_ints(pair) for pair in event.get("cuts") or [] if isinstance(pair, list)]
         links = sorted({f"{a}x{b}" for a, b in (p for p in pairs if len(p) == 2) if a < b})
         return f"partition {target} (cut {', '.join(links) or 'nothing'})"
+    if kind in ("member", "transfer"):
+        return f"{kind} {target}"
     nodes = ",".join(str(node) for node in _ints(event.get("nodes")))
     return f"{kind} {target} [{nodes}]"
 
@@ -231,13 +261,17 @@ def leader_faults(
     nemesis_events: Sequence[Mapping[str, Any]],
     origin_ns: int,
     end_ns: int,
+    kinds: frozenset[str] | None = None,
 ) -> tuple[LeaderFault, ...]:
-    """For each fault that hit the leader, the longest stretch without an ok operation
-    between its start and the next fault's start (or `end_ns`)."""
+    """For each fault that hit the leader (or, given `kinds`, each fault of those kinds),
+    the longest stretch without an ok operation between its start and the next fault's
+    start (or `end_ns`)."""
     starts = _fault_starts(nemesis_events)
     found = []
     for index, event in enumerate(starts):
-        if event.get("hits_leader") is not True:
+        if kinds is None and event.get("hits_leader") is not True:
+            continue
+        if kinds is not None and event.get("f") not in kinds:
             continue
         window_start = int(event["time"])
         window_end = int(starts[index + 1]["time"]) if index + 1 < len(starts) else end_ns
@@ -247,6 +281,43 @@ def leader_faults(
         gap_ns = max(later - earlier for earlier, later in itertools.pairwise(points))
         found.append(
             LeaderFault(_seconds(window_start, origin_ns), _fault_text(event), gap_ns / 1e9)
+        )
+    return tuple(found)
+
+
+def membership_gaps(
+    events: Sequence[Mapping[str, Any]],
+    nemesis_events: Sequence[Mapping[str, Any]],
+    origin_ns: int,
+    end_ns: int,
+) -> tuple[LeaderFault, ...]:
+    """The unavailability around each membership and transfer fault (see `leader_faults`)."""
+    return leader_faults(
+        events, nemesis_events, origin_ns, end_ns, kinds=frozenset({"member", "transfer"})
+    )
+
+
+def member_changes(
+    nemesis_events: Sequence[Mapping[str, Any]], origin_ns: int
+) -> tuple[MemberChange, ...]:
+    """Every membership call the nemesis made (``add``, ``remove``, ``transfer``), in order."""
+    found = []
+    for event in nemesis_events:
+        action = event.get("action")
+        if event.get("type") != "member" or action not in ("add", "remove", "transfer"):
+            continue
+        moment = event.get("time")
+        node = event.get("node")
+        duration = event.get("duration_s")
+        found.append(
+            MemberChange(
+                _seconds(moment, origin_ns) if type(moment) is int else 0.0,
+                "remove leader" if event.get("was_leader") is True else str(action),
+                node if type(node) is int else None,
+                str(event.get("outcome")),
+                float(duration) if isinstance(duration, int | float) else 0.0,
+                str(event.get("detail") or "")[:200],
+            )
         )
     return tuple(found)
 
@@ -305,6 +376,11 @@ def build_report(
         failures.append(f"the cluster did not recover after healing: {facts.convergence_detail}")
     for node, pid, code in facts.unexpected_exits:
         failures.append(f"node {node} (pid {pid}) exited on its own with code {code}")
+    if facts.non_member_answers:
+        failures.append(
+            f"{len(facts.non_member_answers)} ok answers served by removed nodes, first: "
+            f"{facts.non_member_answers[0]}"
+        )
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
@@ -329,6 +405,8 @@ def build_report(
         linearizability=linearizability,
         failures=tuple(failures),
         witness_nodes=witness_nodes,
+        member_changes=member_changes(nemesis_events, origin),
+        membership_gaps=membership_gaps(events, nemesis_events, origin, end),
     )
 
 
@@ -413,6 +491,7 @@ def render_text(report: ChaosReport) -> str:
         lines.append(f"  {fault.start_s:7.2f}s  {fault.description}: {fault.longest_gap_s:.2f} s")
     if not report.leader_faults:
         lines.append("  no fault hit a known leader")
+    lines += _membership_lines(report)
     elected = ", ".join(
         f"node {node} term {term} at {at:.2f}s" for at, node, term in report.elections
     )
@@ -449,6 +528,34 @@ def render_text(report: ChaosReport) -> str:
             lines.append(f"--- last lines of node {node}'s log ---")
             lines += [f"  {line}" for line in tail]
     return "\n".join(lines) + "\n"
+
+
+def _membership_lines(report: ChaosReport) -> list[str]:
+    if not report.member_changes and not report.membership_gaps:
+        return []
+    done = [c for c in report.member_changes if c.outcome == "ok" and c.action != "transfer"]
+    lines = ["", f"membership calls ({len(report.member_changes)}, {len(done)} changes made):"]
+    for change in report.member_changes:
+        node = f" node {change.node}" if change.node is not None else ""
+        note = "" if change.outcome == "ok" else f": {change.detail}"
+        lines.append(
+            f"  {change.at_s:7.2f}s  {change.action}{node}: {change.outcome} in "
+            f"{change.duration_s:.2f} s{note}"
+        )
+    adds = [c.duration_s for c in done if c.action == "add"]
+    if adds:
+        lines.append(
+            f"time to add a node: {min(adds):.2f} s to {max(adds):.2f} s "
+            f"(mean {sum(adds) / len(adds):.2f} s over {len(adds)})"
+        )
+    lines.append("unavailability around membership changes (longest gap without an ok op):")
+    for gap in report.membership_gaps:
+        lines.append(f"  {gap.start_s:7.2f}s  {gap.description}: {gap.longest_gap_s:.2f} s")
+    members = ", ".join(str(node) for node in report.facts.final_members)
+    lines.append(f"members after healing: {members or 'unknown'}")
+    for answer in report.facts.non_member_answers[:LIST_SHOWN_MAX]:
+        lines.append(f"  REMOVED NODE ANSWERED: {answer}")
+    return lines
 
 
 def _linearizability_lines(report: ChaosReport) -> list[str]:
@@ -544,6 +651,25 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             for op in result.witness
         ],
         "replay": facts.replay,
+        "membership": {
+            "calls": [
+                {
+                    "at_s": c.at_s,
+                    "action": c.action,
+                    "node": c.node,
+                    "outcome": c.outcome,
+                    "duration_s": c.duration_s,
+                    "detail": c.detail,
+                }
+                for c in report.member_changes
+            ],
+            "gaps": [
+                {"start_s": g.start_s, "fault": g.description, "longest_gap_s": g.longest_gap_s}
+                for g in report.membership_gaps
+            ],
+            "final_members": list(facts.final_members),
+            "non_member_answers": list(facts.non_member_answers),
+        },
     }
 
 

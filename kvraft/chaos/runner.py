@@ -11,8 +11,10 @@ Theory of operation
 3. run the clients (`Workload`) and the nemesis (`run_schedule`) for the
    requested time, then stop both;
 4. heal everything (flush the rules, SIGCONT, restart what is down), wait until
-   every node follows one leader and has applied everything committed, then
-   read every register key and every set element;
+   every *current* member (``GET /v1/members``) follows one leader and has
+   applied everything committed, with no membership change pending (members
+   that are down are restarted, removed nodes still running are stopped), then
+   read every register key and every set element through the current members;
 5. stop the nodes (SIGTERM), remove the iptables chain, and only then check the
    history as written to disk and write the report.
 
@@ -29,6 +31,7 @@ import datetime
 import json
 import os
 import pathlib
+import random
 import signal
 import threading
 import time
@@ -38,11 +41,16 @@ from typing import Any
 
 from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT, check_registers, check_set
 from kvraft.chaos.cluster import (
+    MEMBER_CALL_TIMEOUT_S,
+    MONITOR_INTERVAL_S,
     ChaosCluster,
     ClusterMonitor,
+    MembersView,
     chaos_config,
     loopback_block,
+    spare_specs,
     wait_converged,
+    wait_members_converged,
 )
 from kvraft.chaos.history import (
     HISTORY_FILE_NAME,
@@ -53,12 +61,16 @@ from kvraft.chaos.history import (
 )
 from kvraft.chaos.nemesis import (
     NEMESIS_KINDS,
+    SPARE_SLOTS,
     Fault,
     Grudge,
+    MemberCall,
+    MemberState,
     cut_pairs,
     describe_fault,
     plan_schedule,
     run_schedule,
+    voters_bounds,
 )
 from kvraft.chaos.netfilter import Firewall, FirewallError, chain_name, find_iptables
 from kvraft.chaos.report import (
@@ -70,12 +82,14 @@ from kvraft.chaos.report import (
     render_timeline,
     report_json,
 )
-from kvraft.chaos.workload import Workload
+from kvraft.chaos.workload import Workload, exchange
+from kvraft.client import FailureKind, HttpRequest, HttpResponse, TransportFailure
 from kvraft.config import ClusterConfig, render_config
 
 __all__ = [
     "FINAL_READ_TIMEOUT_S",
     "LOG_TAIL_BYTES_MAX",
+    "MEMBER_ADD_TIMEOUT_S",
     "RECOVERY_TIMEOUT_S",
     "STARTUP_TIMEOUT_S",
     "ChaosError",
@@ -93,6 +107,11 @@ node that needs longer is reported as not recovered."""
 
 FINAL_READ_TIMEOUT_S = 30.0
 """How long the final reads (every register key, every set page) may take in all."""
+
+MEMBER_ADD_TIMEOUT_S = 30.0
+"""How long a membership fault waits for a spare to become a voter: Python start-up, the
+join request, a snapshot and the promotion take a few seconds; past this the fault reports a
+``timeout`` and leaves the node to finish joining (or not) on its own."""
 
 LOG_TAIL_BYTES_MAX = 64 * 1024
 """The most bytes read from the end of a node's log to quote its last lines in a report."""
@@ -135,18 +154,169 @@ def replay_command(options: ChaosOptions) -> str:
     return command + (" --broken-stale-reads" if options.broken_stale_reads else "")
 
 
+def _call_outcome(answer: HttpResponse | TransportFailure) -> tuple[str, int | None, str]:
+    """(outcome, status, detail) of a membership call's answer (see `MemberCall`)."""
+    if isinstance(answer, TransportFailure):
+        outcome = "unavailable" if answer.kind is FailureKind.NOT_SENT else "unknown"
+        return outcome, None, answer.detail
+    detail = answer.body[:300].decode("utf-8", "replace")
+    by_status = {200: "ok", 404: "refused", 409: "refused", 503: "unavailable", 504: "unknown"}
+    return by_status.get(answer.status, "error"), answer.status, detail
+
+
+def _leader_header(answer: HttpResponse | TransportFailure) -> int | None:
+    if isinstance(answer, TransportFailure):
+        return None
+    text = answer.headers.get("x-kvraft-leader-id", "")
+    return int(text) if text.isdigit() and len(text) < 10 and int(text) > 0 else None
+
+
 class _Controls:
-    """The nemesis's view of the cluster, the monitor and the firewall."""
+    """The nemesis's view of the cluster, the monitor and the firewall, and the harness's
+    view of the membership (which the workload's endpoints follow)."""
 
     def __init__(
-        self, cluster: ChaosCluster, monitor: ClusterMonitor, firewall: Firewall | None
+        self,
+        cluster: ChaosCluster,
+        monitor: ClusterMonitor,
+        firewall: Firewall | None,
+        workload: Workload,
+        log: Callable[[dict[str, Any]], None],
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
         self.firewall = firewall
+        self.workload = workload
+        self._log = log
+        self._lock = threading.Lock()
+        self._members: tuple[int, ...] = tuple(cluster.founding_ids)
+        self._removed_at_ns: dict[int, int] = {}
+        self.voters_min, self.voters_max = voters_bounds(len(cluster.founding_ids))
 
     def current_leader(self) -> int | None:
         return self.monitor.current_leader()
+
+    def member_ids(self) -> tuple[int, ...]:
+        with self._lock:
+            return self._members
+
+    def _view(self) -> MembersView | None:
+        return self.cluster.members_view(self.member_ids() + tuple(self.cluster.node_ids))
+
+    def refresh(self, view: MembersView | None = None) -> MembersView | None:
+        """Read the membership and let the workload follow it; the view (None: no answer)."""
+        view = view if view is not None else self._view()
+        if view is None:
+            return None
+        members = tuple(sorted(view.members & set(self.cluster.node_ids)))
+        now_ns = time.monotonic_ns()
+        with self._lock:
+            changed = members != self._members
+            for node_id in self._members:
+                if node_id not in members:
+                    self._removed_at_ns.setdefault(node_id, now_ns)
+            for node_id in members:
+                self._removed_at_ns.pop(node_id, None)
+            self._members = members
+            removed = dict(self._removed_at_ns)
+        if changed:
+            self._log({"type": "members", "voters": sorted(view.voters),
+                       "learners": sorted(view.learners), "leader": view.leader})  # fmt: skip
+        endpoints = self.cluster.endpoints(members)
+        if endpoints:
+            self.workload.follow_membership(endpoints, removed)
+        return view
+
+    def membership(self) -> MemberState | None:
+        view = self.refresh()
+        if view is None:
+            return None
+        running = frozenset(n for n in self.cluster.node_ids if self.cluster.is_available(n))
+        return MemberState(
+            voters=view.voters,
+            learners=view.learners,
+            running=running,
+            slots=tuple(self.cluster.node_ids),
+            leader=view.leader if view.leader is not None else self.current_leader(),
+            voters_min=self.voters_min,
+            voters_max=self.voters_max,
+        )
+
+    def _call(self, request: HttpRequest, avoid: int | None) -> HttpResponse | TransportFailure:
+        """Send a membership request through a live member (not `avoid` if another lives)."""
+        live = [n for n in self.member_ids() if self.cluster.is_available(n)]
+        preferred = [n for n in live if n != avoid] or live
+        if not preferred:
+            return TransportFailure(FailureKind.NOT_SENT, "no live member to ask")
+        endpoint = self.cluster.endpoints([random.choice(preferred)])[0]
+        return exchange(endpoint, request, timeout_s=MEMBER_CALL_TIMEOUT_S)
+
+    def add_member(self, node_id: int) -> MemberCall:
+        started = time.monotonic()
+        live = [n for n in self.member_ids() if self.cluster.is_available(n)]
+        if not live:
+            return MemberCall("unavailable", None, "no live member to join through", 0.0)
+        via = self.cluster.endpoints([random.choice(live)])[0]
+        try:
+            self.cluster.join(node_id, f"http://{via.host}:{via.port}")
+        except (OSError, RuntimeError) as error:
+            return MemberCall("error", None, f"cannot start node {node_id}: {error}", 0.0)
+        deadline = started + MEMBER_ADD_TIMEOUT_S
+        view: MembersView | None = None
+        while time.monotonic() < deadline:
+            view = self._view()
+            if view is not None and node_id in view.voters:
+                self.refresh(view)
+                return MemberCall(
+                    "ok", 200, f"node {node_id} is a voter", time.monotonic() - started, view.leader
+                )
+            code = self.cluster.exit_code(node_id)
+            if code is not None:
+                self.refresh()
+                return MemberCall(
+                    "error", None, f"node {node_id} exited with code {code} while joining",
+                    time.monotonic() - started,
+                )  # fmt: skip
+            time.sleep(MONITOR_INTERVAL_S)  # polling interval
+        self.refresh()
+        where = "a learner" if view is not None and node_id in view.learners else "not a member"
+        return MemberCall(
+            "timeout",
+            None,
+            f"node {node_id} is {where} after {MEMBER_ADD_TIMEOUT_S:g} s; it goes on joining",
+            time.monotonic() - started,
+        )
+
+    def remove_member(self, node_id: int) -> MemberCall:
+        started = time.monotonic()
+        request = HttpRequest(
+            "DELETE", f"/v1/members/{node_id}", (("Accept", "application/json"),), b"",
+            True, False, f"remove node {node_id}",
+        )  # fmt: skip
+        answer = self._call(request, avoid=node_id)
+        outcome, status, detail = _call_outcome(answer)
+        duration_s = time.monotonic() - started
+        self.refresh()
+        return MemberCall(outcome, status, detail, duration_s, _leader_header(answer))
+
+    def transfer_leadership(self, to: int | None) -> MemberCall:
+        started = time.monotonic()
+        body = b"" if to is None else json.dumps({"to": to}).encode()
+        headers = (("Accept", "application/json"), ("Content-Type", "application/json"))
+        request = HttpRequest(
+            "POST", "/v1/leader/transfer", headers, body, True, True, "transfer leadership"
+        )
+        answer = self._call(request, avoid=None)
+        outcome, status, detail = _call_outcome(answer)
+        leader = _leader_header(answer)
+        if outcome == "ok" and isinstance(answer, HttpResponse):
+            with contextlib.suppress(ValueError, RecursionError, AttributeError):
+                moved = json.loads(answer.body).get("leader_id")
+                leader = moved if type(moved) is int else leader
+        return MemberCall(outcome, status, detail, time.monotonic() - started, leader)
+
+    def retire(self, node_id: int) -> None:
+        self.cluster.retire(node_id)
 
     def kill(self, node_id: int) -> None:
         self.cluster.kill(node_id)
@@ -245,6 +415,7 @@ class _Progress:
     final_reads_complete: bool = False
     stragglers: tuple[str, ...] = ()
     teardown_codes: dict[int, int] | None = None
+    final_members: frozenset[int] = frozenset()
 
 
 def _install_firewall(firewall: Firewall, echo: Callable[[str], None]) -> str | None:
@@ -327,13 +498,18 @@ def _run_cluster(
     report_dir = options.report_dir
     node_ids = [spec.id for spec in config.nodes]
     schedule = plan_schedule(options.seed, kinds, options.time_s, node_ids)
+    spares = (
+        spare_specs(config, SPARE_SLOTS, config.nodes[0].raft_host.rpartition(".")[0])
+        if "member" in kinds
+        else ()
+    )
     history_log = EventLog(report_dir / HISTORY_FILE_NAME)
     nemesis_log = EventLog(report_dir / NEMESIS_FILE_NAME)
 
     def log_nemesis(event: dict[str, Any]) -> None:
         nemesis_log.append({"time": time.monotonic_ns(), **event})
 
-    cluster = ChaosCluster(config, config_path, report_dir / "nodes")
+    cluster = ChaosCluster(config, config_path, report_dir / "nodes", spares)
     monitor = ClusterMonitor(cluster, log_nemesis)
     workload = Workload(
         cluster.endpoints(),
@@ -341,7 +517,7 @@ def _run_cluster(
         options.seed,
         stale_reads=options.broken_stale_reads,
     )
-    controls = _Controls(cluster, monitor, firewall)
+    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis)
     stop = threading.Event()
     progress = _Progress()
     nemesis_thread = threading.Thread(
@@ -371,6 +547,10 @@ def _run_cluster(
             history_log.close()
             nemesis_log.close()
     return _Run(schedule, cluster, monitor, workload, progress)
+
+
+def _membership_facts(progress: _Progress) -> tuple[int, ...]:
+    return tuple(sorted(progress.final_members))
 
 
 def _check_and_report(
@@ -421,6 +601,8 @@ def _check_and_report(
         client_errors=tuple(run.workload.errors),
         log_paths={node_id: str(path) for node_id, path in log_paths.items()},
         replay=replay_command(options),
+        final_members=_membership_facts(progress),
+        non_member_answers=tuple(run.workload.non_member_answers),
     )
     report = build_report(facts, events, nemesis_events, set_result, linearizability)
     if not report.passed:
@@ -447,7 +629,7 @@ def _run(
     progress: _Progress,
     echo: Callable[[str], None],
 ) -> None:
-    node_ids = cluster.node_ids
+    node_ids = cluster.founding_ids
     cluster.start_all()
     monitor.start()
     ready, detail = wait_converged(cluster, _deadline(STARTUP_TIMEOUT_S), node_ids)
@@ -471,14 +653,15 @@ def _run(
     controls.heal()
     for node_id in cluster.paused():
         cluster.resume(node_id)
-    for node_id in cluster.down():
+    for node_id in cluster.down(controls.member_ids()):
         cluster.restart(node_id)
     healed_s = time.monotonic()
-    progress.converged, progress.convergence_detail = wait_converged(
-        cluster, _deadline(RECOVERY_TIMEOUT_S), node_ids
+    progress.converged, progress.final_members, progress.convergence_detail = (
+        wait_members_converged(cluster, _deadline(RECOVERY_TIMEOUT_S))
     )
     if progress.converged:
         progress.recovery_s = time.monotonic() - healed_s
+        controls.refresh()
     echo(f"recovery: {progress.convergence_detail}")
     deadline = _deadline(FINAL_READ_TIMEOUT_S)
     keys_read = workload.final_register_reads(deadline)

@@ -21,6 +21,14 @@ the request may have been sent is ``info`` (unknown: it may still take effect,
 or never). A connection that could not be made is ``fail``. A read has no
 effect, so a read that did not succeed is simply ``fail``.
 
+The clients follow the membership: the runner hands them the current members
+(`Workload.follow_membership`) after each change, and each request goes to one
+of them. A removed node must refuse or forward (so its answers carry the
+leader's ``X-Kvraft-Node-Id``); an ``ok`` answer that the removed node served
+itself, to a request sent after its removal was confirmed, is not recorded as
+``ok`` (a write becomes ``info``, a read ``fail``) and is listed in
+`Workload.non_member_answers`, which fails the run.
+
 A client whose operation ended ``info`` continues as a new logical process
 (Jepsen's convention): its old operation may still be in flight, and a process
 has at most one operation outstanding.
@@ -39,7 +47,8 @@ import functools
 import http.client
 import random
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvraft.chaos.checks import SET_ADD, SET_LIST
@@ -313,6 +322,10 @@ class Workload:
         if not endpoints:
             raise ValueError("a workload needs at least one endpoint")
         self.endpoints = list(endpoints)
+        self._endpoints_lock = threading.Lock()
+        self._removed_at_ns: dict[int, int] = {}
+        self.non_member_answers: list[str] = []
+        """Ok answers served by a node after its removal (the daemon's fault), as text."""
         self.recorder = recorder
         self.stale_reads = stale_reads
         self.keys = list(keys) if keys is not None else register_keys()
@@ -378,7 +391,48 @@ class Workload:
             self._stop.wait(state.rng.uniform(0.0, CLIENT_THINK_S_MAX))
 
     def _endpoint(self, state: _ClientState) -> Endpoint:
-        return state.rng.choice(self.endpoints)
+        with self._endpoints_lock:
+            return state.rng.choice(self.endpoints)
+
+    def _final_endpoint(self, attempt: int) -> Endpoint:
+        with self._endpoints_lock:
+            return self.endpoints[attempt % len(self.endpoints)]
+
+    def follow_membership(
+        self, endpoints: Sequence[Endpoint], removed_at_ns: Mapping[int, int]
+    ) -> None:
+        """From now on send requests to `endpoints` (the current members); `removed_at_ns`
+        says since when (monotonic ns) each removed node is known to be out."""
+        if not endpoints:
+            raise ValueError("a workload needs at least one endpoint")
+        with self._endpoints_lock:
+            self.endpoints = list(endpoints)
+            self._removed_at_ns = dict(removed_at_ns)
+
+    def _served_by_removed(
+        self, answer: HttpResponse | TransportFailure, sent_ns: int
+    ) -> int | None:
+        """The removed node that served `answer` itself, if it was removed before `sent_ns`."""
+        if isinstance(answer, TransportFailure):
+            return None
+        text = answer.headers.get("x-kvraft-node-id", "")
+        if not text.isdigit() or len(text) > 10:
+            return None
+        with self._endpoints_lock:
+            removed_ns = self._removed_at_ns.get(int(text))
+        return int(text) if removed_ns is not None and sent_ns >= removed_ns else None
+
+    def _checked_exchange(
+        self, endpoint: Endpoint, request: HttpRequest
+    ) -> tuple[HttpResponse | TransportFailure, int | None]:
+        sent_ns = time.monotonic_ns()
+        answer = self._exchange(endpoint, request)
+        return answer, self._served_by_removed(answer, sent_ns)
+
+    def _non_member_answer(self, node: int, what: str) -> str:
+        text = f"node {node} answered {what} itself after its removal"
+        self.non_member_answers.append(text)
+        return text
 
     # --- operations ------------------------------------------------------------------------
 
@@ -386,7 +440,10 @@ class Workload:
         consistency = "stale" if self.stale_reads else "linearizable"
         process = state.process
         self.recorder.invoke(process, "read", key, node=endpoint.node_id)
-        outcome = read_outcome(self._exchange(endpoint, build_get(key, consistency=consistency)))
+        answer, removed = self._checked_exchange(endpoint, build_get(key, consistency=consistency))
+        outcome = read_outcome(answer)
+        if removed is not None and outcome.type == "ok":
+            outcome = ReadOutcome("fail", error=self._non_member_answer(removed, f"read {key}"))
         self.recorder.complete(
             process,
             outcome.type,
@@ -413,7 +470,10 @@ class Workload:
         conditional = if_revision is not None
         self.recorder.invoke(process, f, key, value=value, expected=expected, node=endpoint.node_id)
         request = build_put(key, value.encode("utf-8"), if_revision=if_revision)
-        outcome = write_outcome(self._exchange(endpoint, request), conditional=conditional)
+        answer, removed = self._checked_exchange(endpoint, request)
+        outcome = write_outcome(answer, conditional=conditional)
+        if removed is not None and outcome.type == "ok":
+            outcome = WriteOutcome("info", error=self._non_member_answer(removed, f"{f} {key}"))
         self.recorder.complete(
             process,
             outcome.type,
@@ -460,7 +520,7 @@ class Workload:
         for key in self.keys:
             done[key] = False
             while not deadline_passed():
-                endpoint = self.endpoints[attempt % len(self.endpoints)]
+                endpoint = self._final_endpoint(attempt)
                 attempt += 1
                 if self._read(self._final, key, endpoint).type == "ok":
                     done[key] = True
@@ -477,7 +537,7 @@ class Workload:
         attempt = 0
         pages = 0
         while not deadline_passed() and pages < pages_max:
-            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            endpoint = self._final_endpoint(attempt)
             attempt += 1
             self.recorder.invoke(
                 process, SET_LIST, SET_KEY_PREFIX, value=start_after, node=endpoint.node_id

@@ -68,7 +68,8 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     "nemesis_text",
     default="kill,pause,partition",
     show_default=True,
-    help="Faults to inject: any of kill,pause,partition, or none.",
+    help="Faults to inject: any of kill,pause,partition,member,transfer, or none "
+    "(member: add spare nodes, remove voters, the leader too; transfer: move leadership).",
 )
 @click.option(
     "--seed",
@@ -107,8 +108,9 @@ def chaos(
     check_budget_s: float,
     broken_stale_reads: bool,
 ) -> None:
-    """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions) and check
-    that what the clients saw was linearizable and that no acknowledged write was lost.
+    """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
+    changes, leadership transfers) and check that what the clients saw was linearizable
+    and that no acknowledged write was lost.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
