@@ -501,6 +501,9 @@ class RaftNode:
                 self._feed(core)
                 while core.has_ready() and not self._stopping:
                     await self._handle_ready(core, core.ready())
+                    # Let HTTP, ticks and peers in between batches: a long backlog of
+                    # committed entries (a restart) must not starve them.
+                    await asyncio.sleep(0)
                     self._feed(core)  # what arrived while we waited on the disk
                 self._refresh_membership(core)
                 self._observe_leader(core)

@@ -358,6 +358,11 @@ class SimCluster:
             else:
                 op.index = core.propose(self._command(op))
                 op.term = core.term
+                earlier = node.proposals.pop(op.index, None)
+                if earlier is not None:
+                    # This node's log was cut below that index since: the earlier entry is
+                    # gone from here, and whether it committed elsewhere is not ours to say.
+                    self._finish(earlier, "info")
                 node.proposals[op.index] = op
         except (NotLeaderError, ProposalDroppedError):
             self._finish(op, "fail")

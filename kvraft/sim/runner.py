@@ -383,6 +383,8 @@ class _Run:
         deadline = cluster.now + self.options.liveness_ticks_max * TICK_STEPS
         # Let the clients' last operations finish (they time out at worst).
         while any(c.op is not None and c.op.status == "pending" for c in self.clients):
+            if cluster.now >= deadline:
+                raise Violation("liveness", "client operations still pending after healing")
             self.step()
         final_reads = {key: ClientOp(len(self.clients), "read", key) for key in KEYS}
         pending = dict(final_reads)
