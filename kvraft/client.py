@@ -933,12 +933,8 @@ def _too_large(endpoint: str, limit: int) -> ProtocolError:
 # The blocking client.
 
 
-class KVClient:
-    """Blocking client: `KVClient(["http://127.0.0.1:8001", ...]).put("k", b"v")`.
-
-    Each request uses a fresh connection, so a connection that a restarted node closed
-    while idle can never make a write look ambiguous.
-    """
+class _ClientBase:
+    """What both clients share: the options and the sans-IO core they drive."""
 
     def __init__(
         self,
@@ -965,6 +961,14 @@ class KVClient:
     def endpoints(self) -> tuple[str, ...]:
         """The normalized endpoints, in rotation order."""
         return self._core.router.endpoints
+
+
+class KVClient(_ClientBase):
+    """Blocking client: `KVClient(["http://127.0.0.1:8001", ...]).put("k", b"v")`.
+
+    Each request uses a fresh connection, so a connection that a restarted node closed
+    while idle can never make a write look ambiguous.
+    """
 
     def put(
         self,
@@ -1084,39 +1088,16 @@ class KVClient:
 # The asyncio client.
 
 
-class AsyncKVClient:
+class AsyncKVClient(_ClientBase):
     """asyncio client over aiohttp; use as `async with AsyncKVClient([...]) as client:`.
 
     Connections are not kept alive (`force_close`) for the same reason as `KVClient`: a
     pooled connection that the server closed would turn a write into `OutcomeUnknown`.
     """
 
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        *,
-        timeout_s: float = TIMEOUT_S_DEFAULT,
-        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S_DEFAULT,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
-        auto_idempotency_keys: bool = False,
-        response_bytes_max: int = RESPONSE_BYTES_MAX,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._core = _ClientCore(
-            endpoints,
-            timeout_s,
-            attempt_timeout_s,
-            connect_timeout_s,
-            auto_idempotency_keys,
-            response_bytes_max,
-            rng,
-        )
+    def __init__(self, endpoints: Sequence[str], **options: Any) -> None:
+        super().__init__(endpoints, **options)
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        """The normalized endpoints, in rotation order."""
-        return self._core.router.endpoints
 
     async def __aenter__(self) -> AsyncKVClient:
         return self

@@ -400,7 +400,7 @@ def test_connection_refused_fails_over_to_the_next_endpoint(
 
 
 def test_all_endpoints_refused_is_unavailable(make_client: ClientFactory) -> None:
-    client = make_client([refused_endpoint(), refused_endpoint()], timeout_s=0.3)
+    client = make_client([refused_endpoint(), refused_endpoint()], timeout_s=1.5)
     with pytest.raises(Unavailable, match="connection refused"):
         client.get("k")
 
