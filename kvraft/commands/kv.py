@@ -125,20 +125,20 @@ def _make_client(
 
 
 @contextmanager
-def _reported_errors() -> Iterator[None]:
+def reported_errors(outcome_unknown_hint: str = "") -> Iterator[None]:
     """Turn a client error into one line on stderr and exit status 1."""
     try:
         yield
     except ConditionFailed as error:
         raise click.ClickException(str(error)) from None
     except OutcomeUnknown as error:
-        raise click.ClickException(f"outcome unknown: {error}") from None
+        raise click.ClickException(f"outcome unknown: {error}{outcome_unknown_hint}") from None
     except Unavailable as error:
         raise click.ClickException(f"unavailable: {error}") from None
     except ProtocolError as error:
         raise click.ClickException(f"bad answer from the server: {error}") from None
     except ClientError as error:
-        raise click.ClickException(f"rejected: {error}") from None
+        raise click.ClickException(f"rejected ({error.code}): {error.message}") from None
     except KVError as error:  # any future subclass
         raise click.ClickException(str(error)) from None
 
@@ -215,7 +215,7 @@ def put(
         # os.fsencode gives back the exact bytes the shell passed, even if not UTF-8.
         data = os.fsencode(value)
     client = _make_client(endpoints_text, timeout_s)
-    with _reported_errors():
+    with reported_errors():
         revision = client.put(
             key,
             data,
@@ -234,7 +234,7 @@ def put(
 def get(key: str, stale: bool, show_revision: bool, endpoints_text: str, timeout_s: float) -> None:
     """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none)."""
     client = _make_client(endpoints_text, timeout_s)
-    with _reported_errors():
+    with reported_errors():
         found = client.get(key, consistency=_consistency(stale))
     if found is None:
         raise click.ClickException(f"key {display_text(key)!r} not found")
@@ -268,7 +268,7 @@ def delete(
 ) -> None:
     """Delete KEY. Deleting a key that does not exist succeeds and says so."""
     client = _make_client(endpoints_text, timeout_s)
-    with _reported_errors():
+    with reported_errors():
         revision, deleted = client.delete(
             key, if_revision=if_revision, idempotency_key=idempotency_key
         )
@@ -324,7 +324,7 @@ def list_keys(
     client = _make_client(endpoints_text, timeout_s)
     shown: list[Item] = []
     continuation: str | None = None
-    with _reported_errors():
+    with reported_errors():
         while len(shown) < limit:
             page_size = min(limit - len(shown), LIST_LIMIT_MAX)
             items, continuation = client.list(prefix, page_size, continuation, _consistency(stale))

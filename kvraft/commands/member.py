@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import click
@@ -22,14 +22,10 @@ from kvraft.client import (
     ClientError,
     HttpRequest,
     KVClient,
-    KVError,
-    OutcomeUnknown,
-    ProtocolError,
-    Unavailable,
     interpret_status,
     plan_exchange,
 )
-from kvraft.commands.kv import client_options, display_text
+from kvraft.commands.kv import client_options, display_text, reported_errors
 
 __all__ = [
     "MEMBER_ATTEMPT_TIMEOUT_S",
@@ -163,21 +159,9 @@ def _client(endpoints_text: str, timeout_s: float) -> MembershipClient:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
 
 
-@contextmanager
-def _reported_errors() -> Iterator[None]:
+def _reported_errors() -> AbstractContextManager[None]:
     """A client error becomes one line on stderr and exit status 1."""
-    try:
-        yield
-    except OutcomeUnknown as error:
-        raise click.ClickException(f"outcome unknown: {error} (see `kvraft member list`)") from None
-    except Unavailable as error:
-        raise click.ClickException(f"unavailable: {error}") from None
-    except ProtocolError as error:
-        raise click.ClickException(f"bad answer from the server: {error}") from None
-    except ClientError as error:
-        raise click.ClickException(f"rejected ({error.code}): {error.message}") from None
-    except KVError as error:
-        raise click.ClickException(str(error)) from None
+    return reported_errors(" (see `kvraft member list`)")
 
 
 # --- commands ---------------------------------------------------------------------------

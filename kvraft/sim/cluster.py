@@ -34,7 +34,7 @@ from kvraft.raft.messages import (
 from kvraft.raft.ready import Ready
 from kvraft.sim.checkers import SafetyCheckers
 from kvraft.sim.network import SimNetwork
-from kvraft.statemachine import KVStateMachine
+from kvraft.statemachine import KVStateMachine, encode_delete, encode_put
 
 __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
@@ -370,8 +370,6 @@ class SimCluster:
         self._process(node)
 
     def _command(self, op: ClientOp) -> bytes:
-        from kvraft.statemachine import encode_delete, encode_put
-
         if op.kind == "delete":
             return encode_delete(op.key)
         assert op.value is not None
