@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # sources: only the installed package and the `kvraft` console script remain.
 COPY pyproject.toml README.md /tmp/kvraft-src/
 COPY kvraft /tmp/kvraft-src/kvraft
-RUN pip install --no-cache-dir /tmp/kvraft-src \
+RUN pip install --no-cache-dir "/tmp/kvraft-src[fast]" \
     && rm -rf /tmp/kvraft-src
 
 # Run as an unprivileged user that owns only its data directory. --no-log-init: a large UID

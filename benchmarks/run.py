@@ -12,9 +12,14 @@ benchmark itself failed (crashed, or the node under test never served).
 - ``recovery``: `benchmarks.bench_recovery`, a real node restarting from 1,000,000 log
   entries or a 1,000,000-key snapshot.
 - ``linearizability``: `benchmarks.bench_linearizability`, the checker's speed.
+- ``vs_etcd``: `benchmarks.bench_vs_etcd`, kvraft against a local etcd cluster (3 and 5
+  nodes): throughput and latency under wrk, failover time, elections under load, memory
+  (about 15 minutes; installs ``wrk`` and ``etcd-server`` with apt-get if missing). Its
+  tables also go to ``benchmarks/results/vs_etcd.md``.
 
-``--quick`` (about a minute) runs fewer seeds, shorter storage loops, and 100,000 entries
-instead of 1,000,000; its numbers are for smoke-testing, not for BENCHMARKS.md.
+``--quick`` (a few minutes) runs fewer seeds, shorter storage loops, 100,000 entries instead
+of 1,000,000, and short rows with one kill against etcd; its numbers are for smoke-testing,
+not for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -169,6 +174,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             takes_quick=False,
             parse=parse_linearizability_output,
         ),
+        Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
     )
 }
 """Every benchmark, in the order they run."""

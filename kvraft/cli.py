@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     ("member", "leader"),
     ("sim", "sim"),
     ("chaos", "chaos"),
+    ("bench", "bench"),
 )
 
 

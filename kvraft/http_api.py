@@ -71,6 +71,9 @@ FORWARD_CONNECT_TIMEOUT_S = 1.0
 MEMBERSHIP_PATH_PREFIXES = ("/v1/members", "/v1/leader/")
 """Routes that may take `RaftNode.membership_timeout_s`, so a forwarding node waits that long."""
 
+METRIC_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"))
+"""Request methods that the latency metric names; any other is counted as "other"."""
+
 NODE_KEY: web.AppKey[RaftNode] = web.AppKey("node", RaftNode)
 SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
@@ -193,9 +196,14 @@ class _Routes:
         self.timeout_s = node.config.limits.request_timeout_ms / 1000
         self.key_bytes_max = node.config.limits.key_bytes_max
         self.value_bytes_max = node.config.limits.value_bytes_max
-        self.proposals = Counter(
+        proposals = Counter(
             "kvraft_proposals_total", "Client writes proposed", ["outcome"], registry=registry
         )
+        # Each outcome's child looked up once: labels() is costly on the hot path.
+        self.count_proposal = {
+            outcome: proposals.labels(outcome).inc
+            for outcome in ("ok", "condition_failed", "unknown", "unavailable")
+        }
 
     def _check_key(self, key: str) -> None:
         if not key:
@@ -209,12 +217,12 @@ class _Routes:
         try:
             result = await self.node.propose(command, self.timeout_s)
         except OutcomeUnknown as error:
-            self.proposals.labels("unknown").inc()
+            self.count_proposal["unknown"]()
             raise ApiError(504, "outcome_unknown", str(error)) from None
         except Unavailable as error:
-            self.proposals.labels("unavailable").inc()
+            self.count_proposal["unavailable"]()
             raise ApiError(503, "unavailable", str(error)) from None
-        self.proposals.labels("ok" if result.ok else "condition_failed").inc()
+        self.count_proposal["ok" if result.ok else "condition_failed"]()
         if result.error is not None:
             raise ApiError(400, str(result.error), result.message)
         if result.condition_failed:
@@ -417,6 +425,7 @@ def create_app(node: RaftNode) -> web.Application:
         ["method", "route"],
         registry=registry,
     )
+    latency_observers: dict[tuple[str, str], Callable[[float], None]] = {}
     fsync = Histogram("kvraft_fsync_seconds", "Durable log write latency", registry=registry)
     node.fsync_observer = fsync.observe
     routes = _Routes(node, registry)
@@ -448,7 +457,15 @@ def create_app(node: RaftNode) -> web.Application:
             response.headers.setdefault("X-Kvraft-Term", str(core.term))
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
-        latency.labels(request.method, route_name).observe(time.perf_counter() - started)
+        # Any token is a valid HTTP method: name only the known ones, or a client could make
+        # a metric series (and a cache entry) per made-up method.
+        method = request.method if request.method in METRIC_METHODS else "other"
+        observe = latency_observers.get((method, route_name))
+        if observe is None:
+            # labels() takes a lock and builds a key each call: look each child up once.
+            observe = latency.labels(method, route_name).observe
+            latency_observers[(method, route_name)] = observe
+        observe(time.perf_counter() - started)
         return response
 
     async def _forward(

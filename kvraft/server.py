@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -169,6 +169,14 @@ class _ConfigProposal:
 class _ConfigWaiter:
     term: int
     future: asyncio.Future[None]
+
+
+def _fail_unless_done(future: asyncio.Future[Any], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+_T = TypeVar("_T")
 
 
 class RaftNode:
@@ -424,13 +432,11 @@ class RaftNode:
         future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._proposals.append(_Proposal(command, future))
         self._wake.set()
-        self._pending_client_requests += 1
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise OutcomeUnknown("timed out after proposing; the write may still apply") from None
-        finally:
-            self._pending_client_requests -= 1
+        return await self._wait_for_answer(
+            future,
+            timeout_s,
+            OutcomeUnknown("timed out after proposing; the write may still apply"),
+        )
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Wait until local reads are linearizable (ReadIndex, §6.4)."""
@@ -439,12 +445,26 @@ class RaftNode:
         self._next_read_id += 1
         self._reads.append((self._next_read_id, future))
         self._wake.set()
+        await self._wait_for_answer(
+            future, timeout_s, Unavailable("could not confirm leadership in time (no quorum?)")
+        )
+
+    async def _wait_for_answer(
+        self, future: asyncio.Future[_T], timeout_s: float, timed_out: Exception
+    ) -> _T:
+        """Await the driver's answer to one client request, or fail it with `timed_out`.
+
+        One timer that fails the future itself, rather than `asyncio.wait_for` around a
+        shield: this is the hot path of every request, and the driver skips a request whose
+        future is already done (a proposal not yet in the log is then never proposed)."""
         self._pending_client_requests += 1
+        timer = asyncio.get_running_loop().call_later(
+            timeout_s, _fail_unless_done, future, timed_out
+        )
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise Unavailable("could not confirm leadership in time (no quorum?)") from None
+            return await future
         finally:
+            timer.cancel()
             self._pending_client_requests -= 1
 
     def request_leadership_transfer(self, target: int) -> None:

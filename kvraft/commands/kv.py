@@ -110,7 +110,7 @@ def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
 _client_options = client_options(TIMEOUT_S_DEFAULT)
 
 
-def _make_client(
+def make_client(
     endpoints_text: str, timeout_s: float, attempt_timeout_s: float | None = None
 ) -> KVClient:
     endpoints = [part for part in endpoints_text.split(",") if part.strip()]
@@ -214,7 +214,7 @@ def put(
         assert value is not None
         # os.fsencode gives back the exact bytes the shell passed, even if not UTF-8.
         data = os.fsencode(value)
-    client = _make_client(endpoints_text, timeout_s)
+    client = make_client(endpoints_text, timeout_s)
     with reported_errors():
         revision = client.put(
             key,
@@ -233,7 +233,7 @@ def put(
 @_client_options
 def get(key: str, stale: bool, show_revision: bool, endpoints_text: str, timeout_s: float) -> None:
     """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none)."""
-    client = _make_client(endpoints_text, timeout_s)
+    client = make_client(endpoints_text, timeout_s)
     with reported_errors():
         found = client.get(key, consistency=_consistency(stale))
     if found is None:
@@ -267,7 +267,7 @@ def delete(
     timeout_s: float,
 ) -> None:
     """Delete KEY. Deleting a key that does not exist succeeds and says so."""
-    client = _make_client(endpoints_text, timeout_s)
+    client = make_client(endpoints_text, timeout_s)
     with reported_errors():
         revision, deleted = client.delete(
             key, if_revision=if_revision, idempotency_key=idempotency_key
@@ -321,7 +321,7 @@ def list_keys(
     timeout_s: float,
 ) -> None:
     """List the keys starting with PREFIX (all keys if omitted), in key order."""
-    client = _make_client(endpoints_text, timeout_s)
+    client = make_client(endpoints_text, timeout_s)
     shown: list[Item] = []
     continuation: str | None = None
     with reported_errors():
@@ -435,7 +435,7 @@ def status(
     watch: bool, interval_s: float, count: int, endpoints_text: str, timeout_s: float
 ) -> None:
     """Show every node: id, role, term, leader, commit and applied index, health."""
-    client = _make_client(endpoints_text, timeout_s, STATUS_ATTEMPT_TIMEOUT_S)
+    client = make_client(endpoints_text, timeout_s, STATUS_ATTEMPT_TIMEOUT_S)
     if not watch:
         results = client.status_all()
         click.echo(render_status_table(results))

@@ -45,7 +45,7 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 from kvraft.transport.frames import (
     CLUSTER_ID_BYTES_MAX,
@@ -235,9 +235,10 @@ class _OutboundProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        _set_nodelay(transport)
+        # A cast, not an isinstance check: uvloop's TCP transports do not subclass
+        # asyncio.Transport, though they implement it.
+        self._transport = cast(asyncio.Transport, transport)
+        _set_nodelay(self._transport)
 
     def data_received(self, data: bytes) -> None:
         if self.reply.done():
@@ -608,9 +609,8 @@ class _InboundProtocol(asyncio.Protocol):
         handshake = self._receiver.handshake
         return None if handshake is None else handshake.node_id
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+    def connection_made(self, base_transport: asyncio.BaseTransport) -> None:
+        transport = self._transport = cast(asyncio.Transport, base_transport)  # see above
         self._peer_address = _format_address(transport.get_extra_info("peername"))
         owner = self._owner
         if not owner._accepting:

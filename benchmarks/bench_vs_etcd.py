@@ -1,0 +1,1658 @@
+"""kvraft against etcd, side by side, in one run on this machine (issue 7).
+
+Run as ``python -m benchmarks.bench_vs_etcd [--quick] [--nodes 3,5] [--row-seconds 10]
+[--warmup-seconds 3] [--connections 1,16,64] [--failover-kills 10] [--memory-keys N]
+[--soak-seconds N] [--sections throughput,failover,memory] [--json PATH]``.
+
+For each cluster size (3, then 5 nodes) it starts an etcd cluster (Debian's ``etcd-server``,
+default settings: it fsyncs its WAL) and a kvraft cluster (``kvraft serve`` per node,
+default settings: fsync on), every node on 127.0.0.1 with its data on disk, and then:
+
+- **throughput**: wrk (``benchmarks/lua/``) drives each system's leader with puts, then
+  linearizable gets (kvraft ``GET /v1/kv/{key}``, ReadIndex; etcd ``POST /v3/kv/range``,
+  not serializable) at each connection count: 100-byte values, keys drawn uniformly from
+  1,000 (all written beforehand, so every get finds its key). One wrk thread. Each row is a
+  warm-up (excluded) and a measured run, etcd's and kvraft's back to back, the order
+  alternating from row to row so that drift on the machine hits both alike; only one system
+  is under load at a time (the other idles). ops/s counts 2xx answers only; "errors" are
+  non-2xx answers plus socket errors and timeouts. Each system's term and leader are read
+  before and after each row: "new terms" is how many elections happened meanwhile.
+- **failover**: the benchmark itself writes at a constant `FAILOVER_WRITES_PER_S` (open loop:
+  a new PUT every 20 ms whatever the others do, each to the next live node in turn, followers
+  forwarding), then ``kill -9``s the leader. The failover time is from the kill until the
+  first write *sent after the kill* succeeds. The killed node is restarted and must catch up
+  (apply what the leader had committed when it came back) before the next kill; the kills
+  alternate between the two systems.
+- **soak** (``--soak-seconds N``, off by default): puts at 64 connections on kvraft for N
+  seconds, sampling every node's term and leader each second: the target is no election.
+- **memory**: a kvraft cluster (the smallest size) started on a prepared 1,000,000-key
+  snapshot (100-byte values; built directly through `kvraft.storage`, as
+  `benchmarks.bench_recovery` does), VmRSS of every node once it serves. The RSS of both
+  systems' nodes after the throughput rows (1,000 keys) is shown next to it.
+
+``wrk`` and ``etcd`` are installed with apt-get when missing (as root only). Prints the
+tables and writes them to ``benchmarks/results/vs_etcd.md`` and ``vs_etcd.json``
+(git-ignored). Prints, asserts nothing. Every process and temp directory is cleaned up, even
+on failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import aiohttp
+
+from benchmarks.bench_recovery import key_for as memory_key_for
+from benchmarks.bench_recovery import value_for as memory_value_for
+from benchmarks.common import (
+    RESULTS_DIRECTORY,
+    format_table,
+    free_ports,
+    machine_info,
+    process_cpu_seconds,
+    process_memory_kib,
+    write_json,
+)
+from kvraft.config import local_cluster_config, render_config
+from kvraft.raft.messages import NO_NODE, Configuration, HardState, SnapshotMeta
+from kvraft.statemachine import KVStateMachine, encode_put
+from kvraft.storage.engine import StorageEngine
+
+__all__ = [
+    "CONNECTIONS_DEFAULT",
+    "KEYS",
+    "NODE_COUNTS_DEFAULT",
+    "OPERATIONS",
+    "VALUE_BYTES",
+    "BenchmarkError",
+    "EtcdCluster",
+    "KvraftCluster",
+    "Settings",
+    "WrkResult",
+    "benchmark_key",
+    "benchmark_value",
+    "ensure_installed",
+    "main",
+    "parse_wrk_output",
+    "ratio",
+    "run",
+]
+
+KEYS = 1_000
+"""Keys the load spreads over (the same in the Lua scripts, passed as an argument)."""
+
+VALUE_BYTES = 100
+"""The size of every value written."""
+
+OPERATIONS = ("put", "get")
+"""What each throughput row does; ``get`` is a linearizable read on both systems."""
+
+CONNECTIONS_DEFAULT = (1, 16, 64)
+"""wrk connections per row (each a closed loop: one request at a time)."""
+
+NODE_COUNTS_DEFAULT = (3, 5)
+"""Cluster sizes, one after the other."""
+
+ROW_SECONDS_DEFAULT = 10
+WARMUP_SECONDS_DEFAULT = 3
+ROW_SECONDS_QUICK = 2
+WARMUP_SECONDS_QUICK = 1
+"""wrk takes whole seconds."""
+
+WRK_THREADS_DEFAULT = 1
+"""One wrk thread handles 64 connections at a few thousand requests/s with CPU to spare, and
+leaves the machine's cores to the servers."""
+
+WRK_TIMEOUT_S = 10
+"""A request slower than this counts as a timeout error (wrk's default, 2 s, would drop slow
+requests from the latencies instead of showing them)."""
+
+FAILOVER_KILLS_DEFAULT = 10
+FAILOVER_KILLS_QUICK = 1
+
+FAILOVER_WRITES_PER_S = 50
+"""The failover load: modest, so that the kill, not the load, decides the outcome; one write
+every 20 ms is also the resolution of the failover time."""
+
+FAILOVER_WRITE_TIMEOUT_S = 2.0
+"""One failover write gives up after this long (writes sent after it keep probing)."""
+
+FAILOVER_WRITES_OUTSTANDING_MAX = 500
+"""A safety cap on writes in flight (50/s with a 2 s timeout stays near 100)."""
+
+FAILOVER_STEADY_S = 1.0
+"""Load before each kill, so that the kill hits a cluster busy with writes."""
+
+FAILOVER_RECOVERY_TIMEOUT_S = 60.0
+"""Give up waiting for a write to succeed after a kill (a result worth failing on)."""
+
+MEMORY_KEYS_DEFAULT = 1_000_000
+MEMORY_KEYS_QUICK = 100_000
+
+SOAK_CONNECTIONS = 64
+SOAK_SAMPLE_INTERVAL_S = 1.0
+
+PREPOPULATE_CONCURRENCY = 32
+PREPOPULATE_ATTEMPTS = 5
+
+START_TIMEOUT_S = 120.0
+"""How long a cluster may take to elect a leader and serve (a 1,000,000-key snapshot takes
+a few seconds per node, on shared cores)."""
+
+SETTLE_TIMEOUT_S = 60.0
+"""How long a restarted node may take to catch up."""
+
+STOP_TIMEOUT_S = 15.0
+"""How long SIGTERM'd nodes may take to exit before they are killed."""
+
+STATUS_TIMEOUT_S = 2.0
+"""One status request (a busy leader may answer late; it is asked again)."""
+
+POLL_INTERVAL_S = 0.05
+LOG_TAIL_LINES = 30
+
+LUA_DIRECTORY = Path(__file__).resolve().parent / "lua"
+RESULTS_MARKDOWN_PATH = RESULTS_DIRECTORY / "vs_etcd.md"
+RESULTS_JSON_PATH = RESULTS_DIRECTORY / "vs_etcd.json"
+
+HOST = "127.0.0.1"
+WRK_JSON_PREFIX = "WRK_JSON "
+"""The line the Lua scripts' done() prints (benchmarks/lua/common.lua)."""
+
+_T = TypeVar("_T")
+
+
+class BenchmarkError(Exception):
+    """A system did not start, serve or recover as expected; the message says what."""
+
+
+# --- Tools ------------------------------------------------------------------------------------
+
+
+def ensure_installed(binary: str, package: str) -> str:
+    """The path of `binary`; installs Debian's `package` with apt-get first if it is missing
+    (as root only). BenchmarkError, saying what to do, if that is impossible or fails."""
+    found = shutil.which(binary)
+    if found is not None:
+        return found
+    if shutil.which("apt-get") is None:
+        raise BenchmarkError(
+            f"`{binary}` is not installed and there is no apt-get here to install it: "
+            f"install the `{package}` package (or put `{binary}` on PATH) and run again"
+        )
+    if os.geteuid() != 0:
+        raise BenchmarkError(
+            f"`{binary}` is not installed; install it as root: apt-get install -y {package}"
+        )
+    print(f"installing `{binary}`: apt-get install -y {package}", flush=True)
+    install = ["install", "-y", "--no-install-recommends", package]
+    completed = _apt_get(install)
+    if completed.returncode != 0:
+        # The package lists may be missing (a fresh container) or stale.
+        updated = _apt_get(["update"])
+        completed = _apt_get(install) if updated.returncode == 0 else updated
+    found = shutil.which(binary)
+    if found is None:
+        output = completed.stdout + completed.stderr
+        tail = "\n".join(output.splitlines()[-LOG_TAIL_LINES:])
+        raise BenchmarkError(f"`apt-get install -y {package}` did not provide `{binary}`:\n{tail}")
+    return found
+
+
+def _apt_get(arguments: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["apt-get", *arguments],
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _version_line(command: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        lines = (completed.stdout + completed.stderr).strip().splitlines()
+        if lines:
+            return lines[0].strip()
+    return "unknown"
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """One wrk run, as the Lua scripts' done() reported it.
+
+    Fields:
+        requests: answers received (any status).
+        duration_s: how long the run measured.
+        status_errors: answers that were not 2xx/3xx (wrk's "Non-2xx or 3xx responses").
+        socket_errors: connect, read and write errors and timeouts.
+        latency_us: min, mean, max, stdev, p50, p90, p99, p99_9 in microseconds (every
+            answer, whatever its status).
+    """
+
+    requests: int
+    duration_s: float
+    status_errors: int
+    socket_errors: int
+    latency_us: dict[str, float]
+
+    @property
+    def ok_per_s(self) -> float:
+        """Successful answers per second."""
+        return (self.requests - self.status_errors) / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.status_errors + self.socket_errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "duration_s": self.duration_s,
+            "ok_per_s": self.ok_per_s,
+            "status_errors": self.status_errors,
+            "socket_errors": self.socket_errors,
+            "latency_us": self.latency_us,
+        }
+
+
+def parse_wrk_output(output: str) -> WrkResult:
+    """The result line the Lua scripts print at the end of wrk's output; ValueError if there
+    is none (wrk failed before the end) or it is malformed."""
+    lines = [line for line in output.splitlines() if line.startswith(WRK_JSON_PREFIX)]
+    if not lines:
+        raise ValueError("no WRK_JSON line in wrk's output")
+    try:
+        data = json.loads(lines[-1][len(WRK_JSON_PREFIX) :])
+        errors = data["errors"]
+        return WrkResult(
+            requests=int(data["requests"]),
+            duration_s=int(data["duration_us"]) / 1e6,
+            status_errors=int(errors["status"]),
+            socket_errors=sum(
+                int(errors[name]) for name in ("connect", "read", "write", "timeout")
+            ),
+            latency_us={name: float(value) for name, value in data["latency_us"].items()},
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"malformed WRK_JSON line: {lines[-1]!r}") from error
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, or None when the denominator is 0."""
+    return numerator / denominator if denominator else None
+
+
+# --- Processes and HTTP -----------------------------------------------------------------------
+
+
+class Processes:
+    """Every process this benchmark starts, so that each is stopped on the way out."""
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, command: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Our Ctrl-C stops the nodes in order here, rather than reaching them all.
+                start_new_session=True,
+            )
+        self._started.append(process)
+        return process
+
+    def spawn_piped(self, command: Sequence[str]) -> subprocess.Popen[bytes]:
+        """A process whose output is read (wrk): small, so a pipe cannot fill."""
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._started.append(process)
+        return process
+
+    def stop(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        """SIGTERM every running one, then SIGKILL those still running after the grace."""
+        running = [process for process in processes if process.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._started = [process for process in self._started if process.poll() is None]
+
+    def stop_all(self) -> None:
+        self.stop(list(self._started))
+
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout_s: float = 5.0
+) -> tuple[int, bytes] | None:
+    """(status, body), or None if nothing answered in time."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def _request_json(
+    port: int, method: str, path: str, body: bytes | None = None
+) -> dict[str, Any] | None:
+    answer = _request(port, method, path, body, STATUS_TIMEOUT_S)
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        data = json.loads(answer[1])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _wait_for(what: str, check: Callable[[], _T | None], timeout_s: float) -> _T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            raise BenchmarkError(f"no {what} within {timeout_s:.0f} s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _log_tail(log_path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+    return "(no log)"
+
+
+def benchmark_key(number: int) -> str:
+    """The key wrk's scripts use for `number` (common.lua's key())."""
+    return f"bench/{number:06d}"
+
+
+def benchmark_value(number: int, value_bytes: int = VALUE_BYTES) -> bytes:
+    """The value wrk's scripts write for `number` (common.lua's value())."""
+    return f"value-{number:06d}-".encode().ljust(value_bytes, b".")[:value_bytes]
+
+
+# --- The two systems --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """What one node says about itself, in either system's terms.
+
+    Fields:
+        member_id: its own id (kvraft: the node id; etcd: the member id), as text.
+        leader_id: the leader it follows ("0": none).
+        term: its current term.
+        commit_index, applied_index: its Raft commit index and what it has applied.
+        pid: its process id if it reports one (kvraft).
+    """
+
+    member_id: str
+    leader_id: str
+    term: int
+    commit_index: int
+    applied_index: int
+    pid: int | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader_id != "0" and self.leader_id == self.member_id
+
+
+@dataclass(slots=True)
+class Node:
+    """One member of a cluster: how to start it and the process running it.
+
+    Fields:
+        number: 1..N (kvraft's node id; etcd's member is named ``e<number>``).
+        http_port: where clients and wrk reach it.
+        command: how to start (and restart) it.
+        log_path: its stdout and stderr.
+        process: the running (or last) process.
+        expected_up: false while it is down on purpose (killed by the failover test).
+    """
+
+    number: int
+    http_port: int
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    expected_up: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """One write in a system's HTTP encoding."""
+
+    method: str
+    path: str
+    body: bytes
+    content_type: str
+
+
+class Cluster:
+    """A cluster of either system on 127.0.0.1: start, find the leader, kill and restart
+    nodes. Subclasses say how to start a node, read its status and encode a write."""
+
+    system = ""
+    lua_script = Path()
+
+    def __init__(self, processes: Processes, nodes: list[Node]) -> None:
+        self.processes = processes
+        self.nodes = nodes
+
+    # Subclasses:
+    def status(self, node: Node) -> MemberStatus | None:
+        raise NotImplementedError
+
+    def write_request(self, key: str, value: bytes) -> WriteRequest:
+        raise NotImplementedError
+
+    # Lifecycle:
+    def start(self) -> None:
+        for node in self.nodes:
+            self.start_node(node)
+
+    def start_node(self, node: Node) -> None:
+        node.process = self.processes.spawn(node.command, node.log_path)
+        node.expected_up = True
+
+    def kill(self, node: Node) -> None:
+        """kill -9, as a crash."""
+        assert node.process is not None
+        node.expected_up = False
+        node.process.kill()
+        node.process.wait()
+
+    def stop(self) -> None:
+        self.processes.stop([node.process for node in self.nodes if node.process is not None])
+        for node in self.nodes:
+            node.expected_up = False
+
+    def live_nodes(self) -> list[Node]:
+        return [node for node in self.nodes if node.expected_up]
+
+    def pids(self) -> list[int]:
+        return [node.process.pid for node in self.live_nodes() if node.process is not None]
+
+    def check_running(self) -> None:
+        """BenchmarkError if a node that should run has exited (with its log's tail)."""
+        for node in self.live_nodes():
+            assert node.process is not None
+            if node.process.poll() is not None:
+                raise BenchmarkError(
+                    f"{self.system} node {node.number} exited with code "
+                    f"{node.process.returncode}:\n{_log_tail(node.log_path)}"
+                )
+
+    def cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(pid) or 0.0 for pid in self.pids())
+
+    # Leadership:
+    def leader(self, timeout_s: float = START_TIMEOUT_S) -> tuple[Node, MemberStatus]:
+        """Wait until every live node answers and follows the same leader, which says it
+        leads; that leader and its status."""
+
+        def agreed() -> tuple[Node, MemberStatus] | None:
+            self.check_running()
+            statuses: list[tuple[Node, MemberStatus]] = []
+            for node in self.live_nodes():
+                status = self.status(node)
+                if status is None:
+                    return None
+                statuses.append((node, status))
+            leaders = [(node, status) for node, status in statuses if status.is_leader]
+            if len(leaders) != 1:
+                return None
+            leader = leaders[0]
+            if any(status.leader_id != leader[1].member_id for _, status in statuses):
+                return None
+            return leader
+
+        return _wait_for(f"agreed {self.system} leader", agreed, timeout_s)
+
+    def wait_caught_up(self, node: Node, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Wait until `node` follows the leader and has applied what the leader had
+        committed when `node` first answered."""
+        leader, _ = self.leader(timeout_s)
+        target = _wait_for(
+            f"{self.system} leader status",
+            lambda: self.status(leader),
+            timeout_s,
+        ).commit_index
+
+        def caught_up() -> bool | None:
+            self.check_running()
+            status = self.status(node)
+            if status is None or status.leader_id == "0" or status.applied_index < target:
+                return None
+            return True
+
+        _wait_for(f"{self.system} node {node.number} catching up", caught_up, timeout_s)
+
+    def wait_settled(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """A leader everyone follows, and every follower caught up."""
+        leader, _ = self.leader(timeout_s)
+        for node in self.live_nodes():
+            if node is not leader:
+                self.wait_caught_up(node, timeout_s)
+
+
+class EtcdCluster(Cluster):
+    """etcd with its default settings (WAL fsync on every commit, heartbeat 100 ms,
+    election timeout 1 s), spoken to through its JSON gateway."""
+
+    system = "etcd"
+    lua_script = LUA_DIRECTORY / "etcd.lua"
+
+    @classmethod
+    def create(
+        cls,
+        processes: Processes,
+        etcd: str,
+        base: Path,
+        client_ports: list[int],
+        peer_ports: list[int],
+    ) -> EtcdCluster:
+        base.mkdir(parents=True)
+        count = len(client_ports)
+        initial_cluster = ",".join(
+            f"e{number}=http://{HOST}:{peer_ports[number - 1]}" for number in range(1, count + 1)
+        )
+        nodes = []
+        for number in range(1, count + 1):
+            client_url = f"http://{HOST}:{client_ports[number - 1]}"
+            peer_url = f"http://{HOST}:{peer_ports[number - 1]}"
+            command = [
+                etcd,
+                "--name", f"e{number}",
+                "--data-dir", str(base / f"e{number}"),
+                "--listen-client-urls", client_url,
+                "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url,
+                "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", initial_cluster,
+                # Ignored on a restart (the data directory holds the membership).
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"bench-{base.name}",
+                "--logger", "zap",
+                "--log-outputs", "stderr",
+            ]  # fmt: skip
+            nodes.append(Node(number, client_ports[number - 1], command, base / f"e{number}.log"))
+        return cls(processes, nodes)
+
+    def status(self, node: Node) -> MemberStatus | None:
+        data = _request_json(node.http_port, "POST", "/v3/maintenance/status", b"{}")
+        if data is None:
+            return None
+        try:
+            # The gateway writes 64-bit integers as strings.
+            return MemberStatus(
+                member_id=str(data["header"]["member_id"]),
+                leader_id=str(data.get("leader", "0")),
+                term=int(data.get("raftTerm", 0)),
+                commit_index=int(data.get("raftIndex", 0)),
+                applied_index=int(data.get("raftAppliedIndex", data.get("raftIndex", 0))),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def write_request(self, key: str, value: bytes) -> WriteRequest:
+        body = json.dumps(
+            {
+                "key": base64.b64encode(key.encode()).decode(),
+                "value": base64.b64encode(value).decode(),
+            }
+        ).encode()
+        return WriteRequest("POST", "/v3/kv/put", body, "application/json")
+
+
+class KvraftCluster(Cluster):
+    """kvraft with its default settings (fsync on) from a generated cluster file."""
+
+    system = "kvraft"
+    lua_script = LUA_DIRECTORY / "kvraft.lua"
+
+    @classmethod
+    def create(
+        cls, processes: Processes, base: Path, http_ports: list[int], raft_ports: list[int]
+    ) -> KvraftCluster:
+        count = len(http_ports)
+        config = local_cluster_config(count, base, cluster_id=f"kvraft-bench-{base.name}")
+        config = replace(
+            config,
+            nodes=tuple(
+                replace(spec, http_port=http_ports[index], raft_port=raft_ports[index])
+                for index, spec in enumerate(config.nodes)
+            ),
+        )
+        base.mkdir(parents=True, exist_ok=True)
+        config_path = base / "cluster.toml"
+        config_path.write_text(render_config(config))
+        kvraft_serve = [sys.executable, "-m", "kvraft", "serve"]
+        nodes = [
+            Node(
+                spec.id,
+                spec.http_port,
+                [*kvraft_serve, "--config", str(config_path), "--id", str(spec.id)],
+                base / f"node{spec.id}.log",
+            )
+            for spec in config.nodes
+        ]
+        cluster = cls(processes, nodes)
+        cluster.data_dirs = {spec.id: spec.data_dir for spec in config.nodes}
+        return cluster
+
+    def __init__(self, processes: Processes, nodes: list[Node]) -> None:
+        super().__init__(processes, nodes)
+        self.data_dirs: dict[int, Path] = {}
+
+    def status(self, node: Node) -> MemberStatus | None:
+        data = _request_json(node.http_port, "GET", "/v1/status")
+        if data is None:
+            return None
+        try:
+            return MemberStatus(
+                member_id=str(data["id"]),
+                leader_id=str(data.get("leader_id") or 0),
+                term=int(data["term"]),
+                commit_index=int(data["commit_index"]),
+                applied_index=int(data["applied_index"]),
+                pid=int(data["pid"]) if data.get("pid") else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def write_request(self, key: str, value: bytes) -> WriteRequest:
+        return WriteRequest("PUT", f"/v1/kv/{key}", value, "application/octet-stream")
+
+
+@contextlib.contextmanager
+def _running(clusters: Sequence[Cluster]) -> Iterator[None]:
+    for cluster in clusters:
+        cluster.start()
+    try:
+        yield
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
+# --- Throughput -------------------------------------------------------------------------------
+
+
+SECTIONS = ("throughput", "failover", "memory")
+"""What a run can measure (--sections); the soak runs when --soak-seconds is given."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one run measures and for how long."""
+
+    node_counts: tuple[int, ...] = NODE_COUNTS_DEFAULT
+    connections: tuple[int, ...] = CONNECTIONS_DEFAULT
+    row_seconds: int = ROW_SECONDS_DEFAULT
+    warmup_seconds: int = WARMUP_SECONDS_DEFAULT
+    wrk_threads: int = WRK_THREADS_DEFAULT
+    failover_kills: int = FAILOVER_KILLS_DEFAULT
+    memory_keys: int = MEMORY_KEYS_DEFAULT
+    soak_seconds: int = 0
+    sections: tuple[str, ...] = SECTIONS
+    quick: bool = False
+
+
+def _wrk_command(
+    wrk: str,
+    cluster: Cluster,
+    url: str,
+    operation: str,
+    connections: int,
+    seconds: int,
+    threads: int,
+) -> list[str]:
+    return [
+        wrk,
+        f"--threads={min(threads, connections)}",
+        f"--connections={connections}",
+        f"--duration={seconds}s",
+        f"--timeout={WRK_TIMEOUT_S}s",
+        f"--script={cluster.lua_script}",
+        url,
+        "--",
+        operation,
+        str(KEYS),
+        str(VALUE_BYTES),
+    ]
+
+
+def _finish_wrk(processes: Processes, process: subprocess.Popen[bytes], seconds: int) -> WrkResult:
+    try:
+        output, _ = process.communicate(timeout=seconds + WRK_TIMEOUT_S + 30)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError("wrk did not finish") from None
+    finally:
+        processes.stop([process])
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise BenchmarkError(f"wrk exited with code {process.returncode}:\n{text}")
+    try:
+        return parse_wrk_output(text)
+    except ValueError as error:
+        raise BenchmarkError(f"{error}:\n{text}") from None
+
+
+def _run_wrk(
+    processes: Processes,
+    wrk: str,
+    cluster: Cluster,
+    url: str,
+    operation: str,
+    connections: int,
+    seconds: int,
+    threads: int,
+) -> WrkResult:
+    command = _wrk_command(wrk, cluster, url, operation, connections, seconds, threads)
+    return _finish_wrk(processes, processes.spawn_piped(command), seconds)
+
+
+def _measure_row(
+    processes: Processes,
+    wrk: str,
+    cluster: Cluster,
+    operation: str,
+    connections: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    leader, before = cluster.leader()
+    if settings.warmup_seconds > 0:
+        _run_wrk(
+            processes,
+            wrk,
+            cluster,
+            leader.url,
+            operation,
+            connections,
+            settings.warmup_seconds,
+            settings.wrk_threads,
+        )
+    cpu_before_s = cluster.cpu_seconds()
+    result = _run_wrk(
+        processes,
+        wrk,
+        cluster,
+        leader.url,
+        operation,
+        connections,
+        settings.row_seconds,
+        settings.wrk_threads,
+    )
+    cpu_s = cluster.cpu_seconds() - cpu_before_s
+    leader_after, after = cluster.leader()
+    ok_requests = result.requests - result.status_errors
+    row = result.as_dict()
+    row.update(
+        leader_before=leader.number,
+        leader_after=leader_after.number,
+        term_before=before.term,
+        term_after=after.term,
+        new_terms=after.term - before.term,
+        node_cpu_s=cpu_s,
+        cpu_us_per_op=cpu_s * 1e6 / ok_requests if ok_requests else None,
+    )
+    print(
+        f"  {cluster.system:>6} {len(cluster.nodes)} nodes {operation} c={connections:<3} "
+        f"{result.ok_per_s:8,.0f} ops/s  p50 {result.latency_us['p50'] / 1000:7.2f} ms  "
+        f"p99 {result.latency_us['p99'] / 1000:7.2f} ms  errors {result.errors}  "
+        f"new terms {row['new_terms']}  CPU {row['cpu_us_per_op'] or 0:,.0f} us/op",
+        flush=True,
+    )
+    return row
+
+
+async def _prepopulate_async(cluster: Cluster, leader: Node) -> None:
+    semaphore = asyncio.Semaphore(PREPOPULATE_CONCURRENCY)
+    timeout = aiohttp.ClientTimeout(total=30)
+
+    async def put(session: aiohttp.ClientSession, number: int) -> None:
+        request = cluster.write_request(benchmark_key(number), benchmark_value(number))
+        answer: object = None
+        for _ in range(PREPOPULATE_ATTEMPTS):
+            try:
+                async with (
+                    semaphore,
+                    session.request(
+                        request.method,
+                        leader.url + request.path,
+                        data=request.body,
+                        headers={"Content-Type": request.content_type},
+                    ) as response,
+                ):
+                    answer = f"{response.status} {(await response.read())[:200]!r}"
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError) as error:
+                answer = error
+        raise BenchmarkError(f"{cluster.system}: writing {benchmark_key(number)} failed: {answer}")
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(put(session, number) for number in range(KEYS)))
+
+
+def _prepopulate(cluster: Cluster) -> None:
+    """Write every key once, so that every linearizable get finds its key (kvraft answers a
+    missing key with 404, which wrk would count as an error)."""
+    leader, _ = cluster.leader()
+    asyncio.run(_prepopulate_async(cluster, leader))
+
+
+def _throughput(
+    processes: Processes,
+    wrk: str,
+    clusters: Sequence[Cluster],
+    settings: Settings,
+    first_row_index: int,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for operation in OPERATIONS:
+        for connections in settings.connections:
+            # Alternate which system goes first, so drift over a pair favours neither.
+            row_index = first_row_index + len(rows)
+            order = list(clusters) if row_index % 2 == 0 else list(reversed(clusters))
+            row: dict[str, Any] = {
+                "nodes": len(clusters[0].nodes),
+                "operation": operation,
+                "connections": connections,
+                "first": order[0].system,
+                "load_average_1m_before": os.getloadavg()[0],
+            }
+            for cluster in order:
+                row[cluster.system] = _measure_row(
+                    processes, wrk, cluster, operation, connections, settings
+                )
+            etcd, kvraft = row["etcd"], row["kvraft"]
+            row["ratio_ops"] = ratio(kvraft["ok_per_s"], etcd["ok_per_s"])
+            row["ratio_p50"] = ratio(kvraft["latency_us"]["p50"], etcd["latency_us"]["p50"])
+            row["ratio_p99"] = ratio(kvraft["latency_us"]["p99"], etcd["latency_us"]["p99"])
+            rows.append(row)
+    return rows
+
+
+# --- Failover ---------------------------------------------------------------------------------
+
+
+class OpenLoopWriter:
+    """Writes at a constant rate whatever the answers, each write to the next target in
+    turn; tells when the first write sent after a given moment succeeded."""
+
+    def __init__(self, session: aiohttp.ClientSession, cluster: Cluster, targets: list[str]):
+        self.session = session
+        self.cluster = cluster
+        self.targets = targets
+        self.ok_count = 0
+        self.failed_count = 0
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._waiters: list[tuple[float, asyncio.Future[float]]] = []
+
+    async def run(self) -> None:
+        interval_s = 1.0 / FAILOVER_WRITES_PER_S
+        next_at = time.perf_counter()
+        sequence = 0
+        while not self._stopping:
+            if len(self._in_flight) < FAILOVER_WRITES_OUTSTANDING_MAX:
+                target = self.targets[sequence % len(self.targets)]
+                task = asyncio.create_task(self._write(target, sequence))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            sequence += 1
+            next_at += interval_s
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    async def _write(self, target: str, sequence: int) -> None:
+        number = sequence % KEYS
+        request = self.cluster.write_request(f"failover/{number:06d}", benchmark_value(number))
+        started = time.perf_counter()
+        ok = False
+        try:
+            async with self.session.request(
+                request.method,
+                target + request.path,
+                data=request.body,
+                headers={"Content-Type": request.content_type},
+                timeout=aiohttp.ClientTimeout(total=FAILOVER_WRITE_TIMEOUT_S),
+            ) as response:
+                await response.read()
+                ok = response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        finished = time.perf_counter()
+        if not ok:
+            self.failed_count += 1
+            return
+        self.ok_count += 1
+        for sent_after, future in self._waiters:
+            if started >= sent_after and not future.done():
+                future.set_result(finished)
+
+    async def first_success_sent_after(self, moment: float, timeout_s: float) -> float:
+        """When (perf_counter) the first write sent at or after `moment` succeeded."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((moment, future))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise BenchmarkError(
+                f"{self.cluster.system}: no write succeeded within {timeout_s:.0f} s of the kill"
+            ) from None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+async def _one_failover(session: aiohttp.ClientSession, cluster: Cluster) -> dict[str, Any]:
+    await asyncio.to_thread(cluster.wait_settled)
+    writer = OpenLoopWriter(session, cluster, [node.url for node in cluster.live_nodes()])
+    writing = asyncio.create_task(writer.run())
+    try:
+        await asyncio.sleep(FAILOVER_STEADY_S)  # the load runs a while before the kill
+        leader, before = await asyncio.to_thread(cluster.leader)
+        if writer.ok_count == 0:
+            raise BenchmarkError(f"{cluster.system}: no write succeeded before the kill")
+        assert leader.process is not None
+        if before.pid is not None and before.pid != leader.process.pid:
+            raise BenchmarkError(
+                f"{cluster.system}: the leader reports pid {before.pid}, "
+                f"but node {leader.number} runs as {leader.process.pid}"
+            )
+        writer.targets = [node.url for node in cluster.live_nodes() if node is not leader]
+        killed_at = time.perf_counter()
+        cluster.kill(leader)
+        recovered_at = await writer.first_success_sent_after(killed_at, FAILOVER_RECOVERY_TIMEOUT_S)
+        new_leader, after = await asyncio.to_thread(cluster.leader)
+        restarted_at = time.perf_counter()
+        cluster.start_node(leader)
+        await asyncio.to_thread(cluster.wait_caught_up, leader)
+        rejoined_at = time.perf_counter()
+    finally:
+        await writer.stop()
+        await writing
+    result = {
+        "killed": leader.number,
+        "new_leader": new_leader.number,
+        "term_before": before.term,
+        "term_after": after.term,
+        "recovery_s": recovered_at - killed_at,
+        "rejoin_s": rejoined_at - restarted_at,
+        "writes_ok": writer.ok_count,
+        "writes_failed": writer.failed_count,
+    }
+    print(
+        f"  {cluster.system:>6} {len(cluster.nodes)} nodes: killed leader {leader.number}, "
+        f"writes again after {result['recovery_s']:.3f} s (new leader {new_leader.number}, "
+        f"term {before.term}->{after.term}); restarted node caught up in "
+        f"{result['rejoin_s']:.1f} s",
+        flush=True,
+    )
+    return result
+
+
+async def _failovers_async(clusters: Sequence[Cluster], kills: int) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {cluster.system: [] for cluster in clusters}
+    # No connection limit: a write waiting on a dead leader must not delay the next one.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for kill_number in range(kills):
+            order = list(clusters) if kill_number % 2 == 0 else list(reversed(clusters))
+            for cluster in order:
+                results[cluster.system].append(await _one_failover(session, cluster))
+    return results
+
+
+def _summarise_failovers(kills: list[dict[str, Any]]) -> dict[str, Any]:
+    recoveries = [kill["recovery_s"] for kill in kills]
+    rejoins = [kill["rejoin_s"] for kill in kills]
+    return {
+        "kills": len(kills),
+        "recovery_s_median": statistics.median(recoveries),
+        "recovery_s_min": min(recoveries),
+        "recovery_s_max": max(recoveries),
+        "rejoin_s_median": statistics.median(rejoins),
+        "writes_failed": sum(kill["writes_failed"] for kill in kills),
+        "writes_ok": sum(kill["writes_ok"] for kill in kills),
+    }
+
+
+# --- Soak -------------------------------------------------------------------------------------
+
+
+def _soak(processes: Processes, wrk: str, cluster: Cluster, settings: Settings) -> dict[str, Any]:
+    """Puts at 64 connections on `cluster`'s leader for soak_seconds, sampling every node's
+    term and leader each second."""
+    leader, before = cluster.leader()
+    seconds = settings.soak_seconds
+    print(
+        f"  soak: {cluster.system} {len(cluster.nodes)} nodes, puts c={SOAK_CONNECTIONS} "
+        f"for {seconds} s",
+        flush=True,
+    )
+    command = _wrk_command(
+        wrk, cluster, leader.url, "put", SOAK_CONNECTIONS, seconds, settings.wrk_threads
+    )
+    process = processes.spawn_piped(command)
+    # Each leader seen in a newer term, with when it was first seen.
+    changes: list[dict[str, Any]] = []
+    newest_term = before.term
+    started = time.perf_counter()
+    while process.poll() is None:
+        time.sleep(SOAK_SAMPLE_INTERVAL_S)  # sampling the cluster, not waiting for it
+        cluster.check_running()
+        for node in cluster.live_nodes():
+            status = cluster.status(node)
+            if status is not None and status.leader_id != "0" and status.term > newest_term:
+                newest_term = status.term
+                changes.append(
+                    {
+                        "at_s": time.perf_counter() - started,
+                        "leader_id": status.leader_id,
+                        "term": status.term,
+                    }
+                )
+    result = _finish_wrk(processes, process, seconds)
+    _, after = cluster.leader()
+    return {
+        "system": cluster.system,
+        "nodes": len(cluster.nodes),
+        "seconds": seconds,
+        "connections": SOAK_CONNECTIONS,
+        **result.as_dict(),
+        "term_before": before.term,
+        "term_after": after.term,
+        "new_terms": after.term - before.term,
+        "leader_before": before.member_id,
+        "leader_after": after.member_id,
+        "leader_changes_seen": changes,
+    }
+
+
+# --- Memory -----------------------------------------------------------------------------------
+
+
+def _prepare_snapshot_cluster(cluster: KvraftCluster, keys: int) -> float:
+    """Install a `keys`-key snapshot (100-byte values) on every node, as if each had received
+    it from a leader; returns how long that took."""
+    started = time.perf_counter()
+    machine = KVStateMachine()
+    for index in range(1, keys + 1):
+        machine.apply(index, encode_put(memory_key_for(index), memory_value_for(index, 1)))
+    data = b"".join(machine.snapshot_chunks())
+    del machine  # about 250 MB for 10**6 keys: the nodes need the memory more
+    voters = frozenset(node.number for node in cluster.nodes)
+    meta = SnapshotMeta(keys, 1, Configuration(voters=voters))
+    for node in cluster.nodes:
+        engine = StorageEngine.open(cluster.data_dirs[node.number])
+        try:
+            engine.install_snapshot(meta, data)
+            engine.save([], HardState(1, NO_NODE, keys))
+        finally:
+            engine.close()
+    return time.perf_counter() - started
+
+
+def _memory(processes: Processes, base: Path, node_count: int, keys: int) -> dict[str, Any]:
+    http_ports_and_raft_ports = free_ports(2 * node_count)
+    cluster = KvraftCluster.create(
+        processes,
+        base,
+        http_ports_and_raft_ports[:node_count],
+        http_ports_and_raft_ports[node_count:],
+    )
+    print(f"  memory: building a {keys:,}-key snapshot for {node_count} kvraft nodes", flush=True)
+    generation_s = _prepare_snapshot_cluster(cluster, keys)
+    with _running([cluster]):
+        started = time.perf_counter()
+        leader, _ = cluster.leader()
+        key = memory_key_for(keys)
+        answer = _request(leader.http_port, "GET", f"/v1/kv/{key}", timeout_s=30)
+        if answer is None or answer[:2] != (200, memory_value_for(keys, 1)):
+            raise BenchmarkError(f"kvraft did not serve {key} from the snapshot: {answer!r}")
+        serving_s = time.perf_counter() - started
+        cluster.wait_settled()
+        per_node = []
+        for node in cluster.nodes:
+            assert node.process is not None
+            memory = process_memory_kib(node.process.pid)
+            per_node.append(
+                {
+                    "node": node.number,
+                    "leader": node is leader,
+                    "rss_mib": memory.get("VmRSS", 0) / 1024,
+                    "rss_peak_mib": memory.get("VmHWM", 0) / 1024,
+                }
+            )
+    print(
+        f"  memory: snapshot built and installed in {generation_s:.1f} s; serving after "
+        f"{serving_s:.1f} s; RSS "
+        + ", ".join(f"node {node['node']} {node['rss_mib']:,.0f} MiB" for node in per_node),
+        flush=True,
+    )
+    return {
+        "keys": keys,
+        "value_bytes": VALUE_BYTES,
+        "nodes": per_node,
+        "generation_s": generation_s,
+        "serving_s": serving_s,
+    }
+
+
+def _rss_after_load(cluster: Cluster) -> list[dict[str, Any]]:
+    rows = []
+    for node in cluster.live_nodes():
+        assert node.process is not None
+        memory = process_memory_kib(node.process.pid)
+        rows.append(
+            {
+                "node": node.number,
+                "rss_mib": memory.get("VmRSS", 0) / 1024,
+                "rss_peak_mib": memory.get("VmHWM", 0) / 1024,
+            }
+        )
+    return rows
+
+
+# --- Tables -----------------------------------------------------------------------------------
+
+
+def _ms(microseconds: float) -> str:
+    return f"{microseconds / 1000:.2f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    if not rows:
+        return []
+    main = format_table(
+        [
+            "nodes / op / conns",
+            "etcd ops/s",
+            "etcd p50 ms",
+            "etcd p99 ms",
+            "etcd errors",
+            "kvraft ops/s",
+            "kvraft p50 ms",
+            "kvraft p99 ms",
+            "kvraft errors",
+            "kvraft/etcd ops/s",
+            "kvraft/etcd p50",
+            "kvraft/etcd p99",
+        ],
+        [
+            [
+                f"{row['nodes']} / {row['operation']} / {row['connections']}",
+                f"{row['etcd']['ok_per_s']:,.0f}",
+                _ms(row["etcd"]["latency_us"]["p50"]),
+                _ms(row["etcd"]["latency_us"]["p99"]),
+                row["etcd"]["status_errors"] + row["etcd"]["socket_errors"],
+                f"{row['kvraft']['ok_per_s']:,.0f}",
+                _ms(row["kvraft"]["latency_us"]["p50"]),
+                _ms(row["kvraft"]["latency_us"]["p99"]),
+                row["kvraft"]["status_errors"] + row["kvraft"]["socket_errors"],
+                _times(row["ratio_ops"]),
+                _times(row["ratio_p50"]),
+                _times(row["ratio_p99"]),
+            ]
+            for row in rows
+        ],
+    )
+
+    def leaders(result: dict[str, Any]) -> str:
+        if result["leader_before"] == result["leader_after"]:
+            return str(result["leader_before"])
+        return f"{result['leader_before']} -> {result['leader_after']}"
+
+    def cpu(result: dict[str, Any]) -> str:
+        value = result["cpu_us_per_op"]
+        return "-" if value is None else f"{value:,.0f}"
+
+    extra = format_table(
+        [
+            "nodes / op / conns",
+            "first",
+            "etcd new terms",
+            "etcd leader",
+            "kvraft new terms",
+            "kvraft leader",
+            "etcd CPU us/op",
+            "kvraft CPU us/op",
+            "load avg before",
+        ],
+        [
+            [
+                f"{row['nodes']} / {row['operation']} / {row['connections']}",
+                row["first"],
+                row["etcd"]["new_terms"],
+                leaders(row["etcd"]),
+                row["kvraft"]["new_terms"],
+                leaders(row["kvraft"]),
+                cpu(row["etcd"]),
+                cpu(row["kvraft"]),
+                f"{row['load_average_1m_before']:.1f}",
+            ]
+            for row in rows
+        ],
+    )
+    return [
+        (
+            f"Throughput and latency, leader driven by wrk ({KEYS:,} keys, {VALUE_BYTES}-byte "
+            "values; get = linearizable read; ops/s counts 2xx answers)",
+            main,
+        ),
+        (
+            "Elections during each row (new terms between just before the warm-up and just "
+            "after the run; leader by node number) and node CPU (all nodes, user + system) "
+            "per successful operation",
+            extra,
+        ),
+    ]
+
+
+def _failover_table(failover: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for nodes, by_system in failover.items():
+        for system in ("etcd", "kvraft"):
+            summary = by_system.get(f"{system}_summary")
+            if summary is None:
+                continue
+            rows.append(
+                [
+                    f"{nodes} / {system}",
+                    summary["kills"],
+                    f"{summary['recovery_s_median']:.3f}",
+                    f"{summary['recovery_s_min']:.3f}",
+                    f"{summary['recovery_s_max']:.3f}",
+                    f"{summary['rejoin_s_median']:.1f}",
+                    f"{summary['writes_ok']:,}",
+                    f"{summary['writes_failed']:,}",
+                ]
+            )
+    if not rows:
+        return []
+    table = format_table(
+        [
+            "nodes / system",
+            "kills",
+            "median s",
+            "min s",
+            "max s",
+            "restarted node catches up, median s",
+            "writes ok",
+            "writes failed",
+        ],
+        rows,
+    )
+    return [
+        (
+            f"Failover: kill -9 of the leader under {FAILOVER_WRITES_PER_S} writes/s (open "
+            "loop, round-robin over live nodes), time until the first write sent after the "
+            "kill succeeds",
+            table,
+        )
+    ]
+
+
+def _soak_table(soaks: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    if not soaks:
+        return []
+    table = format_table(
+        [
+            "nodes / system",
+            "seconds",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "new terms",
+            "leader changes seen",
+        ],
+        [
+            [
+                f"{soak['nodes']} / {soak['system']}",
+                soak["seconds"],
+                f"{soak['ok_per_s']:,.0f}",
+                _ms(soak["latency_us"]["p50"]),
+                _ms(soak["latency_us"]["p99"]),
+                soak["status_errors"] + soak["socket_errors"],
+                soak["new_terms"],
+                len(soak["leader_changes_seen"]),
+            ]
+            for soak in soaks
+        ],
+    )
+    return [(f"Soak: puts at {SOAK_CONNECTIONS} connections on the leader", table)]
+
+
+def _memory_table(results: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    memory = results.get("memory")
+    if memory:
+        for node in memory["nodes"]:
+            rows.append(
+                [
+                    f"kvraft node {node['node']}{' (leader)' if node['leader'] else ''}",
+                    f"{memory['keys']:,}",
+                    f"{node['rss_mib']:,.0f}",
+                    f"{node['rss_peak_mib']:,.0f}",
+                ]
+            )
+    for nodes, by_system in results.get("rss_after_load", {}).items():
+        for system, per_node in by_system.items():
+            for node in per_node:
+                rows.append(
+                    [
+                        f"{system} node {node['node']} of {nodes}, after the load rows",
+                        f"{KEYS:,}",
+                        f"{node['rss_mib']:,.0f}",
+                        f"{node['rss_peak_mib']:,.0f}",
+                    ]
+                )
+    if not rows:
+        return []
+    table = format_table(["node", "keys", "RSS MiB", "peak RSS MiB"], rows)
+    return [(f"Memory (VmRSS; {VALUE_BYTES}-byte values)", table)]
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, str]]:
+    return (
+        _throughput_tables(results["throughput"])
+        + _failover_table(results["failover"])
+        + _soak_table(results["soak"])
+        + _memory_table(results)
+    )
+
+
+def _write_markdown(results: dict[str, Any], path: Path) -> None:
+    settings = results["settings"]
+    lines = [
+        f"# kvraft vs etcd ({results['started_at']}, {'quick' if settings['quick'] else 'full'})",
+        "",
+        f"- {results['versions']['etcd']}; {results['versions']['wrk']}; kvraft "
+        f"{results['machine'].get('git_commit')}",
+        f"- machine: {results['machine']['nproc']} CPUs ({results['machine']['cpu_model']}), "
+        f"{results['machine']['memory_total_mib']:,} MiB",
+        f"- rows: {settings['warmup_seconds']} s warm-up + {settings['row_seconds']} s, "
+        f"{settings['wrk_threads']} wrk thread(s); durable settings on both (fsync)",
+    ]
+    for title, table in _tables(results):
+        lines += ["", f"## {title}", "", table]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --- The run ----------------------------------------------------------------------------------
+
+
+def _measure_size(
+    processes: Processes,
+    wrk: str,
+    etcd: str,
+    base: Path,
+    node_count: int,
+    settings: Settings,
+    results: dict[str, Any],
+) -> None:
+    """Start both systems with `node_count` nodes, measure them, stop them; the results go
+    into `results` as they come (a failure later keeps them)."""
+    ports = free_ports(4 * node_count)
+    port_groups = [ports[index * node_count : (index + 1) * node_count] for index in range(4)]
+    etcd_cluster = EtcdCluster.create(
+        processes, etcd, base / f"etcd{node_count}", port_groups[0], port_groups[1]
+    )
+    kvraft_cluster = KvraftCluster.create(
+        processes, base / f"kvraft{node_count}", port_groups[2], port_groups[3]
+    )
+    # The soak alone needs only kvraft.
+    clusters: list[Cluster] = (
+        [etcd_cluster, kvraft_cluster]
+        if {"throughput", "failover"} & set(settings.sections)
+        else [kvraft_cluster]
+    )
+    print(
+        f"\n{node_count} nodes: starting {' and '.join(cluster.system for cluster in clusters)}",
+        flush=True,
+    )
+    with _running(clusters):
+        for cluster in clusters:
+            _prepopulate(cluster)
+        if "throughput" in settings.sections:
+            results["throughput"] += _throughput(
+                processes, wrk, clusters, settings, len(results["throughput"])
+            )
+            results["rss_after_load"][str(node_count)] = {
+                cluster.system: _rss_after_load(cluster) for cluster in clusters
+            }
+        if "failover" in settings.sections and settings.failover_kills > 0:
+            kills = asyncio.run(_failovers_async(clusters, settings.failover_kills))
+            results["failover"][str(node_count)] = {
+                "kills": kills,
+                **{
+                    f"{system}_summary": _summarise_failovers(per_system)
+                    for system, per_system in kills.items()
+                },
+            }
+        if settings.soak_seconds > 0:
+            results["soak"].append(_soak(processes, wrk, kvraft_cluster, settings))
+
+
+def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
+    """Measure everything `settings` asks for; print the tables; return the results."""
+    wrk = ensure_installed("wrk", "wrk")
+    etcd = ensure_installed("etcd", "etcd-server")
+    results: dict[str, Any] = {
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "node_counts": list(settings.node_counts),
+            "connections": list(settings.connections),
+            "row_seconds": settings.row_seconds,
+            "warmup_seconds": settings.warmup_seconds,
+            "wrk_threads": settings.wrk_threads,
+            "failover_kills": settings.failover_kills,
+            "failover_writes_per_s": FAILOVER_WRITES_PER_S,
+            "memory_keys": settings.memory_keys,
+            "soak_seconds": settings.soak_seconds,
+            "sections": list(settings.sections),
+            "keys": KEYS,
+            "value_bytes": VALUE_BYTES,
+            "quick": settings.quick,
+        },
+        "versions": {
+            "etcd": _version_line([etcd, "--version"]),
+            "wrk": _version_line([wrk, "-v"]).split(" Copyright")[0],
+        },
+        "machine": machine_info(),
+        "throughput": [],
+        "failover": {},
+        "soak": [],
+        "rss_after_load": {},
+        "memory": None,
+    }
+    print(
+        f"kvraft vs etcd: {results['versions']['etcd']}, {results['versions']['wrk']}; "
+        f"nodes {', '.join(map(str, settings.node_counts))}; sections "
+        f"{', '.join(settings.sections)}"
+        + (f", soak {settings.soak_seconds} s" if settings.soak_seconds else ""),
+        flush=True,
+    )
+    processes = Processes()
+    base = Path(tempfile.mkdtemp(prefix="kvraft-bench-vs-etcd-", dir=directory))
+    try:
+        if {"throughput", "failover"} & set(settings.sections) or settings.soak_seconds:
+            for node_count in settings.node_counts:
+                _measure_size(processes, wrk, etcd, base, node_count, settings, results)
+        if "memory" in settings.sections:
+            print("", flush=True)
+            results["memory"] = _memory(
+                processes, base / "memory", min(settings.node_counts), settings.memory_keys
+            )
+    finally:
+        processes.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+        for title, table in _tables(results):
+            print(f"\n### {title}\n\n{table}", flush=True)
+        write_json(RESULTS_JSON_PATH, results)
+        _write_markdown(results, RESULTS_MARKDOWN_PATH)
+        print(f"\nresults: {RESULTS_MARKDOWN_PATH}, {RESULTS_JSON_PATH}", flush=True)
+    return results
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in text.split(",") if item.strip())
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def _exit_on_sigterm(signal_number: int, frame: FrameType | None) -> None:
+    # SIGTERM becomes SystemExit, so the `finally` blocks stop every node and delete the data.
+    raise SystemExit(128 + signal_number)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{WARMUP_SECONDS_QUICK} s + {ROW_SECONDS_QUICK} s rows, {FAILOVER_KILLS_QUICK} "
+        f"kill, {MEMORY_KEYS_QUICK:,} keys in memory (a smoke test)",
+    )
+    parser.add_argument("--nodes", type=_integers, default=NODE_COUNTS_DEFAULT)
+    parser.add_argument("--connections", type=_integers, default=CONNECTIONS_DEFAULT)
+    parser.add_argument("--row-seconds", type=int, default=None, help="measured seconds per row")
+    parser.add_argument("--warmup-seconds", type=int, default=None, help="excluded seconds")
+    parser.add_argument("--wrk-threads", type=int, default=WRK_THREADS_DEFAULT)
+    parser.add_argument("--failover-kills", type=int, default=None, help="per system and size")
+    parser.add_argument("--memory-keys", type=int, default=None)
+    parser.add_argument(
+        "--soak-seconds",
+        type=int,
+        default=0,
+        help=f"also run puts at {SOAK_CONNECTIONS} connections on kvraft this long per size, "
+        "counting elections (default: off)",
+    )
+    parser.add_argument(
+        "--sections",
+        type=_sections,
+        default=SECTIONS,
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("--directory", type=Path, default=None, help="where to put the data")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    arguments = parser.parse_args(argv)
+    quick = arguments.quick
+
+    def chosen(value: int | None, full: int, quick_value: int) -> int:
+        return value if value is not None else (quick_value if quick else full)
+
+    settings = Settings(
+        node_counts=arguments.nodes,
+        connections=arguments.connections,
+        row_seconds=chosen(arguments.row_seconds, ROW_SECONDS_DEFAULT, ROW_SECONDS_QUICK),
+        warmup_seconds=chosen(
+            arguments.warmup_seconds, WARMUP_SECONDS_DEFAULT, WARMUP_SECONDS_QUICK
+        ),
+        wrk_threads=max(1, arguments.wrk_threads),
+        failover_kills=chosen(
+            arguments.failover_kills, FAILOVER_KILLS_DEFAULT, FAILOVER_KILLS_QUICK
+        ),
+        memory_keys=chosen(arguments.memory_keys, MEMORY_KEYS_DEFAULT, MEMORY_KEYS_QUICK),
+        soak_seconds=max(0, arguments.soak_seconds),
+        sections=arguments.sections,
+        quick=quick,
+    )
+    if settings.row_seconds < 1:
+        parser.error("--row-seconds must be at least 1 (wrk takes whole seconds)")
+    if settings.memory_keys < 1:
+        parser.error("--memory-keys must be at least 1")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        results = run(settings, arguments.directory)
+    except BenchmarkError as error:
+        print(f"kvraft vs etcd benchmark failed: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        # Everything started is stopped and deleted by now; the tables so far are printed.
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    if arguments.json is not None:
+        write_json(arguments.json, results)
+
+
+if __name__ == "__main__":
+    main()

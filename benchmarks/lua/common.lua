@@ -1,0 +1,81 @@
+-- Shared by kvraft.lua and etcd.lua (wrk scripts for benchmarks/bench_vs_etcd.py).
+--
+-- Script arguments (after wrk's "--"): OPERATION KEYS VALUE_BYTES, e.g. "-- put 1000 100".
+-- Both systems get the same keys ("bench/000000" .. "bench/000999") and the same values, so
+-- the only difference between their requests is each system's HTTP encoding.
+-- done() prints one line "WRK_JSON {...}" that the benchmark parses instead of wrk's text.
+
+local common = {}
+
+local BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+local function base64_digit(number)
+    return BASE64_ALPHABET:sub(number + 1, number + 1)
+end
+
+-- Standard base64 with padding (etcd's JSON gateway takes keys and values as base64).
+function common.base64(data)
+    local pieces = {}
+    for index = 1, #data, 3 do
+        local first, second, third = data:byte(index, index + 2)
+        local group = first * 65536 + (second or 0) * 256 + (third or 0)
+        pieces[#pieces + 1] = base64_digit(math.floor(group / 262144) % 64)
+            .. base64_digit(math.floor(group / 4096) % 64)
+            .. (second and base64_digit(math.floor(group / 64) % 64) or "=")
+            .. (third and base64_digit(group % 64) or "=")
+    end
+    return table.concat(pieces)
+end
+
+function common.options(args)
+    local operation = args[1] or "put"
+    if operation ~= "put" and operation ~= "get" then
+        error("operation must be put or get, got " .. operation)
+    end
+    return {
+        operation = operation,
+        keys = tonumber(args[2] or "1000"),
+        value_bytes = tonumber(args[3] or "100"),
+    }
+end
+
+function common.key(number)
+    return string.format("bench/%06d", number)
+end
+
+-- A value of exactly value_bytes bytes that names its key.
+function common.value(number, value_bytes)
+    local prefix = string.format("value-%06d-", number)
+    return (prefix .. string.rep(".", value_bytes)):sub(1, value_bytes)
+end
+
+-- Seeds each thread's generator differently (setup numbers the threads), so that threads do
+-- not replay the same key sequence.
+local threads_created = 0
+
+function common.setup(thread)
+    threads_created = threads_created + 1
+    thread:set("thread_number", threads_created)
+end
+
+function common.seed()
+    math.randomseed(os.time() * 1000 + (thread_number or 0))
+end
+
+-- Latency in microseconds, as wrk records it.
+function common.done(summary, latency, requests)
+    local errors = summary.errors
+    io.write(string.format(
+        "WRK_JSON {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, "
+            .. "\"errors\": {\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, "
+            .. "\"timeout\": %d}, \"latency_us\": {\"min\": %d, \"mean\": %.1f, \"max\": %d, "
+            .. "\"stdev\": %.1f, \"p50\": %d, \"p90\": %d, \"p99\": %d, \"p99_9\": %d}}\n",
+        summary.requests, summary.duration, summary.bytes,
+        errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+        latency.min, latency.mean, latency.max, latency.stdev,
+        latency:percentile(50), latency:percentile(90), latency:percentile(99),
+        latency:percentile(99.9)
+    ))
+end
+
+return common
