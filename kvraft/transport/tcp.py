@@ -278,6 +278,11 @@ class _OutboundProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport's buffer is over its high-water mark (`drain` would wait)."""
+        return self._write_paused
+
     def write(self, data: bytes) -> None:
         assert self._transport is not None
         self._transport.write(data)
@@ -552,8 +557,9 @@ class _Outbound:
                 batch = b"".join(parts)
             protocol.write(batch)
             try:
-                async with asyncio.timeout(config.drain_timeout_s):
-                    await protocol.drain()
+                if protocol.write_paused:  # a timer per write would cost more than the write
+                    async with asyncio.timeout(config.drain_timeout_s):
+                        await protocol.drain()
             except TimeoutError:
                 self.dropped_messages += count
                 return f"peer did not read a batch within {config.drain_timeout_s} s"
