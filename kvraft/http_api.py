@@ -158,9 +158,10 @@ async def _read_value(request: web.Request, value_bytes_max: int, what: str = "v
     if declared is not None and declared > value_bytes_max:
         raise too_large
     if declared is not None:
-        # The usual case, read in one call (the declared length is within the limit).
+        # The usual case, read in one call (the declared length is within the limit). An
+        # empty body has no stream to read from (aiohttp's empty reader refuses readexactly).
         try:
-            value = await request.content.readexactly(declared)
+            value = await request.content.readexactly(declared) if declared else b""
         except asyncio.IncompleteReadError:
             raise ApiError(400, "bad_request", "the body ended before its Content-Length") from None
         request[BODY_KEY] = value

@@ -64,6 +64,11 @@ def test_writes_through_followers_are_readable_on_every_node(cluster3: Cluster) 
         )
     missing = cluster3.request(follower, "GET", "/v1/kv/nope")
     assert missing.status == 404 and missing.json()["error"] == "not_found"
+    # An empty value is a value: stored, forwarded and read back as zero bytes.
+    empty = cluster3.request(follower, "PUT", "/v1/kv/app/empty", b"")
+    assert empty.status == 200, empty
+    read_back = cluster3.request(leader, "GET", "/v1/kv/app/empty")
+    assert read_back.status == 200 and read_back.body == b""
 
 
 def test_conditional_writes_and_idempotent_retries(cluster3: Cluster) -> None:
