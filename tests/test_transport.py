@@ -7,6 +7,7 @@ or a counter, with a deadline; no test depends on how long something takes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
@@ -616,6 +617,29 @@ async def test_an_unreachable_peer_is_logged_once_and_its_queue_discarded(
     assert len(messages) == 2
     assert "reachable" in messages[1]
     assert "unreachable" not in messages[1]
+
+
+async def test_a_peer_that_connects_to_us_is_redialed_at_once_not_after_the_backoff(
+    harness: Harness,
+) -> None:
+    # A minute's backoff: without the redial, the connection could not come back in time.
+    slow_retry = dataclasses.replace(FAST, reconnect_delay_s_min=60.0, reconnect_delay_s_max=60.0)
+    a, _ = harness.transport(1, config=slow_retry)
+    b, b_inbox = harness.transport(2)
+    await b.start()
+    port = b.listen_port
+    await b.stop()  # b is down: a's first connect fails and a waits out its backoff
+    await a.start()
+    a.set_peer_address(2, "127.0.0.1", port)
+    await eventually(lambda: a.peer_stats()[2]["connect_failures"] >= 1)
+
+    await b.start()  # b restarts and speaks to a first, as a restarted node answers
+    b.set_peer_address(1, "127.0.0.1", a.listen_port)
+    assert b.send(1, b"I am back")
+    await eventually(lambda: a.peer_stats()[2]["connected"] == 1)
+    assert a.send(2, b"welcome back")
+    await b_inbox.wait_for_count(1)
+    assert b_inbox.payloads() == [b"welcome back"]
 
 
 async def test_a_peer_that_stops_reading_is_dropped_after_the_drain_timeout(

@@ -339,7 +339,7 @@ class _Outbound:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
         self._wakeup = asyncio.Event()
-        self._address_changed = asyncio.Event()
+        self._dial_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._protocol: _OutboundProtocol | None = None
         self._writable: _OutboundProtocol | None = None
@@ -434,8 +434,14 @@ class _Outbound:
 
     def address_changed(self) -> None:
         self._writable = None  # nothing more to the old address
-        self._address_changed.set()
+        self._dial_now.set()
         self._wakeup.set()
+
+    def peer_is_up(self) -> None:
+        """The peer just connected to us: if this lane is waiting out a reconnect backoff,
+        dial now (a restarted node is back within one round trip, not the backoff's seconds)."""
+        if self._protocol is None:
+            self._dial_now.set()
 
     def stats(self) -> dict[str, int]:
         """The lane's counters, keyed as in `STAT_KEYS`."""
@@ -506,14 +512,14 @@ class _Outbound:
             delay_s = reconnect_delay_s(attempt - 1, self._owner.rng, config)
             try:
                 async with asyncio.timeout(delay_s):
-                    await self._address_changed.wait()
+                    await self._dial_now.wait()
             except TimeoutError:
                 pass
 
     async def _connect_and_pump(self, attempt: int) -> int:
         """Make one connection and write until it ends. Returns the backoff attempt count for
         the next wait: 0 to dial again at once (the address changed), else at least 1."""
-        self._address_changed.clear()
+        self._dial_now.clear()
         address = self._peer.address
         try:
             protocol = await self._connect(address)
@@ -759,6 +765,10 @@ class _InboundProtocol(asyncio.Protocol):
         self._owner._counters["accepted_handshakes"] += 1
         self._transport.write(encode_frame(encode_handshake_reply(HandshakeReply(accepted=True))))
         logger.debug("accepted connection from node %d at %s", node_id, self._peer_address)
+        peer = self._owner._peers.get(node_id)
+        if peer is not None:
+            peer.normal.peer_is_up()
+            peer.bulk.peer_is_up()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(self._owner.config.idle_timeout_s, self._on_idle_timer)
