@@ -64,6 +64,13 @@ def test_granting_two_votes_in_a_term_is_caught_as_an_election_safety_violation(
     assert _first_violation("double_vote", nodes=5).property_name == "election safety"
 
 
+def test_committing_a_previous_term_entry_by_counting_replicas_is_caught() -> None:
+    """Figure 8 (§5.4.2): a leader that counts replicas of an older term's entry commits
+    something a later leader may overwrite; the Figure 8 nemesis makes that later leader."""
+    result = _first_violation("commit_previous_term", nodes=3)
+    assert result.property_name in ("leader completeness", "state machine safety"), result
+
+
 def test_applying_before_commit_is_caught_as_a_state_machine_safety_violation() -> None:
     result = _first_violation("apply_before_commit", nodes=5)
     assert result.property_name in ("state machine safety", "linearizability")

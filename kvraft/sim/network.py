@@ -73,6 +73,17 @@ class SimNetwork:
         self.cut_links = set(links)
 
 
+def links_between(side_a: Iterable[int], side_b: Iterable[int]) -> set[tuple[int, int]]:
+    """The directed links between two groups of nodes, both ways: cutting them splits the
+    groups apart and leaves each group's inner links alone."""
+    links = set()
+    for a in side_a:
+        for b in side_b:
+            links.add((a, b))
+            links.add((b, a))
+    return links
+
+
 def partition_links(
     shape: str, nodes: list[int], rng: random.Random, leader: int | None
 ) -> set[tuple[int, int]]:
@@ -85,15 +96,7 @@ def partition_links(
     """
     shuffled = nodes[:]
     rng.shuffle(shuffled)
-
-    def cut_between(side_a: Iterable[int], side_b: Iterable[int]) -> set[tuple[int, int]]:
-        links = set()
-        for a in side_a:
-            for b in side_b:
-                links.add((a, b))
-                links.add((b, a))
-        return links
-
+    cut_between = links_between
     if shape == "isolate":
         return cut_between([shuffled[0]], shuffled[1:])
     if shape == "isolate_leader":

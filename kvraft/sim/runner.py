@@ -27,7 +27,7 @@ from kvraft.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig
 from kvraft.raft.messages import Configuration
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
-from kvraft.sim.network import NetworkFaults, SimNetwork, partition_links
+from kvraft.sim.network import NetworkFaults, SimNetwork, links_between, partition_links
 
 __all__ = ["ALL_FAULTS", "SimOptions", "SimResult", "run_seed"]
 
@@ -36,6 +36,9 @@ ALL_FAULTS = frozenset(
 )
 PARTITION_SHAPES = ("isolate", "isolate_leader", "halves", "bridge", "ring")
 KEYS = ("a", "b", "c")
+FIGURE8_PHASE_TICKS_MAX = 60
+"""How long the Figure 8 nemesis waits for the election or commit that ends a phase before
+it heals the network and gives up (several election timeouts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,23 @@ class SimResult:
     operations: dict[str, int] = field(default_factory=dict)
     elections: int = 0
     messages: int = 0
+
+
+@dataclass(slots=True)
+class _Figure8:
+    """Where the Figure 8 nemesis is (`_Run._drive_figure8`)."""
+
+    first: int
+    """The leader cut off first, with the tail it appends while alone."""
+    term: int
+    """The newest leader term the plan has acted on; it waits for a newer one."""
+    phase: int = 1
+    deadline: int = 0
+    """The step at which the plan gives up on its phase, heals and ends."""
+    second: int = 0
+    """The next leader, cut off as soon as it is elected."""
+    committer: tuple[int, int, int] | None = None
+    """(leader, term, commit index) of the latest leader seen in phase 2."""
 
 
 @dataclass(slots=True)
@@ -136,6 +156,7 @@ class _Run:
         self.hunts_remaining = 0
         self.restart_at: dict[int, int] = {}
         self.hunted_crash_at: tuple[int, int] | None = None
+        self.figure8: _Figure8 | None = None
 
     # --- workload -----------------------------------------------------------------------
 
@@ -190,6 +211,9 @@ class _Run:
             self.heal_at = None
             cluster.network.heal()
             cluster.log("nemesis: heal")
+        if self.figure8 is not None:
+            self._drive_figure8(self.figure8)
+            return
         if cluster.now < self.next_nemesis:
             return
         self.next_nemesis = cluster.now + TICK_STEPS * self.rng.randint(10, 60)
@@ -198,6 +222,8 @@ class _Run:
         ]
         if "crash" in self.options.faults:
             actions += ["restart", "crash_new_leader"]
+        if "partition" in self.options.faults:
+            actions.append("figure8")
         if not actions:
             return
         action = self.rng.choice(actions)
@@ -257,9 +283,7 @@ class _Run:
                 self.hunted_crash_at = None
                 if self.hunt_isolates:
                     others = [n for n in cluster.nodes if n != node_id]
-                    cluster.network.partition(
-                        {(node_id, n) for n in others} | {(n, node_id) for n in others}
-                    )
+                    cluster.network.partition(links_between([node_id], others))
                     self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(5, 30)
                     cluster.log(f"nemesis: isolate n{node_id}")
                 else:
@@ -286,6 +310,60 @@ class _Run:
         self.hunt_commit_baseline = None
         delay = self.rng.randint(0, 2 if self.hunt_on_first_commit else 2 * TICK_STEPS)
         self.hunted_crash_at = (cluster.now + delay, leader.id)
+
+    def _nemesis_figure8(self) -> None:
+        leader = self.cluster.leader()
+        if leader is None:
+            return
+        self.heal_at = None  # the plan owns the network until it ends
+        self.figure8 = _Figure8(first=leader.id, term=leader.core.term)
+        self._figure8_phase(self.figure8, 1, f"cut off leader n{leader.id}", leader.id)
+
+    def _figure8_phase(self, plan: _Figure8, phase: int, what: str, cut_off: int) -> None:
+        """Enter `phase`: `cut_off` alone on one side, every other node together."""
+        cluster = self.cluster
+        plan.phase = phase
+        plan.deadline = cluster.now + TICK_STEPS * FIGURE8_PHASE_TICKS_MAX
+        others = [n for n in cluster.nodes if n != cut_off]
+        cluster.network.partition(links_between([cut_off], others))
+        cluster.log(f"nemesis: figure 8, phase {phase}: {what}")
+
+    def _drive_figure8(self, plan: _Figure8) -> None:
+        """The paper's Figure 8 schedule on whatever cluster this is: two leaders in a row
+        each keep an uncommitted tail of their own term to themselves; then a leader of a
+        newer term commits, and is cut off at that very step, so that the second leader,
+        whose tail has the newest term but an older leader's index, may try to win
+        (§5.4.2: it must not, once anything of an older term counted as committed)."""
+        cluster = self.cluster
+        if cluster.now >= plan.deadline:
+            cluster.network.heal()
+            cluster.log(f"nemesis: figure 8 ends in phase {plan.phase}")
+            self.figure8 = None
+            return
+        leader = cluster.leader()
+        if leader is None or leader.core.term <= plan.term:
+            return
+        if plan.phase == 1:
+            # A new leader among the others: cut it off before its no-op leaves it, and
+            # let the first leader back in with its tail.
+            plan.second, plan.term = leader.id, leader.core.term
+            self._figure8_phase(
+                plan, 2, f"cut off new leader n{leader.id}, bring n{plan.first} back", leader.id
+            )
+        elif plan.phase == 2:
+            if plan.committer is None or plan.committer[:2] != (leader.id, leader.core.term):
+                plan.committer = (leader.id, leader.core.term, leader.core.log.commit_index)
+            elif leader.core.log.commit_index > plan.committer[2]:
+                plan.term = leader.core.term
+                self._figure8_phase(
+                    plan,
+                    3,
+                    f"cut off n{leader.id} at its first commit, bring n{plan.second} back",
+                    leader.id,
+                )
+        elif plan.phase == 3:
+            # The next leader is elected: whatever it overwrote, the checkers have seen.
+            plan.deadline = min(plan.deadline, cluster.now + TICK_STEPS * 10)
 
     def _nemesis_restart(self) -> None:
         for node in self.cluster.nodes.values():
@@ -375,6 +453,7 @@ class _Run:
         self.hunt_leader_after_term = self.hunted_crash_at = None
         self.hunts_remaining = 0
         self.restart_at.clear()
+        self.figure8 = None
         cluster.network.heal()
         cluster.network.faults = NetworkFaults()
         cluster.torn_write_probability = 0.0
