@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import yarl
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -44,6 +44,7 @@ from kvraft.membership import (
     parse_node_id,
     parse_transfer_request,
 )
+from kvraft.metrics import LoopMetrics
 from kvraft.server import (
     ChangeInProgress,
     HandedOver,
@@ -147,10 +148,8 @@ BODY_KEY = "kvraft_body"
 
 
 async def _read_value(request: web.Request, value_bytes_max: int, what: str = "value") -> bytes:
-    # Cached: a follower reads the body, learns it is not the leader, then forwards it.
-    if BODY_KEY in request:
-        cached: bytes = request[BODY_KEY]
-        return cached
+    """Read the body once: it is kept in the request for `_forward` (a follower reads it,
+    learns it is not the leader, then forwards it)."""
     too_large = ApiError(
         413, f"{what}_too_large", f"{what} over the limit of {value_bytes_max} bytes"
     )
@@ -201,17 +200,14 @@ def _consistency(request: web.Request) -> str:
 
 
 class _Routes:
-    def __init__(self, node: RaftNode, registry: CollectorRegistry) -> None:
+    def __init__(self, node: RaftNode, metrics: LoopMetrics) -> None:
         self.node = node
         self.timeout_s = node.config.limits.request_timeout_ms / 1000
         self.key_bytes_max = node.config.limits.key_bytes_max
         self.value_bytes_max = node.config.limits.value_bytes_max
-        proposals = Counter(
-            "kvraft_proposals_total", "Client writes proposed", ["outcome"], registry=registry
-        )
-        # Each outcome's child looked up once: labels() is costly on the hot path.
+        metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
         self.count_proposal = {
-            outcome: proposals.labels(outcome).inc
+            outcome: metrics.counter_child("kvraft_proposals", outcome).inc
             for outcome in ("ok", "condition_failed", "unknown", "unavailable")
         }
 
@@ -432,16 +428,12 @@ def create_app(node: RaftNode) -> web.Application:
     """The aiohttp application of one node."""
     registry = CollectorRegistry()
     registry.register(_node_collector(node))
-    latency = Histogram(
-        "kvraft_request_seconds",
-        "HTTP request latency",
-        ["method", "route"],
-        registry=registry,
-    )
-    latency_observers: dict[tuple[str, str], Callable[[float], None]] = {}
-    fsync = Histogram("kvraft_fsync_seconds", "Durable log write latency", registry=registry)
-    node.fsync_observer = fsync.observe
-    routes = _Routes(node, registry)
+    loop_metrics = LoopMetrics()
+    registry.register(loop_metrics)
+    loop_metrics.histogram("kvraft_request_seconds", "HTTP request latency", ("method", "route"))
+    loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
+    node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
+    routes = _Routes(node, loop_metrics)
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))
@@ -473,12 +465,8 @@ def create_app(node: RaftNode) -> web.Application:
         # Any token is a valid HTTP method: name only the known ones, or a client could make
         # a metric series (and a cache entry) per made-up method.
         method = request.method if request.method in METRIC_METHODS else "other"
-        observe = latency_observers.get((method, route_name))
-        if observe is None:
-            # labels() takes a lock and builds a key each call: look each child up once.
-            observe = latency.labels(method, route_name).observe
-            latency_observers[(method, route_name)] = observe
-        observe(time.perf_counter() - started)
+        latency = loop_metrics.histogram_child("kvraft_request_seconds", method, route_name)
+        latency.observe(time.perf_counter() - started)
         return response
 
     async def _forward(
@@ -491,7 +479,10 @@ def create_app(node: RaftNode) -> web.Application:
             raise ApiError(503, "unavailable", "no leader is known right now")
         session = request.app[SESSION_KEY]
         has_body = request.method in ("PUT", "POST")
-        body = await _read_value(request, routes.value_bytes_max) if has_body else b""
+        body = b""
+        if has_body:
+            read: bytes | None = request.get(BODY_KEY)
+            body = read if read is not None else await _read_value(request, routes.value_bytes_max)
         headers = {
             name: value
             for name, value in request.headers.items()

@@ -68,6 +68,7 @@ from kvraft.raft.messages import (
     Configuration,
     Entry,
     EntryKind,
+    HardState,
     InstallSnapshot,
     Message,
     SnapshotMeta,
@@ -210,6 +211,9 @@ class RaftNode:
         # Inputs for the driver.
         self._wake = asyncio.Event()
         self._ticks_due = 0
+        self._hard_state_unwritten: HardState | None = None
+        """A HardState whose only change was the commit index, to be written with the next
+        save (or at stop)."""
         self._inbound: deque[Message] = deque()
         self._proposals: list[_Proposal] = []
         self._reads: list[tuple[int, asyncio.Future[None]]] = []
@@ -360,6 +364,8 @@ class RaftNode:
             await self.transport.stop()
         if self.storage is not None:
             with contextlib.suppress(StorageError):
+                if self._hard_state_unwritten is not None:
+                    await self.storage.save([], self._hard_state_unwritten, sync=True)
                 await self.storage.close()
 
     async def _hand_over_leadership(self, timeout_s: float) -> None:
@@ -615,9 +621,17 @@ class RaftNode:
             self._send(message)
         if ready.snapshot is not None:
             await storage.install_snapshot(ready.snapshot.meta, ready.snapshot.data)
-        if ready.entries or ready.hard_state is not None:
+        if not ready.entries and not ready.must_sync and ready.hard_state is not None:
+            # Only the commit index moved: it rides on the next write. Persisting it is not
+            # needed for safety (Figure 2 keeps it volatile; a restarted node learns it from
+            # the leader), and a write of its own would cost a disk-thread round trip per
+            # commit.
+            self._hard_state_unwritten = ready.hard_state
+        elif ready.entries or ready.hard_state is not None:
+            hard_state = ready.hard_state or self._hard_state_unwritten
+            self._hard_state_unwritten = None
             started = time.perf_counter()
-            await storage.save(ready.entries, ready.hard_state, sync=ready.must_sync)
+            await storage.save(ready.entries, hard_state, sync=ready.must_sync)
             if self.fsync_observer is not None and ready.must_sync:
                 self.fsync_observer(time.perf_counter() - started)
         for message in ready.messages_after_persist:
