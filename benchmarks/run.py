@@ -14,8 +14,8 @@ benchmark itself failed (crashed, or the node under test never served).
 - ``linearizability``: `benchmarks.bench_linearizability`, the checker's speed.
 - ``vs_etcd``: `benchmarks.bench_vs_etcd`, kvraft against a local etcd cluster (3 and 5
   nodes): throughput and latency under wrk, failover time, elections under load, memory
-  (about 10 minutes; installs ``wrk`` and ``etcd-server`` with apt-get if missing). Its
-  tables also go to ``benchmarks/results/vs_etcd.md``.
+  (about 20 minutes, 10 of them two 5-minute soaks; installs ``wrk`` and ``etcd-server``
+  with apt-get if missing). Its tables also go to ``benchmarks/results/vs_etcd.md``.
 
 ``--quick`` (a few minutes) runs fewer seeds, shorter storage loops, 100,000 entries instead
 of 1,000,000, and short rows with one kill against etcd; its numbers are for smoke-testing,
