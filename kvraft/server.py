@@ -636,6 +636,12 @@ class RaftNode:
                 self.fsync_observer(time.perf_counter() - started)
         for message in ready.messages_after_persist:
             self._send(message)
+        if ready.messages_after_persist:
+            # Acknowledge now: applying this Ready's committed entries comes next and may
+            # take a while, and the leader's commit waits on this answer.
+            transport = self.transport
+            assert transport is not None
+            transport.flush()
         if ready.snapshot is not None:
             data = ready.snapshot.data
             self.state_machine = await asyncio.to_thread(KVStateMachine.restore_bytes, data)

@@ -148,6 +148,9 @@ class MemoryTransport:
         loop.call_soon(self._network._deliver, self.node_id, node_id, payload, bulk)
         return True
 
+    def flush(self) -> None:
+        """Nothing to do: every send is already scheduled for delivery."""
+
     def peer_stats(self) -> dict[int, dict[str, int]]:
         """Counters per peer: sent, dropped (at send or lost in flight), received."""
         return {node_id: dict(stats) for node_id, stats in self._stats.items()}

@@ -380,6 +380,18 @@ class _Outbound:
             self._wakeup.set()
         return True
 
+    def flush(self) -> None:
+        """Write what is queued now, if the connection can take it (else leave it to the
+        writer task or the scheduled flush)."""
+        protocol = self._writable
+        if (
+            self._queue
+            and protocol is not None
+            and not protocol.write_paused
+            and protocol.lost_reason is None
+        ):
+            self._write_queue(protocol)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         protocol = self._writable
@@ -986,6 +998,11 @@ class PeerTransport:
                 peer.bulk.start()  # the bulk lane connects on first use
             return peer.bulk.offer(payload)
         return peer.normal.offer(payload)
+
+    def flush(self) -> None:
+        """See `kvraft.transport.Transport.flush` (normal lanes; bulk ones go at their pace)."""
+        for peer in self._peers.values():
+            peer.normal.flush()
 
     def peer_stats(self) -> dict[int, dict[str, int]]:
         """Counters per peer for metrics: the normal lane's, the bulk lane's (prefixed
