@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,6 +91,20 @@ def http(
             )
     except urllib.error.HTTPError as error:
         return HttpAnswer(error.code, error.read(), CIMultiDict(error.headers.items()))
+
+
+_RunningCluster = TypeVar("_RunningCluster", bound="Cluster")
+
+
+def running(cluster: _RunningCluster) -> Iterator[_RunningCluster]:
+    """For fixtures (`yield from running(Cluster(...))`): start every node, wait for a
+    leader, yield the cluster, and kill every node afterwards, even on failure."""
+    try:
+        cluster.start_all()
+        cluster.leader()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 class Cluster:

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from kv_fake_server import refused_endpoint
 
 from kvraft.commands.bench import LatencyHistogram, bench
-from tests.cluster_harness import Cluster
+from tests.cluster_harness import Cluster, running
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,7 @@ SUMMARY_FIELDS = {
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # One cluster for the module: each test writes under its own key prefix.
-    cluster = Cluster(tmp_path_factory.mktemp("bench-cluster"), 3)
-    try:
-        cluster.start_all()
-        cluster.leader()
-        yield cluster
-    finally:
-        cluster.close()
+    yield from running(Cluster(tmp_path_factory.mktemp("bench-cluster"), 3))
 
 
 def _endpoints(cluster: Cluster) -> str:

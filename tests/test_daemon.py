@@ -23,20 +23,14 @@ from kvraft.transport.frames import (
     encode_frame,
     encode_handshake,
 )
-from tests.cluster_harness import Cluster, wait_for
+from tests.cluster_harness import Cluster, running, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def cluster3(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, 3)
-    try:
-        cluster.start_all()
-        cluster.leader()
-        yield cluster
-    finally:
-        cluster.close()
+    yield from running(Cluster(tmp_path, 3))
 
 
 def _followers(cluster: Cluster, leader: int) -> list[int]:

@@ -23,7 +23,7 @@ from kvraft.commands.member import leader as leader_command
 from kvraft.commands.member import member as member_command
 from kvraft.config import render_config
 from kvraft.membership import MEMBER_REQUEST_BYTES_MAX
-from tests.cluster_harness import Cluster, HttpAnswer, free_ports, http, wait_for
+from tests.cluster_harness import Cluster, HttpAnswer, free_ports, http, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -110,13 +110,7 @@ class MemberCluster(Cluster):
 
 @pytest.fixture
 def cluster3(tmp_path: Path) -> Iterator[MemberCluster]:
-    cluster = MemberCluster(tmp_path, 3)
-    try:
-        cluster.start_all()
-        cluster.leader()
-        yield cluster
-    finally:
-        cluster.close()
+    yield from running(MemberCluster(tmp_path, 3))
 
 
 class Writer:
