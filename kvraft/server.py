@@ -33,7 +33,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -180,6 +180,25 @@ def _fail_unless_done(future: asyncio.Future[Any], error: Exception) -> None:
 _T = TypeVar("_T")
 
 
+async def _restore_streaming(chunks: AsyncIterator[bytes]) -> KVStateMachine:
+    """Rebuild the state machine on a worker thread, one snapshot chunk at a time: holding
+    every chunk first would add the whole snapshot to the peak memory of a start."""
+    loop = asyncio.get_running_loop()
+
+    async def next_chunk() -> bytes | None:
+        return await anext(chunks, None)
+
+    def pulled_from_loop() -> Iterator[bytes]:
+        while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
+            yield chunk
+
+    try:
+        return await asyncio.to_thread(KVStateMachine.restore, pulled_from_loop())
+    finally:
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
+
+
 class RaftNode:
     """A running node. `start()`, serve requests, `stop()`."""
 
@@ -278,8 +297,9 @@ class RaftNode:
         )
         recovered = self.storage.recovered
         if recovered.snapshot_meta is not None:
-            chunks = [c async for c in self.storage.open_snapshot_chunks(recovered.snapshot_meta)]
-            self.state_machine = await asyncio.to_thread(KVStateMachine.restore, chunks)
+            self.state_machine = await _restore_streaming(
+                self.storage.open_snapshot_chunks(recovered.snapshot_meta)
+            )
             snapshot = recovered.snapshot_meta
         else:
             snapshot = SnapshotMeta(configuration=self._bootstrap_configuration())
@@ -619,6 +639,12 @@ class RaftNode:
         self._refresh_membership(core)
         for message in ready.messages:
             self._send(message)
+        transport = self.transport
+        assert transport is not None
+        if ready.messages:
+            # Out before our own write is even encoded: the leader's disk write runs in
+            # parallel with the followers' (§10.2.1), and theirs is on the commit's path.
+            transport.flush()
         if ready.snapshot is not None:
             await storage.install_snapshot(ready.snapshot.meta, ready.snapshot.data)
         if not ready.entries and not ready.must_sync and ready.hard_state is not None:
@@ -639,8 +665,6 @@ class RaftNode:
         if ready.messages_after_persist:
             # Acknowledge now: applying this Ready's committed entries comes next and may
             # take a while, and the leader's commit waits on this answer.
-            transport = self.transport
-            assert transport is not None
             transport.flush()
         if ready.snapshot is not None:
             data = ready.snapshot.data
