@@ -2,7 +2,7 @@
 
 Run as ``python -m benchmarks.bench_vs_etcd [--quick] [--nodes 3,5] [--row-seconds 10]
 [--warmup-seconds 3] [--connections 1,16,64] [--failover-kills 10] [--memory-keys N]
-[--soak-seconds N] [--sections throughput,failover,memory] [--json PATH]``.
+[--soak-seconds N] [--sections throughput,failover,soak,memory] [--json PATH]``.
 
 For each cluster size (3, then 5 nodes) it starts an etcd cluster (Debian's ``etcd-server``,
 default settings: it fsyncs its WAL) and a kvraft cluster (``kvraft serve`` per node,
@@ -732,8 +732,8 @@ def _running(clusters: Sequence[Cluster]) -> Iterator[None]:
 # --- Throughput -------------------------------------------------------------------------------
 
 
-SECTIONS = ("throughput", "failover", "memory")
-"""What a run can measure (--sections); the soak runs when --soak-seconds is given."""
+SECTIONS = ("throughput", "failover", "soak", "memory")
+"""What a run can measure (--sections); --soak-seconds sets the soak's length (0: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1498,7 +1498,7 @@ def _measure_size(
                 for system, per_system in kills.items():
                     if per_system:
                         record[f"{system}_summary"] = _summarise_failovers(per_system)
-        if settings.soak_seconds > 0:
+        if "soak" in settings.sections and settings.soak_seconds > 0:
             results["soak"].append(_soak(processes, wrk, kvraft_cluster, settings))
 
 
@@ -1538,13 +1538,13 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
         f"kvraft vs etcd: {results['versions']['etcd']}, {results['versions']['wrk']}; "
         f"nodes {', '.join(map(str, settings.node_counts))}; sections "
         f"{', '.join(settings.sections)}"
-        + (f", soak {settings.soak_seconds} s" if settings.soak_seconds else ""),
+        + (f" (soak {settings.soak_seconds} s)" if "soak" in settings.sections else ""),
         flush=True,
     )
     processes = Processes()
     base = Path(tempfile.mkdtemp(prefix="kvraft-bench-vs-etcd-", dir=directory))
     try:
-        if {"throughput", "failover"} & set(settings.sections) or settings.soak_seconds:
+        if {"throughput", "failover", "soak"} & set(settings.sections):
             for node_count in settings.node_counts:
                 _measure_size(processes, wrk, etcd, base, node_count, settings, results)
         if "memory" in settings.sections:
