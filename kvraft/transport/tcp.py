@@ -549,6 +549,9 @@ class _Outbound:
             self._writable = None
             protocol.abort("writer finished")
             self._protocol = None
+            # Written but never confirmed drained: lost with the connection.
+            self.dropped_messages += self._unconfirmed_messages
+            self._unconfirmed_messages = self._unconfirmed_bytes = 0
         if reason is None:
             return 0
         self.disconnects += 1
