@@ -412,8 +412,25 @@ def _node_collector(node: RaftNode) -> Any:
                 family = GaugeMetricFamily(name, help_text)
                 family.add_metric([], value)
                 yield family
+            if node.transport is not None:
+                # What each peer lane holds and has moved: where a slow or cut-off peer shows.
+                peers = node.transport.peer_stats()
+                for stat, help_text in PEER_GAUGES.items():
+                    family = GaugeMetricFamily(f"kvraft_peer_{stat}", help_text, labels=["peer"])
+                    for peer_id, stats in sorted(peers.items()):
+                        family.add_metric([str(peer_id)], stats.get(stat, 0))
+                    yield family
 
     return NodeCollector()
+
+
+PEER_GAUGES = {
+    "queued_messages": "Messages waiting to be written to the peer (normal lane)",
+    "sent_messages": "Messages written to the peer (normal lane)",
+    "dropped_messages": "Messages to the peer dropped: queue full, unreachable, not drained",
+    "connected": "1 if the normal lane to the peer is connected",
+}
+"""The per-peer transport counters `/metrics` exports, labelled by peer id."""
 
 
 def _source_address(host: str) -> tuple[str, int] | None:

@@ -385,6 +385,14 @@ def test_a_node_that_missed_a_join_follows_the_new_member_as_leader(
     moved = cluster.json_request(leader, "POST", "/v1/leader/transfer", {"to": 4})
     assert moved.status == 200, moved
     assert cluster.request(4, "PUT", "/v1/kv/news", b"from 4").status == 200
+    # The old leader may still hold AppendEntries for the lagging node, queued while it was
+    # down, that carry node 4's join; delivered first, they would name node 4 before node 4
+    # dials in. Its next failed dial drops them: wait for that, so node 4 comes first.
+    queued = f'kvraft_peer_queued_messages{{peer="{lagging}"}} 0.0'
+    wait_for(
+        lambda: queued in cluster.request(leader, "GET", "/metrics").body.decode(),
+        what="the old leader to drop what it queued for the lagging node",
+    )
     # Its log does not name node 4 yet, so it asks the other members who node 4 is.
     cluster.start(lagging)
     wait_for(
