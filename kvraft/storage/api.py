@@ -93,9 +93,8 @@ class Storage(Protocol):
     ) -> None:
         """Persist one Ready's log writes: delete every stored entry at index >=
         `entries[0].index`, append `entries`, then record `hard_state` if given. With `sync`
-        the writes are on stable storage when this returns; without it, they may be merely
-        queued (ordered before every later call, which raises their error if they failed).
-        `save([], None, True)` is a barrier that makes every earlier unsynced save durable."""
+        the writes are on stable storage when this returns. `save([], None, True)` is a
+        barrier that makes every earlier unsynced save durable."""
         ...
 
     async def save_snapshot(

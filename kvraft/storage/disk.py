@@ -6,10 +6,6 @@ owns the `StorageEngine`; the coroutine awaits a future that the thread settles 
 Operations run in the order they were called, which is the order the Ready protocol needs
 (an installed snapshot before the entries that follow it).
 
-A save without `sync` returns once it is queued ("write-behind"): it is ordered before every
-later operation, its error (if any) is raised by the next call, and the next call first waits
-for it, so at most one unawaited save is ever queued.
-
 Group commit: when several `save` calls are queued when the thread becomes free, it takes all
 of them (up to BATCH_COALESCE_BYTES_MAX) and writes them as one frame with one write call and
 at most one fdatasync, then resolves them together.
@@ -206,8 +202,6 @@ class DiskStorage:
         self._newest: SnapshotMeta | None = newest.meta if newest is not None else None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="kvraft-snapshot-reader")
         self._closed = False
-        self._write_behind: asyncio.Future[Any] | None = None
-        """The last unsynced save, not awaited by its caller; at most one is outstanding."""
 
     @classmethod
     async def open(
@@ -276,17 +270,9 @@ class DiskStorage:
         self._check_usable()
         batch = prepare_batch(entries, hard_state)
         self._log.check_batch(batch, self._newest.index if self._newest else 0)
-        await self._settle_write_behind()
         future = self._submit(_Operation(None, batch=batch, sync=sync))
         self._log.apply_batch(batch)
-        if sync:
-            await future
-        else:
-            # Nothing waits on an unsynced write's durability, so the caller goes on at once
-            # (the leader's commit-index record must not delay applying what it commits).
-            # Its error fails the storage, so every later call raises it: mark it retrieved.
-            future.add_done_callback(lambda done: done.cancelled() or done.exception())
-            self._write_behind = future
+        await future
 
     async def save_snapshot(
         self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]
@@ -373,8 +359,6 @@ class DiskStorage:
         `StorageFailedError` if the storage failed (after releasing everything)."""
         if not self._closed:
             self._closed = True
-            with contextlib.suppress(StorageFailedError):  # raised below, after the release
-                await self._settle_write_behind()
             future: asyncio.Future[Any] = self._loop.create_future()
             self._writer.submit(
                 _Operation(future, work=self._engine.close, stops=True), bypass_limit=True
@@ -385,13 +369,6 @@ class DiskStorage:
             raise _failed_error(self._writer.failure)
 
     # -- internals --
-
-    async def _settle_write_behind(self) -> None:
-        """Wait for the outstanding unsynced save, if any, and raise its error. Usually it is
-        long done; waiting here bounds the writer's queue to one unawaited save."""
-        if self._write_behind is not None:
-            previous, self._write_behind = self._write_behind, None
-            await previous
 
     def _check_usable(self) -> None:
         if self._writer.failure is not None:
