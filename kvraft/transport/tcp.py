@@ -394,13 +394,9 @@ class _Outbound:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        protocol = self._writable
-        if not self._queue:
-            return
-        if protocol is None or protocol.write_paused or protocol.lost_reason is not None:
+        self.flush()
+        if self._queue:
             self._wakeup.set()  # the writer task connects, drains or reports the failure
-            return
-        self._write_queue(protocol)
 
     def _write_queue(self, protocol: _OutboundProtocol) -> int:
         """Hand every queued payload to the connection in one write; returns how many."""
