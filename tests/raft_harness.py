@@ -348,6 +348,12 @@ class RaftCluster:
             self.tick(*node_ids)
             self.stabilize()
 
+    def heartbeat(self, leader_id: int) -> None:
+        """Tick only the leader until its next heartbeat leaves, then deliver until quiet: the
+        heartbeat carries the commit index to followers that have the entries (§5.3)."""
+        self.tick(leader_id, count=self.core(leader_id).config.heartbeat_ticks)
+        self.stabilize()
+
     def campaign(self, node_id: int) -> None:
         """Tick only `node_id` until its election timer fires; deliver nothing."""
         core = self.core(node_id)

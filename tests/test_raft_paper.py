@@ -377,6 +377,11 @@ def test_followers_apply_an_entry_once_the_leader_tells_them_it_is_committed() -
     cluster.deliver(of_type(AppendEntriesResponse))
     assert cluster.core(1).log.commit_index == index
     cluster.stabilize()
+    # The leader does not announce the new commit index on its own: the followers learn it
+    # from the next AppendEntries or heartbeat.
+    assert cluster.node(1).commands == [b"x"]
+    assert cluster.node(2).commands == [] and cluster.node(3).commands == []
+    cluster.heartbeat(1)
     assert [cluster.node(i).commands for i in (1, 2, 3)] == [[b"x"]] * 3
 
 
@@ -925,6 +930,7 @@ def test_transfer_that_cannot_finish_is_abandoned_after_an_election_timeout() ->
     assert cluster.leaders() == [1]
     cluster.propose(1, b"after")
     cluster.stabilize()
+    cluster.heartbeat(1)
     assert cluster.node(2).commands == [b"after"]
 
 
@@ -1011,6 +1017,7 @@ def test_learner_receives_entries_but_neither_votes_nor_counts_toward_commit() -
     assert not any(isinstance(m, RequestVote) and m.target == 4 for m in cluster.history)
     cluster.propose(1, b"x")
     cluster.stabilize()
+    cluster.heartbeat(1)
     assert cluster.node(4).commands == [b"x"]
 
     cluster.partition([1, 4], [2, 3])
@@ -1069,6 +1076,7 @@ def test_removed_follower_that_never_learns_of_its_removal_cannot_disrupt_the_cl
     assert cluster.core(2).term == term
     cluster.propose(1, b"after")
     cluster.stabilize()
+    cluster.heartbeat(1)
     assert cluster.node(2).commands == [b"after"]
 
 
@@ -1103,11 +1111,13 @@ def test_new_node_with_an_empty_configuration_gets_the_log_from_the_leader() -> 
     cluster.propose_configuration(1, Configuration(voters(1, 2, 3).voters, frozenset({4})))
     cluster.stabilize()
     assert cluster.log(4) == cluster.log(1)
+    cluster.heartbeat(1)
     assert cluster.node(4).commands == [b"a"]
     cluster.propose_configuration(1, voters(1, 2, 3, 4))
     cluster.propose(1, b"b")
     cluster.stabilize()
     assert cluster.core(4).status().configuration == voters(1, 2, 3, 4)
+    cluster.heartbeat(1)
     assert cluster.node(4).commands == [b"a", b"b"]
 
 
@@ -1297,6 +1307,7 @@ def test_replicating_follower_has_at_most_inflight_max_appends_outstanding() -> 
     to_2 = cluster.pending(lambda m: isinstance(m, AppendEntries) and m.target == 2)
     assert len(to_2) == 2
     cluster.stabilize()
+    cluster.heartbeat(1)
     assert cluster.node(2).commands == [f"x{n}".encode() for n in range(5)]
 
 
@@ -1374,6 +1385,7 @@ def test_batch_bytes_max_limits_entries_per_append_but_always_sends_one() -> Non
             assert sum(len(e.data) for e in message.entries) <= batch_bytes_max
     assert any(m.entries == tuple(e for e in m.entries if e.data == big) for m in appends)
     assert max(len(m.entries) for m in appends) > 1  # batching does happen
+    cluster.heartbeat(1)
     assert cluster.node(2).commands == [*small, big, b"tail"]
 
 
@@ -1397,6 +1409,7 @@ def test_leader_refuses_proposals_beyond_uncommitted_entries_max() -> None:
     cluster.run(3 * cluster.core(1).config.heartbeat_ticks)
     cluster.propose(1, b"accepted again")
     cluster.stabilize()
+    cluster.heartbeat(1)
     assert cluster.node(2).commands[-1] == b"accepted again"
 
 

@@ -737,6 +737,9 @@ class RaftCore:
         for peer in configuration.members:
             if peer not in self.progress:
                 self._add_progress(peer)
+                # Probe the newcomer at once rather than at the next heartbeat: its answer
+                # tells where its log ends.
+                self._send_append(peer, self.progress[peer], allow_empty=True)
         for peer in list(self.progress):
             if peer not in configuration.members and peer != self.id:
                 del self.progress[peer]
@@ -822,10 +825,12 @@ class RaftCore:
             and progress.match_index >= progress.snapshot_index
         ):
             progress.become_replicate()
-        if self._maybe_commit():
-            self._broadcast_append(allow_empty=True)
-        else:
-            self._send_append(peer, progress)
+        # A new commit index reaches the followers with the next AppendEntries or heartbeat
+        # ("including heartbeats", §5.3), not with a broadcast of its own: one would double
+        # the messages of every replication round, and the client's answer does not wait
+        # for the followers to learn it.
+        self._maybe_commit()
+        self._send_append(peer, progress)
         if (
             peer == self.lead_transferee
             and progress.match_index == self.log.last_index()
