@@ -1542,6 +1542,8 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
         flush=True,
     )
     processes = Processes()
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="kvraft-bench-vs-etcd-", dir=directory))
     try:
         if {"throughput", "failover", "soak"} & set(settings.sections):

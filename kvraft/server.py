@@ -546,11 +546,12 @@ class RaftNode:
                 self._wake.clear()
                 self._feed(core)
                 while core.has_ready() and not self._stopping:
-                    await self._handle_ready(core, core.ready())
-                    # Let HTTP, ticks and peers in between batches: a long backlog of
-                    # committed entries (a restart) must not starve them.
-                    await asyncio.sleep(0)
-                    self._feed(core)  # what arrived while we waited on the disk
+                    if not await self._handle_ready(core, core.ready()):
+                        # Let HTTP, ticks and peers in between batches: a long backlog of
+                        # committed entries (a restart) must not starve them. A Ready that
+                        # waited on the disk has let them in already.
+                        await asyncio.sleep(0)
+                    self._feed(core)  # what arrived meanwhile
                 self._refresh_membership(core)
                 self._observe_leader(core)
                 self._notify_state_changed()
@@ -630,7 +631,8 @@ class RaftNode:
         else:
             self._config_waiters[index] = _ConfigWaiter(core.term, future)
 
-    async def _handle_ready(self, core: RaftCore, ready: Ready) -> None:
+    async def _handle_ready(self, core: RaftCore, ready: Ready) -> bool:
+        """Carry out one Ready; whether it waited on the disk (other tasks ran meanwhile)."""
         storage = self.storage
         assert storage is not None
         # Configurations in force are the latest in the log (§4.1), including the entries of
@@ -645,8 +647,10 @@ class RaftNode:
             # Out before our own write is even encoded: the leader's disk write runs in
             # parallel with the followers' (§10.2.1), and theirs is on the commit's path.
             transport.flush()
+        waited = False
         if ready.snapshot is not None:
             await storage.install_snapshot(ready.snapshot.meta, ready.snapshot.data)
+            waited = True
         if not ready.entries and not ready.must_sync and ready.hard_state is not None:
             # Only the commit index moved: it rides on the next write. Persisting it is not
             # needed for safety (Figure 2 keeps it volatile; a restarted node learns it from
@@ -658,6 +662,7 @@ class RaftNode:
             self._hard_state_unwritten = None
             started = time.perf_counter()
             await storage.save(ready.entries, hard_state, sync=ready.must_sync)
+            waited = True
             if self.fsync_observer is not None and ready.must_sync:
                 self.fsync_observer(time.perf_counter() - started)
         for message in ready.messages_after_persist:
@@ -685,6 +690,7 @@ class RaftNode:
         if ready.entries:
             core.persisted(ready.entries[-1].index, ready.entries[-1].term)
         self._maybe_snapshot(core)
+        return waited
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == EntryKind.NORMAL:

@@ -128,6 +128,12 @@ def test_a_minority_serves_no_linearizable_reads_or_writes(cluster3: Cluster) ->
     assert cluster3.request(leader, "PUT", "/v1/kv/x", b"1").status == 200
     lonely = _followers(cluster3, leader)[0]
     others = [n for n in sorted(cluster3.processes) if n != lonely]
+    # Followers learn the commit index with the leader's next message: wait until `lonely`
+    # has applied x=1, so that its stale read below has a known old value to show.
+    wait_for(
+        lambda: cluster3.request(lonely, "GET", "/v1/kv/x?consistency=stale").body == b"1",
+        what="the follower to apply x=1",
+    )
     # Freezing the two others cuts `lonely` off from any majority.
     for node in others:
         os.kill(cluster3.processes[node].pid, signal.SIGSTOP)
