@@ -2,7 +2,9 @@
 
 Any node accepts any request. A follower forwards writes and linearizable reads
 to the leader itself (one hop, marked with `X-Kvraft-Forwarded` so a request is
-never forwarded twice), so plain `curl` works against any node.
+never forwarded twice), so plain `curl` works against any node. During an election
+(no leader known, or the known one gone) the request waits for the new leader, for
+up to half its timeout, instead of failing at once.
 
 Errors say whose fault they were:
 - 4xx: the client's (bad key or header 400, too large 413, failed condition 412);
@@ -70,6 +72,14 @@ FORWARDED_HEADER = "X-Kvraft-Forwarded"
 RETRY_AFTER_S = "1"
 LIST_LIMIT_DEFAULT = 100
 FORWARD_CONNECT_TIMEOUT_S = 1.0
+FORWARD_MARGIN_S = 1.0
+"""A forwarding node waits for the leader's answer this much longer than the request timeout
+(from when it started forwarding), so the leader's own 503/504 arrives first."""
+LEADER_WAIT_REQUEST_TIMEOUT_FRACTION = 0.5
+"""How long a request waits for a leader when none is known (or the known one is gone), as a
+part of the request timeout: long enough for several elections (etcd, too, holds requests
+through an election), short enough to leave the leader time to answer within the request
+timeout. Past it the answer is 503 + Retry-After."""
 MEMBERSHIP_PATH_PREFIXES = ("/v1/members", "/v1/leader/")
 """Routes that may take `RaftNode.membership_timeout_s`, so a forwarding node waits that long."""
 
@@ -149,7 +159,10 @@ BODY_KEY = "kvraft_body"
 
 async def _read_value(request: web.Request, value_bytes_max: int, what: str = "value") -> bytes:
     """Read the body once: it is kept in the request for `_forward` (a follower reads it,
-    learns it is not the leader, then forwards it)."""
+    learns it is not the leader, then forwards it) and for a second try here."""
+    kept: bytes | None = request.get(BODY_KEY)
+    if kept is not None:
+        return kept
     too_large = ApiError(
         413, f"{what}_too_large", f"{what} over the limit of {value_bytes_max} bytes"
     )
@@ -199,10 +212,16 @@ def _consistency(request: web.Request) -> str:
 # --- routes -------------------------------------------------------------------------------
 
 
+class _LeaderRefused(Exception):
+    """The leader we forward to refused the connection: nothing reached it (it is likely
+    gone, and an election under way)."""
+
+
 class _Routes:
     def __init__(self, node: RaftNode, metrics: LoopMetrics) -> None:
         self.node = node
         self.timeout_s = node.config.limits.request_timeout_ms / 1000
+        self.leader_wait_s = LEADER_WAIT_REQUEST_TIMEOUT_FRACTION * self.timeout_s
         self.key_bytes_max = node.config.limits.key_bytes_max
         self.value_bytes_max = node.config.limits.value_bytes_max
         metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
@@ -464,10 +483,7 @@ def create_app(node: RaftNode) -> web.Application:
             try:
                 response = await handler(request)
             except NotLeader as error:
-                # A leader that handed over to finish a request sends it on one more hop.
-                response = await _forward(
-                    request, error.leader_id, another_hop=isinstance(error, HandedOver)
-                )
+                response = await _to_the_leader(request, handler, error)
         except ApiError as error:
             response = _error_response(error)
         except web.HTTPException as error:
@@ -486,8 +502,51 @@ def create_app(node: RaftNode) -> web.Application:
         latency.observe(time.perf_counter() - started)
         return response
 
+    async def _to_the_leader(
+        request: web.Request, handler: Handler, error: NotLeader
+    ) -> web.StreamResponse:
+        """Forward to the leader; while an election is on (no leader known, or the known
+        one refuses connections: it is gone), hold the request for up to `leader_wait_s`
+        until a new leader is known, then serve it here or forward it there. A request that
+        was forwarded to us is not held: the node that forwarded it does the waiting."""
+        leader_id = error.leader_id
+        # A leader that handed over to finish a request sends it on one more hop.
+        another_hop = isinstance(error, HandedOver)
+        may_wait = FORWARDED_HEADER not in request.headers
+        started_s = asyncio.get_running_loop().time()
+        deadline_s = started_s + routes.leader_wait_s
+        # Waiting comes out of the time the answer may take, not on top of it.
+        answer_deadline_s = started_s + _answer_timeout_s(request) + FORWARD_MARGIN_S
+        while True:
+            if leader_id and leader_id != node.id:
+                try:
+                    return await _forward(
+                        request, leader_id, answer_deadline_s, another_hop=another_hop
+                    )
+                except _LeaderRefused:
+                    if not may_wait:
+                        raise ApiError(
+                            503, "unavailable", f"leader {leader_id} is unreachable"
+                        ) from None
+            elif leader_id == node.id:
+                try:
+                    return await handler(request)  # elected meanwhile: nothing was done yet
+                except NotLeader as again:
+                    leader_id, another_hop = again.leader_id, isinstance(again, HandedOver)
+                    continue
+            elif not may_wait:
+                raise ApiError(503, "unavailable", "no leader is known right now")
+            leader_id = await node.wait_for_new_leader(leader_id, deadline_s)
+            if not leader_id:
+                raise ApiError(503, "unavailable", "no leader was elected in time; retry")
+
+    def _answer_timeout_s(request: web.Request) -> float:
+        if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
+            return node.membership_timeout_s
+        return routes.timeout_s
+
     async def _forward(
-        request: web.Request, leader_id: int, *, another_hop: bool = False
+        request: web.Request, leader_id: int, deadline_s: float, *, another_hop: bool = False
     ) -> web.StreamResponse:
         if FORWARDED_HEADER in request.headers and not another_hop:
             raise ApiError(503, "unavailable", "forwarded to a node that is not the leader")
@@ -510,9 +569,7 @@ def create_app(node: RaftNode) -> web.Application:
         # which are legal inside keys.
         url = yarl.URL(leader.http_url + request.raw_path, encoded=True)
         is_write = request.method in ("PUT", "DELETE", "POST")
-        timeout_s = routes.timeout_s
-        if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
-            timeout_s = node.membership_timeout_s
+        remaining_s = max(deadline_s - asyncio.get_running_loop().time(), 0.001)
         try:
             async with session.request(
                 request.method,
@@ -520,7 +577,7 @@ def create_app(node: RaftNode) -> web.Application:
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(
-                    total=timeout_s + 1, sock_connect=FORWARD_CONNECT_TIMEOUT_S
+                    total=remaining_s, sock_connect=FORWARD_CONNECT_TIMEOUT_S
                 ),
             ) as upstream:
                 payload = await upstream.read()
@@ -532,7 +589,7 @@ def create_app(node: RaftNode) -> web.Application:
                 }
                 return web.Response(status=upstream.status, body=payload, headers=passed)
         except aiohttp.ClientConnectorError:
-            raise ApiError(503, "unavailable", f"leader {leader_id} is unreachable") from None
+            raise _LeaderRefused(leader_id) from None
         except (TimeoutError, aiohttp.ClientError) as error:
             if is_write:
                 raise ApiError(

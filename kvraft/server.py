@@ -911,6 +911,20 @@ class RaftNode:
             raise NotLeader(core.leader_id)
         return core
 
+    async def wait_for_new_leader(self, previous_leader_id: int, deadline_s: float) -> int:
+        """Wait (until `deadline_s` on the loop's clock) until a leader other than
+        `previous_leader_id` is known: its id, or NO_NODE if none was by then."""
+
+        def elected() -> bool:
+            core = self.core
+            return core is not None and core.leader_id not in (NO_NODE, previous_leader_id)
+
+        if not await self._wait_until(elected, deadline_s):
+            return NO_NODE
+        core = self.core
+        assert core is not None
+        return core.leader_id
+
     def _notify_state_changed(self) -> None:
         if self._state_waiters:
             event, self._state_changed = self._state_changed, asyncio.Event()

@@ -123,6 +123,38 @@ def test_killing_the_leader_elects_a_new_one_and_keeps_acknowledged_writes(
     )
 
 
+def test_a_write_sent_to_a_follower_as_the_leader_dies_waits_for_the_next_leader(
+    cluster3: Cluster,
+) -> None:
+    leader = cluster3.leader()
+    follower = _followers(cluster3, leader)[0]
+    assert cluster3.request(leader, "PUT", "/v1/kv/before", b"1").status == 200
+    cluster3.kill(leader)
+    # The follower still names the dead leader, whose port now refuses connections: rather
+    # than answer 503, it holds the write through the election and then serves it.
+    write = cluster3.request(follower, "PUT", "/v1/kv/during", b"2")
+    assert write.status == 200, write
+    survivors = sorted(cluster3.processes)
+    new_leader = cluster3.leader(survivors)
+    assert new_leader != leader
+    for node in survivors:
+        got = cluster3.request(node, "GET", "/v1/kv/during")
+        assert (got.status, got.body) == (200, b"2")
+
+
+def test_with_no_majority_a_held_request_ends_in_503_after_the_wait(cluster3: Cluster) -> None:
+    leader = cluster3.leader()
+    follower = _followers(cluster3, leader)[0]
+    for node in sorted(cluster3.processes):
+        if node != follower:
+            cluster3.kill(node)
+    write = cluster3.request(follower, "PUT", "/v1/kv/x", b"1")
+    assert write.status == 503, write
+    assert "Retry-After" in write.headers
+    read = cluster3.request(follower, "GET", "/v1/kv/x")
+    assert read.status == 503, read
+
+
 def test_a_minority_serves_no_linearizable_reads_or_writes(cluster3: Cluster) -> None:
     leader = cluster3.leader()
     assert cluster3.request(leader, "PUT", "/v1/kv/x", b"1").status == 200
