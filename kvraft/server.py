@@ -78,6 +78,7 @@ from kvraft.raft.ready import Ready
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
+from kvraft.transport.frames import FRAME_BYTES_MAX
 from kvraft.transport.tcp import PeerTransport
 
 __all__ = [
@@ -249,6 +250,7 @@ class RaftNode:
         self.failed: asyncio.Future[BaseException] | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_data_cache: tuple[int, bytes] | None = None
+        self._snapshot_too_large_logged = 0
         # Observability.
         self.leader_changes = 0
         self.last_leader_id = 0
@@ -794,7 +796,24 @@ class RaftNode:
             data = b"".join([c async for c in storage.open_snapshot_chunks(message.meta)])
             self._snapshot_data_cache = (message.meta.index, data)
         full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
-        transport.send(message.target, encode_message(full), bulk=True)
+        payload = encode_message(full)
+        if len(payload) > FRAME_BYTES_MAX:
+            # InstallSnapshot travels as one frame, which no peer accepts past the limit: the
+            # follower cannot catch up this way. Say so (once per snapshot) instead of having
+            # it drop the connection each time the leader retries.
+            if self._snapshot_too_large_logged != message.meta.index:
+                self._snapshot_too_large_logged = message.meta.index
+                log.error(
+                    "node %d: cannot send node %d the snapshot at index %d: %d bytes is over the "
+                    "peer frame limit of %d; it cannot catch up until the snapshot is smaller",
+                    self.id,
+                    message.target,
+                    message.meta.index,
+                    len(payload),
+                    FRAME_BYTES_MAX,
+                )
+            return
+        transport.send(message.target, payload, bulk=True)
 
     # --- membership: the address book -------------------------------------------------
 

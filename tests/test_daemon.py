@@ -9,12 +9,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kvraft.config import local_cluster_config, render_config
 from kvraft.transport.frames import (
+    FRAME_BYTES_MAX,
     HANDSHAKE_BYTES_MAX,
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -328,3 +330,41 @@ def test_health_readiness_and_metrics_endpoints(cluster3: Cluster) -> None:
     leader_metrics = cluster3.request(leader, "GET", "/metrics").body.decode()
     assert 'kvraft_proposals_total{outcome="ok"}' in leader_metrics
     assert "kvraft_fsync_seconds_count" in leader_metrics
+
+
+SNAPSHOT_VALUE_BYTES = 1024 * 1024
+SNAPSHOT_VALUES = FRAME_BYTES_MAX // SNAPSHOT_VALUE_BYTES + 8
+"""Enough 1 MiB values that the snapshot taken after them is larger than one peer frame."""
+
+
+@pytest.fixture
+def snapshotting_cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, 3)
+    cluster.config = replace(
+        cluster.config,
+        storage=replace(cluster.config.storage, snapshot_threshold_entries=SNAPSHOT_VALUES - 2),
+    )
+    cluster.config_path.write_text(render_config(cluster.config))
+    yield from running(cluster)
+
+
+def test_a_snapshot_too_large_for_one_frame_is_refused_loudly_and_the_rest_keeps_serving(
+    snapshotting_cluster3: Cluster,
+) -> None:
+    """InstallSnapshot is one frame: past the limit the leader says which node cannot catch
+    up and why, rather than have the follower drop the connection at every retry."""
+    cluster = snapshotting_cluster3
+    leader = cluster.leader()
+    behind = _followers(cluster, leader)[0]
+    cluster.kill(behind)
+    for number in range(SNAPSHOT_VALUES):
+        body = bytes([number % 251]) * SNAPSHOT_VALUE_BYTES
+        assert cluster.request(leader, "PUT", f"/v1/kv/big{number}", body).status == 200
+    wait_for(lambda: cluster.status(leader)["snapshot_index"] > 0, what="a snapshot")
+    cluster.start(behind)
+    wait_for(
+        lambda: f"cannot send node {behind} the snapshot" in cluster.log_text(leader),
+        what="the leader's error about the oversized snapshot",
+    )
+    assert "peer frame limit" in cluster.log_text(leader)
+    assert cluster.request(leader, "PUT", "/v1/kv/after", b"still").status == 200
