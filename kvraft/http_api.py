@@ -532,9 +532,11 @@ def create_app(node: RaftNode) -> web.Application:
                 try:
                     return await handler(request)  # elected meanwhile: nothing was done yet
                 except NotLeader as again:
-                    leader_id, another_hop = again.leader_id, isinstance(again, HandedOver)
-                    continue
-            elif not may_wait:
+                    if again.leader_id != node.id:
+                        leader_id, another_hop = again.leader_id, isinstance(again, HandedOver)
+                        continue
+            # No leader known, the known one gone, or this node named but not leading.
+            if not may_wait:
                 raise ApiError(503, "unavailable", "no leader is known right now")
             leader_id = await node.wait_for_new_leader(leader_id, deadline_s)
             if not leader_id:
