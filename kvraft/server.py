@@ -796,20 +796,22 @@ class RaftNode:
             data = b"".join([c async for c in storage.open_snapshot_chunks(message.meta)])
             self._snapshot_data_cache = (message.meta.index, data)
         full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
-        payload = encode_message(full)
-        if len(payload) > FRAME_BYTES_MAX:
+        # Data alone past the limit is not encoded (on the loop) at every retry.
+        payload = encode_message(full) if len(data) <= FRAME_BYTES_MAX else None
+        if payload is None or len(payload) > FRAME_BYTES_MAX:
             # InstallSnapshot travels as one frame, which no peer accepts past the limit: the
             # follower cannot catch up this way. Say so (once per snapshot) instead of having
             # it drop the connection each time the leader retries.
             if self._snapshot_too_large_logged != message.meta.index:
                 self._snapshot_too_large_logged = message.meta.index
                 log.error(
-                    "node %d: cannot send node %d the snapshot at index %d: %d bytes is over the "
-                    "peer frame limit of %d; it cannot catch up until the snapshot is smaller",
+                    "node %d: cannot send node %d the snapshot at index %d: its %d bytes do not "
+                    "fit the peer frame limit of %d; it cannot catch up until the snapshot is "
+                    "smaller",
                     self.id,
                     message.target,
                     message.meta.index,
-                    len(payload),
+                    len(data),
                     FRAME_BYTES_MAX,
                 )
             return
