@@ -557,10 +557,7 @@ def create_app(node: RaftNode) -> web.Application:
             raise ApiError(503, "unavailable", "no leader is known right now")
         session = request.app[SESSION_KEY]
         has_body = request.method in ("PUT", "POST")
-        body = b""
-        if has_body:
-            read: bytes | None = request.get(BODY_KEY)
-            body = read if read is not None else await _read_value(request, routes.value_bytes_max)
+        body = await _read_value(request, routes.value_bytes_max) if has_body else b""
         headers = {
             name: value
             for name, value in request.headers.items()

@@ -785,9 +785,9 @@ class RaftCore:
         )
         progress.on_sent(prev_index + len(entries))
 
-    def _broadcast_append(self, *, allow_empty: bool = False) -> None:
+    def _broadcast_append(self) -> None:
         for peer, progress in self.progress.items():
-            self._send_append(peer, progress, allow_empty=allow_empty)
+            self._send_append(peer, progress)
             # In REPLICATE we may fill the window at once; in PROBE one message at a time.
             while (
                 progress.state == ProgressState.REPLICATE
