@@ -202,6 +202,66 @@ def test_bad_requests_get_clear_errors_and_the_node_keeps_serving(cluster3: Clus
     assert cluster3.request(node, "GET", "/healthz").status == 200
 
 
+def test_routes_methods_and_keys_with_encoded_slashes(cluster3: Cluster) -> None:
+    node = cluster3.leader()
+    unknown = cluster3.request(node, "GET", "/v1/nope")
+    assert unknown.status == 404 and unknown.json()["error"] == "unknown_route"
+    assert cluster3.request(node, "GET", "/v1/kv/").status == 404  # no key
+    assert cluster3.request(node, "DELETE", "/v1/members/2/x").status == 404
+    wrong_method = cluster3.request(node, "POST", "/v1/kv/a", b"v")
+    assert wrong_method.status == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert wrong_method.headers["Allow"] == "DELETE, GET, HEAD, PUT"
+    # "%2F" inside a key is the key's own slash: the same key as a literal "/".
+    assert cluster3.request(node, "PUT", "/v1/kv/dir%2Ffile", b"1").status == 200
+    assert cluster3.request(node, "GET", "/v1/kv/dir/file").body == b"1"
+    assert cluster3.request(node, "PUT", "/v1/kv/100%25", b"2").status == 200
+    listed = cluster3.request(node, "GET", "/v1/kv?prefix=")
+    assert {item["key"] for item in listed.json()["items"]} == {"dir/file", "100%"}
+    head = cluster3.request(node, "HEAD", "/v1/kv/dir/file")
+    assert head.status == 200 and head.body == b"" and head.headers["ETag"]
+    assert cluster3.request(node, "GET", "/v1/status").headers["X-Kvraft-Node-Id"] == str(node)
+
+
+def _http_connection(cluster: Cluster, node_id: int) -> socket.socket:
+    spec = cluster.config.node(node_id)
+    connection = socket.create_connection((spec.http_host, spec.http_port), timeout=10)
+    return connection
+
+
+def _read_answer_head(connection: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_a_client_that_expects_100_continue_is_asked_for_the_body(cluster3: Cluster) -> None:
+    """curl sends `Expect: 100-continue` before a body over 1 KiB and waits a second."""
+    node = cluster3.leader()
+    value = b"v" * 2000
+    head = (
+        b"PUT /v1/kv/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(value)
+    )
+    with _http_connection(cluster3, node) as connection:
+        connection.sendall(head)
+        assert _read_answer_head(connection).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        connection.sendall(value)
+        assert _read_answer_head(connection).startswith(b"HTTP/1.1 200 ")
+    assert cluster3.request(node, "GET", "/v1/kv/big").body == value
+    # Too large by its declared length: refused without asking for the body.
+    limit = cluster3.config.limits.value_bytes_max
+    head = (
+        b"PUT /v1/kv/big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % (limit + 1)
+    )
+    with _http_connection(cluster3, node) as connection:
+        connection.sendall(head)
+        assert _read_answer_head(connection).startswith(b"HTTP/1.1 413 ")
+
+
 def _read_until_closed(connection: socket.socket) -> bytes:
     connection.settimeout(10)
     data = b""

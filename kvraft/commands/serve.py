@@ -320,7 +320,7 @@ async def run_node(
 ) -> int:
     from kvraft.client import ClientError, normalize_endpoint
     from kvraft.config import ConfigError
-    from kvraft.http_api import create_app
+    from kvraft.http_api import HttpApi
     from kvraft.server import RaftNode
     from kvraft.storage.api import StorageCorruptionError, StorageError
 
@@ -358,7 +358,8 @@ async def run_node(
             log.error("node %d cannot write its identity file: %s", node_id, error)
             await node.stop(transfer_leadership=False)
             return EXIT_STORAGE_FAILED
-    runner = web.AppRunner(create_app(node), access_log=None, handle_signals=False)
+    api = HttpApi(node)
+    runner = web.ServerRunner(api.server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, spec.http_listen_host, spec.http_port, reuse_address=True)
     await site.start()
@@ -396,6 +397,7 @@ async def run_node(
             await site.stop()
             await node.stop(transfer_leadership=False)
             await runner.cleanup()
+            await api.close()
             return EXIT_JOIN_REFUSED
         break
     if joining is not None:
@@ -406,6 +408,7 @@ async def run_node(
         log.critical("node %d exits: its storage failed (%s)", node_id, node.failed.result())
         stop_waiter.cancel()
         await runner.cleanup()
+        await api.close()
         await node.stop(transfer_leadership=False)
         return EXIT_STORAGE_FAILED
     log.info("node %d stopping", node_id)
@@ -413,6 +416,7 @@ async def run_node(
     await site.stop()
     await node.stop(transfer_leadership=True)
     await runner.cleanup()
+    await api.close()
     log.info("node %d stopped", node_id)
     return 0
 
