@@ -78,9 +78,10 @@ GC_THRESHOLDS = (10_000, 10, 10)
 A request's objects die young, by reference counting, but with 64 requests in flight a
 collection every 700 allocations finds thousands of them alive, scans them and moves them
 on to older generations, where they are scanned again. With a collection every 10,000 most
-are gone by then: puts at 64 connections went from about 2,600/s to 2,800-3,100/s and their
-p99 from 44-62 ms to 31-37 ms (3 nodes, BENCHMARKS.md). Only garbage in reference cycles
-waits for the collector, and it is rare here."""
+are gone by then. With 3 nodes and wrk at 64 connections, puts went from about 2,600/s to
+2,800-3,100/s and their p99 from 44-62 ms to 31-37 ms, alike for a threshold of 10,000 or
+20,000, with or without the freeze (BENCHMARKS.md). Only garbage in reference cycles waits
+for the collector, and it is rare here."""
 
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Answers that mean "not now": ask again after a pause.
