@@ -1,7 +1,7 @@
 """kvraft against etcd, side by side, in one run on this machine (issue 7).
 
 Run as ``python -m benchmarks.bench_vs_etcd [--quick] [--nodes 3,5] [--row-seconds 10]
-[--warmup-seconds 3] [--connections 1,16,64] [--failover-kills 10] [--memory-keys N]
+[--warmup-seconds 3] [--rounds 5] [--connections 1,16,64] [--failover-kills 10] [--memory-keys N]
 [--soak-seconds N] [--sections throughput,failover,soak,memory] [--json PATH]``.
 
 For each cluster size (3, then 5 nodes) it starts an etcd cluster (Debian's ``etcd-server``,
@@ -12,11 +12,13 @@ default settings: fsync on), every node on 127.0.0.1 with its data on disk, and 
   linearizable gets (kvraft ``GET /v1/kv/{key}``, ReadIndex; etcd ``POST /v3/kv/range``,
   not serializable) at each connection count: 100-byte values, keys drawn uniformly from
   1,000 (all written beforehand, so every get finds its key). One wrk thread. Each row is a
-  warm-up (excluded) and a measured run, etcd's and kvraft's back to back, the order
-  alternating from row to row so that drift on the machine hits both alike; only one system
-  is under load at a time (the other idles). ops/s counts 2xx answers only; "errors" are
-  non-2xx answers plus socket errors and timeouts. Each system's term and leader are read
-  before and after each row: "new terms" is how many elections happened meanwhile.
+  warm-up (excluded) and a measured run per system, split into `ROUNDS_DEFAULT` short turns
+  that alternate between etcd and kvraft (who goes first alternating too), so that drift on
+  the machine hits both alike; each system's turns are merged (their latency histograms too)
+  into its row. Only one system is under load at a time (the other idles). ops/s counts 2xx
+  answers only; "errors" are non-2xx answers plus socket errors and timeouts. Each system's
+  term and leader are read before and after each row: "new terms" is how many elections
+  happened meanwhile.
 - **failover**: the benchmark itself writes at a constant `FAILOVER_WRITES_PER_S` (open loop:
   a new PUT every 20 ms whatever the others do, each to the next live node in turn, followers
   forwarding), then ``kill -9``s the leader. The failover time is from the kill until the
@@ -120,6 +122,18 @@ WARMUP_SECONDS_DEFAULT = 3
 ROW_SECONDS_QUICK = 2
 WARMUP_SECONDS_QUICK = 1
 """wrk takes whole seconds."""
+
+ROUNDS_DEFAULT = 5
+ROUNDS_QUICK = 1
+"""Each row is measured in this many rounds, each system's share of a round
+`row_seconds / rounds` long, the two systems taking turns (the first of a round alternates).
+The machine's disk and CPU drift by tens of percent within a minute; a 10 s run of one
+system and then of the other can land on different sides of a change, short turns cannot.
+Percentiles come from the merged latency histograms, so they are those of one long run."""
+
+SEGMENT_WARMUP_SECONDS = 1
+"""The warm-up before every round after the first (the first has the full warm-up): the
+connections are new each round."""
 
 WRK_THREADS_DEFAULT = 1
 """One wrk thread handles 64 connections at a few thousand requests/s with CPU to spare, and
@@ -257,6 +271,8 @@ class WrkResult:
         socket_errors: connect, read and write errors and timeouts.
         latency_us: min, mean, max, stdev, p50, p90, p99, p99_9 in microseconds (every
             answer, whatever its status).
+        histogram_us: every latency seen, as (microseconds, count) pairs in increasing
+            order, so that runs can be merged into exact percentiles (`merge_wrk_results`).
     """
 
     requests: int
@@ -264,6 +280,7 @@ class WrkResult:
     status_errors: int
     socket_errors: int
     latency_us: dict[str, float]
+    histogram_us: tuple[tuple[int, int], ...] = ()
 
     @property
     def ok_per_s(self) -> float:
@@ -302,9 +319,59 @@ def parse_wrk_output(output: str) -> WrkResult:
                 int(errors[name]) for name in ("connect", "read", "write", "timeout")
             ),
             latency_us={name: float(value) for name, value in data["latency_us"].items()},
+            histogram_us=tuple((int(us), int(count)) for us, count in data.get("histogram_us", ())),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"malformed WRK_JSON line: {lines[-1]!r}") from error
+
+
+def _percentile_us(histogram: Sequence[tuple[int, int]], count: int, percent: float) -> float:
+    """wrk's own rule (stats_percentile): the smallest latency whose cumulative count reaches
+    the rank round(percent / 100 * count + 0.5)."""
+    rank = round(percent / 100 * count + 0.5)
+    total = 0
+    for us, seen in histogram:
+        total += seen
+        if total >= rank:
+            return float(us)
+    return 0.0
+
+
+def merge_wrk_results(results: Sequence[WrkResult]) -> WrkResult:
+    """Several runs as one: counts and durations add up, and the latency statistics come
+    from the runs' merged histograms (the same numbers one long run would have printed)."""
+    merged: dict[int, int] = {}
+    for result in results:
+        if result.requests and not result.histogram_us:
+            raise ValueError("a run without its latency histogram cannot be merged")
+        for us, seen in result.histogram_us:
+            merged[us] = merged.get(us, 0) + seen
+    histogram = tuple(sorted(merged.items()))
+    count = sum(seen for _, seen in histogram)
+    latency_us: dict[str, float] = dict.fromkeys(
+        ("min", "mean", "max", "stdev", "p50", "p90", "p99", "p99_9"), 0.0
+    )
+    if count:
+        mean = sum(us * seen for us, seen in histogram) / count
+        variance = sum(seen * (us - mean) ** 2 for us, seen in histogram) / max(count - 1, 1)
+        latency_us.update(
+            min=float(histogram[0][0]),
+            max=float(histogram[-1][0]),
+            mean=mean,
+            stdev=variance**0.5,
+            **{
+                name: _percentile_us(histogram, count, percent)
+                for name, percent in (("p50", 50), ("p90", 90), ("p99", 99), ("p99_9", 99.9))
+            },
+        )
+    return WrkResult(
+        requests=sum(result.requests for result in results),
+        duration_s=sum(result.duration_s for result in results),
+        status_errors=sum(result.status_errors for result in results),
+        socket_errors=sum(result.socket_errors for result in results),
+        latency_us=latency_us,
+        histogram_us=histogram,
+    )
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -744,6 +811,7 @@ class Settings:
     connections: tuple[int, ...] = CONNECTIONS_DEFAULT
     row_seconds: int = ROW_SECONDS_DEFAULT
     warmup_seconds: int = WARMUP_SECONDS_DEFAULT
+    rounds: int = ROUNDS_DEFAULT
     wrk_threads: int = WRK_THREADS_DEFAULT
     failover_kills: int = FAILOVER_KILLS_DEFAULT
     memory_keys: int = MEMORY_KEYS_DEFAULT
@@ -806,16 +874,30 @@ def _run_wrk(
     return _finish_wrk(processes, processes.spawn_piped(command), seconds)
 
 
-def _measure_row(
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One measured stretch of a row on one system."""
+
+    result: WrkResult
+    node_cpu_s: float
+    leader_before: int
+    leader_after: int
+    term_before: int
+    term_after: int
+
+
+def _measure_segment(
     processes: Processes,
     wrk: str,
     cluster: Cluster,
     operation: str,
     connections: int,
+    warmup_seconds: int,
+    seconds: int,
     settings: Settings,
-) -> dict[str, Any]:
+) -> _Segment:
     leader, before = cluster.leader()
-    if settings.warmup_seconds > 0:
+    if warmup_seconds > 0:
         _run_wrk(
             processes,
             wrk,
@@ -823,30 +905,33 @@ def _measure_row(
             leader.url,
             operation,
             connections,
-            settings.warmup_seconds,
+            warmup_seconds,
             settings.wrk_threads,
         )
     cpu_before_s = cluster.cpu_seconds()
     result = _run_wrk(
-        processes,
-        wrk,
-        cluster,
-        leader.url,
-        operation,
-        connections,
-        settings.row_seconds,
-        settings.wrk_threads,
+        processes, wrk, cluster, leader.url, operation, connections, seconds, settings.wrk_threads
     )
     cpu_s = cluster.cpu_seconds() - cpu_before_s
     leader_after, after = cluster.leader()
+    return _Segment(result, cpu_s, leader.number, leader_after.number, before.term, after.term)
+
+
+def _row_of_segments(
+    cluster: Cluster, operation: str, connections: int, segments: Sequence[_Segment]
+) -> dict[str, Any]:
+    """One system's row: its segments merged as if they had been one run."""
+    result = merge_wrk_results([segment.result for segment in segments])
+    cpu_s = sum(segment.node_cpu_s for segment in segments)
     ok_requests = result.requests - result.status_errors
     row = result.as_dict()
     row.update(
-        leader_before=leader.number,
-        leader_after=leader_after.number,
-        term_before=before.term,
-        term_after=after.term,
-        new_terms=after.term - before.term,
+        segments=len(segments),
+        leader_before=segments[0].leader_before,
+        leader_after=segments[-1].leader_after,
+        term_before=segments[0].term_before,
+        term_after=segments[-1].term_after,
+        new_terms=segments[-1].term_after - segments[0].term_before,
         node_cpu_s=cpu_s,
         cpu_us_per_op=cpu_s * 1e6 / ok_requests if ok_requests else None,
     )
@@ -904,21 +989,44 @@ def _throughput(
     first_row_index: int,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    segment_seconds = max(1, round(settings.row_seconds / settings.rounds))
     for operation in OPERATIONS:
         for connections in settings.connections:
-            # Alternate which system goes first, so drift over a pair favours neither.
             row_index = first_row_index + len(rows)
-            order = list(clusters) if row_index % 2 == 0 else list(reversed(clusters))
             row: dict[str, Any] = {
                 "nodes": len(clusters[0].nodes),
                 "operation": operation,
                 "connections": connections,
-                "first": order[0].system,
+                "first": (clusters[0] if row_index % 2 == 0 else clusters[-1]).system,
                 "load_average_1m_before": os.getloadavg()[0],
             }
-            for cluster in order:
-                row[cluster.system] = _measure_row(
-                    processes, wrk, cluster, operation, connections, settings
+            segments: dict[str, list[_Segment]] = {cluster.system: [] for cluster in clusters}
+            for round_index in range(settings.rounds):
+                # Alternate which system goes first from round to round (and row to row), so
+                # that drift on the machine within a row hits both alike.
+                flip = (row_index + round_index) % 2
+                order = list(clusters) if flip == 0 else list(reversed(clusters))
+                warmup_seconds = (
+                    settings.warmup_seconds
+                    if round_index == 0
+                    else min(settings.warmup_seconds, SEGMENT_WARMUP_SECONDS)
+                )
+                for cluster in order:
+                    segments[cluster.system].append(
+                        _measure_segment(
+                            processes,
+                            wrk,
+                            cluster,
+                            operation,
+                            connections,
+                            warmup_seconds,
+                            segment_seconds,
+                            settings,
+                        )
+                    )
+            for cluster in clusters:
+                row[cluster.system] = _row_of_segments(
+                    cluster, operation, connections, segments[cluster.system]
                 )
             etcd, kvraft = row["etcd"], row["kvraft"]
             row["ratio_ops"] = ratio(kvraft["ok_per_s"], etcd["ok_per_s"])
@@ -1437,7 +1545,9 @@ def _write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{results['machine'].get('git_commit')}",
         f"- machine: {results['machine']['nproc']} CPUs ({results['machine']['cpu_model']}), "
         f"{results['machine']['memory_total_mib']:,} MiB",
-        f"- rows: {settings['warmup_seconds']} s warm-up + {settings['row_seconds']} s, "
+        f"- rows: {settings['warmup_seconds']} s warm-up + {settings['row_seconds']} s per "
+        f"system, in {settings.get('rounds', 1)} turns each (the systems alternating; "
+        f"{SEGMENT_WARMUP_SECONDS} s warm-up before every later turn), "
         f"{settings['wrk_threads']} wrk thread(s); durable settings on both (fsync)",
     ]
     for title, table in _tables(results):
@@ -1513,6 +1623,7 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
             "connections": list(settings.connections),
             "row_seconds": settings.row_seconds,
             "warmup_seconds": settings.warmup_seconds,
+            "rounds": settings.rounds,
             "wrk_threads": settings.wrk_threads,
             "failover_kills": settings.failover_kills,
             "failover_writes_per_s": FAILOVER_WRITES_PER_S,
@@ -1604,6 +1715,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=_integers, default=CONNECTIONS_DEFAULT)
     parser.add_argument("--row-seconds", type=int, default=None, help="measured seconds per row")
     parser.add_argument("--warmup-seconds", type=int, default=None, help="excluded seconds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"turns per row between the systems (default {ROUNDS_DEFAULT}; "
+        f"{ROUNDS_QUICK} with --quick)",
+    )
     parser.add_argument("--wrk-threads", type=int, default=WRK_THREADS_DEFAULT)
     parser.add_argument("--failover-kills", type=int, default=None, help="per system and size")
     parser.add_argument("--memory-keys", type=int, default=None)
@@ -1635,6 +1753,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup_seconds=chosen(
             arguments.warmup_seconds, WARMUP_SECONDS_DEFAULT, WARMUP_SECONDS_QUICK
         ),
+        rounds=max(1, chosen(arguments.rounds, ROUNDS_DEFAULT, ROUNDS_QUICK)),
         wrk_threads=max(1, arguments.wrk_threads),
         failover_kills=chosen(
             arguments.failover_kills, FAILOVER_KILLS_DEFAULT, FAILOVER_KILLS_QUICK

@@ -62,6 +62,18 @@ function common.seed()
     math.randomseed(os.time() * 1000 + (thread_number or 0))
 end
 
+-- Every latency seen, as "[microseconds, count]" pairs in increasing order, so that runs
+-- can be merged into exact percentiles. wrk counts per microsecond; #latency is how many
+-- distinct latencies it saw, and latency(i) the i-th of them and its count.
+local function histogram(latency)
+    local pairs_seen = {}
+    for index = 1, #latency do
+        local us, count = latency(index)
+        pairs_seen[#pairs_seen + 1] = string.format("[%d, %d]", us, count)
+    end
+    return "[" .. table.concat(pairs_seen, ", ") .. "]"
+end
+
 -- Latency in microseconds, as wrk records it.
 function common.done(summary, latency, requests)
     local errors = summary.errors
@@ -69,12 +81,13 @@ function common.done(summary, latency, requests)
         "WRK_JSON {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, "
             .. "\"errors\": {\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, "
             .. "\"timeout\": %d}, \"latency_us\": {\"min\": %d, \"mean\": %.1f, \"max\": %d, "
-            .. "\"stdev\": %.1f, \"p50\": %d, \"p90\": %d, \"p99\": %d, \"p99_9\": %d}}\n",
+            .. "\"stdev\": %.1f, \"p50\": %d, \"p90\": %d, \"p99\": %d, \"p99_9\": %d}, "
+            .. "\"histogram_us\": %s}\n",
         summary.requests, summary.duration, summary.bytes,
         errors.connect, errors.read, errors.write, errors.status, errors.timeout,
         latency.min, latency.mean, latency.max, latency.stdev,
         latency:percentile(50), latency:percentile(90), latency:percentile(99),
-        latency:percentile(99.9)
+        latency:percentile(99.9), histogram(latency)
     ))
 end
 
