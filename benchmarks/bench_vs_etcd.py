@@ -1207,7 +1207,9 @@ def _soak(processes: Processes, wrk: str, cluster: Cluster, settings: Settings) 
     changes: list[dict[str, Any]] = []
     newest_term = before.term
     started = time.perf_counter()
-    while process.poll() is None:
+    # Sample until the run's time is up, then read wrk's output (`_finish_wrk`): waiting for
+    # it to exit first would deadlock once its result (the latency histogram) fills the pipe.
+    while process.poll() is None and time.perf_counter() - started < seconds:
         time.sleep(SOAK_SAMPLE_INTERVAL_S)  # sampling the cluster, not waiting for it
         cluster.check_running()
         for node in cluster.live_nodes():
