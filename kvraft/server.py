@@ -54,7 +54,12 @@ from kvraft.membership import (
     plan_promotion,
     plan_removal,
 )
-from kvraft.raft.codec import CodecError, decode_message, encode_message
+from kvraft.raft.codec import (
+    INSTALL_SNAPSHOT_BYTES_MAX,
+    CodecError,
+    decode_message,
+    encode_message,
+)
 from kvraft.raft.core import (
     ConfigurationChangeError,
     NotLeaderError,
@@ -78,7 +83,6 @@ from kvraft.raft.ready import Ready
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
-from kvraft.transport.frames import FRAME_BYTES_MAX
 from kvraft.transport.tcp import PeerTransport
 
 __all__ = [
@@ -797,24 +801,24 @@ class RaftNode:
             self._snapshot_data_cache = (message.meta.index, data)
         full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
         # Data alone past the limit is not encoded (on the loop) at every retry.
-        payload = encode_message(full) if len(data) <= FRAME_BYTES_MAX else None
-        if payload is None or len(payload) > FRAME_BYTES_MAX:
-            # InstallSnapshot travels as one frame, which no peer accepts past the limit: the
-            # follower cannot catch up this way. Say so (once per snapshot) instead of having
-            # it drop the connection each time the leader retries.
+        payload = encode_message(full) if len(data) <= INSTALL_SNAPSHOT_BYTES_MAX else None
+        if payload is None or len(payload) > INSTALL_SNAPSHOT_BYTES_MAX:
+            # No peer accepts an InstallSnapshot past the limit: the follower cannot catch up
+            # this way. Say so (once per snapshot) instead of failing at every retry.
             if self._snapshot_too_large_logged != message.meta.index:
                 self._snapshot_too_large_logged = message.meta.index
                 log.error(
-                    "node %d: cannot send node %d the snapshot at index %d: its %d bytes do not "
-                    "fit the peer frame limit of %d; it cannot catch up until the snapshot is "
-                    "smaller",
+                    "node %d: cannot send node %d the snapshot at index %d: its %d bytes are "
+                    "over the InstallSnapshot limit of %d; it cannot catch up until the "
+                    "snapshot is smaller",
                     self.id,
                     message.target,
                     message.meta.index,
                     len(data),
-                    FRAME_BYTES_MAX,
+                    INSTALL_SNAPSHOT_BYTES_MAX,
                 )
             return
+        # Larger than a frame, it goes in pieces on the bulk lane.
         transport.send(message.target, payload, bulk=True)
 
     # --- membership: the address book -------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -17,6 +18,7 @@ from kvraft.raft.codec import (
     CONTEXT_BYTES_MAX,
     ENTRIES_PER_MESSAGE_MAX,
     INDEX_MAX,
+    INSTALL_SNAPSHOT_BYTES_MAX,
     MEMBERS_MAX,
     MESSAGE_BYTES_MAX,
     NODE_ID_MAX,
@@ -887,25 +889,43 @@ def test_snapshot_data_that_is_not_bytes_is_refused(data: object) -> None:
         decode_message(encode_message(install_snapshot(data=data)))
 
 
+def _exact_size_encodings(encode: Callable[[int], bytes], size: int) -> tuple[bytes, bytes]:
+    """The encodings whose lengths are `size` and `size + 1`, from a payload size to encoding
+    function (the header size does not change within the range of large bins)."""
+    probe_bytes = size - 1000
+    overhead_bytes = len(encode(probe_bytes)) - probe_bytes
+    exact, one_more = encode(size - overhead_bytes), encode(size - overhead_bytes + 1)
+    assert (len(exact), len(one_more)) == (size, size + 1)
+    return exact, one_more
+
+
 def test_a_message_of_exactly_message_bytes_max_is_accepted_and_one_byte_more_is_refused() -> None:
-    def snapshot_encoding_bytes(data_bytes: int) -> bytes:
-        return encode_message(install_snapshot(data=bytes(data_bytes)))
+    def append_entries_encoding(data_bytes: int) -> bytes:
+        entry = Entry(1, 1, EntryKind.NORMAL, bytes(data_bytes))
+        return encode_message(AppendEntries(1, 1, 2, 0, 0, (entry,), 0))
 
-    # Find the data size whose encoding is exactly the limit (the header size does not change
-    # within the range of large bins).
-    probe_bytes = MESSAGE_BYTES_MAX - 1000
-    overhead_bytes = len(snapshot_encoding_bytes(probe_bytes)) - probe_bytes
-    exact = snapshot_encoding_bytes(MESSAGE_BYTES_MAX - overhead_bytes)
-    assert len(exact) == MESSAGE_BYTES_MAX
+    exact, too_big = _exact_size_encodings(append_entries_encoding, MESSAGE_BYTES_MAX)
     decoded = decode_message(exact)
-    assert isinstance(decoded, InstallSnapshot)
-    assert len(decoded.data) == MESSAGE_BYTES_MAX - overhead_bytes
+    assert isinstance(decoded, AppendEntries)
     del decoded
-
-    too_big = snapshot_encoding_bytes(MESSAGE_BYTES_MAX - overhead_bytes + 1)
-    assert len(too_big) == MESSAGE_BYTES_MAX + 1
     with pytest.raises(CodecError, match="more than the limit"):
         decode_message(too_big)
+
+
+def test_only_an_install_snapshot_may_be_larger_than_message_bytes_max_up_to_its_own_limit() -> (
+    None
+):
+    def snapshot_encoding(data_bytes: int) -> bytes:
+        return encode_message(install_snapshot(data=bytes(data_bytes)))
+
+    limit = MESSAGE_BYTES_MAX + 4096  # the real one, 1 GiB, is too much memory for a test
+    exact, too_big = _exact_size_encodings(snapshot_encoding, limit)
+    decoded = decode_message(exact, install_snapshot_bytes_max=limit)
+    assert isinstance(decoded, InstallSnapshot) and len(decoded.data) > MESSAGE_BYTES_MAX
+    del decoded
+    with pytest.raises(CodecError, match="more than the limit"):
+        decode_message(too_big, install_snapshot_bytes_max=limit)
+    assert INSTALL_SNAPSHOT_BYTES_MAX >= MESSAGE_BYTES_MAX
 
 
 # --- entries and snapshot metadata on their own ----------------------------------------------

@@ -10,12 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvraft.raft.codec import INSTALL_SNAPSHOT_BYTES_MAX
 from kvraft.transport.frames import (
     CLUSTER_ID_BYTES_MAX,
     FRAME_BYTES_MAX,
     HANDSHAKE_BYTES_MAX,
     KEEPALIVE_FRAME,
     NODE_ID_MAX,
+    PIECE_HEADER_BYTES,
+    PIECE_MARKER,
+    PIECED_MESSAGE_BYTES_MAX,
     PROTOCOL_VERSION,
     REFUSAL_REASON_CHARS_MAX,
     FrameDecoder,
@@ -31,6 +35,7 @@ from kvraft.transport.frames import (
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
+    split_into_pieces,
 )
 
 PAYLOADS = [b"a", b"", b"\x00\x00\x00\x05hello", bytes(range(256)) * 3, b"z" * 70_000]
@@ -281,12 +286,15 @@ def test_a_malformed_handshake_reply_raises_handshake_error(payload: bytes) -> N
 # --- the receive side of a connection ------------------------------------------------------
 
 
-def receiver(frame_bytes_max: int = FRAME_BYTES_MAX) -> InboundConnection:
+def receiver(
+    frame_bytes_max: int = FRAME_BYTES_MAX, pieced_message_bytes_max: int = 10_000
+) -> InboundConnection:
     return InboundConnection(
         cluster_id="c1",
         node_id=1,
         is_known_peer={2, 3}.__contains__,
         frame_bytes_max=frame_bytes_max,
+        pieced_message_bytes_max=pieced_message_bytes_max,
     )
 
 
@@ -341,3 +349,62 @@ def test_any_bytes_on_a_connection_raise_only_protocol_errors(data: bytes) -> No
     except PeerProtocolError:
         return
     assert all(payloads)  # keepalives are never handed out
+
+
+# --- messages larger than a frame, in pieces -----------------------------------------------
+
+
+def test_a_message_that_fits_a_frame_is_not_split() -> None:
+    assert split_into_pieces(b"m" * 100, frame_bytes_max=100) == [b"m" * 100]
+
+
+def test_a_large_message_goes_in_pieces_that_fit_frames_and_arrives_whole() -> None:
+    message = bytes(range(256)) * 39  # 9,984 bytes
+    pieces = split_into_pieces(message, frame_bytes_max=1000)
+    assert all(len(piece) <= 1000 and piece[0] == PIECE_MARKER for piece in pieces)
+    assert b"".join(piece[PIECE_HEADER_BYTES:] for piece in pieces) == message
+    connection = receiver(frame_bytes_max=1000)
+    stream = good_handshake_frame() + encode_frame(b"before")
+    stream += b"".join(encode_frame(piece) for piece in pieces)
+    stream += KEEPALIVE_FRAME + encode_frame(b"after")
+    # Split anywhere, the stream yields the same messages, the large one whole.
+    for split in (1, 999, 1003, 5000, len(stream) - 1):
+        connection = receiver(frame_bytes_max=1000)
+        got = connection.receive_data(stream[:split]) + connection.receive_data(stream[split:])
+        assert got == [b"before", message, b"after"], f"split at {split}"
+
+
+def test_pieces_past_the_limit_are_refused_before_the_message_is_whole() -> None:
+    pieces = split_into_pieces(b"x" * 10_001, frame_bytes_max=1000)
+    connection = receiver(frame_bytes_max=1000, pieced_message_bytes_max=10_000)
+    connection.receive_data(good_handshake_frame())
+    with pytest.raises(FrameError, match="over the limit of 10000 bytes"):
+        for piece in pieces:
+            connection.receive_data(encode_frame(piece))
+    at_limit = split_into_pieces(b"y" * 10_000, frame_bytes_max=1000)
+    connection = receiver(frame_bytes_max=1000, pieced_message_bytes_max=10_000)
+    stream = good_handshake_frame() + b"".join(encode_frame(piece) for piece in at_limit)
+    assert connection.receive_data(stream) == [b"y" * 10_000]
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ([bytes((PIECE_MARKER, 2)) + b"middle first"], "out of order"),
+        ([bytes((PIECE_MARKER, 3)) + b"last first"], "out of order"),
+        ([bytes((PIECE_MARKER, 1)) + b"a", bytes((PIECE_MARKER, 1)) + b"b"], "out of order"),
+        ([bytes((PIECE_MARKER, 1)) + b"a", b"a whole message"], "between the pieces"),
+        ([bytes((PIECE_MARKER, 4)) + b"no such kind"], "malformed"),
+        ([bytes((PIECE_MARKER, 1))], "malformed"),  # no share of the message
+    ],
+)
+def test_broken_pieces_are_the_peers_fault(frames: list[bytes], reason: str) -> None:
+    connection = receiver()
+    connection.receive_data(good_handshake_frame())
+    with pytest.raises(FrameError, match=reason):
+        for frame in frames:
+            connection.receive_data(encode_frame(frame))
+
+
+def test_the_transport_carries_every_install_snapshot_the_codec_accepts() -> None:
+    assert PIECED_MESSAGE_BYTES_MAX >= INSTALL_SNAPSHOT_BYTES_MAX > FRAME_BYTES_MAX

@@ -21,6 +21,7 @@ import pytest
 
 from kvraft.transport import MemoryNetwork, MemoryTransport, PeerTransport, Transport
 from kvraft.transport.frames import (
+    PIECE_MARKER,
     PROTOCOL_VERSION,
     Handshake,
     HandshakeReply,
@@ -422,6 +423,54 @@ async def test_an_oversized_length_prefix_after_the_handshake_closes_that_connec
     await a_inbox.wait_for(lambda: a_inbox.payloads()[-1] == b"still served")
 
 
+async def test_a_message_larger_than_a_frame_arrives_whole_and_in_order(
+    harness: Harness,
+) -> None:
+    config = dataclasses.replace(FAST, frame_bytes_max=1000, pieced_message_bytes_max=100_000)
+    a, _, b, b_inbox = await harness.started_pair(config)
+    large = bytes(range(256)) * 300  # 76,800 bytes: 77 pieces
+    assert a.send(2, b"before")
+    assert a.send(2, large)
+    assert a.send(2, b"after")
+    assert a.send(2, large[::-1], bulk=True)  # the bulk lane too, on its own connection
+    await b_inbox.wait_for_count(4)
+    normal = [payload for payload in b_inbox.payloads() if len(payload) < 100 or payload == large]
+    assert normal == [b"before", large, b"after"]
+    assert large[::-1] in b_inbox.payloads()
+    assert b.server_stats()["frame_errors"] == 0
+
+
+async def test_the_rest_of_a_message_cut_by_a_lost_connection_is_not_sent_on_the_next(
+    harness: Harness,
+) -> None:
+    first_frames: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decode_handshake(await read_frame(reader))
+        writer.write(encode_frame(encode_handshake_reply(HandshakeReply(accepted=True))))
+        if not first_frames:
+            # The first connection dies early in the message: read the start of its first
+            # piece (not the whole piece, or the stream reader would take in much more).
+            async with asyncio.timeout(DEADLINE_S):
+                first_frames.append((await reader.readexactly(6))[4:])
+            writer.transport.abort()
+        else:
+            first_frames.append(await read_frame(reader))
+
+    port = await harness.raw_server(peer)
+    config = dataclasses.replace(FAST, frame_bytes_max=1024 * 1024)
+    a, _ = harness.transport(1, config=config)
+    await a.start()
+    a.set_peer_address(2, "127.0.0.1", port)
+    await eventually(lambda: a.peer_stats()[2]["connected"] == 1)
+    assert a.send(2, b"L" * (64 * 1024 * 1024))  # 64 pieces: more than the sockets buffer
+    await eventually(lambda: a.peer_stats()[2]["disconnects"] == 1)
+    assert a.send(2, b"after")
+    await eventually(lambda: len(first_frames) == 2)
+    assert first_frames[0][0] == PIECE_MARKER
+    assert first_frames[1] == b"after"  # not a piece of the message the first connection cut
+
+
 async def test_a_connection_without_a_handshake_is_closed_after_the_handshake_timeout(
     harness: Harness,
 ) -> None:
@@ -701,15 +750,16 @@ def test_refused_hosts_are_remembered_up_to_a_bound() -> None:
 
 
 async def test_send_refuses_what_it_cannot_deliver(harness: Harness) -> None:
-    a, _ = harness.transport(1, config=TransportConfig(frame_bytes_max=100))
+    config = TransportConfig(frame_bytes_max=100, pieced_message_bytes_max=1000)
+    a, _ = harness.transport(1, config=config)
     a.set_peer_address(2, "127.0.0.1", 9)
     assert a.send(2, b"not started") is False
     await a.start()
     assert a.send(3, b"no address") is False
     assert a.server_stats()["unknown_peer_sends"] == 1
-    assert a.send(2, b"x" * 100)
+    assert a.send(2, b"x" * 1000)  # in pieces
     with pytest.raises(ValueError):
-        a.send(2, b"x" * 101)
+        a.send(2, b"x" * 1001)
     with pytest.raises(ValueError):
         a.send(2, b"")  # empty frames are keepalives
     with pytest.raises(ValueError):

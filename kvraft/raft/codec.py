@@ -63,6 +63,7 @@ __all__ = [
     "CONTEXT_BYTES_MAX",
     "ENTRIES_PER_MESSAGE_MAX",
     "INDEX_MAX",
+    "INSTALL_SNAPSHOT_BYTES_MAX",
     "MEMBERS_MAX",
     "MESSAGE_BYTES_MAX",
     "NODE_ID_MAX",
@@ -109,8 +110,12 @@ ENTRIES_PER_MESSAGE_MAX = 10_000
 """The most entries one AppendEntries may carry; the leader's batching must stay within it."""
 
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
-"""The largest encoded message (and encoded entry), checked before unpacking. This also bounds
-an InstallSnapshot's data: a snapshot must fit in one message."""
+"""The largest encoded message but InstallSnapshot (and the largest encoded entry), checked
+before unpacking."""
+
+INSTALL_SNAPSHOT_BYTES_MAX = 1024 * 1024 * 1024
+"""The largest encoded InstallSnapshot: it carries the whole state machine, which may be larger
+than any other message (the transport sends it in pieces, up to the same limit)."""
 
 _ARRAY_LENGTH_MAX = ENTRIES_PER_MESSAGE_MAX
 """The longest array any valid encoding holds (the entries of an AppendEntries). msgpack
@@ -123,6 +128,8 @@ _TAG_REQUEST_VOTE_RESPONSE = 2
 _TAG_APPEND_ENTRIES = 3
 _TAG_APPEND_ENTRIES_RESPONSE = 4
 _TAG_INSTALL_SNAPSHOT = 5
+_INSTALL_SNAPSHOT_HEAD = bytes((0x90 | 6, _TAG_INSTALL_SNAPSHOT))
+"""How every encoded InstallSnapshot starts: a msgpack array of 6 (fixarray), then its tag."""
 _TAG_HEARTBEAT = 6
 _TAG_HEARTBEAT_RESPONSE = 7
 _TAG_TIMEOUT_NOW = 8
@@ -624,9 +631,15 @@ _FROM_OBJ: dict[int, Callable[[list[Any]], Message]] = {
 }
 
 
-def decode_message(data: bytes) -> Message:
-    """Decode what `encode_message` made; `CodecError` on anything else."""
-    obj = _unpack(data, MESSAGE_BYTES_MAX, _ARRAY_LENGTH_MAX, "message")
+def decode_message(
+    data: bytes, *, install_snapshot_bytes_max: int = INSTALL_SNAPSHOT_BYTES_MAX
+) -> Message:
+    """Decode what `encode_message` made; `CodecError` on anything else. Only an
+    InstallSnapshot may be longer than MESSAGE_BYTES_MAX, up to `install_snapshot_bytes_max`."""
+    bytes_max = MESSAGE_BYTES_MAX
+    if type(data) is bytes and data[:2] == _INSTALL_SNAPSHOT_HEAD:
+        bytes_max = max(bytes_max, install_snapshot_bytes_max)
+    obj = _unpack(data, bytes_max, _ARRAY_LENGTH_MAX, "message")
     if type(obj) is not list or not obj:
         raise CodecError(f"message: expected [tag, ...], got {_describe(obj)}")
     tag = obj[0]

@@ -22,6 +22,14 @@ starts with a handshake:
    keepalive: it proves the connection is alive across quiet periods and is
    never handed to the application.
 
+A message larger than a frame (an InstallSnapshot of a large state) travels in
+*pieces*, one per frame, back to back (`split_into_pieces`). A piece's payload
+starts with `PIECE_MARKER`, 0xc1, the one byte msgpack never uses, so no whole
+message starts with it; then its kind (first, middle or last) and its share of
+the message. The receiver joins them, up to `PIECED_MESSAGE_BYTES_MAX`, and hands
+the message on whole. A peer that knows no pieces refuses them as undecodable, as
+it would refuse a frame that large.
+
 Before the handshake is accepted the listener's frame limit is the tiny
 `HANDSHAKE_BYTES_MAX`, so an unauthenticated connection costs a few hundred
 bytes at most. `InboundConnection` is the listener's whole receive side as a
@@ -45,6 +53,12 @@ __all__ = [
     "HANDSHAKE_BYTES_MAX",
     "KEEPALIVE_FRAME",
     "NODE_ID_MAX",
+    "PIECED_MESSAGE_BYTES_MAX",
+    "PIECE_FIRST",
+    "PIECE_HEADER_BYTES",
+    "PIECE_LAST",
+    "PIECE_MARKER",
+    "PIECE_MIDDLE",
     "PROTOCOL_VERSION",
     "REFUSAL_REASON_CHARS_MAX",
     "FrameDecoder",
@@ -60,6 +74,7 @@ __all__ = [
     "encode_frame",
     "encode_handshake",
     "encode_handshake_reply",
+    "split_into_pieces",
 ]
 
 PROTOCOL_VERSION = 1
@@ -69,8 +84,23 @@ FRAME_PREFIX_BYTES = 4
 """The size of a frame's length prefix (unsigned, big-endian)."""
 
 FRAME_BYTES_MAX = 64 * 1024 * 1024 + 64 * 1024
-"""The largest payload one frame may carry: a 64 MiB snapshot chunk plus room for the
-message envelope around it. Anything larger is refused before it is buffered."""
+"""The largest payload one frame may carry: any message but a large InstallSnapshot (64 MiB,
+`kvraft.raft.codec.MESSAGE_BYTES_MAX`) plus room to spare. A longer frame is refused before it
+is buffered; a longer message goes in pieces."""
+
+PIECED_MESSAGE_BYTES_MAX = 1024 * 1024 * 1024
+"""The largest message sent in pieces (see the module docstring), and so the most a receiver
+buffers for one message: about what the snapshot of 9,000,000 keys with 100-byte values
+takes (`kvraft.raft.codec.INSTALL_SNAPSHOT_BYTES_MAX`, the only message that large)."""
+
+PIECE_MARKER = 0xC1
+"""The first byte of a piece's payload: msgpack never uses 0xc1."""
+
+PIECE_FIRST, PIECE_MIDDLE, PIECE_LAST = 1, 2, 3
+"""The second byte of a piece's payload: its place in the message."""
+
+PIECE_HEADER_BYTES = 2
+"""The marker and the kind, before a piece's share of the message."""
 
 HANDSHAKE_BYTES_MAX = 1024
 """The largest handshake or handshake-reply payload. Until a peer's handshake is accepted
@@ -122,6 +152,28 @@ def encode_frame(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) -> byte
             f"payload of {len(payload)} bytes exceeds the frame limit {frame_bytes_max}"
         )
     return _PREFIX.pack(len(payload)) + payload
+
+
+def split_into_pieces(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) -> list[bytes]:
+    """The payloads of the frames that carry `payload` in pieces, in order: each at most
+    `frame_bytes_max` long, header included. A payload that fits one frame is not split."""
+    if len(payload) <= frame_bytes_max:
+        return [payload]
+    share = frame_bytes_max - PIECE_HEADER_BYTES
+    if share < 1:
+        raise ValueError(f"frame_bytes_max {frame_bytes_max} leaves no room for a piece")
+    pieces: list[bytes] = []
+    with memoryview(payload) as view:
+        for start in range(0, len(payload), share):
+            kind = (
+                PIECE_FIRST
+                if start == 0
+                else PIECE_LAST
+                if start + share >= len(payload)
+                else PIECE_MIDDLE
+            )
+            pieces.append(bytes((PIECE_MARKER, kind)) + view[start : start + share])
+    return pieces
 
 
 class FrameDecoder:
@@ -340,6 +392,9 @@ class InboundConnection:
         "_frame_bytes_max",
         "_is_known_peer",
         "_node_id",
+        "_pieced_message_bytes_max",
+        "_pieces",
+        "_pieces_bytes",
         "handshake",
     )
 
@@ -350,12 +405,16 @@ class InboundConnection:
         node_id: int,
         is_known_peer: Callable[[int], bool],
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        pieced_message_bytes_max: int = PIECED_MESSAGE_BYTES_MAX,
     ) -> None:
         self._cluster_id = cluster_id
         self._node_id = node_id
         self._is_known_peer = is_known_peer
         self._frame_bytes_max = frame_bytes_max
+        self._pieced_message_bytes_max = pieced_message_bytes_max
         self._decoder = FrameDecoder(HANDSHAKE_BYTES_MAX)
+        self._pieces: list[memoryview] = []
+        self._pieces_bytes = 0
         self.handshake: Handshake | None = None
 
     def receive_data(self, data: bytes) -> list[bytes]:
@@ -377,6 +436,40 @@ class InboundConnection:
             self._decoder.frame_bytes_max = self._frame_bytes_max
         payloads: list[bytes] = []
         while (frame := self._decoder.next_frame()) is not None:
-            if frame:  # empty frames are keepalives
+            if not frame:  # empty frames are keepalives
+                continue
+            if frame[0] == PIECE_MARKER:
+                message = self._add_piece(frame)
+                if message is not None:
+                    payloads.append(message)
+            elif self._pieces:
+                raise self._broken("a message came between the pieces of another")
+            else:
                 payloads.append(frame)
         return payloads
+
+    def _add_piece(self, frame: bytes) -> bytes | None:
+        """Take one piece; the whole message once its last piece is in, else None."""
+        kind = frame[1] if len(frame) > PIECE_HEADER_BYTES else None
+        if kind not in (PIECE_FIRST, PIECE_MIDDLE, PIECE_LAST):
+            raise self._broken("a malformed piece of a message")
+        if (kind == PIECE_FIRST) == bool(self._pieces):
+            raise self._broken("a piece out of order")
+        self._pieces_bytes += len(frame) - PIECE_HEADER_BYTES
+        if self._pieces_bytes > self._pieced_message_bytes_max:
+            raise self._broken(
+                f"a message in pieces is over the limit of {self._pieced_message_bytes_max} bytes"
+            )
+        self._pieces.append(memoryview(frame)[PIECE_HEADER_BYTES:])
+        if kind != PIECE_LAST:
+            return None
+        message = b"".join(self._pieces)
+        self._pieces.clear()
+        self._pieces_bytes = 0
+        return message
+
+    def _broken(self, reason: str) -> FrameError:
+        """The stream can no longer be trusted: free the pieces held, report the peer's fault."""
+        self._pieces.clear()
+        self._pieces_bytes = 0
+        return FrameError(reason)

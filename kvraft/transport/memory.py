@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from kvraft.transport.frames import FRAME_BYTES_MAX
+from kvraft.transport.frames import PIECED_MESSAGE_BYTES_MAX
 from kvraft.transport.tcp import BULK_QUEUE_MESSAGES_MAX, PEER_QUEUE_MESSAGES_MAX
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
@@ -76,7 +76,8 @@ class MemoryTransport:
         is_known_peer: whether to accept payloads from a node id, asked at each delivery.
         queue_messages_max, bulk_queue_messages_max: the most payloads in flight per
             peer and lane; beyond them `send` drops, as a full TCP queue would.
-        frame_bytes_max: the largest payload `send` accepts.
+        message_bytes_max: the largest payload `send` accepts (a TCP transport sends one
+            larger than a frame in pieces, up to its `pieced_message_bytes_max`).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class MemoryTransport:
         *,
         queue_messages_max: int = PEER_QUEUE_MESSAGES_MAX,
         bulk_queue_messages_max: int = BULK_QUEUE_MESSAGES_MAX,
-        frame_bytes_max: int = FRAME_BYTES_MAX,
+        message_bytes_max: int = PIECED_MESSAGE_BYTES_MAX,
     ) -> None:
         self.node_id = node_id
         self._network = network
@@ -96,7 +97,7 @@ class MemoryTransport:
         self._is_known_peer = is_known_peer
         self._queue_messages_max = queue_messages_max
         self._bulk_queue_messages_max = bulk_queue_messages_max
-        self._frame_bytes_max = frame_bytes_max
+        self._message_bytes_max = message_bytes_max
         self._loop: asyncio.AbstractEventLoop | None = None
         self._peer_addresses: dict[int, tuple[str, int]] = {}
         self._in_flight: dict[tuple[int, bool], int] = {}  # (target, bulk) -> payloads
@@ -129,9 +130,9 @@ class MemoryTransport:
         Same contract as `PeerTransport.send`, including `ValueError` for an empty or
         oversized payload.
         """
-        if not payload or len(payload) > self._frame_bytes_max:
+        if not payload or len(payload) > self._message_bytes_max:
             raise ValueError(
-                f"payload of {len(payload)} bytes is not in 1..{self._frame_bytes_max}"
+                f"payload of {len(payload)} bytes is not in 1..{self._message_bytes_max}"
             )
         if node_id not in self._peer_addresses:
             return False

@@ -43,7 +43,7 @@ import collections
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
@@ -53,6 +53,9 @@ from kvraft.transport.frames import (
     HANDSHAKE_BYTES_MAX,
     KEEPALIVE_FRAME,
     NODE_ID_MAX,
+    PIECE_FIRST,
+    PIECE_MARKER,
+    PIECED_MESSAGE_BYTES_MAX,
     PROTOCOL_VERSION,
     FrameDecoder,
     FrameError,
@@ -64,6 +67,7 @@ from kvraft.transport.frames import (
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
+    split_into_pieces,
 )
 
 __all__ = [
@@ -144,7 +148,8 @@ class TransportConfig:
     """The limits and timeouts of one `PeerTransport`; defaults are the module constants.
 
     Fields (see the constant of the same name in capitals for each one's reason):
-        frame_bytes_max: the largest payload sent or accepted.
+        frame_bytes_max: the largest frame sent or accepted; a larger payload goes in pieces.
+        pieced_message_bytes_max: the largest payload sent or accepted in pieces.
         queue_messages_max, queue_bytes_max: the normal lane's queue bounds, per peer.
         bulk_queue_messages_max, bulk_queue_bytes_max: the bulk lane's queue bounds, per peer.
         connect_timeout_s, handshake_timeout_s, idle_timeout_s, keepalive_interval_s,
@@ -156,6 +161,7 @@ class TransportConfig:
     """
 
     frame_bytes_max: int = FRAME_BYTES_MAX
+    pieced_message_bytes_max: int = PIECED_MESSAGE_BYTES_MAX
     queue_messages_max: int = PEER_QUEUE_MESSAGES_MAX
     queue_bytes_max: int = PEER_QUEUE_BYTES_MAX
     bulk_queue_messages_max: int = BULK_QUEUE_MESSAGES_MAX
@@ -357,19 +363,21 @@ class _Outbound:
 
     # The event loop thread is the only caller of everything here, so no locks.
 
-    def offer(self, payload: bytes) -> bool:
+    def offer(self, frames: Sequence[bytes]) -> bool:
+        """Queue one message's frames (one, or its pieces), all or none."""
         if self._task is None:
             self.dropped_messages += 1
             return False
+        size = sum(len(frame) for frame in frames) if len(frames) > 1 else len(frames[0])
         fits = (
-            len(self._queue) < self._messages_max
-            and self._queued_bytes + len(payload) <= self._bytes_max
+            len(self._queue) + len(frames) <= self._messages_max
+            and self._queued_bytes + size <= self._bytes_max
         )
-        if self._queue and not fits:  # an empty queue takes any frame-sized payload
+        if self._queue and not fits:  # an empty queue takes any one message
             self.dropped_messages += 1
             return False
-        self._queue.append(payload)
-        self._queued_bytes += len(payload)
+        self._queue.extend(frames)
+        self._queued_bytes += size
         if self._writable is not None and not self._writable.write_paused:
             # The fast path: write whatever this loop iteration queues with one call, from a
             # callback rather than by waking the writer task (one hop less per message).
@@ -399,14 +407,28 @@ class _Outbound:
             self._wakeup.set()  # the writer task connects, drains or reports the failure
 
     def _write_queue(self, protocol: _OutboundProtocol) -> int:
-        """Hand every queued payload to the connection in one write; returns how many."""
+        """Hand the queued payloads to the connection in one write; returns how many. One
+        write holds at most a frame's worth of bytes beyond its first payload, so the pieces
+        of a large message go one by one, each drained before the next (and copied once)."""
         parts: list[bytes] = []
-        size = self._queued_bytes
-        count = len(self._queue)
-        for payload in self._queue:
-            parts.append(len(payload).to_bytes(4, "big"))
-            parts.append(payload)
-        self._discard_queue(count_as_dropped=False)
+        queue = self._queue
+        if self._queued_bytes <= self._owner.config.frame_bytes_max:
+            size, count = self._queued_bytes, len(queue)
+            for payload in queue:
+                parts.append(len(payload).to_bytes(4, "big"))
+                parts.append(payload)
+            self._discard_queue(count_as_dropped=False)
+        else:
+            size = count = 0
+            while queue and (
+                not count or size + len(queue[0]) <= self._owner.config.frame_bytes_max
+            ):
+                payload = queue.popleft()
+                parts.append(len(payload).to_bytes(4, "big"))
+                parts.append(payload)
+                size += len(payload)
+                count += 1
+            self._queued_bytes -= size
         protocol.write(b"".join(parts))
         if protocol.write_paused:
             # Sent once the peer reads enough for the buffer to drain; the writer task waits
@@ -470,6 +492,17 @@ class _Outbound:
             self.dropped_messages += len(self._queue)
         self._queue.clear()
         self._queued_bytes = 0
+
+    def _drop_cut_message(self) -> None:
+        """Drop the pieces left of a message whose first pieces went on a connection that
+        ended: the next connection's receiver would refuse them out of order."""
+        queue = self._queue
+        cut = False
+        while queue and queue[0][0] == PIECE_MARKER and queue[0][1] != PIECE_FIRST:
+            self._queued_bytes -= len(queue.popleft())
+            cut = True
+        if cut:
+            self.dropped_messages += 1
 
     def _report(self, reachable: bool, detail: str) -> None:
         """Log a change of reachability once, not on every retry."""
@@ -548,6 +581,7 @@ class _Outbound:
             # Written but never confirmed drained: lost with the connection.
             self.dropped_messages += self._unconfirmed_messages
             self._unconfirmed_messages = self._unconfirmed_bytes = 0
+            self._drop_cut_message()
         if reason is None:
             return 0
         self.disconnects += 1
@@ -671,6 +705,7 @@ class _InboundProtocol(asyncio.Protocol):
             node_id=owner.node_id,
             is_known_peer=owner.is_known_peer,
             frame_bytes_max=owner.config.frame_bytes_max,
+            pieced_message_bytes_max=owner.config.pieced_message_bytes_max,
         )
         self._peer_address = "?"
         self._timer: asyncio.TimerHandle | None = None
@@ -982,21 +1017,22 @@ class PeerTransport:
         lane's queue is full. `bulk=True` puts the payload on the peer's second connection,
         for large payloads (InstallSnapshot) that must not delay the others. Raises
         `ValueError` for an empty payload (reserved for keepalives) or one larger than
-        `config.frame_bytes_max` (no peer would accept it).
+        `config.pieced_message_bytes_max` (no peer would accept it). A payload larger than
+        a frame goes in pieces (`split_into_pieces`), queued all or none.
         """
-        if not payload or len(payload) > self.config.frame_bytes_max:
-            raise ValueError(
-                f"payload of {len(payload)} bytes is not in 1..{self.config.frame_bytes_max}"
-            )
+        limit = self.config.pieced_message_bytes_max
+        if not payload or len(payload) > limit:
+            raise ValueError(f"payload of {len(payload)} bytes is not in 1..{limit}")
         peer = self._peers.get(node_id)
         if peer is None:
             self._counters["unknown_peer_sends"] += 1
             return False
+        frames = split_into_pieces(payload, self.config.frame_bytes_max)
         if bulk:
             if self.running:
                 peer.bulk.start()  # the bulk lane connects on first use
-            return peer.bulk.offer(payload)
-        return peer.normal.offer(payload)
+            return peer.bulk.offer(frames)
+        return peer.normal.offer(frames)
 
     def flush(self) -> None:
         """See `kvraft.transport.Transport.flush` (normal lanes; bulk ones go at their pace)."""
