@@ -501,8 +501,8 @@ class HttpApi:
     path prefixes and a table of exact paths. A `web.Application` would match them with its
     router, run a middleware chain and build match-info objects per request; on this machine
     that cost about 75 µs per request (an empty handler answered at p50 0.29 ms instead of
-    0.22 ms, one connection) and a sixth of the throughput at 16 connections, and every put
-    pays it on the leader's critical path (BENCHMARKS.md).
+    0.22 ms, one connection) and about 14 % of the throughput at 16 connections, and every
+    put pays it on the leader's critical path (BENCHMARKS.md).
     """
 
     def __init__(self, node: RaftNode) -> None:
