@@ -36,7 +36,7 @@ default settings: fsync on), every node on 127.0.0.1 with its data on disk, and 
 ``wrk`` and ``etcd`` are installed with apt-get when missing (as root only). Prints the
 tables and writes them to ``benchmarks/results/vs_etcd.md`` and ``vs_etcd.json``
 (git-ignored). Prints, asserts nothing. Every process and temp directory is cleaned up, even
-on failure and Ctrl-C. A full run takes about 10 minutes, --quick about 2.
+on failure and Ctrl-C. A full run takes about 25 minutes, --quick about 2.
 
 The nodes run this working tree's kvraft (``python -m kvraft serve``) with this interpreter.
 """
