@@ -412,23 +412,15 @@ class _Outbound:
         of a large message go one by one, each drained before the next (and copied once)."""
         parts: list[bytes] = []
         queue = self._queue
-        if self._queued_bytes <= self._owner.config.frame_bytes_max:
-            size, count = self._queued_bytes, len(queue)
-            for payload in queue:
-                parts.append(len(payload).to_bytes(4, "big"))
-                parts.append(payload)
-            self._discard_queue(count_as_dropped=False)
-        else:
-            size = count = 0
-            while queue and (
-                not count or size + len(queue[0]) <= self._owner.config.frame_bytes_max
-            ):
-                payload = queue.popleft()
-                parts.append(len(payload).to_bytes(4, "big"))
-                parts.append(payload)
-                size += len(payload)
-                count += 1
-            self._queued_bytes -= size
+        budget = self._owner.config.frame_bytes_max
+        size = count = 0
+        while queue and (not count or size + len(queue[0]) <= budget):
+            payload = queue.popleft()
+            parts.append(len(payload).to_bytes(4, "big"))
+            parts.append(payload)
+            size += len(payload)
+            count += 1
+        self._queued_bytes -= size
         protocol.write(b"".join(parts))
         if protocol.write_paused:
             # Sent once the peer reads enough for the buffer to drain; the writer task waits
