@@ -990,6 +990,13 @@ def _throughput(
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     segment_seconds = max(1, round(settings.row_seconds / settings.rounds))
+
+    def order(row_index: int, round_index: int) -> list[Cluster]:
+        # Alternate which system goes first from round to round (and row to row), so that
+        # drift on the machine within a row hits both alike.
+        flip = (row_index + round_index) % 2
+        return list(clusters) if flip == 0 else list(reversed(clusters))
+
     for operation in OPERATIONS:
         for connections in settings.connections:
             row_index = first_row_index + len(rows)
@@ -997,21 +1004,17 @@ def _throughput(
                 "nodes": len(clusters[0].nodes),
                 "operation": operation,
                 "connections": connections,
-                "first": (clusters[0] if row_index % 2 == 0 else clusters[-1]).system,
+                "first": order(row_index, 0)[0].system,
                 "load_average_1m_before": os.getloadavg()[0],
             }
             segments: dict[str, list[_Segment]] = {cluster.system: [] for cluster in clusters}
             for round_index in range(settings.rounds):
-                # Alternate which system goes first from round to round (and row to row), so
-                # that drift on the machine within a row hits both alike.
-                flip = (row_index + round_index) % 2
-                order = list(clusters) if flip == 0 else list(reversed(clusters))
                 warmup_seconds = (
                     settings.warmup_seconds
                     if round_index == 0
                     else min(settings.warmup_seconds, SEGMENT_WARMUP_SECONDS)
                 )
-                for cluster in order:
+                for cluster in order(row_index, round_index):
                     segments[cluster.system].append(
                         _measure_segment(
                             processes,

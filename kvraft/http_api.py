@@ -182,12 +182,15 @@ async def _read_value(request: web.BaseRequest, value_bytes_max: int, what: str 
     kept: bytes | None = request.get(BODY_KEY)
     if kept is not None:
         return kept
-    too_large = ApiError(
-        413, f"{what}_too_large", f"{what} over the limit of {value_bytes_max} bytes"
-    )
+
+    def too_large() -> ApiError:  # built only when needed: this is every write's path
+        return ApiError(
+            413, f"{what}_too_large", f"{what} over the limit of {value_bytes_max} bytes"
+        )
+
     declared = request.content_length
     if declared is not None and declared > value_bytes_max:
-        raise too_large
+        raise too_large()
     expect = request.headers.get("Expect")
     if expect is not None and request.version >= (1, 1):
         # curl asks before it sends a body over 1 KiB, and waits a second for an answer.
@@ -212,7 +215,7 @@ async def _read_value(request: web.BaseRequest, value_bytes_max: int, what: str 
             break
         body += chunk
     if len(body) > value_bytes_max:
-        raise too_large
+        raise too_large()
     value = bytes(body)
     request[BODY_KEY] = value
     return value
