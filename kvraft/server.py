@@ -597,6 +597,8 @@ class RaftNode:
         if self._reads:
             reads, self._reads = self._reads, []
             for read_id, future in reads:
+                if future.done():  # timed out (or its client left) before the driver got here
+                    continue
                 try:
                     core.read_index(read_id)
                 except NotLeaderError as error:
