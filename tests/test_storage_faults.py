@@ -2,10 +2,11 @@
 .wal, .fileops).
 
 The real storage code runs against `FailingFileOps`, a file layer that raises EIO/ENOSPC on
-cue. What a node relies on: the operation that hit the error fails with `StorageFailedError`,
-so does everything queued behind it and everything after it; nothing is retried (after a
-failed fsync a successful retry could report lost data as durable) and nothing is reported
-durable after the failure; a restart recovers everything acknowledged before it.
+cue (in writes, syncs, reads or preallocation). What a node relies on: the operation that hit
+the error fails with `StorageFailedError`, so does everything queued behind it and everything
+after it; nothing is retried (after a failed fsync a successful retry could report lost data
+as durable) and nothing is reported durable after the failure; a restart recovers everything
+acknowledged before it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kvraft.storage.disk import DiskStorage
 from kvraft.storage.engine import SNAPSHOT_DIRECTORY_NAME
 from kvraft.storage.fileops import FileOps
 from kvraft.storage.memory import MemoryStorage
-from kvraft.storage.wal import WriteAheadLog
+from kvraft.storage.wal import PREALLOCATION_BYTES, WriteAheadLog
 
 SNAPSHOT = SnapshotMeta(3, 1, Configuration(voters=frozenset({1})))
 
@@ -46,6 +47,7 @@ class FailingFileOps(FileOps):
         self._writes_before_failure = 0
         self._sync_errno: int | None = None
         self._read_errno: int | None = None
+        self._allocate_errno: int | None = None
         self.release = threading.Event()
         self.release.set()
         self.holding = threading.Event()
@@ -60,6 +62,14 @@ class FailingFileOps(FileOps):
 
     def fail_reads(self, code: int | None) -> None:
         self._read_errno = code
+
+    def fail_allocations(self, code: int | None) -> None:
+        self._allocate_errno = code
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        if self._allocate_errno is not None:
+            raise OSError(self._allocate_errno, os.strerror(self._allocate_errno))
+        super().allocate(fd, offset, length)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self.writes += 1
@@ -214,6 +224,38 @@ async def test_a_restart_after_a_failure_recovers_every_acknowledged_save(tmp_pa
     # The failed save may or may not have reached the disk; what was acknowledged did.
     assert storage.recovered.entries[:5] == make_entries(1, 5)
     assert len(storage.recovered.entries) <= 6
+    await storage.close()
+
+
+async def test_a_disk_too_full_to_preallocate_still_takes_the_writes_that_fit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file_ops = FailingFileOps()
+    file_ops.fail_allocations(errno.ENOSPC)
+    storage = await DiskStorage.open(tmp_path, file_ops=file_ops)
+    for index in range(1, 4):
+        await storage.save(make_entries(index, 1), HardState(1, 1, index - 1))
+    await storage.close()
+    assert caplog.text.count("no disk space to preallocate") == 1
+    storage = await DiskStorage.open(tmp_path)
+    assert storage.recovered.entries == make_entries(1, 3)
+    await storage.close()
+
+
+async def test_a_failed_preallocation_for_another_reason_fails_the_save_and_everything_after_it(
+    tmp_path: Path,
+) -> None:
+    file_ops = FailingFileOps()
+    storage = await DiskStorage.open(tmp_path, file_ops=file_ops)
+    await storage.save(make_entries(1, 3), HardState(1, 1, 0))
+    file_ops.fail_allocations(errno.EIO)
+    # Past the space allocated so far, so the WAL must allocate more before writing it.
+    large = Entry(1, 4, EntryKind.NORMAL, bytes(PREALLOCATION_BYTES + 1))
+    with pytest.raises(StorageFailedError):
+        await storage.save([large], None)
+    await assert_everything_fails(storage)
+    storage = await DiskStorage.open(tmp_path)
+    assert storage.recovered.entries == make_entries(1, 3)
     await storage.close()
 
 

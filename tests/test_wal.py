@@ -40,6 +40,7 @@ from kvraft.storage.fileops import FileOps
 from kvraft.storage.memory import MemoryDisk, MemoryStorage
 from kvraft.storage.wal import (
     FRAME_HEADER_BYTES,
+    PREALLOCATION_BYTES,
     SEGMENT_BYTES_MAX_DEFAULT,
     SEGMENT_BYTES_MAX_HIGHEST,
     SEGMENT_BYTES_MAX_LOWEST,
@@ -78,14 +79,21 @@ def recovered_entries(recovery: WalRecovery) -> list[Entry]:
 
 
 def frame_spans(data: bytes) -> list[tuple[int, int]]:
-    """Frame boundaries by the documented layout: 36-byte header, payload length at 4..8."""
+    """Frame boundaries by the documented layout: 36-byte header starting with the magic,
+    payload length at 4..8. They end where the magic does (preallocated free space is zeros)."""
     spans = []
     offset = 0
-    while offset + 36 <= len(data):
+    while offset + 36 <= len(data) and data[offset : offset + 4] == b"KVWL":
         (length,) = struct.unpack_from("<I", data, offset + 4)
         spans.append((offset, offset + 36 + length))
         offset += 36 + length
     return spans
+
+
+def frames_end(path: Path) -> int:
+    """Where a segment's frames end; the file may go on with preallocated free space."""
+    spans = frame_spans(path.read_bytes())
+    return spans[-1][1] if spans else 0
 
 
 def documented_frame(payload: bytes, seq: int, offset: int, settled: int) -> bytes:
@@ -99,7 +107,8 @@ class History:
     """A WAL written batch by batch; index k describes the state after k batches."""
 
     ends: list[tuple[Path, int]]
-    """The active segment and its size after each batch (k = 0: right after open)."""
+    """The active segment and where its frames end after each batch (k = 0: right after
+    open)."""
     states: list[tuple[list[Entry], HardState]]
 
 
@@ -118,7 +127,7 @@ def write_history(
     log: list[Entry] = []
     hard_state = HardState()
     term = 1
-    ends = [(wal.segment_paths[-1], wal.segment_paths[-1].stat().st_size)]
+    ends = [(wal.segment_paths[-1], frames_end(wal.segment_paths[-1]))]
     states: list[tuple[list[Entry], HardState]] = [([], hard_state)]
     for batch_number in range(batch_count):
         if log and rng.random() < 0.25:
@@ -132,7 +141,7 @@ def write_history(
         del log[first - 1 :]
         log.extend(batch)
         path = wal.segment_paths[-1]
-        ends.append((path, path.stat().st_size))
+        ends.append((path, frames_end(path)))
         states.append((list(log), hard_state))
     wal.close()
     return History(ends, states)
@@ -249,24 +258,29 @@ def test_recorded_snapshot_keeps_the_suffix_only_when_the_log_matches_it(tmp_pat
 # --- torn tails and corruption ---
 
 
+@pytest.mark.parametrize("free_space_bytes", [0, 4096])
 def test_cutting_the_last_frames_at_every_byte_recovers_exactly_the_complete_batches(
-    tmp_path: Path,
+    tmp_path: Path, free_space_bytes: int
 ) -> None:
     history = write_history(tmp_path / "source", 16, seed=11)
     path, _ = history.ends[-1]
-    data = path.read_bytes()
     frame_ends = [end for _, end in history.ends]
+    data = path.read_bytes()[: frame_ends[-1]]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     for cut in range(frame_ends[-4], len(data) + 1):
-        (scratch / path.name).write_bytes(data[:cut])
+        # A write torn at `cut`, in a file that ends there or goes on with preallocated zeros.
+        (scratch / path.name).write_bytes(data[:cut] + bytes(free_space_bytes))
         recovery = reopen(scratch)
         complete = max(k for k, end in enumerate(frame_ends) if end <= cut)
         entries, hard_state = history.states[complete]
         assert recovered_entries(recovery) == entries, cut
         assert recovery.hard_state == hard_state, cut
-        # The torn bytes are gone from the file, so new frames follow the last good one.
-        assert (scratch / path.name).stat().st_size == frame_ends[complete]
+        # The torn bytes are gone from the file, so new frames follow the last good one;
+        # free space right after the last good frame is kept as it is.
+        kept_bytes = cut + free_space_bytes if cut == frame_ends[complete] else cut
+        expected_size = kept_bytes if cut == frame_ends[complete] else frame_ends[complete]
+        assert (scratch / path.name).stat().st_size == expected_size, cut
 
 
 def test_recovery_after_cutting_a_torn_tail_keeps_appending_correctly(tmp_path: Path) -> None:
@@ -275,7 +289,7 @@ def test_recovery_after_cutting_a_torn_tail_keeps_appending_correctly(tmp_path: 
     wal.append(make_entries(6, 5, 1))
     path = wal.segment_paths[-1]
     wal.close()
-    os.truncate(path, path.stat().st_size - 7)
+    os.truncate(path, frames_end(path) - 7)
     wal, recovery = WriteAheadLog.open(tmp_path)
     assert recovery.torn_tail is not None and recovery.torn_tail[0] == path
     wal.append(make_entries(6, 2, 2))
@@ -294,14 +308,74 @@ def test_torn_tail_is_logged_with_file_and_offset(
     assert f"{path}: torn write at offset {previous_end}" in caplog.text
 
 
-def test_zeros_after_the_last_frame_are_cut(tmp_path: Path) -> None:
+def test_the_active_segment_is_preallocated_ahead_of_its_frames_only_when_fsync_is_on(
+    tmp_path: Path,
+) -> None:
+    for fsync in (True, False):
+        wal, _ = WriteAheadLog.open(tmp_path / str(fsync), fsync=fsync)
+        wal.append(make_entries(1, 3, 1))
+        path = wal.segment_paths[-1]
+        end = frames_end(path)
+        status = path.stat()
+        if fsync:
+            assert status.st_size == end + PREALLOCATION_BYTES
+            assert status.st_blocks * 512 >= status.st_size  # reserved on disk, not a hole
+        else:
+            assert status.st_size == end
+        wal.close()
+
+
+def test_free_space_after_the_last_frame_is_kept_and_written_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     history = write_history(tmp_path, 5, seed=3)
     path, end = history.ends[-1]
-    with path.open("ab") as file:
-        file.write(bytes(4096))  # space the file system allocated but never filled
-    recovery = reopen(tmp_path)
+    size = path.stat().st_size
+    assert size > end
+    wal, recovery = WriteAheadLog.open(tmp_path)
     assert recovered_entries(recovery) == history.states[-1][0]
-    assert path.stat().st_size == end
+    assert recovery.torn_tail is None and "torn" not in caplog.text
+    assert path.stat().st_size == size
+    last_index = wal.log.last_index
+    wal.append(make_entries(last_index + 1, 2, 50))
+    wal.close()
+    assert frame_spans(path.read_bytes())[-1][0] == end  # the next frame went where they ended
+    assert path.stat().st_size == size
+    expected = history.states[-1][0] + make_entries(last_index + 1, 2, 50)
+    assert recovered_entries(reopen(tmp_path)) == expected
+
+
+def test_a_full_segment_is_cut_back_to_its_frames_before_the_next_one_starts(
+    tmp_path: Path,
+) -> None:
+    segment_bytes_max = 64 * 1024
+    wal, _ = WriteAheadLog.open(tmp_path, segment_bytes_max=segment_bytes_max)
+    for index in range(1, 201):
+        wal.append(make_entries(index, 1, 1, size=1000))
+    paths = wal.segment_paths
+    wal.close()
+    assert len(paths) >= 3
+    for path in paths[:-1]:
+        assert path.stat().st_size == frames_end(path)
+    # The active segment's free space never goes past the segment's limit.
+    assert frames_end(paths[-1]) < paths[-1].stat().st_size <= segment_bytes_max
+    assert recovered_entries(reopen(tmp_path, segment_bytes_max)) == [
+        entry for index in range(1, 201) for entry in make_entries(index, 1, 1, size=1000)
+    ]
+
+
+def test_zeros_after_the_frames_of_a_segment_that_is_not_the_last_are_refused(
+    tmp_path: Path,
+) -> None:
+    write_history(tmp_path, 90, seed=9, segment_bytes_max=SEGMENT_BYTES_MAX_LOWEST)
+    assert (tmp_path / segment_file_name(2)).exists()
+    first = tmp_path / segment_file_name(1)
+    end = first.stat().st_size
+    with first.open("ab") as file:
+        file.write(bytes(100))
+    with pytest.raises(StorageCorruptionError, match="not the last one") as refused:
+        reopen(tmp_path, SEGMENT_BYTES_MAX_LOWEST)
+    assert refused.value.path == first and refused.value.offset == end
 
 
 @pytest.mark.parametrize("nonzero_bytes_zeroed", [1, 10, "whole frame"])
@@ -334,15 +408,18 @@ def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
     assert len(segments) >= 3  # the scenario must cover damage in non-last segments too
     originals = {path.name: path.read_bytes() for path in segments}
     last_name = segments[-1].name
-    last_frame_start = frame_spans(originals[last_name])[-1][0]
+    last_frame_start, last_frames_end = frame_spans(originals[last_name])[-1]
+    assert len(originals[last_name]) > last_frames_end  # free space is damaged too
     scratch = tmp_path / "scratch"
     rng = random.Random(20240611)
-    outcomes = {"prefix": 0, "refused": 0}
+    outcomes = {"prefix": 0, "refused": 0, "free space": 0}
     for _ in range(120):
         name = rng.choice(sorted(originals))
-        # Aim at the last frame often enough to see both outcomes.
-        low = last_frame_start if name == last_name and rng.random() < 0.3 else 0
-        offset = rng.randrange(low, len(originals[name]))
+        # Aim at the last frame and at the free space often enough to see every outcome.
+        low, high = 0, len(originals[name])
+        if name == last_name and rng.random() < 0.5:
+            low, high = rng.choice([(last_frame_start, last_frames_end), (last_frames_end, high)])
+        offset = rng.randrange(low, high)
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
         for other, data in originals.items():
@@ -351,7 +428,12 @@ def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
                 damaged[offset] ^= 1 << rng.randrange(8)
             (scratch / other).write_bytes(damaged)
         frame_start = max(start for start, _ in frame_spans(originals[name]) if start <= offset)
-        if name == last_name and frame_start == last_frame_start:
+        if name == last_name and offset >= last_frames_end:
+            # Garbage in the free space after the last frame vouches for nothing: it is cut.
+            assert recovered_entries(reopen(scratch)) == history.states[-1][0]
+            assert (scratch / name).stat().st_size == last_frames_end
+            outcomes["free space"] += 1
+        elif name == last_name and frame_start == last_frame_start:
             assert recovered_entries(reopen(scratch)) == history.states[-2][0]
             outcomes["prefix"] += 1
         else:
@@ -362,7 +444,7 @@ def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
             assert f"{scratch / name} at offset {frame_start}" in str(refused.value)
             assert "delete its data directory" in str(refused.value)
             outcomes["refused"] += 1
-    assert outcomes["prefix"] > 5 and outcomes["refused"] > 5
+    assert min(outcomes.values()) > 5, outcomes
 
 
 def test_garbage_followed_by_a_good_frame_is_refused_not_cut(tmp_path: Path) -> None:
@@ -440,6 +522,8 @@ def test_a_segment_under_the_wrong_name_is_refused_not_cut(tmp_path: Path) -> No
 def test_an_empty_last_segment_left_by_a_crash_during_rollover_is_removed(tmp_path: Path) -> None:
     history = write_history(tmp_path, 30, seed=13, segment_bytes_max=SEGMENT_BYTES_MAX_LOWEST)
     segments = sorted(tmp_path.iterdir())
+    # A rollover first cuts the full segment back to its frames and syncs it.
+    os.truncate(segments[-1], frames_end(segments[-1]))
     empty = tmp_path / segment_file_name(len(segments) + 1)
     empty.write_bytes(b"")
     wal, recovery = WriteAheadLog.open(tmp_path, segment_bytes_max=SEGMENT_BYTES_MAX_LOWEST)
@@ -457,9 +541,10 @@ def test_a_checksummed_frame_with_malformed_records_is_refused_even_at_the_tail(
     wal.append(make_entries(1, 2, 1))
     path = wal.segment_paths[-1]
     wal.close()
-    size = path.stat().st_size
+    size = frames_end(path)
     bad_records = msgpack.packb([[1, 1, [[1, 5]], b"\x00", [b"one entry, five claimed"]]])
-    with path.open("ab") as file:
+    with path.open("r+b") as file:
+        file.seek(size)
         file.write(documented_frame(bad_records, 1, size, size))
     with pytest.raises(StorageCorruptionError, match="inconsistent counts") as refused:
         reopen(tmp_path)

@@ -30,6 +30,16 @@ class FileOps:
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
 
+    def seek(self, fd: int, offset: int) -> None:
+        """Set where the next `write` on `fd` goes."""
+        os.lseek(fd, offset, os.SEEK_SET)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk blocks for `length` bytes from `offset`, growing the file to cover
+        them (they read as zeros). Where the file system cannot reserve, the C library writes
+        the zeros itself."""
+        os.posix_fallocate(fd, offset, length)
+
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         return os.pwrite(fd, data, offset)
 

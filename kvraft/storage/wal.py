@@ -65,11 +65,29 @@ format can tell the two apart, because nothing written after them vouches for th
 In relaxed mode (no fsync) a frame counts as settled once written, so mid-log damage is still
 refused; a power loss in that mode may then lose acknowledged writes or leave a log that is
 refused at open. A process crash (page cache intact) is safe in both modes.
+
+Preallocation
+=============
+
+With fsync on, the active segment's file is grown ahead of its frames, PREALLOCATION_BYTES at
+a time and never past ``segment_bytes_max``, by ``posix_fallocate``. The fdatasync after a
+write then finds the file's size and blocks already on disk and has only the data to flush:
+with three nodes sharing one disk, a sync took about a quarter less time (BENCHMARKS.md).
+
+The space after the last frame reads as zeros, so recovery takes an all-zero remainder of the
+last segment as free space: kept, not reported as a torn tail, and the next frame is written
+where the frames end. Anything else after the last valid frame is judged as above. Before a
+full segment is closed for the next one, its file is cut back to its frames and synced, so
+only the last segment ever has free space; in any other segment, zeros are damage. When the
+disk has too little space left to allocate ahead (ENOSPC, EDQUOT), the WAL writes without (a
+warning, once) and fails only when a write itself does not fit; any other error from the
+allocation fails it like a failed write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -93,6 +111,7 @@ __all__ = [
     "FRAME_HEADER_BYTES",
     "FRAME_MAGIC",
     "INDEX_MAX",
+    "PREALLOCATION_BYTES",
     "RECORD_PAYLOAD_BYTES_MAX",
     "SEGMENT_BYTES_MAX_DEFAULT",
     "SEGMENT_BYTES_MAX_HIGHEST",
@@ -127,6 +146,10 @@ encode to more is refused (ValueError) - the core's own batch limits keep Readys
 
 SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
 """A new segment is started once a write would take the current one past this size."""
+
+PREALLOCATION_BYTES = 4 * 1024 * 1024
+"""How far ahead of its frames the active segment's file is allocated when fsync is on (see
+Preallocation); the most disk space the free tail takes."""
 
 SEGMENT_BYTES_MAX_LOWEST = 4 * 1024
 """The smallest accepted `segment_bytes_max`: smaller would make a segment per frame."""
@@ -718,6 +741,11 @@ class WriteAheadLog:
         self._hard_state = hard_state
         self._fd = -1
         self._size = 0
+        """Where the active segment's frames end: the next frame's offset."""
+        self._allocated = 0
+        """The active segment's file size; beyond `_size` it is preallocated free space."""
+        self._preallocation_refused = False
+        """Whether a full disk refused a preallocation (logged once)."""
         self._settled = 0
         self._has_frames = False
         self._failure: BaseException | None = None
@@ -761,17 +789,18 @@ class WriteAheadLog:
         replay = _Replay()
         segments: list[_Segment] = []
         torn_tail: tuple[Path, int] | None = None
-        active_size = 0
+        active_size = active_allocated = 0
         active_first_frame_end = 0
         for position, (seq, path) in enumerate(found):
             is_last = position == len(found) - 1
             replay.index_max = 0
-            valid_end, first_frame_end, file_size = cls._replay_segment(
+            valid_end, first_frame_end, file_size, free_tail = cls._replay_segment(
                 replay, file_ops, path, seq, is_last
             )
-            if valid_end < file_size:
+            if valid_end < file_size and not free_tail:
                 torn_tail = (path, valid_end)
                 cls._cut_torn_tail(file_ops, path, valid_end, file_size, fsync)
+                file_size = valid_end
             if valid_end == 0:
                 # Only the last segment gets here: it was being created when the node stopped.
                 file_ops.unlink(path)
@@ -780,6 +809,7 @@ class WriteAheadLog:
                 continue
             segments.append(_Segment(seq, path, replay.index_max))
             active_size = valid_end
+            active_allocated = file_size
             active_first_frame_end = first_frame_end
         log = replay.log
         recovery = WalRecovery(
@@ -795,8 +825,10 @@ class WriteAheadLog:
             hard_state=replay.hard_state,
         )
         if segments:
-            wal._fd = file_ops.open(segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            wal._fd = file_ops.open(segments[-1].path, os.O_WRONLY)
+            file_ops.seek(wal._fd, active_size)
             wal._size = active_size
+            wal._allocated = active_allocated
             wal._has_frames = active_size > active_first_frame_end
             if fsync:
                 # What the last process wrote may still sit in the page cache; it is reported
@@ -810,8 +842,9 @@ class WriteAheadLog:
     @staticmethod
     def _replay_segment(
         replay: _Replay, file_ops: FileOps, path: Path, seq: int, is_last: bool
-    ) -> tuple[int, int, int]:
-        """Replay one segment; (end of its valid frames, end of its first frame, file size)."""
+    ) -> tuple[int, int, int, bool]:
+        """Replay one segment; (end of its valid frames, end of its first frame, file size,
+        whether all bytes after the valid frames are preallocated free space)."""
         try:
             data = read_whole_file(file_ops, path, SEGMENT_FILE_BYTES_MAX)
         except ValueError as error:
@@ -837,9 +870,11 @@ class WriteAheadLog:
         if offset == size:
             if size == 0 and not is_last:
                 raise StorageCorruptionError(path, 0, "empty segment before the last one")
-            return size, first_frame_end, size
+            return size, first_frame_end, size, False
         if isinstance(reason, _Misplaced):
             raise StorageCorruptionError(path, offset, reason)
+        if is_last and data.count(0, offset) == size - offset:
+            return offset, first_frame_end, size, True
         if not is_last:
             raise StorageCorruptionError(
                 path,
@@ -855,7 +890,7 @@ class WriteAheadLog:
                 f"{reason}, yet the valid frame at offset {proof} records that these bytes were "
                 "already on stable storage (damage, not a torn write)",
             )
-        return offset, first_frame_end, size
+        return offset, first_frame_end, size, False
 
     @staticmethod
     def _cut_torn_tail(
@@ -1066,18 +1101,50 @@ class WriteAheadLog:
         if not frames:
             return
         data = frames[0] if len(frames) == 1 else b"".join(frames)
+        end = self._size + len(data)
+        if self._fsync and end > self._allocated:
+            self._preallocate(min(end + PREALLOCATION_BYTES, self._segment_bytes_max))
         write_all(self._file_ops, self._fd, data)
-        self._size += len(data)
+        self._size = end
+        self._allocated = max(self._allocated, end)
         self._has_frames = True
         if not self._fsync:
             # Relaxed mode never syncs: written is as settled as it gets, and treating it so
             # keeps mid-log damage detectable.
             self._settled = self._size
 
+    def _preallocate(self, allocated: int) -> None:
+        """Allocate the active segment up to `allocated` bytes (see Preallocation)."""
+        if allocated <= self._allocated:
+            return
+        try:
+            self._file_ops.allocate(self._fd, self._allocated, allocated - self._allocated)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Too little space to reserve ahead is not yet too little for the write itself:
+            # write without, and fail only when a write does not fit. A failed allocation
+            # may have grown the file part of the way (zeros), so ask for its size.
+            if not self._preallocation_refused:
+                self._preallocation_refused = True
+                logger.warning(
+                    "%s: no disk space to preallocate %d bytes ahead (%s); writing without",
+                    self._directory,
+                    allocated - self._allocated,
+                    error.strerror,
+                )
+            self._allocated = max(self._allocated, self._file_ops.size(self._fd))
+            return
+        self._allocated = allocated
+
     def _roll(self, last_index: int, hard_state: HardState) -> None:
-        """Close the full segment (synced in full: no torn writes before the last segment)
-        and start the next one, at log position `last_index` with `hard_state`."""
-        if self._fsync and self._settled < self._size:
+        """Close the full segment (cut back to its frames and synced in full: no torn writes
+        and no free space before the last segment) and start the next one, at log position
+        `last_index` with `hard_state`."""
+        cut = self._allocated > self._size
+        if cut:
+            self._file_ops.truncate(self._fd, self._size)
+        if self._fsync and (cut or self._settled < self._size):
             self._file_ops.sync_data(self._fd)
         fd, self._fd = self._fd, -1
         self._file_ops.close(fd)
@@ -1085,7 +1152,7 @@ class WriteAheadLog:
 
     def _create_segment(self, seq: int, last_index: int, hard_state: HardState) -> None:
         path = self._directory / segment_file_name(seq)
-        self._fd = self._file_ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        self._fd = self._file_ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         self._segments.append(_Segment(seq, path, 0))
         payload = self._packer.pack(
             [
@@ -1095,7 +1162,7 @@ class WriteAheadLog:
         )
         frame = _encode_frame(payload, seq, 0, 0)
         write_all(self._file_ops, self._fd, frame)
-        self._size = len(frame)
+        self._size = self._allocated = len(frame)
         self._has_frames = False
         if self._fsync:
             self._file_ops.sync_data(self._fd)
