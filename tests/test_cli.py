@@ -278,6 +278,15 @@ def test_status_health_flags_lag_beyond_the_threshold_and_a_missing_leader() -> 
     assert rows[4].endswith("unreachable (timed out)")
 
 
+def test_status_health_says_when_a_membership_change_is_pending() -> None:
+    pending = {**_status("leader", commit=7, applied=7), "membership_change_pending": True}
+    not_a_flag = {**_status(commit=7, applied=7), "membership_change_pending": "yes"}
+    table = kv.render_status_table({"http://a:1": pending, "http://b:1": not_a_flag})
+    rows = table.splitlines()[1:]
+    assert rows[0].endswith("ok; membership change pending")
+    assert rows[1].endswith("ok")
+
+
 def test_status_table_escapes_hostile_fields() -> None:
     table = kv.render_status_table({"http://a:1": {"role": "\x1b[2Jleader", "term": "x"}})
     assert "\x1b" not in table

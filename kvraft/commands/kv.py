@@ -391,6 +391,9 @@ def render_status_table(results: Mapping[str, Mapping[str, Any] | KVError]) -> s
             health = f"lagging ({commit_max - applied} entries behind)"
         else:
             health = "ok"
+        if result.get("membership_change_pending") is True:
+            # Worth seeing at a glance: the next change is refused until this one settles.
+            health += "; membership change pending"
         rows.append(
             (
                 _cell(result.get("id")),
@@ -434,7 +437,8 @@ def render_status_table(results: Mapping[str, Mapping[str, Any] | KVError]) -> s
 def status(
     watch: bool, interval_s: float, count: int, endpoints_text: str, timeout_s: float
 ) -> None:
-    """Show every node: id, role, term, leader, commit and applied index, health."""
+    """Show every node: id, role, term, leader, commit and applied index, health (and
+    whether a membership change is still pending)."""
     client = make_client(endpoints_text, timeout_s, STATUS_ATTEMPT_TIMEOUT_S)
     if not watch:
         results = client.status_all()
