@@ -109,6 +109,15 @@ async def wait_until(predicate: Callable[[], bool], timeout_seconds: float = 10.
         await asyncio.sleep(0.001)
 
 
+async def entries_after_restart(directory: Path) -> list[Entry]:
+    """The log a node restarted on a healthy disk recovers."""
+    storage = await DiskStorage.open(directory)
+    try:
+        return list(storage.recovered.entries)
+    finally:
+        await storage.close()
+
+
 async def assert_everything_fails(storage: DiskStorage | MemoryStorage) -> None:
     """Every operation refuses, and close reports the failure after releasing everything."""
     with pytest.raises(StorageFailedError):
@@ -205,9 +214,7 @@ async def test_a_failed_group_commit_fails_every_save_in_it_but_not_those_acknow
     assert all(isinstance(result, StorageFailedError) for result in results), results
     with pytest.raises(StorageFailedError):
         await storage.close()
-    storage = await DiskStorage.open(tmp_path)
-    assert storage.recovered.entries[:1] == make_entries(1, 1)
-    await storage.close()
+    assert (await entries_after_restart(tmp_path))[:1] == make_entries(1, 1)
 
 
 async def test_a_restart_after_a_failure_recovers_every_acknowledged_save(tmp_path: Path) -> None:
@@ -220,11 +227,10 @@ async def test_a_restart_after_a_failure_recovers_every_acknowledged_save(tmp_pa
         await storage.save(make_entries(6, 1), HardState(1, 1, 5))
     with pytest.raises(StorageFailedError):
         await storage.close()
-    storage = await DiskStorage.open(tmp_path)
+    recovered = await entries_after_restart(tmp_path)
     # The failed save may or may not have reached the disk; what was acknowledged did.
-    assert storage.recovered.entries[:5] == make_entries(1, 5)
-    assert len(storage.recovered.entries) <= 6
-    await storage.close()
+    assert recovered[:5] == make_entries(1, 5)
+    assert len(recovered) <= 6
 
 
 async def test_a_disk_too_full_to_preallocate_still_takes_the_writes_that_fit(
@@ -237,9 +243,7 @@ async def test_a_disk_too_full_to_preallocate_still_takes_the_writes_that_fit(
         await storage.save(make_entries(index, 1), HardState(1, 1, index - 1))
     await storage.close()
     assert caplog.text.count("no disk space to preallocate") == 1
-    storage = await DiskStorage.open(tmp_path)
-    assert storage.recovered.entries == make_entries(1, 3)
-    await storage.close()
+    assert await entries_after_restart(tmp_path) == make_entries(1, 3)
 
 
 async def test_a_failed_preallocation_for_another_reason_fails_the_save_and_everything_after_it(
@@ -254,9 +258,7 @@ async def test_a_failed_preallocation_for_another_reason_fails_the_save_and_ever
     with pytest.raises(StorageFailedError):
         await storage.save([large], None)
     await assert_everything_fails(storage)
-    storage = await DiskStorage.open(tmp_path)
-    assert storage.recovered.entries == make_entries(1, 3)
-    await storage.close()
+    assert await entries_after_restart(tmp_path) == make_entries(1, 3)
 
 
 async def test_a_failed_snapshot_write_fails_the_storage_and_leaves_no_snapshot(
