@@ -278,8 +278,8 @@ def test_cutting_the_last_frames_at_every_byte_recovers_exactly_the_complete_bat
         assert recovery.hard_state == hard_state, cut
         # The torn bytes are gone from the file, so new frames follow the last good one;
         # free space right after the last good frame is kept as it is.
-        kept_bytes = cut + free_space_bytes if cut == frame_ends[complete] else cut
-        expected_size = kept_bytes if cut == frame_ends[complete] else frame_ends[complete]
+        at_a_frame_end = cut == frame_ends[complete]
+        expected_size = cut + free_space_bytes if at_a_frame_end else frame_ends[complete]
         assert (scratch / path.name).stat().st_size == expected_size, cut
 
 
