@@ -10,7 +10,6 @@ when the driver resumes, and the node keeps running.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,25 +22,10 @@ from kvraft.raft.messages import AppendEntries, Heartbeat
 from kvraft.server import RaftNode, Unavailable
 from kvraft.statemachine import encode_put
 from kvraft.storage.disk import DiskStorage
-from kvraft.storage.fileops import FileOps
 from tests.cluster_harness import free_ports
+from tests.file_ops_doubles import HoldingFileOps
 
 DEADLINE_S = 20.0
-
-
-class HoldableFileOps(FileOps):
-    """The real file system, except that writes wait while `release` is clear."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.release.set()
-        self.holding = threading.Event()
-
-    def write(self, fd: int, data: bytes | memoryview) -> int:
-        if not self.release.is_set():
-            self.holding.set()
-            self.release.wait(DEADLINE_S)
-        return super().write(fd, data)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:
@@ -63,12 +47,12 @@ def three_node_config(tmp_path: Path) -> ClusterConfig:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, HoldableFileOps]]]:
+async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, HoldingFileOps]]]:
     config = three_node_config(tmp_path)
-    nodes: dict[int, tuple[RaftNode, HoldableFileOps]] = {}
+    nodes: dict[int, tuple[RaftNode, HoldingFileOps]] = {}
     try:
         for spec in config.nodes:
-            file_ops = HoldableFileOps()
+            file_ops = HoldingFileOps()
             storage = await DiskStorage.open(spec.data_dir, fsync=False, file_ops=file_ops)
             node = RaftNode(config, spec.id, storage=storage)
             nodes[spec.id] = (node, file_ops)
@@ -81,13 +65,13 @@ async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, Hol
             await node.stop(transfer_leadership=False)
 
 
-def leader_of(nodes: dict[int, tuple[RaftNode, HoldableFileOps]]) -> RaftNode | None:
+def leader_of(nodes: dict[int, tuple[RaftNode, HoldingFileOps]]) -> RaftNode | None:
     leaders = [n for n, _ in nodes.values() if n.core is not None and n.core.role == Role.LEADER]
     return max(leaders, key=lambda n: n.core.term if n.core else 0, default=None)
 
 
 async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_it_steps_down(
-    cluster: dict[int, tuple[RaftNode, HoldableFileOps]],
+    cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
 ) -> None:
     await wait_until(lambda: leader_of(cluster) is not None, "a leader")
     old = leader_of(cluster)

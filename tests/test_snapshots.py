@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from kvraft.storage import snapshots as snapshots_module
 from kvraft.storage.api import StorageCorruptionError, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.storage.engine import SNAPSHOT_DIRECTORY_NAME, WAL_DIRECTORY_NAME, StorageEngine
-from kvraft.storage.fileops import FileOps
 from kvraft.storage.memory import MemoryDisk, MemoryStorage
 from kvraft.storage.snapshots import (
     SNAPSHOT_CHUNK_BYTES,
@@ -32,6 +30,7 @@ from kvraft.storage.snapshots import (
     snapshot_file_name,
 )
 from kvraft.storage.wal import SEGMENT_BYTES_MAX_LOWEST
+from tests.file_ops_doubles import HoldingFileOps
 
 CONFIGURATION = Configuration(
     voters=frozenset({1, 2, 3}), learners=frozenset({4}), context=b"addresses"
@@ -444,21 +443,6 @@ async def test_a_failing_chunk_producer_leaves_no_snapshot_behind(tmp_path: Path
     await storage.save_snapshot(meta(3), [b"second try"])
     assert b"".join([c async for c in storage.open_snapshot_chunks(meta(3))]) == b"second try"
     await storage.close()
-
-
-class HoldingFileOps(FileOps):
-    """Can hold the writer thread inside its next write."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.release.set()
-        self.holding = threading.Event()
-
-    def write(self, fd: int, data: bytes | memoryview) -> int:
-        if not self.release.is_set():
-            self.holding.set()
-            self.release.wait(10)
-        return super().write(fd, data)
 
 
 async def test_snapshot_reads_proceed_while_the_writer_thread_is_busy(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from kvraft.storage import wal as wal_module
 from kvraft.storage.api import StorageCorruptionError, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.storage.engine import StorageEngine
-from kvraft.storage.fileops import FileOps
 from kvraft.storage.memory import MemoryDisk, MemoryStorage
 from kvraft.storage.wal import (
     FRAME_HEADER_BYTES,
@@ -50,6 +48,7 @@ from kvraft.storage.wal import (
     prepare_batch,
     segment_file_name,
 )
+from tests.file_ops_doubles import HoldingFileOps
 
 CONFIGURATION = Configuration(voters=frozenset({1, 2, 3}))
 
@@ -755,23 +754,19 @@ def test_the_hard_state_survives_deleting_every_segment_that_recorded_it(tmp_pat
 # --- the storage API (DiskStorage and MemoryStorage) ---
 
 
-class GatedFileOps(FileOps):
+class GatedFileOps(HoldingFileOps):
     """Counts writes and syncs, and can hold the writer thread inside its next write."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.writes = 0
         self.syncs = 0
         self.directory_syncs = 0
-        self.release = threading.Event()
-        self.release.set()
-        self.holding = threading.Event()
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
-        if not self.release.is_set():
-            self.holding.set()
-            self.release.wait(10)
+        written = super().write(fd, data)
         self.writes += 1
-        return super().write(fd, data)
+        return written
 
     def sync_data(self, fd: int) -> None:
         self.syncs += 1
