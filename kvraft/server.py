@@ -647,14 +647,17 @@ class RaftNode:
         # this Ready and an accepted snapshot's: the new peers must be known before the
         # messages to them go out.
         self._refresh_membership(core)
-        for message in ready.messages:
-            self._send(message)
         transport = self.transport
         assert transport is not None
-        if ready.messages:
-            # Out before our own write is even encoded: the leader's disk write runs in
-            # parallel with the followers' (§10.2.1), and theirs is on the commit's path.
-            transport.flush()
+        messages = ready.messages
+        last = len(messages) - 1
+        for position, message in enumerate(messages):
+            self._send(message)
+            if position == last or messages[position + 1].target != message.target:
+                # Out before the next peer's message is even encoded, and before our own
+                # write: the leader's disk write runs in parallel with the followers'
+                # (§10.2.1), and theirs is on the commit's path.
+                transport.flush(message.target)
         waited = False
         if ready.snapshot is not None:
             await storage.install_snapshot(ready.snapshot.meta, ready.snapshot.data)

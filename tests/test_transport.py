@@ -289,6 +289,33 @@ async def test_the_writer_batches_what_is_queued_in_one_connection(harness: Harn
     assert a.peer_stats()[2]["connects"] == 1
 
 
+async def test_flush_hands_one_peers_queue_to_its_connection_at_once(harness: Harness) -> None:
+    # What the leader relies on to send each follower's AppendEntries as soon as it is
+    # encoded: flush(2) writes peer 2's queue now, and leaves peer 3's for later.
+    a, _ = harness.transport(1)
+    b, b_inbox = harness.transport(2)
+    c, c_inbox = harness.transport(3)
+    for transport in (a, b, c):
+        await transport.start()
+    a.set_peer_address(2, "127.0.0.1", b.listen_port)
+    a.set_peer_address(3, "127.0.0.1", c.listen_port)
+    assert a.send(2, b"warm") and a.send(3, b"warm")  # connected, handshakes done
+    await b_inbox.wait_for_count(1)
+    await c_inbox.wait_for_count(1)
+    await eventually(lambda: all(a.peer_stats()[n]["sent_messages"] == 1 for n in (2, 3)))
+
+    assert a.send(2, b"to 2") and a.send(3, b"to 3")
+    a.flush(2)
+    stats = a.peer_stats()
+    assert (stats[2]["sent_messages"], stats[3]["sent_messages"]) == (2, 1)
+    a.flush()
+    assert a.peer_stats()[3]["sent_messages"] == 2
+    await b_inbox.wait_for_count(2)
+    await c_inbox.wait_for_count(2)
+    assert (b_inbox.payloads()[-1], c_inbox.payloads()[-1]) == (b"to 2", b"to 3")
+    a.flush(4)  # a peer without an address: nothing to write, no error
+
+
 # --- handshakes ----------------------------------------------------------------------------
 
 

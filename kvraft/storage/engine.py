@@ -34,8 +34,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 
 from kvraft.raft.messages import Entry, HardState, SnapshotMeta
 from kvraft.storage.api import (
@@ -140,6 +141,7 @@ class StorageEngine:
         self._writers: set[SnapshotWriter] = set()
         self._failure: BaseException | None = None
         self._closed = False
+        self._fail_stop = _FailStop(self)
 
     # -- opening --
 
@@ -301,7 +303,7 @@ class StorageEngine:
 
     def save_batches(self, batches: Sequence[WalBatch], *, sync: bool) -> None:
         """Persist several prepared batches with one write and at most one fdatasync."""
-        with self._fail_stop():
+        with self._fail_stop:
             newest = self._store.newest
             floor = newest.meta.index if newest is not None else 0
             for batch in batches:
@@ -313,7 +315,7 @@ class StorageEngine:
 
     def begin_snapshot(self, meta: SnapshotMeta) -> SnapshotWriter:
         """Start writing the state machine's own snapshot (see `check_snapshot_fits`)."""
-        with self._fail_stop():
+        with self._fail_stop:
             newest = self._store.newest
             check_snapshot_fits(meta, self._wal.log, newest.meta if newest else None)
             writer = self._store.begin(meta)
@@ -323,12 +325,12 @@ class StorageEngine:
     def write_snapshot_chunk(
         self, writer: SnapshotWriter, chunk: bytes | bytearray | memoryview
     ) -> None:
-        with self._fail_stop():
+        with self._fail_stop:
             writer.write(chunk)
 
     def commit_snapshot(self, writer: SnapshotWriter) -> SnapshotFile:
         """Make the snapshot durable, then prune old ones. The log is left alone."""
-        with self._fail_stop():
+        with self._fail_stop:
             self._writers.discard(writer)
             snapshot = self._store.commit(writer)
             self._store.prune()
@@ -355,7 +357,7 @@ class StorageEngine:
         """Save a leader's snapshot, then record in the WAL that it replaced the log (§7);
         returns whether the entries after it were kept. The snapshot file is durable before
         the WAL record, so a crash between the two is repaired at open (module docstring)."""
-        with self._fail_stop():
+        with self._fail_stop:
             newest = self._store.newest
             check_installed_snapshot(meta, len(data), newest.meta if newest else None)
             self._store.write(meta, [data])
@@ -366,7 +368,7 @@ class StorageEngine:
     def compact(self, index: int) -> int:
         """Delete WAL segments whose entries are all <= min(index, oldest kept snapshot);
         returns how many. ValueError if no snapshot covers `index`."""
-        with self._fail_stop():
+        with self._fail_stop:
             kept = self._store.kept
             if not kept or index > kept[-1].meta.index:
                 raise ValueError(f"no snapshot covers index {index}: compaction would lose entries")
@@ -396,19 +398,41 @@ class StorageEngine:
 
     # -- internals --
 
-    @contextlib.contextmanager
-    def _fail_stop(self) -> Iterator[None]:
+    def _check_usable(self) -> None:
         if self._failure is not None:
             raise StorageFailedError(f"{self._data_dir}: storage failed earlier") from (
                 self._failure
             )
         if self._closed:
             raise StorageError(f"{self._data_dir}: storage is closed")
-        try:
-            yield
-        except StorageFailedError as error:
+
+    def _failed_during_work(self, error: BaseException) -> None:
+        """Fail the engine for a disk error raised by its file work (an `OSError` is raised
+        again as `StorageFailedError`); other errors leave it usable."""
+        if isinstance(error, StorageFailedError):
             self.fail(error.__cause__ or error)
-            raise
-        except OSError as error:
+        elif isinstance(error, OSError):
             self.fail(error)
             raise StorageFailedError(f"{self._data_dir}: disk failure: {error}") from error
+
+
+class _FailStop:
+    """The guard around `StorageEngine`'s file work (module docstring, Fail-stop). A class
+    rather than a generator context manager: it wraps every write, and costs a third."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: StorageEngine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        self._engine._check_usable()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is not None:
+            self._engine._failed_during_work(error)

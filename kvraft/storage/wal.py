@@ -180,6 +180,9 @@ _NORMAL = EntryKind.NORMAL
 _ENTRY_OVERHEAD_BYTES = 16
 """Rough encoded size of an entry besides its data, for the batch size estimate."""
 
+_ARRAY_HEADER_BYTES_MAX = 5
+"""The largest msgpack array header: what a frame's payload holds besides its records."""
+
 
 def _entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
     """A faster `Entry(term, index, kind, data)` for replay, where a million entries may be
@@ -360,15 +363,17 @@ class LogState:
 
 @dataclass(frozen=True, slots=True)
 class WalBatch:
-    """One Ready's log writes, validated and turned into records by `prepare_batch`.
+    """One Ready's log writes, validated and encoded by `prepare_batch`.
 
     Fields:
         entries: the entries to append (empty: hard state only).
         hard_state: the hard state to record after them, or None.
         first_index, last_index: their index range (0, 0 without entries).
         term_runs: their terms as (term, count) runs, terms rising.
-        records: the msgpack-ready records (entries first, then the hard state).
-        size_bytes: an estimate of the encoded size, for group-commit limits.
+        encoded: the batch's records (entries first, then the hard state), msgpack-encoded
+            one after the other: what goes into a frame's payload.
+        record_count: how many records `encoded` holds (0, 1 or 2).
+        size_bytes: len(encoded), for group-commit limits.
     """
 
     entries: tuple[Entry, ...]
@@ -376,7 +381,8 @@ class WalBatch:
     first_index: int
     last_index: int
     term_runs: tuple[tuple[int, int], ...]
-    records: tuple[list[Any], ...]
+    encoded: bytes
+    record_count: int
     size_bytes: int
 
 
@@ -446,9 +452,18 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
             raise ValueError(f"not a HardState: {hard_state!r}")
         records.append(_hard_state_record(hard_state))
         size_bytes += 32
-    if size_bytes > RECORD_PAYLOAD_BYTES_MAX:
+    if size_bytes > RECORD_PAYLOAD_BYTES_MAX:  # before encoding it
         raise ValueError(
             f"the batch would encode to about {size_bytes} bytes, more than one frame may hold "
+            f"({RECORD_PAYLOAD_BYTES_MAX}); split it"
+        )
+    # Encoded here, on the caller's thread, so the writer thread only frames the bytes. A
+    # packer of its own: batches may be prepared on several threads.
+    pack = msgpack.Packer(use_bin_type=True).pack
+    encoded = b"".join([pack(record) for record in records])
+    if len(encoded) > RECORD_PAYLOAD_BYTES_MAX - _ARRAY_HEADER_BYTES_MAX:
+        raise ValueError(
+            f"the batch encodes to {len(encoded)} bytes, more than one frame may hold "
             f"({RECORD_PAYLOAD_BYTES_MAX}); split it"
         )
     return WalBatch(
@@ -457,8 +472,9 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
         first_index=first_index,
         last_index=last_index,
         term_runs=tuple(term_runs),
-        records=tuple(records),
-        size_bytes=size_bytes,
+        encoded=encoded,
+        record_count=len(records),
+        size_bytes=len(encoded),
     )
 
 
@@ -1037,7 +1053,6 @@ class WriteAheadLog:
     def _payloads(self, batches: Sequence[WalBatch]) -> list[_Payload]:
         """Frame payloads, split at batch boundaries only when one frame would exceed
         RECORD_PAYLOAD_BYTES_MAX."""
-        pack = self._packer.pack
         payloads: list[_Payload] = []
         parts: list[bytes] = []
         record_count = part_bytes = index_max = 0
@@ -1045,26 +1060,23 @@ class WriteAheadLog:
         # were when the frame being assembled began.
         last_index, hard_state = self._log.last_index, self._hard_state
         frame_last_index, frame_hard_state = last_index, hard_state
+        records_bytes_max = RECORD_PAYLOAD_BYTES_MAX - _ARRAY_HEADER_BYTES_MAX
 
         def finish_frame() -> None:
             data = self._packer.pack_array_header(record_count) + b"".join(parts)
             payloads.append(_Payload(data, index_max, frame_last_index, frame_hard_state))
 
         for batch in batches:
-            if not batch.records:
+            if not batch.record_count:
                 continue
-            packed = b"".join(pack(record) for record in batch.records)
-            if len(packed) > RECORD_PAYLOAD_BYTES_MAX - 5:  # 5: the array header at most
-                raise ValueError(
-                    f"a batch encodes to {len(packed)} bytes, more than a frame may hold"
-                )
-            if parts and part_bytes + len(packed) > RECORD_PAYLOAD_BYTES_MAX - 5:
+            encoded = batch.encoded
+            if parts and part_bytes + len(encoded) > records_bytes_max:
                 finish_frame()
                 parts, record_count, part_bytes, index_max = [], 0, 0, 0
                 frame_last_index, frame_hard_state = last_index, hard_state
-            parts.append(packed)
-            record_count += len(batch.records)
-            part_bytes += len(packed)
+            parts.append(encoded)
+            record_count += batch.record_count
+            part_bytes += len(encoded)
             index_max = max(index_max, batch.last_index)
             if batch.term_runs:
                 last_index = batch.last_index  # a batch ends the log at its last entry

@@ -48,9 +48,10 @@ class Transport(Protocol):
     def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool:
         """Queue a payload without waiting; False if dropped (queue full, peer unknown)."""
 
-    def flush(self) -> None:
-        """Hand what is queued to the connections now rather than at the end of this loop
-        iteration (a follower's acknowledgement must not wait for its applying)."""
+    def flush(self, node_id: int | None = None) -> None:
+        """Hand what is queued (for `node_id`, or for every peer) to the connections now
+        rather than at the end of this loop iteration (a follower's acknowledgement must
+        not wait for its applying)."""
 
     def peer_stats(self) -> dict[int, dict[str, int]]:
         """Counters per peer, for metrics."""

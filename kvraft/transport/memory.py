@@ -149,7 +149,7 @@ class MemoryTransport:
         loop.call_soon(self._network._deliver, self.node_id, node_id, payload, bulk)
         return True
 
-    def flush(self) -> None:
+    def flush(self, node_id: int | None = None) -> None:
         """Nothing to do: every send is already scheduled for delivery."""
 
     def peer_stats(self) -> dict[int, dict[str, int]]:

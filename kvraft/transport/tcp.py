@@ -1026,8 +1026,13 @@ class PeerTransport:
             return peer.bulk.offer(frames)
         return peer.normal.offer(frames)
 
-    def flush(self) -> None:
+    def flush(self, node_id: int | None = None) -> None:
         """See `kvraft.transport.Transport.flush` (normal lanes; bulk ones go at their pace)."""
+        if node_id is not None:
+            peer = self._peers.get(node_id)
+            if peer is not None:
+                peer.normal.flush()
+            return
         for peer in self._peers.values():
             peer.normal.flush()
 
