@@ -4,18 +4,21 @@ over TCP on 127.0.0.1, each on a real `DiskStorage` whose writes a test can hold
 Holding a node's disk holds its driver inside a Ready, as a slow disk or a paused process
 would, while its peers, its timers and its clients carry on. What a node relies on: whatever
 piled up meanwhile (answers that already timed out, messages from a newer term) is handled
-when the driver resumes, and the node keeps running.
+when the driver resumes, and the node keeps running. The same cluster, with a small
+InstallSnapshot limit, shows what a leader does with a snapshot no peer would accept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
 from kvraft.raft.core import Role
 from kvraft.raft.messages import AppendEntries, Heartbeat
@@ -46,23 +49,41 @@ def three_node_config(tmp_path: Path) -> ClusterConfig:
     return replace(config, nodes=nodes)
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, HoldingFileOps]]]:
-    config = three_node_config(tmp_path)
+async def start_node(
+    config: ClusterConfig, node_id: int, nodes: dict[int, tuple[RaftNode, HoldingFileOps]]
+) -> RaftNode:
+    """Start (or restart, on its data) node `node_id`, entered in `nodes` for the clean-up."""
+    file_ops = HoldingFileOps()
+    storage = await DiskStorage.open(config.node(node_id).data_dir, fsync=False, file_ops=file_ops)
+    node = RaftNode(config, node_id, storage=storage)
+    nodes[node_id] = (node, file_ops)
+    await node.start()
+    return node
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(
+    config: ClusterConfig, started: set[int] | None = None
+) -> AsyncIterator[dict[int, tuple[RaftNode, HoldingFileOps]]]:
+    """The nodes of `config` (or those `started`) running; every node in the dictionary,
+    also one a test started later, is stopped at the end, whatever happened."""
     nodes: dict[int, tuple[RaftNode, HoldingFileOps]] = {}
     try:
         for spec in config.nodes:
-            file_ops = HoldingFileOps()
-            storage = await DiskStorage.open(spec.data_dir, fsync=False, file_ops=file_ops)
-            node = RaftNode(config, spec.id, storage=storage)
-            nodes[spec.id] = (node, file_ops)
-            await node.start()
+            if started is None or spec.id in started:
+                await start_node(config, spec.id, nodes)
         yield nodes
     finally:
         for _, file_ops in nodes.values():
             file_ops.release.set()
         for node, _ in nodes.values():
             await node.stop(transfer_leadership=False)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, HoldingFileOps]]]:
+    async with running_cluster(three_node_config(tmp_path)) as nodes:
+        yield nodes
 
 
 def leader_of(nodes: dict[int, tuple[RaftNode, HoldingFileOps]]) -> RaftNode | None:
@@ -108,3 +129,59 @@ async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_
     )
     assert not failed.done()
     await asyncio.gather(write, return_exceptions=True)
+
+
+async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A node that joins after the leader compacted its log can only catch up from a
+    # snapshot. If the snapshot is over the InstallSnapshot limit no peer would accept it:
+    # the leader says so once per snapshot (not at every retry) and keeps serving; once the
+    # snapshot fits, the node catches up.
+    config = three_node_config(tmp_path)
+    config = replace(
+        config,
+        raft=replace(config.raft, tick_ms=10),  # snapshot retries every 0.4 s
+        storage=replace(config.storage, snapshot_threshold_entries=5),
+    )
+    monkeypatch.setattr(server_module, "INSTALL_SNAPSHOT_BYTES_MAX", 16)
+    # Node 3 starts late: nothing but the leader's first probe can be queued for it (a node
+    # stopped later would find the appends queued before compaction, and need no snapshot).
+    async with running_cluster(config, started={1, 2}) as nodes:
+        await wait_until(lambda: leader_of(nodes) is not None, "a leader")
+        leader = leader_of(nodes)
+        assert leader is not None and leader.core is not None and leader.failed is not None
+        core = leader.core
+        for number in range(12):
+            await leader.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
+        await wait_until(lambda: core.log.snapshot.index >= 5, "the leader's log compacted")
+        late = await start_node(config, 3, nodes)
+        retries = 0
+        ticks_seen = 0
+
+        def retried_twice() -> bool:
+            # Each retry starts the snapshot's clock again.
+            nonlocal retries, ticks_seen
+            progress = core.progress.get(3)
+            ticks = progress.snapshot_ticks if progress is not None else 0
+            if ticks < ticks_seen:
+                retries += 1
+            ticks_seen = ticks
+            return retries >= 2
+
+        await wait_until(retried_twice, "two snapshot retries")
+        refusals = [
+            r.message for r in caplog.records if "over the InstallSnapshot limit" in r.message
+        ]
+        assert len(refusals) == len(set(refusals)), refusals  # each snapshot at most once
+        snapshot_index = core.log.snapshot.index
+        latest = [m for m in refusals if f"snapshot at index {snapshot_index}:" in m]
+        assert len(latest) == 1, refusals
+        assert "cannot send node 3 the snapshot" in latest[0]
+        assert late.state_machine.get("key-0") is None
+        assert core.role == Role.LEADER and not leader.failed.done()
+
+        monkeypatch.undo()
+        await wait_until(lambda: late.state_machine.applied_index >= snapshot_index, "catch-up")
+        found = late.state_machine.get("key-0")
+        assert found is not None and found[0] == b"value"
