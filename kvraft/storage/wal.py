@@ -402,11 +402,11 @@ def _hard_state_record(hard_state: HardState) -> list[Any]:
 
 def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> WalBatch:
     """Validate one batch on its own (consecutive indexes, rising terms, known kinds, bytes
-    data, ranges) and build its records; ValueError on anything wrong. Where the batch may go
+    data, ranges) and encode its records; ValueError on anything wrong. Where the batch may go
     in the log is checked separately (`LogState.check_batch`)."""
     records: list[list[Any]] = []
     term_runs: list[tuple[int, int]] = []
-    size_bytes = 0
+    estimated_bytes = 0
     first_index = last_index = 0
     if entries:
         first_index = entries[0].index
@@ -441,7 +441,7 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
                 raise ValueError(f"entry {entry.index}: unknown kind {entry.kind!r}")
             data_list.append(data)
             kind_codes.append(entry.kind)
-            size_bytes += len(data) + _ENTRY_OVERHEAD_BYTES
+            estimated_bytes += len(data) + _ENTRY_OVERHEAD_BYTES
         term_runs.append((run_term, run_count))
         last_index = expected_index - 1
         records.append(
@@ -451,11 +451,11 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
         if not isinstance(hard_state, HardState):
             raise ValueError(f"not a HardState: {hard_state!r}")
         records.append(_hard_state_record(hard_state))
-        size_bytes += 32
-    if size_bytes > RECORD_PAYLOAD_BYTES_MAX:  # before encoding it
+        estimated_bytes += 32
+    if estimated_bytes > RECORD_PAYLOAD_BYTES_MAX:  # before encoding it
         raise ValueError(
-            f"the batch would encode to about {size_bytes} bytes, more than one frame may hold "
-            f"({RECORD_PAYLOAD_BYTES_MAX}); split it"
+            f"the batch would encode to about {estimated_bytes} bytes, more than one frame may "
+            f"hold ({RECORD_PAYLOAD_BYTES_MAX}); split it"
         )
     # Encoded here, on the caller's thread, so the writer thread only frames the bytes. A
     # packer of its own: batches may be prepared on several threads.
