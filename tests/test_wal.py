@@ -882,7 +882,7 @@ async def test_group_commit_takes_saves_up_to_batch_coalesce_bytes_max(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit_adjustment: int, writes_expected: int
 ) -> None:
     second, third = make_entries(2, 3, 1, size=500), make_entries(5, 2, 1, size=700)
-    limit = prepare_batch(second, None).size_bytes + prepare_batch(third, None).size_bytes
+    limit = len(prepare_batch(second, None).encoded) + len(prepare_batch(third, None).encoded)
     monkeypatch.setattr(disk_module, "BATCH_COALESCE_BYTES_MAX", limit + limit_adjustment)
     file_ops = GatedFileOps()
     storage = await DiskStorage.open(tmp_path, file_ops=file_ops)

@@ -48,7 +48,7 @@ __all__ = ["BATCH_COALESCE_BYTES_MAX", "WRITER_QUEUE_OPERATIONS_MAX", "DiskStora
 logger = logging.getLogger(__name__)
 
 BATCH_COALESCE_BYTES_MAX = 8 * 1024 * 1024
-"""The most (estimated) bytes of queued saves one group commit takes: bounds the latency and
+"""The most encoded bytes of queued saves one group commit takes: bounds the latency and
 memory of a single write. A larger single save is still written, alone."""
 
 WRITER_QUEUE_OPERATIONS_MAX = 4096
@@ -131,12 +131,12 @@ class _Writer:
                 self._condition.wait()
             group = [self._queue.popleft()]
             if group[0].batch is not None:
-                size = group[0].batch.size_bytes
+                size = len(group[0].batch.encoded)
                 while self._queue and (following := self._queue[0].batch) is not None:
-                    if size + following.size_bytes > BATCH_COALESCE_BYTES_MAX:
+                    if size + len(following.encoded) > BATCH_COALESCE_BYTES_MAX:
                         break
                     group.append(self._queue.popleft())
-                    size += following.size_bytes
+                    size += len(following.encoded)
             return group
 
     def _run(self) -> None:

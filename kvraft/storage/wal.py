@@ -373,7 +373,6 @@ class WalBatch:
         encoded: the batch's records (entries first, then the hard state), msgpack-encoded
             one after the other: what goes into a frame's payload.
         record_count: how many records `encoded` holds (0, 1 or 2).
-        size_bytes: len(encoded), for group-commit limits.
     """
 
     entries: tuple[Entry, ...]
@@ -383,7 +382,6 @@ class WalBatch:
     term_runs: tuple[tuple[int, int], ...]
     encoded: bytes
     record_count: int
-    size_bytes: int
 
 
 def _hard_state_record(hard_state: HardState) -> list[Any]:
@@ -474,7 +472,6 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
         term_runs=tuple(term_runs),
         encoded=encoded,
         record_count=len(records),
-        size_bytes=len(encoded),
     )
 
 
