@@ -37,6 +37,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kvraft.errors import (
+    ChangeInProgress,
+    HandedOver,
+    NotCaughtUp,
+    NotLeader,
+    OutcomeUnknown,
+    Unavailable,
+)
 from kvraft.membership import (
     MEMBER_REQUEST_BYTES_MAX,
     MembershipConflictError,
@@ -47,15 +55,7 @@ from kvraft.membership import (
     parse_transfer_request,
 )
 from kvraft.metrics import LoopMetrics
-from kvraft.server import (
-    ChangeInProgress,
-    HandedOver,
-    NotCaughtUp,
-    NotLeader,
-    OutcomeUnknown,
-    RaftNode,
-    Unavailable,
-)
+from kvraft.server import RaftNode
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
     ApplyResult,

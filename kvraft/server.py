@@ -1,17 +1,21 @@
 """One kvraft node: the driver loop that wires the pure core to the disk, the network
 and the clients.
 
-The flow of a write, as this module runs it (see `kvraft.raft.ready` for the rules):
+The flow of a write, as this module runs it (`kvraft.shell` keeps the order, which
+`kvraft.raft.ready` prescribes):
 
-    propose() queues the command          -> the driver batches every queued command
-    core.propose_batch()                   -> Ready: messages (AppendEntries) go out now
-    storage.save() (writer thread, fsync)  -> Ready: messages_after_persist go out
-    committed_entries -> state machine      -> the waiter for that index resolves
-    core.persisted()                        -> the leader counts its own copy (§10.2.1)
+    propose() queues the command in the shell -> the driver feeds every queued input at once
+    shell.advance(): core.propose_batch()     -> Ready: messages (AppendEntries) go out now
+    storage.save() (writer thread, fsync)     -> shell.persisted(): messages_after_persist
+    committed_entries -> state machine         -> the future for that index resolves
+    core.persisted()                           -> the leader counts its own copy (§10.2.1)
 
-Only the driver task touches the core. Everything else (HTTP handlers, the tick
-timer, the transport's receive callback) puts work in a queue and wakes the driver,
-so the core sees one input at a time and the event loop never waits on the disk.
+This module is the IO around `kvraft.shell.NodeShell`: the disk (`Storage`), the
+network (`PeerTransport`, or any transport with its API, such as `MemoryTransport`),
+timers and futures. Only the driver task calls `advance()`. Everything else (HTTP
+handlers, the tick timer, the transport's receive callback) queues work in the shell
+and wakes the driver, so the core sees one batch of inputs at a time and the event
+loop never waits on the disk.
 
 Membership. Where each member can be reached travels in the log with the members
 themselves (`kvraft.membership`): before each Ready is handled, the node reads the
@@ -32,14 +36,21 @@ import logging
 import os
 import random
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from kvraft.config import ClusterConfig, NodeSpec
+from kvraft.errors import (
+    ChangeInProgress,
+    HandedOver,
+    NodeStoppedError,
+    NotCaughtUp,
+    NotLeader,
+    OutcomeUnknown,
+    Unavailable,
+)
 from kvraft.membership import (
     LookupThrottle,
     MemberAddress,
@@ -60,50 +71,31 @@ from kvraft.raft.codec import (
     decode_message,
     encode_message,
 )
-from kvraft.raft.core import (
-    ConfigurationChangeError,
-    NotLeaderError,
-    ProposalDroppedError,
-    RaftConfig,
-    RaftCore,
-    Role,
-)
+from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     NO_NODE,
     Configuration,
     Entry,
-    EntryKind,
-    HardState,
     InstallSnapshot,
     Message,
     SnapshotMeta,
 )
 from kvraft.raft.progress import Progress, ProgressState
-from kvraft.raft.ready import Ready
+from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
 
 __all__ = [
-    "INBOUND_MESSAGES_MAX",
     "LOOKUP_TIMEOUT_S",
     "MEMBERSHIP_REQUEST_TIMEOUTS",
-    "ChangeInProgress",
-    "HandedOver",
-    "NodeStoppedError",
-    "NotCaughtUp",
-    "NotLeader",
-    "OutcomeUnknown",
-    "ProposalLost",
     "RaftNode",
-    "Unavailable",
+    "Transport",
+    "TransportFactory",
 ]
 
 log = logging.getLogger("kvraft.server")
-
-INBOUND_MESSAGES_MAX = 100_000
-"""Peer messages waiting for the driver; beyond this they are dropped (Raft tolerates loss)."""
 
 MEMBERSHIP_REQUEST_TIMEOUTS = 3
 """A membership change may take this many `limits.request_timeout_ms`: adding a voter commits
@@ -114,67 +106,27 @@ LOOKUP_TIMEOUT_S = 2.0
 next member (`kvraft.membership.LookupThrottle` says when to look up)."""
 
 
-class NotLeader(Exception):
-    """This node cannot serve the request; `leader_id` may (0: no leader known)."""
+class Transport(Protocol):
+    """What the node needs of its peer transport (`PeerTransport`, `MemoryTransport`)."""
 
-    def __init__(self, leader_id: int) -> None:
-        super().__init__(f"not the leader; leader is {leader_id or 'unknown'}")
-        self.leader_id = leader_id
+    async def start(self) -> None: ...
 
+    async def stop(self) -> None: ...
 
-class Unavailable(Exception):
-    """The cluster cannot take the request now (no leader, no quorum, overloaded); retry."""
+    def set_peer_address(self, node_id: int, host: str, port: int) -> None: ...
 
+    def remove_peer(self, node_id: int) -> None: ...
 
-class ProposalLost(Unavailable):
-    """The proposal was definitely not committed (another entry took its index); retry."""
+    def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool: ...
 
+    def flush(self, node_id: int | None = None) -> None: ...
 
-class OutcomeUnknown(Exception):
-    """The command was proposed but its fate is unknown (timeout): it may still apply."""
+    def peer_stats(self) -> dict[int, dict[str, int]]: ...
 
 
-class NodeStoppedError(Unavailable):
-    """The node is shutting down or has failed."""
-
-
-class NotCaughtUp(Unavailable):
-    """The new member is a learner but has not caught up in time; retrying promotes it."""
-
-
-class ChangeInProgress(Exception):
-    """Another membership change is not finished yet (or the leader has not committed an
-    entry of its term yet, §4.1 and the 2015 single-server change fix): retry later."""
-
-
-class HandedOver(NotLeader):
-    """This leader handed leadership to `leader_id` so that the new leader can finish the
-    request (removing the old leader); the request is to be forwarded there."""
-
-
-@dataclass(slots=True)
-class _Proposal:
-    command: bytes
-    future: asyncio.Future[ApplyResult]
-
-
-@dataclass(slots=True)
-class _Waiter:
-    term: int
-    future: asyncio.Future[ApplyResult]
-
-
-@dataclass(slots=True)
-class _ConfigProposal:
-    configuration: Configuration
-    base: Configuration  # the configuration the change was planned from
-    future: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class _ConfigWaiter:
-    term: int
-    future: asyncio.Future[None]
+TransportFactory = Callable[[Callable[[int, bytes], None], Callable[[int], bool]], Transport]
+"""Builds a node's transport from its two callbacks: `on_message(source_id, payload)` and
+`is_known_peer(node_id)`. The default builds a `PeerTransport` on the node's raft port."""
 
 
 def _fail_unless_done(future: asyncio.Future[Any], error: Exception) -> None:
@@ -214,11 +166,16 @@ class RaftNode:
         *,
         spec: NodeSpec | None = None,
         storage: Storage | None = None,
+        transport: TransportFactory | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """A node of `config`'s cluster. A node named in `config.nodes` is a founding member:
         it starts from the file's configuration. Any other node (a joining one) passes its own
-        `spec` and starts with an empty configuration until the cluster adds it."""
+        `spec` and starts with an empty configuration until the cluster adds it.
+
+        `storage` (default: a `DiskStorage` in the spec's data directory) and `transport`
+        (default: a `PeerTransport` on the spec's raft port) are the node's seams: with
+        `MemoryStorage` and `MemoryTransport`, whole clusters run in one event loop."""
         self.config = config
         self._founding = any(node.id == node_id for node in config.nodes)
         self.spec: NodeSpec = config.node(node_id) if spec is None else spec
@@ -227,38 +184,23 @@ class RaftNode:
         self.id = node_id
         self._rng = rng or random.Random()
         self._storage_override = storage
+        self._transport_factory = transport
         self.storage: Storage | None = None
-        self.core: RaftCore | None = None
-        self.state_machine = KVStateMachine()
-        self.transport: PeerTransport | None = None
+        self.shell: NodeShell | None = None
+        self._state_machine_before_start = KVStateMachine()
+        self.transport: Transport | None = None
         self.started_at = time.monotonic()
-        # Inputs for the driver.
         self._wake = asyncio.Event()
-        self._ticks_due = 0
-        self._hard_state_unwritten: HardState | None = None
-        """A HardState whose only change was the commit index, to be written with the next
-        save (or at stop)."""
-        self._inbound: deque[Message] = deque()
-        self._proposals: list[_Proposal] = []
-        self._reads: list[tuple[int, asyncio.Future[None]]] = []
-        self._transfer_to: int | None = None
-        # Waiting clients.
-        self._waiters: dict[int, _Waiter] = {}
-        self._read_futures: dict[int, asyncio.Future[None]] = {}
-        self._reads_waiting_apply: list[tuple[int, asyncio.Future[None]]] = []
-        self._next_read_id = 0
         self._pending_client_requests = 0
         # Life cycle.
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self.failed: asyncio.Future[BaseException] | None = None
-        self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_data_cache: tuple[int, bytes] | None = None
         self._snapshot_too_large_logged = 0
         # Observability.
         self.leader_changes = 0
         self.last_leader_id = 0
-        self.on_apply_hooks: list[Callable[[Entry], None]] = []
         self.fsync_observer: Callable[[float], None] | None = None
         # Membership: the addresses of the latest configuration in the log, addresses learned
         # outside it (the join answer, look-ups) for ids the log does not name yet, and the
@@ -276,12 +218,30 @@ class RaftNode:
             self._provisional_book = {i: a for i, a in self._file_book.items() if i != node_id}
         self.peer_addresses: dict[int, MemberAddress] = dict(self._file_book)
         self.peer_addresses[node_id] = MemberAddress.of_spec(self.spec)
-        self._config_proposals: list[_ConfigProposal] = []
-        self._config_waiters: dict[int, _ConfigWaiter] = {}
         self._membership_lock = asyncio.Lock()
         self._state_changed = asyncio.Event()
         self._state_waiters = 0  # coroutines in _wait_until: only then is a new Event needed
         self._http_session: aiohttp.ClientSession | None = None
+
+    @property
+    def core(self) -> RaftCore | None:
+        """The Raft core, once started."""
+        return self.shell.core if self.shell is not None else None
+
+    @property
+    def state_machine(self) -> KVStateMachine:
+        """The state machine the applied log built (replaced when a snapshot is installed)."""
+        if self.shell is None:
+            return self._state_machine_before_start
+        state_machine = self.shell.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        return state_machine
+
+    def add_apply_hook(self, hook: Callable[[Entry], None]) -> None:
+        """Call `hook` with every entry this node applies, after the state machine took it."""
+        shell = self.shell
+        assert shell is not None, "start the node first"
+        shell.on_apply.append(hook)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -302,15 +262,16 @@ class RaftNode:
             snapshots_kept=settings.snapshots_kept,
         )
         recovered = self.storage.recovered
+        state_machine = KVStateMachine()
         if recovered.snapshot_meta is not None:
-            self.state_machine = await _restore_streaming(
+            state_machine = await _restore_streaming(
                 self.storage.open_snapshot_chunks(recovered.snapshot_meta)
             )
             snapshot = recovered.snapshot_meta
         else:
             snapshot = SnapshotMeta(configuration=self._bootstrap_configuration())
         raft = self.config.raft
-        self.core = RaftCore(
+        core = RaftCore(
             RaftConfig(
                 node_id=self.id,
                 election_ticks=raft.election_ticks,
@@ -325,28 +286,37 @@ class RaftNode:
             snapshot=snapshot,
             entries=recovered.entries,
         )
+        self.shell = NodeShell(
+            core,
+            state_machine,
+            restore=KVStateMachine.restore_bytes,
+            snapshot_threshold_entries=settings.snapshot_threshold_entries,
+        )
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",
             self.id,
             recovered.hard_state.term,
             snapshot.index,
             snapshot.index + 1,
-            self.core.log.last_index(),
-            self.core.log.commit_index,
+            core.log.last_index(),
+            core.log.commit_index,
         )
-        # A node named by a DNS name (a compose service) listens on every interface; one
-        # with an IP address binds it, and its outbound connections come from it too.
-        self.transport = PeerTransport(
-            self.id,
-            self.config.cluster_id,
-            self.spec.raft_listen_host or "0.0.0.0",
-            self.spec.raft_port,
-            self._on_peer_payload,
-            self._is_known_peer,
-            rng=random.Random(self._rng.getrandbits(64)),
-        )
-        self._refresh_membership(self.core)
-        if not self.core.log.configuration().members:
+        if self._transport_factory is not None:
+            self.transport = self._transport_factory(self._on_peer_payload, self._is_known_peer)
+        else:
+            # A node named by a DNS name (a compose service) listens on every interface; one
+            # with an IP address binds it, and its outbound connections come from it too.
+            self.transport = PeerTransport(
+                self.id,
+                self.config.cluster_id,
+                self.spec.raft_listen_host or "0.0.0.0",
+                self.spec.raft_port,
+                self._on_peer_payload,
+                self._is_known_peer,
+                rng=random.Random(self._rng.getrandbits(64)),
+            )
+        self._refresh_membership(core)
+        if not core.log.configuration().members:
             log.info("node %d: not a member of any configuration yet; waiting to be added", self.id)
         await self.transport.start()
         self._tasks.append(asyncio.create_task(self._drive(), name=f"kvraft-driver-{self.id}"))
@@ -369,15 +339,12 @@ class RaftNode:
             await self._hand_over_leadership(timeout_s=1.0)
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
+        tasks = list(self._tasks)  # a finished task leaves the list
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._snapshot_task
         self._fail_all_waiters(NodeStoppedError("node is shutting down"))
         self._notify_state_changed()
         if self._lookup_task is not None:
@@ -390,8 +357,9 @@ class RaftNode:
             await self.transport.stop()
         if self.storage is not None:
             with contextlib.suppress(StorageError):
-                if self._hard_state_unwritten is not None:
-                    await self.storage.save([], self._hard_state_unwritten, sync=True)
+                unwritten = self.shell.hard_state_unwritten if self.shell is not None else None
+                if unwritten is not None:
+                    await self.storage.save([], unwritten, sync=True)
                 await self.storage.close()
 
     async def _hand_over_leadership(self, timeout_s: float) -> None:
@@ -416,31 +384,8 @@ class RaftNode:
             self.failed.set_result(error)
 
     def _fail_all_waiters(self, error: Exception) -> None:
-        # A command already in the log may still commit (followers have it, or the disk
-        # kept it after all): its fate is unknown. Anything not yet proposed, and every
-        # read, simply did not happen.
-        for waiter in self._waiters.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(OutcomeUnknown(f"{error}; the write may still apply"))
-        for config_waiter in self._config_waiters.values():
-            if not config_waiter.future.done():
-                config_waiter.future.set_exception(
-                    OutcomeUnknown(f"{error}; the membership change may still apply")
-                )
-        futures: list[asyncio.Future[Any]] = [p.future for p in self._proposals]
-        futures += [p.future for p in self._config_proposals]
-        futures += [f for _, f in self._reads] + list(self._read_futures.values())
-        futures += [f for _, f in self._reads_waiting_apply]
-        for future in futures:
-            if not future.done():
-                future.set_exception(error)
-        self._waiters.clear()
-        self._config_waiters.clear()
-        self._proposals.clear()
-        self._config_proposals.clear()
-        self._reads.clear()
-        self._read_futures.clear()
-        self._reads_waiting_apply.clear()
+        if self.shell is not None:
+            self.shell.fail_all(error)
 
     # --- client requests ----------------------------------------------------------------
 
@@ -462,7 +407,9 @@ class RaftNode:
         """
         self._admit()
         future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._proposals.append(_Proposal(command, future))
+        shell = self.shell
+        assert shell is not None
+        shell.propose(command, future)
         self._wake.set()
         return await self._wait_for_answer(
             future,
@@ -473,9 +420,10 @@ class RaftNode:
     async def read_barrier(self, timeout_s: float) -> None:
         """Wait until local reads are linearizable (ReadIndex, §6.4)."""
         self._admit()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._next_read_id += 1
-        self._reads.append((self._next_read_id, future))
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        shell = self.shell
+        assert shell is not None
+        shell.read(future)
         self._wake.set()
         await self._wait_for_answer(
             future, timeout_s, Unavailable("could not confirm leadership in time (no quorum?)")
@@ -500,18 +448,20 @@ class RaftNode:
             self._pending_client_requests -= 1
 
     def request_leadership_transfer(self, target: int) -> None:
-        self._transfer_to = target
+        shell = self.shell
+        assert shell is not None
+        shell.transfer_leadership(target)
         self._wake.set()
 
     # --- inputs -------------------------------------------------------------------------
 
     async def _tick_timer(self) -> None:
-        # One tick per timer firing: if the loop stalls, time does not pile up into a burst
-        # of ticks that would start a needless election once it resumes.
         interval_s = self.config.raft.tick_ms / 1000
+        shell = self.shell
+        assert shell is not None
         while True:
             await asyncio.sleep(interval_s)
-            self._ticks_due = 1
+            shell.tick()
             self._wake.set()
 
     def _is_known_peer(self, node_id: int) -> bool:
@@ -536,28 +486,42 @@ class RaftNode:
                 message.source,
             )
             return
-        if len(self._inbound) >= INBOUND_MESSAGES_MAX:
-            return
-        self._inbound.append(message)
-        self._wake.set()
+        shell = self.shell
+        if shell is not None and shell.receive(message):
+            self._wake.set()
 
     # --- the driver ---------------------------------------------------------------------
 
     async def _drive(self) -> None:
-        core = self.core
-        assert core is not None
+        shell = self.shell
+        assert shell is not None
+        core = shell.core
         try:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
-                self._feed(core)
-                while core.has_ready() and not self._stopping:
-                    if not await self._handle_ready(core, core.ready()):
-                        # Let HTTP, ticks and peers in between batches: a long backlog of
+                while shell.wants_advance and not self._stopping:
+                    persist = shell.advance()
+                    # Configurations in force are the latest in the log (§4.1), including
+                    # the entries of this Ready and an accepted snapshot's: the new peers
+                    # must be known before the messages to them go out.
+                    self._refresh_membership(core)
+                    self._send_messages(shell.take_messages())
+                    if persist is None:
+                        # Let HTTP, ticks and peers in between Readies: a long backlog of
                         # committed entries (a restart) must not starve them. A Ready that
                         # waited on the disk has let them in already.
                         await asyncio.sleep(0)
-                    self._feed(core)  # what arrived meanwhile
+                    else:
+                        restored = await self._write(persist)
+                        shell.persisted(persist.token, restored)
+                        after_persist = shell.take_messages()
+                        if after_persist:
+                            self._send_messages(after_persist)
+                            # Acknowledge now: applying comes next and may take a while,
+                            # and the leader's commit waits on this answer.
+                            self._flush()
+                    self._maybe_snapshot(shell)
                 self._refresh_membership(core)
                 self._observe_leader(core)
                 self._notify_state_changed()
@@ -569,87 +533,28 @@ class RaftNode:
             log.exception("node %d: driver crashed", self.id)
             self._fail(error)
 
-    def _feed(self, core: RaftCore) -> None:
-        if self._ticks_due:
-            self._ticks_due = 0
-            core.tick()
-        while self._inbound:
-            core.step(self._inbound.popleft())
-        if self._proposals:
-            proposals, self._proposals = self._proposals, []
-            live = [p for p in proposals if not p.future.done()]
-            try:
-                indexes = core.propose_batch([p.command for p in live]) if live else []
-            except NotLeaderError as error:
-                for proposal in live:
-                    proposal.future.set_exception(NotLeader(error.leader_id))
-            except ProposalDroppedError as error:
-                for proposal in live:
-                    proposal.future.set_exception(Unavailable(str(error)))
-            else:
-                for proposal, index in zip(live, indexes, strict=True):
-                    self._waiters[index] = _Waiter(core.term, proposal.future)
-        if self._config_proposals:
-            config_proposals, self._config_proposals = self._config_proposals, []
-            for config_proposal in config_proposals:
-                if not config_proposal.future.done():
-                    self._propose_configuration(core, config_proposal)
-        if self._reads:
-            reads, self._reads = self._reads, []
-            for read_id, future in reads:
-                if future.done():  # timed out (or its client left) before the driver got here
-                    continue
-                try:
-                    core.read_index(read_id)
-                except NotLeaderError as error:
-                    future.set_exception(NotLeader(error.leader_id))
-                else:
-                    self._read_futures[read_id] = future
-        if self._transfer_to is not None:
-            target, self._transfer_to = self._transfer_to, None
-            with contextlib.suppress(Exception):
-                core.transfer_leadership(target)
-
-    def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
-        future = proposal.future
-        if core.role != Role.LEADER:
-            future.set_exception(NotLeader(core.leader_id))
-            return
-        if core.log.configuration() != proposal.base:
-            # Planned from a configuration that is no longer the latest: proposing it would
-            # undo whatever changed in between.
-            future.set_exception(ChangeInProgress("the membership changed meanwhile; retry"))
-            return
-        if core.log.pending_configuration_index():
-            future.set_exception(ChangeInProgress("another membership change is in progress"))
-            return
-        if core.log.term_at(core.log.commit_index) != core.term:
-            future.set_exception(
-                ChangeInProgress("the new leader has not committed an entry of its term yet")
-            )
-            return
-        try:
-            index = core.propose_configuration(proposal.configuration)
-        except NotLeaderError as error:
-            future.set_exception(NotLeader(error.leader_id))
-        except ProposalDroppedError as error:
-            future.set_exception(Unavailable(str(error)))
-        except ConfigurationChangeError as error:
-            future.set_exception(MembershipConflictError(str(error)))
-        else:
-            self._config_waiters[index] = _ConfigWaiter(core.term, future)
-
-    async def _handle_ready(self, core: RaftCore, ready: Ready) -> bool:
-        """Carry out one Ready; whether it waited on the disk (other tasks ran meanwhile)."""
+    async def _write(self, persist: Persist) -> StateMachine | None:
+        """Step 2 of a Ready on the disk; the state machine rebuilt from its snapshot, if any."""
         storage = self.storage
         assert storage is not None
-        # Configurations in force are the latest in the log (§4.1), including the entries of
-        # this Ready and an accepted snapshot's: the new peers must be known before the
-        # messages to them go out.
-        self._refresh_membership(core)
+        restored: StateMachine | None = None
+        if persist.snapshot is not None:
+            data = persist.snapshot.data
+            await storage.install_snapshot(persist.snapshot.meta, data)
+            # Decoding a large snapshot would hold the event loop: a thread does it.
+            restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
+            self._snapshot_data_cache = (persist.snapshot.meta.index, data)
+            log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
+        if persist.entries or persist.hard_state is not None:
+            started = time.perf_counter()
+            await storage.save(persist.entries, persist.hard_state, sync=persist.sync)
+            if self.fsync_observer is not None and persist.sync:
+                self.fsync_observer(time.perf_counter() - started)
+        return restored
+
+    def _send_messages(self, messages: list[Message]) -> None:
         transport = self.transport
         assert transport is not None
-        messages = ready.messages
         last = len(messages) - 1
         for position, message in enumerate(messages):
             self._send(message)
@@ -658,90 +563,11 @@ class RaftNode:
                 # write: the leader's disk write runs in parallel with the followers'
                 # (§10.2.1), and theirs is on the commit's path.
                 transport.flush(message.target)
-        waited = False
-        if ready.snapshot is not None:
-            await storage.install_snapshot(ready.snapshot.meta, ready.snapshot.data)
-            waited = True
-        if not ready.entries and not ready.must_sync and ready.hard_state is not None:
-            # Only the commit index moved: it rides on the next write. Persisting it is not
-            # needed for safety (Figure 2 keeps it volatile; a restarted node learns it from
-            # the leader), and a write of its own would cost a disk-thread round trip per
-            # commit.
-            self._hard_state_unwritten = ready.hard_state
-        elif ready.entries or ready.hard_state is not None:
-            hard_state = ready.hard_state or self._hard_state_unwritten
-            self._hard_state_unwritten = None
-            started = time.perf_counter()
-            await storage.save(ready.entries, hard_state, sync=ready.must_sync)
-            waited = True
-            if self.fsync_observer is not None and ready.must_sync:
-                self.fsync_observer(time.perf_counter() - started)
-        for message in ready.messages_after_persist:
-            self._send(message)
-        if ready.messages_after_persist:
-            # Acknowledge now: applying this Ready's committed entries comes next and may
-            # take a while, and the leader's commit waits on this answer.
-            transport.flush()
-        if ready.snapshot is not None:
-            data = ready.snapshot.data
-            self.state_machine = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
-            self._snapshot_data_cache = (ready.snapshot.meta.index, data)
-            log.info("node %d: installed snapshot at %d", self.id, ready.snapshot.meta.index)
-        for entry in ready.committed_entries:
-            self._apply(entry)
-        for read_state in ready.read_states:
-            future = self._read_futures.pop(read_state.read_id, None)
-            if future is not None and not future.done():
-                self._reads_waiting_apply.append((read_state.read_index, future))
-        for read_id in ready.dropped_read_ids:
-            future = self._read_futures.pop(read_id, None)
-            if future is not None and not future.done():
-                future.set_exception(Unavailable("leadership lost before the read was confirmed"))
-        self._release_reads()
-        if ready.entries:
-            core.persisted(ready.entries[-1].index, ready.entries[-1].term)
-        self._maybe_snapshot(core)
-        return waited
 
-    def _apply(self, entry: Entry) -> None:
-        if entry.kind == EntryKind.NORMAL:
-            result = self.state_machine.apply(entry.index, entry.data)
-        else:
-            self.state_machine.mark_applied(entry.index)
-            result = None
-        for hook in self.on_apply_hooks:
-            hook(entry)
-        config_waiter = self._config_waiters.pop(entry.index, None)
-        if config_waiter is not None and not config_waiter.future.done():
-            # Whatever entry holds our index: ours only if it has our term (§5.3, one leader
-            # per term writes each index once).
-            if config_waiter.term == entry.term and entry.kind == EntryKind.CONFIG:
-                config_waiter.future.set_result(None)
-            else:
-                config_waiter.future.set_exception(
-                    ProposalLost("leadership changed; the membership change was not applied")
-                )
-        waiter = self._waiters.pop(entry.index, None)
-        if waiter is None or waiter.future.done():
-            return
-        if waiter.term != entry.term or result is None:
-            waiter.future.set_exception(
-                ProposalLost("leadership changed; the write was not applied")
-            )
-        else:
-            waiter.future.set_result(result)
-
-    def _release_reads(self) -> None:
-        applied = self.state_machine.applied_index
-        still = []
-        for read_index, future in self._reads_waiting_apply:
-            if future.done():
-                continue
-            if read_index <= applied:
-                future.set_result(None)
-            else:
-                still.append((read_index, future))
-        self._reads_waiting_apply = still
+    def _flush(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.flush()
 
     def _observe_leader(self, core: RaftCore) -> None:
         if core.leader_id != self.last_leader_id:
@@ -752,35 +578,46 @@ class RaftNode:
 
     # --- snapshots ----------------------------------------------------------------------
 
-    def _maybe_snapshot(self, core: RaftCore) -> None:
-        threshold = self.config.storage.snapshot_threshold_entries
-        applied = core.log.applied_index
-        if applied - core.log.snapshot.index < threshold:
-            return
-        if self._snapshot_task is not None and not self._snapshot_task.done():
-            return
-        # The state is captured now; encoding it runs on a thread while we keep applying.
-        chunks = self.state_machine.snapshot_chunks()
-        self._snapshot_task = asyncio.create_task(self._write_snapshot(applied, chunks))
+    def _maybe_snapshot(self, shell: NodeShell) -> None:
+        snapshot = shell.take_snapshot_to_save()
+        if snapshot is not None:
+            # Encoding runs on a thread while the driver keeps applying.
+            self._start_task(self._write_snapshot(shell, snapshot))
 
-    async def _write_snapshot(self, index: int, chunk_iterator: Iterator[bytes]) -> None:
-        core = self.core
+    async def _write_snapshot(self, shell: NodeShell, snapshot: SnapshotToSave) -> None:
         storage = self.storage
-        assert core is not None and storage is not None
-        term = core.log.term_at(index)
-        if term is None or index <= core.log.snapshot.index:
-            return
-        meta = SnapshotMeta(index, term, core.log.configuration_at(index))
+        assert storage is not None
+        meta = snapshot.meta
         try:
-            chunks = await asyncio.to_thread(list, chunk_iterator)
+            chunks = await asyncio.to_thread(list, snapshot.chunks)
             await storage.save_snapshot(meta, chunks)
-            if index > core.log.snapshot.index and index <= core.log.applied_index:
-                core.compact(index)
-            await storage.compact(index)
-        except StorageError as error:
+            shell.snapshot_saved(meta)
+            await storage.compact(meta.index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a disk error, or a bug: either way stop, never guess
+            shell.snapshot_saved(None)
             self._fail(error)
             return
-        log.info("node %d: snapshot at %d, log compacted", self.id, index)
+        log.info("node %d: snapshot at %d, log compacted", self.id, meta.index)
+
+    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task of this node whose failure is never silent: an exception
+        it did not handle stops the node like a driver crash would."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("node %d: background task failed", self.id, exc_info=error)
+            self._fail(error)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -788,9 +625,9 @@ class RaftNode:
         transport = self.transport
         assert transport is not None
         if isinstance(message, InstallSnapshot):
-            task = asyncio.create_task(self._send_snapshot(message))
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+            # Reading a damaged snapshot raises StorageCorruptionError: the node stops, as
+            # for any damage to what it stored, instead of retrying it forever.
+            self._start_task(self._send_snapshot(message))
             return
         transport.send(message.target, encode_message(message))
 
@@ -1010,7 +847,9 @@ class RaftNode:
         if remaining_s <= 0:
             raise Unavailable("no time left to propose the membership change")
         future: asyncio.Future[None] = loop.create_future()
-        self._config_proposals.append(_ConfigProposal(configuration, base, future))
+        shell = self.shell
+        assert shell is not None
+        shell.propose_configuration(configuration, base, future)
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(future), remaining_s)

@@ -2,24 +2,20 @@
 
 Theory of operation
 -------------------
-`RaftCluster` owns one `RaftCore` per node, a FIFO of messages in flight, and per
-node a `FakeStore` (the durable disk) and a tiny state machine (the list of
-commands applied). Nothing happens by itself: a test ticks chosen nodes, feeds
-client requests, and decides which in-flight messages are delivered, kept
-waiting or dropped. After every input the node's `Ready`s are worked through in
-exactly the order `kvraft.raft.ready` prescribes:
+`RaftCluster` owns one node per id, a FIFO of messages in flight, and per node a
+`FakeStore` (the durable disk). A node is the daemon's own `kvraft.shell.NodeShell`
+around a `RaftCore` and a tiny state machine (the list of commands applied), so the
+order in which Readies are worked through (`kvraft.raft.ready`) is the shell's, the
+same as in the daemon and the simulator. Nothing happens by itself: a test ticks
+chosen nodes, feeds client requests to the core, and decides which in-flight
+messages are delivered, kept waiting or dropped. After every input the node's shell
+builds Readies until it has nothing left to do: their messages enter the network,
+their writes go to the store, and `read_states` and `dropped_read_ids` are recorded
+for the test.
 
-1. `messages` enter the network;
-2. the store saves `snapshot` (dropping the log it replaces), `entries`
-   (overwriting from the first one's index) and `hard_state`;
-3. `messages_after_persist` enter the network;
-4. the state machine restores `snapshot` and applies `committed_entries`;
-5. `read_states` and `dropped_read_ids` are recorded for the test;
-6. `persisted(last_index, last_term)` reports the entries durable.
-
-A node's disk can be paused (`pause_disk`): its Readies then stop after step 1
-until `resume_disk`, which models a slow fsync running in parallel with the
-leader's replication (dissertation §10.2.1).
+A node's disk can be paused (`pause_disk`): its writes then wait, while the shell
+keeps building Readies (pipelined, as §10.2.1 allows), until `resume_disk`, which
+models a slow fsync running in parallel with the leader's replication.
 
 As a cheap global check, every applied entry is compared with what any other
 node applied at the same index (State Machine Safety, §5.4.3): a mismatch fails
@@ -33,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -53,6 +49,7 @@ from kvraft.raft.messages import (
     SnapshotMeta,
 )
 from kvraft.raft.ready import ReadState, Ready
+from kvraft.shell import NodeShell, Persist
 
 __all__ = [
     "DELIVERY_ROUNDS_MAX",
@@ -75,6 +72,9 @@ DELIVERY_ROUNDS_MAX = 1_000
 
 ELECTION_ATTEMPTS_MAX = 10
 """`elect` gives a node this many election timeouts to win before failing the test."""
+
+SNAPSHOT_THRESHOLD_NEVER = 1 << 62
+"""The harness's shells never snapshot on their own."""
 
 MessageFilter = Callable[[Message], bool]
 """Chooses messages in flight (to deliver or to drop)."""
@@ -143,16 +143,17 @@ def sent(ready: Ready) -> list[Message]:
     return [*ready.messages, *ready.messages_after_persist]
 
 
-def encode_state(commands: Sequence[tuple[int, bytes]]) -> bytes:
-    """The state machine's snapshot bytes: its (index, command) pairs."""
-    data: bytes = msgpack.packb([[index, command] for index, command in commands])
+def encode_state(applied_index: int, commands: Sequence[tuple[int, bytes]]) -> bytes:
+    """The state machine's snapshot bytes: its applied index and (index, command) pairs."""
+    data: bytes = msgpack.packb([applied_index, [[index, command] for index, command in commands]])
     return data
 
 
-def decode_state(data: bytes) -> list[tuple[int, bytes]]:
+def decode_state(data: bytes) -> tuple[int, list[tuple[int, bytes]]]:
     if not data:
-        return []
-    return [(int(index), bytes(command)) for index, command in msgpack.unpackb(data)]
+        return 0, []
+    applied_index, commands = msgpack.unpackb(data)
+    return int(applied_index), [(int(index), bytes(command)) for index, command in commands]
 
 
 class FakeStore:
@@ -169,20 +170,20 @@ class FakeStore:
         self.hard_state = hard_state or HardState()
         self.entries: list[Entry] = list(entries)
 
-    def write(self, ready: Ready) -> None:
+    def write(self, persist: Persist) -> None:
         """Step 2 of `kvraft.raft.ready`: snapshot, then entries, then hard state."""
-        if ready.snapshot is not None:
-            self.snapshot = ready.snapshot.meta
-            self.snapshot_data = ready.snapshot.data
+        if persist.snapshot is not None:
+            self.snapshot = persist.snapshot.meta
+            self.snapshot_data = persist.snapshot.data
             # The core replaced its whole log with the snapshot: so does the disk, or a
             # restart would resurrect entries the core no longer has.
             self.entries = []
-        if ready.entries:
-            first = ready.entries[0].index
+        if persist.entries:
+            first = persist.entries[0].index
             self.entries = [entry for entry in self.entries if entry.index < first]
-            self.entries.extend(ready.entries)
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
+            self.entries.extend(persist.entries)
+        if persist.hard_state is not None:
+            self.hard_state = persist.hard_state
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """The node compacted its own log after snapshotting its state machine."""
@@ -191,8 +192,34 @@ class FakeStore:
         self.entries = [entry for entry in self.entries if entry.index > meta.index]
 
 
+class CommandList:
+    """The harness's state machine: the (index, command) pairs applied, in order."""
+
+    def __init__(self, state: list[tuple[int, bytes]], applied_index: int) -> None:
+        self.state = state
+        self.applied_index = applied_index
+
+    @classmethod
+    def restore(cls, data: bytes) -> CommandList:
+        applied_index, state = decode_state(data)
+        return cls(state, applied_index)
+
+    def apply(self, index: int, command: bytes) -> int:
+        self.mark_applied(index)
+        self.state.append((index, command))
+        return index
+
+    def mark_applied(self, index: int) -> None:
+        assert index == self.applied_index + 1, f"applied {index} after {self.applied_index}"
+        self.applied_index = index
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        yield encode_state(self.applied_index, self.state)
+
+
 class SimNode:
-    """One node: its core, its disk, its state machine and what the shell saw."""
+    """One node: the daemon's shell around its core and state machine, its disk, and what
+    the test saw."""
 
     def __init__(self, config: RaftConfig, seed: int, store: FakeStore) -> None:
         self.id = config.node_id
@@ -202,28 +229,52 @@ class SimNode:
         self.up = True
         self.boots = 0
         self.disk_paused = False
-        self.pending_readies: list[Ready] = []
+        self.writes_waiting: list[Persist] = []
         self.read_states: list[ReadState] = []
         self.dropped_read_ids: list[int] = []
         self.restored_snapshots: list[SnapshotMeta] = []
-        self.state: list[tuple[int, bytes]] = []
-        self.applied_index = 0
-        self.core = self.boot()
+        self.on_apply: Callable[[SimNode, Entry], None] | None = None
+        self.shell = self.boot()
 
-    def boot(self) -> RaftCore:
-        """(Re)build the core from the disk alone, as after a crash."""
+    def boot(self) -> NodeShell:
+        """(Re)build the node from the disk alone, as after a crash."""
         self.boots += 1
-        self.state = decode_state(self.store.snapshot_data)
-        self.applied_index = self.store.snapshot.index
-        self.pending_readies = []
+        self.writes_waiting = []
         self.disk_paused = False
-        return RaftCore(
+        core = RaftCore(
             self.config,
             random.Random(f"{self.seed}/{self.id}/{self.boots}"),
             hard_state=self.store.hard_state,
             snapshot=self.store.snapshot,
             entries=list(self.store.entries),
         )
+        shell = NodeShell(
+            core,
+            CommandList.restore(self.store.snapshot_data),
+            restore=CommandList.restore,
+            # Tests compact by hand (`RaftCluster.compact`), at the index they choose.
+            snapshot_threshold_entries=SNAPSHOT_THRESHOLD_NEVER,
+        )
+        shell.on_apply.append(lambda entry: self.on_apply(self, entry) if self.on_apply else None)
+        return shell
+
+    @property
+    def core(self) -> RaftCore:
+        return self.shell.core
+
+    @property
+    def _commands(self) -> CommandList:
+        state_machine = self.shell.state_machine
+        assert isinstance(state_machine, CommandList)
+        return state_machine
+
+    @property
+    def state(self) -> list[tuple[int, bytes]]:
+        return self._commands.state
+
+    @property
+    def applied_index(self) -> int:
+        return self._commands.applied_index
 
     @property
     def commands(self) -> list[bytes]:
@@ -260,7 +311,7 @@ class RaftCluster:
                 (hard_states or {}).get(node_id),
                 (logs or {}).get(node_id, ()),
             )
-            self.nodes[node_id] = SimNode(self._config(node_id), seed, store)
+            self.nodes[node_id] = self._new_node(node_id, store)
         self.in_flight: list[Message] = []
         """Messages sent and not yet delivered or dropped, oldest first."""
         self.history: list[Message] = []
@@ -272,6 +323,11 @@ class RaftCluster:
 
     def _config(self, node_id: int) -> RaftConfig:
         return RaftConfig(node_id=node_id, **self.config_overrides)
+
+    def _new_node(self, node_id: int, store: FakeStore) -> SimNode:
+        node = SimNode(self._config(node_id), self.seed, store)
+        node.on_apply = self._check_apply
+        return node
 
     # --- looking ------------------------------------------------------------------------
 
@@ -326,7 +382,7 @@ class RaftCluster:
         """Snapshot the node's state machine at `index` (default: all applied) and compact."""
         node = self.nodes[node_id]
         index = node.applied_index if index is None else index
-        data = encode_state([(i, command) for i, command in node.state if i <= index])
+        data = encode_state(index, [(i, command) for i, command in node.state if i <= index])
         meta = node.core.compact(index)
         node.store.save_snapshot(meta, data)
         return meta
@@ -445,18 +501,18 @@ class RaftCluster:
         """Stop the node; only its disk survives (writes still pending are lost)."""
         node = self.nodes[node_id]
         node.up = False
-        node.pending_readies = []
+        node.writes_waiting = []
 
     def restart(self, node_id: int) -> None:
         """Boot the node again from its disk."""
         node = self.nodes[node_id]
-        node.core = node.boot()
+        node.shell = node.boot()
         node.up = True
         self.process(node_id)
 
     def join(self, node_id: int) -> None:
         """A brand-new node with an empty disk and no configuration: it waits for a leader."""
-        self.nodes[node_id] = SimNode(self._config(node_id), self.seed, FakeStore(SnapshotMeta()))
+        self.nodes[node_id] = self._new_node(node_id, FakeStore(SnapshotMeta()))
 
     def pause_disk(self, node_id: int) -> None:
         """Writes of this node wait (messages that need no write still go out)."""
@@ -466,43 +522,46 @@ class RaftCluster:
         """Finish the waiting writes in order, then run normally."""
         node = self.nodes[node_id]
         node.disk_paused = False
-        waiting, node.pending_readies = node.pending_readies, []
-        for ready in waiting:
-            self._finish_ready(node, ready)
+        waiting, node.writes_waiting = node.writes_waiting, []
+        for persist in waiting:
+            self._write(node, persist)
         self.process(node_id)
 
-    # --- the shell: one Ready at a time, in the order ready.py prescribes ---------------
+    # --- the IO around the daemon's shell -----------------------------------------------
 
     def process(self, node_id: int) -> None:
-        """Work through the node's Readies until it has nothing more to do."""
+        """Let the node's shell build Readies until it has nothing more to do."""
         node = self.nodes[node_id]
+        shell = node.shell
         for _ in range(DELIVERY_ROUNDS_MAX):
-            if not node.up or not node.core.has_ready():
+            if not node.up or not shell.wants_advance:
                 return
-            ready = node.core.ready()
-            for message in ready.messages:
-                self._send(node, message)
-            if node.disk_paused:
-                node.pending_readies.append(ready)
-            else:
-                self._finish_ready(node, ready)
+            persist = shell.advance()
+            self._observe(node)
+            self._send_all(node)
+            if persist is not None:
+                if node.disk_paused:
+                    node.writes_waiting.append(persist)
+                else:
+                    self._write(node, persist)
         raise AssertionError(f"node {node_id} never ran out of Ready")
 
-    def _finish_ready(self, node: SimNode, ready: Ready) -> None:
-        node.store.write(ready)
-        for message in ready.messages_after_persist:
+    def _write(self, node: SimNode, persist: Persist) -> None:
+        node.store.write(persist)
+        node.shell.persisted(persist.token)
+        if persist.snapshot is not None:
+            node.restored_snapshots.append(persist.snapshot.meta)
+        self._send_all(node)
+
+    def _observe(self, node: SimNode) -> None:
+        ready = node.shell.last_ready
+        if ready is not None:
+            node.read_states.extend(ready.read_states)
+            node.dropped_read_ids.extend(ready.dropped_read_ids)
+
+    def _send_all(self, node: SimNode) -> None:
+        for message in node.shell.take_messages():
             self._send(node, message)
-        if ready.snapshot is not None:
-            node.state = decode_state(ready.snapshot.data)
-            node.applied_index = ready.snapshot.meta.index
-            node.restored_snapshots.append(ready.snapshot.meta)
-        for entry in ready.committed_entries:
-            self._apply(node, entry)
-        node.read_states.extend(ready.read_states)
-        node.dropped_read_ids.extend(ready.dropped_read_ids)
-        if ready.entries:
-            last = ready.entries[-1]
-            node.core.persisted(last.index, last.term)
 
     def _send(self, node: SimNode, message: Message) -> None:
         if isinstance(message, InstallSnapshot):
@@ -512,10 +571,7 @@ class RaftCluster:
         self.in_flight.append(message)
         self.history.append(message)
 
-    def _apply(self, node: SimNode, entry: Entry) -> None:
-        assert entry.index == node.applied_index + 1, (
-            f"node {node.id} applied {entry.index} after {node.applied_index}"
-        )
+    def _check_apply(self, node: SimNode, entry: Entry) -> None:
         assert any(e == entry for e in node.store.entries), (
             f"node {node.id} applied entry {entry.index} before it was durable"
         )
@@ -523,6 +579,3 @@ class RaftCluster:
         assert first == entry, (
             f"State Machine Safety violated at index {entry.index}: {first} vs {entry}"
         )
-        node.applied_index = entry.index
-        if entry.kind == EntryKind.NORMAL:
-            node.state.append((entry.index, entry.data))

@@ -20,9 +20,10 @@ import pytest
 
 from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
+from kvraft.errors import Unavailable
 from kvraft.raft.core import Role
 from kvraft.raft.messages import AppendEntries, Heartbeat
-from kvraft.server import RaftNode, Unavailable
+from kvraft.server import RaftNode
 from kvraft.statemachine import encode_put
 from kvraft.storage.disk import DiskStorage
 from tests.cluster_harness import free_ports
@@ -112,7 +113,7 @@ async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_
     await wait_until(
         lambda: any(
             isinstance(message, AppendEntries | Heartbeat) and message.term > old_term
-            for message in old._inbound
+            for message in (old.shell.inbound if old.shell else ())
         ),
         "a new leader's message queued for the held node",
     )

@@ -138,13 +138,17 @@ class RaftConfig:
             raise ValueError(f"unknown bug switches: {sorted(unknown)}")
 
 
-KNOWN_BUGS = frozenset({"commit_previous_term", "double_vote", "apply_before_commit"})
+KNOWN_BUGS = frozenset(
+    {"commit_previous_term", "double_vote", "apply_before_commit", "send_before_persist"}
+)
 """Test-only bug switches (see tests/test_sim_checkers_bite.py):
 
 - commit_previous_term: count replicas of an entry from an earlier term to commit it,
   the mistake §5.4.2 / Figure 8 warns about;
 - double_vote: grant a vote to a second candidate in the same term;
-- apply_before_commit: hand entries to the state machine before they commit.
+- apply_before_commit: hand entries to the state machine before they commit;
+- send_before_persist: let a leader's messages leave with the Ready that changes its term,
+  before that term is durable.
 """
 
 
@@ -390,12 +394,26 @@ class RaftCore:
         hard_state = HardState(self.term, self.voted_for, self.log.commit_index)
         if hard_state != self._last_hard_state:
             ready.hard_state = hard_state
-            ready.must_sync = (hard_state.term, hard_state.voted_for) != (
+            ready.term_or_vote_changed = (hard_state.term, hard_state.voted_for) != (
                 self._last_hard_state.term,
                 self._last_hard_state.voted_for,
             )
             self._last_hard_state = hard_state
-        ready.must_sync = ready.must_sync or bool(ready.entries) or ready.snapshot is not None
+        if (
+            ready.term_or_vote_changed
+            and ready.messages
+            and "send_before_persist" not in self.config.bugs
+        ):
+            # Every message speaks for this node's term: a leader's AppendEntries of a term
+            # it has not stored yet could, after a crash and a second win of the same term
+            # with the vote forgotten, sit beside a different entry at the same (index,
+            # term). No message leaves before the HardState it implies is durable (etcd's
+            # rule; see `kvraft.raft.ready`).
+            ready.messages_after_persist = [*ready.messages, *ready.messages_after_persist]
+            ready.messages = []
+        ready.must_sync = (
+            ready.term_or_vote_changed or bool(ready.entries) or ready.snapshot is not None
+        )
         apply_up_to = self.log.commit_index
         if "apply_before_commit" in self.config.bugs:
             apply_up_to = self.log.last_index()
@@ -452,6 +470,9 @@ class RaftCore:
         self.votes = {}
         self.progress = {}
         self.lead_transferee = NO_NODE
+        # A broadcast owed by a leader that stepped down within one batch of inputs is owed
+        # by nobody: left set, `has_ready()` would stay true with nothing to hand out.
+        self._broadcast_pending = False
         self._drop_pending_reads()
 
     def _become_follower(self, term: int, leader_id: int) -> None:
@@ -746,6 +767,7 @@ class RaftCore:
                 self.read_round_acked.pop(peer, None)
         if self.lead_transferee not in configuration.voters:
             self.lead_transferee = NO_NODE
+        self._release_confirmed_reads()
         self._maybe_commit()
 
     def _update_self_progress(self) -> None:
@@ -830,12 +852,13 @@ class RaftCore:
         # the messages of every replication round, and the client's answer does not wait
         # for the followers to learn it.
         self._maybe_commit()
+        if self.role != Role.LEADER:
+            # Committing the configuration that removed this leader made it step down
+            # (§4.2.2): `progress` is stale, and an AppendEntries now would make the peer
+            # take a removed node for its leader.
+            return
         self._send_append(peer, progress)
-        if (
-            peer == self.lead_transferee
-            and progress.match_index == self.log.last_index()
-            and self.role == Role.LEADER
-        ):
+        if peer == self.lead_transferee and progress.match_index == self.log.last_index():
             self._send(TimeoutNow(self.term, self.id, peer))
 
     def _maybe_commit(self) -> bool:
@@ -890,14 +913,24 @@ class RaftCore:
         self.reads_unassigned = []
         self.heartbeat_elapsed = 0
         self._broadcast_heartbeat()
+        self._release_confirmed_reads()
 
     def _ack_read_round(self, peer: int, read_round: int) -> None:
         if read_round <= self.read_round_acked.get(peer, 0):
             return
         self.read_round_acked[peer] = read_round
-        if not self.reads_in_round:
-            return
+        self._release_confirmed_reads()
+
+    def _release_confirmed_reads(self) -> None:
+        """Hand out the reads whose heartbeat round a majority of voters acknowledged.
+
+        Called on each acknowledgement, when a round starts (a leader that is the only voter
+        confirms its own round at once) and when the voters change (a smaller majority may
+        have acknowledged already; with no one left to answer a heartbeat, a read waiting for
+        one would otherwise wait forever)."""
         voters = self.log.configuration().voters
+        if not self.reads_in_round or not voters:
+            return
         acked = sorted(
             (
                 self.read_round if peer_id == self.id else self.read_round_acked.get(peer_id, 0)

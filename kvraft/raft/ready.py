@@ -21,6 +21,27 @@ After feeding the core (`tick`, `step`, `propose`, ...), the shell takes a
    applied up to its `read_index` (§6.4).
 6. Report persistence back with `RaftCore.persisted(last_index, last_term)` for
    the entries written in step 2.
+
+The rule behind steps 1 and 3 (etcd's): **no message leaves before the
+HardState it implies is persisted.** A Ready that changes the term or the vote
+(`term_or_vote_changed`) therefore has all its messages in
+`messages_after_persist`, even a new leader's first AppendEntries.
+
+Pipelining. A shell may build and start the next Ready while the previous one's
+write is still in flight (§10.2.1: the disk and the network work in parallel),
+under three conditions:
+
+- writes reach the disk in the order their Readies were built;
+- steps 3 to 6 of a Ready run after its own write *and every earlier one*
+  finished, Ready by Ready in order (an acknowledgement in a later Ready may
+  speak for entries an earlier write carries, and a committed entry may sit in
+  an earlier Ready's write);
+- no Ready is built while one with `term_or_vote_changed` is unpersisted: the
+  next Ready's `messages` would leave at once, speaking for a term this node
+  has not stored yet.
+
+`kvraft.shell.NodeShell` keeps these rules once, for the daemon, the simulator
+and the tests.
 """
 
 from __future__ import annotations
@@ -62,6 +83,10 @@ class Ready:
     entries: list[Entry] = field(default_factory=list)
     hard_state: HardState | None = None
     must_sync: bool = False
+    term_or_vote_changed: bool = False
+    """`hard_state` changes the term or the vote: every message of this Ready is in
+    `messages_after_persist`, and the shell builds no later Ready (whose messages could
+    leave at once) until this one is persisted."""
     messages_after_persist: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvraft.raft.core import RaftCore, Role
-from kvraft.raft.messages import Entry
+from kvraft.raft.messages import Entry, Message, RequestVote, RequestVoteResponse
 
 __all__ = ["SafetyCheckers", "Violation"]
 
@@ -59,6 +59,19 @@ class SafetyCheckers:
                 "state machine safety",
                 f"node {node_id} applied {entry} at index {entry.index}, another node applied "
                 f"{first}",
+            )
+
+    def on_send(self, node_id: int, message: Message, durable_term: int) -> None:
+        """No message leaves before the term it speaks for is durable (`kvraft.raft.ready`):
+        otherwise a crash could make the node win the same term twice and write two
+        different entries at one (index, term). PreVote messages carry a future term by
+        design (§9.6) and promise nothing."""
+        pre_vote = isinstance(message, RequestVote | RequestVoteResponse) and message.pre_vote
+        if message.term > durable_term and not pre_vote:
+            raise Violation(
+                "persist before send",
+                f"node {node_id} sent {type(message).__name__} of term {message.term} while "
+                f"its disk held term {durable_term}",
             )
 
     def after_step(self, cores: list[RaftCore]) -> None:

@@ -1,89 +1,82 @@
-"""A deterministic in-process cluster: N Raft cores, a simulated network and disks.
+"""A deterministic in-process cluster: N nodes, a simulated network and disks.
 
 Everything random comes from one `random.Random(seed)`, so a seed replays a run
-exactly. A simulated node drives its core the way the daemon does (see
-`kvraft.raft.ready`): send `messages`, persist, send `messages_after_persist`,
-apply, answer reads, report persistence. Its disk keeps only what was synced:
-a crash loses unsynced writes, and a crash in the middle of a write may keep
-only a prefix of it (a torn write, which recovery sees as a shorter log).
+exactly. Each simulated node is the daemon's own `kvraft.shell.NodeShell` around a
+`RaftCore` and a `KVStateMachine`, fed the way the daemon feeds it: at most one tick
+and every message that arrived by this step in one batch, then Readies built until
+there is nothing left to do. Only the IO is simulated:
+
+- the network (`kvraft.sim.network`) delays, drops, duplicates and reorders;
+- each node's disk completes writes in order, each after a random number of steps
+  (0 to `write_delay_steps_max`), while the shell keeps building Readies (pipelined,
+  §10.2.1). The disk keeps only completed writes: a crash loses the writes in
+  flight, and a crash in the middle of a write may keep only a prefix of it (a torn
+  write, which recovery sees as a shorter log).
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvraft.raft.core import (
-    ConfigurationChangeError,
-    NotLeaderError,
-    ProposalDroppedError,
-    RaftConfig,
-    RaftCore,
-    Role,
-)
+from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
+from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     Configuration,
     Entry,
-    EntryKind,
     HardState,
     InstallSnapshot,
     Message,
     SnapshotMeta,
 )
-from kvraft.raft.ready import Ready
+from kvraft.shell import NodeShell, Persist
 from kvraft.sim.checkers import SafetyCheckers
 from kvraft.sim.network import SimNetwork
-from kvraft.statemachine import KVStateMachine, encode_delete, encode_put
+from kvraft.statemachine import ApplyResult, KVStateMachine, encode_delete, encode_put
 
 __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
 TICK_STEPS = 10
 """Simulator steps per Raft tick: messages take a few steps, so many fit in one tick."""
 
+SNAPSHOT_THRESHOLD_ENTRIES = 64
+"""Entries applied beyond the last snapshot before a node takes a new one (small, so runs
+exercise snapshots and InstallSnapshot often)."""
+
 
 class SimDisk:
-    """What survives a crash: only synced writes."""
+    """What survives a crash: only completed writes."""
 
     def __init__(self, initial: SnapshotMeta) -> None:
         self.hard_state = HardState()
         self.snapshot = initial
         self.snapshot_data = KVStateMachine().snapshot()
         self.entries: list[Entry] = []
-        self._unsynced_hard_state: HardState | None = None
 
-    def write(self, ready: Ready, entries_kept: int | None = None) -> None:
-        """Persist a Ready; `entries_kept` simulates a torn write (crash mid-write)."""
-        if ready.snapshot is not None:
+    def write(self, persist: Persist, entries_kept: int | None = None) -> None:
+        """Carry out one write; `entries_kept` simulates a torn write (crash mid-write)."""
+        if persist.snapshot is not None:
             # A snapshot from the leader replaces the whole log: stale entries after it
             # must not come back at recovery.
-            self.snapshot = ready.snapshot.meta
-            self.snapshot_data = ready.snapshot.data
+            self.snapshot = persist.snapshot.meta
+            self.snapshot_data = persist.snapshot.data
             self.entries = []
-        if ready.entries:
-            first = ready.entries[0].index
+        if persist.entries:
+            first = persist.entries[0].index
             self.entries = [e for e in self.entries if e.index < first]
-            written = ready.entries if entries_kept is None else ready.entries[:entries_kept]
-            self.entries.extend(written)
+            kept = persist.entries if entries_kept is None else persist.entries[:entries_kept]
+            self.entries.extend(kept)
             if entries_kept is not None:
                 return  # the crash came before the hard state was written
-        if ready.hard_state is not None:
-            if ready.must_sync:
-                self.hard_state = ready.hard_state
-                self._unsynced_hard_state = None
-            else:
-                self._unsynced_hard_state = ready.hard_state
-        elif ready.must_sync and self._unsynced_hard_state is not None:
-            self.hard_state = self._unsynced_hard_state
-            self._unsynced_hard_state = None
+        if persist.hard_state is not None:
+            self.hard_state = persist.hard_state
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self.snapshot = meta
         self.snapshot_data = data
         self.entries = [e for e in self.entries if e.index > meta.index]
-
-    def crash(self) -> None:
-        self._unsynced_hard_state = None
 
 
 @dataclass(slots=True)
@@ -99,48 +92,107 @@ class ClientOp:
     call: int = 0
     ret: int | None = None
     status: str = "pending"  # pending | ok | fail | info
-    # For the session that issued it:
     node_id: int = 0
-    term: int = 0
-    index: int = 0
-    read_index: int = -1
     deadline: int = 0
     revision_seen: int = 0
 
 
 @dataclass(slots=True)
 class SimNode:
-    """One simulated node: a core, a state machine, a disk, and its pending requests."""
+    """One simulated node: the daemon's shell, a disk, and the writes in flight to it."""
 
     id: int
     config: RaftConfig
     disk: SimDisk
     rng: random.Random
-    core: RaftCore = field(init=False)
-    state_machine: KVStateMachine = field(init=False)
+    shell: NodeShell = field(init=False)
     alive: bool = True
     tick_phase: int = 0
-    proposals: dict[int, ClientOp] = field(default_factory=dict)
-    reads: dict[int, ClientOp] = field(default_factory=dict)
-    reads_ready: list[ClientOp] = field(default_factory=list)
+    writes_in_flight: deque[tuple[int, Persist]] = field(default_factory=deque)
+    """(step the write completes at, the write), in the order they were issued."""
 
     def __post_init__(self) -> None:
         self.start()
 
+    @property
+    def core(self) -> RaftCore:
+        return self.shell.core
+
+    @property
+    def state_machine(self) -> KVStateMachine:
+        state_machine = self.shell.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        return state_machine
+
     def start(self) -> None:
         """(Re)start from what the disk kept."""
-        self.core = RaftCore(
+        core = RaftCore(
             self.config,
             self.rng,
             hard_state=self.disk.hard_state,
             snapshot=self.disk.snapshot,
             entries=list(self.disk.entries),
         )
-        self.state_machine = KVStateMachine.restore_bytes(self.disk.snapshot_data)
+        self.shell = NodeShell(
+            core,
+            KVStateMachine.restore_bytes(self.disk.snapshot_data),
+            restore=KVStateMachine.restore_bytes,
+            snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
+        )
         self.alive = True
-        self.proposals = {}
-        self.reads = {}
-        self.reads_ready = []
+        self.writes_in_flight = deque()
+
+
+class _ClientAnswer:
+    """Where the shell answers one client operation: it finishes the op in the history."""
+
+    def __init__(self, cluster: SimCluster, node: SimNode, op: ClientOp) -> None:
+        self._cluster = cluster
+        self._node = node
+        self._op = op
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: object) -> None:
+        self._done = True
+        op = self._op
+        if op.kind == "read":
+            # Released at its read index or later (§6.4): read the state machine now.
+            found = self._node.state_machine.get(op.key)
+            op.output = found[0].decode() if found else None
+            op.revision_seen = found[1] if found else 0
+        elif op.kind == "cas":
+            assert isinstance(result, ApplyResult)
+            op.output = result.ok
+        self._cluster._finish(op, "ok")
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._done = True
+        # A write that may still apply is indeterminate; anything else definitely failed.
+        status = "info" if isinstance(exception, OutcomeUnknown) else "fail"
+        self._cluster._finish(self._op, status)
+
+
+class _LoggedAnswer:
+    """The nemesis's membership change: nobody waits, the trace says what happened."""
+
+    def __init__(self, cluster: SimCluster, what: str) -> None:
+        self._cluster = cluster
+        self._what = what
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: object) -> None:
+        self._done = True
+        self._cluster.log(f"{self._what}: committed")
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._done = True
+        self._cluster.log(f"{self._what}: {type(exception).__name__}: {exception}")
 
 
 class SimCluster:
@@ -154,29 +206,32 @@ class SimCluster:
         spares: int,
         make_config: Callable[[int], RaftConfig],
         trace: Callable[[str], None] | None = None,
-        snapshot_threshold_entries: int = 64,
+        write_delay_steps_max: int = 3,
     ) -> None:
         self.rng = rng
         self.network = network
         self.now = 0
         self.checkers = SafetyCheckers()
         self.trace = trace
-        self.snapshot_threshold_entries = snapshot_threshold_entries
+        self.write_delay_steps_max = write_delay_steps_max
+        """0: every write completes before the next Ready is built (no pipelining)."""
         initial = SnapshotMeta(configuration=Configuration(voters=frozenset(range(1, voters + 1))))
         self.nodes: dict[int, SimNode] = {}
         for node_id in range(1, voters + spares + 1):
             # Spares join later: they start knowing no configuration at all.
             start = initial if node_id <= voters else SnapshotMeta()
-            self.nodes[node_id] = SimNode(
+            node = SimNode(
                 node_id,
                 make_config(node_id),
                 SimDisk(start),
                 random.Random(rng.getrandbits(64)),
                 tick_phase=rng.randrange(TICK_STEPS),
             )
+            self._watch_applies(node)
+            self.nodes[node_id] = node
         self.torn_write_probability = 0.0
         self.completed: list[ClientOp] = []
-        self._read_ids = 0
+        self._pending: list[tuple[ClientOp, _ClientAnswer]] = []
         # A core was fed outside step() (a client request, the nemesis): check next step.
         self._changed = False
         self._roles: dict[int, tuple[Role, int]] = {}
@@ -188,21 +243,28 @@ class SimCluster:
             self.trace(f"{self.now:7d} {text}")
 
     def step(self) -> None:
-        """Advance one step: ticks due now, then messages due now, then checks."""
+        """Advance one step: ticks and messages due now are fed to each node as one batch
+        (the daemon's way), writes due now complete, then the checkers run."""
         self.now += 1
         changed = self._changed
         self._changed = False
+        fed: dict[int, SimNode] = {}
         for node in self.nodes.values():
             if node.alive and (self.now + node.tick_phase) % TICK_STEPS == 0:
-                node.core.tick()
-                self._process(node)
-                changed = True
+                node.shell.tick()
+                fed[node.id] = node
         for message in self.network.due(self.now):
             target = self.nodes.get(message.target)
             if target is None or not target.alive:
                 continue
-            target.core.step(message)
-            self._process(target)
+            target.shell.receive(message)
+            fed[target.id] = target
+        for node in self.nodes.values():
+            if node.alive and node.writes_in_flight and node.writes_in_flight[0][0] <= self.now:
+                self._complete_due_writes(node)
+                fed[node.id] = node
+        for node in fed.values():
+            self._advance(node)
             changed = True
         if self.now % TICK_STEPS == 0:
             self._expire_client_ops()
@@ -224,93 +286,64 @@ class SimCluster:
                 if node.core.role == Role.LEADER:
                     self.log(f"n{node.id} leader of term {node.core.term}")
 
-    def _process(self, node: SimNode) -> None:
-        """Work through the node's Ready in the order `kvraft.raft.ready` prescribes."""
-        core = node.core
+    def _watch_applies(self, node: SimNode) -> None:
+        node.shell.on_apply.append(lambda entry: self.checkers.on_apply(node.id, entry))
+
+    def _advance(self, node: SimNode) -> None:
+        """Build and start Readies until the shell has nothing left to do (or waits on a
+        write that changes the term or the vote)."""
+        shell = node.shell
         self._changed = True
-        while node.alive and core.has_ready():
-            ready = core.ready()
-            for message in ready.messages:
-                self._send(node, message)
-            torn = (ready.entries or ready.hard_state) and (
+        while node.alive and shell.wants_advance:
+            persist = shell.advance()
+            self._send_all(node)
+            if persist is not None:
+                delay_steps = self.rng.randint(0, self.write_delay_steps_max)
+                completes_at = self.now + delay_steps
+                if node.writes_in_flight:
+                    completes_at = max(completes_at, node.writes_in_flight[-1][0])
+                node.writes_in_flight.append((completes_at, persist))
+                self._complete_due_writes(node)
+            self._save_snapshot(node)
+
+    def _complete_due_writes(self, node: SimNode) -> None:
+        """Finish, in order, the writes due by now."""
+        while node.alive and node.writes_in_flight and node.writes_in_flight[0][0] <= self.now:
+            _, persist = node.writes_in_flight.popleft()
+            if (persist.entries or persist.hard_state) and (
                 self.rng.random() < self.torn_write_probability
-            )
-            if torn:
-                kept = self.rng.randrange(len(ready.entries)) if ready.entries else 0
-                node.disk.write(ready, entries_kept=kept)
-                self.log(f"n{node.id} crashed mid-write, kept {kept}/{len(ready.entries)}")
+            ):
+                kept = self.rng.randrange(len(persist.entries)) if persist.entries else 0
+                node.disk.write(persist, entries_kept=kept)
+                self.log(f"n{node.id} crashed mid-write, kept {kept}/{len(persist.entries)}")
                 self.crash(node.id)
                 return
-            node.disk.write(ready)
-            for message in ready.messages_after_persist:
-                self._send(node, message)
-            if ready.snapshot is not None:
-                node.state_machine = KVStateMachine.restore_bytes(ready.snapshot.data)
-                self.log(f"n{node.id} restored snapshot at {ready.snapshot.meta.index}")
-            for entry in ready.committed_entries:
-                self._apply(node, entry)
-            for read_state in ready.read_states:
-                op = node.reads.pop(read_state.read_id, None)
-                if op is not None:
-                    op.read_index = read_state.read_index
-                    node.reads_ready.append(op)
-            for read_id in ready.dropped_read_ids:
-                op = node.reads.pop(read_id, None)
-                if op is not None:
-                    self._finish(op, "fail")
-            self._serve_reads(node)
-            if ready.entries:
-                last = ready.entries[-1]
-                core.persisted(last.index, last.term)
-            self._maybe_snapshot(node)
+            node.disk.write(persist)
+            node.shell.persisted(persist.token)
+            if persist.snapshot is not None:
+                self.log(f"n{node.id} restored snapshot at {persist.snapshot.meta.index}")
+            self._send_all(node)
+            self._save_snapshot(node)
+
+    def _save_snapshot(self, node: SimNode) -> None:
+        snapshot = node.shell.take_snapshot_to_save()
+        if snapshot is not None:
+            node.disk.save_snapshot(snapshot.meta, b"".join(snapshot.chunks))
+            node.shell.snapshot_saved(snapshot.meta)
+
+    def _send_all(self, node: SimNode) -> None:
+        for message in node.shell.take_messages():
+            self._send(node, message)
 
     def _send(self, node: SimNode, message: Message) -> None:
+        self.checkers.on_send(node.id, message, node.disk.hard_state.term)
         if isinstance(message, InstallSnapshot):
-            # The core names the snapshot; the shell attaches its bytes.
+            # The core names the snapshot; the IO attaches its bytes.
             message = InstallSnapshot(
                 message.term, message.source, message.target, message.meta, node.disk.snapshot_data
             )
             self.log(f"n{node.id} sends snapshot {message.meta.index} to n{message.target}")
         self.network.send(self.now, message)
-
-    def _apply(self, node: SimNode, entry: Entry) -> None:
-        self.checkers.on_apply(node.id, entry)
-        if entry.kind == EntryKind.NORMAL:
-            result = node.state_machine.apply(entry.index, entry.data)
-        else:
-            node.state_machine.mark_applied(entry.index)
-            result = None
-        op = node.proposals.pop(entry.index, None)
-        if op is None:
-            return
-        if entry.term != op.term:
-            # Another entry won this index: ours was never committed and never will be.
-            self._finish(op, "fail")
-            return
-        assert result is not None
-        if op.kind == "cas":
-            op.output = result.ok
-        self._finish(op, "ok")
-
-    def _serve_reads(self, node: SimNode) -> None:
-        waiting = []
-        for op in node.reads_ready:
-            if node.state_machine.applied_index >= op.read_index:
-                found = node.state_machine.get(op.key)
-                op.output = found[0].decode() if found else None
-                op.revision_seen = found[1] if found else 0
-                self._finish(op, "ok")
-            else:
-                waiting.append(op)
-        node.reads_ready = waiting
-
-    def _maybe_snapshot(self, node: SimNode) -> None:
-        log = node.core.log
-        if log.applied_index - log.snapshot.index < self.snapshot_threshold_entries:
-            return
-        data = node.state_machine.snapshot()
-        meta = node.core.compact(log.applied_index)
-        node.disk.save_snapshot(meta, data)
 
     # --- faults -------------------------------------------------------------------------
 
@@ -319,10 +352,9 @@ class SimCluster:
         if not node.alive:
             return
         node.alive = False
-        node.disk.crash()
-        for op in [*node.proposals.values(), *node.reads.values(), *node.reads_ready]:
-            # A proposal may still commit without us: its outcome is unknown.
-            self._finish(op, "info" if op.kind != "read" else "fail")
+        node.writes_in_flight.clear()  # never reached the disk
+        # A proposal in the log may still commit without us: its outcome is unknown.
+        node.shell.fail_all(NodeStoppedError(f"n{node_id} crashed"))
         self.log(f"n{node_id} crashed")
 
     def restart(self, node_id: int) -> None:
@@ -330,6 +362,7 @@ class SimCluster:
         if node.alive:
             return
         node.start()
+        self._watch_applies(node)
         self.checkers.node_restarted(node_id)
         self.log(f"n{node_id} restarted (term {node.core.term}, log {node.core.log.last_index()})")
 
@@ -349,25 +382,17 @@ class SimCluster:
         if not node.alive:
             self._finish(op, "fail")
             return
-        core = node.core
-        try:
-            if op.kind == "read":
-                self._read_ids += 1
-                core.read_index(self._read_ids)
-                node.reads[self._read_ids] = op
-            else:
-                op.index = core.propose(self._command(op))
-                op.term = core.term
-                earlier = node.proposals.pop(op.index, None)
-                if earlier is not None:
-                    # This node's log was cut below that index since: the earlier entry is
-                    # gone from here, and whether it committed elsewhere is not ours to say.
-                    self._finish(earlier, "info")
-                node.proposals[op.index] = op
-        except (NotLeaderError, ProposalDroppedError):
-            self._finish(op, "fail")
-            return
-        self._process(node)
+        answer = _ClientAnswer(self, node, op)
+        self._pending.append((op, answer))
+        if op.kind == "read":
+            node.shell.read(answer)
+        else:
+            node.shell.propose(self._command(op), answer)
+        self._advance(node)
+
+    def transfer_leadership(self, node: SimNode, target: int) -> None:
+        node.shell.transfer_leadership(target)
+        self._advance(node)
 
     def _command(self, op: ClientOp) -> bytes:
         if op.kind == "delete":
@@ -387,16 +412,20 @@ class SimCluster:
         self.completed.append(op)
 
     def _expire_client_ops(self) -> None:
-        for node in self.nodes.values():
-            for collection in (node.proposals, node.reads):
-                expired = [key for key, op in collection.items() if op.deadline <= self.now]
-                for key in expired:
-                    op = collection.pop(key)
-                    self._finish(op, "info" if op.kind != "read" else "fail")
-            expired_reads = [op for op in node.reads_ready if op.deadline <= self.now]
-            for op in expired_reads:
-                node.reads_ready.remove(op)
-                self._finish(op, "fail")
+        # The client gives up, as the daemon's HTTP handler does: the shell then skips the
+        # answer. A write may still apply; a read simply did not happen.
+        still = []
+        for op, answer in self._pending:
+            if answer.done():
+                continue
+            if op.deadline <= self.now:
+                if op.kind == "read":
+                    answer.set_exception(Unavailable("timed out"))
+                else:
+                    answer.set_exception(OutcomeUnknown("timed out"))
+            else:
+                still.append((op, answer))
+        self._pending = still
 
     # --- membership ---------------------------------------------------------------------
 
@@ -408,13 +437,10 @@ class SimCluster:
         proposed = change(current)
         if proposed is None:
             return
-        try:
-            leader.core.propose_configuration(proposed)
-        except (ConfigurationChangeError, NotLeaderError, ProposalDroppedError) as error:
-            self.log(f"n{leader.id} refused membership change: {error}")
-            return
-        self.log(
+        what = (
             f"n{leader.id} proposes voters={sorted(proposed.voters)} "
             f"learners={sorted(proposed.learners)}"
         )
-        self._process(leader)
+        self.log(what)
+        leader.shell.propose_configuration(proposed, current, _LoggedAnswer(self, what))
+        self._advance(leader)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvraft.linearizability import Operation, check_history
-from kvraft.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig
+from kvraft.raft.core import RaftConfig
 from kvraft.raft.messages import Configuration
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
@@ -379,13 +379,8 @@ class _Run:
         if not voters:
             return
         target = self.rng.choice(voters)
-        try:
-            leader.core.transfer_leadership(target)
-        except (NotLeaderError, ProposalDroppedError) as error:
-            cluster.log(f"nemesis: transfer refused: {error}")
-            return
         cluster.log(f"nemesis: transfer leadership n{leader.id} -> n{target}")
-        cluster._process(leader)
+        cluster.transfer_leadership(leader, target)
 
     def _nemesis_membership(self) -> None:
         cluster = self.cluster

@@ -1,0 +1,508 @@
+"""The node without its IO: one object that turns the core's Readies into work, in order.
+
+Theory of operation
+-------------------
+`RaftCore` says *what* must happen (`kvraft.raft.ready`); `NodeShell` makes it happen
+in the right order and keeps the books a node needs around the core, with no IO, no
+clock and no asyncio of its own. The daemon (`kvraft.server`), the simulator
+(`kvraft.sim.cluster`) and the test harness (`tests/raft_harness.py`) all drive this
+one class; what differs between them is only how a write reaches a disk and a message
+reaches a peer.
+
+Inputs are queued, and fed to the core in one batch by `advance()`, the way a busy
+node meets them: at most one tick, every message that arrived, every proposal (as one
+`propose_batch`), configuration changes, reads, a leadership transfer. `advance()`
+then builds one Ready and starts it:
+
+1. its `messages` go to the outbox at once (the IO layer sends them before writing);
+2. what must be written comes back as a `Persist`, which the IO layer carries out and
+   reports with `persisted(token)`. A HardState that moved only the commit index is
+   not worth a write of its own (Figure 2 keeps the commit index volatile; a restarted
+   node learns it from the leader): it rides on the next write.
+3. Once its write, and every earlier one, is done, the rest of the Ready runs:
+   `messages_after_persist` to the outbox, the snapshot restored, committed entries
+   applied (answering the proposals waiting on them by index *and term*: another
+   entry at that index means the proposal lost, §5.3), reads released once the state
+   machine reached their read index (§6.4), `RaftCore.persisted`, and the snapshot
+   threshold checked.
+
+Readies pipeline (§10.2.1): the IO layer may call `advance()` again while writes are
+in flight, and completes them in order. The one thing that stops the pipeline is a
+Ready that changes the term or the vote: nothing is built after it until it is
+durable, so no message speaks for a term this node has not stored.
+
+Client requests carry an `Answer` (an `asyncio.Future` fits; the simulator and the
+tests bring their own). Answers say whose fault a failure was with `kvraft.errors`:
+`NotLeader`, `Unavailable`/`ProposalLost` (definitely not applied) or `OutcomeUnknown`.
+An answer that is already done (its client gave up) is skipped, never answered twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from kvraft.errors import (
+    ChangeInProgress,
+    NotLeader,
+    OutcomeUnknown,
+    ProposalLost,
+    Unavailable,
+)
+from kvraft.membership import MembershipConflictError
+from kvraft.raft.core import (
+    ConfigurationChangeError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    Role,
+)
+from kvraft.raft.messages import Configuration, Entry, EntryKind, HardState, Message, SnapshotMeta
+from kvraft.raft.ready import Ready, SnapshotToRestore
+
+__all__ = [
+    "INBOUND_MESSAGES_MAX",
+    "Answer",
+    "NodeShell",
+    "Persist",
+    "SnapshotToSave",
+    "StateMachine",
+]
+
+INBOUND_MESSAGES_MAX = 100_000
+"""Peer messages waiting to be stepped; beyond this they are dropped (Raft tolerates loss)."""
+
+_T_contra = TypeVar("_T_contra", contravariant=True)
+
+
+class Answer(Protocol[_T_contra]):
+    """Where a client request's outcome goes (`asyncio.Future` is one)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: _T_contra, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class StateMachine(Protocol):
+    """What the shell applies committed entries to (`kvraft.statemachine.KVStateMachine`)."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    def apply(self, index: int, command: bytes) -> Any: ...
+
+    def mark_applied(self, index: int) -> None: ...
+
+    def snapshot_chunks(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Step 2 of a Ready, for the IO layer: install `snapshot` (replacing the log), then
+    write `entries` (replacing any stored at their indexes and after) and `hard_state`;
+    durably before answering if `sync`. Report it done with `NodeShell.persisted(token)`.
+
+    Fields:
+        token: the number to report back; tokens complete in the order they were handed out.
+        snapshot: a snapshot from the leader to store, or None.
+        entries: log entries to write.
+        hard_state: term, vote and commit index to write, or None.
+        sync: the writes must be durable (fsync) before `persisted` is called.
+    """
+
+    token: int
+    snapshot: SnapshotToRestore | None
+    entries: list[Entry]
+    hard_state: HardState | None
+    sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotToSave:
+    """The state machine reached the snapshot threshold: store `chunks` under `meta`, then
+    call `NodeShell.snapshot_saved(meta)` so the core drops the log it covers."""
+
+    meta: SnapshotMeta
+    chunks: Iterator[bytes]
+
+
+@dataclass(slots=True)
+class _Started:
+    """A Ready whose write (if any) is in flight; steps 3 to 6 wait for it."""
+
+    ready: Ready
+    token: int
+    written: bool = False
+    restored: StateMachine | None = None
+
+
+@dataclass(slots=True)
+class _ConfigProposal:
+    configuration: Configuration
+    base: Configuration  # the configuration the change was planned from
+    answer: Answer[None]
+
+
+class NodeShell:
+    """One node's core, state machine and waiting clients; see the module docstring."""
+
+    def __init__(
+        self,
+        core: RaftCore,
+        state_machine: StateMachine,
+        *,
+        restore: Callable[[bytes], StateMachine],
+        snapshot_threshold_entries: int,
+    ) -> None:
+        self.core = core
+        self.state_machine = state_machine
+        self._restore = restore
+        self.snapshot_threshold_entries = snapshot_threshold_entries
+        self.on_apply: list[Callable[[Entry], None]] = []
+        """Called with every entry applied, after the state machine took it."""
+        # Inputs, fed to the core by advance().
+        self._tick_due = False
+        self.inbound: deque[Message] = deque()
+        self._proposals: list[tuple[bytes, Answer[Any]]] = []
+        self._config_proposals: list[_ConfigProposal] = []
+        self._reads: list[tuple[int, Answer[int]]] = []
+        self._next_read_id = 0
+        self._transfer_to: int | None = None
+        # Outputs.
+        self._outbox: list[Message] = []
+        self._snapshot_to_save: SnapshotToSave | None = None
+        self._snapshot_in_progress = False
+        self.hard_state_unwritten: HardState | None = None
+        """A HardState that moved only the commit index, to be written with the next write
+        (or when the node stops)."""
+        # Readies started and not finished, oldest first.
+        self._started: deque[_Started] = deque()
+        self._next_token = 0
+        self._barrier_token: int | None = None
+        self.last_ready: Ready | None = None
+        """The Ready the last `advance()` started (None if it started none): for tests and
+        tracing, which look at what the core asked for."""
+        # Clients waiting.
+        self._waiters: dict[int, tuple[int, Answer[Any]]] = {}
+        self._config_waiters: dict[int, tuple[int, Answer[None]]] = {}
+        self._read_answers: dict[int, Answer[int]] = {}
+        self._reads_waiting_apply: list[tuple[int, Answer[int]]] = []
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Time passed. Ticks do not pile up while the driver is busy: a stalled node that
+        resumed with a burst of ticks would start a needless election."""
+        self._tick_due = True
+
+    def receive(self, message: Message) -> bool:
+        """Queue a peer's message; False if the queue is full and it was dropped."""
+        if len(self.inbound) >= INBOUND_MESSAGES_MAX:
+            return False
+        self.inbound.append(message)
+        return True
+
+    def propose(self, command: bytes, answer: Answer[Any]) -> None:
+        """Replicate and apply `command`; `answer` gets the state machine's result."""
+        self._proposals.append((command, answer))
+
+    def propose_configuration(
+        self, configuration: Configuration, base: Configuration, answer: Answer[None]
+    ) -> None:
+        """Change the membership to `configuration`, planned from `base` (refused if the
+        latest configuration is no longer `base`); `answer` is resolved once it commits."""
+        self._config_proposals.append(_ConfigProposal(configuration, base, answer))
+
+    def read(self, answer: Answer[int]) -> None:
+        """Confirm leadership for a linearizable read (ReadIndex, §6.4); `answer` gets the
+        read index once the state machine has applied up to it."""
+        self._next_read_id += 1
+        self._reads.append((self._next_read_id, answer))
+
+    def transfer_leadership(self, target: int) -> None:
+        self._transfer_to = target
+
+    # --- driving ------------------------------------------------------------------------
+
+    @property
+    def wants_advance(self) -> bool:
+        """`advance()` has something to do."""
+        if self._barrier_token is not None:
+            return False
+        return bool(
+            self._tick_due
+            or self.inbound
+            or self._proposals
+            or self._config_proposals
+            or self._reads
+            or self._transfer_to is not None
+            or self.core.has_ready()
+        )
+
+    @property
+    def writes_in_flight(self) -> int:
+        return sum(1 for started in self._started if not started.written)
+
+    def advance(self) -> Persist | None:
+        """Feed the queued inputs and start one Ready: its `messages` go to the outbox; what
+        it must write is returned (None: nothing, and it may have finished already)."""
+        core = self.core
+        self._feed(core)
+        self.last_ready = None
+        if self._barrier_token is not None or not core.has_ready():
+            return None
+        ready = self.last_ready = core.ready()
+        self._outbox.extend(ready.messages)
+        self._next_token += 1
+        started = _Started(ready, self._next_token)
+        self._started.append(started)
+        persist: Persist | None = None
+        if ready.snapshot is None and not ready.entries and not ready.must_sync:
+            if ready.hard_state is not None:
+                self.hard_state_unwritten = ready.hard_state
+            started.written = True
+        else:
+            persist = Persist(
+                started.token,
+                ready.snapshot,
+                ready.entries,
+                ready.hard_state or self.hard_state_unwritten,
+                ready.must_sync,
+            )
+            self.hard_state_unwritten = None
+            if ready.term_or_vote_changed:
+                self._barrier_token = started.token
+        self._finish_written()
+        return persist
+
+    def persisted(self, token: int, restored: StateMachine | None = None) -> None:
+        """The write of `token` is done (durable if it asked to be). `restored` is the state
+        machine the IO layer rebuilt from the write's snapshot, if it had one (else the
+        shell restores it here)."""
+        for started in self._started:
+            if started.token == token:
+                started.written = True
+                started.restored = restored
+                break
+        else:
+            raise ValueError(f"no write with token {token} is in flight")
+        if token == self._barrier_token:
+            self._barrier_token = None
+        self._finish_written()
+
+    def take_messages(self) -> list[Message]:
+        """The messages to send now, in order."""
+        messages, self._outbox = self._outbox, []
+        return messages
+
+    def take_snapshot_to_save(self) -> SnapshotToSave | None:
+        snapshot, self._snapshot_to_save = self._snapshot_to_save, None
+        return snapshot
+
+    def snapshot_saved(self, meta: SnapshotMeta | None) -> None:
+        """The snapshot handed out is stored (None: it was not, and may be tried again)."""
+        self._snapshot_in_progress = False
+        log = self.core.log
+        if meta is not None and log.snapshot.index < meta.index <= log.applied_index:
+            self.core.compact(meta.index)
+
+    def fail_all(self, error: Exception) -> None:
+        """The node stops (or crashed): answer everyone. A command already in the log may
+        still commit elsewhere, so its fate is unknown; anything not yet proposed, and every
+        read, simply did not happen."""
+        for _, answer in self._waiters.values():
+            _fail(answer, OutcomeUnknown(f"{error}; the write may still apply"))
+        for _, config_answer in self._config_waiters.values():
+            _fail(config_answer, OutcomeUnknown(f"{error}; the membership change may still apply"))
+        answers: list[Answer[Any]] = [answer for _, answer in self._proposals]
+        answers += [proposal.answer for proposal in self._config_proposals]
+        answers += [answer for _, answer in self._reads]
+        answers += list(self._read_answers.values())
+        answers += [answer for _, answer in self._reads_waiting_apply]
+        for answer in answers:
+            _fail(answer, error)
+        self._waiters.clear()
+        self._config_waiters.clear()
+        self._proposals.clear()
+        self._config_proposals.clear()
+        self._reads.clear()
+        self._read_answers.clear()
+        self._reads_waiting_apply.clear()
+
+    # --- feeding the core ---------------------------------------------------------------
+
+    def _feed(self, core: RaftCore) -> None:
+        if self._tick_due:
+            self._tick_due = False
+            core.tick()
+        inbound = self.inbound
+        while inbound:
+            core.step(inbound.popleft())
+        if self._proposals:
+            proposals, self._proposals = self._proposals, []
+            live = [(command, answer) for command, answer in proposals if not answer.done()]
+            try:
+                indexes = core.propose_batch([command for command, _ in live]) if live else []
+            except NotLeaderError as error:
+                for _, answer in live:
+                    answer.set_exception(NotLeader(error.leader_id))
+            except ProposalDroppedError as error:
+                for _, answer in live:
+                    answer.set_exception(Unavailable(str(error)))
+            else:
+                for (_, answer), index in zip(live, indexes, strict=True):
+                    earlier = self._waiters.get(index)
+                    if earlier is not None:
+                        # This node's log was cut below `index` since the earlier proposal:
+                        # whether it committed elsewhere is not this node's to say.
+                        _fail(earlier[1], OutcomeUnknown("the log was cut; it may have applied"))
+                    self._waiters[index] = (core.term, answer)
+        if self._config_proposals:
+            config_proposals, self._config_proposals = self._config_proposals, []
+            for config_proposal in config_proposals:
+                if not config_proposal.answer.done():
+                    self._propose_configuration(core, config_proposal)
+        if self._reads:
+            reads, self._reads = self._reads, []
+            for read_id, read_answer in reads:
+                if read_answer.done():  # its client gave up before the core saw it
+                    continue
+                try:
+                    core.read_index(read_id)
+                except NotLeaderError as error:
+                    read_answer.set_exception(NotLeader(error.leader_id))
+                else:
+                    self._read_answers[read_id] = read_answer
+        if self._transfer_to is not None:
+            target, self._transfer_to = self._transfer_to, None
+            # Refused (no longer leader, not a voter): the caller sees nothing move.
+            with contextlib.suppress(NotLeaderError, ConfigurationChangeError):
+                core.transfer_leadership(target)
+
+    def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
+        answer = proposal.answer
+        if core.role != Role.LEADER:
+            answer.set_exception(NotLeader(core.leader_id))
+            return
+        if core.log.configuration() != proposal.base:
+            # Planned from a configuration that is no longer the latest: proposing it would
+            # undo whatever changed in between.
+            answer.set_exception(ChangeInProgress("the membership changed meanwhile; retry"))
+            return
+        if core.log.pending_configuration_index():
+            answer.set_exception(ChangeInProgress("another membership change is in progress"))
+            return
+        if core.log.term_at(core.log.commit_index) != core.term:
+            answer.set_exception(
+                ChangeInProgress("the new leader has not committed an entry of its term yet")
+            )
+            return
+        try:
+            index = core.propose_configuration(proposal.configuration)
+        except NotLeaderError as error:
+            answer.set_exception(NotLeader(error.leader_id))
+        except ProposalDroppedError as error:
+            answer.set_exception(Unavailable(str(error)))
+        except ConfigurationChangeError as error:
+            answer.set_exception(MembershipConflictError(str(error)))
+        else:
+            self._config_waiters[index] = (core.term, answer)
+
+    # --- finishing Readies --------------------------------------------------------------
+
+    def _finish_written(self) -> None:
+        """Run steps 3 to 6 of every Ready whose write, and every earlier one, is done."""
+        started = self._started
+        while started and started[0].written:
+            self._finish(started.popleft())
+
+    def _finish(self, started: _Started) -> None:
+        ready = started.ready
+        core = self.core
+        self._outbox.extend(ready.messages_after_persist)
+        if ready.snapshot is not None:
+            self.state_machine = started.restored or self._restore(ready.snapshot.data)
+        for entry in ready.committed_entries:
+            self._apply(entry)
+        for read_state in ready.read_states:
+            answer = self._read_answers.pop(read_state.read_id, None)
+            if answer is not None and not answer.done():
+                self._reads_waiting_apply.append((read_state.read_index, answer))
+        for read_id in ready.dropped_read_ids:
+            dropped = self._read_answers.pop(read_id, None)
+            if dropped is not None:
+                _fail(dropped, Unavailable("leadership lost before the read was confirmed"))
+        self._release_reads()
+        if ready.entries:
+            core.persisted(ready.entries[-1].index, ready.entries[-1].term)
+        self._maybe_snapshot()
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.kind == EntryKind.NORMAL:
+            result = self.state_machine.apply(entry.index, entry.data)
+        else:
+            self.state_machine.mark_applied(entry.index)
+            result = None
+        for hook in self.on_apply:
+            hook(entry)
+        config_waiter = self._config_waiters.pop(entry.index, None)
+        if config_waiter is not None:
+            # Whatever entry holds our index is ours only if it has our term (§5.3: one
+            # leader per term writes each index once).
+            term, config_answer = config_waiter
+            if term == entry.term and entry.kind == EntryKind.CONFIG:
+                if not config_answer.done():
+                    config_answer.set_result(None)
+            else:
+                _fail(
+                    config_answer,
+                    ProposalLost("leadership changed; the membership change was not applied"),
+                )
+        waiter = self._waiters.pop(entry.index, None)
+        if waiter is None or waiter[1].done():
+            return
+        term, answer = waiter
+        if term != entry.term or result is None:
+            answer.set_exception(ProposalLost("leadership changed; the write was not applied"))
+        else:
+            answer.set_result(result)
+
+    def _release_reads(self) -> None:
+        if not self._reads_waiting_apply:
+            return
+        applied = self.state_machine.applied_index
+        still = []
+        for read_index, answer in self._reads_waiting_apply:
+            if answer.done():
+                continue
+            if read_index <= applied:
+                answer.set_result(read_index)
+            else:
+                still.append((read_index, answer))
+        self._reads_waiting_apply = still
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.state_machine.applied_index
+        log = self.core.log
+        if self._snapshot_in_progress or applied - log.snapshot.index < (
+            self.snapshot_threshold_entries
+        ):
+            return
+        term = log.term_at(applied)
+        if term is None:
+            return
+        # The state is captured now; the IO layer may encode it elsewhere while applying
+        # goes on.
+        meta = SnapshotMeta(applied, term, log.configuration_at(applied))
+        self._snapshot_to_save = SnapshotToSave(meta, self.state_machine.snapshot_chunks())
+        self._snapshot_in_progress = True
+
+
+def _fail(answer: Answer[Any], error: BaseException) -> None:
+    if not answer.done():
+        answer.set_exception(error)
