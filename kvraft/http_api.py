@@ -173,7 +173,7 @@ def _command_error(error: CommandError) -> ApiError:
     return ApiError(status, str(error.code), str(error))
 
 
-BODY_KEY = "kvraft_body"
+BODY_KEY = web.RequestKey("kvraft_body", bytes)
 
 
 async def _read_value(request: web.BaseRequest, value_bytes_max: int, what: str = "value") -> bytes:

@@ -195,6 +195,8 @@ class RaftNode:
         # Life cycle.
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        """No new work is taken: the node is stopping, or its storage failed."""
+        self._stopped = False
         self.failed: asyncio.Future[BaseException] | None = None
         self._snapshot_data_cache: tuple[int, bytes] | None = None
         self._snapshot_too_large_logged = 0
@@ -332,10 +334,17 @@ class RaftNode:
         return Configuration(voters=voters, learners=learners)
 
     async def stop(self, *, transfer_leadership: bool = True) -> None:
-        """Stop serving: hand leadership over if we have it (§3.10), then shut down."""
-        if self._stopping:
+        """Stop serving: hand leadership over if we have it (§3.10), then shut down. A node
+        whose storage failed is already stopping but still has its sockets and files."""
+        if self._stopped:
             return
-        if transfer_leadership and self.core is not None and self.core.role == Role.LEADER:
+        self._stopped = True
+        if (
+            transfer_leadership
+            and not self._stopping
+            and self.core is not None
+            and self.core.role == Role.LEADER
+        ):
             await self._hand_over_leadership(timeout_s=1.0)
         self._stopping = True
         self._wake.set()

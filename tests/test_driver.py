@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +20,15 @@ import pytest
 
 from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
-from kvraft.errors import Unavailable
+from kvraft.errors import OutcomeUnknown, Unavailable
 from kvraft.raft.core import Role
-from kvraft.raft.messages import AppendEntries, Heartbeat
+from kvraft.raft.messages import AppendEntries, Heartbeat, SnapshotMeta
 from kvraft.server import RaftNode
 from kvraft.statemachine import encode_put
+from kvraft.storage.api import StorageCorruptionError
 from kvraft.storage.disk import DiskStorage
+from kvraft.storage.memory import MemoryStorage
+from kvraft.transport.memory import MemoryNetwork, MemoryTransport
 from tests.cluster_harness import free_ports
 from tests.file_ops_doubles import HoldingFileOps
 
@@ -186,3 +189,72 @@ async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_rep
         await wait_until(lambda: late.state_machine.applied_index >= snapshot_index, "catch-up")
         found = late.state_machine.get("key-0")
         assert found is not None and found[0] == b"value"
+
+
+async def test_a_leader_whose_snapshot_is_damaged_on_disk_stops_instead_of_retrying_forever(
+    tmp_path: Path,
+) -> None:
+    # A node that joins after the leader compacted its log needs the leader's snapshot. If
+    # that file was damaged on the leader's disk, reading it fails its checksum: the leader
+    # must stop (like any damage to what it stored), not retry a send that fails silently
+    # at every snapshot retry.
+    config = three_node_config(tmp_path)
+    config = replace(
+        config,
+        raft=replace(config.raft, tick_ms=10),
+        storage=replace(config.storage, snapshot_threshold_entries=5),
+    )
+    async with running_cluster(config, started={1, 2}) as nodes:
+        await wait_until(lambda: leader_of(nodes) is not None, "a leader")
+        leader = leader_of(nodes)
+        assert leader is not None and leader.core is not None and leader.failed is not None
+        core = leader.core
+        for number in range(12):
+            await leader.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
+        # 13 entries with the no-op: snapshots at 5 or more and at 10 or more, then no more.
+        await wait_until(lambda: core.log.snapshot.index >= 10, "the leader's last snapshot")
+        newest = max(config.node(leader.id).data_dir.rglob("*.snap"))
+        assert f"snapshot-{core.log.snapshot.index:020d}-" in newest.name
+        damaged = bytearray(newest.read_bytes())
+        damaged[-1] ^= 0xFF
+        newest.write_bytes(bytes(damaged))
+        await start_node(config, 3, nodes)
+        failed = leader.failed
+        await wait_until(failed.done, "the leader to stop")
+        assert isinstance(failed.result(), StorageCorruptionError), failed.result()
+
+
+async def test_a_snapshot_that_fails_to_save_for_any_reason_stops_the_node(
+    tmp_path: Path,
+) -> None:
+    # Not only a StorageError: whatever breaks while saving a snapshot leaves the node's
+    # storage in a state nobody checked, so the node stops rather than serve on.
+    config = local_cluster_config(1, tmp_path)
+    config = replace(config, storage=replace(config.storage, snapshot_threshold_entries=3))
+    storage = await MemoryStorage.open()
+
+    async def save_snapshot(meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+        raise RuntimeError("the snapshot writer broke")
+
+    storage.save_snapshot = save_snapshot  # type: ignore[method-assign]
+    network = MemoryNetwork()
+    node = RaftNode(
+        config,
+        1,
+        storage=storage,
+        transport=lambda on_message, is_known: MemoryTransport(network, 1, on_message, is_known),
+    )
+    await node.start()
+    try:
+        assert node.failed is not None
+        failed = node.failed
+        await wait_until(lambda: node.core is not None and node.core.role == Role.LEADER, "lead")
+        for number in range(5):
+            if failed.done():
+                break
+            with contextlib.suppress(Unavailable, OutcomeUnknown):
+                await node.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
+        await wait_until(failed.done, "the node to stop")
+        assert isinstance(failed.result(), RuntimeError)
+    finally:
+        await node.stop(transfer_leadership=False)

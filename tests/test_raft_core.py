@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from raft_harness import (
+    DELIVERY_ROUNDS_MAX,
     RaftCluster,
     between,
     entries_from_terms,
@@ -523,3 +524,46 @@ def test_between_filter_keeps_other_links_waiting() -> None:
     waiting = cluster.pending(lambda m: m.target == 3)
     cluster.stabilize(between(1, 2))
     assert cluster.pending(lambda m: m.target == 3) == waiting
+
+
+def test_a_leader_removed_by_its_own_commit_sends_nothing_more_as_leader() -> None:
+    # Committing the configuration that removes the leader makes it step down (§4.2.2).
+    # The acknowledgement that commits it must not also draw one more AppendEntries from
+    # it: its receiver would take a removed node for its leader and, with CheckQuorum,
+    # ignore votes for an election timeout.
+    # One entry per AppendEntries, one in flight: when the acknowledgement that commits the removal
+    # arrives, the leader still has an entry to send that follower.
+    cluster = RaftCluster([1, 2, 3], batch_bytes_max=1, inflight_max=1)
+    cluster.elect(1)
+    cluster.propose_configuration(1, Configuration(voters=frozenset({2, 3})))
+    cluster.propose(1, b"after the removal")
+    for _ in range(DELIVERY_ROUNDS_MAX):
+        # One message at a time, to see what the one that commits the removal draws.
+        sent_before = len(cluster.history)
+        (oldest, *_) = cluster.pending()
+        cluster.deliver(lambda message, oldest=oldest: message is oldest)
+        if cluster.core(1).role != Role.LEADER:
+            break
+    assert cluster.core(1).role == Role.FOLLOWER
+    sent_when_stepping_down = cluster.history[sent_before:]
+    from_removed = [
+        m for m in sent_when_stepping_down if m.source == 1 and isinstance(m, AppendEntries)
+    ]
+    assert from_removed == []
+
+
+def test_reads_waiting_on_a_heartbeat_round_are_released_when_the_leader_is_left_alone() -> None:
+    # The read's round was sent to node 2, which is gone. Once the configuration without
+    # node 2 is appended (in force at once, §4.1) the leader is the whole majority: the
+    # read is confirmed by the leader alone instead of waiting for an answer that never
+    # comes (§6.4).
+    cluster = RaftCluster([1, 2])
+    cluster.elect(1)
+    cluster.stabilize()
+    cluster.isolate(2)
+    cluster.read_index(1, 7)
+    cluster.drop()
+    assert cluster.node(1).read_states == []
+    cluster.propose_configuration(1, Configuration(voters=frozenset({1})))
+    assert [read.read_id for read in cluster.node(1).read_states] == [7]
+    assert cluster.node(1).dropped_read_ids == []

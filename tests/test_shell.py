@@ -1,0 +1,264 @@
+"""`kvraft.shell.NodeShell`: the one object that turns Readies into work, for the daemon,
+the simulator and the test harness alike.
+
+These tests drive a shell by hand, as its IO layers do: queue inputs, `advance()`, carry
+out (or hold) the writes it returns, send what `take_messages()` gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from pathlib import Path
+
+from raft_harness import RaftCluster, make_core
+
+from kvraft.errors import NotLeader, OutcomeUnknown, ProposalLost
+from kvraft.raft.core import Role
+from kvraft.raft.messages import (
+    AppendEntries,
+    Configuration,
+    Heartbeat,
+    Message,
+    RequestVoteResponse,
+)
+from kvraft.shell import NodeShell, Persist
+from kvraft.sim.cluster import SimCluster
+from kvraft.sim.network import NetworkFaults, SimNetwork
+from kvraft.statemachine import ApplyResult, KVStateMachine, encode_put
+
+ADVANCES_MAX = 100
+"""A shell with nothing new to do must run out of work well within this many advances."""
+
+
+def shell_of(core_node_id: int = 1, **core_arguments: object) -> NodeShell:
+    core = make_core(core_node_id, **core_arguments)  # type: ignore[arg-type]
+    return NodeShell(
+        core,
+        KVStateMachine(),
+        restore=KVStateMachine.restore_bytes,
+        snapshot_threshold_entries=1_000,
+    )
+
+
+def run_until_idle(shell: NodeShell) -> list[Message]:
+    """Advance, completing every write at once, until the shell has nothing to do; what
+    it sent. Fails the test if it never runs out of work."""
+    sent: list[Message] = []
+    for _ in range(ADVANCES_MAX):
+        if not shell.wants_advance:
+            return sent
+        persist = shell.advance()
+        sent += shell.take_messages()
+        if persist is not None:
+            shell.persisted(persist.token)
+            sent += shell.take_messages()
+    raise AssertionError(f"the shell still wants to advance after {ADVANCES_MAX} advances")
+
+
+def campaign(shell: NodeShell) -> None:
+    core = shell.core
+    for _ in range(4 * core.config.election_ticks):
+        shell.tick()
+        run_until_idle(shell)
+        if core.role != Role.FOLLOWER:
+            return
+    raise AssertionError("no election started")
+
+
+class Recorded:
+    """An `Answer` that remembers what it was given."""
+
+    def __init__(self) -> None:
+        self.result: object = None
+        self.exception: BaseException | None = None
+        self.answered = False
+
+    def done(self) -> bool:
+        return self.answered
+
+    def set_result(self, result: object) -> None:
+        assert not self.answered, "answered twice"
+        self.answered, self.result = True, result
+
+    def set_exception(self, exception: BaseException) -> None:
+        assert not self.answered, "answered twice"
+        self.answered, self.exception = True, exception
+
+
+def test_a_leader_that_steps_down_within_one_batch_of_messages_runs_out_of_work() -> None:
+    # One batch holds the vote that wins the election and then a rejection from a newer
+    # term: the node leads and steps down before the shell builds a Ready. Nothing is owed
+    # afterwards; a leftover broadcast flag once kept the daemon's driver spinning on
+    # empty Readies forever.
+    shell = shell_of(pre_vote=False)
+    core = shell.core
+    campaign(shell)
+    assert core.role == Role.CANDIDATE
+    term = core.term
+    shell.receive(RequestVoteResponse(term, 2, 1, True))
+    shell.receive(RequestVoteResponse(term + 1, 3, 1, False))
+    run_until_idle(shell)
+    assert core.role == Role.FOLLOWER and core.term == term + 1
+    assert not core.has_ready()
+
+
+def test_no_message_leaves_before_the_term_it_speaks_for_is_durable() -> None:
+    # A single voter wins inside a tick; its learner's first AppendEntries speaks for the
+    # new term. Had it left before the term was written, a crash and a second win of the
+    # same term (the vote forgotten) could put two different entries at one (index, term).
+    shell = shell_of(voters=(1,), learners=(2,))
+    core = shell.core
+    writes: list[Persist] = []
+    sent: list[Message] = []
+    for _ in range(4 * core.config.election_ticks):
+        shell.tick()
+        while shell.wants_advance:
+            persist = shell.advance()
+            sent += shell.take_messages()
+            if persist is not None:
+                writes.append(persist)  # held: the disk is slow
+        if core.role == Role.LEADER:
+            break
+    assert core.role == Role.LEADER
+    (write,) = writes
+    assert write.hard_state is not None and write.hard_state.term == core.term
+    assert sent == []
+    # Nothing is built on top of the unwritten term, whatever arrives meanwhile.
+    shell.propose(encode_put("k", b"v"), Recorded())
+    assert not shell.wants_advance
+    shell.persisted(write.token)
+    sent += shell.take_messages()
+    sent += run_until_idle(shell)
+    appends = [m for m in sent if isinstance(m, AppendEntries)]
+    assert appends and all(m.target == 2 and m.term == core.term for m in appends)
+
+
+def test_pipelined_writes_answer_no_proposal_before_its_write() -> None:
+    # The leader of a one-voter cluster commits what it has written. Writes finish in
+    # order, and what follows a write (applying, answering) waits for every earlier one.
+    shell = shell_of(voters=(1,))
+    core = shell.core
+    campaign(shell)
+    run_until_idle(shell)
+    assert core.role == Role.LEADER
+    answers = [Recorded(), Recorded()]
+    writes: list[Persist] = []
+    for number, answer in enumerate(answers):
+        shell.propose(encode_put(f"k{number}", b"v"), answer)
+        while shell.wants_advance:
+            persist = shell.advance()
+            if persist is not None:
+                writes.append(persist)
+    assert len(writes) == 2 and shell.writes_in_flight == 2
+    assert not any(answer.answered for answer in answers)
+    shell.persisted(writes[0].token)
+    run_until_idle(shell)
+    first, second = answers
+    assert not second.answered
+    shell.persisted(writes[1].token)
+    run_until_idle(shell)
+    assert isinstance(first.result, ApplyResult) and first.result.ok
+    assert isinstance(second.result, ApplyResult) and second.result.ok
+    assert first.result.revision < second.result.revision
+
+
+def test_a_proposal_to_a_follower_is_refused_with_the_leader_it_knows() -> None:
+    shell = shell_of(log_terms=(1,))
+    shell.receive(Heartbeat(1, 3, 1, 0, 0))
+    answer = Recorded()
+    shell.propose(encode_put("k", b"v"), answer)
+    run_until_idle(shell)
+    assert isinstance(answer.exception, NotLeader) and answer.exception.leader_id == 3
+
+
+def test_an_answer_whose_client_gave_up_is_never_proposed() -> None:
+    shell = shell_of(voters=(1,))
+    campaign(shell)
+    run_until_idle(shell)
+    last_index = shell.core.log.last_index()
+    gave_up = Recorded()
+    gave_up.set_exception(OutcomeUnknown("timed out"))
+    shell.propose(encode_put("k", b"v"), gave_up)
+    run_until_idle(shell)
+    assert shell.core.log.last_index() == last_index
+
+
+def test_a_proposal_overwritten_by_a_newer_leader_is_lost() -> None:
+    # Node 1 proposes as leader of term 2, is cut off, and node 2's entries of a newer term
+    # take the index: the answer says the write was not applied (safe to retry).
+    cluster = RaftCluster([1, 2, 3], check_quorum=False)
+    cluster.elect(1)
+    answer = Recorded()
+    cluster.node(1).shell.propose(encode_put("k", b"lost"), answer)
+    cluster.partition([1], [2, 3])
+    cluster.process(1)
+    cluster.drop()
+    cluster.elect(2)
+    cluster.propose(2, b"won")
+    cluster.stabilize()
+    cluster.heal()
+    cluster.heartbeat(2)
+    cluster.stabilize()
+    assert isinstance(answer.exception, ProposalLost), answer.exception
+
+
+def test_the_daemon_the_simulator_and_the_harness_drive_the_one_shell(tmp_path: Path) -> None:
+    # One class turns Readies into work; nobody else builds or works through a Ready.
+    from kvraft import server
+    from kvraft.config import local_cluster_config
+    from kvraft.sim import cluster as sim_cluster
+    from kvraft.storage.memory import MemoryStorage
+    from kvraft.transport.memory import MemoryNetwork, MemoryTransport
+
+    async def daemon_shell() -> NodeShell | None:
+        config = local_cluster_config(1, tmp_path)
+        network = MemoryNetwork()
+        node = server.RaftNode(
+            config,
+            1,
+            storage=await MemoryStorage.open(),
+            transport=lambda on_message, is_known: MemoryTransport(
+                network, 1, on_message, is_known
+            ),
+        )
+        await node.start()
+        try:
+            return node.shell
+        finally:
+            await node.stop(transfer_leadership=False)
+
+    assert isinstance(asyncio.run(daemon_shell()), NodeShell)
+    simulated = SimCluster(
+        random.Random(1), SimNetwork(random.Random(2), NetworkFaults()), 3, 0, _sim_config
+    )
+    assert all(isinstance(node.shell, NodeShell) for node in simulated.nodes.values())
+    assert isinstance(RaftCluster([1, 2, 3]).node(1).shell, NodeShell)
+    import raft_harness
+
+    # (raft_harness also has helpers for tests that read a lone core's Ready by hand.)
+    drivers = (server, sim_cluster, raft_harness.RaftCluster, raft_harness.SimNode)
+    for driver in drivers:
+        source = inspect.getsource(driver)
+        for ready_handling in (".ready()", ".committed_entries", ".messages_after_persist"):
+            assert ready_handling not in source, (driver.__name__, ready_handling)
+
+
+def _sim_config(node_id: int) -> object:
+    from kvraft.raft.core import RaftConfig
+
+    return RaftConfig(node_id=node_id)
+
+
+def test_a_configuration_planned_from_an_older_one_is_refused() -> None:
+    from kvraft.errors import ChangeInProgress
+
+    shell = shell_of(voters=(1,))
+    campaign(shell)
+    run_until_idle(shell)
+    answer = Recorded()
+    stale = Configuration(voters=frozenset({1, 2}))
+    shell.propose_configuration(Configuration(voters=frozenset({1, 3})), stale, answer)
+    run_until_idle(shell)
+    assert isinstance(answer.exception, ChangeInProgress)
