@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 import click
 
-from kvraft.sim.runner import ALL_FAULTS, SimOptions, SimResult, run_seed
+from kvraft.sim.runner import (
+    ALL_FAULTS,
+    WRITE_DELAY_STEPS_MAX_DEFAULT,
+    SimOptions,
+    SimResult,
+    run_seed,
+)
 
 __all__ = ["sim"]
 
@@ -72,6 +78,7 @@ def replay_command(seed: int, options: SimOptions, faults_text: str) -> str:
         f"--nodes {options.nodes}",
         f"--ticks {options.chaos_ticks}",
         f"--faults {faults_text}",
+        f"--write-delay-steps {options.write_delay_steps_max}",
     ]
     parts.extend(f"--bug {bug}" for bug in sorted(options.bugs))
     return " ".join(parts) + " --trace"
@@ -95,6 +102,14 @@ def replay_command(seed: int, options: SimOptions, faults_text: str) -> str:
     show_default=True,
     help="Length of the chaos phase in Raft ticks.",
 )
+@click.option(
+    "--write-delay-steps",
+    type=click.IntRange(0, 100),
+    default=WRITE_DELAY_STEPS_MAX_DEFAULT,
+    show_default=True,
+    help="A write completes 0..N steps after it is issued while the node goes on building "
+    "Readies (pipelined, as the daemon may); 0 completes each write at once.",
+)
 @click.option("--jobs", type=int, default=os.cpu_count() or 1, show_default=True)
 @click.option("--trace", is_flag=True, help="Print the event trace (single seed).")
 @click.option("--bug", "bugs", multiple=True, hidden=True, help="Test only: inject a known bug.")
@@ -104,6 +119,7 @@ def sim(
     nodes: int,
     faults_text: str,
     ticks: int,
+    write_delay_steps: int,
     jobs: int,
     trace: bool,
     bugs: tuple[str, ...],
@@ -120,7 +136,13 @@ def sim(
     else:
         raise click.UsageError("give --seed N or --seeds 1-2000")
     faults = parse_faults(faults_text)
-    options = SimOptions(nodes=nodes, faults=faults, chaos_ticks=ticks, bugs=frozenset(bugs))
+    options = SimOptions(
+        nodes=nodes,
+        faults=faults,
+        chaos_ticks=ticks,
+        bugs=frozenset(bugs),
+        write_delay_steps_max=write_delay_steps,
+    )
     if trace:
         if len(seeds) != 1:
             raise click.UsageError("--trace replays one seed: use --seed N")
@@ -158,7 +180,8 @@ def _print_summary(
     rate = f", {ticks / elapsed_s:,.0f} ticks/s" if elapsed_s else ""
     timing = f" in {elapsed_s:.1f}s" if elapsed_s is not None else ""
     click.echo(
-        f"kvraft sim: {len(results)} seeds, {options.nodes} nodes, faults={faults_text}: "
+        f"kvraft sim: {len(results)} seeds, {options.nodes} nodes, faults={faults_text}, "
+        f"writes in flight up to {options.write_delay_steps_max} steps: "
         f"{len(violations)} violations; {ticks:,} ticks{timing}{rate}; "
         f"ops ok={ops.get('ok', 0):,} fail={ops.get('fail', 0):,} info={ops.get('info', 0):,}; "
         f"elections={sum(r.elections for r in results):,}"

@@ -29,7 +29,17 @@ from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
 from kvraft.sim.network import NetworkFaults, SimNetwork, links_between, partition_links
 
-__all__ = ["ALL_FAULTS", "SimOptions", "SimResult", "run_seed"]
+__all__ = [
+    "ALL_FAULTS",
+    "WRITE_DELAY_STEPS_MAX_DEFAULT",
+    "SimOptions",
+    "SimResult",
+    "run_seed",
+]
+
+WRITE_DELAY_STEPS_MAX_DEFAULT = 3
+"""Writes stay in flight up to this many simulator steps by default: a Ready's write
+overlaps the next Readies and messages, as the dissertation's §10.2.1 allows."""
 
 ALL_FAULTS = frozenset(
     {"drop", "duplicate", "delay", "partition", "crash", "torn", "membership", "transfer"}
@@ -53,6 +63,8 @@ class SimOptions:
         clients: concurrent client processes.
         spares: extra nodes that start outside the cluster, for membership changes.
         bugs: RaftConfig.bugs switches, for the tests that prove the checkers bite.
+        write_delay_steps_max: each write completes 0..this many steps after it is issued,
+            while the node keeps building Readies (0: every write completes at once).
     """
 
     nodes: int = 5
@@ -64,6 +76,7 @@ class SimOptions:
     bugs: frozenset[str] = frozenset()
     election_ticks: int = 10
     heartbeat_ticks: int = 2
+    write_delay_steps_max: int = WRITE_DELAY_STEPS_MAX_DEFAULT
 
 
 @dataclass(slots=True)
@@ -140,6 +153,7 @@ class _Run:
             spares,
             make_config,
             trace,
+            write_delay_steps_max=options.write_delay_steps_max,
         )
         if "torn" in faults and "crash" in faults:
             self.cluster.torn_write_probability = 0.001
