@@ -19,8 +19,9 @@ then builds one Ready and starts it:
    reports with `persisted(token)`. A HardState that moved only the commit index is
    not worth a write of its own (Figure 2 keeps the commit index volatile; a restarted
    node learns it from the leader): it rides on the next write.
-3. Once its write, and every earlier one, is done, the rest of the Ready runs:
-   `messages_after_persist` to the outbox, the snapshot restored, committed entries
+3. Once its write, and every earlier one, is done (`persisted(token)`), its
+   `messages_after_persist` go to the outbox, to be sent before anything else; the
+   next `advance()` runs the rest: the snapshot restored, committed entries
    applied (answering the proposals waiting on them by index *and term*: another
    entry at that index means the proposal lost, §5.3), reads released once the state
    machine reached their read index (§6.4), `RaftCore.persisted`, and the snapshot
@@ -138,6 +139,9 @@ class _Started:
     ready: Ready
     token: int
     written: bool = False
+    released: bool = False
+    """Its write and every earlier one are done, and its `messages_after_persist` are in
+    the outbox; applying it is left to the next `advance()`."""
     restored: StateMachine | None = None
 
 
@@ -232,6 +236,8 @@ class NodeShell:
     @property
     def wants_advance(self) -> bool:
         """`advance()` has something to do."""
+        if self._started and self._started[0].released:
+            return True
         if self._barrier_token is not None:
             return False
         return bool(
@@ -249,9 +255,11 @@ class NodeShell:
         return sum(1 for started in self._started if not started.written)
 
     def advance(self) -> Persist | None:
-        """Feed the queued inputs and start one Ready: its `messages` go to the outbox; what
-        it must write is returned (None: nothing, and it may have finished already)."""
+        """Finish the Readies whose writes are done (steps 4 to 6), feed the queued inputs and
+        start one Ready: its `messages` go to the outbox; what it must write is returned
+        (None: nothing to write, and it has finished already if nothing before it waits)."""
         core = self.core
+        self._finish_released()
         self._feed(core)
         self.last_ready = None
         if self._barrier_token is not None or not core.has_ready():
@@ -277,13 +285,19 @@ class NodeShell:
             self.hard_state_unwritten = None
             if ready.term_or_vote_changed:
                 self._barrier_token = started.token
-        self._finish_written()
+        if persist is None:
+            self._release_written()
+            self._finish_released()
         return persist
 
     def persisted(self, token: int, restored: StateMachine | None = None) -> None:
         """The write of `token` is done (durable if it asked to be). `restored` is the state
         machine the IO layer rebuilt from the write's snapshot, if it had one (else the
-        shell restores it here)."""
+        shell restores it here).
+
+        The Readies this completes release their `messages_after_persist` to the outbox at
+        once (step 3: send them before anything else, the leader's commit waits on these
+        acknowledgements); they are applied by the next `advance()`."""
         for started in self._started:
             if started.token == token:
                 started.written = True
@@ -293,7 +307,7 @@ class NodeShell:
             raise ValueError(f"no write with token {token} is in flight")
         if token == self._barrier_token:
             self._barrier_token = None
-        self._finish_written()
+        self._release_written()
 
     def take_messages(self) -> list[Message]:
         """The messages to send now, in order."""
@@ -415,16 +429,24 @@ class NodeShell:
 
     # --- finishing Readies --------------------------------------------------------------
 
-    def _finish_written(self) -> None:
-        """Run steps 3 to 6 of every Ready whose write, and every earlier one, is done."""
+    def _release_written(self) -> None:
+        """Step 3 for every Ready whose write, and every earlier one, is done."""
+        for started in self._started:
+            if not started.written:
+                return
+            if not started.released:
+                started.released = True
+                self._outbox.extend(started.ready.messages_after_persist)
+
+    def _finish_released(self) -> None:
+        """Steps 4 to 6, in order, for the Readies released so far."""
         started = self._started
-        while started and started[0].written:
+        while started and started[0].released:
             self._finish(started.popleft())
 
     def _finish(self, started: _Started) -> None:
         ready = started.ready
         core = self.core
-        self._outbox.extend(ready.messages_after_persist)
         if ready.snapshot is not None:
             self.state_machine = started.restored or self._restore(ready.snapshot.data)
         for entry in ready.committed_entries:
