@@ -652,14 +652,22 @@ def _vouching_frame(
 
     Only authentic headers count: the right segment and offset, and a header checksum seeded
     with the segment's secret seed, which a frame forged inside a client's value cannot match.
-    A header is checked for its cheap fields before its checksum, and the payload of an
+    Candidates are found by a regular expression for the magic followed by the segment's
+    number, so bytes that merely contain the magic (a value made of it) cost no Python code;
+    a candidate is checked for its cheap fields before its checksum, and the payload of an
     authentic frame is skipped (no frame header lives inside another frame), so the search is
     linear in the bytes after the damage. Without a seed (the START frame itself is the bad
     one) the cheap fields alone decide, which can only turn a cut into a refusal.
     """
     size = len(data)
-    position = data.find(FRAME_MAGIC, search_start)
-    while position != -1:
+    # The magic is consumed and the rest only looked at: the magic cannot overlap itself, so
+    # no header starting inside a match is skipped.
+    candidates = re.compile(
+        re.escape(FRAME_MAGIC) + b"(?=[\\s\\S]{4}" + re.escape(struct.pack("<Q", seq)) + b")"
+    )
+    match = candidates.search(data, search_start)
+    while match is not None:
+        position = match.start()
         if size - position >= FRAME_HEADER_BYTES:
             _, length, frame_seq, frame_offset, settled, _ = _HEADER_FIELDS.unpack_from(
                 data, position
@@ -678,11 +686,10 @@ def _vouching_frame(
             if authentic:
                 if settled > bad_offset:
                     return position
-                position = data.find(
-                    FRAME_MAGIC, position + FRAME_HEADER_BYTES + length + len(FRAME_TRAILER)
-                )
+                frame_end = position + FRAME_HEADER_BYTES + length + len(FRAME_TRAILER)
+                match = candidates.search(data, frame_end)
                 continue
-        position = data.find(FRAME_MAGIC, position + 1)
+        match = candidates.search(data, position + 1)
     return None
 
 
