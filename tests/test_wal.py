@@ -52,6 +52,14 @@ from tests.file_ops_doubles import HoldingFileOps
 
 CONFIGURATION = Configuration(voters=frozenset({1, 2, 3}))
 
+SECTOR_BYTES = 512
+"""The unit a torn write tears at (documented): a sector that did not reach the disk reads as it
+was before the write, which in a preallocated segment is zeros."""
+
+
+def sector_start(offset: int) -> int:
+    return offset - offset % SECTOR_BYTES
+
 
 def make_entries(first: int, count: int, term: int, size: int = 12) -> list[Entry]:
     return [
@@ -78,14 +86,15 @@ def recovered_entries(recovery: WalRecovery) -> list[Entry]:
 
 
 def frame_spans(data: bytes) -> list[tuple[int, int]]:
-    """Frame boundaries by the documented layout: 36-byte header starting with the magic,
-    payload length at 4..8. They end where the magic does (preallocated free space is zeros)."""
+    """Frame boundaries by the documented layout: 40-byte header starting with the magic,
+    payload length at 4..8, payload, 4-byte trailer. They end where the magic does
+    (preallocated free space is zeros)."""
     spans = []
     offset = 0
-    while offset + 36 <= len(data) and data[offset : offset + 4] == b"KVWL":
+    while offset + 40 <= len(data) and data[offset : offset + 4] == b"KVW2":
         (length,) = struct.unpack_from("<I", data, offset + 4)
-        spans.append((offset, offset + 36 + length))
-        offset += 36 + length
+        spans.append((offset, offset + 44 + length))
+        offset += 44 + length
     return spans
 
 
@@ -95,10 +104,20 @@ def frames_end(path: Path) -> int:
     return spans[-1][1] if spans else 0
 
 
-def documented_frame(payload: bytes, seq: int, offset: int, settled: int) -> bytes:
+def documented_frame(payload: bytes, seq: int, offset: int, settled: int, seed: int) -> bytes:
     """A frame built from the module docstring's layout, independently of the writer."""
-    prefix = struct.pack("<4sIQQQ", b"KVWL", len(payload), seq, offset, settled)
-    return prefix + struct.pack("<I", zlib.crc32(payload, zlib.crc32(prefix))) + payload
+    fields = struct.pack(
+        "<4sIQQQI", b"KVW2", len(payload), seq, offset, settled, zlib.crc32(payload, seed)
+    )
+    return fields + struct.pack("<I", zlib.crc32(fields, seed)) + payload + b"KVWE"
+
+
+def segment_seed(data: bytes) -> int:
+    """The checksum seed a segment's START record holds (the fifth field of its first
+    record, in the first frame)."""
+    start, end = frame_spans(data)[0]
+    seed: int = msgpack.unpackb(data[start + 40 : end - 4])[0][4]
+    return seed
 
 
 @dataclass
@@ -118,6 +137,7 @@ def write_history(
     *,
     segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
     sync_pattern: Callable[[int], bool] = lambda _: True,
+    entry_bytes_max: int = 40,
 ) -> History:
     """Random batches (appends, sometimes truncating a suffix under a new term, with hard
     states), each written as one batch, with a model of the log after each."""
@@ -134,7 +154,7 @@ def write_history(
             first = rng.randint(max(1, len(log) - 3), len(log))
         else:
             first = len(log) + 1
-        batch = make_entries(first, rng.randint(1, 3), term, size=rng.randint(4, 40))
+        batch = make_entries(first, rng.randint(1, 3), term, size=rng.randint(4, entry_bytes_max))
         hard_state = HardState(term, rng.randint(0, 5), rng.randint(0, first - 1))
         wal.append(batch, hard_state, sync=sync_pattern(batch_number))
         del log[first - 1 :]
@@ -257,18 +277,29 @@ def test_recorded_snapshot_keeps_the_suffix_only_when_the_log_matches_it(tmp_pat
 # --- torn tails and corruption ---
 
 
-@pytest.mark.parametrize("free_space_bytes", [0, 4096])
-def test_cutting_the_last_frames_at_every_byte_recovers_exactly_the_complete_batches(
-    tmp_path: Path, free_space_bytes: int
+@pytest.mark.parametrize("preallocated", [False, True], ids=["end of file", "preallocated"])
+def test_cutting_the_last_frames_at_every_byte_or_sector_recovers_exactly_the_complete_batches(
+    tmp_path: Path, preallocated: bool
 ) -> None:
-    history = write_history(tmp_path / "source", 16, seed=11)
+    # A write torn at `cut`: in a file that ends there (any byte), or in a preallocated file
+    # where every sector from `cut` on did not reach the disk and reads as zeros (whole
+    # sectors, or the end of a write: a sector holds all that was written to it or nothing).
+    history = write_history(
+        tmp_path / "source", 16, seed=11, entry_bytes_max=600 if preallocated else 40
+    )
     path, _ = history.ends[-1]
     frame_ends = [end for _, end in history.ends]
     data = path.read_bytes()[: frame_ends[-1]]
+    if preallocated:
+        sectors = range(sector_start(frame_ends[-6]) + SECTOR_BYTES, len(data), SECTOR_BYTES)
+        cuts = sorted({*sectors, *frame_ends[-6:]})
+        assert len(sectors) >= 5
+    else:
+        cuts = list(range(frame_ends[-4], len(data) + 1))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    for cut in range(frame_ends[-4], len(data) + 1):
-        # A write torn at `cut`, in a file that ends there or goes on with preallocated zeros.
+    free_space_bytes = 4096 if preallocated else 0
+    for cut in cuts:
         (scratch / path.name).write_bytes(data[:cut] + bytes(free_space_bytes))
         recovery = reopen(scratch)
         complete = max(k for k, end in enumerate(frame_ends) if end <= cut)
@@ -377,28 +408,30 @@ def test_zeros_after_the_frames_of_a_segment_that_is_not_the_last_are_refused(
     assert refused.value.path == first and refused.value.offset == end
 
 
-@pytest.mark.parametrize("nonzero_bytes_zeroed", [1, 10, "whole frame"])
-def test_a_zeroed_last_frame_is_a_torn_write(
-    tmp_path: Path, nonzero_bytes_zeroed: int | str
-) -> None:
-    history = write_history(tmp_path, 5, seed=4)
-    path, end = history.ends[-1]
-    _, previous_end = history.ends[-2]
-    frame = path.read_bytes()[previous_end:end]
-    if nonzero_bytes_zeroed == "whole frame":
-        start = previous_end
-    else:
-        # Zero from the n-th last non-zero byte: zeroing bytes that are zero already would
-        # not damage anything.
-        nonzero_offsets = [offset for offset, byte in enumerate(frame) if byte]
-        start = previous_end + nonzero_offsets[-int(nonzero_bytes_zeroed)]
+@pytest.mark.parametrize("zeroed", ["whole frame", "last sector"])
+def test_zeros_over_the_end_of_the_last_frame_are_a_torn_write(tmp_path: Path, zeroed: str) -> None:
+    # Zeros exactly where a crash leaves them: the whole frame (the write never reached the
+    # disk: free space, kept) or its last sector (a write cut short: cut). Over a frame that
+    # was synced the same zeros cannot be told from these without a later frame (see the
+    # module docstring); zeros in any other shape are refused (the tests below).
+    wal, _ = WriteAheadLog.open(tmp_path)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    wal.append(make_entries(4, 2, 1, size=700), HardState(1, 1, 3))
+    path = wal.segment_paths[-1]
+    wal.close()
+    start, end = frame_spans(path.read_bytes())[-1]
+    zero_from = start if zeroed == "whole frame" else sector_start(end - 1)
+    assert zero_from >= start
     with path.open("r+b") as file:
-        file.seek(start)
-        file.write(bytes(end - start))
-    assert recovered_entries(reopen(tmp_path)) == history.states[-2][0]
+        file.seek(zero_from)
+        file.write(bytes(end - zero_from))
+    recovery = reopen(tmp_path)
+    assert recovered_entries(recovery) == make_entries(1, 3, 1)
+    assert recovery.hard_state == HardState(1, 1, 0)
+    assert recovery.torn_tail == (None if zeroed == "whole frame" else (path, start))
 
 
-def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
+def test_single_bit_flips_are_refused_naming_file_and_offset_unless_in_free_space(
     tmp_path: Path,
 ) -> None:
     source = tmp_path / "source"
@@ -409,15 +442,21 @@ def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
     last_name = segments[-1].name
     last_frame_start, last_frames_end = frame_spans(originals[last_name])[-1]
     assert len(originals[last_name]) > last_frames_end  # free space is damaged too
+    # Free space from the sector after the one where a next frame would begin: the zeros of
+    # that sector show that no frame was written there. A flipped bit inside that sector is
+    # stray bytes where a frame would begin, which no crash leaves: refused.
+    next_frame_sector = sector_start(last_frames_end)
+    assert sector_start(last_frames_end + FRAME_HEADER_BYTES) == next_frame_sector
+    free_space_start = next_frame_sector + SECTOR_BYTES
     scratch = tmp_path / "scratch"
     rng = random.Random(20240611)
-    outcomes = {"prefix": 0, "refused": 0, "free space": 0}
+    outcomes = {"last frame refused": 0, "refused": 0, "free space": 0}
     for _ in range(120):
         name = rng.choice(sorted(originals))
         # Aim at the last frame and at the free space often enough to see every outcome.
         low, high = 0, len(originals[name])
         if name == last_name and rng.random() < 0.5:
-            low, high = rng.choice([(last_frame_start, last_frames_end), (last_frames_end, high)])
+            low, high = rng.choice([(last_frame_start, last_frames_end), (free_space_start, high)])
         offset = rng.randrange(low, high)
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
@@ -427,15 +466,17 @@ def test_single_bit_flips_recover_the_prefix_or_refuse_naming_file_and_offset(
                 damaged[offset] ^= 1 << rng.randrange(8)
             (scratch / other).write_bytes(damaged)
         frame_start = max(start for start, _ in frame_spans(originals[name]) if start <= offset)
-        if name == last_name and offset >= last_frames_end:
+        if name == last_name and last_frames_end <= offset < free_space_start:
+            frame_start = last_frames_end
+        if name == last_name and offset >= free_space_start:
             # Garbage in the free space after the last frame vouches for nothing: it is cut.
             assert recovered_entries(reopen(scratch)) == history.states[-1][0]
             assert (scratch / name).stat().st_size == last_frames_end
             outcomes["free space"] += 1
-        elif name == last_name and frame_start == last_frame_start:
-            assert recovered_entries(reopen(scratch)) == history.states[-2][0]
-            outcomes["prefix"] += 1
         else:
+            # Also in the last frame: it was synced, and a flipped bit is no torn write.
+            if frame_start == last_frame_start and name == last_name:
+                outcomes["last frame refused"] += 1
             with pytest.raises(StorageCorruptionError) as refused:
                 reopen(scratch)
             assert refused.value.path == scratch / name
@@ -460,34 +501,61 @@ def test_garbage_followed_by_a_good_frame_is_refused_not_cut(tmp_path: Path) -> 
     assert path.stat().st_size == size  # nothing was truncated
 
 
-def test_damaged_unsynced_frames_are_dropped_with_the_unsynced_frames_after_them(
-    tmp_path: Path,
-) -> None:
-    # Batches 0..4 synced, 5 and 6 written without fsync: nothing vouches for them, and the
-    # disk may persist 6 before 5, so damage in 5 is a torn write and 6 goes with it.
-    history = write_history(tmp_path, 7, seed=7, sync_pattern=lambda k: k < 5)
-    path, _ = history.ends[-1]
-    _, start_of_sixth = history.ends[5]
+def write_large_frame_then_small_ones(directory: Path, syncs_after: list[bool]) -> tuple[Path, int]:
+    """Entries 1..3 (synced), entries 4..5 in one frame of several sectors written without
+    fsync, then one single-entry frame per item of `syncs_after` (fsynced or not); the segment
+    and where the large frame starts."""
+    wal, _ = WriteAheadLog.open(directory)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    wal.append(make_entries(4, 2, 1, size=700), sync=False)
+    for index, sync in enumerate(syncs_after, start=6):
+        wal.append(make_entries(index, 1, 1), sync=sync)
+    path = wal.segment_paths[-1]
+    wal.close()
+    start, end = frame_spans(path.read_bytes())[2]  # after START and entries 1..3
+    assert end - start > 2 * SECTOR_BYTES
+    return path, start
+
+
+def damage(path: Path, offset: int, replacement: bytes) -> None:
     with path.open("r+b") as file:
-        file.seek(start_of_sixth + FRAME_HEADER_BYTES + 2)
-        file.write(b"\xff")
-    assert recovered_entries(reopen(tmp_path)) == history.states[5][0]
+        file.seek(offset)
+        file.write(replacement)
+
+
+@pytest.mark.parametrize("damaged", ["first sector lost", "bit flip"])
+def test_torn_unsynced_frames_are_dropped_with_the_unsynced_frames_after_them(
+    tmp_path: Path, damaged: str
+) -> None:
+    # The large frame and the one after it were written without fsync: the disk may persist
+    # the later one and not the large one's first sector, so that is a torn write and the
+    # later frame goes with it. A flipped bit is no crash's doing: refused (a barrier sync
+    # after the last frame would have made both durable, and nothing records whether one ran).
+    path, start = write_large_frame_then_small_ones(tmp_path, [False])
+    if damaged == "first sector lost":
+        first_sector_end = sector_start(start) + SECTOR_BYTES
+        damage(path, start, bytes(first_sector_end - start))
+        recovery = reopen(tmp_path)
+        assert recovered_entries(recovery) == make_entries(1, 3, 1)
+        assert recovery.torn_tail == (path, start)
+    else:
+        damage(path, start + FRAME_HEADER_BYTES + 2, b"\xff")
+        with pytest.raises(StorageCorruptionError) as refused:
+            reopen(tmp_path)
+        assert refused.value.offset == start
 
 
 def test_a_later_frame_that_vouches_for_damaged_bytes_makes_them_corruption(
     tmp_path: Path,
 ) -> None:
-    # Batch 5 unsynced, 6 synced (covering 5), 7 written after that fsync: 7 records that
-    # 5 was durable, so damage in 5 cannot be a torn write.
-    history = write_history(tmp_path, 8, seed=8, sync_pattern=lambda k: k != 5)
-    path, _ = history.ends[-1]
-    _, start_of_sixth = history.ends[5]
-    with path.open("r+b") as file:
-        file.seek(start_of_sixth + FRAME_HEADER_BYTES + 2)
-        file.write(b"\xff")
-    with pytest.raises(StorageCorruptionError) as refused:
+    # The large frame unsynced, the next synced (covering it), the last written after that
+    # fsync: its header records that the large frame was durable, so its lost first sector
+    # (which alone would read as a torn write) is damage.
+    path, start = write_large_frame_then_small_ones(tmp_path, [True, True])
+    damage(path, start, bytes(sector_start(start) + SECTOR_BYTES - start))
+    with pytest.raises(StorageCorruptionError, match="already on stable storage") as refused:
         reopen(tmp_path)
-    assert refused.value.offset == start_of_sixth
+    assert refused.value.offset == start
 
 
 def test_damage_at_the_very_end_of_a_segment_that_is_not_the_last_is_refused(
@@ -544,10 +612,211 @@ def test_a_checksummed_frame_with_malformed_records_is_refused_even_at_the_tail(
     bad_records = msgpack.packb([[1, 1, [[1, 5]], b"\x00", [b"one entry, five claimed"]]])
     with path.open("r+b") as file:
         file.seek(size)
-        file.write(documented_frame(bad_records, 1, size, size))
+        file.write(documented_frame(bad_records, 1, size, size, segment_seed(path.read_bytes())))
     with pytest.raises(StorageCorruptionError, match="inconsistent counts") as refused:
         reopen(tmp_path)
     assert refused.value.offset == size
+
+
+# --- the last synced frame, and what may prove a tail torn (issue #15, findings 5 and 6) ---
+
+
+def write_vote_after_entries(directory: Path) -> tuple[Path, int, int]:
+    """Entries, then a vote (term 2, voted_for 3) on its own, each fsynced before returning;
+    the segment file, and where the vote's frame starts and ends."""
+    wal, _ = WriteAheadLog.open(directory)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    wal.append([], HardState(2, 3, 0))
+    path = wal.segment_paths[-1]
+    wal.close()
+    start, end = frame_spans(path.read_bytes())[-1]
+    return path, start, end
+
+
+def test_a_bit_flip_anywhere_in_the_last_synced_frame_is_refused_not_cut(tmp_path: Path) -> None:
+    # The vote was fsynced and acknowledged: dropping it would let this node vote twice in
+    # term 2. No later frame vouches for it, yet a flipped bit is no torn write.
+    source = tmp_path / "source"
+    path, start, end = write_vote_after_entries(source)
+    original = path.read_bytes()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for offset in range(start, end):
+        for bit in range(8):
+            damaged = bytearray(original)
+            damaged[offset] ^= 1 << bit
+            (scratch / path.name).write_bytes(damaged)
+            with pytest.raises(StorageCorruptionError) as refused:
+                reopen(scratch)
+            assert refused.value.offset == start, (offset, bit)
+            assert (scratch / path.name).read_bytes() == damaged  # nothing was cut
+
+
+@pytest.mark.parametrize("zeroed", ["header", "payload", "last 10 bytes", "last byte"])
+def test_zeroed_bytes_in_the_last_synced_frame_that_no_torn_write_leaves_are_refused(
+    tmp_path: Path, zeroed: str
+) -> None:
+    # A write cut short leaves whole sectors as they were (zeros); zeros over part of a sector
+    # whose other bytes are the frame's are damage to a frame that was acknowledged.
+    path, start, end = write_vote_after_entries(tmp_path)
+    payload_start = start + FRAME_HEADER_BYTES
+    nonzero = [offset for offset in range(start, end) if path.read_bytes()[offset]]
+    span = {
+        "header": (start, payload_start),
+        "payload": (payload_start, payload_start + 4),
+        "last 10 bytes": (nonzero[-10], end),
+        "last byte": (nonzero[-1], end),
+    }[zeroed]
+    assert span[0] // SECTOR_BYTES == (span[1] - 1) // SECTOR_BYTES  # within one sector
+    with path.open("r+b") as file:
+        file.seek(span[0])
+        file.write(bytes(span[1] - span[0]))
+    damaged = path.read_bytes()
+    with pytest.raises(StorageCorruptionError) as refused:
+        reopen(tmp_path)
+    assert refused.value.offset == start
+    assert path.read_bytes() == damaged
+
+
+def test_a_write_torn_at_a_sector_boundary_or_the_end_of_the_file_is_cut(tmp_path: Path) -> None:
+    # The last save was never synced (so never acknowledged) and is large enough to span
+    # sectors. What a crash leaves of it: the file ends inside it (no preallocation), or in a
+    # preallocated segment the sectors that did not reach the disk read as zeros - the end of
+    # the write (written in order) or its first sector (the disk persisted out of order).
+    source = tmp_path / "source"
+    wal, _ = WriteAheadLog.open(source)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    wal.append(make_entries(4, 3, 1, size=1500), HardState(1, 1, 3), sync=False)
+    path = wal.segment_paths[-1]
+    wal.close()
+    original = path.read_bytes()
+    start, end = frame_spans(original)[-1]
+    first_boundary = (start // SECTOR_BYTES + 1) * SECTOR_BYTES
+    tears: list[bytes] = []
+    for cut in range(start + 1, end, 97):  # the file ends at `cut`
+        tears.append(original[:cut])
+    for boundary in range(first_boundary, end, SECTOR_BYTES):  # zeros from a sector on
+        tears.append(original[:boundary] + bytes(len(original) - boundary))
+    first_sector_lost = bytearray(original)
+    first_sector_lost[start:first_boundary] = bytes(first_boundary - start)
+    tears.append(bytes(first_sector_lost))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for number, torn in enumerate(tears):
+        (scratch / path.name).write_bytes(torn)
+        recovery = reopen(scratch)
+        assert recovered_entries(recovery) == make_entries(1, 3, 1), number
+        assert recovery.hard_state == HardState(1, 1, 0), number
+        assert recovery.torn_tail == (scratch / path.name, start), number
+        assert (scratch / path.name).stat().st_size == start, number
+
+
+def forged_frame_value(position: int, seq: int, settled: int, length: int, seed: int) -> bytes:
+    """Value bytes a client could send: a frame by the documented layout, checksummed, naming
+    the segment, the offset it will land at and a settled offset past the torn write."""
+    return documented_frame(b"\x91\x93\x02\x09\x09" + bytes(length), seq, position, settled, seed)
+
+
+@pytest.mark.parametrize(
+    ("tear", "seed_known"),
+    [
+        ("end of file", False),
+        ("last sector", False),
+        ("first sector", False),
+        # Even with the segment's secret seed the forgery is never read: the torn frame's
+        # header is intact, so the search starts after its last byte.
+        ("end of file", True),
+        ("last sector", True),
+    ],
+)
+def test_a_forged_frame_in_a_value_does_not_turn_a_torn_write_into_corruption(
+    tmp_path: Path, tear: str, seed_known: bool
+) -> None:
+    source = tmp_path / "source"
+    wal, _ = WriteAheadLog.open(source)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    placeholder = b"\xaa" * 3000
+    wal.append([Entry(1, 4, EntryKind.NORMAL, placeholder)], sync=False)
+    path = wal.segment_paths[-1]
+    wal.close()
+    data = bytearray(path.read_bytes())
+    start, end = frame_spans(bytes(data))[-1]
+    position = data.find(placeholder) + 1000  # well inside the value, past its first sector
+    # A client cannot read the segment's seed; it can guess (here: the START frames' seed).
+    seed = segment_seed(bytes(data)) if seed_known else 0
+    forged = forged_frame_value(position, 1, start + 1, 100, seed)
+    data[position : position + len(forged)] = forged
+    if tear == "end of file":
+        torn = data[: position + len(forged) + 10]
+    elif tear == "last sector":
+        boundary = (end - 1) // SECTOR_BYTES * SECTOR_BYTES
+        assert boundary > position + len(forged)
+        torn = data[:boundary] + bytes(len(data) - boundary)
+    else:
+        boundary = (start // SECTOR_BYTES + 1) * SECTOR_BYTES
+        assert boundary < position
+        torn = data[:start] + bytes(boundary - start) + data[boundary:]
+    path.write_bytes(torn)
+    recovery = reopen(source)  # the forged frame vouches for nothing: the write is cut
+    assert recovered_entries(recovery) == make_entries(1, 3, 1)
+    assert recovery.torn_tail == (path, start)
+
+
+class CrcBudget:
+    """Counts the bytes checksummed through `zlib.crc32` and fails once they pass a budget,
+    so a search that is quadratic in the torn bytes fails at once instead of running on."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.checksummed_bytes = 0
+        self._crc32 = zlib.crc32
+
+    def __call__(self, data: bytes | memoryview, value: int = 0) -> int:
+        self.checksummed_bytes += len(data)
+        assert self.checksummed_bytes <= self.budget_bytes, "checksummed more than the budget"
+        return self._crc32(data, value)
+
+
+@pytest.mark.parametrize("tear", ["end of file", "last sector", "first sector"])
+def test_recovering_a_torn_1_mib_value_full_of_frame_magic_checksums_each_byte_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tear: str
+) -> None:
+    # Every 8 bytes of the value look like the start of a frame header claiming 1 MiB: a
+    # search that checksums each candidate's claimed payload would checksum terabytes.
+    value_bytes = 1024 * 1024
+    value = (wal_module.FRAME_MAGIC + struct.pack("<I", value_bytes)) * (value_bytes // 8)
+    wal, _ = WriteAheadLog.open(tmp_path)
+    wal.append(make_entries(1, 3, 1), HardState(1, 1, 0))
+    wal.append([Entry(1, 4, EntryKind.NORMAL, value)], sync=False)
+    path = wal.segment_paths[-1]
+    wal.close()
+    data = bytearray(path.read_bytes())
+    start, end = frame_spans(bytes(data))[-1]
+    if tear == "end of file":
+        del data[end - 1000 :]
+    elif tear == "last sector":
+        boundary = (end - 1) // SECTOR_BYTES * SECTOR_BYTES
+        data[boundary:] = bytes(len(data) - boundary)
+    else:
+        boundary = (start // SECTOR_BYTES + 1) * SECTOR_BYTES
+        data[start:boundary] = bytes(boundary - start)
+    path.write_bytes(data)
+    budget = CrcBudget(2 * end)  # linear: each byte of the frames about once
+    monkeypatch.setattr(zlib, "crc32", budget)
+    recovery = reopen(tmp_path)
+    assert recovered_entries(recovery) == make_entries(1, 3, 1)
+    assert recovery.torn_tail == (path, start)
+
+
+def test_a_segment_of_wal_format_1_is_refused_saying_so(tmp_path: Path) -> None:
+    # Format 1 (one checksum, magic "KVWL") is not read: the message says why, not "damage".
+    prefix = struct.pack("<4sIQQQ", b"KVWL", 3, 1, 0, 0)
+    payload = b"\x91\x91\x00"
+    header = prefix + struct.pack("<I", zlib.crc32(payload, zlib.crc32(prefix)))
+    (tmp_path / segment_file_name(1)).write_bytes(header + payload)
+    with pytest.raises(StorageCorruptionError, match="WAL format 1") as refused:
+        reopen(tmp_path)
+    assert refused.value.offset == 0
 
 
 def test_files_that_are_not_segments_are_ignored(tmp_path: Path) -> None:
@@ -674,13 +943,13 @@ def test_a_frame_of_exactly_the_payload_limit_is_read_and_one_claiming_more_is_r
     wal.close()
     size = path.stat().st_size
     with path.open("ab") as file:
-        file.write(documented_frame(payload, 1, size, size))
+        file.write(documented_frame(payload, 1, size, size, segment_seed(path.read_bytes())))
     assert len(recovered_entries(reopen(tmp_path))[0].data) == data_bytes
     # A header claiming one byte more than the limit is refused before anything is read;
     # in a segment that is not the last one that is corruption, and the reason says why.
     os.truncate(path, size)
     with path.open("ab") as file:
-        file.write(struct.pack("<4sIQQQI", b"KVWL", limit + 1, 1, size, size, 0))
+        file.write(struct.pack("<4sIQQQII", b"KVW2", limit + 1, 1, size, size, 0, 0))
     (tmp_path / segment_file_name(2)).write_bytes(b"")  # segment 1 is no longer the last
     with pytest.raises(StorageCorruptionError, match=f"claims {limit + 1} payload bytes"):
         reopen(tmp_path)

@@ -8,14 +8,20 @@ gaps (compaction deletes the oldest, so the first number may be above 1). A segm
 sequence of *frames*. Every write the log makes is one ``write`` call of one or more whole
 frames, so the frame is the unit a crash can tear::
 
-    frame   = header (36 bytes, little-endian) + payload
-    header  = magic "KVWL" | payload length u32 | segment seq u64 | frame offset u64
-              | settled offset u64 | CRC32 of the header's first 32 bytes and the payload u32
+    frame   = header (40 bytes, little-endian) + payload + trailer "KVWE"
+    header  = magic "KVW2" | payload length u32 | segment seq u64 | frame offset u64
+              | settled offset u64 | payload CRC32 u32 | header CRC32 (of the 36 bytes before) u32
     payload = a msgpack array of records:
-      [0, format version, segment seq, last index]            START (first record of a segment)
+      [0, format version, segment seq, last index, seed]      START (first record of a segment)
       [1, first index, [[term, count], ...], kinds, [data]]   ENTRIES, consecutive indexes
       [2, term, voted_for, commit_index]                      HARD_STATE
       [3, index, term, kept]                                  SNAPSHOT (the log was replaced)
+
+Both checksums start from the segment's *seed*, a random 32-bit number drawn when the segment
+is created and recorded in its START record (the START frame itself uses seed 0). A frame copied
+into a client's value - right segment, offset and layout - therefore does not verify: the client
+cannot know the seed. The format version is 2; a segment of format 1 (magic "KVWL", one
+checksum, no seed or trailer) is refused with a message saying so, as is any other version.
 
 One batch (one Ready's writes: entries, then hard state) never spans frames. Batches queued
 together (group commit) share one frame - several, in the same write, if they exceed
@@ -39,32 +45,62 @@ Replay. Reading the records in order rebuilds the log:
 Torn tail versus corruption
 ===========================
 
-Each frame header records its *settled offset*: how far its segment was known to be on stable
-storage (fdatasync returned; in relaxed mode, simply written) when the frame was written.
-Recovery reads every segment front to back; the first frame that is incomplete, fails its
-checksum or does not belong at its position (wrong magic, segment or offset) is *bad*:
+A frame is *acknowledged* once an fdatasync that covers it has returned (in relaxed mode: once
+written). Each frame header records its *settled offset*: how far its segment was known to be
+on stable storage when the frame was written. So a frame vouches for the frames before its
+settled offset, and nothing vouches for the last synced frame but its own bytes. The rule:
+what was acknowledged is never silently dropped; what was not may be dropped only where it
+provably is a write that a crash cut short.
+
+Recovery reads every segment front to back; the first frame at offset B that is incomplete,
+fails a check (magic, header checksum, trailer, payload checksum) or does not belong at its
+position is *bad*:
 
 - In any segment but the last one, a bad frame is corruption: a segment is synced in full
   before the next one is created, so nothing in it can be a torn write.
-- In the last segment, the bad frame at offset B is a *torn tail* - the remains of a write that
-  was in flight at a crash - unless it is a whole, checksummed frame at the wrong place (a
-  foreign or misnamed segment: corruption), or some valid frame later in the file says its
-  settled offset is beyond B. Such a frame proves that the bytes at B had been made durable
-  before it was written, so their damage is corruption, not a crash. The search for such
-  frames jumps from magic to magic (``bytes.find``) and checks each candidate's checksum.
+- A frame whose header checksum is good but which does not belong there (another segment,
+  another offset: a foreign or misnamed segment), or a checksummed frame whose records are
+  malformed, is corruption anywhere: a crash writes no such thing.
+- An all-zero rest of the last segment is free space (see Preallocation).
+- Otherwise, in the last segment, the frame is a *torn write* only if it has the shape a write
+  cut short leaves. Frames are only ever written over zeros (preallocated space, or space the
+  file grows by), and a sector (SECTOR_BYTES, 512) that did not reach the disk reads as it was
+  before: whole and zero, from the frame's first byte on. So the evidence is the file ending
+  inside the frame, or a zero sector where a complete frame has a non-zero byte: the sector
+  of the header's first byte (the magic) or of the payload's first byte (a msgpack array
+  header), or - when the header's checksum is good, so its length can be trusted - the sector
+  of the frame's last byte (the trailer, there for this purpose: a payload may end in zeros).
+  A zero sector in the middle proves nothing (a value may be zeros). Anything else - a
+  flipped bit, zeros over part of a sector, stray bytes where a frame would begin - is
+  corruption, also in the last synced frame (a vote lost that way lets a node vote twice in a
+  term).
+- A torn write is still corruption if a frame after it records a settled offset beyond B:
+  the torn bytes had been made durable before that frame was written. The search for such
+  frames looks for the magic and takes only authentic headers (right segment and offset, the
+  header checksum with the segment's seed, checked after the cheap fields); it skips the whole
+  extent of a frame whose header is intact, the torn one included, so bytes inside a frame (a
+  client's value) are never taken for frames, and it never checksums a payload: it is linear
+  in the bytes after B. When the START frame itself is the bad one there is no seed yet, and
+  the cheap fields alone decide (which can only turn a cut into a refusal).
 
-A torn tail is truncated (and logged with file and offset); everything after it was never
-acknowledged as durable: frames written after B without an fsync in between can legitimately
-reach the disk before B does, and dropping them loses nothing that was promised. Corruption
-raises `StorageCorruptionError` naming the file and offset; nothing is truncated. A frame whose
-checksum is good but whose records are malformed is always corruption (a crash cannot produce
-it). Damage to the frames written since the last settled offset that a later frame records
-(normally just the last frame) looks exactly like a torn write and is treated as one: no
-format can tell the two apart, because nothing written after them vouches for them.
+A torn write is truncated (logged with file and offset), with everything after it: frames
+written after B without an fsync in between can legitimately reach the disk before B does, and
+none of them was acknowledged, or its successor would vouch for B. Corruption raises
+`StorageCorruptionError` naming the file and offset; nothing is truncated.
+
+What no format can tell apart without another durable write per commit: damage that is
+exactly the shape of a torn write (the frame's first or last sector, or the whole frame,
+reading as zeros) to the frames since the last settled offset that a later frame records -
+normally just the last frame. A sector that reads back as zeros after an fdatasync returned is
+a lost write by the device; it is taken as a torn one, as etcd does. A write torn so that
+the frame's first and last sectors reached the disk but one in between did not is refused (the
+safe side: a restart then needs the operator).
 
 In relaxed mode (no fsync) a frame counts as settled once written, so mid-log damage is still
 refused; a power loss in that mode may then lose acknowledged writes or leave a log that is
-refused at open. A process crash (page cache intact) is safe in both modes.
+refused at open (on a file system that shows stale blocks after a crash, as ext4 with
+data=writeback can, a torn write is not zeros). A process crash (page cache intact) is safe in
+both modes.
 
 Preallocation
 =============
@@ -76,7 +112,10 @@ with three nodes sharing one disk, a sync took about a quarter less time (BENCHM
 
 The space after the last frame reads as zeros, so recovery takes an all-zero remainder of the
 last segment as free space: kept, not reported as a torn tail, and the next frame is written
-where the frames end. Anything else after the last valid frame is judged as above. Before a
+where the frames end. A write torn inside preallocated space leaves no shorter file, only the
+sectors that did not reach the disk still zero: that is the evidence above. Anything else after
+the last valid frame is judged as above (a torn tail that is cut takes its free space with it;
+the next write allocates again, over zeros). Before a
 full segment is closed for the next one, its file is cut back to its frames and synced, so
 only the last segment ever has free space; in any other segment, zeros are damage. When the
 disk has too little space left to allocate ahead (ENOSPC, EDQUOT), the WAL writes without (a
@@ -110,9 +149,12 @@ from kvraft.storage.fileops import FileOps, make_directories, read_whole_file, w
 __all__ = [
     "FRAME_HEADER_BYTES",
     "FRAME_MAGIC",
+    "FRAME_OVERHEAD_BYTES",
+    "FRAME_TRAILER",
     "INDEX_MAX",
     "PREALLOCATION_BYTES",
     "RECORD_PAYLOAD_BYTES_MAX",
+    "SECTOR_BYTES",
     "SEGMENT_BYTES_MAX_DEFAULT",
     "SEGMENT_BYTES_MAX_HIGHEST",
     "SEGMENT_BYTES_MAX_LOWEST",
@@ -129,16 +171,34 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WAL_FORMAT_VERSION = 1
-"""The version in every START record; any other value is refused."""
+WAL_FORMAT_VERSION = 2
+"""The version in every START record; any other value is refused. Version 1 (frames with one
+checksum and the magic "KVWL") is refused by its magic, with a message saying so."""
 
-FRAME_MAGIC = b"KVWL"
-"""The first bytes of every frame: what the torn-tail search looks for."""
+FRAME_MAGIC = b"KVW2"
+"""The first bytes of every frame: what the search for later frames looks for."""
 
-_HEADER_PREFIX = struct.Struct("<4sIQQQ")
+_FORMAT_1_MAGIC = b"KVWL"
+"""The magic of format 1's frames: a segment starting with it was written by an older build."""
+
+_HEADER_FIELDS = struct.Struct("<4sIQQQI")
 _HEADER_CRC = struct.Struct("<I")
-FRAME_HEADER_BYTES = _HEADER_PREFIX.size + _HEADER_CRC.size
-"""Size of a frame header (36 bytes)."""
+FRAME_HEADER_BYTES = _HEADER_FIELDS.size + _HEADER_CRC.size
+"""Size of a frame header (40 bytes)."""
+
+FRAME_TRAILER = b"KVWE"
+"""The last bytes of every frame. Not zero, so the sector holding a frame's end can never
+legitimately read as all zeros: if it does, that sector did not reach the disk."""
+
+FRAME_OVERHEAD_BYTES = FRAME_HEADER_BYTES + len(FRAME_TRAILER)
+"""What a frame adds to its payload (44 bytes)."""
+
+SECTOR_BYTES = 512
+"""The smallest unit a write can tear at: each aligned sector of a file holds either what was
+written to it or what it held before (zeros, in a preallocated segment), never a mix."""
+
+_START_FRAME_SEED = 0
+"""The checksum seed of START frames: the segment's own seed is inside that frame."""
 
 RECORD_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
 """The largest frame payload. A header claiming more is corruption; one batch that would
@@ -157,7 +217,7 @@ SEGMENT_BYTES_MAX_LOWEST = 4 * 1024
 SEGMENT_BYTES_MAX_HIGHEST = 1024 * 1024 * 1024
 """The largest accepted `segment_bytes_max`: recovery reads a whole segment into memory."""
 
-SEGMENT_FILE_BYTES_MAX = SEGMENT_BYTES_MAX_HIGHEST + FRAME_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX
+SEGMENT_FILE_BYTES_MAX = SEGMENT_BYTES_MAX_HIGHEST + FRAME_OVERHEAD_BYTES + RECORD_PAYLOAD_BYTES_MAX
 """No segment we write can be larger (the limit plus one oversized frame); a larger file is
 refused as corruption before it is read."""
 
@@ -478,52 +538,158 @@ def prepare_batch(entries: Sequence[Entry], hard_state: HardState | None) -> Wal
 # --- frames ---------------------------------------------------------------------------------
 
 
-def _encode_frame(payload: bytes, seq: int, offset: int, settled_offset: int) -> bytes:
-    prefix = _HEADER_PREFIX.pack(FRAME_MAGIC, len(payload), seq, offset, settled_offset)
-    checksum = zlib.crc32(payload, zlib.crc32(prefix))
-    return prefix + _HEADER_CRC.pack(checksum) + payload
+def _encode_frame(payload: bytes, seq: int, offset: int, settled_offset: int, seed: int) -> bytes:
+    fields = _HEADER_FIELDS.pack(
+        FRAME_MAGIC, len(payload), seq, offset, settled_offset, zlib.crc32(payload, seed)
+    )
+    header_checksum = _HEADER_CRC.pack(zlib.crc32(fields, seed))
+    return b"".join((fields, header_checksum, payload, FRAME_TRAILER))
 
 
-class _Misplaced(str):
-    """Why a frame is refused although its checksum is good: no crash writes a whole valid
-    frame at the wrong place, so this is never a torn write."""
+def _new_segment_seed() -> int:
+    """A random checksum seed for a new segment's frames (never the START frames' seed)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
 
 
-def _check_frame(data: bytes, view: memoryview, offset: int, seq: int) -> tuple[int, int] | str:
-    """(end offset, settled offset) of the valid frame at `offset`, or why it is not one (a
-    `_Misplaced` reason if it is a whole frame that does not belong there)."""
-    if len(data) - offset < FRAME_HEADER_BYTES:
-        return "incomplete frame header"
-    magic, length, frame_seq, frame_offset, settled = _HEADER_PREFIX.unpack_from(data, offset)
-    if magic != FRAME_MAGIC:
-        return "no frame starts here (bad magic)"
-    if length > RECORD_PAYLOAD_BYTES_MAX:
-        return f"frame header claims {length} payload bytes, more than {RECORD_PAYLOAD_BYTES_MAX}"
-    payload_start = offset + FRAME_HEADER_BYTES
-    end = payload_start + length
-    if end > len(data):
-        return "frame extends past the end of the file"
-    (checksum,) = _HEADER_CRC.unpack_from(data, offset + _HEADER_PREFIX.size)
-    header_checksum = zlib.crc32(view[offset : offset + _HEADER_PREFIX.size])
-    computed = zlib.crc32(view[payload_start:end], header_checksum)
-    if computed != checksum:
-        return "frame checksum mismatch"
-    if frame_seq != seq or frame_offset != offset or settled > offset:
-        return _Misplaced(
-            f"a valid frame of segment {frame_seq} written for offset {frame_offset} "
-            f"(settled {settled}) is at this position"
+@dataclass(frozen=True, slots=True)
+class _BadFrame:
+    """Why the bytes at an offset are not a valid frame."""
+
+    reason: str
+    frame_end: int | None
+    """Where the frame ends by its header, if the header itself is intact (its checksum is
+    good, so its length can be trusted); None if it is not."""
+    never_torn: bool = False
+    """A whole, checksummed header at the wrong place (or a segment of another format): no
+    crash writes that, so it is corruption wherever it is."""
+
+
+def _check_frame(
+    data: bytes, view: memoryview, offset: int, seq: int, seed: int
+) -> int | _BadFrame:
+    """The end offset of the valid frame at `offset` of segment `seq` (checksums seeded with
+    `seed`), or why it is not one. The header's checksum is checked before the payload's, so
+    bytes that merely start like a header cost a header's worth of checksum, not a payload's."""
+    if offset == 0 and data.startswith(_FORMAT_1_MAGIC):
+        return _BadFrame(
+            f"the segment is in WAL format 1, written by an older kvraft; this build reads "
+            f"format {WAL_FORMAT_VERSION} only",
+            None,
+            never_torn=True,
         )
-    return end, settled
+    if len(data) - offset < FRAME_HEADER_BYTES:
+        return _BadFrame("incomplete frame header", None)
+    magic, length, frame_seq, frame_offset, settled, payload_checksum = _HEADER_FIELDS.unpack_from(
+        data, offset
+    )
+    if magic != FRAME_MAGIC:
+        return _BadFrame("no frame starts here (bad magic)", None)
+    if length > RECORD_PAYLOAD_BYTES_MAX:
+        return _BadFrame(
+            f"frame header claims {length} payload bytes, more than {RECORD_PAYLOAD_BYTES_MAX}",
+            None,
+        )
+    (header_checksum,) = _HEADER_CRC.unpack_from(data, offset + _HEADER_FIELDS.size)
+    if zlib.crc32(view[offset : offset + _HEADER_FIELDS.size], seed) != header_checksum:
+        return _BadFrame("frame header checksum mismatch", None)
+    if frame_seq != seq or frame_offset != offset or settled > offset:
+        return _BadFrame(
+            f"a valid frame of segment {frame_seq} written for offset {frame_offset} "
+            f"(settled {settled}) is at this position",
+            None,
+            never_torn=True,
+        )
+    payload_start = offset + FRAME_HEADER_BYTES
+    payload_end: int = payload_start + length
+    end = payload_end + len(FRAME_TRAILER)
+    if end > len(data):
+        return _BadFrame("frame extends past the end of the file", end)
+    # The trailer first: a write cut short usually lacks it, and then the payload's checksum
+    # (a megabyte, for a large value) need not be computed to know the frame is bad.
+    if data[payload_end:end] != FRAME_TRAILER:
+        return _BadFrame("frame trailer damaged or missing", end)
+    if zlib.crc32(view[payload_start:payload_end], seed) != payload_checksum:
+        return _BadFrame("frame checksum mismatch", end)
+    return end
 
 
-def _settled_frame_after(data: bytes, view: memoryview, bad_offset: int, seq: int) -> int | None:
-    """The offset of a valid frame after `bad_offset` proving that `bad_offset` was settled."""
-    position = data.find(FRAME_MAGIC, bad_offset + 1)
-    while position != -1:
-        checked = _check_frame(data, view, position, seq)
-        if not isinstance(checked, str) and checked[1] > bad_offset:
-            return position
-        position = data.find(FRAME_MAGIC, position + 1)
+def _torn_write_shape(data: bytes, bad_offset: int, frame_end: int | None) -> str | None:
+    """How the bad frame at `bad_offset` of the last segment shows that the write which put it
+    there was cut short, or None if it does not: then its damage is corruption.
+
+    A write cut short leaves either a file that ends inside the frame, or sectors that read as
+    they were before the write - zeros, since frames are only ever written over zeros (the
+    preallocated space, or space the file grew by). So a sector that a complete frame would
+    fill with a non-zero byte, read back as zeros from the frame's first byte on, is that
+    evidence: the sector holding its header's first byte (the magic) or its payload's first
+    byte (a msgpack array header), or - when the header is intact - the sector holding the
+    frame's last byte (FRAME_TRAILER). A zero sector elsewhere proves nothing (a value may be
+    zeros), and any other damage (a flipped bit, stray bytes) is no crash's doing.
+    """
+    size = len(data)
+    if frame_end is not None:
+        if frame_end > size:
+            return "the file ends inside the frame"
+        evidence = [bad_offset + FRAME_HEADER_BYTES, frame_end - 1]
+    else:
+        if size - bad_offset <= FRAME_HEADER_BYTES:  # every frame has a payload byte
+            return "the file ends inside the frame"
+        evidence = [bad_offset, bad_offset + FRAME_HEADER_BYTES]
+    for position in evidence:
+        sector_start = position - position % SECTOR_BYTES
+        first = max(sector_start, bad_offset)
+        last = min(sector_start + SECTOR_BYTES, size)
+        if data.count(0, first, last) == last - first:
+            return f"the sector at offset {sector_start} never reached the disk (it reads as zeros)"
+    return None
+
+
+def _vouching_frame(
+    data: bytes, view: memoryview, search_start: int, bad_offset: int, seq: int, seed: int | None
+) -> int | None:
+    """The offset of a frame from `search_start` on whose header records that `bad_offset` was
+    already on stable storage when it was written, or None.
+
+    Only authentic headers count: the right segment and offset, and a header checksum seeded
+    with the segment's secret seed, which a frame forged inside a client's value cannot match.
+    Candidates are found by a regular expression for the magic followed by the segment's
+    number, so bytes that merely contain the magic (a value made of it) cost no Python code;
+    a candidate is checked for its cheap fields before its checksum, and the payload of an
+    authentic frame is skipped (no frame header lives inside another frame), so the search is
+    linear in the bytes after the damage. Without a seed (the START frame itself is the bad
+    one) the cheap fields alone decide, which can only turn a cut into a refusal.
+    """
+    size = len(data)
+    # The magic is consumed and the rest only looked at: the magic cannot overlap itself, so
+    # no header starting inside a match is skipped.
+    candidates = re.compile(
+        re.escape(FRAME_MAGIC) + b"(?=[\\s\\S]{4}" + re.escape(struct.pack("<Q", seq)) + b")"
+    )
+    match = candidates.search(data, search_start)
+    while match is not None:
+        position = match.start()
+        if size - position >= FRAME_HEADER_BYTES:
+            _, length, frame_seq, frame_offset, settled, _ = _HEADER_FIELDS.unpack_from(
+                data, position
+            )
+            authentic = (
+                frame_seq == seq
+                and frame_offset == position
+                and settled <= position
+                and length <= RECORD_PAYLOAD_BYTES_MAX
+                and (
+                    seed is None
+                    or zlib.crc32(view[position : position + _HEADER_FIELDS.size], seed)
+                    == _HEADER_CRC.unpack_from(data, position + _HEADER_FIELDS.size)[0]
+                )
+            )
+            if authentic:
+                if settled > bad_offset:
+                    return position
+                frame_end = position + FRAME_HEADER_BYTES + length + len(FRAME_TRAILER)
+                match = candidates.search(data, frame_end)
+                continue
+        match = candidates.search(data, position + 1)
     return None
 
 
@@ -566,6 +732,8 @@ class _Segment:
     path: Path
     index_max: int
     """The highest entry or snapshot index recorded in the segment (0: none)."""
+    seed: int
+    """The checksum seed of its frames after the START frame (recorded in START)."""
 
 
 class _Replay:
@@ -576,6 +744,8 @@ class _Replay:
         self.hard_state = HardState()
         self.started = False
         self.index_max = 0
+        self.segment_seed = 0
+        """The seed of the segment being replayed, once its START record was read."""
 
     def frame(self, payload: memoryview, first_in_segment: bool, seq: int) -> None:
         try:
@@ -602,15 +772,19 @@ class _Replay:
                 raise _BadRecord(f"unexpected record type {code!r}")
 
     def _start(self, record: list[Any], seq: int) -> None:
-        if len(record) != 4:
-            raise _BadRecord("malformed START record")
-        _, version, record_seq, last_index = record
-        if version != WAL_FORMAT_VERSION:
+        if len(record) < 2 or record[1] != WAL_FORMAT_VERSION:
+            version = record[1] if len(record) > 1 else None
             raise _BadRecord(f"unsupported WAL format version {version!r}")
+        if len(record) != 5:
+            raise _BadRecord("malformed START record")
+        _, _, record_seq, last_index, seed = record
         if record_seq != seq:
             raise _BadRecord(f"START record names segment {record_seq!r}, not {seq}")
         if type(last_index) is not int or not 0 <= last_index <= INDEX_MAX:
             raise _BadRecord(f"START record has last index {last_index!r}")
+        if type(seed) is not int or not 0 < seed < 2**32:
+            raise _BadRecord(f"START record has checksum seed {seed!r}")
+        self.segment_seed = seed
         if not self.started:
             self.log.start_at(last_index)
             self.started = True
@@ -807,6 +981,7 @@ class WriteAheadLog:
         for position, (seq, path) in enumerate(found):
             is_last = position == len(found) - 1
             replay.index_max = 0
+            replay.segment_seed = 0
             valid_end, first_frame_end, file_size, free_tail = cls._replay_segment(
                 replay, file_ops, path, seq, is_last
             )
@@ -820,7 +995,7 @@ class WriteAheadLog:
                 if fsync:
                     file_ops.sync_directory(directory)
                 continue
-            segments.append(_Segment(seq, path, replay.index_max))
+            segments.append(_Segment(seq, path, replay.index_max, replay.segment_seed))
             active_size = valid_end
             active_allocated = file_size
             active_first_frame_end = first_frame_end
@@ -866,42 +1041,60 @@ class WriteAheadLog:
         size = len(data)
         offset = 0
         first_frame_end = 0
-        reason = ""
+        bad = _BadFrame("", None)
         while offset < size:
-            checked = _check_frame(data, view, offset, seq)
-            if isinstance(checked, str):
-                reason = checked
+            seed = replay.segment_seed if offset else _START_FRAME_SEED
+            checked = _check_frame(data, view, offset, seq, seed)
+            if isinstance(checked, _BadFrame):
+                bad = checked
                 break
-            end = checked[0]
             try:
-                replay.frame(view[offset + FRAME_HEADER_BYTES : end], offset == 0, seq)
+                replay.frame(
+                    view[offset + FRAME_HEADER_BYTES : checked - len(FRAME_TRAILER)],
+                    offset == 0,
+                    seq,
+                )
             except _BadRecord as error:
                 raise StorageCorruptionError(path, offset, str(error)) from None
             if offset == 0:
-                first_frame_end = end
-            offset = end
+                first_frame_end = checked
+            offset = checked
         if offset == size:
             if size == 0 and not is_last:
                 raise StorageCorruptionError(path, 0, "empty segment before the last one")
             return size, first_frame_end, size, False
-        if isinstance(reason, _Misplaced):
-            raise StorageCorruptionError(path, offset, reason)
+        if bad.never_torn:
+            raise StorageCorruptionError(path, offset, bad.reason)
         if is_last and data.count(0, offset) == size - offset:
             return offset, first_frame_end, size, True
         if not is_last:
             raise StorageCorruptionError(
                 path,
                 offset,
-                f"{reason}, in a segment that is not the last one (it was synced in full "
+                f"{bad.reason}, in a segment that is not the last one (it was synced in full "
                 "before the next was created, so this is not a torn write)",
             )
-        proof = _settled_frame_after(data, view, offset, seq)
+        shape = _torn_write_shape(data, offset, bad.frame_end)
+        if shape is None:
+            raise StorageCorruptionError(
+                path,
+                offset,
+                f"{bad.reason}, and the damage is not what a write cut short leaves (the file "
+                "ending inside the frame, or its first or last sector reading as zeros), so "
+                "the frame may have been acknowledged as durable",
+            )
+        # The frames after a torn write may be dropped with it only if none of them records
+        # that the torn bytes had already been made durable. A frame with an intact header
+        # is skipped whole: the bytes inside it (a client's value) are never taken for frames.
+        search_start = offset + 1 if bad.frame_end is None else bad.frame_end
+        search_seed = replay.segment_seed if offset else None
+        proof = _vouching_frame(data, view, search_start, offset, seq, search_seed)
         if proof is not None:
             raise StorageCorruptionError(
                 path,
                 offset,
-                f"{reason}, yet the valid frame at offset {proof} records that these bytes were "
-                "already on stable storage (damage, not a torn write)",
+                f"{bad.reason} ({shape}), yet the frame at offset {proof} records that these "
+                "bytes were already on stable storage (damage, not a torn write)",
             )
         return offset, first_frame_end, size, False
 
@@ -910,8 +1103,8 @@ class WriteAheadLog:
         file_ops: FileOps, path: Path, valid_end: int, file_size: int, fsync: bool
     ) -> None:
         logger.warning(
-            "%s: torn write at offset %d; cutting the last %d bytes (never acknowledged "
-            "as durable)",
+            "%s: torn write at offset %d; cutting the last %d bytes (a write cut short by a "
+            "crash, and nothing after it records that it was durable)",
             path,
             valid_end,
             file_size - valid_end,
@@ -1087,19 +1280,23 @@ class WriteAheadLog:
         pending: list[bytes] = []
         pending_bytes = 0
         for payload in payloads:
-            frame_bytes = FRAME_HEADER_BYTES + len(payload.data)
+            frame_bytes = FRAME_OVERHEAD_BYTES + len(payload.data)
             over = self._size + pending_bytes + frame_bytes > self._segment_bytes_max
             if over and (self._has_frames or pending):
                 self._flush(pending)
                 pending, pending_bytes = [], 0
                 self._roll(payload.last_index_before, payload.hard_state_before)
+            segment = self._segments[-1]
             pending.append(
                 _encode_frame(
-                    payload.data, self._segments[-1].seq, self._size + pending_bytes, self._settled
+                    payload.data,
+                    segment.seq,
+                    self._size + pending_bytes,
+                    self._settled,
+                    segment.seed,
                 )
             )
             pending_bytes += frame_bytes
-            segment = self._segments[-1]
             segment.index_max = max(segment.index_max, payload.index_max)
         self._flush(pending)
         if sync and self._fsync and self._settled < self._size:
@@ -1162,14 +1359,15 @@ class WriteAheadLog:
     def _create_segment(self, seq: int, last_index: int, hard_state: HardState) -> None:
         path = self._directory / segment_file_name(seq)
         self._fd = self._file_ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        self._segments.append(_Segment(seq, path, 0))
+        seed = _new_segment_seed()
+        self._segments.append(_Segment(seq, path, 0, seed))
         payload = self._packer.pack(
             [
-                [_START, WAL_FORMAT_VERSION, seq, last_index],
+                [_START, WAL_FORMAT_VERSION, seq, last_index, seed],
                 _hard_state_record(hard_state),
             ]
         )
-        frame = _encode_frame(payload, seq, 0, 0)
+        frame = _encode_frame(payload, seq, 0, 0, _START_FRAME_SEED)
         write_all(self._file_ops, self._fd, frame)
         self._size = self._allocated = len(frame)
         self._has_frames = False
