@@ -90,6 +90,31 @@ async def cluster(tmp_path: Path) -> AsyncIterator[dict[int, tuple[RaftNode, Hol
         yield nodes
 
 
+def snapshotting_config(tmp_path: Path) -> ClusterConfig:
+    """Three nodes that snapshot every 5 entries and retry a snapshot every 0.4 s."""
+    config = three_node_config(tmp_path)
+    return replace(
+        config,
+        raft=replace(config.raft, tick_ms=10),
+        storage=replace(config.storage, snapshot_threshold_entries=5),
+    )
+
+
+async def leader_with_compacted_log(
+    nodes: dict[int, tuple[RaftNode, HoldingFileOps]],
+) -> RaftNode:
+    """The leader, once 12 writes are in and its last snapshot is taken: with the no-op,
+    13 entries give snapshots at 5 or more and at 10 or more, then no more."""
+    await wait_until(lambda: leader_of(nodes) is not None, "a leader")
+    leader = leader_of(nodes)
+    assert leader is not None and leader.core is not None
+    core = leader.core
+    for number in range(12):
+        await leader.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
+    await wait_until(lambda: core.log.snapshot.index >= 10, "the leader's last snapshot")
+    return leader
+
+
 def leader_of(nodes: dict[int, tuple[RaftNode, HoldingFileOps]]) -> RaftNode | None:
     leaders = [n for n, _ in nodes.values() if n.core is not None and n.core.role == Role.LEADER]
     return max(leaders, key=lambda n: n.core.term if n.core else 0, default=None)
@@ -142,23 +167,14 @@ async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_rep
     # snapshot. If the snapshot is over the InstallSnapshot limit no peer would accept it:
     # the leader says so once per snapshot (not at every retry) and keeps serving; once the
     # snapshot fits, the node catches up.
-    config = three_node_config(tmp_path)
-    config = replace(
-        config,
-        raft=replace(config.raft, tick_ms=10),  # snapshot retries every 0.4 s
-        storage=replace(config.storage, snapshot_threshold_entries=5),
-    )
+    config = snapshotting_config(tmp_path)
     monkeypatch.setattr(server_module, "INSTALL_SNAPSHOT_BYTES_MAX", 16)
     # Node 3 starts late: nothing but the leader's first probe can be queued for it (a node
     # stopped later would find the appends queued before compaction, and need no snapshot).
     async with running_cluster(config, started={1, 2}) as nodes:
-        await wait_until(lambda: leader_of(nodes) is not None, "a leader")
-        leader = leader_of(nodes)
-        assert leader is not None and leader.core is not None and leader.failed is not None
+        leader = await leader_with_compacted_log(nodes)
+        assert leader.core is not None and leader.failed is not None
         core = leader.core
-        for number in range(12):
-            await leader.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
-        await wait_until(lambda: core.log.snapshot.index >= 5, "the leader's log compacted")
         late = await start_node(config, 3, nodes)
         retries = 0
         ticks_seen = 0
@@ -198,21 +214,11 @@ async def test_a_leader_whose_snapshot_is_damaged_on_disk_stops_instead_of_retry
     # that file was damaged on the leader's disk, reading it fails its checksum: the leader
     # must stop (like any damage to what it stored), not retry a send that fails silently
     # at every snapshot retry.
-    config = three_node_config(tmp_path)
-    config = replace(
-        config,
-        raft=replace(config.raft, tick_ms=10),
-        storage=replace(config.storage, snapshot_threshold_entries=5),
-    )
+    config = snapshotting_config(tmp_path)
     async with running_cluster(config, started={1, 2}) as nodes:
-        await wait_until(lambda: leader_of(nodes) is not None, "a leader")
-        leader = leader_of(nodes)
-        assert leader is not None and leader.core is not None and leader.failed is not None
+        leader = await leader_with_compacted_log(nodes)
+        assert leader.core is not None and leader.failed is not None
         core = leader.core
-        for number in range(12):
-            await leader.propose(encode_put(f"key-{number}", b"value"), timeout_s=DEADLINE_S)
-        # 13 entries with the no-op: snapshots at 5 or more and at 10 or more, then no more.
-        await wait_until(lambda: core.log.snapshot.index >= 10, "the leader's last snapshot")
         newest = max(config.node(leader.id).data_dir.rglob("*.snap"))
         assert f"snapshot-{core.log.snapshot.index:020d}-" in newest.name
         damaged = bytearray(newest.read_bytes())
