@@ -51,6 +51,9 @@ class Fault:
         apply_first: carry out the request before failing (the ambiguous case).
         drop: close the connection without any answer.
         body: answer 200 with these raw bytes (a malformed answer).
+
+    `Fault()`, with none of status, drop and body, answers normally: a placeholder that
+    lets the next fault hit a later request.
     """
 
     status: int | None = None
@@ -59,6 +62,10 @@ class Fault:
     apply_first: bool = False
     drop: bool = False
     body: bytes | None = None
+
+    @property
+    def passes(self) -> bool:
+        return self.status is None and not self.drop and self.body is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,8 @@ class FakeCluster:
                 )
                 queue = self._state.faults.get(node_id)
                 fault = queue.popleft() if queue else None
+                if fault is not None and fault.passes:
+                    fault = None
                 if fault is None or fault.apply_first:
                     status, payload, headers = inner(node_id, request, body)
             response: web.StreamResponse
