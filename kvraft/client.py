@@ -42,6 +42,15 @@ or the node named by a response's `X-Kvraft-Leader-Id` when that node's endpoint
 known (learned from each response's `X-Kvraft-Node-Id` and from `/v1/status` member
 lists). Any node accepts any request, so this only saves the follower's forwarding hop.
 
+Membership. `members`, `add_member`, `remove_member` and `transfer_leadership` go
+through the same machinery (any node forwards them to the leader). Adding a node and
+moving leadership are safe to repeat, so they are retried like keyed writes, including
+while the server answers 503 `not_caught_up` for a node still catching up; removing is
+not (once committed, the same removal is refused with 404), so an ambiguous removal is
+`OutcomeUnknown`. A 404 `unknown_member` or a 409 (`member_conflict`,
+`change_in_progress`) is a `ClientError`. Given `endpoint=`, a call makes one attempt at
+that node and nothing else, for callers that do their own retrying.
+
 Keys are quoted per path segment: `/` stays a separator and every other character,
 including `%`, spaces and non-ASCII, is percent-encoded; segments `.` and `..` are
 encoded as `%2E` so that nothing between client and server can collapse them.
@@ -112,16 +121,22 @@ __all__ = [
     "Unavailable",
     "Wait",
     "backoff_delay_s",
+    "build_add_member",
     "build_delete",
     "build_get",
     "build_list",
+    "build_members",
     "build_put",
+    "build_remove_member",
     "build_status",
+    "build_transfer_leadership",
     "interpret_delete",
     "interpret_get",
     "interpret_list",
+    "interpret_members",
     "interpret_put",
     "interpret_status",
+    "interpret_transfer",
     "key_path",
     "normalize_endpoint",
     "parse_retry_after_s",
@@ -174,7 +189,10 @@ CONSISTENCY_LEVELS = ("linearizable", "stale")
 from the answering node's state machine, possibly behind."""
 
 _KV_PREFIX = "/v1/kv"
+_MEMBERS_PATH = "/v1/members"
+_TRANSFER_PATH = "/v1/leader/transfer"
 _JSON_HEADERS = (("Accept", "application/json"),)
+_JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 
 T = TypeVar("T")
 
@@ -216,12 +234,28 @@ class ConditionFailed(KVError):
 class Unavailable(KVError):
     """No node could serve the request before the timeout (no leader, no quorum, all
     endpoints down or overloaded). Nothing was applied: an attempt that might have been
-    applied turns the error into `OutcomeUnknown` instead."""
+    applied turns the error into `OutcomeUnknown` instead.
+
+    `status` is the HTTP status of the last answer (e.g. 503), or None when the last
+    attempt got no answer at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OutcomeUnknown(KVError):
     """A write may or may not have been applied: it reached a node and then the answer
-    was lost (connection dropped, timeout, 504). Read the key to find out."""
+    was lost (connection dropped, timeout, 504). Read the key to find out.
+
+    `status` is the HTTP status of the last answer (e.g. 504), or None when the last
+    attempt got no answer at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProtocolError(KVError):
@@ -505,6 +539,7 @@ def plan_exchange(
     tried: set[str] = set()
     maybe_applied = False
     last_problem = "no attempt finished"
+    last_status: int | None = None
     endpoint = router.preferred
     while True:
         remaining_s = deadline_s - clock()
@@ -518,6 +553,7 @@ def plan_exchange(
             if outcome.status < 500:
                 return outcome
             last_problem = f"{endpoint}: {_error_text(outcome)}"
+            last_status = outcome.status
             if outcome.status == 503:
                 floor_s = parse_retry_after_s(outcome.headers.get("retry-after")) or 0.0
             elif request.is_write:
@@ -525,11 +561,13 @@ def plan_exchange(
                 if not request.retry_after_send:
                     raise OutcomeUnknown(
                         f"{request.description}: {last_problem}; the write may or may not "
-                        "have been applied"
+                        "have been applied",
+                        outcome.status,
                     )
                 maybe_applied = True
         else:
             last_problem = f"{endpoint}: {outcome.detail}"
+            last_status = None
             if outcome.kind is FailureKind.AFTER_SEND and request.is_write:
                 if not request.retry_after_send:
                     raise OutcomeUnknown(
@@ -553,7 +591,8 @@ def plan_exchange(
             suffix = "; the write may or may not have been applied" if maybe_applied else ""
             raise error_type(
                 f"{request.description}: no answer within {policy.timeout_s:g} s "
-                f"(last: {last_problem}){suffix}"
+                f"(last: {last_problem}){suffix}",
+                last_status,
             )
         if delay_s > 0:
             yield Wait(delay_s)
@@ -563,16 +602,34 @@ def plan_exchange(
 def plan_single_attempt(
     endpoint: str, request: HttpRequest, router: EndpointRouter, policy: RetryPolicy
 ) -> Steps[HttpResponse]:
-    """Ask exactly one endpoint once (for per-node status); raises `Unavailable` if it
-    does not answer or answers with a 5xx. Only for reads."""
+    """Ask exactly one endpoint once: for per-node status, or for a caller that does its
+    own retrying (`kvraft serve --join`). Returns any answer below 500.
+
+    Nothing is repeated, so a failure says only what this attempt did: `Unavailable` if it
+    got no connection or a 503 (nothing was applied), or if a read failed in any other
+    way; `OutcomeUnknown` if a write failed after it may have reached the node (a lost
+    connection or timeout after sending, a 504 or another 5xx), whether or not the write
+    would be safe to repeat.
+    """
     outcome = _outcome(
         (yield Send(endpoint, request, min(policy.timeout_s, policy.attempt_timeout_s)))
     )
     if isinstance(outcome, TransportFailure):
+        if outcome.kind is FailureKind.AFTER_SEND and request.is_write:
+            raise OutcomeUnknown(
+                f"{request.description}: {endpoint}: {outcome.detail} after the request was "
+                "sent; the write may or may not have been applied"
+            )
         raise Unavailable(f"{endpoint}: {outcome.detail}")
     router.answered(endpoint, outcome)
     if outcome.status >= 500:
-        raise Unavailable(f"{endpoint}: {_error_text(outcome)}")
+        if request.is_write and outcome.status != 503:
+            raise OutcomeUnknown(
+                f"{request.description}: {endpoint}: {_error_text(outcome)}; the write may "
+                "or may not have been applied",
+                outcome.status,
+            )
+        raise Unavailable(f"{endpoint}: {_error_text(outcome)}", outcome.status)
     return outcome
 
 
@@ -719,6 +776,79 @@ def build_status() -> HttpRequest:
     return _read_request("/v1/status", "GET /v1/status")
 
 
+def _node_id(node_id: object, what: str) -> int:
+    if type(node_id) is not int or node_id < 1:
+        raise ClientError("bad_request", f"{what} must be a positive integer node id")
+    return node_id
+
+
+def build_members() -> HttpRequest:
+    """`GET /v1/members`: the leader's view of the membership (any node forwards it)."""
+    return _read_request(_MEMBERS_PATH, "members")
+
+
+def build_add_member(
+    node_id: int, raft_address: str, http_address: str, *, voter: bool = True
+) -> HttpRequest:
+    """`POST /v1/members`: add node `node_id` at these `host:port` addresses as a learner,
+    promoted to voter once it has caught up unless `voter` is False.
+
+    Safe to repeat: adding a node that is already a member at the same addresses changes
+    nothing (the server answers with the members), so it is retried like a keyed write.
+    """
+    _node_id(node_id, "node_id")
+    for name, address in (("raft_address", raft_address), ("http_address", http_address)):
+        if not isinstance(address, str) or not address:
+            raise ClientError("bad_request", f"{name} must be a non-empty host:port string")
+    if not isinstance(voter, bool):
+        raise ClientError("bad_request", "voter must be True or False")
+    body = {"id": node_id, "raft_address": raft_address, "http_address": http_address}
+    return HttpRequest(
+        method="POST",
+        target=_MEMBERS_PATH,
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps({**body, "voter": voter}).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"add node {node_id}",
+    )
+
+
+def build_remove_member(node_id: int) -> HttpRequest:
+    """`DELETE /v1/members/{node_id}`: remove a voter or learner (a leader that removes
+    itself hands leadership over first).
+
+    Not repeated after it may have reached a node: once the removal has committed, the
+    same request is refused (404 `unknown_member`), so a blind retry would turn a success
+    into an error. An ambiguous failure is `OutcomeUnknown`; `members()` tells.
+    """
+    return HttpRequest(
+        method="DELETE",
+        target=f"{_MEMBERS_PATH}/{_node_id(node_id, 'node_id')}",
+        headers=_JSON_BODY_HEADERS,
+        body=b"",
+        is_write=True,
+        retry_after_send=False,
+        description=f"remove node {node_id}",
+    )
+
+
+def build_transfer_leadership(target: int | None = None) -> HttpRequest:
+    """`POST /v1/leader/transfer`: hand leadership to voter `target`, or (None) to the
+    voter the leader finds most caught up. Safe to repeat: moving leadership to where it
+    already is changes nothing."""
+    body = b"" if target is None else json.dumps({"to": _node_id(target, "target")}).encode()
+    return HttpRequest(
+        method="POST",
+        target=_TRANSFER_PATH,
+        headers=_JSON_BODY_HEADERS,
+        body=body,
+        is_write=True,
+        retry_after_send=True,
+        description="transfer leadership",
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Response interpreters.
 
@@ -832,6 +962,25 @@ def interpret_status(response: HttpResponse) -> dict[str, Any]:
     return _json_object(response)
 
 
+def interpret_members(response: HttpResponse) -> dict[str, Any]:
+    """The members view of `GET /v1/members` and of a successful add or remove:
+    `leader_id`, `term`, `change_pending` and `members` (checked to be a list; each
+    member's fields are the server's, untrusted). A 404 (`unknown_member`) or 409
+    (`member_conflict`, `change_in_progress`) is a `ClientError` with that code."""
+    _raise_for_status(response, None)
+    body = _json_object(response)
+    if not isinstance(body.get("members"), list):
+        raise ProtocolError(f"HTTP {response.status}: 'members' is not a list")
+    return body
+
+
+def interpret_transfer(response: HttpResponse) -> dict[str, Any]:
+    """The answer to a leadership transfer: `leader_id` (the new leader) and
+    `previous_leader_id`, as the server sent them (checked to be a JSON object)."""
+    _raise_for_status(response, None)
+    return _json_object(response)
+
+
 # ---------------------------------------------------------------------------------------
 # The shared, IO-free half of both clients.
 
@@ -901,17 +1050,49 @@ class _ClientCore:
         request = build_list(prefix, limit=limit, start_after=start_after, consistency=consistency)
         return interpret_list((yield from self._plan(request)))
 
-    def status(self, endpoint: str | None) -> Steps[dict[str, Any]]:
-        request = build_status()
+    def _exchange(self, request: HttpRequest, endpoint: str | None) -> Steps[HttpResponse]:
+        """Any node, with retries (`plan_exchange`), or one attempt at `endpoint`."""
         if endpoint is None:
-            response = yield from self._plan(request)
-        else:
-            target = normalize_endpoint(endpoint)
-            response = yield from plan_single_attempt(target, request, self.router, self.policy)
-        status = interpret_status(response)
+            return (yield from self._plan(request))
+        target = normalize_endpoint(endpoint)
+        return (yield from plan_single_attempt(target, request, self.router, self.policy))
+
+    def status(self, endpoint: str | None) -> Steps[dict[str, Any]]:
+        status = interpret_status((yield from self._exchange(build_status(), endpoint)))
         self.router.learn_members(status.get("members"))
         self.router.prefer_leader(status.get("leader_id"))
         return status
+
+    def members(self, endpoint: str | None) -> Steps[dict[str, Any]]:
+        view = interpret_members((yield from self._exchange(build_members(), endpoint)))
+        self.router.learn_members(view["members"])
+        self.router.prefer_leader(view.get("leader_id"))
+        return view
+
+    def add_member(
+        self,
+        node_id: int,
+        raft_address: str,
+        http_address: str,
+        voter: bool,
+        endpoint: str | None,
+    ) -> Steps[dict[str, Any]]:
+        request = build_add_member(node_id, raft_address, http_address, voter=voter)
+        view = interpret_members((yield from self._exchange(request, endpoint)))
+        self.router.learn_members(view["members"])
+        return view
+
+    def remove_member(self, node_id: int, endpoint: str | None) -> Steps[dict[str, Any]]:
+        request = build_remove_member(node_id)
+        return interpret_members((yield from self._exchange(request, endpoint)))
+
+    def transfer_leadership(
+        self, target: int | None, endpoint: str | None
+    ) -> Steps[dict[str, Any]]:
+        request = build_transfer_leadership(target)
+        answer = interpret_transfer((yield from self._exchange(request, endpoint)))
+        self.router.prefer_leader(answer.get("leader_id"))
+        return answer
 
 
 def _connection_failure(error: BaseException) -> str:
@@ -1021,6 +1202,48 @@ class KVClient(_ClientBase):
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """The `/v1/status` of `endpoint` (one attempt), or of any node that answers."""
         return self._run(self._core.status(endpoint))
+
+    def members(self, endpoint: str | None = None) -> dict[str, Any]:
+        """The leader's view of the membership (`GET /v1/members`, which any node forwards):
+        `leader_id`, `term`, `change_pending` and `members`, one dict per member with `id`,
+        `raft_address`, `http_address`, `voter` and, from the leader, `match_index` and
+        `caught_up`. Asks `endpoint` once if given, else any node with retries."""
+        return self._run(self._core.members(endpoint))
+
+    def add_member(
+        self,
+        node_id: int,
+        raft_address: str,
+        http_address: str,
+        *,
+        voter: bool = True,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:
+        """Add node `node_id` (`host:port` addresses): it joins as a learner and is promoted
+        to voter once caught up, unless `voter` is False. Returns the members view.
+
+        Retried (also after an ambiguous failure: a repeated add is harmless, and while the
+        node catches up the server answers 503 `not_caught_up`) until the call's timeout;
+        a 409 (`member_conflict`, `change_in_progress`) is a `ClientError`. With `endpoint`,
+        one attempt there and no retry."""
+        return self._run(
+            self._core.add_member(node_id, raft_address, http_address, voter, endpoint)
+        )
+
+    def remove_member(self, node_id: int, *, endpoint: str | None = None) -> dict[str, Any]:
+        """Remove node `node_id` (a leader removing itself hands over first); the members
+        view afterwards. A 404 (`unknown_member`) or 409 is a `ClientError`; a failure after
+        the request may have arrived is `OutcomeUnknown` and is not retried (see
+        `build_remove_member`). With `endpoint`, one attempt there."""
+        return self._run(self._core.remove_member(node_id, endpoint))
+
+    def transfer_leadership(
+        self, target: int | None = None, *, endpoint: str | None = None
+    ) -> dict[str, Any]:
+        """Move leadership to voter `target` (None: the most caught-up voter); the answer's
+        `leader_id` is the new leader, `previous_leader_id` the old. Retried like an add.
+        With `endpoint`, one attempt there."""
+        return self._run(self._core.transfer_leadership(target, endpoint))
 
     def status_all(self) -> StatusResults:
         """The status of every endpoint, asked concurrently: a dict, or the error."""
@@ -1167,6 +1390,34 @@ class AsyncKVClient(_ClientBase):
     async def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """The `/v1/status` of `endpoint` (one attempt), or of any node that answers."""
         return await self._run(self._core.status(endpoint))
+
+    async def members(self, endpoint: str | None = None) -> dict[str, Any]:
+        """The leader's view of the membership; see `KVClient.members`."""
+        return await self._run(self._core.members(endpoint))
+
+    async def add_member(
+        self,
+        node_id: int,
+        raft_address: str,
+        http_address: str,
+        *,
+        voter: bool = True,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:
+        """Add node `node_id`; see `KVClient.add_member`."""
+        return await self._run(
+            self._core.add_member(node_id, raft_address, http_address, voter, endpoint)
+        )
+
+    async def remove_member(self, node_id: int, *, endpoint: str | None = None) -> dict[str, Any]:
+        """Remove node `node_id`; see `KVClient.remove_member`."""
+        return await self._run(self._core.remove_member(node_id, endpoint))
+
+    async def transfer_leadership(
+        self, target: int | None = None, *, endpoint: str | None = None
+    ) -> dict[str, Any]:
+        """Move leadership; see `KVClient.transfer_leadership`."""
+        return await self._run(self._core.transfer_leadership(target, endpoint))
 
     async def status_all(self) -> StatusResults:
         """The status of every endpoint, asked concurrently: a dict, or the error."""

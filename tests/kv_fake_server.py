@@ -2,7 +2,9 @@
 
 It is a fake of the *server*: several nodes, each on its own loopback port, sharing one
 in-memory store, following the documented API (`/v1/kv`, `/v1/status`, the
-`X-Kvraft-*` headers, conditions, idempotency keys, list pagination). Tests script
+`X-Kvraft-*` headers, conditions, idempotency keys, list pagination, and the membership
+routes `/v1/members` and `/v1/leader/transfer`, answered by any node as if forwarded to
+the leader). Tests script
 faults per node (an error status with `Retry-After`, a dropped connection, a
 malformed answer), optionally after applying the request, and read back every request
 each node received. It runs its own event loop in a background thread so blocking
@@ -49,6 +51,9 @@ class Fault:
         apply_first: carry out the request before failing (the ambiguous case).
         drop: close the connection without any answer.
         body: answer 200 with these raw bytes (a malformed answer).
+
+    `Fault()`, with none of status, drop and body, answers normally: a placeholder that
+    lets the next fault hit a later request.
     """
 
     status: int | None = None
@@ -57,6 +62,10 @@ class Fault:
     apply_first: bool = False
     drop: bool = False
     body: bytes | None = None
+
+    @property
+    def passes(self) -> bool:
+        return self.status is None and not self.drop and self.body is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,7 @@ class _State:
     idempotent_answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     faults: dict[int, collections.deque[Fault]] = field(default_factory=dict)
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class FakeCluster:
@@ -115,6 +125,11 @@ class FakeCluster:
             app.router.add_route("*", "/v1/kv/{key:.+}", self._handler(node_id, self._kv))
             app.router.add_get("/v1/kv", self._handler(node_id, self._list))
             app.router.add_get("/v1/status", self._handler(node_id, self._status))
+            app.router.add_route("*", "/v1/members", self._handler(node_id, self._members))
+            app.router.add_delete(
+                "/v1/members/{member_id}", self._handler(node_id, self._remove_member)
+            )
+            app.router.add_post("/v1/leader/transfer", self._handler(node_id, self._transfer))
             runner = web.AppRunner(app, handle_signals=False, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -123,6 +138,13 @@ class FakeCluster:
             port = runner.addresses[0][1]
             self._ports[node_id] = port
             self.endpoints.append(f"http://127.0.0.1:{port}")
+        for node_id in self.node_ids:
+            self._state.members[node_id] = {
+                "id": node_id,
+                "raft_address": f"127.0.0.1:{7000 + node_id}",
+                "http_address": f"127.0.0.1:{self._ports[node_id]}",
+                "voter": True,
+            }
 
     async def _stop(self) -> None:
         for runner in self._runners:
@@ -147,6 +169,10 @@ class FakeCluster:
         with self._lock:
             return self._state.store.get(key)
 
+    def member_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._state.members)
+
     def keys(self) -> Iterator[str]:
         with self._lock:
             return iter(sorted(self._state.store))
@@ -165,6 +191,8 @@ class FakeCluster:
                 )
                 queue = self._state.faults.get(node_id)
                 fault = queue.popleft() if queue else None
+                if fault is not None and fault.passes:
+                    fault = None
                 if fault is None or fault.apply_first:
                     status, payload, headers = inner(node_id, request, body)
             response: web.StreamResponse
@@ -256,17 +284,63 @@ class FakeCluster:
         continuation = page[-1] if len(keys) > limit else None
         return 200, {"items": items, "continuation": continuation}, {}
 
+    def _members_view(self) -> dict[str, Any]:
+        """Runs under the lock: what the leader answers to `GET /v1/members`."""
+        commit = self._state.revision
+        items = [
+            {**member, "match_index": commit, "caught_up": True}
+            for _, member in sorted(self._state.members.items())
+        ]
+        return {"leader_id": self.leader_id, "term": self.term, "change_pending": False,
+                "members": items}  # fmt: skip
+
+    def _members(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        """`GET /v1/members`, and `POST /v1/members` (add a node; harmless to repeat)."""
+        if request.method == "GET":
+            return 200, self._members_view(), {}
+        if request.method != "POST":
+            return 405, {"error": "method_not_allowed", "message": request.method}, {}
+        try:
+            add = json.loads(body)
+            new_id, raft, http = add["id"], add["raft_address"], add["http_address"]
+        except (ValueError, KeyError, TypeError):
+            return 400, {"error": "bad_request", "message": "not an add request"}, {}
+        member = {"id": new_id, "raft_address": raft, "http_address": http,
+                  "voter": add.get("voter", True)}  # fmt: skip
+        known = self._state.members.get(new_id)
+        if known is not None and (known["raft_address"], known["http_address"]) != (raft, http):
+            return 409, {"error": "member_conflict", "message": "at another address"}, {}
+        self._state.members[new_id] = member
+        return 200, self._members_view(), {}
+
+    def _remove_member(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        member_id = int(request.match_info["member_id"])
+        if self._state.members.pop(member_id, None) is None:
+            return 404, {"error": "unknown_member", "message": f"no node {member_id}"}, {}
+        return 200, self._members_view(), {}
+
+    def _transfer(
+        self, node_id: int, request: web.Request, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        target = json.loads(body).get("to") if body.strip() else None
+        voters = sorted(n for n, m in self._state.members.items() if m["voter"])
+        if target is None:
+            target = next(n for n in voters if n != self.leader_id)
+        elif target not in voters:
+            return 404, {"error": "unknown_member", "message": f"no voter {target}"}, {}
+        previous, self.leader_id = self.leader_id, target
+        return 200, {"leader_id": target, "previous_leader_id": previous}, {}
+
     def _status(
         self, node_id: int, request: web.Request, body: bytes
     ) -> tuple[int, Any, dict[str, str]]:
         members = [
-            {
-                "id": n,
-                "raft_address": f"127.0.0.1:{7000 + n}",
-                "http_address": f"127.0.0.1:{self._ports[n]}",
-                "voter": True,
-            }
-            for n in self.node_ids
+            {key: member[key] for key in ("id", "raft_address", "http_address", "voter")}
+            for _, member in sorted(self._state.members.items())
         ]
         return (
             200,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import click
 import pytest
 from click.testing import CliRunner, Result
-from kv_fake_server import FakeCluster, refused_endpoint
+from kv_fake_server import FakeCluster, Fault, refused_endpoint
 
 from kvraft.client import Unavailable
 from kvraft.commands import cluster as cluster_module
@@ -29,6 +29,8 @@ from kvraft.commands.cluster import (
     parse_pids_file,
     prepare_config,
 )
+from kvraft.commands.member import leader as leader_command
+from kvraft.commands.member import member as member_command
 from kvraft.config import ClusterConfig, load_config
 
 
@@ -163,6 +165,56 @@ def test_an_unreachable_cluster_is_one_line_and_exit_1() -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: unavailable:")
     assert result.stderr.count("\n") == 1
+
+
+# --- member / leader ----------------------------------------------------------------------------
+
+
+def test_member_list_add_remove_print_the_members_table(cluster: FakeCluster) -> None:
+    listed = run(cluster, member_command, "list")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "RAFT", "ADDRESS", "HTTP", "ADDRESS", "ROLE", "MATCH",
+                                "CAUGHT", "UP"]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:-1]] == ["1", "2", "3"]
+    assert lines[-1] == "leader: 1"
+    added = run(cluster, member_command, "add", "4", "127.0.0.1:7004", "127.0.0.1:8004",
+                "--learner")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert added.stdout.splitlines()[4].split() == [
+        "4", "127.0.0.1:7004", "127.0.0.1:8004", "learner", "0", "yes"
+    ]  # fmt: skip
+    removed = run(cluster, member_command, "remove", "2")
+    assert removed.exit_code == 0, removed.output
+    assert [line.split()[0] for line in removed.stdout.splitlines()[1:-1]] == ["1", "3", "4"]
+    assert removed.stderr == "node 2 is no longer a member; it can be stopped\n"
+    assert cluster.member_ids() == [1, 3, 4]
+
+
+def test_member_refusals_are_one_line_and_exit_1(cluster: FakeCluster) -> None:
+    missing = run(cluster, member_command, "remove", "9")
+    assert (missing.exit_code, missing.stderr) == (
+        1,
+        "Error: rejected (unknown_member): no node 9\n",
+    )
+    cluster.inject(1, Fault(status=409, error="change_in_progress"))
+    busy = run(cluster, member_command, "add", "4", "127.0.0.1:7004", "127.0.0.1:8004")
+    assert (busy.exit_code, busy.stderr) == (
+        1,
+        "Error: rejected (change_in_progress): injected by the test\n",
+    )
+    cluster.inject(1, Fault(drop=True, apply_first=True))
+    unknown = run(cluster, member_command, "remove", "3")
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("Error: outcome unknown: remove node 3: ")
+    assert unknown.stderr.endswith(" (see `kvraft member list`)\n")
+    assert len(cluster.requests("DELETE")) == 2  # the ambiguous removal was not repeated
+
+
+def test_leader_transfer_prints_the_new_leader(cluster: FakeCluster) -> None:
+    moved = run(cluster, leader_command, "transfer", "--to", "3")
+    assert (moved.exit_code, moved.stdout) == (0, "leader: 3\n")
+    assert run(cluster, leader_command, "transfer").stdout == "leader: 1\n"
 
 
 # --- list --------------------------------------------------------------------------------------

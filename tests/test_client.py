@@ -39,16 +39,23 @@ from kvraft.client import (
     Unavailable,
     Wait,
     backoff_delay_s,
+    build_add_member,
     build_get,
     build_list,
+    build_members,
     build_put,
+    build_remove_member,
+    build_transfer_leadership,
     interpret_get,
     interpret_list,
+    interpret_members,
     interpret_put,
+    interpret_transfer,
     key_path,
     normalize_endpoint,
     parse_retry_after_s,
     plan_exchange,
+    plan_single_attempt,
 )
 
 AWKWARD_KEYS = [
@@ -533,6 +540,241 @@ def test_response_size_limit_edge(cluster: FakeCluster, make_client: ClientFacto
     assert client.get("fits") == (b"x" * limit, 1)
     with pytest.raises(ProtocolError, match=f"larger than {limit} bytes"):
         client.get("over")
+
+
+# --- membership: requests, answers, retries -------------------------------------------------
+
+
+def test_membership_requests_are_what_the_api_documents() -> None:
+    members = build_members()
+    assert (members.method, members.target, members.body) == ("GET", "/v1/members", b"")
+    assert (members.is_write, members.retry_after_send) == (False, True)
+    add = build_add_member(4, "10.0.0.4:7000", "10.0.0.4:8000", voter=False)
+    assert (add.method, add.target) == ("POST", "/v1/members")
+    assert json.loads(add.body) == {
+        "id": 4,
+        "raft_address": "10.0.0.4:7000",
+        "http_address": "10.0.0.4:8000",
+        "voter": False,
+    }
+    assert ("Content-Type", "application/json") in add.headers
+    assert (add.is_write, add.retry_after_send) == (True, True)  # a repeated add is harmless
+    remove = build_remove_member(2)
+    assert (remove.method, remove.target, remove.body) == ("DELETE", "/v1/members/2", b"")
+    assert (remove.is_write, remove.retry_after_send) == (True, False)
+    named = build_transfer_leadership(3)
+    assert (named.method, named.target, json.loads(named.body)) == (
+        "POST",
+        "/v1/leader/transfer",
+        {"to": 3},
+    )
+    assert build_transfer_leadership().body == b""  # the leader picks the most caught up
+    assert build_transfer_leadership().retry_after_send
+
+
+@pytest.mark.parametrize("node_id", [0, -1, True, "2", 2.0])
+def test_a_bad_node_id_is_refused_before_sending(node_id: Any) -> None:
+    for build in [
+        lambda: build_add_member(node_id, "h:1", "h:2"),
+        lambda: build_remove_member(node_id),
+        lambda: build_transfer_leadership(node_id),
+    ]:
+        with pytest.raises(ClientError) as caught:
+            build()
+        assert (caught.value.code, caught.value.status) == ("bad_request", None)
+    with pytest.raises(ClientError):
+        build_remove_member(None)  # type: ignore[arg-type]
+
+
+def test_membership_answers_are_interpreted_and_errors_typed() -> None:
+    view = {"leader_id": 1, "term": 2, "change_pending": False, "members": [{"id": 1}]}
+    assert interpret_members(_response(200, body=view)) == view
+    with pytest.raises(ProtocolError, match="'members' is not a list"):
+        interpret_members(_response(200, body={"leader_id": 1, "members": {"1": {}}}))
+    for status, code in [
+        (404, "unknown_member"),
+        (409, "member_conflict"),
+        (409, "change_in_progress"),
+        (400, "bad_request"),
+    ]:
+        with pytest.raises(ClientError) as caught:
+            interpret_members(_response(status, body={"error": code, "message": "no"}))
+        assert (caught.value.code, caught.value.status) == (code, status)
+    moved = {"leader_id": 3, "previous_leader_id": 1}
+    assert interpret_transfer(_response(200, body=moved)) == moved
+
+
+def test_an_ambiguous_removal_is_outcome_unknown_without_retry() -> None:
+    for outcome in [DROPPED, _response(504, body={"error": "outcome_unknown"})]:
+        plan, _ = _start(build_remove_member(2), ["http://a:1", "http://b:1"])
+        next(plan)
+        with pytest.raises(OutcomeUnknown):
+            plan.send(outcome)
+
+
+def test_an_add_is_retried_while_the_new_node_catches_up() -> None:
+    plan, _ = _start(build_add_member(4, "h:1", "h:2"), ["http://a:1"])
+    next(plan)
+    not_caught_up = _response(503, {"retry-after": "1"}, {"error": "not_caught_up"})
+    pause = plan.send(not_caught_up)
+    assert isinstance(pause, Wait) and pause.delay_s >= 1.0
+    again = plan.send(None)
+    assert isinstance(again, Send) and again.request.target == "/v1/members"
+    step = plan.send(DROPPED)  # it may have been applied; repeating an add is harmless
+    assert isinstance(step, (Send, Wait))
+
+
+def test_one_attempt_says_what_that_attempt_did() -> None:
+    router, policy = EndpointRouter(["http://a:1", "http://b:1"]), RetryPolicy()
+
+    def attempt(request: Any, outcome: Any) -> Any:
+        plan = plan_single_attempt("http://a:1", request, router, policy)
+        step = next(plan)
+        assert isinstance(step, Send) and step.endpoint == "http://a:1"
+        return plan.send(outcome)
+
+    add = build_add_member(4, "h:1", "h:2")
+    with pytest.raises(Unavailable) as unavailable:
+        attempt(add, _response(503, body={"error": "not_caught_up"}))
+    assert unavailable.value.status == 503
+    with pytest.raises(Unavailable) as refused:
+        attempt(add, REFUSED)
+    assert refused.value.status is None
+    for outcome, status in [(DROPPED, None), (_response(504), 504), (_response(502), 502)]:
+        with pytest.raises(OutcomeUnknown) as unknown:
+            attempt(add, outcome)  # even a write safe to repeat: this attempt is all there is
+        assert unknown.value.status == status
+    with pytest.raises(Unavailable):
+        attempt(build_members(), DROPPED)  # a read has no effect to be unknown
+    with pytest.raises(StopIteration) as done:
+        attempt(add, _response(409, body={"error": "change_in_progress"}))
+    assert done.value.value.status == 409  # any answer below 500 is the caller's to read
+
+
+def test_the_last_status_is_kept_when_retries_run_out() -> None:
+    plan, clock = _start(build_members(), ["http://a:1"], timeout_s=1.0)
+    next(plan)
+    clock.now_s = 0.9
+    with pytest.raises(Unavailable) as caught:
+        plan.send(_response(503, {"retry-after": "1"}))
+    assert caught.value.status == 503
+
+
+def test_members_lists_the_leaders_view(cluster: FakeCluster, make_client: ClientFactory) -> None:
+    client = make_client([cluster.endpoint(2)])
+    view = client.members()
+    assert [member["id"] for member in view["members"]] == [1, 2, 3]
+    assert (view["leader_id"], view["change_pending"]) == (1, False)
+    (sent,) = cluster.requests()
+    assert (sent.method, sent.raw_path, sent.body) == ("GET", "/v1/members", b"")
+
+
+def test_add_member_posts_the_node_and_returns_the_members(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client(cluster.endpoints)
+    view = client.add_member(4, "127.0.0.1:7004", "127.0.0.1:8004", voter=False)
+    added = {member["id"]: member for member in view["members"]}[4]
+    assert (added["http_address"], added["voter"]) == ("127.0.0.1:8004", False)
+    (sent,) = cluster.requests("POST")
+    assert (sent.raw_path, json.loads(sent.body)) == (
+        "/v1/members",
+        {"id": 4, "raft_address": "127.0.0.1:7004", "http_address": "127.0.0.1:8004",
+         "voter": False},
+    )  # fmt: skip
+    assert sent.headers["Content-Type"] == "application/json"
+    assert cluster.member_ids() == [1, 2, 3, 4]
+
+
+def test_add_member_keeps_asking_while_the_node_catches_up_and_after_a_lost_answer(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client([cluster.endpoint(1)])
+    cluster.inject(
+        1,
+        Fault(status=503, error="not_caught_up", retry_after="0"),
+        Fault(drop=True, apply_first=True),
+    )
+    view = client.add_member(4, "127.0.0.1:7004", "127.0.0.1:8004")
+    assert 4 in [member["id"] for member in view["members"]]
+    assert len(cluster.requests("POST")) == 3
+    assert cluster.member_ids() == [1, 2, 3, 4]
+
+
+def test_membership_refusals_are_client_errors_and_not_retried(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client(cluster.endpoints)
+    with pytest.raises(ClientError) as unknown:
+        client.remove_member(9)
+    assert (unknown.value.code, unknown.value.status) == ("unknown_member", 404)
+    cluster.inject(1, Fault(status=409, error="change_in_progress"))
+    with pytest.raises(ClientError) as busy:
+        client.add_member(4, "127.0.0.1:7004", "127.0.0.1:8004")
+    assert (busy.value.code, busy.value.status) == ("change_in_progress", 409)
+    with pytest.raises(ClientError) as conflict:
+        client.add_member(2, "127.0.0.1:7999", "127.0.0.1:8999")
+    assert (conflict.value.code, conflict.value.status) == ("member_conflict", 409)
+    assert len(cluster.requests("DELETE")) == 1 and len(cluster.requests("POST")) == 2
+    assert cluster.member_ids() == [1, 2, 3]
+
+
+def test_remove_member_is_not_repeated_after_a_lost_answer(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client(cluster.endpoints)
+    cluster.inject(1, Fault(drop=True, apply_first=True))
+    with pytest.raises(OutcomeUnknown):
+        client.remove_member(3)
+    # It did apply; a retry would have been answered 404 and looked like a failure.
+    assert len(cluster.requests("DELETE")) == 1
+    assert cluster.member_ids() == [1, 2]
+    assert [member["id"] for member in client.members()["members"]] == [1, 2]
+
+
+def test_membership_calls_follow_the_leader(make_client: ClientFactory) -> None:
+    with FakeCluster(3, leader_id=3) as cluster:
+        client = make_client(cluster.endpoints)
+        client.members()  # answered by node 1: learns every member's endpoint, leader 3
+        client.remove_member(2)
+        assert [r.node_id for r in cluster.requests("DELETE")] == [3]
+        moved = client.transfer_leadership(1)
+        assert moved == {"leader_id": 1, "previous_leader_id": 3}
+        (sent,) = cluster.requests("POST")
+        assert (sent.node_id, sent.raw_path, json.loads(sent.body)) == (
+            3,
+            "/v1/leader/transfer",
+            {"to": 1},
+        )
+        client.members()
+        assert cluster.requests("GET")[-1].node_id == 1  # the new leader, from the answer
+
+
+def test_transfer_leadership_without_a_target_sends_no_body(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client(cluster.endpoints)
+    assert client.transfer_leadership() == {"leader_id": 2, "previous_leader_id": 1}
+    (sent,) = cluster.requests("POST")
+    assert sent.body == b""
+    with pytest.raises(ClientError) as caught:
+        client.transfer_leadership(7)
+    assert (caught.value.code, caught.value.status) == ("unknown_member", 404)
+
+
+def test_a_membership_call_at_one_endpoint_makes_one_attempt(
+    cluster: FakeCluster, make_client: ClientFactory
+) -> None:
+    client = make_client(cluster.endpoints)
+    cluster.inject(2, Fault(status=503, error="not_caught_up", retry_after="0"))
+    with pytest.raises(Unavailable) as caught:
+        client.add_member(4, "127.0.0.1:7004", "127.0.0.1:8004", endpoint=cluster.endpoint(2))
+    assert caught.value.status == 503
+    assert [r.node_id for r in cluster.requests()] == [2]  # no retry, no other node
+    view = client.members(endpoint=cluster.endpoint(2))
+    assert [member["id"] for member in view["members"]] == [1, 2, 3]
+    with pytest.raises(Unavailable):
+        client.members(endpoint=refused_endpoint())
 
 
 # --- the asyncio client in its natural habitat ----------------------------------------------

@@ -48,6 +48,7 @@ from kvraft.membership import (
 from kvraft.raft.codec import NODE_ID_MAX, decode_configuration, encode_configuration
 from kvraft.raft.messages import Configuration
 from tests.cluster_harness import free_ports
+from tests.kv_fake_server import FakeCluster, Fault
 
 
 def member(node_id: int) -> MemberAddress:
@@ -400,3 +401,44 @@ async def test_joining_an_unreachable_cluster_gives_up_at_its_timeout() -> None:
     with pytest.raises(JoinError, match=r"could not join within 0\.3 s"):
         await join_cluster(node, f"http://127.0.0.1:{closed_port}", timeout_s=0.3)
     assert node.learned == {}
+
+
+async def test_joining_learns_the_members_then_retries_what_may_succeed_later() -> None:
+    node = _JoiningNode()
+    with FakeCluster(3) as cluster:
+        cluster.inject(
+            2,
+            Fault(status=503, error="unavailable"),  # GET /v1/members: asked again
+            Fault(),  # GET /v1/members answered
+            Fault(status=409, error="change_in_progress"),  # another change: asked again
+            Fault(status=503, error="not_caught_up"),  # still catching up: asked again
+        )
+        await join_cluster(node, cluster.endpoint(2), voter=False, timeout_s=30)
+        assert sorted(node.learned) == [1, 2, 3]
+        assert node.learned[3].http_address == cluster.endpoint(3).removeprefix("http://")
+        sent = [(r.node_id, r.method, r.raw_path) for r in cluster.requests()]
+        assert sent == [(2, "GET", "/v1/members")] * 2 + [(2, "POST", "/v1/members")] * 3
+        assert json.loads(cluster.requests("POST")[-1].body) == {
+            "id": 4,
+            "raft_address": "127.0.0.1:7004",
+            "http_address": "127.0.0.1:8004",
+            "voter": False,
+        }
+        assert cluster.member_ids() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("fault", "detail"),
+    [
+        (Fault(status=409, error="member_conflict"), "member_conflict: injected by the test"),
+        (Fault(status=400, error="bad_request"), "bad_request: injected by the test"),
+        (Fault(status=500, error="error"), "HTTP 500 error: injected by the test"),
+    ],
+)
+async def test_joining_gives_up_at_once_when_the_cluster_refuses(fault: Fault, detail: str) -> None:
+    node = _JoiningNode()
+    with FakeCluster(3) as cluster:
+        cluster.inject(1, Fault(), fault)  # the members are read first, untouched
+        with pytest.raises(JoinError, match="the cluster refused to add node 4: ") as caught:
+            await join_cluster(node, cluster.endpoint(1), timeout_s=30)
+        assert detail in str(caught.value)

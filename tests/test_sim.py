@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kvraft.sim.network import partition_links
+from kvraft.partitions import partition_links
 from kvraft.sim.runner import SimOptions, SimResult, run_seed
 
 CI_SEEDS = 300
@@ -123,14 +123,14 @@ def test_partition_shapes_cut_what_jepsen_means() -> None:
     def reachable(links: set[tuple[int, int]], a: int) -> set[int]:
         return {b for b in nodes if (a, b) not in links}
 
-    isolated = partition_links("isolate_leader", nodes, rng, leader=3)
+    isolated = partition_links("isolate-leader", nodes, 3, rng)
     assert reachable(isolated, 3) == {3}
-    halves = partition_links("halves", nodes, rng, leader=None)
+    halves = partition_links("halves", nodes, None, rng)
     sides = {frozenset(reachable(halves, a)) for a in nodes}
     assert sorted(len(side) for side in sides) == [2, 3]
-    ring = partition_links("ring", nodes, rng, leader=None)
+    ring = partition_links("majorities-ring", nodes, None, rng)
     views = [frozenset(reachable(ring, a)) for a in nodes]
     assert all(len(view) == 3 for view in views)  # everyone sees a majority...
     assert len(set(views)) == 5  # ...but no two the same one
-    bridge = partition_links("bridge", nodes, rng, leader=None)
+    bridge = partition_links("bridge", nodes, None, rng)
     assert sorted(len(reachable(bridge, a)) for a in nodes) == [3, 3, 3, 3, 5]

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import signal
@@ -54,10 +53,11 @@ from typing import Any
 
 from kvraft.chaos.workload import Endpoint, exchange
 from kvraft.client import (
-    HttpRequest,
     KVError,
     TransportFailure,
+    build_members,
     build_status,
+    interpret_members,
     interpret_status,
 )
 from kvraft.config import (
@@ -490,15 +490,12 @@ class ChaosCluster:
     def members_view(self, via: Collection[int]) -> MembersView | None:
         """``GET /v1/members`` through the first available node of `via` that answers."""
         for endpoint in self.endpoints([n for n in via if self.is_available(n)]):
-            request = HttpRequest(
-                "GET", "/v1/members", (("Accept", "application/json"),), b"", False, True, "members"
-            )
-            answer = exchange(endpoint, request, timeout_s=MEMBER_CALL_TIMEOUT_S)
-            if isinstance(answer, TransportFailure) or answer.status != 200:
+            answer = exchange(endpoint, build_members(), timeout_s=MEMBER_CALL_TIMEOUT_S)
+            if isinstance(answer, TransportFailure):
                 continue
             try:
-                view = parse_members_view(json.loads(answer.body))
-            except (ValueError, RecursionError):
+                view = parse_members_view(interpret_members(answer))
+            except KVError:
                 view = None
             if view is not None:
                 return view

@@ -12,11 +12,13 @@ the leader carries a fallback node (used when no leader is known at that
 moment) and `resolve_fault` picks the real target when the fault fires.
 
 Partitions are *grudges* (Jepsen's word): for each node, the nodes whose
-packets it drops. The shapes are Jepsen's: one node isolated, the leader
-isolated, a minority cut from a majority, a bridge (two halves that each see
-one bridge node, which sees everyone) and, for five nodes, a majorities ring
-(each node sees its two ring neighbours: a majority, but no two nodes see the
-same majority). Every shape here is symmetric: if a drops b, b drops a.
+packets it drops. The shapes are Jepsen's, defined once in `kvraft.partitions`
+(shared with the simulator): one node isolated, the leader isolated, a minority
+cut from a majority, a bridge (two halves that each see one bridge node, which
+sees everyone) and, for five nodes, a majorities ring (each node sees its two
+ring neighbours: a majority, but no two nodes see the same majority). Every
+shape is symmetric: if a drops b, b drops a. Here a bridge needs an odd number
+of nodes and a ring exactly five (`shapes_for`, `resolve_fault`).
 
 Membership faults (``member``) change the cluster online through the HTTP API:
 add a spare node (it starts with ``--join`` and the cluster adds it as a
@@ -52,9 +54,11 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from kvraft import partitions
 
 __all__ = [
     "FAULT_HOLD_S_MAX",
@@ -120,8 +124,9 @@ still survive the loss of one, so a later kill of a single node is a fault, not 
 PROCESS_TARGETS = ("one", "leader", "majority")
 """Whom a kill or a pause hits: one random node, the current leader, or a random majority."""
 
-PARTITION_SHAPES = ("isolate-one", "isolate-leader", "halves", "bridge", "majorities-ring")
-"""Jepsen's partition shapes; ``majorities-ring`` needs five nodes (see `shapes_for`)."""
+PARTITION_SHAPES = partitions.SHAPES
+"""Jepsen's partition shapes (`kvraft.partitions`); ``majorities-ring`` needs five nodes here
+(see `shapes_for`)."""
 
 NODE_COUNTS = (3, 5)
 """Cluster sizes the chaos harness runs: the sizes the shapes (and the README) are made for."""
@@ -169,26 +174,34 @@ def _make_grudge(drops: Mapping[int, Collection[int]]) -> Grudge:
     )
 
 
+def _grudge_of(links: Iterable[partitions.Link]) -> Grudge:
+    """The grudge that drops exactly `links` (sender, receiver)."""
+    drops: dict[int, list[int]] = {}
+    for sender, receiver in links:
+        drops.setdefault(receiver, []).append(sender)
+    return _make_grudge(drops)
+
+
 def groups_grudge(groups: Sequence[Collection[int]]) -> Grudge:
     """Nodes in different groups drop each other's packets; nodes in one group talk freely."""
-    group_of: dict[int, int] = {}
-    for index, group in enumerate(groups):
+    seen: set[int] = set()
+    for group in groups:
         for node in group:
-            if node in group_of:
+            if node in seen:
                 raise NemesisError(f"node {node} is in two groups")
-            group_of[node] = index
-    drops = {
-        node: [other for other in group_of if group_of[other] != group_of[node]]
-        for node in group_of
-    }
-    return _make_grudge(drops)
+            seen.add(node)
+    links: set[partitions.Link] = set()
+    for index, group in enumerate(groups):
+        for other in groups[index + 1 :]:
+            links |= partitions.links_between(group, other)
+    return _grudge_of(links)
 
 
 def isolate_grudge(node_ids: Collection[int], isolated: int) -> Grudge:
     """`isolated` hears nobody and nobody hears it; the others talk freely."""
     if isolated not in node_ids:
         raise NemesisError(f"node {isolated} is not in the cluster {sorted(node_ids)}")
-    return groups_grudge([[isolated], [node for node in node_ids if node != isolated]])
+    return _grudge_of(partitions.isolate(isolated, node_ids))
 
 
 def bridge_grudge(order: Sequence[int]) -> Grudge:
@@ -196,11 +209,7 @@ def bridge_grudge(order: Sequence[int]) -> Grudge:
     both halves see: with five nodes, {a, b} | c | {d, e}."""
     if len(order) < 3 or len(order) % 2 == 0:
         raise NemesisError(f"a bridge needs an odd number of nodes >= 3, got {len(order)}")
-    half = len(order) // 2
-    first, second = order[:half], order[half + 1 :]
-    drops: dict[int, list[int]] = {node: list(second) for node in first}
-    drops.update({node: list(first) for node in second})
-    return _make_grudge(drops)
+    return _grudge_of(partitions.shape_links("bridge", order))
 
 
 def ring_grudge(order: Sequence[int]) -> Grudge:
@@ -208,16 +217,7 @@ def ring_grudge(order: Sequence[int]) -> Grudge:
     and no two nodes see the same majority."""
     if len(order) != 5:
         raise NemesisError(f"a majorities ring needs 5 nodes, got {len(order)}")
-    count = len(order)
-    drops = {
-        node: [
-            other
-            for offset, other in enumerate(order)
-            if min((offset - position) % count, (position - offset) % count) > 1
-        ]
-        for position, node in enumerate(order)
-    }
-    return _make_grudge(drops)
+    return _grudge_of(partitions.shape_links("majorities-ring", order))
 
 
 def cut_pairs(grudge: Grudge) -> list[tuple[int, int]]:
@@ -229,13 +229,8 @@ def cut_pairs(grudge: Grudge) -> list[tuple[int, int]]:
 def sees_majority(grudge: Grudge, node: int, node_ids: Collection[int]) -> bool:
     """Whether `node` can still exchange packets with a majority of the cluster (itself
     included): a leader that cannot is bound to lose its leadership (CheckQuorum, §6.2)."""
-    drops = dict(grudge)
-    heard = [
-        other
-        for other in node_ids
-        if other == node or (other not in drops.get(node, ()) and node not in drops.get(other, ()))
-    ]
-    return len(heard) > len(node_ids) // 2
+    cut = {(sender, receiver) for receiver, sender in cut_pairs(grudge)}
+    return len(partitions.reachable(cut, node, node_ids)) > len(node_ids) // 2
 
 
 def shapes_for(node_count: int) -> tuple[str, ...]:
@@ -293,18 +288,9 @@ class Fault:
 def _partition_fault(
     rng: random.Random, shape: str, node_ids: Sequence[int], start_s: float, hold_s: float
 ) -> Fault:
-    order = list(node_ids)
-    rng.shuffle(order)
-    grudge: Grudge
-    if shape in ("isolate-one", "isolate-leader"):
-        grudge = isolate_grudge(node_ids, order[0]) if shape == "isolate-one" else ()
-    elif shape == "halves":
-        minority = len(order) // 2
-        grudge = groups_grudge([order[:minority], order[minority:]])
-    elif shape == "bridge":
-        grudge = bridge_grudge(order)
-    else:
-        grudge = ring_grudge(order)
+    order = partitions.draw_order(node_ids, rng)
+    # The leader is only known when the fault fires (`resolve_fault`).
+    grudge = () if shape == "isolate-leader" else _shape_grudge(shape, order, None)
     return Fault(start_s, hold_s, "partition", shape, tuple(order), grudge)
 
 
@@ -381,16 +367,13 @@ def _shape_fits(shape: str, count: int) -> bool:
 
 
 def _shape_grudge(shape: str, order: Sequence[int], leader: int | None) -> Grudge:
-    if shape == "isolate-one":
-        return isolate_grudge(order, order[0])
-    if shape == "isolate-leader":
-        return isolate_grudge(order, leader if leader is not None and leader in order else order[0])
-    if shape == "halves":
-        minority = len(order) // 2
-        return groups_grudge([order[:minority], order[minority:]])
+    """`shape` cut from `order` (`kvraft.partitions.shape_links`); NemesisError for a bridge
+    or ring that does not fit the count (see `_shape_fits`)."""
     if shape == "bridge":
         return bridge_grudge(order)
-    return ring_grudge(order)
+    if shape == "majorities-ring":
+        return ring_grudge(order)
+    return _grudge_of(partitions.shape_links(shape, order, leader))
 
 
 def resolve_fault(fault: Fault, leader: int | None, node_ids: Collection[int]) -> ResolvedFault:
@@ -403,8 +386,7 @@ def resolve_fault(fault: Fault, leader: int | None, node_ids: Collection[int]) -
         if set(fault.nodes) == set(members):
             shape, grudge = fault.target, fault.grudge
             if shape == "isolate-leader":
-                isolated = leader if leader is not None and leader in members else fault.nodes[0]
-                grudge = isolate_grudge(members, isolated)
+                grudge = _shape_grudge(shape, fault.nodes, leader)
         else:
             order = [node for node in fault.nodes if node in members]
             extra = [node for node in members if node not in order]

@@ -83,7 +83,16 @@ from kvraft.chaos.report import (
     report_json,
 )
 from kvraft.chaos.workload import Workload, exchange
-from kvraft.client import FailureKind, HttpRequest, HttpResponse, TransportFailure
+from kvraft.client import (
+    FailureKind,
+    HttpRequest,
+    HttpResponse,
+    KVError,
+    TransportFailure,
+    build_remove_member,
+    build_transfer_leadership,
+    interpret_transfer,
+)
 from kvraft.config import ClusterConfig, render_config
 
 __all__ = [
@@ -289,11 +298,7 @@ class _Controls:
 
     def remove_member(self, node_id: int) -> MemberCall:
         started = time.monotonic()
-        request = HttpRequest(
-            "DELETE", f"/v1/members/{node_id}", (("Accept", "application/json"),), b"",
-            True, False, f"remove node {node_id}",
-        )  # fmt: skip
-        answer = self._call(request, avoid=node_id)
+        answer = self._call(build_remove_member(node_id), avoid=node_id)
         outcome, status, detail = _call_outcome(answer)
         duration_s = time.monotonic() - started
         self.refresh()
@@ -301,17 +306,12 @@ class _Controls:
 
     def transfer_leadership(self, to: int | None) -> MemberCall:
         started = time.monotonic()
-        body = b"" if to is None else json.dumps({"to": to}).encode()
-        headers = (("Accept", "application/json"), ("Content-Type", "application/json"))
-        request = HttpRequest(
-            "POST", "/v1/leader/transfer", headers, body, True, True, "transfer leadership"
-        )
-        answer = self._call(request, avoid=None)
+        answer = self._call(build_transfer_leadership(to), avoid=None)
         outcome, status, detail = _call_outcome(answer)
         leader = _leader_header(answer)
         if outcome == "ok" and isinstance(answer, HttpResponse):
-            with contextlib.suppress(ValueError, RecursionError, AttributeError):
-                moved = json.loads(answer.body).get("leader_id")
+            with contextlib.suppress(KVError):
+                moved = interpret_transfer(answer).get("leader_id")
                 leader = moved if type(moved) is int else leader
         return MemberCall(outcome, status, detail, time.monotonic() - started, leader)
 

@@ -1,36 +1,28 @@
 """`kvraft member list|add|remove` and `kvraft leader transfer`: change the cluster online.
 
-Each command sends one membership request through the client's retry machinery
-(`kvraft.client.plan_exchange`): any node accepts it and forwards it to the leader. Adding a
-member and moving leadership are safe to repeat, so they are retried after an ambiguous
-failure, and `member add` keeps asking while the new node is still catching up (503
-`not_caught_up`) until `--timeout`. Removing is not repeated after an ambiguous failure: the
-command says the outcome is unknown and `member list` tells.
+Each command makes one membership call of `kvraft.client.KVClient` (`members`, `add_member`,
+`remove_member`, `transfer_leadership`), with its retry machinery: any node accepts the
+request and forwards it to the leader. Adding a member and moving leadership are safe to
+repeat, so they are retried after an ambiguous failure, and `member add` keeps asking while
+the new node is still catching up (503 `not_caught_up`) until `--timeout`. Removing is not
+repeated after an ambiguous failure: the command says the outcome is unknown and `member
+list` tells.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import click
 
-from kvraft.client import (
-    ClientError,
-    HttpRequest,
-    KVClient,
-    interpret_status,
-    plan_exchange,
-)
+from kvraft.client import ClientError, KVClient
 from kvraft.commands.kv import client_options, display_text, reported_errors
 
 __all__ = [
     "MEMBER_ATTEMPT_TIMEOUT_S",
     "MEMBER_TIMEOUT_S_DEFAULT",
-    "MembershipClient",
     "leader",
     "member",
     "render_members_table",
@@ -45,60 +37,7 @@ MEMBER_ATTEMPT_TIMEOUT_S = 30.0
 (three request timeouts, 15 s by default) plus a forwarding hop."""
 
 _MEMBERS_COLUMNS = ("NODE", "RAFT ADDRESS", "HTTP ADDRESS", "ROLE", "MATCH", "CAUGHT UP")
-_JSON_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class MembershipClient(KVClient):
-    """The blocking client plus the membership routes (`/v1/members`, `/v1/leader/transfer`)."""
-
-    def _exchange(self, request: HttpRequest) -> dict[str, Any]:
-        core = self._core
-        steps = plan_exchange(request, core.router, core.policy, time.monotonic, core.rng)
-        return interpret_status(self._run(steps))
-
-    def members(self) -> dict[str, Any]:
-        """The leader's view: `leader_id`, `change_pending` and `members`."""
-        request = HttpRequest("GET", "/v1/members", _JSON_HEADERS, b"", False, True, "members")
-        return self._exchange(request)
-
-    def add_member(
-        self, node_id: int, raft_address: str, http_address: str, *, voter: bool = True
-    ) -> dict[str, Any]:
-        """Add a node (as a learner, then promoted unless `voter` is False); the new members."""
-        body = json.dumps(
-            {
-                "id": node_id,
-                "raft_address": raft_address,
-                "http_address": http_address,
-                "voter": voter,
-            }
-        ).encode()
-        request = HttpRequest(
-            "POST", "/v1/members", _JSON_HEADERS, body, True, True, f"add node {node_id}"
-        )
-        return self._exchange(request)
-
-    def remove_member(self, node_id: int) -> dict[str, Any]:
-        """Remove a node (the leader hands over first if it is the one); the new members."""
-        request = HttpRequest(
-            "DELETE",
-            f"/v1/members/{int(node_id)}",
-            _JSON_HEADERS,
-            b"",
-            True,
-            False,
-            f"remove node {node_id}",
-        )
-        return self._exchange(request)
-
-    def transfer_leadership(self, to: int | None = None) -> dict[str, Any]:
-        """Move leadership to `to` (None: the most caught-up voter); `leader_id` is the new one."""
-        body = b"" if to is None else json.dumps({"to": to}).encode()
-        request = HttpRequest(
-            "POST", "/v1/leader/transfer", _JSON_HEADERS, body, True, True, "transfer leadership"
-        )
-        return self._exchange(request)
 
 
 def render_members_table(view: Mapping[str, Any]) -> str:
@@ -147,10 +86,10 @@ def _text(value: object) -> str:
 _options = client_options(MEMBER_TIMEOUT_S_DEFAULT)
 
 
-def _client(endpoints_text: str, timeout_s: float) -> MembershipClient:
+def _client(endpoints_text: str, timeout_s: float) -> KVClient:
     endpoints: Sequence[str] = [part for part in endpoints_text.split(",") if part.strip()]
     try:
-        return MembershipClient(
+        return KVClient(
             endpoints,
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),

@@ -39,6 +39,7 @@ __all__ = [
     "IDENTITY_FILE_NAME",
     "JOIN_ATTEMPT_TIMEOUT_S",
     "JOIN_BACKOFF_S_MAX",
+    "JOIN_CONNECT_TIMEOUT_S",
     "JOIN_TIMEOUT_S",
     "JoinError",
     "NodeIdentity",
@@ -72,6 +73,9 @@ to catch up and promotes it, each step bounded by the cluster's request timeout.
 
 JOIN_BACKOFF_S_MAX = 2.0
 """The longest pause between join attempts."""
+
+JOIN_CONNECT_TIMEOUT_S = 2.0
+"""How long connecting to the join URL may take in one attempt."""
 
 GC_THRESHOLDS = (10_000, 10, 10)
 """The cyclic garbage collector's thresholds in a node (CPython's default is 700, 10, 10).
@@ -138,7 +142,9 @@ def write_identity(data_dir: Path, identity: NodeIdentity) -> None:
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    timeout = aiohttp.ClientTimeout(total=JOIN_ATTEMPT_TIMEOUT_S, sock_connect=2.0)
+    timeout = aiohttp.ClientTimeout(
+        total=JOIN_ATTEMPT_TIMEOUT_S, sock_connect=JOIN_CONNECT_TIMEOUT_S
+    )
     async with session.get(url, timeout=timeout) as response:
         body = await response.read()
     try:
@@ -165,7 +171,21 @@ async def join_cluster(
 ) -> None:
     """Ask the cluster at `join_url` to add `node` (a RaftNode), retrying what may succeed
     later with backoff for up to `timeout_s`. JoinError if the cluster refuses, or time
-    runs out."""
+    runs out.
+
+    Each attempt is one request (`AsyncKVClient.members` / `add_member` with
+    `endpoint=join_url`); the retrying is done here: after any failure to read the members,
+    and after an add that got no answer, a 409 other than `member_conflict` (another change
+    in progress), a 502, 503 (e.g. `not_caught_up`) or 504. Any other answer is a refusal.
+    """
+    from kvraft.client import (
+        AsyncKVClient,
+        ClientError,
+        KVError,
+        OutcomeUnknown,
+        ProtocolError,
+        Unavailable,
+    )
     from kvraft.membership import MembershipError, parse_member
 
     loop = asyncio.get_running_loop()
@@ -173,53 +193,59 @@ async def join_cluster(
     rng = random.Random()
     attempt = 0
     spec = node.spec
-    request = {
-        "id": node.id,
-        "raft_address": spec.raft_address,
-        "http_address": spec.http_address,
-        "voter": voter,
-    }
     learned = False
-    async with aiohttp.ClientSession() as session:
+    async with AsyncKVClient(
+        [join_url],
+        timeout_s=JOIN_ATTEMPT_TIMEOUT_S,
+        attempt_timeout_s=JOIN_ATTEMPT_TIMEOUT_S,
+        connect_timeout_s=JOIN_CONNECT_TIMEOUT_S,
+    ) as client:
         while True:
             problem: str
-            try:
-                if not learned:
-                    # First the members' addresses: the leader's first messages must be
-                    # answerable before the log can tell this node who the leader is.
-                    status, body = await _get_json(session, join_url + "/v1/members")
-                    if status == 200 and isinstance(body, dict):
-                        book = {}
-                        for item in body.get("members") or []:
-                            if not isinstance(item, dict):
-                                continue
-                            with contextlib.suppress(MembershipError):
-                                member = parse_member(
-                                    item.get("id"),
-                                    item.get("raft_address"),
-                                    item.get("http_address"),
-                                )
-                                book[member.id] = member
-                        node.learn_addresses(book)
-                        learned = True
-                        log.info("node %d: the cluster's members are %s", node.id, sorted(book))
-                        continue
-                    problem = f"GET /v1/members: HTTP {status} {body!r}"
+            if not learned:
+                # First the members' addresses: the leader's first messages must be
+                # answerable before the log can tell this node who the leader is.
+                try:
+                    view = await client.members(endpoint=join_url)
+                except KVError as error:
+                    problem = f"GET /v1/members: {error}"
                 else:
-                    timeout = aiohttp.ClientTimeout(total=JOIN_ATTEMPT_TIMEOUT_S, sock_connect=2.0)
-                    async with session.post(
-                        join_url + "/v1/members", json=request, timeout=timeout
-                    ) as response:
-                        text = (await response.read()).decode("utf-8", "replace")
-                        status = response.status
-                    if status == 200:
-                        log.info("node %d: joined the cluster through %s", node.id, join_url)
-                        return
-                    if status not in _JOIN_RETRY_STATUSES or "member_conflict" in text:
-                        raise JoinError(f"the cluster refused to add node {node.id}: {text}")
-                    problem = f"POST /v1/members: HTTP {status} {text[:200]}"
-            except (aiohttp.ClientError, TimeoutError) as error:
-                problem = repr(error)
+                    book = {}
+                    for item in view["members"]:
+                        if not isinstance(item, dict):
+                            continue
+                        with contextlib.suppress(MembershipError):
+                            member = parse_member(
+                                item.get("id"), item.get("raft_address"), item.get("http_address")
+                            )
+                            book[member.id] = member
+                    node.learn_addresses(book)
+                    learned = True
+                    log.info("node %d: the cluster's members are %s", node.id, sorted(book))
+                    continue
+            else:
+                try:
+                    await client.add_member(
+                        node.id,
+                        spec.raft_address,
+                        spec.http_address,
+                        voter=voter,
+                        endpoint=join_url,
+                    )
+                except (ClientError, Unavailable, OutcomeUnknown) as error:
+                    status = error.status
+                    if (status is not None and status not in _JOIN_RETRY_STATUSES) or (
+                        isinstance(error, ClientError) and error.code == "member_conflict"
+                    ):
+                        raise JoinError(
+                            f"the cluster refused to add node {node.id}: {error}"
+                        ) from None
+                    problem = f"POST /v1/members: {error}"
+                except ProtocolError as error:
+                    raise JoinError(f"the cluster refused to add node {node.id}: {error}") from None
+                else:
+                    log.info("node %d: joined the cluster through %s", node.id, join_url)
+                    return
             attempt += 1
             pause_s = min(JOIN_BACKOFF_S_MAX, 0.1 * 2 ** min(attempt, 10)) * rng.uniform(0.5, 1)
             if loop.time() + pause_s > deadline_s:

@@ -23,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvraft.linearizability import Operation, check_history
+from kvraft.partitions import SHAPES as PARTITION_SHAPES
+from kvraft.partitions import isolate, partition_links
 from kvraft.raft.core import RaftConfig
 from kvraft.raft.messages import Configuration
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
-from kvraft.sim.network import NetworkFaults, SimNetwork, links_between, partition_links
+from kvraft.sim.network import NetworkFaults, SimNetwork
 
 __all__ = [
     "ALL_FAULTS",
@@ -44,7 +46,6 @@ overlaps the next Readies and messages, as the dissertation's §10.2.1 allows.""
 ALL_FAULTS = frozenset(
     {"drop", "duplicate", "delay", "partition", "crash", "torn", "membership", "transfer"}
 )
-PARTITION_SHAPES = ("isolate", "isolate_leader", "halves", "bridge", "ring")
 KEYS = ("a", "b", "c")
 FIGURE8_PHASE_TICKS_MAX = 60
 """How long the Figure 8 nemesis waits for the election or commit that ends a phase before
@@ -248,7 +249,7 @@ class _Run:
         shape = self.rng.choice(PARTITION_SHAPES)
         leader = cluster.leader()
         links = partition_links(
-            shape, sorted(cluster.nodes), self.rng, leader.id if leader else None
+            shape, sorted(cluster.nodes), leader.id if leader else None, self.rng
         )
         cluster.network.partition(links)
         self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(20, 120)
@@ -296,8 +297,7 @@ class _Run:
             if cluster.now >= at:
                 self.hunted_crash_at = None
                 if self.hunt_isolates:
-                    others = [n for n in cluster.nodes if n != node_id]
-                    cluster.network.partition(links_between([node_id], others))
+                    cluster.network.partition(isolate(node_id, cluster.nodes))
                     self.heal_at = cluster.now + TICK_STEPS * self.rng.randint(5, 30)
                     cluster.log(f"nemesis: isolate n{node_id}")
                 else:
@@ -338,8 +338,7 @@ class _Run:
         cluster = self.cluster
         plan.phase = phase
         plan.deadline = cluster.now + TICK_STEPS * FIGURE8_PHASE_TICKS_MAX
-        others = [n for n in cluster.nodes if n != cut_off]
-        cluster.network.partition(links_between([cut_off], others))
+        cluster.network.partition(isolate(cut_off, cluster.nodes))
         cluster.log(f"nemesis: figure 8, phase {phase}: {what}")
 
     def _drive_figure8(self, plan: _Figure8) -> None:
