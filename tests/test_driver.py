@@ -20,12 +20,12 @@ import pytest
 
 from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
+from kvraft.launcher import free_ports
 from kvraft.raft.core import Role
 from kvraft.raft.messages import AppendEntries, Heartbeat
 from kvraft.server import RaftNode, Unavailable
 from kvraft.statemachine import encode_put
 from kvraft.storage.disk import DiskStorage
-from tests.cluster_harness import free_ports
 from tests.file_ops_doubles import HoldingFileOps
 
 DEADLINE_S = 20.0
