@@ -66,12 +66,12 @@ from types import FrameType
 from typing import Any
 
 from benchmarks.common import (
-    free_ports,
     print_table,
     process_cpu_seconds,
     process_memory_kib,
     write_json,
 )
+from kvraft import launcher
 from kvraft.config import local_cluster_config, render_config
 from kvraft.raft.core import RaftConfig, RaftCore
 from kvraft.raft.messages import Configuration, Entry, EntryKind, HardState, SnapshotMeta
@@ -133,9 +133,6 @@ POLL_INTERVAL_S = 0.01
 
 STOP_TIMEOUT_S = 60.0
 """How long a SIGTERM'd node may take to stop before it is killed."""
-
-LOG_TAIL_LINES = 30
-"""Node log lines printed when the node fails to serve."""
 
 PROFILE_LINES = 30
 """Functions printed per ordering of a --profile run."""
@@ -208,7 +205,7 @@ def _directory_bytes(directory: Path) -> int:
 
 def _write_config(base: Path) -> tuple[Path, Path, int]:
     """Write a one-voter cluster file on free ports; (config path, node data dir, http port)."""
-    http_port, raft_port = free_ports(2)
+    http_port, raft_port = launcher.free_ports(2)
     config = local_cluster_config(
         1,
         base / "cluster",
@@ -426,64 +423,51 @@ def _node_log_times(log_path: Path, spawned_at_wall_s: float) -> dict[str, float
     return marks
 
 
-def _log_tail(log_path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-    return "(no log)"
-
-
 @contextlib.contextmanager
 def _node_process(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the node; on the way out stop it with SIGTERM, or kill it if it does not stop."""
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # our Ctrl-C is handled here, not by the node on its own
-        )
+    """Run the node (in its own session: our Ctrl-C is handled here, not by the node on its
+    own); on the way out stop it with SIGTERM, or kill it if it does not stop."""
+    process = launcher.start(command, log_path)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        launcher.stop({NODE_ID: process}, timeout_s=STOP_TIMEOUT_S)
 
 
 def _wait_until(
     process: subprocess.Popen[bytes], log_path: Path, what: str, ready: Any, deadline: float
 ) -> None:
-    while True:
-        if ready():
-            return
-        if process.poll() is not None:
-            raise BenchmarkError(
-                f"the node exited with code {process.returncode} before {what}:\n"
-                f"{_log_tail(log_path)}"
-            )
-        if time.perf_counter() >= deadline:
-            raise BenchmarkError(f"no {what} within {SERVING_TIMEOUT_S} s:\n{_log_tail(log_path)}")
-        time.sleep(POLL_INTERVAL_S)
+    """Poll `ready` until the monotonic `deadline`; BenchmarkError if the node exits first
+    or the deadline passes."""
+    try:
+        launcher.wait_ready(
+            process,
+            log_path,
+            ready,
+            what=what,
+            timeout_s=max(0.0, deadline - time.monotonic()),
+            interval_s=POLL_INTERVAL_S,
+        )
+    except launcher.NodeExited as error:
+        raise BenchmarkError(str(error)) from None
+    except launcher.NotReady as error:
+        raise BenchmarkError(f"no {what} within {SERVING_TIMEOUT_S} s:\n{error.log_tail}") from None
 
 
 def measure_restart(case: PreparedCase, work_dir: Path, profile: bool = False) -> dict[str, Any]:
     """Start the node on `case`'s data and time it until it serves; then stop it."""
     log_path = work_dir / f"node-{case.name}.log"
     profile_path = work_dir / f"node-{case.name}.prof"
-    command = [sys.executable]
-    if profile:
-        command += ["-m", "cProfile", "-o", str(profile_path)]
-    command += ["-m", "kvraft", "serve", "--config", str(case.config_path), "--id", str(NODE_ID)]
+    command = launcher.serve_command(
+        NODE_ID,
+        case.config_path,
+        python_options=["-m", "cProfile", "-o", str(profile_path)] if profile else [],
+    )
     port = case.http_port
     result: dict[str, Any] = {"case": case.name, "profiled": profile}
     spawned_at_wall_s = time.time()
     started = time.perf_counter()
-    deadline = started + SERVING_TIMEOUT_S
+    deadline = time.monotonic() + SERVING_TIMEOUT_S
     with _node_process(command, log_path) as process:
         _wait_until(
             process,

@@ -71,12 +71,12 @@ from benchmarks.bench_recovery import value_for as memory_value_for
 from benchmarks.common import (
     RESULTS_DIRECTORY,
     format_table,
-    free_ports,
     machine_info,
     process_cpu_seconds,
     process_memory_kib,
     write_json,
 )
+from kvraft import launcher
 from kvraft.config import local_cluster_config, render_config
 from kvraft.raft.messages import NO_NODE, Configuration, HardState, SnapshotMeta
 from kvraft.statemachine import KVStateMachine, encode_put
@@ -389,15 +389,8 @@ class Processes:
         self._started: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, command: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                list(command),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Our Ctrl-C stops the nodes in order here, rather than reaching them all.
-                start_new_session=True,
-            )
+        # In its own session: our Ctrl-C stops the nodes in order here, not all at once.
+        process = launcher.start(command, log_path)
         self._started.append(process)
         return process
 
@@ -415,17 +408,7 @@ class Processes:
 
     def stop(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
         """SIGTERM every running one, then SIGKILL those still running after the grace."""
-        running = [process for process in processes if process.poll() is None]
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in running:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        launcher.stop(dict(enumerate(processes)), timeout_s=STOP_TIMEOUT_S)
         self._started = [process for process in self._started if process.poll() is None]
 
     def stop_all(self) -> None:
@@ -470,12 +453,6 @@ def _wait_for(what: str, check: Callable[[], _T | None], timeout_s: float) -> _T
         if time.monotonic() >= deadline:
             raise BenchmarkError(f"no {what} within {timeout_s:.0f} s")
         time.sleep(POLL_INTERVAL_S)
-
-
-def _log_tail(log_path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-    return "(no log)"
 
 
 def benchmark_key(number: int) -> str:
@@ -581,8 +558,7 @@ class Cluster:
         """kill -9, as a crash."""
         assert node.process is not None
         node.expected_up = False
-        node.process.kill()
-        node.process.wait()
+        launcher.kill(node.process)
 
     def stop(self) -> None:
         self.processes.stop([node.process for node in self.nodes if node.process is not None])
@@ -602,7 +578,7 @@ class Cluster:
             if node.process.poll() is not None:
                 raise BenchmarkError(
                     f"{self.system} node {node.number} exited with code "
-                    f"{node.process.returncode}:\n{_log_tail(node.log_path)}"
+                    f"{node.process.returncode}:\n{launcher.log_tail(node.log_path)}"
                 )
 
     def cpu_seconds(self) -> float:
@@ -749,12 +725,11 @@ class KvraftCluster(Cluster):
         base.mkdir(parents=True, exist_ok=True)
         config_path = base / "cluster.toml"
         config_path.write_text(render_config(config))
-        kvraft_serve = [sys.executable, "-m", "kvraft", "serve"]
         nodes = [
             Node(
                 spec.id,
                 spec.http_port,
-                [*kvraft_serve, "--config", str(config_path), "--id", str(spec.id)],
+                launcher.serve_command(spec.id, config_path),
                 base / f"node{spec.id}.log",
             )
             for spec in config.nodes
@@ -1268,7 +1243,7 @@ def _prepare_snapshot_cluster(cluster: KvraftCluster, keys: int) -> float:
 
 
 def _memory(processes: Processes, base: Path, node_count: int, keys: int) -> dict[str, Any]:
-    http_ports_and_raft_ports = free_ports(2 * node_count)
+    http_ports_and_raft_ports = launcher.free_ports(2 * node_count)
     cluster = KvraftCluster.create(
         processes,
         base,
@@ -1575,7 +1550,7 @@ def _measure_size(
 ) -> None:
     """Start both systems with `node_count` nodes, measure them, stop them; the results go
     into `results` as they come (a failure later keeps them)."""
-    ports = free_ports(4 * node_count)
+    ports = launcher.free_ports(4 * node_count)
     port_groups = [ports[index * node_count : (index + 1) * node_count] for index in range(4)]
     etcd_cluster = EtcdCluster.create(
         processes, etcd, base / f"etcd{node_count}", port_groups[0], port_groups[1]

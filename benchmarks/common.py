@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine facts, tables, free ports, process memory, JSON.
+"""Helpers shared by the benchmarks: machine facts, tables, process memory, JSON.
 
 Benchmarks print numbers and never assert timings; these helpers only describe and format.
 Tables are printed as Markdown so that a run's output can be pasted into BENCHMARKS.md as is.
@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 __all__ = [
     "RESULTS_DIRECTORY",
     "format_table",
-    "free_ports",
     "machine_info",
     "print_table",
     "process_cpu_seconds",
@@ -95,20 +93,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     print(f"\n### {title}\n", flush=True)
     print(format_table(headers, rows), flush=True)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct TCP ports that were free a moment ago (bound together, then closed)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            bound = socket.socket()
-            bound.bind((host, 0))
-            sockets.append(bound)
-        return [bound.getsockname()[1] for bound in sockets]
-    finally:
-        for bound in sockets:
-            bound.close()
 
 
 def process_memory_kib(pid: int) -> dict[str, int]:

@@ -1,20 +1,17 @@
 """Real kvraft node processes on loopback for integration tests.
 
-Each node is `python -m kvraft serve` in its own OS process, so `kill()` is a real
-SIGKILL and `stop()` a real SIGTERM. Everything started here is stopped and every
+Each node is `python -m kvraft serve` in its own OS process, started and signalled by
+`kvraft.launcher`, so `kill()` is a real SIGKILL, `stop()` a real SIGTERM and `pause()`
+a real SIGSTOP. Everything started here is stopped and every
 temporary file removed by `close()`, which the fixtures call even when a test fails.
 Waits poll with a deadline; nothing sleeps blindly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,9 +22,11 @@ from typing import Any, TypeVar
 
 from multidict import CIMultiDict
 
+from kvraft import launcher
 from kvraft.config import ClusterConfig, local_cluster_config, render_config
+from kvraft.launcher import free_ports, serve_command
 
-__all__ = ["Cluster", "HttpAnswer", "free_ports", "wait_for"]
+__all__ = ["Cluster", "HttpAnswer", "wait_for"]
 
 T = TypeVar("T")
 
@@ -50,20 +49,6 @@ def wait_for(
             return result
         time.sleep(0.05)  # polling interval, not synchronisation
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last_error!r})")
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that were free a moment ago (the OS picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
@@ -126,28 +111,18 @@ class Cluster:
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(render_config(self.config))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, **(extra_env or {})}
+        self.extra_env = extra_env or {}
 
     # --- processes ----------------------------------------------------------------------
 
     def start(self, node_id: int) -> None:
-        log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.processes[node_id] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kvraft",
-                "serve",
-                "--config",
-                str(self.config_path),
-                "--id",
-                str(node_id),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
+        self.start_command(node_id, serve_command(node_id, self.config_path))
+
+    def start_command(self, node_id: int, command: list[str]) -> None:
+        """Run `command` as node `node_id`, logging to its log file."""
+        self.processes[node_id] = launcher.start(
+            command, self.log_path(node_id), env=self.extra_env
         )
-        log.close()
 
     def start_all(self) -> None:
         for node in self.config.nodes:
@@ -155,26 +130,30 @@ class Cluster:
 
     def kill(self, node_id: int) -> None:
         """SIGKILL: a crash."""
-        process = self.processes.pop(node_id)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        launcher.kill(self.processes.pop(node_id))
 
     def stop(self, node_id: int, timeout_s: float = 15.0) -> int:
-        """SIGTERM: a clean shutdown; returns the exit code."""
+        """SIGTERM (SIGKILL after `timeout_s`): a clean shutdown; returns the exit code."""
         process = self.processes.pop(node_id)
-        process.send_signal(signal.SIGTERM)
-        return process.wait(timeout=timeout_s)
+        return launcher.stop({node_id: process}, timeout_s=timeout_s)[node_id].code
+
+    def pause(self, node_id: int) -> None:
+        """SIGSTOP: the node keeps its sockets but does nothing."""
+        launcher.pause(self.processes[node_id])
+
+    def resume(self, node_id: int) -> None:
+        launcher.resume(self.processes[node_id])
 
     def close(self) -> None:
-        for node_id, process in list(self.processes.items()):
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-            del self.processes[node_id]
+        """SIGKILL every node still running, and reap it."""
+        launcher.stop(self.processes, timeout_s=10, signal_number=signal.SIGKILL)
+        self.processes.clear()
+
+    def log_path(self, node_id: int) -> Path:
+        return self.root / f"node{node_id}.log"
 
     def log_text(self, node_id: int) -> str:
-        path = self.root / f"node{node_id}.log"
+        path = self.log_path(node_id)
         return path.read_text(errors="replace") if path.exists() else ""
 
     # --- HTTP ---------------------------------------------------------------------------

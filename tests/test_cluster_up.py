@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_harness import Cluster, free_ports, http, wait_for
+from kvraft.launcher import free_ports
+from tests.cluster_harness import Cluster, http, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ compose mounts at /etc/kvraft/cluster.toml.
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kvraft import launcher
 from kvraft.config import load_config
 from tests.cluster_harness import http, wait_for
 
@@ -81,13 +83,10 @@ def test_the_compose_services_form_a_cluster_that_serves(
                     "exec " + shlex.join([sys.executable, "-m", "kvraft", *command]),
                 ]
             )
-            log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
-            processes[name] = subprocess.Popen(
+            processes[name] = launcher.start(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                tmp_path / f"{name}.log",
             )
-            log.close()
         config = load_config(_config_source(services["node1"]))
         published = {
             name: f"http://127.0.0.1:{service['ports'][0].rsplit(':', 1)[1]}"
@@ -112,7 +111,4 @@ def test_the_compose_services_form_a_cluster_that_serves(
         for name in services:
             assert any((tmp_path / f"{name}-data").iterdir()), name
     finally:
-        for process in processes.values():
-            process.kill()
-        for process in processes.values():
-            process.wait(timeout=10)
+        launcher.stop(processes, timeout_s=10, signal_number=signal.SIGKILL)

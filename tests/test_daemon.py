@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvraft.config import local_cluster_config, render_config
+from kvraft.launcher import serve_command
 from kvraft.transport.frames import (
     FRAME_BYTES_MAX,
     HANDSHAKE_BYTES_MAX,
@@ -170,7 +168,7 @@ def test_a_minority_serves_no_linearizable_reads_or_writes(cluster3: Cluster) ->
     )
     # Freezing the two others cuts `lonely` off from any majority.
     for node in others:
-        os.kill(cluster3.processes[node].pid, signal.SIGSTOP)
+        cluster3.pause(node)
     try:
         write = cluster3.request(lonely, "PUT", "/v1/kv/x", b"2")
         read = cluster3.request(lonely, "GET", "/v1/kv/x")
@@ -181,7 +179,7 @@ def test_a_minority_serves_no_linearizable_reads_or_writes(cluster3: Cluster) ->
         assert cluster3.request(lonely, "GET", "/v1/kv/x?consistency=stale").body == b"1"
     finally:
         for node in others:
-            os.kill(cluster3.processes[node].pid, signal.SIGCONT)
+            cluster3.resume(node)
     new_leader = cluster3.leader()
     assert cluster3.request(new_leader, "PUT", "/v1/kv/x", b"3").status == 200
 
@@ -308,7 +306,7 @@ def test_an_invalid_config_is_refused_at_start_with_the_key_named(tmp_path: Path
     config = tmp_path / "bad.toml"
     config.write_text(valid.replace("election_ticks = 8", "election_ticks = 1"))
     result = subprocess.run(
-        [sys.executable, "-m", "kvraft", "serve", "--config", str(config), "--id", "1"],
+        serve_command(1, config),
         capture_output=True,
         text=True,
         timeout=60,
@@ -345,13 +343,10 @@ def test_every_acknowledged_write_survives_kill_9_of_every_node(tmp_path: Path) 
         for thread in threads:
             thread.start()
         wait_for(lambda: len(acknowledged) >= 20, what="some acknowledged writes")
-        for node in sorted(cluster.processes):
-            os.kill(cluster.processes[node].pid, signal.SIGKILL)
+        cluster.close()  # SIGKILL every node at once, and reap them
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-        for node in list(cluster.processes):
-            cluster.processes.pop(node).wait(timeout=10)
         with lock:
             expected = dict(acknowledged)
         cluster.start_all()

@@ -16,7 +16,7 @@ import pytest
 
 from kvraft.commands.serve import EXIT_STORAGE_FAILED
 from kvraft.config import local_cluster_config, render_config
-from tests.cluster_harness import Cluster, free_ports, wait_for
+from tests.cluster_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +97,3 @@ def test_a_full_disk_stops_the_node_and_keeps_every_acknowledged_write(
             assert got.status == 200 and got.body == value, key
     finally:
         restarted.close()
-
-
-def test_free_ports_gives_distinct_ports() -> None:
-    ports = free_ports(4)
-    assert len(set(ports)) == 4

@@ -21,6 +21,7 @@ import pytest
 from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
 from kvraft.errors import OutcomeUnknown, Unavailable
+from kvraft.launcher import free_ports
 from kvraft.raft.core import Role
 from kvraft.raft.messages import AppendEntries, Heartbeat, SnapshotMeta
 from kvraft.server import RaftNode
@@ -29,7 +30,6 @@ from kvraft.storage.api import StorageCorruptionError
 from kvraft.storage.disk import DiskStorage
 from kvraft.storage.memory import MemoryStorage
 from kvraft.transport.memory import MemoryNetwork, MemoryTransport
-from tests.cluster_harness import free_ports
 from tests.file_ops_doubles import HoldingFileOps
 
 DEADLINE_S = 20.0

@@ -17,11 +17,11 @@ from aiohttp import web
 from kvraft.client import AsyncKVClient
 from kvraft.config import ClusterConfig, local_cluster_config
 from kvraft.http_api import HttpApi
+from kvraft.launcher import free_ports
 from kvraft.raft.core import Role
 from kvraft.server import RaftNode
 from kvraft.storage.memory import MemoryDisk, MemoryStorage
 from kvraft.transport.memory import MemoryNetwork, MemoryTransport
-from tests.cluster_harness import free_ports
 
 DEADLINE_S = 20.0
 

@@ -5,10 +5,6 @@ at a time, no hanging without quorum, removed nodes staying quiet, joined nodes 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,8 +18,9 @@ from click.testing import CliRunner
 from kvraft.commands.member import leader as leader_command
 from kvraft.commands.member import member as member_command
 from kvraft.config import render_config
+from kvraft.launcher import free_ports, serve_command
 from kvraft.membership import MEMBER_REQUEST_BYTES_MAX
-from tests.cluster_harness import Cluster, HttpAnswer, free_ports, http, running, wait_for
+from tests.cluster_harness import Cluster, HttpAnswer, http, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,20 +70,16 @@ class MemberCluster(Cluster):
     ) -> None:
         """`kvraft serve` for a node that is not in the config file."""
         raft_address, http_address = self.addresses(node_id)
-        command = [sys.executable, "-m", "kvraft", "serve", "--id", str(node_id)]
-        command += ["--raft-address", raft_address, "--http-address", http_address]
-        command += ["--data-dir", str(self.root / "data" / f"node{node_id}")]
-        if with_config:
-            command += ["--config", str(self.config_path)]
-        if join_via is not None:
-            command += ["--join", self.url(join_via)]
-        if learner:
-            command.append("--learner")
-        log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.processes[node_id] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+        command = serve_command(
+            node_id,
+            self.config_path if with_config else None,
+            raft_address=raft_address,
+            http_address=http_address,
+            data_dir=self.root / "data" / f"node{node_id}",
+            join=None if join_via is None else self.url(join_via),
+            learner=learner,
         )
-        log.close()
+        self.start_command(node_id, command)
 
     def json_request(self, node_id: int, method: str, path: str, body: Any = None) -> HttpAnswer:
         data = None if body is None else json.dumps(body).encode()
@@ -321,7 +314,7 @@ def test_a_change_without_quorum_fails_within_the_timeout(cluster3: MemberCluste
     leader = cluster.leader()
     followers = [n for n in (1, 2, 3) if n != leader]
     for node in followers:
-        os.kill(cluster.processes[node].pid, signal.SIGSTOP)
+        cluster.pause(node)
     try:
         started = time.monotonic()
         answer = cluster.json_request(
@@ -335,7 +328,7 @@ def test_a_change_without_quorum_fails_within_the_timeout(cluster3: MemberCluste
         assert removal.status in (503, 504), removal
     finally:
         for node in followers:
-            os.kill(cluster.processes[node].pid, signal.SIGCONT)
+            cluster.resume(node)
     # Once the majority is back the cluster serves again, with at most the learner added.
     new_leader = cluster.leader()
     assert cluster.request(new_leader, "PUT", "/v1/kv/back", b"quorum").status == 200

@@ -22,6 +22,7 @@ from kvraft.commands.serve import (
     write_identity,
 )
 from kvraft.config import ADDRESS_CHARS_MAX, NodeSpec
+from kvraft.launcher import free_ports
 from kvraft.membership import (
     ADDRESS_BOOK_BYTES_MAX,
     ADDRESS_BOOK_MEMBERS_MAX,
@@ -47,7 +48,6 @@ from kvraft.membership import (
 )
 from kvraft.raft.codec import NODE_ID_MAX, decode_configuration, encode_configuration
 from kvraft.raft.messages import Configuration
-from tests.cluster_harness import free_ports
 from tests.kv_fake_server import FakeCluster, Fault
 
 

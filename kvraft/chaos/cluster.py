@@ -11,10 +11,11 @@ connection (the clients', a follower forwarding a request to the leader), so a
 node there would be cut off from its clients too, and two runs at once never
 share addresses or rules.
 
-Every process started is a child of this one, in its own session (a Ctrl-C in
-the terminal reaches only the harness), logs to ``DIR/nodes/node<i>.log``, and
-is remembered: `ChaosCluster.teardown` resumes paused nodes, stops every live
-one with SIGTERM (SIGKILL after `STOP_TIMEOUT_S`) and touches no other process.
+Every process started is a child of this one, started by `kvraft.launcher` in
+its own session (a Ctrl-C in the terminal reaches only the harness); it logs to
+``DIR/nodes/node<i>.log`` and is remembered: `ChaosCluster.teardown` resumes
+paused nodes, stops every live one with SIGTERM (SIGKILL after `STOP_TIMEOUT_S`)
+and touches no other process.
 A process that exits without being killed by the nemesis is an *unexpected
 exit* (e.g. a node refusing to start after a crash) and is reported.
 
@@ -37,20 +38,17 @@ it, and notices unexpected exits.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import os
 import pathlib
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from kvraft import launcher
 from kvraft.chaos.workload import Endpoint, exchange
 from kvraft.client import (
     KVError,
@@ -86,7 +84,6 @@ __all__ = [
     "NodeView",
     "chaos_config",
     "converged",
-    "free_port",
     "loopback_block",
     "node_host",
     "parse_members_view",
@@ -137,12 +134,9 @@ def node_host(block: str, node_id: int) -> str:
     return f"{block}.{node_id}"
 
 
-def free_port(host: str) -> int:
-    """A TCP port on `host` that was free a moment ago (the kernel picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _free_port(host: str) -> int:
+    (port,) = launcher.free_ports(1, host)
+    return port
 
 
 def chaos_config(
@@ -151,7 +145,7 @@ def chaos_config(
     block: str,
     *,
     cluster_id: str = "kvraft-chaos",
-    port_for: Callable[[str], int] = free_port,
+    port_for: Callable[[str], int] = _free_port,
 ) -> ClusterConfig:
     """A cluster of `nodes` voters, node i on ``block.i`` (Raft and HTTP), durable (fsync on),
     with the chaos settings above; validated by a render-and-parse round trip."""
@@ -183,7 +177,7 @@ def chaos_config(
 
 
 def spare_specs(
-    config: ClusterConfig, count: int, block: str, *, port_for: Callable[[str], int] = free_port
+    config: ClusterConfig, count: int, block: str, *, port_for: Callable[[str], int] = _free_port
 ) -> tuple[NodeSpec, ...]:
     """`count` spare node slots after the founding nodes (ids N+1, ...): each on its own
     address ``block.id`` with its own ports and a data directory next to the others'."""
@@ -300,18 +294,21 @@ class ChaosCluster:
         return self.slots[node_id].raft_host
 
     def _command(self, node_id: int, join_url: str | None) -> list[str]:
-        base = [sys.executable, "-m", "kvraft", "serve"]
         if node_id not in self._joining_style:
-            return [*base, "--config", str(self.config_path), "--id", str(node_id)]
+            return launcher.serve_command(node_id, self.config_path)
         spec = self.slots[node_id]
         join_config = self.config_path.parent / f"join-{node_id}.toml"
         if not join_config.exists():
             others = tuple(n for n in self.config.nodes if n.id != node_id)
             join_config.write_text(render_config(dataclasses.replace(self.config, nodes=others)))
-        command = [*base, "--config", str(join_config), "--id", str(node_id)]
-        command += ["--raft-address", spec.raft_address, "--http-address", spec.http_address]
-        command += ["--data-dir", str(spec.data_dir)]
-        return command + (["--join", join_url] if join_url is not None else [])
+        return launcher.serve_command(
+            node_id,
+            join_config,
+            raft_address=spec.raft_address,
+            http_address=spec.http_address,
+            data_dir=spec.data_dir,
+            join=join_url,
+        )
 
     def log_path(self, node_id: int) -> pathlib.Path:
         return self.log_dir / f"node{node_id}.log"
@@ -325,18 +322,12 @@ class ChaosCluster:
             running = self._processes.get(node_id)
             if running is not None and running.poll() is None:
                 return running.pid
-            with open(self.log_path(node_id), "ab") as log:
-                stamp = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
-                log.write(f"--- kvraft chaos: starting node {node_id} at {stamp} ---\n".encode())
-                log.flush()
-                process = subprocess.Popen(
-                    self._command(node_id, join_url),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                    start_new_session=True,
-                )
+            stamp = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
+            process = launcher.start(
+                self._command(node_id, join_url),
+                self.log_path(node_id),
+                header=f"--- kvraft chaos: starting node {node_id} at {stamp} ---",
+            )
             self._processes[node_id] = process
             self._exit_expected.discard(node_id)
             self._paused.discard(node_id)
@@ -371,14 +362,7 @@ class ChaosCluster:
                 return None
             self._exit_expected.add(node_id)
             self._paused.discard(node_id)
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-                process.send_signal(signal.SIGTERM)
-            try:
-                return process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                return process.wait()
+            return launcher.stop({node_id: process}, timeout_s=STOP_TIMEOUT_S)[node_id].code
 
     def exit_code(self, node_id: int) -> int | None:
         """The node's exit code if its process ended (None: running or never started)."""
@@ -393,8 +377,7 @@ class ChaosCluster:
             if process is None or process.poll() is not None:
                 return
             self._exit_expected.add(node_id)
-            process.kill()
-            process.wait()
+            launcher.kill(process)
             self._paused.discard(node_id)
 
     def restart(self, node_id: int) -> None:
@@ -407,7 +390,7 @@ class ChaosCluster:
             process = self._processes.get(node_id)
             if process is None or process.poll() is not None:
                 return
-            process.send_signal(signal.SIGSTOP)
+            launcher.pause(process)
             self._paused.add(node_id)
 
     def resume(self, node_id: int) -> None:
@@ -415,7 +398,7 @@ class ChaosCluster:
         with self._lock:
             process = self._processes.get(node_id)
             if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
+                launcher.resume(process)
             self._paused.discard(node_id)
 
     def is_available(self, node_id: int) -> bool:
@@ -462,23 +445,15 @@ class ChaosCluster:
         `graceful`), SIGKILL any still alive after `STOP_TIMEOUT_S`; each node's exit code
         (negative: killed by that signal). Only processes started here are signalled."""
         with self._lock:
-            processes = dict(self._processes)
+            processes = dict(sorted(self._processes.items()))
             self._exit_expected.update(processes)
-            for process in processes.values():
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.send_signal(signal.SIGCONT)
-                        process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            stopped = launcher.stop(
+                processes,
+                timeout_s=STOP_TIMEOUT_S,
+                signal_number=signal.SIGTERM if graceful else signal.SIGKILL,
+            )
             self._paused.clear()
-            deadline_s = time.monotonic() + STOP_TIMEOUT_S
-            codes: dict[int, int] = {}
-            for node_id, process in sorted(processes.items()):
-                try:
-                    codes[node_id] = process.wait(timeout=max(0.0, deadline_s - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    codes[node_id] = process.wait()
-            return codes
+            return {node_id: end.code for node_id, end in stopped.items()}
 
     # --- observation -----------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from typing import Any
 
 import click
 
+from kvraft import launcher
 from kvraft.client import AsyncKVClient, KVError, normalize_endpoint
 from kvraft.config import (
     ClusterConfig,
@@ -435,55 +435,28 @@ def _write_pids(path: pathlib.Path, pids: Mapping[int, int]) -> None:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def _serve_command(config_path: pathlib.Path, node_id: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kvraft",
-        "serve",
-        "--config",
-        str(config_path),
-        "--id",
-        str(node_id),
-    ]
-
-
 def _start_node(
     config_path: pathlib.Path, node_id: int, log_path: pathlib.Path
 ) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log:
-        stamp = datetime.datetime.now().isoformat(timespec="seconds")
-        log.write(f"--- kvraft cluster up: starting node {node_id} at {stamp} ---\n".encode())
-        log.flush()
-        environment = dict(os.environ, PYTHONUNBUFFERED="1")
-        return subprocess.Popen(
-            _serve_command(config_path, node_id),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            # Its own session: a terminal Ctrl-C reaches only this supervisor, which then
-            # stops the nodes with SIGTERM in an orderly way.
-            start_new_session=True,
-        )
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    # Its own session: a terminal Ctrl-C reaches only this supervisor, which then stops
+    # the nodes with SIGTERM in an orderly way.
+    return launcher.start(
+        launcher.serve_command(node_id, config_path),
+        log_path,
+        header=f"--- kvraft cluster up: starting node {node_id} at {stamp} ---",
+    )
 
 
 def _stop_processes(
     processes: Mapping[int, subprocess.Popen[bytes]], echo: Callable[[str], None]
 ) -> None:
     """SIGTERM every live process, wait up to STOP_TIMEOUT_S, then SIGKILL stragglers."""
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline_s = time.monotonic() + STOP_TIMEOUT_S
-    for node_id, process in sorted(processes.items()):
-        try:
-            process.wait(timeout=max(0.0, deadline_s - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    stopped = launcher.stop(dict(sorted(processes.items())), timeout_s=STOP_TIMEOUT_S)
+    for node_id, (code, killed) in stopped.items():
+        if killed:
             echo(f"node {node_id} did not stop within {STOP_TIMEOUT_S:g} s: SIGKILL")
-            process.kill()
-            process.wait()
-        echo(f"node {node_id} stopped ({_exit_text(process.returncode)})")
+        echo(f"node {node_id} stopped ({_exit_text(code)})")
 
 
 def _interrupt(signal_number: int, frame: object) -> None:
