@@ -67,7 +67,7 @@ import zlib
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeAlias
 
 import msgpack
@@ -281,6 +281,26 @@ ListItem: TypeAlias = tuple[str, bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One key changed by one command: what a watcher sees (`kvraft.watch`).
+
+    Fields:
+        kind: "put" or "delete".
+        key: the key.
+        revision: the command's log index: the key's revision after a put, the revision of
+            its deletion after a delete.
+        prev_revision: the key's revision before the change; None if it did not exist.
+        value: the new value of a put; None for a delete.
+    """
+
+    kind: str
+    key: str
+    revision: int
+    prev_revision: int | None
+    value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyResult:
     """The outcome of applying one command.
 
@@ -295,6 +315,9 @@ class ApplyResult:
         error: why the command was rejected without effect, or None. `ok=False` with no
             error means a condition failed (see `condition_failed`).
         message: a human-readable explanation of `error` ("" when there is no error).
+        changes: the keys this command changed, in order (empty if it changed none, and on
+            an idempotent retry answered from the table: the original's changes happened at
+            the original's index).
     """
 
     index: int
@@ -303,6 +326,7 @@ class ApplyResult:
     deleted: bool = False
     error: ErrorCode | None = None
     message: str = ""
+    changes: tuple[Change, ...] = field(default=(), compare=False)
 
     @property
     def condition_failed(self) -> bool:
@@ -769,7 +793,11 @@ class KVStateMachine:
         else:
             result = self._delete(index, decoded)
         if idempotency_key is not None:
-            self._idempotency[idempotency_key] = result
+            # Remembered without its changes: a retry changes nothing, and the table must not
+            # keep values alive.
+            self._idempotency[idempotency_key] = (
+                replace(result, changes=()) if result.changes else result
+            )
             if len(self._idempotency) > IDEMPOTENCY_KEYS_MAX:
                 self._idempotency.popitem(last=False)
         return result
@@ -784,7 +812,8 @@ class KVStateMachine:
         self._records[put.key] = _pack_record(put.value, index)
         if record is None:
             self._keys.add(put.key)
-        return ApplyResult(index=index, ok=True, revision=index)
+        change = Change("put", put.key, index, current_revision or None, put.value)
+        return ApplyResult(index=index, ok=True, revision=index, changes=(change,))
 
     def _delete(self, index: int, delete: DeleteCommand) -> ApplyResult:
         record = self._records.get(delete.key)
@@ -795,7 +824,8 @@ class KVStateMachine:
             return ApplyResult(index=index, ok=True, revision=index, deleted=False)
         del self._records[delete.key]
         self._keys.remove(delete.key)
-        return ApplyResult(index=index, ok=True, revision=index, deleted=True)
+        change = Change("delete", delete.key, index, current_revision)
+        return ApplyResult(index=index, ok=True, revision=index, deleted=True, changes=(change,))
 
     # --- Snapshots ----------------------------------------------------------------------------
 

@@ -1,0 +1,144 @@
+"""`kvraft.watch.WatchHub`: what a watcher gets from the changes a node applies."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvraft.statemachine import Change, KVStateMachine, encode_delete, encode_put
+from kvraft.watch import CompactedError, Lagged, TooManyWatchersError, WatchHub, change_json
+
+
+def put(key: str, revision: int, value: bytes = b"v", prev: int | None = None) -> Change:
+    return Change("put", key, revision, prev, value)
+
+
+def test_a_watcher_gets_matching_changes_in_revision_order_once() -> None:
+    hub = WatchHub(0)
+    watcher = hub.watch(prefix="a/")
+    hub.record(1, (put("a/1", 1),))
+    hub.record(2, (put("b/1", 2),))
+    hub.record(3, ())  # a no-op entry
+    hub.record(4, (put("a/2", 4),))
+    assert [c.revision for c in watcher.take()] == [1, 4]
+    assert watcher.take() == []
+    assert watcher.progress_revision == 4
+    hub.record(5, (put("a/1", 5, prev=1),))
+    (change,) = watcher.take()
+    assert (change.revision, change.prev_revision) == (5, 1)
+
+
+def test_the_changes_of_one_revision_are_never_split() -> None:
+    hub = WatchHub(0)
+    watcher = hub.watch()
+    hub.record(1, (put("a", 1), put("b", 1), put("c", 1)))
+    hub.record(2, (put("d", 2),))
+    first = watcher.take(changes_max=2)
+    assert [c.key for c in first] == ["a", "b", "c"]
+    assert [c.key for c in watcher.take(changes_max=2)] == ["d"]
+
+
+def test_a_watch_from_an_earlier_revision_replays_the_history() -> None:
+    hub = WatchHub(0)
+    for revision in range(1, 6):
+        hub.record(revision, (put("k", revision),))
+    watcher = hub.watch(key="k", start_revision=3)
+    assert [c.revision for c in watcher.take()] == [3, 4, 5]
+
+
+def test_a_watch_from_a_revision_not_applied_yet_waits_for_it() -> None:
+    hub = WatchHub(0)
+    hub.record(1, (put("k", 1),))
+    watcher = hub.watch(start_revision=3)
+    hub.record(2, (put("k", 2),))
+    assert watcher.take() == []
+    hub.record(3, (put("k", 3),))
+    assert [c.revision for c in watcher.take()] == [3]
+
+
+def test_a_watch_below_the_kept_history_is_refused_with_the_compact_revision() -> None:
+    hub = WatchHub(10, history_revisions_max=2)
+    with pytest.raises(CompactedError) as refused:
+        hub.watch(start_revision=10)
+    assert refused.value.compact_revision == 10
+    for revision in range(11, 15):
+        hub.record(revision, (put("k", revision),))
+    assert hub.compact_revision == 12
+    with pytest.raises(CompactedError):
+        hub.watch(start_revision=12)
+    assert [c.revision for c in hub.watch(start_revision=13).take()] == [13, 14]
+
+
+def test_a_watcher_the_history_left_behind_is_told_where_to_resume() -> None:
+    hub = WatchHub(0, history_revisions_max=3)
+    woken: list[int] = []
+    watcher = hub.watch(on_change=lambda: woken.append(1))
+    hub.record(1, (put("k", 1),))
+    assert [c.revision for c in watcher.take()] == [1]
+    for revision in range(2, 7):
+        hub.record(revision, (put("k", revision),))
+    assert watcher.take() == Lagged(1)
+    assert len(woken) == 6
+    with pytest.raises(CompactedError):
+        hub.watch(start_revision=2)
+
+
+def test_history_is_bounded_by_bytes() -> None:
+    hub = WatchHub(0, history_bytes_max=3_000)
+    for revision in range(1, 11):
+        hub.record(revision, (put("k", revision, value=b"x" * 1_000),))
+    assert hub.history_bytes <= 3_000
+    assert hub.compact_revision >= 8
+
+
+def test_a_snapshot_installed_restarts_the_history() -> None:
+    hub = WatchHub(0)
+    watcher = hub.watch()
+    hub.record(1, (put("k", 1),))
+    hub.restart(50)
+    assert watcher.take() == Lagged(0)
+    assert [c.revision for c in hub.watch(start_revision=51).take()] == []
+
+
+def test_watchers_are_limited() -> None:
+    hub = WatchHub(0, watchers_max=2)
+    first = hub.watch()
+    hub.watch()
+    with pytest.raises(TooManyWatchersError):
+        hub.watch()
+    hub.cancel(first)
+    hub.watch()
+
+
+def test_the_state_machine_reports_each_change_with_its_previous_revision() -> None:
+    machine = KVStateMachine()
+    created = machine.apply(1, encode_put("k", b"one"))
+    updated = machine.apply(2, encode_put("k", b"two"))
+    deleted = machine.apply(3, encode_delete("k"))
+    absent = machine.apply(4, encode_delete("k"))
+    assert created.changes == (Change("put", "k", 1, None, b"one"),)
+    assert updated.changes == (Change("put", "k", 2, 1, b"two"),)
+    assert deleted.changes == (Change("delete", "k", 3, 2),)
+    assert absent.changes == ()  # nothing changed
+
+
+def test_an_idempotent_retry_changes_nothing_again() -> None:
+    machine = KVStateMachine()
+    first = machine.apply(1, encode_put("k", b"v", idempotency_key="once"))
+    again = machine.apply(2, encode_put("k", b"v", idempotency_key="once"))
+    assert first.changes and again.changes == ()
+
+
+def test_changes_as_the_http_api_writes_them() -> None:
+    assert change_json(Change("put", "k", 7, None, b"\x00hi")) == {
+        "type": "put",
+        "key": "k",
+        "value_b64": "AGhp",
+        "revision": 7,
+        "prev_revision": None,
+    }
+    assert change_json(Change("delete", "k", 8, 7)) == {
+        "type": "delete",
+        "key": "k",
+        "revision": 8,
+        "prev_revision": 7,
+    }
