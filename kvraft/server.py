@@ -75,7 +75,6 @@ from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     NO_NODE,
     Configuration,
-    Entry,
     InstallSnapshot,
     Message,
     SnapshotMeta,
@@ -238,12 +237,6 @@ class RaftNode:
         state_machine = self.shell.state_machine
         assert isinstance(state_machine, KVStateMachine)
         return state_machine
-
-    def add_apply_hook(self, hook: Callable[[Entry], None]) -> None:
-        """Call `hook` with every entry this node applies, after the state machine took it."""
-        shell = self.shell
-        assert shell is not None, "start the node first"
-        shell.on_apply.append(hook)
 
     # --- life cycle ---------------------------------------------------------------------
 

@@ -167,8 +167,11 @@ class NodeShell:
         self.state_machine = state_machine
         self._restore = restore
         self.snapshot_threshold_entries = snapshot_threshold_entries
-        self.on_apply: list[Callable[[Entry], None]] = []
-        """Called with every entry applied, after the state machine took it."""
+        self.on_apply: list[Callable[[Entry, Any], None]] = []
+        """Called with every entry applied and the state machine's result (None for an
+        entry that carries no command), after the state machine took it."""
+        self.on_restore: list[Callable[[SnapshotMeta], None]] = []
+        """Called when a snapshot from the leader replaced the state machine."""
         # Inputs, fed to the core by advance().
         self._tick_due = False
         self.inbound: deque[Message] = deque()
@@ -449,6 +452,8 @@ class NodeShell:
         core = self.core
         if ready.snapshot is not None:
             self.state_machine = started.restored or self._restore(ready.snapshot.data)
+            for restore_hook in self.on_restore:
+                restore_hook(ready.snapshot.meta)
         for entry in ready.committed_entries:
             self._apply(entry)
         for read_state in ready.read_states:
@@ -471,7 +476,7 @@ class NodeShell:
             self.state_machine.mark_applied(entry.index)
             result = None
         for hook in self.on_apply:
-            hook(entry)
+            hook(entry, result)
         config_waiter = self._config_waiters.pop(entry.index, None)
         if config_waiter is not None:
             # Whatever entry holds our index is ours only if it has our term (§5.3: one

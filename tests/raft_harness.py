@@ -255,7 +255,9 @@ class SimNode:
             # Tests compact by hand (`RaftCluster.compact`), at the index they choose.
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_NEVER,
         )
-        shell.on_apply.append(lambda entry: self.on_apply(self, entry) if self.on_apply else None)
+        shell.on_apply.append(
+            lambda entry, _: self.on_apply(self, entry) if self.on_apply else None
+        )
         return shell
 
     @property

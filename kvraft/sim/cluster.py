@@ -287,7 +287,7 @@ class SimCluster:
                     self.log(f"n{node.id} leader of term {node.core.term}")
 
     def _watch_applies(self, node: SimNode) -> None:
-        node.shell.on_apply.append(lambda entry: self.checkers.on_apply(node.id, entry))
+        node.shell.on_apply.append(lambda entry, _: self.checkers.on_apply(node.id, entry))
 
     def _advance(self, node: SimNode) -> None:
         """Build and start Readies until the shell has nothing left to do (or waits on a
