@@ -17,15 +17,12 @@ handlers, the tick timer, the transport's receive callback) queues work in the s
 and wakes the driver, so the core sees one batch of inputs at a time and the event
 loop never waits on the disk.
 
-Membership. Where each member can be reached travels in the log with the members
-themselves (`kvraft.membership`): before each Ready is handled, the node reads the
-latest configuration in its log (§4.1: a configuration is in force once appended,
-committed or not) and updates its address book, the transport's peers and which
-peers may connect. A change is proposed through the driver like a write; the node
+Membership. `kvraft.address_book` (`AddressBook`) knows where each peer is and tells the
+transport which peers exist: the driver hands it the latest configuration in the log
+before each Ready's messages go out (§4.1: a configuration is in force once appended,
+committed or not). A change is proposed through the driver like a write; the node
 adds a new member as a learner, waits for it to catch up, then promotes it (§4.2.1),
-and removes itself only after handing leadership over (§3.10). A peer that connects
-but is not in this node's log yet (this node is behind) is looked up over HTTP from
-the other members, so a lagging node can still follow a leader it has not heard of.
+and removes itself only after handing leadership over (§3.10).
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
-
+from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
 from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import (
     ChangeInProgress,
@@ -52,14 +48,10 @@ from kvraft.errors import (
     Unavailable,
 )
 from kvraft.membership import (
-    LookupThrottle,
     MemberAddress,
     MembershipConflictError,
-    MembershipError,
     UnknownMemberError,
-    address_book_of,
     is_caught_up,
-    parse_member,
     pick_transfer_target,
     plan_learner_add,
     plan_promotion,
@@ -100,10 +92,6 @@ log = logging.getLogger("kvraft.server")
 MEMBERSHIP_REQUEST_TIMEOUTS = 3
 """A membership change may take this many `limits.request_timeout_ms`: adding a voter commits
 the learner, waits for it to catch up, then commits its promotion, each bounded by one."""
-
-LOOKUP_TIMEOUT_S = 2.0
-"""How long one look-up of an unknown peer waits for a member's answer before asking the
-next member (`kvraft.membership.LookupThrottle` says when to look up)."""
 
 
 class Transport(Protocol):
@@ -204,26 +192,17 @@ class RaftNode:
         self.leader_changes = 0
         self.last_leader_id = 0
         self.fsync_observer: Callable[[float], None] | None = None
-        # Membership: the addresses of the latest configuration in the log, addresses learned
-        # outside it (the join answer, look-ups) for ids the log does not name yet, and the
-        # union of both that the transport and the HTTP forwarding use.
-        self._file_book = {node.id: MemberAddress.of_spec(node) for node in config.nodes}
-        self._log_book: dict[int, MemberAddress] = {}
-        self._provisional_book: dict[int, MemberAddress] = {}
-        self._configuration_seen: Configuration | None = None
-        self._lookups = LookupThrottle()
-        self._lookup_task: asyncio.Task[None] | None = None
-        self._transport_addresses: dict[int, tuple[str, int]] = {}
-        if not self._founding:
-            # A new node knows no configuration yet; the file's nodes (if any) are where the
-            # cluster was, so the leader's first messages can be answered.
-            self._provisional_book = {i: a for i, a in self._file_book.items() if i != node_id}
-        self.peer_addresses: dict[int, MemberAddress] = dict(self._file_book)
-        self.peer_addresses[node_id] = MemberAddress.of_spec(self.spec)
+        # Membership: where each peer is, and which may connect.
+        self.address_book = AddressBook(
+            node_id,
+            MemberAddress.of_spec(self.spec),
+            {node.id: MemberAddress.of_spec(node) for node in config.nodes},
+            founding=self._founding,
+            is_stopping=lambda: self._stopping,
+        )
         self._membership_lock = asyncio.Lock()
         self._state_changed = asyncio.Event()
         self._state_waiters = 0  # coroutines in _wait_until: only then is a new Event needed
-        self._http_session: aiohttp.ClientSession | None = None
 
     @property
     def core(self) -> RaftCore | None:
@@ -304,7 +283,9 @@ class RaftNode:
             core.log.commit_index,
         )
         if self._transport_factory is not None:
-            self.transport = self._transport_factory(self._on_peer_payload, self._is_known_peer)
+            self.transport = self._transport_factory(
+                self._on_peer_payload, self.address_book.is_known_peer
+            )
         else:
             # A node named by a DNS name (a compose service) listens on every interface; one
             # with an IP address binds it, and its outbound connections come from it too.
@@ -314,10 +295,11 @@ class RaftNode:
                 self.spec.raft_listen_host or "0.0.0.0",
                 self.spec.raft_port,
                 self._on_peer_payload,
-                self._is_known_peer,
+                self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
             )
-        self._refresh_membership(core)
+        self.address_book.attach_transport(self.transport)
+        self.address_book.follow_configuration(core.log.configuration())
         if not core.log.configuration().members:
             log.info("node %d: not a member of any configuration yet; waiting to be added", self.id)
         await self.transport.start()
@@ -356,12 +338,7 @@ class RaftNode:
                 await task
         self._fail_all_waiters(NodeStoppedError("node is shutting down"))
         self._notify_state_changed()
-        if self._lookup_task is not None:
-            self._lookup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._lookup_task
-        if self._http_session is not None:
-            await self._http_session.close()
+        await self.address_book.close()
         if self.transport is not None:
             await self.transport.stop()
         if self.storage is not None:
@@ -473,14 +450,6 @@ class RaftNode:
             shell.tick()
             self._wake.set()
 
-    def _is_known_peer(self, node_id: int) -> bool:
-        if node_id == self.id:
-            return False
-        if node_id in self.peer_addresses:
-            return True
-        self._maybe_look_up(node_id)
-        return False
-
     def _on_peer_payload(self, node_id: int, payload: bytes) -> None:
         try:
             message = decode_message(payload)
@@ -514,7 +483,7 @@ class RaftNode:
                     # Configurations in force are the latest in the log (§4.1), including
                     # the entries of this Ready and an accepted snapshot's: the new peers
                     # must be known before the messages to them go out.
-                    self._refresh_membership(core)
+                    self.address_book.follow_configuration(core.log.configuration())
                     self._send_messages(shell.take_messages())
                     if persist is None:
                         # Let HTTP, ticks and peers in between Readies: a long backlog of
@@ -531,7 +500,7 @@ class RaftNode:
                             # and the leader's commit waits on this answer.
                             self._flush()
                     self._maybe_snapshot(shell)
-                self._refresh_membership(core)
+                self.address_book.follow_configuration(core.log.configuration())
                 self._observe_leader(core)
                 self._notify_state_changed()
         except StorageError as error:
@@ -672,104 +641,18 @@ class RaftNode:
         # Larger than a frame, it goes in pieces on the bulk lane.
         transport.send(message.target, payload, bulk=True)
 
-    # --- membership: the address book -------------------------------------------------
+    # --- membership: the address book ---------------------------------------------------
 
-    def _refresh_membership(self, core: RaftCore) -> None:
-        """Follow the latest configuration in the log: its addresses, who may connect."""
-        configuration = core.log.configuration()
-        if configuration is self._configuration_seen:
-            return
-        self._configuration_seen = configuration
-        try:
-            book = address_book_of(configuration, self._file_book)
-        except MembershipError as error:
-            # Only a faulty or hostile leader writes such an entry. Keep reaching the members
-            # we can rather than stop: the entry is in the log either way.
-            log.error("node %d: unusable address book in the log: %s", self.id, error)
-            book = {
-                node_id: address
-                for node_id, address in self.peer_addresses.items()
-                if node_id in configuration.members
-            }
-        for node_id in self._log_book.keys() - book.keys():
-            self._lookups.removed(node_id)
-            self._provisional_book.pop(node_id, None)
-        for node_id in book:
-            self._lookups.rejoined(node_id)
-            self._provisional_book.pop(node_id, None)  # the log is the authority now
-        if book != self._log_book:
-            log.info(
-                "node %d: members %s (voters %s)",
-                self.id,
-                sorted(configuration.members),
-                sorted(configuration.voters),
-            )
-        self._log_book = book
-        self._apply_addresses()
+    @property
+    def peer_addresses(self) -> dict[int, MemberAddress]:
+        """Where every member (this node too) and every provisionally known peer can be
+        reached (`kvraft.address_book`)."""
+        return self.address_book.addresses
 
     def learn_addresses(self, book: dict[int, MemberAddress]) -> None:
-        """Addresses learned outside the log (a join answer, a look-up), used for ids the log
-        does not name yet: the leader must be reachable before the log can say who it is."""
-        for node_id, address in book.items():
-            if node_id != self.id and node_id not in self._log_book:
-                self._provisional_book[node_id] = address
-        self._apply_addresses()
-
-    def _apply_addresses(self) -> None:
-        addresses = {**self._provisional_book, **self._log_book}
-        addresses[self.id] = addresses.get(self.id) or MemberAddress.of_spec(self.spec)
-        self.peer_addresses = addresses
-        transport = self.transport
-        if transport is None:
-            return
-        for node_id in list(self._transport_addresses):
-            if node_id not in addresses:
-                transport.remove_peer(node_id)
-                del self._transport_addresses[node_id]
-        for node_id, address in addresses.items():
-            target = (address.raft_host, address.raft_port)
-            if node_id != self.id and self._transport_addresses.get(node_id) != target:
-                transport.set_peer_address(node_id, *target)
-                self._transport_addresses[node_id] = target
-
-    def _maybe_look_up(self, node_id: int) -> None:
-        """A peer we do not know dialled in: maybe a member our log has not reached yet."""
-        if self._stopping or self.transport is None:
-            return
-        if self._lookup_task is not None and not self._lookup_task.done():
-            return
-        if not self._lookups.allow(node_id, time.monotonic()):
-            return
-        self._lookup_task = asyncio.create_task(self._look_up(node_id))
-
-    async def _look_up(self, node_id: int) -> None:
-        if self._http_session is None:
-            self._http_session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT_S)
-        for asked in [a for i, a in sorted(self.peer_addresses.items()) if i != self.id]:
-            try:
-                async with self._http_session.get(
-                    asked.http_url + "/v1/members", timeout=timeout
-                ) as response:
-                    if response.status != 200:
-                        continue
-                    body = await response.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
-            found = _member_in_answer(body, node_id)
-            if found is not None:
-                if node_id not in self._log_book and not self._lookups.is_removed(node_id):
-                    log.info(
-                        "node %d: learned from node %d that node %d is a member at %s",
-                        self.id,
-                        asked.id,
-                        node_id,
-                        found.raft_address,
-                    )
-                    self.learn_addresses({node_id: found})
-                return
-            if isinstance(body, dict) and isinstance(body.get("members"), list):
-                return  # a definite answer: not a member
+        """Addresses learned outside the log (the join answer), for ids the log does not
+        name yet (`AddressBook.learn_addresses`)."""
+        self.address_book.learn_addresses(book)
 
     # --- membership: changes ------------------------------------------------------------
 
@@ -1071,16 +954,3 @@ class RaftNode:
             and core.leader_id != 0
             and self.state_machine.applied_index >= core.log.commit_index
         )
-
-
-def _member_in_answer(body: object, node_id: int) -> MemberAddress | None:
-    """`node_id`'s addresses in a `GET /v1/members` answer (untrusted), if it is listed."""
-    if not isinstance(body, dict) or not isinstance(body.get("members"), list):
-        return None
-    for item in body["members"]:
-        if isinstance(item, dict) and item.get("id") == node_id:
-            try:
-                return parse_member(node_id, item.get("raft_address"), item.get("http_address"))
-            except MembershipError:
-                return None
-    return None
