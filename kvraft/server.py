@@ -17,12 +17,14 @@ handlers, the tick timer, the transport's receive callback) queues work in the s
 and wakes the driver, so the core sees one batch of inputs at a time and the event
 loop never waits on the disk.
 
-Membership. `kvraft.address_book` (`AddressBook`) knows where each peer is and tells the
-transport which peers exist: the driver hands it the latest configuration in the log
-before each Ready's messages go out (§4.1: a configuration is in force once appended,
-committed or not). A change is proposed through the driver like a write; the node
-adds a new member as a learner, waits for it to catch up, then promotes it (§4.2.1),
-and removes itself only after handing leadership over (§3.10).
+Membership lives in two modules of its own. `kvraft.address_book` (`AddressBook`) knows
+where each peer is and tells the transport which peers exist: the driver hands it the
+latest configuration in the log before each Ready's messages go out (§4.1: a
+configuration is in force once appended, committed or not). `kvraft.reconfiguration`
+(`Reconfiguration`) is the leader's side of a change: learner, catch-up and promotion
+(§4.2.1), removal, leadership transfer (§3.10); it proposes each configuration through
+`RaftNode.propose_configuration`, like a write through the driver. `kvraft.membership`
+holds the pure planning both use.
 """
 
 from __future__ import annotations
@@ -38,25 +40,8 @@ from typing import Any, Protocol, TypeVar
 
 from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
 from kvraft.config import ClusterConfig, NodeSpec
-from kvraft.errors import (
-    ChangeInProgress,
-    HandedOver,
-    NodeStoppedError,
-    NotCaughtUp,
-    NotLeader,
-    OutcomeUnknown,
-    Unavailable,
-)
-from kvraft.membership import (
-    MemberAddress,
-    MembershipConflictError,
-    UnknownMemberError,
-    is_caught_up,
-    pick_transfer_target,
-    plan_learner_add,
-    plan_promotion,
-    plan_removal,
-)
+from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Unavailable
+from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
     CodecError,
@@ -72,13 +57,15 @@ from kvraft.raft.messages import (
     Message,
     SnapshotMeta,
 )
-from kvraft.raft.progress import Progress, ProgressState
+from kvraft.reconfiguration import MEMBERSHIP_REQUEST_TIMEOUTS, Reconfiguration
 from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
 
+# The two constants live in `kvraft.address_book` and `kvraft.reconfiguration` now; they stay
+# importable from here for code written before the move.
 __all__ = [
     "LOOKUP_TIMEOUT_S",
     "MEMBERSHIP_REQUEST_TIMEOUTS",
@@ -88,10 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("kvraft.server")
-
-MEMBERSHIP_REQUEST_TIMEOUTS = 3
-"""A membership change may take this many `limits.request_timeout_ms`: adding a voter commits
-the learner, waits for it to catch up, then commits its promotion, each bounded by one."""
 
 
 class Transport(Protocol):
@@ -192,7 +175,8 @@ class RaftNode:
         self.leader_changes = 0
         self.last_leader_id = 0
         self.fsync_observer: Callable[[float], None] | None = None
-        # Membership: where each peer is, and which may connect.
+        # Membership: where each peer is (and which may connect), and the leader's side of
+        # a change.
         self.address_book = AddressBook(
             node_id,
             MemberAddress.of_spec(self.spec),
@@ -200,9 +184,9 @@ class RaftNode:
             founding=self._founding,
             is_stopping=lambda: self._stopping,
         )
-        self._membership_lock = asyncio.Lock()
+        self.reconfiguration = Reconfiguration(self)
         self._state_changed = asyncio.Event()
-        self._state_waiters = 0  # coroutines in _wait_until: only then is a new Event needed
+        self._state_waiters = 0  # coroutines in wait_until: only then is a new Event needed
 
     @property
     def core(self) -> RaftCore | None:
@@ -641,7 +625,7 @@ class RaftNode:
         # Larger than a frame, it goes in pieces on the bulk lane.
         transport.send(message.target, payload, bulk=True)
 
-    # --- membership: the address book ---------------------------------------------------
+    # --- membership ---------------------------------------------------------------------
 
     @property
     def peer_addresses(self) -> dict[int, MemberAddress]:
@@ -654,21 +638,23 @@ class RaftNode:
         name yet (`AddressBook.learn_addresses`)."""
         self.address_book.learn_addresses(book)
 
-    # --- membership: changes ------------------------------------------------------------
+    def propose_configuration(
+        self, configuration: Configuration, base: Configuration, future: asyncio.Future[None]
+    ) -> None:
+        """Queue the change to `configuration`, planned from `base` (refused if the latest
+        configuration is no longer `base`); `future` resolves once it commits. Only
+        `kvraft.reconfiguration` proposes one, on the leader."""
+        shell = self.shell
+        assert shell is not None
+        shell.propose_configuration(configuration, base, future)
+        self._wake.set()
+
+    # --- waiting for the node's state ---------------------------------------------------
 
     @property
-    def membership_timeout_s(self) -> float:
-        """The longest a membership request takes before it answers 503/504."""
-        return MEMBERSHIP_REQUEST_TIMEOUTS * self.config.limits.request_timeout_ms / 1000
-
-    def _leader_core(self) -> RaftCore:
-        if self._stopping:
-            raise NodeStoppedError("node is shutting down")
-        core = self.core
-        assert core is not None
-        if core.role != Role.LEADER:
-            raise NotLeader(core.leader_id)
-        return core
+    def stopping(self) -> bool:
+        """No new work is taken: the node is stopping, or its storage failed."""
+        return self._stopping
 
     async def wait_for_new_leader(self, previous_leader_id: int, deadline_s: float) -> int:
         """Wait (until `deadline_s` on the loop's clock) until a leader other than
@@ -678,7 +664,7 @@ class RaftNode:
             core = self.core
             return core is not None and core.leader_id not in (NO_NODE, previous_leader_id)
 
-        if not await self._wait_until(elected, deadline_s):
+        if not await self.wait_until(elected, deadline_s):
             return NO_NODE
         core = self.core
         assert core is not None
@@ -689,8 +675,9 @@ class RaftNode:
             event, self._state_changed = self._state_changed, asyncio.Event()
             event.set()
 
-    async def _wait_until(self, condition: Callable[[], bool], deadline_s: float) -> bool:
-        """Wait (on the loop's clock) until `condition()` holds; False at the deadline."""
+    async def wait_until(self, condition: Callable[[], bool], deadline_s: float) -> bool:
+        """Wait (on the loop's clock) until `condition()` holds; False at the deadline, or
+        once the node stops taking work."""
         loop = asyncio.get_running_loop()
         while not condition():
             remaining_s = deadline_s - loop.time()
@@ -704,159 +691,6 @@ class RaftNode:
             finally:
                 self._state_waiters -= 1
         return True
-
-    @contextlib.asynccontextmanager
-    async def _exclusive_change(self) -> AsyncIterator[None]:
-        # One change at a time, including the steps of an add that leave nothing pending in
-        # the log (waiting for the learner): a second request is refused, never queued.
-        if self._membership_lock.locked():
-            raise ChangeInProgress("another membership change is in progress on the leader")
-        async with self._membership_lock:
-            yield
-
-    def _book_of(self, configuration: Configuration) -> dict[int, MemberAddress]:
-        return {i: a for i, a in self.peer_addresses.items() if i in configuration.members}
-
-    async def _wait_for_first_commit(self, core: RaftCore, deadline_s: float) -> None:
-        # A new leader may change the membership only once an entry of its term commits;
-        # that usually takes one round trip, so wait for it rather than refuse at once.
-        election_s = self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-
-        def committed_in_term() -> bool:
-            return core.log.term_at(core.log.commit_index) == core.term
-
-        await self._wait_until(
-            lambda: core.role != Role.LEADER or committed_in_term(),
-            min(deadline_s, loop.time() + election_s),
-        )
-
-    async def _commit_configuration(
-        self, configuration: Configuration, base: Configuration, deadline_s: float
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        remaining_s = min(deadline_s - loop.time(), self.config.limits.request_timeout_ms / 1000)
-        if remaining_s <= 0:
-            raise Unavailable("no time left to propose the membership change")
-        future: asyncio.Future[None] = loop.create_future()
-        shell = self.shell
-        assert shell is not None
-        shell.propose_configuration(configuration, base, future)
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(future), remaining_s)
-        except TimeoutError:
-            raise OutcomeUnknown(
-                "the membership change was proposed but not committed in time (no quorum?); "
-                "it may still apply"
-            ) from None
-
-    async def add_member(self, member: MemberAddress, *, voter: bool = True) -> dict[str, Any]:
-        """Add `member` as a learner, wait until it has caught up and, if `voter`, promote it
-        (§4.2.1). Idempotent: a member already there at the same addresses is not re-added.
-
-        Raises NotLeader, ChangeInProgress, MembershipError (and subclasses), NotCaughtUp,
-        Unavailable or OutcomeUnknown; returns `members_view()` once everything committed.
-        """
-        core = self._leader_core()
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.membership_timeout_s
-        async with self._exclusive_change():
-            await self._wait_for_first_commit(core, deadline_s)
-            core = self._leader_core()
-            base = core.log.configuration()
-            if not voter and member.id in base.voters:
-                raise MembershipConflictError(
-                    f"node {member.id} is a voter; remove it to add it back as a learner"
-                )
-            learner = plan_learner_add(base, self._book_of(base), member)
-            if learner is not None:
-                await self._commit_configuration(learner, base, deadline_s)
-                log.info("node %d: added node %d as a learner", self.id, member.id)
-            if voter and member.id not in self._leader_core().log.configuration().voters:
-                await self._wait_caught_up(member.id, deadline_s)
-                base = self._leader_core().log.configuration()
-                promotion = plan_promotion(base, self._book_of(base), member.id)
-                if promotion is not None:
-                    await self._commit_configuration(promotion, base, deadline_s)
-                    log.info("node %d: promoted node %d to voter", self.id, member.id)
-        return self.members_view()
-
-    async def _wait_caught_up(self, node_id: int, deadline_s: float) -> None:
-        core = self._leader_core()
-
-        def caught_up() -> bool:
-            progress = core.progress.get(node_id)
-            if core.role != Role.LEADER:
-                return True  # stop waiting: the caller finds out it is no longer the leader
-            return progress is not None and self._progress_caught_up(core, progress)
-
-        # Catching up gets its own request timeout (a snapshot can take a while), leaving the
-        # last one for the promotion.
-        loop = asyncio.get_running_loop()
-        request_timeout_s = self.config.limits.request_timeout_ms / 1000
-        if not await self._wait_until(caught_up, min(deadline_s, loop.time() + request_timeout_s)):
-            progress = core.progress.get(node_id)
-            match_index = progress.match_index if progress is not None else 0
-            raise NotCaughtUp(
-                f"node {node_id} is a learner but has not caught up yet (match index "
-                f"{match_index}, commit index {core.log.commit_index}); retry to promote it"
-            )
-        self._leader_core()  # still the leader?
-
-    async def remove_member(self, node_id: int) -> dict[str, Any]:
-        """Remove `node_id` from the cluster. The leader removing itself first hands
-        leadership to the most caught-up voter (§3.10) and raises HandedOver: the new leader
-        does the removal, and the old one, no longer a member, stays quiet (§4.2.3)."""
-        core = self._leader_core()
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.membership_timeout_s
-        if node_id == self.id:
-            plan_removal(core.log.configuration(), self.peer_addresses, node_id)  # validate
-            new_leader = await self.transfer_leadership(None)
-            raise HandedOver(new_leader)
-        async with self._exclusive_change():
-            await self._wait_for_first_commit(core, deadline_s)
-            base = self._leader_core().log.configuration()
-            change = plan_removal(base, self._book_of(base), node_id)
-            await self._commit_configuration(change, base, deadline_s)
-            log.info("node %d: removed node %d", self.id, node_id)
-        return self.members_view()
-
-    async def transfer_leadership(self, target: int | None) -> int:
-        """Hand leadership to `target` (None: the most caught-up voter) and wait until it
-        moved; returns the new leader's id. Raises NotLeader, MembershipError (unknown or
-        non-voting target), Unavailable (nothing moved in time) or OutcomeUnknown (this node
-        stepped down but no new leader is known yet)."""
-        core = self._leader_core()
-        configuration = core.log.configuration()
-        if target is None:
-            matches = {peer: progress.match_index for peer, progress in core.progress.items()}
-            target = pick_transfer_target(configuration.voters, self.id, matches)
-            if target is None:
-                raise MembershipConflictError("there is no other voter to hand leadership to")
-        elif target == self.id:
-            return self.id
-        elif target not in configuration.members:
-            raise UnknownMemberError(f"node {target} is not a member")
-        elif target not in configuration.voters:
-            raise MembershipConflictError(f"node {target} is a learner; only a voter can lead")
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.config.limits.request_timeout_ms / 1000
-        # The core abandons a transfer after an election timeout (§3.10): ask again until the
-        # deadline, so a target that was briefly slow still gets it.
-        retry_s = 2 * self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
-        while core.role == Role.LEADER and loop.time() < deadline_s:
-            self.request_leadership_transfer(target)
-            await self._wait_until(
-                lambda: core.role != Role.LEADER, min(deadline_s, loop.time() + retry_s)
-            )
-        if core.role == Role.LEADER:
-            raise Unavailable(f"node {target} did not take leadership in time; nothing changed")
-        if not await self._wait_until(lambda: core.leader_id not in (NO_NODE, self.id), deadline_s):
-            raise OutcomeUnknown("this node stepped down but no new leader is known yet")
-        log.info("node %d: handed leadership to node %d", self.id, core.leader_id)
-        return core.leader_id
 
     # --- status -------------------------------------------------------------------------
 
@@ -880,51 +714,6 @@ class RaftNode:
             return None
         return self.peer_addresses.get(core.leader_id)
 
-    def _member_items(self, core: RaftCore) -> list[dict[str, Any]]:
-        configuration = core.log.configuration()
-        items = []
-        for member in sorted(configuration.members):
-            address = self.peer_addresses.get(member)
-            item: dict[str, Any] = {
-                "id": member,
-                "raft_address": address.raft_address if address else None,
-                "http_address": address.http_address if address else None,
-                "voter": member in configuration.voters,
-            }
-            if core.role == Role.LEADER:
-                progress = core.progress.get(member)
-                item["match_index"] = progress.match_index if progress else 0
-                item["caught_up"] = member == self.id or (
-                    progress is not None and self._progress_caught_up(core, progress)
-                )
-            items.append(item)
-        return items
-
-    @staticmethod
-    def _progress_caught_up(core: RaftCore, progress: Progress) -> bool:
-        return is_caught_up(
-            progress.match_index,
-            core.log.commit_index,
-            replicating=progress.state == ProgressState.REPLICATE,
-        )
-
-    def change_pending(self) -> bool:
-        """A membership change is uncommitted, or a leader is in the middle of one."""
-        core = self.core
-        assert core is not None
-        return bool(core.log.pending_configuration_index()) or self._membership_lock.locked()
-
-    def members_view(self) -> dict[str, Any]:
-        """`GET /v1/members`: every member, and on the leader how far each has replicated."""
-        core = self.core
-        assert core is not None
-        return {
-            "leader_id": core.leader_id,
-            "term": core.term,
-            "change_pending": self.change_pending(),
-            "members": self._member_items(core),
-        }
-
     def status(self) -> dict[str, Any]:
         core = self.core
         assert core is not None
@@ -940,8 +729,8 @@ class RaftNode:
             "applied_index": self.state_machine.applied_index,
             "last_log_index": status.last_log_index,
             "snapshot_index": status.snapshot_index,
-            "members": self._member_items(core),
-            "membership_change_pending": self.change_pending(),
+            "members": self.reconfiguration.member_items(core),
+            "membership_change_pending": self.reconfiguration.change_pending(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
