@@ -16,7 +16,7 @@ A 200 on a write means committed on a majority and applied.
 
 Membership (`/v1/members`, `/v1/leader/transfer`) follows the same rules, with 404 for
 an unknown member and 409 when the request contradicts the membership or another
-change is still in progress; see `kvraft.server.RaftNode.add_member` for the steps.
+change is still in progress; see `kvraft.reconfiguration` for the steps.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ part of the request timeout: long enough for several elections (etcd, too, holds
 through an election), short enough to leave the leader time to answer within the request
 timeout. Past it the answer is 503 + Retry-After."""
 MEMBERSHIP_PATH_PREFIXES = ("/v1/members", "/v1/leader/")
-"""Routes that may take `RaftNode.membership_timeout_s`, so a forwarding node waits that long."""
+"""Routes that may take `Reconfiguration.timeout_s`, so a forwarding node waits that long."""
 
 METRIC_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"))
 """Request methods that the latency metric names; any other is counted as "other"."""
@@ -398,14 +398,15 @@ class _Routes:
         if self.node.role_name() != "leader":
             # Only the leader knows how far each member has replicated.
             raise NotLeader(self.node.core.leader_id if self.node.core else 0)
-        return _json(200, self.node.members_view())
+        return _json(200, self.node.reconfiguration.members_view())
 
     async def add_member(self, request: web.BaseRequest) -> web.Response:
         try:
             add = parse_add_request(await _read_json(request))
         except MembershipError as error:
             raise ApiError(400, "bad_request", str(error)) from None
-        return await self._membership(self.node.add_member(add.member, voter=add.voter))
+        change = self.node.reconfiguration.add_member(add.member, voter=add.voter)
+        return await self._membership(change)
 
     async def remove_member(self, request: web.BaseRequest) -> web.Response:
         text = _path_tail(request, MEMBER_PATH_PREFIX)
@@ -415,7 +416,7 @@ class _Routes:
             node_id = parse_node_id(int(text))
         except MembershipError as error:
             raise ApiError(400, "bad_request", str(error)) from None
-        return await self._membership(self.node.remove_member(node_id))
+        return await self._membership(self.node.reconfiguration.remove_member(node_id))
 
     async def transfer_leadership(self, request: web.BaseRequest) -> web.Response:
         try:
@@ -425,7 +426,7 @@ class _Routes:
         previous = self.node.id
 
         async def transfer() -> dict[str, Any]:
-            leader_id = await self.node.transfer_leadership(target)
+            leader_id = await self.node.reconfiguration.transfer_leadership(target)
             return {"leader_id": leader_id, "previous_leader_id": previous}
 
         return await self._membership(transfer())
@@ -650,7 +651,7 @@ class HttpApi:
 
     def _answer_timeout_s(self, request: web.BaseRequest) -> float:
         if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
-            return self.node.membership_timeout_s
+            return self.node.reconfiguration.timeout_s
         return self.routes.timeout_s
 
     async def _forward(
