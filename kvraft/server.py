@@ -52,6 +52,7 @@ from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     NO_NODE,
     Configuration,
+    Entry,
     InstallSnapshot,
     Message,
     SnapshotMeta,
@@ -62,6 +63,7 @@ from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
+from kvraft.watch import WatchHub
 
 # The two constants live in `kvraft.address_book` and `kvraft.reconfiguration` now; they stay
 # importable from here for code written before the move.
@@ -158,6 +160,8 @@ class RaftNode:
         self.storage: Storage | None = None
         self.shell: NodeShell | None = None
         self._state_machine_before_start = KVStateMachine()
+        self.watch_hub = WatchHub(0)
+        """The committed changes this node applied, for watchers (`kvraft.watch`)."""
         self.transport: Transport | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
@@ -200,6 +204,14 @@ class RaftNode:
         state_machine = self.shell.state_machine
         assert isinstance(state_machine, KVStateMachine)
         return state_machine
+
+    def _record_changes(self, entry: Entry, result: object) -> None:
+        # An idempotent retry is answered with the original's result: its changes happened
+        # at the original's index, not again at this one.
+        if isinstance(result, ApplyResult) and result.index == entry.index:
+            self.watch_hub.record(entry.index, result.changes)
+        else:
+            self.watch_hub.record(entry.index, ())
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -250,6 +262,11 @@ class RaftNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=settings.snapshot_threshold_entries,
         )
+        # Watchers can go back as far as the state this node starts from; the log replayed
+        # from here on refills the history.
+        self.watch_hub = WatchHub(state_machine.applied_index)
+        self.shell.on_apply.append(self._record_changes)
+        self.shell.on_restore.append(lambda meta: self.watch_hub.restart(meta.index))
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",
             self.id,
