@@ -52,7 +52,6 @@ from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     NO_NODE,
     Configuration,
-    Entry,
     InstallSnapshot,
     Message,
     SnapshotMeta,
@@ -205,14 +204,6 @@ class RaftNode:
         assert isinstance(state_machine, KVStateMachine)
         return state_machine
 
-    def _record_changes(self, entry: Entry, result: object) -> None:
-        # An idempotent retry is answered with the original's result: its changes happened
-        # at the original's index, not again at this one.
-        if isinstance(result, ApplyResult) and result.index == entry.index:
-            self.watch_hub.record(entry.index, result.changes)
-        else:
-            self.watch_hub.record(entry.index, ())
-
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -265,8 +256,7 @@ class RaftNode:
         # Watchers can go back as far as the state this node starts from; the log replayed
         # from here on refills the history.
         self.watch_hub = WatchHub(state_machine.applied_index)
-        self.shell.on_apply.append(self._record_changes)
-        self.shell.on_restore.append(lambda meta: self.watch_hub.restart(meta.index))
+        self.watch_hub.follow(self.shell)
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",
             self.id,
