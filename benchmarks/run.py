@@ -12,6 +12,8 @@ benchmark itself failed (crashed, or the node under test never served).
 - ``recovery``: `benchmarks.bench_recovery`, a real node restarting from 1,000,000 log
   entries or a 1,000,000-key snapshot.
 - ``linearizability``: `benchmarks.bench_linearizability`, the checker's speed.
+- ``watch``: `benchmarks.bench_watch`, put throughput with and without 1,000 watchers on one
+  node, and how long a change takes to reach them.
 - ``vs_etcd``: `benchmarks.bench_vs_etcd`, kvraft against a local etcd cluster (3 and 5
   nodes): throughput and latency under wrk, failover time, elections under load, memory
   (about 20 minutes, 10 of them two 5-minute soaks; installs ``wrk`` and ``etcd-server``
@@ -174,6 +176,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             takes_quick=False,
             parse=parse_linearizability_output,
         ),
+        Benchmark("watch", "benchmarks.bench_watch", writes_json=True, takes_quick=True),
         Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
     )
 }

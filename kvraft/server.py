@@ -732,6 +732,8 @@ class RaftNode:
             "members": self.reconfiguration.member_items(core),
             "membership_change_pending": self.reconfiguration.change_pending(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "watchers": self.watch_hub.watcher_count,
+            "watch_compact_revision": self.watch_hub.compact_revision,
         }
 
     def is_ready(self) -> bool:
