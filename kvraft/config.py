@@ -12,10 +12,12 @@ Layout::
     [raft]     tick_ms, election_ticks, heartbeat_ticks, inflight_max, batch_bytes_max,
                pre_vote, check_quorum
     [storage]  fsync, segment_bytes_max, snapshot_threshold_entries, snapshots_kept
-    [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max
+    [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max,
+               watch_history_revisions_max, watch_history_bytes_max, watchers_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
 
-Every key is required except ``voter``. Relative ``data_dir`` paths are relative to the
+Every key is required except ``voter`` and the ones marked optional, which were added later
+(a file written before them gets their defaults). Relative ``data_dir`` paths are relative to the
 directory holding the config file.
 
 Addresses are ``host:port`` where the host is an IP literal (IPv6 in brackets), ``localhost``
@@ -40,6 +42,11 @@ from typing import Any
 
 from kvraft import statemachine
 from kvraft.raft import codec
+from kvraft.watch import (
+    WATCH_HISTORY_BYTES_MAX_DEFAULT,
+    WATCH_HISTORY_REVISIONS_MAX_DEFAULT,
+    WATCHERS_MAX_DEFAULT,
+)
 
 __all__ = [
     "ADDRESS_CHARS_MAX",
@@ -146,6 +153,15 @@ REQUEST_TIMEOUT_MS_MAX = 600_000
 """The longest ``limits.request_timeout_ms`` (10 minutes): a client request holds a waiter and
 a connection for this long."""
 
+WATCH_HISTORY_REVISIONS_MAX_HIGHEST = 10_000_000
+"""The largest ``limits.watch_history_revisions_max``."""
+
+WATCH_HISTORY_BYTES_MAX_HIGHEST = 16 * 1024 * 1024 * 1024
+"""The largest ``limits.watch_history_bytes_max`` (16 GiB): the history is kept in memory."""
+
+WATCHERS_MAX_HIGHEST = 1_000_000
+"""The largest ``limits.watchers_max``."""
+
 PROPOSALS_PENDING_MAX_HIGHEST = 1_000_000
 """The largest ``limits.proposals_pending_max``: each pending proposal holds its command bytes
 in memory, so the queue must stay bounded."""
@@ -217,12 +233,19 @@ class LimitSettings:
         value_bytes_max: the largest value, in bytes.
         request_timeout_ms: a proposal or read waits this long, then 503 / outcome unknown.
         proposals_pending_max: client requests waiting in one node; beyond it, 503.
+        watch_history_revisions_max, watch_history_bytes_max: how many revisions with
+            changes, and how many bytes of keys and values, a node keeps for watchers
+            (`kvraft.watch`); a watch from an older revision answers 410. Optional.
+        watchers_max: watchers one node serves at once; beyond it, 503. Optional.
     """
 
     key_bytes_max: int = 1024
     value_bytes_max: int = 1024 * 1024
     request_timeout_ms: int = 5000
     proposals_pending_max: int = 10_000
+    watch_history_revisions_max: int = WATCH_HISTORY_REVISIONS_MAX_DEFAULT
+    watch_history_bytes_max: int = WATCH_HISTORY_BYTES_MAX_DEFAULT
+    watchers_max: int = WATCHERS_MAX_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,8 +462,16 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
         "value_bytes_max": (1, VALUE_BYTES_MAX_HIGHEST),
         "request_timeout_ms": (1, REQUEST_TIMEOUT_MS_MAX),
         "proposals_pending_max": (1, PROPOSALS_PENDING_MAX_HIGHEST),
+        "watch_history_revisions_max": (1, WATCH_HISTORY_REVISIONS_MAX_HIGHEST),
+        "watch_history_bytes_max": (1, WATCH_HISTORY_BYTES_MAX_HIGHEST),
+        "watchers_max": (0, WATCHERS_MAX_HIGHEST),
     },
 }
+_SETTINGS_OPTIONAL = {
+    "limits": frozenset({"watch_history_revisions_max", "watch_history_bytes_max", "watchers_max"})
+}
+"""Keys added after files were written without them: a file that leaves one out gets its
+default (every other key is required)."""
 _SETTINGS_KEYS = {name: tuple(keys) for name, keys in _SETTINGS_RANGES.items()}
 _NODE_KEYS = ("id", "raft_address", "http_address", "data_dir", "voter")
 _NODE_REQUIRED_KEYS = ("id", "raft_address", "http_address", "data_dir")
@@ -491,9 +522,12 @@ def _settings_from_table(value: object, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: expected a table, got {_type_name(value)}")
     keys = _SETTINGS_KEYS[name]
-    _check_keys(value, f"{name}.", keys, keys)
+    optional = _SETTINGS_OPTIONAL.get(name, frozenset())
+    _check_keys(value, f"{name}.", keys, tuple(key for key in keys if key not in optional))
     result: dict[str, Any] = {}
     for key, bounds in _SETTINGS_RANGES[name].items():
+        if key not in value:
+            continue  # optional: the settings class's default
         if bounds is None:
             result[key] = _check_bool(value[key], f"{name}.{key}")
         else:

@@ -255,7 +255,13 @@ class RaftNode:
         )
         # Watchers can go back as far as the state this node starts from; the log replayed
         # from here on refills the history.
-        self.watch_hub = WatchHub(state_machine.applied_index)
+        limits = self.config.limits
+        self.watch_hub = WatchHub(
+            state_machine.applied_index,
+            history_revisions_max=limits.watch_history_revisions_max,
+            history_bytes_max=limits.watch_history_bytes_max,
+            watchers_max=limits.watchers_max,
+        )
         self.watch_hub.follow(self.shell)
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",

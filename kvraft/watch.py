@@ -43,11 +43,13 @@ import base64
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvraft.raft.messages import Entry, SnapshotMeta
-from kvraft.shell import NodeShell
 from kvraft.statemachine import ApplyResult, Change
+
+if TYPE_CHECKING:  # the shell is what feeds a hub; the hub needs none of it at run time
+    from kvraft.shell import NodeShell
 
 __all__ = [
     "WATCHERS_MAX_DEFAULT",

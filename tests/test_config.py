@@ -173,7 +173,7 @@ def test_ranges_stated_in_the_shipped_comments_are_the_ranges_enforced(name: str
             else:
                 assert f"{section}.{key}" in refusal(changed)
         checked += 1
-    assert checked == 12, "every integer setting states its range"
+    assert checked == 15, "every integer setting states its range"
 
 
 @pytest.mark.parametrize("size", [3, 5])
@@ -830,3 +830,22 @@ def test_any_valid_config_renders_to_toml_that_parses_back_equal(config: Cluster
     again = parse_config(text, pathlib.Path("/elsewhere"))
     assert again == config
     assert render_config(again) == text
+
+
+def test_the_watch_limits_are_optional_and_read_when_given() -> None:
+    # Files written before the watch limits existed still load, with the defaults.
+    assert parse_config(VALID, CONFIGS).limits == LimitSettings(
+        key_bytes_max=1024,
+        value_bytes_max=1048576,
+        request_timeout_ms=5000,
+        proposals_pending_max=10000,
+    )
+    given = edit(
+        "proposals_pending_max = 10000",
+        "proposals_pending_max = 10000\nwatchers_max = 7\nwatch_history_bytes_max = 4096",
+    )
+    limits = parse_config(given, CONFIGS).limits
+    assert (limits.watchers_max, limits.watch_history_bytes_max) == (7, 4096)
+    assert "limits.watchers_max" in refusal(
+        edit("proposals_pending_max = 10000", "proposals_pending_max = 10000\nwatchers_max = -1")
+    )
