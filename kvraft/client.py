@@ -96,6 +96,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Generator,
@@ -1561,6 +1562,7 @@ class _ClientCore:
         rng: random.Random | None,
         watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
+        watch_progress_s: float = WATCH_PROGRESS_S,
     ) -> None:
         self.router = EndpointRouter(endpoints)
         self.policy = RetryPolicy(timeout_s, attempt_timeout_s, connect_timeout_s)
@@ -1575,6 +1577,8 @@ class _ClientCore:
             raise ClientError("bad_request", "watch_line_bytes_max must be a positive integer")
         self.watch_idle_timeout_s = float(watch_idle_timeout_s)
         self.watch_line_bytes_max = watch_line_bytes_max
+        build_watch(progress_s=watch_progress_s)  # the same checks as every watch
+        self.watch_progress_s = watch_progress_s
 
     def _plan(self, request: HttpRequest) -> Steps[HttpResponse]:
         return plan_exchange(request, self.router, self.policy, time.monotonic, self.rng)
@@ -1632,6 +1636,7 @@ class _ClientCore:
             time.monotonic,
             self.rng,
             progress=progress,
+            progress_s=self.watch_progress_s,
             idle_timeout_s=self.watch_idle_timeout_s,
             line_bytes_max=self.watch_line_bytes_max,
         )
@@ -1721,7 +1726,11 @@ def _too_large(endpoint: str, limit: int) -> ProtocolError:
 
 
 class _ClientBase:
-    """What both clients share: the options and the sans-IO core they drive."""
+    """What both clients share: the options and the sans-IO core they drive.
+
+    Watch options: `watch_progress_s` is the bookmark interval asked of the server (0:
+    none), `watch_idle_timeout_s` how long a silent stream is trusted (keep it a few
+    bookmark intervals), `watch_line_bytes_max` the longest stream line accepted."""
 
     def __init__(
         self,
@@ -1735,6 +1744,7 @@ class _ClientBase:
         rng: random.Random | None = None,
         watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
+        watch_progress_s: float = WATCH_PROGRESS_S,
     ) -> None:
         self._core = _ClientCore(
             endpoints,
@@ -1746,6 +1756,7 @@ class _ClientBase:
             rng,
             watch_idle_timeout_s,
             watch_line_bytes_max,
+            watch_progress_s,
         )
 
     @property
@@ -1840,7 +1851,7 @@ class KVClient(_ClientBase):
         key: str | None = None,
         start_revision: int | None = None,
         progress: bool = False,
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         """The changes of every key under `prefix` (or of `key` alone), as they happen:
         an endless iterator of `WatchEvent`s (`put`, `delete`, and `progress` bookmarks if
         `progress`). From `start_revision`, or from the answering node's next revision.
@@ -2165,7 +2176,7 @@ class AsyncKVClient(_ClientBase):
         key: str | None = None,
         start_revision: int | None = None,
         progress: bool = False,
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """The changes under `prefix` (or of `key`) as an endless async iterator; the same
         guarantees and errors as `KVClient.watch`. `aclose()` it (or break out of the
         `async for` and let it be collected) to end the watch."""
