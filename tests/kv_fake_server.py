@@ -175,6 +175,7 @@ class FakeCluster:
         for streams in self._streams.values():
             for transport in list(streams):
                 transport.abort()
+        self._wake()  # the watch handlers see their connections gone and return
         for runner in self._runners:
             await runner.cleanup()
 
@@ -184,6 +185,7 @@ class FakeCluster:
             await site.stop()
         for transport in list(self._streams[node_id]):
             transport.abort()
+        self._wake()
 
     def _wake(self) -> None:
         """Runs on the loop: wake every watch and blocking read to look at the store."""
