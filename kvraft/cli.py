@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     ("kv", "delete"),
     ("kv", "list_keys"),
     ("kv", "status"),
+    ("watch", "watch"),
     ("member", "member"),
     ("member", "leader"),
     ("sim", "sim"),

@@ -55,6 +55,29 @@ Keys are quoted per path segment: `/` stays a separator and every other characte
 including `%`, spaces and non-ASCII, is percent-encoded; segments `.` and `..` are
 encoded as `%2E` so that nothing between client and server can collapse them.
 
+Watch. `watch(prefix)` follows the changes under a prefix (or of one key) through
+`GET /v1/watch`, a stream of NDJSON lines. The sans-IO half is `WatchStreamParser` (bytes
+in, `WatchEvent`s out, every field of the untrusted stream checked, a line longer than
+`WATCH_LINE_BYTES_MAX` refused), `WatchCursor` (where the watch stands: which changes
+have been delivered) and `plan_watch`, a generator like `plan_exchange` that also yields
+`OpenStream`, `ReadStream` and `CloseStream` steps and the events themselves. When a
+stream breaks (node killed, connection cut, silence past `WATCH_IDLE_TIMEOUT_S`, or a
+`lagged` end) the watch resumes on the next node from the cursor, and the cursor drops
+whatever the new stream repeats: the caller sees each change once, in revision order.
+The server's bookmarks (`progress`) move the cursor on a quiet watch and prove the
+stream alive; the caller sees them only if it asks.
+
+Compaction is never hidden. A 410 (`compacted`: the node no longer keeps the changes
+the watch needs) raises `WatchCompacted`; the client does not re-list on its own, because
+only the caller knows what its view of the keys holds and must be rebuilt. The recipe:
+`list_with_revision` every page of the prefix, then `watch(prefix,
+start_revision=first_page.revision + 1)`. A change made while the later pages were read
+may then arrive both in a page and as an event: applying it twice leaves the same state.
+
+`get(key, wait_revision=N, wait_s=S)` (and `wait_key`, which also tells the revision of
+a deletion) is a blocking read: it answers once the key's revision is above N, or after
+S seconds; every attempt is allowed S seconds more than an ordinary read.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
@@ -73,6 +96,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Generator,
@@ -102,8 +126,15 @@ __all__ = [
     "RESPONSE_BYTES_MAX",
     "RETRY_AFTER_S_MAX",
     "TIMEOUT_S_DEFAULT",
+    "WAIT_S_MAX",
+    "WATCH_EVENT_TYPES",
+    "WATCH_IDLE_TIMEOUT_S",
+    "WATCH_LINE_BYTES_MAX",
+    "WATCH_PROGRESS_S",
+    "WATCH_PROGRESS_S_MAX",
     "AsyncKVClient",
     "ClientError",
+    "CloseStream",
     "ConditionFailed",
     "EndpointRouter",
     "FailureKind",
@@ -112,14 +143,22 @@ __all__ = [
     "Item",
     "KVClient",
     "KVError",
+    "KeyState",
+    "ListAnswer",
+    "OpenStream",
     "OutcomeUnknown",
     "ProtocolError",
+    "ReadStream",
     "RetryPolicy",
     "Send",
     "Step",
     "TransportFailure",
     "Unavailable",
     "Wait",
+    "WatchCompacted",
+    "WatchCursor",
+    "WatchEvent",
+    "WatchStreamParser",
     "backoff_delay_s",
     "build_add_member",
     "build_delete",
@@ -130,18 +169,24 @@ __all__ = [
     "build_remove_member",
     "build_status",
     "build_transfer_leadership",
+    "build_watch",
     "interpret_delete",
     "interpret_get",
+    "interpret_key_state",
     "interpret_list",
+    "interpret_list_answer",
     "interpret_members",
     "interpret_put",
     "interpret_status",
     "interpret_transfer",
+    "interpret_watch_refusal",
     "key_path",
     "normalize_endpoint",
     "parse_retry_after_s",
+    "parse_watch_message",
     "plan_exchange",
     "plan_single_attempt",
+    "plan_watch",
 ]
 
 TIMEOUT_S_DEFAULT = 10.0
@@ -184,13 +229,37 @@ sent, so characters and bytes agree)."""
 LIST_PAGE_SIZE_DEFAULT = 100
 """Items asked for per list request when following continuations."""
 
+WAIT_S_MAX = 3600.0
+"""The longest a blocking read (`get(..., wait_revision=, wait_s=)`) may ask to wait."""
+
+WATCH_PROGRESS_S = 5.0
+"""The bookmark interval a watch asks the server for (`progress_s`). Bookmarks keep the
+resume point fresh on a quiet watch and prove the node alive: a stream silent for
+`WATCH_IDLE_TIMEOUT_S` is given up and resumed elsewhere."""
+
+WATCH_PROGRESS_S_MAX = 3600.0
+"""The longest bookmark interval a watch may ask for."""
+
+WATCH_IDLE_TIMEOUT_S = 3 * WATCH_PROGRESS_S
+"""A watch stream that delivers nothing, not even a bookmark, for this long is treated
+as dead (e.g. its node is frozen) and resumed on another node: three bookmarks missed."""
+
+WATCH_LINE_BYTES_MAX = 96 * 1024 * 1024
+"""The longest line of a watch stream: one put of the largest value a cluster may be
+configured for (64 MiB, about 86 MiB in base64) plus its key and fields. A longer line is
+a `ProtocolError`, not a reason to exhaust memory."""
+
 CONSISTENCY_LEVELS = ("linearizable", "stale")
 """`linearizable` reads go through the leader's ReadIndex (§6.4); `stale` reads are served
 from the answering node's state machine, possibly behind."""
 
+STREAM_CHUNK_BYTES = 64 * 1024
+"""The most one read of a watch stream asks for."""
+
 _KV_PREFIX = "/v1/kv"
 _MEMBERS_PATH = "/v1/members"
 _TRANSFER_PATH = "/v1/leader/transfer"
+_WATCH_PATH = "/v1/watch"
 _JSON_HEADERS = (("Accept", "application/json"),)
 _JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
 
@@ -350,6 +419,36 @@ class Item:
 
 
 ListPage: TypeAlias = tuple[list[Item], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ListAnswer:
+    """One list page with the revision it was read at.
+
+    Fields:
+        items: the page's keys, in key order.
+        continuation: pass as `start_after` for the next page; None on the last page.
+        revision: the answering node's applied index when it read the page (None from a
+            server that does not say). Watching from `revision + 1` misses nothing that
+            happened after the page was read.
+    """
+
+    items: list[Item]
+    continuation: str | None
+    revision: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """A key as a blocking read found it: `value` (None if the key does not exist) and
+    `revision`: of its last write, or of its deletion, or (when the server names neither)
+    the answering node's applied index; 0 when nothing is known. Waiting again from this
+    revision returns at the key's next change."""
+
+    value: bytes | None
+    revision: int
+
+
 StatusResults: TypeAlias = dict[str, dict[str, Any] | KVError]
 
 
@@ -742,10 +841,32 @@ def _read_request(target: str, description: str) -> HttpRequest:
     )
 
 
-def build_get(key: str, *, consistency: str = "linearizable") -> HttpRequest:
-    """`GET /v1/kv/{key}?consistency=...`."""
+def build_get(
+    key: str,
+    *,
+    consistency: str = "linearizable",
+    wait_revision: int | None = None,
+    wait_s: float | None = None,
+) -> HttpRequest:
+    """`GET /v1/kv/{key}?consistency=...[&wait_revision=N&wait_s=S]`.
+
+    With `wait_revision` the read blocks: the node answers once the key's revision is
+    above N (its new value, or 404 for a deletion), or after `wait_s` seconds with the
+    key's current state."""
     _check_consistency(consistency)
-    return _read_request(f"{key_path(key)}?consistency={consistency}", f"GET {key!r}")
+    target = f"{key_path(key)}?consistency={consistency}"
+    if wait_revision is None:
+        if wait_s is not None:
+            raise ClientError("bad_request", "wait_s needs wait_revision")
+        return _read_request(target, f"GET {key!r}")
+    if type(wait_revision) is not int or wait_revision < 0:
+        raise ClientError("bad_request", "wait_revision must be a non-negative integer")
+    if wait_s is None or not isinstance(wait_s, int | float) or not 0 < wait_s <= WAIT_S_MAX:
+        raise ClientError(
+            "bad_request", f"wait_s must be a number of seconds in (0, {WAIT_S_MAX:g}]"
+        )
+    target += f"&wait_revision={wait_revision}&wait_s={wait_s:g}"
+    return _read_request(target, f"GET {key!r} after revision {wait_revision}")
 
 
 def build_list(
@@ -934,8 +1055,17 @@ def interpret_get(response: HttpResponse, key: str | None = None) -> tuple[bytes
 
 def interpret_list(response: HttpResponse) -> ListPage:
     """(items, continuation) of one list page; continuation is None on the last page."""
+    answer = interpret_list_answer(response)
+    return answer.items, answer.continuation
+
+
+def interpret_list_answer(response: HttpResponse) -> ListAnswer:
+    """One list page with the revision it was read at (None if the answer has none)."""
     _raise_for_status(response, None)
     body = _json_object(response)
+    revision = body.get("revision")
+    if revision is not None and (type(revision) is not int or revision < 0):
+        raise ProtocolError("HTTP 200: 'revision' is not a non-negative integer")
     raw_items, continuation = body.get("items"), body.get("continuation")
     if not isinstance(raw_items, list):
         raise ProtocolError("HTTP 200: 'items' is not a list")
@@ -953,7 +1083,25 @@ def interpret_list(response: HttpResponse) -> ListPage:
         except (binascii.Error, ValueError):
             raise ProtocolError(f"HTTP 200: item {key!r} has invalid base64") from None
         items.append(Item(key=key, value=value, revision=_revision_field(raw, 200)))
-    return items, continuation
+    return ListAnswer(items, continuation, revision)
+
+
+def interpret_key_state(response: HttpResponse, key: str | None = None) -> KeyState:
+    """A blocking read's answer: the value and revision, or (404) the key's absence with
+    the revision of its deletion (the body's `revision`, else the node's
+    `X-Kvraft-Revision`, else 0)."""
+    if response.status == 404 and _error_fields(response)[0] == "not_found":
+        try:
+            body = json.loads(response.body)
+        except (ValueError, RecursionError):
+            body = None
+        revision = body.get("revision") if isinstance(body, dict) else None
+        if type(revision) is not int or revision < 0:
+            revision = _header_int(response.headers, "x-kvraft-revision") or 0
+        return KeyState(None, revision)
+    found = interpret_get(response, key)
+    assert found is not None
+    return KeyState(found[0], found[1])
 
 
 def interpret_status(response: HttpResponse) -> dict[str, Any]:
@@ -982,6 +1130,420 @@ def interpret_transfer(response: HttpResponse) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# Watch: the stream parser and the resume logic (sans-IO).
+
+
+class WatchCompacted(KVError):
+    """The watch asked for changes the node no longer keeps (410 `compacted`): every change
+    up to `compact_revision` is gone from its history, so the caller's view may have missed
+    some. Nothing is retried: list again (`list_with_revision`) and watch from the list's
+    revision + 1."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(
+            f"the watch history was compacted: changes up to revision {compact_revision} "
+            "are no longer kept; list again and watch from the list's revision + 1"
+        )
+        self.compact_revision = compact_revision
+
+
+WATCH_EVENT_TYPES = ("put", "delete", "progress")
+"""The event types a caller of `watch` may see (`progress` only if asked for)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One message of a watch stream.
+
+    Fields:
+        type: `put`, `delete` or `progress` (and, inside the client only, `lagged`).
+        key: the changed key; None for `progress`.
+        value: the new value of a `put`; None otherwise.
+        revision: the change's revision; for `progress`, every matching change at or
+            below it has been delivered.
+        prev_revision: the key's revision before the change (None if it did not exist,
+            and for `progress`).
+    """
+
+    type: str
+    key: str | None
+    value: bytes | None
+    revision: int
+    prev_revision: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as the server writes it (one NDJSON line)."""
+        if self.type == "put":
+            assert self.value is not None
+            return {
+                "type": "put",
+                "key": self.key,
+                "value_b64": base64.b64encode(self.value).decode("ascii"),
+                "revision": self.revision,
+                "prev_revision": self.prev_revision,
+            }
+        if self.type == "delete":
+            return {
+                "type": "delete",
+                "key": self.key,
+                "revision": self.revision,
+                "prev_revision": self.prev_revision,
+            }
+        return {"type": self.type, "revision": self.revision}
+
+
+def _stream_int(body: Mapping[str, Any], name: str, minimum: int) -> int:
+    value = body.get(name)
+    if type(value) is not int or value < minimum:
+        raise ProtocolError(f"watch stream: {name!r} is not an integer >= {minimum}: {value!r}")
+    return value
+
+
+def parse_watch_message(obj: object) -> WatchEvent | None:
+    """One decoded NDJSON line (untrusted) as a `WatchEvent`; None for a type this client
+    does not know (a newer server's addition is skipped, not fatal). Raises ProtocolError
+    for anything malformed."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("watch stream: a line is not a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("watch stream: 'type' is not a string")
+    if kind in ("progress", "lagged"):
+        return WatchEvent(kind, None, None, _stream_int(obj, "revision", 0))
+    if kind not in ("put", "delete"):
+        return None
+    key = obj.get("key")
+    if not isinstance(key, str) or not key:
+        raise ProtocolError("watch stream: 'key' is not a non-empty string")
+    revision = _stream_int(obj, "revision", 1)
+    prev_revision = obj.get("prev_revision")
+    if prev_revision is not None and (
+        type(prev_revision) is not int or not 1 <= prev_revision < revision
+    ):
+        raise ProtocolError(
+            f"watch stream: 'prev_revision' of {key!r} is neither null nor a revision "
+            f"below {revision}: {prev_revision!r}"
+        )
+    value: bytes | None = None
+    if kind == "put":
+        encoded = obj.get("value_b64")
+        if not isinstance(encoded, str):
+            raise ProtocolError(f"watch stream: put of {key!r} lacks 'value_b64'")
+        try:
+            value = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(f"watch stream: put of {key!r} has invalid base64") from None
+    return WatchEvent(kind, key, value, revision, prev_revision)
+
+
+class WatchStreamParser:
+    """Bytes of an NDJSON watch stream in, `WatchEvent`s out; no IO.
+
+    `feed(data)` returns the events completed by `data` (a line may arrive split across
+    any number of chunks). Blank lines are skipped (keep-alives); a line longer than
+    `line_bytes_max` (even one still incomplete), a line that is not JSON, or a malformed
+    event raises ProtocolError. A partial last line when the stream ends is discarded by
+    simply not feeding more: the resume logic asks again from the last complete revision.
+    """
+
+    def __init__(self, line_bytes_max: int = WATCH_LINE_BYTES_MAX) -> None:
+        if type(line_bytes_max) is not int or line_bytes_max < 1:
+            raise ValueError("line_bytes_max must be a positive integer")
+        self.line_bytes_max = line_bytes_max
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer known to hold no newline
+
+    def feed(self, data: bytes) -> list[WatchEvent]:
+        self._buffer += data
+        events: list[WatchEvent] = []
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", max(start, self._scanned))
+            if end < 0:
+                break
+            line = bytes(self._buffer[start:end])
+            start = end + 1
+            self._scanned = start
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        del self._buffer[:start]
+        self._scanned = len(self._buffer)
+        if len(self._buffer) > self.line_bytes_max:
+            raise ProtocolError(f"watch stream: a line longer than {self.line_bytes_max} bytes")
+        return events
+
+    def _line(self, line: bytes) -> WatchEvent | None:
+        if len(line) > self.line_bytes_max:
+            raise ProtocolError(f"watch stream: a line longer than {self.line_bytes_max} bytes")
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ProtocolError(f"watch stream: a line is not JSON: {line[:80]!r}") from None
+        return parse_watch_message(obj)
+
+
+class WatchCursor:
+    """Where a watch stands, so that it can resume anywhere without gap or repeat; no IO.
+
+    `next_revision` is the first revision not known to be complete: every matching change
+    below it has been delivered. After a put or delete at revision R the cursor stands at
+    R, with the keys delivered at R remembered: a revision may hold several changes and a
+    connection can be cut between them, so a resumed stream starts at R again and the
+    changes of R already delivered are dropped. A later event, `progress` R or `lagged` R
+    completes R (the cursor moves to R + 1). Any event below the cursor is dropped, so
+    however the server repeats itself the caller sees each change once, in order.
+
+    A change outside the watched key or prefix is a ProtocolError (the server's fault).
+    """
+
+    def __init__(self, prefix: str, key: str | None, start_revision: int | None) -> None:
+        self.prefix = prefix
+        self.key = key
+        self.next_revision: int | None = start_revision
+        self._keys_at_next: set[str] = set()
+        self._bookmark = -1
+
+    def opened(self, headers: Mapping[str, str]) -> None:
+        """A stream was opened: a watch "from now" is from the node's revision + 1 (its
+        `X-Kvraft-Revision`), so that a resume elsewhere starts from there, not from that
+        other node's now."""
+        if self.next_revision is None:
+            revision = _header_int(headers, "x-kvraft-revision")
+            if revision is not None:
+                self.next_revision = revision + 1
+
+    def _complete(self, revision: int) -> None:
+        if self.next_revision is None or revision + 1 > self.next_revision:
+            self.next_revision = revision + 1
+            self._keys_at_next.clear()
+
+    def lagged(self, revision: int) -> None:
+        """The stream ended with `lagged`: everything up to `revision` was sent."""
+        self._complete(revision)
+
+    def accept(self, event: WatchEvent) -> WatchEvent | None:
+        """The event to deliver, or None for a repeat (or a stale progress)."""
+        if event.type == "progress":
+            fresh = event.revision > self._bookmark and (
+                self.next_revision is None or event.revision >= self.next_revision - 1
+            )
+            self._complete(event.revision)
+            if not fresh:
+                return None
+            self._bookmark = event.revision
+            return event
+        assert event.key is not None
+        if (self.key is not None and event.key != self.key) or not event.key.startswith(
+            self.prefix
+        ):
+            raise ProtocolError(f"watch stream: a change of {event.key!r}, which is not watched")
+        revision = event.revision
+        if self.next_revision is not None:
+            if revision < self.next_revision:
+                return None
+            if revision == self.next_revision and event.key in self._keys_at_next:
+                return None
+        if self.next_revision is None or revision > self.next_revision:
+            self.next_revision = revision
+            self._keys_at_next.clear()
+        self._keys_at_next.add(event.key)
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Step: send `request` to `endpoint`, waiting at most `timeout_s` for the answer's
+    head; resume the plan with an `HttpResponse` or a `TransportFailure`. For a 200 the
+    response's body is empty and the stream stays open for `ReadStream`; for any other
+    status the body is read whole and the stream closed."""
+
+    endpoint: str
+    request: HttpRequest
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStream:
+    """Step: the next bytes of the open stream, waiting at most `timeout_s`; resume the
+    plan with the bytes (b"" at the stream's end) or a `TransportFailure`."""
+
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    """Step: close the open stream (if any); resume the plan with None."""
+
+
+StreamStep: TypeAlias = Send | Wait | OpenStream | ReadStream | CloseStream
+WatchSteps: TypeAlias = Generator[StreamStep | WatchEvent, Outcome | bytes | None, None]
+
+
+def build_watch(
+    prefix: str = "",
+    *,
+    key: str | None = None,
+    start_revision: int | None = None,
+    progress_s: float = WATCH_PROGRESS_S,
+) -> HttpRequest:
+    """`GET /v1/watch?prefix=P` (or `key=K`) `[&start_revision=R]&progress_s=S`, asking
+    for NDJSON."""
+    if not isinstance(prefix, str):
+        raise ClientError("bad_request", "prefix must be a string")
+    query: list[tuple[str, str]]
+    if key is not None:
+        key_path(key)  # the same checks as any key
+        if prefix:
+            raise ClientError("bad_request", "watch a key or a prefix, not both")
+        query = [("key", key)]
+        description = f"WATCH key {key!r}"
+    else:
+        query = [("prefix", prefix)]
+        description = f"WATCH {prefix!r}"
+    if start_revision is not None:
+        if type(start_revision) is not int or start_revision < 1:
+            raise ClientError("bad_request", "start_revision must be a positive integer")
+        query.append(("start_revision", str(start_revision)))
+    if not isinstance(progress_s, int | float) or not 0 <= progress_s <= WATCH_PROGRESS_S_MAX:
+        raise ClientError("bad_request", f"progress_s must be in 0..{WATCH_PROGRESS_S_MAX}")
+    query.append(("progress_s", f"{progress_s:g}"))
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="")
+    return HttpRequest(
+        method="GET",
+        target=f"{_WATCH_PATH}?{encoded}",
+        headers=(("Accept", "application/x-ndjson"),),
+        body=b"",
+        is_write=False,
+        retry_after_send=True,
+        description=description,
+    )
+
+
+def interpret_watch_refusal(response: HttpResponse) -> None:
+    """Raise the typed error of a watch answer that is neither 200 nor 5xx: 410
+    `compacted` is `WatchCompacted`, any other 4xx a `ClientError`."""
+    if response.status == 410:
+        body = _json_object(response)
+        compact_revision = body.get("compact_revision")
+        if type(compact_revision) is not int or compact_revision < 0:
+            raise ProtocolError("HTTP 410: 'compact_revision' is not a non-negative integer")
+        raise WatchCompacted(compact_revision)
+    _raise_for_status(response, None)
+    raise ProtocolError(f"unexpected HTTP {response.status} to a watch")
+
+
+def plan_watch(
+    cursor: WatchCursor,
+    router: EndpointRouter,
+    policy: RetryPolicy,
+    clock: Callable[[], float],
+    rng: random.Random,
+    *,
+    progress: bool = False,
+    progress_s: float = WATCH_PROGRESS_S,
+    idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
+    line_bytes_max: int = WATCH_LINE_BYTES_MAX,
+) -> WatchSteps:
+    """A watch that never ends by itself: yields stream steps (execute them and resume
+    with the outcome) and `WatchEvent`s (deliver them, resume with None).
+
+    A stream that breaks (connection lost or refused, node killed, silent for longer than
+    `idle_timeout_s`, ended, or ended with `lagged`) is resumed from the cursor on the
+    next endpoint (after `lagged`, on the same one), with the backoff of `plan_exchange`.
+    `policy.timeout_s` bounds only the time during which *no* node delivers anything:
+    past it the watch raises `Unavailable`. A 410 raises `WatchCompacted`; another 4xx a
+    `ClientError`; a malformed stream a `ProtocolError` (a broken server is not retried).
+    """
+    deadline_s = clock() + policy.timeout_s
+    round_index = 0
+    tried: set[str] = set()
+    last_problem = "no attempt finished"
+    last_status: int | None = None
+    endpoint = router.preferred
+    while True:
+        remaining_s = deadline_s - clock()
+        request = build_watch(
+            cursor.prefix,
+            key=cursor.key,
+            start_revision=cursor.next_revision,
+            progress_s=progress_s,
+        )
+        outcome = yield OpenStream(endpoint, request, min(remaining_s, policy.attempt_timeout_s))
+        if not isinstance(outcome, HttpResponse | TransportFailure):
+            raise TypeError("an OpenStream step must be resumed with its outcome")
+        tried.add(endpoint)
+        floor_s = 0.0
+        lagged = False
+        resumed_from = cursor.next_revision
+        if isinstance(outcome, TransportFailure):
+            last_problem, last_status = f"{endpoint}: {outcome.detail}", None
+        elif outcome.status == 200:
+            router.answered(endpoint, outcome)
+            content_type = outcome.headers.get("content-type", "")
+            if not content_type.startswith("application/x-ndjson"):
+                raise ProtocolError(f"{endpoint}: a watch answered with {content_type!r}")
+            cursor.opened(outcome.headers)
+            parser = WatchStreamParser(line_bytes_max)
+            while not lagged:
+                chunk = yield ReadStream(idle_timeout_s)
+                if isinstance(chunk, TransportFailure):
+                    last_problem, last_status = f"{endpoint}: {chunk.detail}", None
+                    break
+                if not isinstance(chunk, bytes):
+                    raise TypeError("a ReadStream step must be resumed with bytes or a failure")
+                if not chunk:
+                    last_problem, last_status = f"{endpoint}: the watch stream ended", None
+                    break
+                for message in parser.feed(chunk):
+                    # The node serves: the deadline and backoff start afresh.
+                    deadline_s = clock() + policy.timeout_s
+                    round_index = 0
+                    tried.clear()
+                    if message.type == "lagged":
+                        cursor.lagged(message.revision)
+                        lagged = True
+                        break
+                    event = cursor.accept(message)
+                    if event is not None and (event.type != "progress" or progress):
+                        yield event
+            yield CloseStream()
+            if lagged and cursor.next_revision != resumed_from:
+                continue  # the same node, at once, from where the stream ended
+            if lagged:
+                last_problem, last_status = f"{endpoint}: lagged without moving on", None
+        else:
+            router.answered(endpoint, outcome)
+            if outcome.status < 500:
+                interpret_watch_refusal(outcome)
+            last_problem = f"{endpoint}: {_error_text(outcome)}"
+            last_status = outcome.status
+            if outcome.status == 503:
+                floor_s = parse_retry_after_s(outcome.headers.get("retry-after")) or 0.0
+        router.failed(endpoint)
+        next_endpoint = router.preferred
+        if next_endpoint in tried:
+            next_endpoint = router.after(endpoint)
+        delay_s = floor_s
+        if next_endpoint in tried or floor_s > 0:
+            delay_s = max(floor_s, backoff_delay_s(round_index, rng))
+            round_index += 1
+            tried.clear()
+        if clock() + delay_s >= deadline_s:
+            raise Unavailable(
+                f"{request.description}: no node served the watch for {policy.timeout_s:g} s "
+                f"(last: {last_problem})",
+                last_status,
+            )
+        if delay_s > 0:
+            yield Wait(delay_s)
+        endpoint = next_endpoint
+
+
+# ---------------------------------------------------------------------------------------
 # The shared, IO-free half of both clients.
 
 
@@ -998,6 +1560,9 @@ class _ClientCore:
         auto_idempotency_keys: bool,
         response_bytes_max: int,
         rng: random.Random | None,
+        watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
+        watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
+        watch_progress_s: float = WATCH_PROGRESS_S,
     ) -> None:
         self.router = EndpointRouter(endpoints)
         self.policy = RetryPolicy(timeout_s, attempt_timeout_s, connect_timeout_s)
@@ -1006,6 +1571,14 @@ class _ClientCore:
             raise ClientError("bad_request", "response_bytes_max must be a positive integer")
         self.response_bytes_max = response_bytes_max
         self.rng = rng if rng is not None else random.Random()
+        if not isinstance(watch_idle_timeout_s, int | float) or not watch_idle_timeout_s > 0:
+            raise ClientError("bad_timeout", "watch_idle_timeout_s must be a positive number")
+        if type(watch_line_bytes_max) is not int or watch_line_bytes_max < 1:
+            raise ClientError("bad_request", "watch_line_bytes_max must be a positive integer")
+        self.watch_idle_timeout_s = float(watch_idle_timeout_s)
+        self.watch_line_bytes_max = watch_line_bytes_max
+        build_watch(progress_s=watch_progress_s)  # the same checks as every watch
+        self.watch_progress_s = watch_progress_s
 
     def _plan(self, request: HttpRequest) -> Steps[HttpResponse]:
         return plan_exchange(request, self.router, self.policy, time.monotonic, self.rng)
@@ -1036,6 +1609,38 @@ class _ClientCore:
         request = build_get(key, consistency=consistency)
         return interpret_get((yield from self._plan(request)), key)
 
+    def wait_key(
+        self, key: str, consistency: str, wait_revision: int, wait_s: float
+    ) -> Steps[KeyState]:
+        request = build_get(
+            key, consistency=consistency, wait_revision=wait_revision, wait_s=wait_s
+        )
+        # Every attempt may legitimately take wait_s longer than an ordinary read.
+        policy = RetryPolicy(
+            self.policy.timeout_s + wait_s,
+            self.policy.attempt_timeout_s + wait_s,
+            self.policy.connect_timeout_s,
+        )
+        steps = plan_exchange(request, self.router, policy, time.monotonic, self.rng)
+        return interpret_key_state((yield from steps), key)
+
+    def watch(
+        self, prefix: str, key: str | None, start_revision: int | None, progress: bool
+    ) -> WatchSteps:
+        build_watch(prefix, key=key, start_revision=start_revision)  # refuse bad calls now
+        cursor = WatchCursor(prefix, key, start_revision)
+        return plan_watch(
+            cursor,
+            self.router,
+            self.policy,
+            time.monotonic,
+            self.rng,
+            progress=progress,
+            progress_s=self.watch_progress_s,
+            idle_timeout_s=self.watch_idle_timeout_s,
+            line_bytes_max=self.watch_line_bytes_max,
+        )
+
     def delete(
         self, key: str, if_revision: int | None, idempotency_key: str | None
     ) -> Steps[tuple[int, bool]]:
@@ -1049,6 +1654,12 @@ class _ClientCore:
     ) -> Steps[ListPage]:
         request = build_list(prefix, limit=limit, start_after=start_after, consistency=consistency)
         return interpret_list((yield from self._plan(request)))
+
+    def list_answer(
+        self, prefix: str, limit: int, start_after: str | None, consistency: str
+    ) -> Steps[ListAnswer]:
+        request = build_list(prefix, limit=limit, start_after=start_after, consistency=consistency)
+        return interpret_list_answer((yield from self._plan(request)))
 
     def _exchange(self, request: HttpRequest, endpoint: str | None) -> Steps[HttpResponse]:
         """Any node, with retries (`plan_exchange`), or one attempt at `endpoint`."""
@@ -1115,7 +1726,11 @@ def _too_large(endpoint: str, limit: int) -> ProtocolError:
 
 
 class _ClientBase:
-    """What both clients share: the options and the sans-IO core they drive."""
+    """What both clients share: the options and the sans-IO core they drive.
+
+    Watch options: `watch_progress_s` is the bookmark interval asked of the server (0:
+    none), `watch_idle_timeout_s` how long a silent stream is trusted (keep it a few
+    bookmark intervals), `watch_line_bytes_max` the longest stream line accepted."""
 
     def __init__(
         self,
@@ -1127,6 +1742,9 @@ class _ClientBase:
         auto_idempotency_keys: bool = False,
         response_bytes_max: int = RESPONSE_BYTES_MAX,
         rng: random.Random | None = None,
+        watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
+        watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
+        watch_progress_s: float = WATCH_PROGRESS_S,
     ) -> None:
         self._core = _ClientCore(
             endpoints,
@@ -1136,6 +1754,9 @@ class _ClientBase:
             auto_idempotency_keys,
             response_bytes_max,
             rng,
+            watch_idle_timeout_s,
+            watch_line_bytes_max,
+            watch_progress_s,
         )
 
     @property
@@ -1163,9 +1784,37 @@ class KVClient(_ClientBase):
         """Store `value` under `key`; return the write's revision."""
         return self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key))
 
-    def get(self, key: str, *, consistency: str = "linearizable") -> tuple[bytes, int] | None:
-        """(value, revision) of `key`, or None if it does not exist."""
-        return self._run(self._core.get(key, consistency))
+    def get(
+        self,
+        key: str,
+        *,
+        consistency: str = "linearizable",
+        wait_revision: int | None = None,
+        wait_s: float | None = None,
+    ) -> tuple[bytes, int] | None:
+        """(value, revision) of `key`, or None if it does not exist.
+
+        With `wait_revision=N, wait_s=S` the read blocks until the key's revision is above
+        N, or for S seconds at most, and then answers its state. To wait past a deletion
+        (whose revision None does not tell) use `wait_key`."""
+        if wait_revision is None and wait_s is None:
+            return self._run(self._core.get(key, consistency))
+        if wait_revision is None or wait_s is None:
+            raise ClientError("bad_request", "give wait_revision and wait_s together")
+        state = self.wait_key(key, wait_revision, wait_s, consistency=consistency)
+        return None if state.value is None else (state.value, state.revision)
+
+    def wait_key(
+        self,
+        key: str,
+        wait_revision: int,
+        wait_s: float,
+        *,
+        consistency: str = "linearizable",
+    ) -> KeyState:
+        """Block until `key`'s revision is above `wait_revision` (or `wait_s` seconds have
+        passed); its state then. Loop on it with `wait_revision=state.revision`."""
+        return self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     def delete(
         self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
@@ -1183,6 +1832,68 @@ class KVClient(_ClientBase):
         """One page of keys starting with `prefix`, in key order: (items, continuation).
         Pass the continuation as `start_after` to get the next page."""
         return self._run(self._core.list_page(prefix, limit, start_after, consistency))
+
+    def list_with_revision(
+        self,
+        prefix: str = "",
+        limit: int = LIST_PAGE_SIZE_DEFAULT,
+        start_after: str | None = None,
+        consistency: str = "linearizable",
+    ) -> ListAnswer:
+        """Like `list`, with the revision the page was read at: watch from its revision + 1
+        to follow the listed keys without a gap (see `watch`)."""
+        return self._run(self._core.list_answer(prefix, limit, start_after, consistency))
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        start_revision: int | None = None,
+        progress: bool = False,
+    ) -> Generator[WatchEvent, None, None]:
+        """The changes of every key under `prefix` (or of `key` alone), as they happen:
+        an endless iterator of `WatchEvent`s (`put`, `delete`, and `progress` bookmarks if
+        `progress`). From `start_revision`, or from the answering node's next revision.
+
+        Each change arrives exactly once and in revision order, across node failures: a
+        broken stream is resumed on another node from the last revision delivered (see
+        `WatchCursor` and `plan_watch`). It raises `WatchCompacted` when the history the
+        watch needs is gone (never re-listing behind the caller's back: list again with
+        `list_with_revision` and watch from its revision + 1), `Unavailable` when no
+        node served it for the client's `timeout_s`. Close the iterator (or stop
+        iterating it in a `with contextlib.closing(...)`) to end the watch."""
+        steps = self._core.watch(prefix, key, start_revision, progress)
+        stream: http.client.HTTPResponse | None = None
+        connection: http.client.HTTPConnection | None = None
+        reply: Outcome | bytes | None = None
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(step, WatchEvent):
+                    yield step
+                elif isinstance(step, Wait):
+                    time.sleep(step.delay_s)
+                elif isinstance(step, OpenStream):
+                    if connection is not None:
+                        connection.close()
+                    connection, stream, reply = self._open_stream(step)
+                elif isinstance(step, ReadStream):
+                    reply = _read_stream(stream, connection, step.timeout_s)
+                elif isinstance(step, CloseStream):
+                    if connection is not None:
+                        connection.close()
+                    connection = stream = None
+                else:
+                    reply = self._send(step)
+        finally:
+            if connection is not None:
+                connection.close()
+            steps.close()
 
     def iter_prefix(
         self,
@@ -1271,6 +1982,44 @@ class KVClient(_ClientBase):
             result: T = stop.value
             return result
 
+    def _open_stream(
+        self, step: OpenStream
+    ) -> tuple[http.client.HTTPConnection | None, http.client.HTTPResponse | None, Outcome]:
+        """Send a streaming request; keep the connection open on a 200."""
+        parts = urllib.parse.urlsplit(step.endpoint)
+        connection_type = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        timeout_s = max(step.timeout_s, 0.001)
+        connection = connection_type(
+            parts.hostname or "",
+            parts.port,
+            timeout=min(timeout_s, self._core.policy.connect_timeout_s),
+        )
+        try:
+            connection.connect()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            return None, None, TransportFailure(FailureKind.NOT_SENT, _connection_failure(error))
+        try:
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout_s)
+            request = step.request
+            connection.request(request.method, request.target, request.body, dict(request.headers))
+            response = connection.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            if response.status == 200:
+                return connection, response, HttpResponse(200, headers, b"")
+            limit = self._core.response_bytes_max
+            body = response.read(limit + 1)
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            return None, None, TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
+        connection.close()
+        if len(body) > limit:
+            raise _too_large(step.endpoint, limit)
+        return None, None, HttpResponse(response.status, headers, body)
+
     def _send(self, step: Send) -> Outcome:
         parts = urllib.parse.urlsplit(step.endpoint)
         connection_type = (
@@ -1305,6 +2054,21 @@ class KVClient(_ClientBase):
             return HttpResponse(response.status, headers_in, body)
         finally:
             connection.close()
+
+
+def _read_stream(
+    stream: http.client.HTTPResponse | None,
+    connection: http.client.HTTPConnection | None,
+    timeout_s: float,
+) -> bytes | TransportFailure:
+    """The next bytes of an open stream (b"" at its end), or why there are none."""
+    if stream is None or connection is None or connection.sock is None:
+        raise TypeError("ReadStream without an open stream")
+    try:
+        connection.sock.settimeout(max(timeout_s, 0.001))
+        return stream.read1(STREAM_CHUNK_BYTES)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        return TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1351,9 +2115,33 @@ class AsyncKVClient(_ClientBase):
         """Store `value` under `key`; return the write's revision."""
         return await self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key))
 
-    async def get(self, key: str, *, consistency: str = "linearizable") -> tuple[bytes, int] | None:
-        """(value, revision) of `key`, or None if it does not exist."""
-        return await self._run(self._core.get(key, consistency))
+    async def get(
+        self,
+        key: str,
+        *,
+        consistency: str = "linearizable",
+        wait_revision: int | None = None,
+        wait_s: float | None = None,
+    ) -> tuple[bytes, int] | None:
+        """(value, revision) of `key`, or None; blocking with `wait_revision` and `wait_s`
+        as in `KVClient.get`."""
+        if wait_revision is None and wait_s is None:
+            return await self._run(self._core.get(key, consistency))
+        if wait_revision is None or wait_s is None:
+            raise ClientError("bad_request", "give wait_revision and wait_s together")
+        state = await self.wait_key(key, wait_revision, wait_s, consistency=consistency)
+        return None if state.value is None else (state.value, state.revision)
+
+    async def wait_key(
+        self,
+        key: str,
+        wait_revision: int,
+        wait_s: float,
+        *,
+        consistency: str = "linearizable",
+    ) -> KeyState:
+        """Block until `key`'s revision is above `wait_revision`; see `KVClient.wait_key`."""
+        return await self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     async def delete(
         self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
@@ -1370,6 +2158,58 @@ class AsyncKVClient(_ClientBase):
     ) -> ListPage:
         """One page of keys starting with `prefix`: (items, continuation)."""
         return await self._run(self._core.list_page(prefix, limit, start_after, consistency))
+
+    async def list_with_revision(
+        self,
+        prefix: str = "",
+        limit: int = LIST_PAGE_SIZE_DEFAULT,
+        start_after: str | None = None,
+        consistency: str = "linearizable",
+    ) -> ListAnswer:
+        """One page with its revision; see `KVClient.list_with_revision`."""
+        return await self._run(self._core.list_answer(prefix, limit, start_after, consistency))
+
+    async def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        start_revision: int | None = None,
+        progress: bool = False,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """The changes under `prefix` (or of `key`) as an endless async iterator; the same
+        guarantees and errors as `KVClient.watch`. `aclose()` it (or break out of the
+        `async for` and let it be collected) to end the watch."""
+        steps = self._core.watch(prefix, key, start_revision, progress)
+        response: aiohttp.ClientResponse | None = None
+        reply: Outcome | bytes | None = None
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(step, WatchEvent):
+                    yield step
+                elif isinstance(step, Wait):
+                    await asyncio.sleep(step.delay_s)
+                elif isinstance(step, OpenStream):
+                    if response is not None:
+                        response.close()
+                    response, reply = await self._open_stream(step)
+                elif isinstance(step, ReadStream):
+                    reply = await _read_async_stream(response, step.timeout_s)
+                elif isinstance(step, CloseStream):
+                    if response is not None:
+                        response.close()
+                    response = None
+                else:
+                    reply = await self._send(step)
+        finally:
+            if response is not None:
+                response.close()
+            steps.close()
 
     async def iter_prefix(
         self,
@@ -1459,6 +2299,48 @@ class AsyncKVClient(_ClientBase):
             self._session = session
         return self._session
 
+    async def _open_stream(self, step: OpenStream) -> tuple[aiohttp.ClientResponse | None, Outcome]:
+        """Send a streaming request; keep the response open on a 200."""
+        request = step.request
+        timeout_s = max(step.timeout_s, 0.001)
+        # The head must come within timeout_s; the body is read under ReadStream's timeout.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(timeout_s, self._core.policy.connect_timeout_s)
+        )
+        url = yarl.URL(step.endpoint + request.target, encoded=True)
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._session_for_use().request(
+                    request.method,
+                    url,
+                    headers=dict(request.headers),
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            cause = getattr(error, "os_error", None) or error
+            return None, TransportFailure(FailureKind.NOT_SENT, _connection_failure(cause))
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return None, TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        if response.status == 200:
+            return response, HttpResponse(200, headers, b"")
+        limit = self._core.response_bytes_max
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                while received <= limit and (chunk := await response.content.read(64 * 1024)):
+                    received += len(chunk)
+                    chunks.append(chunk)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return None, TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
+        finally:
+            response.close()
+        if received > limit:
+            raise _too_large(step.endpoint, limit)
+        return None, HttpResponse(response.status, headers, b"".join(chunks))
+
     async def _send(self, step: Send) -> Outcome:
         request = step.request
         timeout = aiohttp.ClientTimeout(
@@ -1492,3 +2374,16 @@ class AsyncKVClient(_ClientBase):
             return TransportFailure(FailureKind.NOT_SENT, _connection_failure(cause))
         except (aiohttp.ClientError, TimeoutError) as error:
             return TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
+
+
+async def _read_async_stream(
+    response: aiohttp.ClientResponse | None, timeout_s: float
+) -> bytes | TransportFailure:
+    """The next bytes of an open stream (b"" at its end), or why there are none."""
+    if response is None:
+        raise TypeError("ReadStream without an open stream")
+    try:
+        async with asyncio.timeout(max(timeout_s, 0.001)):
+            return await response.content.readany()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        return TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))

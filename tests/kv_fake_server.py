@@ -4,10 +4,14 @@ It is a fake of the *server*: several nodes, each on its own loopback port, shar
 in-memory store, following the documented API (`/v1/kv`, `/v1/status`, the
 `X-Kvraft-*` headers, conditions, idempotency keys, list pagination, and the membership
 routes `/v1/members` and `/v1/leader/transfer`, answered by any node as if forwarded to
-the leader). Tests script
-faults per node (an error status with `Retry-After`, a dropped connection, a
-malformed answer), optionally after applying the request, and read back every request
-each node received. It runs its own event loop in a background thread so blocking
+the leader), and the watch side of it: `/v1/watch` NDJSON streams from a shared change
+history (with bookmarks, a settable compaction point answered 410), list answers with their
+`revision`, `X-Kvraft-Revision` on every answer and blocking reads (`wait_revision`).
+Tests script faults per node (an error status with `Retry-After`, a dropped connection,
+a malformed answer; for a watch, a stream cut after some events, a `lagged` end, raw
+lines such as repeats or garbage), optionally after applying the request, kill a node
+(its streams are cut and its port refuses), and read back every request each node
+received. It runs its own event loop in a background thread so blocking
 clients, `CliRunner` and asyncio clients can all talk to it.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -52,6 +57,12 @@ class Fault:
         drop: close the connection without any answer.
         body: answer 200 with these raw bytes (a malformed answer).
 
+    Only a watch (`/v1/watch`) heeds these, and streams normally otherwise:
+        prelude: raw bytes written first (repeated or old events, garbage).
+        cut_after_events: close the connection after this many events (0: before any).
+        tail: raw bytes written just before that cut (e.g. half a line).
+        lagged_after_events: after this many events end with `lagged`.
+
     `Fault()`, with none of status, drop and body, answers normally: a placeholder that
     lets the next fault hit a later request.
     """
@@ -62,6 +73,10 @@ class Fault:
     apply_first: bool = False
     drop: bool = False
     body: bytes | None = None
+    prelude: bytes = b""
+    cut_after_events: int | None = None
+    tail: bytes = b""
+    lagged_after_events: int | None = None
 
     @property
     def passes(self) -> bool:
@@ -89,6 +104,9 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     faults: dict[int, collections.deque[Fault]] = field(default_factory=dict)
     members: dict[int, dict[str, Any]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    deleted_at: dict[str, int] = field(default_factory=dict)
+    compact_revision: int = 0
 
 
 class FakeCluster:
@@ -105,6 +123,9 @@ class FakeCluster:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runners: list[web.AppRunner] = []
+        self._sites: dict[int, web.TCPSite] = {}
+        self._streams: dict[int, set[asyncio.BaseTransport]] = {}
+        self._changed: asyncio.Event | None = None
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -120,8 +141,10 @@ class FakeCluster:
         self._loop.close()
 
     async def _start(self) -> None:
+        self._changed = asyncio.Event()
         for node_id in self.node_ids:
             app = web.Application()
+            app.router.add_get("/v1/watch", self._watch_handler(node_id))
             app.router.add_route("*", "/v1/kv/{key:.+}", self._handler(node_id, self._kv))
             app.router.add_get("/v1/kv", self._handler(node_id, self._list))
             app.router.add_get("/v1/status", self._handler(node_id, self._status))
@@ -135,6 +158,8 @@ class FakeCluster:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self._runners.append(runner)
+            self._sites[node_id] = site
+            self._streams[node_id] = set()
             port = runner.addresses[0][1]
             self._ports[node_id] = port
             self.endpoints.append(f"http://127.0.0.1:{port}")
@@ -147,8 +172,26 @@ class FakeCluster:
             }
 
     async def _stop(self) -> None:
+        for streams in self._streams.values():
+            for transport in list(streams):
+                transport.abort()
+        self._wake()  # the watch handlers see their connections gone and return
         for runner in self._runners:
             await runner.cleanup()
+
+    async def _kill(self, node_id: int) -> None:
+        site = self._sites.pop(node_id, None)
+        if site is not None:
+            await site.stop()
+        for transport in list(self._streams[node_id]):
+            transport.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Runs on the loop: wake every watch and blocking read to look at the store."""
+        assert self._changed is not None
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # -- what tests use ------------------------------------------------------------
 
@@ -164,6 +207,19 @@ class FakeCluster:
         """Every request received so far (optionally only one method), in order."""
         with self._lock:
             return [r for r in self._state.requests if method is None or r.method == method]
+
+    def kill(self, node_id: int) -> None:
+        """Take `node_id` down: its watch streams are cut and its port refuses connections."""
+        asyncio.run_coroutine_threadsafe(self._kill(node_id), self._loop).result(START_TIMEOUT_S)
+
+    def compact(self, revision: int) -> None:
+        """Forget the change history up to `revision`: a watch from there gets a 410."""
+        with self._lock:
+            self._state.compact_revision = revision
+
+    def watch_streams(self, node_id: int) -> int:
+        """How many watch streams `node_id` is serving now."""
+        return len(self._streams[node_id])
 
     def stored(self, key: str) -> tuple[bytes, int] | None:
         with self._lock:
@@ -183,6 +239,15 @@ class FakeCluster:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await request.read()
             key = request.match_info.get("key")
+            if key is not None and request.method == "GET" and "wait_revision" in request.query:
+                try:
+                    wait_revision = int(request.query["wait_revision"])
+                    wait_s = float(request.query.get("wait_s", "10"))
+                except ValueError:
+                    return web.json_response(
+                        {"error": "bad_request", "message": "wait"}, status=400
+                    )
+                await self._wait_for_key(key, wait_revision, wait_s)
             with self._lock:
                 self._state.requests.append(
                     RecordedRequest(
@@ -212,12 +277,156 @@ class FakeCluster:
                     status=fault.status,
                     headers=extra,
                 )
-            response.headers["X-Kvraft-Node-Id"] = str(node_id)
-            response.headers["X-Kvraft-Leader-Id"] = str(self.leader_id)
-            response.headers["X-Kvraft-Term"] = str(self.term)
+            self._node_headers(node_id, response)
+            if request.method != "GET":
+                self._wake()
             return response
 
         return handle
+
+    def _node_headers(self, node_id: int, response: web.StreamResponse) -> None:
+        response.headers["X-Kvraft-Node-Id"] = str(node_id)
+        response.headers["X-Kvraft-Leader-Id"] = str(self.leader_id)
+        response.headers["X-Kvraft-Term"] = str(self.term)
+        with self._lock:
+            response.headers["X-Kvraft-Revision"] = str(self._state.revision)
+
+    def _key_revision(self, key: str) -> int:
+        """Runs under the lock: the revision of the key's last write or deletion, or 0."""
+        entry = self._state.store.get(key)
+        return entry[1] if entry is not None else self._state.deleted_at.get(key, 0)
+
+    async def _wait_for_key(self, key: str, wait_revision: int, wait_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            changed = self._changed
+            assert changed is not None
+            with self._lock:
+                if self._key_revision(key) > wait_revision:
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _watch_handler(self, node_id: int) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            with self._lock:
+                self._state.requests.append(
+                    RecordedRequest(
+                        node_id, request.method, None, request.raw_path, dict(request.headers), b""
+                    )
+                )
+                queue = self._state.faults.get(node_id)
+                fault = queue.popleft() if queue else None
+            response: web.StreamResponse
+            if fault is not None and fault.drop:
+                assert request.transport is not None
+                request.transport.abort()
+                response = web.Response()
+            elif fault is not None and fault.body is not None:
+                response = web.Response(status=200, body=fault.body)
+            elif fault is not None and fault.status is not None:
+                extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                response = web.json_response(
+                    {"error": fault.error, "message": "injected by the test"},
+                    status=fault.status,
+                    headers=extra,
+                )
+            else:
+                return await self._watch(node_id, request, fault)
+            self._node_headers(node_id, response)
+            return response
+
+        return handle
+
+    async def _watch(
+        self, node_id: int, request: web.Request, fault: Fault | None
+    ) -> web.StreamResponse:
+        query = request.query
+        prefix, key = query.get("prefix", ""), query.get("key")
+        try:
+            progress_s = float(query.get("progress_s", "10"))
+            start = int(query["start_revision"]) if "start_revision" in query else None
+        except ValueError:
+            return web.json_response({"error": "bad_request", "message": "watch"}, status=400)
+        with self._lock:
+            applied, compact = self._state.revision, self._state.compact_revision
+        position = applied + 1 if start is None else start
+        if position <= compact:
+            response: web.StreamResponse = web.json_response(
+                {"error": "compacted", "compact_revision": compact}, status=410
+            )
+            self._node_headers(node_id, response)
+            return response
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        self._node_headers(node_id, response)
+        await response.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        streams = self._streams[node_id]
+        streams.add(transport)
+        fault = fault or Fault()
+        loop = asyncio.get_running_loop()
+
+        def line(obj: dict[str, Any]) -> bytes:
+            return json.dumps(obj).encode() + b"\n"
+
+        try:
+            if fault.prelude:
+                await response.write(fault.prelude)
+            sent = 0
+            last_progress = loop.time()
+            while not transport.is_closing():
+                if fault.cut_after_events == sent:
+                    if fault.tail:
+                        await response.write(fault.tail)
+                    transport.close()  # flushes what was written, then closes mid-stream
+                    return response
+                changed = self._changed
+                assert changed is not None
+                with self._lock:
+                    applied = self._state.revision
+                    pending = [
+                        change
+                        for change in self._state.history
+                        if change["revision"] >= position
+                        and (
+                            change["key"] == key
+                            if key is not None
+                            else change["key"].startswith(prefix)
+                        )
+                    ]
+                for change in pending:
+                    await response.write(line(change))
+                    sent += 1
+                    position = change["revision"] + 1
+                    if fault.cut_after_events == sent:
+                        break
+                    if fault.lagged_after_events == sent:
+                        await response.write(line({"type": "lagged", "revision": position - 1}))
+                        await response.write_eof()
+                        return response
+                else:
+                    position = max(position, applied + 1)
+                if fault.cut_after_events == sent:
+                    continue
+                now = loop.time()
+                if progress_s > 0 and now - last_progress >= progress_s:
+                    await response.write(line({"type": "progress", "revision": position - 1}))
+                    last_progress = now
+                timeout_s = progress_s - (now - last_progress) if progress_s > 0 else 1.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(timeout_s, 0.01))
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away, or the node was killed
+        finally:
+            streams.discard(transport)
+        return response
 
     def _kv(
         self, node_id: int, request: web.Request, body: bytes
@@ -230,7 +439,10 @@ class FakeCluster:
                 return 400, {"error": "bad_request", "message": "bad consistency"}, {}
             entry = state.store.get(key)
             if entry is None:
-                return 404, {"error": "not_found", "message": f"no key {key!r}"}, {}
+                missing: dict[str, Any] = {"error": "not_found", "message": f"no key {key!r}"}
+                if key in state.deleted_at:
+                    missing["revision"] = state.deleted_at[key]
+                return 404, missing, {}
             return 200, entry[0], {"ETag": f'"{entry[1]}"'}
         if request.method not in ("PUT", "DELETE"):
             return 405, {"error": "bad_request", "message": "method"}, {}
@@ -248,11 +460,19 @@ class FakeCluster:
         ):
             return 412, {"error": "condition_failed", "revision": current_revision}, {}
         state.revision += 1
+        change = {"key": key, "revision": state.revision, "prev_revision": current_revision or None}
         if request.method == "PUT":
             state.store[key] = (body, state.revision)
+            state.deleted_at.pop(key, None)
+            state.history.append(
+                {"type": "put", **change, "value_b64": base64.b64encode(body).decode()}
+            )
             payload: dict[str, Any] = {"revision": state.revision}
         else:
             state.store.pop(key, None)
+            if current is not None:
+                state.deleted_at[key] = state.revision
+                state.history.append({"type": "delete", **change})
             payload = {"revision": state.revision, "deleted": current is not None}
         if idempotency_key is not None:
             state.idempotent_answers[idempotency_key] = (200, payload)
@@ -282,7 +502,11 @@ class FakeCluster:
             for k in page
         ]
         continuation = page[-1] if len(keys) > limit else None
-        return 200, {"items": items, "continuation": continuation}, {}
+        return (
+            200,
+            {"items": items, "continuation": continuation, "revision": self._state.revision},
+            {},
+        )
 
     def _members_view(self) -> dict[str, Any]:
         """Runs under the lock: what the leader answers to `GET /v1/members`."""
