@@ -16,13 +16,14 @@ A 200 on a write means committed on a majority and applied.
 
 Membership (`/v1/members`, `/v1/leader/transfer`) follows the same rules, with 404 for
 an unknown member and 409 when the request contradicts the membership or another
-change is still in progress; see `kvraft.server.RaftNode.add_member` for the steps.
+change is still in progress; see `kvraft.reconfiguration` for the steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -59,9 +60,17 @@ from kvraft.server import RaftNode
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
     ApplyResult,
+    Change,
     CommandError,
     encode_delete,
     encode_put,
+)
+from kvraft.watch import (
+    CompactedError,
+    Lagged,
+    TooManyWatchersError,
+    Watcher,
+    change_json,
 )
 
 __all__ = ["FORWARDED_HEADER", "MEMBERSHIP_PATH_PREFIXES", "HttpApi"]
@@ -81,10 +90,29 @@ part of the request timeout: long enough for several elections (etcd, too, holds
 through an election), short enough to leave the leader time to answer within the request
 timeout. Past it the answer is 503 + Retry-After."""
 MEMBERSHIP_PATH_PREFIXES = ("/v1/members", "/v1/leader/")
-"""Routes that may take `RaftNode.membership_timeout_s`, so a forwarding node waits that long."""
+"""Routes that may take `Reconfiguration.timeout_s`, so a forwarding node waits that long."""
 
 METRIC_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"))
 """Request methods that the latency metric names; any other is counted as "other"."""
+
+WATCH_PROGRESS_S_DEFAULT = 10.0
+"""A watch stream without changes sends a progress event this often, unless asked otherwise."""
+
+WATCH_PROGRESS_S_MAX = 3600.0
+"""The longest progress interval a watch may ask for."""
+
+WAIT_S_DEFAULT = 60.0
+"""A blocking read (`wait_revision`) without `wait_s` waits at most this long."""
+
+WAIT_S_MAX = 600.0
+"""The longest a blocking read may wait (`wait_s`)."""
+
+WATCH_IDLE_CHECK_S = 5.0
+"""An idle watch stream checks this often whether its client is still connected (aiohttp
+does not cancel a handler whose client left), so a watcher nobody reads does not stay."""
+
+REVISION_HEADER = "X-Kvraft-Revision"
+"""On every answer: the answering node's applied index."""
 
 KV_PATH_PREFIX = "/v1/kv/"
 MEMBER_PATH_PREFIX = "/v1/members/"
@@ -232,6 +260,28 @@ async def _read_json(request: web.BaseRequest) -> object:
         raise ApiError(400, "bad_request", "the body is not valid JSON") from None
 
 
+def _query_int(request: web.BaseRequest, name: str, lowest: int) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < lowest or int(text) > 2**63 - 1:
+        raise ApiError(400, "bad_request", f"{name} must be an integer >= {lowest}")
+    return int(text)
+
+
+def _query_seconds(request: web.BaseRequest, name: str, default: float, highest: float) -> float:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= highest:  # also refuses nan
+        raise ApiError(400, "bad_request", f"{name} must be a number of seconds in 0..{highest}")
+    return seconds
+
+
 def _consistency(request: web.BaseRequest) -> str:
     consistency = request.query.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
@@ -334,9 +384,16 @@ class _Routes:
     async def get(self, request: web.BaseRequest) -> web.Response:
         key = _key(request)
         self._check_key(key)
+        wait_revision = _query_int(request, "wait_revision", 0)
+        deleted: Change | None = None
+        if wait_revision is not None:
+            wait_s = _query_seconds(request, "wait_s", WAIT_S_DEFAULT, WAIT_S_MAX)
+            deleted = await self._wait_for_change(key, wait_revision, wait_s)
         await self._read_barrier(request)
         found = self.node.state_machine.get(key)
         if found is None:
+            if deleted is not None:
+                raise ApiError(404, "not_found", f"no key {key!r}", revision=deleted.revision)
             raise ApiError(404, "not_found", f"no key {key!r}")
         value, revision = found
         return web.Response(
@@ -364,11 +421,135 @@ class _Routes:
                 for k, v, r in items
             ],
             "continuation": continuation,
+            # Listed at this revision: a watch from revision + 1 misses nothing.
+            "revision": self.node.state_machine.applied_index,
         }
         return _json(200, body)
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         return _json(200, self.node.status())
+
+    # --- watch (kvraft.watch) -----------------------------------------------------------
+
+    def _watcher(
+        self, request: web.BaseRequest, start_revision: int | None, wake: asyncio.Event
+    ) -> Watcher:
+        key = request.query.get("key")
+        prefix = request.query.get("prefix", "")
+        if key is not None:
+            self._check_key(key)
+        elif len(prefix.encode("utf-8", "surrogatepass")) > self.key_bytes_max:
+            raise ApiError(413, "key_too_large", f"prefix over {self.key_bytes_max} bytes")
+        try:
+            return self.node.watch_hub.watch(
+                prefix=prefix, key=key, start_revision=start_revision, on_change=wake.set
+            )
+        except CompactedError as error:
+            raise ApiError(
+                410, "compacted", str(error), compact_revision=error.compact_revision
+            ) from None
+        except TooManyWatchersError as error:
+            raise ApiError(503, "too_many_watchers", str(error)) from None
+
+    async def watch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """`GET /v1/watch`: the committed changes under a prefix (or of a key), in revision
+        order, as NDJSON or Server-Sent Events, served from this node's applied state."""
+        start_revision = _query_int(request, "start_revision", 1)
+        event_stream = "text/event-stream" in request.headers.get("Accept", "")
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        if start_revision is None and event_stream and last_event_id.isdigit():
+            # A browser's EventSource resumes by itself after the last event it received.
+            start_revision = int(last_event_id) + 1
+        progress_s = _query_seconds(
+            request, "progress_s", WATCH_PROGRESS_S_DEFAULT, WATCH_PROGRESS_S_MAX
+        )
+        wake = asyncio.Event()
+        watcher = self._watcher(request, start_revision, wake)
+        try:
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream" if event_stream else "application/x-ndjson",
+                    "Cache-Control": "no-cache",
+                    REVISION_HEADER: str(self.node.state_machine.applied_index),
+                    "X-Kvraft-Node-Id": str(self.node.id),
+                }
+            )
+            await response.prepare(request)
+            await self._stream(request, response, watcher, wake, progress_s, event_stream)
+        finally:
+            self.node.watch_hub.cancel(watcher)
+        return response
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        watcher: Watcher,
+        wake: asyncio.Event,
+        progress_s: float,
+        event_stream: bool,
+    ) -> None:
+        def encode(event: dict[str, Any]) -> bytes:
+            line = json.dumps(event, separators=(",", ":"))
+            if event_stream:
+                return f"id: {event['revision']}\ndata: {line}\n\n".encode()
+            return (line + "\n").encode()
+
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time() + progress_s
+        transport = request.transport
+        while not self.node.stopping and transport is not None and not transport.is_closing():
+            wake.clear()  # before taking: a change recorded after this wakes the next wait
+            taken = watcher.take()
+            if isinstance(taken, Lagged):
+                await response.write(encode({"type": "lagged", "revision": taken.revision}))
+                return
+            if taken:
+                # One write per batch of whole revisions: a revision is never split.
+                await response.write(b"".join(encode(change_json(c)) for c in taken))
+                continue
+            if progress_s and loop.time() >= progress_at:
+                progress = {"type": "progress", "revision": watcher.progress_revision}
+                await response.write(encode(progress))
+                progress_at = loop.time() + progress_s
+            # A client that went away is noticed at the next write: look at least this often.
+            timeout_s = WATCH_IDLE_CHECK_S
+            if progress_s:
+                timeout_s = min(timeout_s, max(0.0, progress_at - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout_s)
+
+    async def _wait_for_change(self, key: str, wait_revision: int, wait_s: float) -> Change | None:
+        """Wait until `key` changes at a revision above `wait_revision` (or `wait_s` passes);
+        the change if it was a deletion (its revision goes into the 404)."""
+        found = self.node.state_machine.get(key)
+        if found is not None and found[1] > wait_revision:
+            return None
+        wake = asyncio.Event()
+        try:
+            watcher = self.node.watch_hub.watch(
+                key=key, start_revision=wait_revision + 1, on_change=wake.set
+            )
+        except CompactedError:
+            return None  # what happened since is not known here: answer the current state
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + wait_s
+        try:
+            while True:
+                wake.clear()
+                taken = watcher.take()
+                if isinstance(taken, Lagged):
+                    return None
+                if taken:
+                    last = taken[-1]
+                    return last if last.kind == "delete" else None
+                remaining_s = deadline_s - loop.time()
+                if remaining_s <= 0 or self.node.stopping:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), remaining_s)
+        finally:
+            self.node.watch_hub.cancel(watcher)
 
     # --- membership ---------------------------------------------------------------------
 
@@ -398,14 +579,15 @@ class _Routes:
         if self.node.role_name() != "leader":
             # Only the leader knows how far each member has replicated.
             raise NotLeader(self.node.core.leader_id if self.node.core else 0)
-        return _json(200, self.node.members_view())
+        return _json(200, self.node.reconfiguration.members_view())
 
     async def add_member(self, request: web.BaseRequest) -> web.Response:
         try:
             add = parse_add_request(await _read_json(request))
         except MembershipError as error:
             raise ApiError(400, "bad_request", str(error)) from None
-        return await self._membership(self.node.add_member(add.member, voter=add.voter))
+        change = self.node.reconfiguration.add_member(add.member, voter=add.voter)
+        return await self._membership(change)
 
     async def remove_member(self, request: web.BaseRequest) -> web.Response:
         text = _path_tail(request, MEMBER_PATH_PREFIX)
@@ -415,7 +597,7 @@ class _Routes:
             node_id = parse_node_id(int(text))
         except MembershipError as error:
             raise ApiError(400, "bad_request", str(error)) from None
-        return await self._membership(self.node.remove_member(node_id))
+        return await self._membership(self.node.reconfiguration.remove_member(node_id))
 
     async def transfer_leadership(self, request: web.BaseRequest) -> web.Response:
         try:
@@ -425,7 +607,7 @@ class _Routes:
         previous = self.node.id
 
         async def transfer() -> dict[str, Any]:
-            leader_id = await self.node.transfer_leadership(target)
+            leader_id = await self.node.reconfiguration.transfer_leadership(target)
             return {"leader_id": leader_id, "previous_leader_id": previous}
 
         return await self._membership(transfer())
@@ -541,6 +723,7 @@ class HttpApi:
             for route in (
                 _Route("/v1/kv", read_only(routes.list)),
                 _Route("/v1/status", read_only(routes.status)),
+                _Route("/v1/watch", {"GET": routes.watch}),
                 _Route("/v1/members", {**read_only(routes.members), "POST": routes.add_member}),
                 _Route("/v1/leader/transfer", {"POST": routes.transfer_leadership}),
                 _Route("/healthz", read_only(routes.healthz)),
@@ -596,8 +779,10 @@ class HttpApi:
             response = _json(error.status, {"error": "bad_request", "message": error.reason})
         node = self.node
         core = node.core
-        response.headers.setdefault("X-Kvraft-Node-Id", str(node.id))
-        if core is not None:
+        if not response.prepared:  # a stream sent its headers already
+            response.headers.setdefault("X-Kvraft-Node-Id", str(node.id))
+            response.headers.setdefault(REVISION_HEADER, str(node.state_machine.applied_index))
+        if core is not None and not response.prepared:
             response.headers.setdefault("X-Kvraft-Leader-Id", str(core.leader_id))
             response.headers.setdefault("X-Kvraft-Term", str(core.term))
         # Any token is a valid HTTP method: name only the known ones, or a client could make
@@ -650,7 +835,7 @@ class HttpApi:
 
     def _answer_timeout_s(self, request: web.BaseRequest) -> float:
         if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
-            return self.node.membership_timeout_s
+            return self.node.reconfiguration.timeout_s
         return self.routes.timeout_s
 
     async def _forward(

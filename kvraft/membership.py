@@ -376,7 +376,7 @@ class LookupThrottle:
     """Which unknown peers to look up, and when (the clock is the caller's).
 
     A node looks up a peer that dials in but is not in its log, in case its log is behind
-    (`kvraft.server`). It never looks up a node it saw removed from its own configuration,
+    (`kvraft.address_book`). It never looks up a node it saw removed from its own configuration,
     and any other id at most once per `interval_s`; both memories are bounded by `ids_max`.
     """
 

@@ -17,15 +17,14 @@ handlers, the tick timer, the transport's receive callback) queues work in the s
 and wakes the driver, so the core sees one batch of inputs at a time and the event
 loop never waits on the disk.
 
-Membership. Where each member can be reached travels in the log with the members
-themselves (`kvraft.membership`): before each Ready is handled, the node reads the
-latest configuration in its log (§4.1: a configuration is in force once appended,
-committed or not) and updates its address book, the transport's peers and which
-peers may connect. A change is proposed through the driver like a write; the node
-adds a new member as a learner, waits for it to catch up, then promotes it (§4.2.1),
-and removes itself only after handing leadership over (§3.10). A peer that connects
-but is not in this node's log yet (this node is behind) is looked up over HTTP from
-the other members, so a lagging node can still follow a leader it has not heard of.
+Membership lives in two modules of its own. `kvraft.address_book` (`AddressBook`) knows
+where each peer is and tells the transport which peers exist: the driver hands it the
+latest configuration in the log before each Ready's messages go out (§4.1: a
+configuration is in force once appended, committed or not). `kvraft.reconfiguration`
+(`Reconfiguration`) is the leader's side of a change: learner, catch-up and promotion
+(§4.2.1), removal, leadership transfer (§3.10); it proposes each configuration through
+`RaftNode.propose_configuration`, like a write through the driver. `kvraft.membership`
+holds the pure planning both use.
 """
 
 from __future__ import annotations
@@ -39,32 +38,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
-
+from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
 from kvraft.config import ClusterConfig, NodeSpec
-from kvraft.errors import (
-    ChangeInProgress,
-    HandedOver,
-    NodeStoppedError,
-    NotCaughtUp,
-    NotLeader,
-    OutcomeUnknown,
-    Unavailable,
-)
-from kvraft.membership import (
-    LookupThrottle,
-    MemberAddress,
-    MembershipConflictError,
-    MembershipError,
-    UnknownMemberError,
-    address_book_of,
-    is_caught_up,
-    parse_member,
-    pick_transfer_target,
-    plan_learner_add,
-    plan_promotion,
-    plan_removal,
-)
+from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Unavailable
+from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
     CodecError,
@@ -79,13 +56,16 @@ from kvraft.raft.messages import (
     Message,
     SnapshotMeta,
 )
-from kvraft.raft.progress import Progress, ProgressState
+from kvraft.reconfiguration import MEMBERSHIP_REQUEST_TIMEOUTS, Reconfiguration
 from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
 from kvraft.statemachine import ApplyResult, KVStateMachine
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
+from kvraft.watch import WatchHub
 
+# The two constants live in `kvraft.address_book` and `kvraft.reconfiguration` now; they stay
+# importable from here for code written before the move.
 __all__ = [
     "LOOKUP_TIMEOUT_S",
     "MEMBERSHIP_REQUEST_TIMEOUTS",
@@ -95,14 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("kvraft.server")
-
-MEMBERSHIP_REQUEST_TIMEOUTS = 3
-"""A membership change may take this many `limits.request_timeout_ms`: adding a voter commits
-the learner, waits for it to catch up, then commits its promotion, each bounded by one."""
-
-LOOKUP_TIMEOUT_S = 2.0
-"""How long one look-up of an unknown peer waits for a member's answer before asking the
-next member (`kvraft.membership.LookupThrottle` says when to look up)."""
 
 
 class Transport(Protocol):
@@ -187,6 +159,8 @@ class RaftNode:
         self.storage: Storage | None = None
         self.shell: NodeShell | None = None
         self._state_machine_before_start = KVStateMachine()
+        self.watch_hub = WatchHub(0)
+        """The committed changes this node applied, for watchers (`kvraft.watch`)."""
         self.transport: Transport | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
@@ -203,26 +177,18 @@ class RaftNode:
         self.leader_changes = 0
         self.last_leader_id = 0
         self.fsync_observer: Callable[[float], None] | None = None
-        # Membership: the addresses of the latest configuration in the log, addresses learned
-        # outside it (the join answer, look-ups) for ids the log does not name yet, and the
-        # union of both that the transport and the HTTP forwarding use.
-        self._file_book = {node.id: MemberAddress.of_spec(node) for node in config.nodes}
-        self._log_book: dict[int, MemberAddress] = {}
-        self._provisional_book: dict[int, MemberAddress] = {}
-        self._configuration_seen: Configuration | None = None
-        self._lookups = LookupThrottle()
-        self._lookup_task: asyncio.Task[None] | None = None
-        self._transport_addresses: dict[int, tuple[str, int]] = {}
-        if not self._founding:
-            # A new node knows no configuration yet; the file's nodes (if any) are where the
-            # cluster was, so the leader's first messages can be answered.
-            self._provisional_book = {i: a for i, a in self._file_book.items() if i != node_id}
-        self.peer_addresses: dict[int, MemberAddress] = dict(self._file_book)
-        self.peer_addresses[node_id] = MemberAddress.of_spec(self.spec)
-        self._membership_lock = asyncio.Lock()
+        # Membership: where each peer is (and which may connect), and the leader's side of
+        # a change.
+        self.address_book = AddressBook(
+            node_id,
+            MemberAddress.of_spec(self.spec),
+            {node.id: MemberAddress.of_spec(node) for node in config.nodes},
+            founding=self._founding,
+            is_stopping=lambda: self._stopping,
+        )
+        self.reconfiguration = Reconfiguration(self)
         self._state_changed = asyncio.Event()
-        self._state_waiters = 0  # coroutines in _wait_until: only then is a new Event needed
-        self._http_session: aiohttp.ClientSession | None = None
+        self._state_waiters = 0  # coroutines in wait_until: only then is a new Event needed
 
     @property
     def core(self) -> RaftCore | None:
@@ -287,6 +253,10 @@ class RaftNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=settings.snapshot_threshold_entries,
         )
+        # Watchers can go back as far as the state this node starts from; the log replayed
+        # from here on refills the history.
+        self.watch_hub = WatchHub(state_machine.applied_index)
+        self.watch_hub.follow(self.shell)
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",
             self.id,
@@ -297,7 +267,9 @@ class RaftNode:
             core.log.commit_index,
         )
         if self._transport_factory is not None:
-            self.transport = self._transport_factory(self._on_peer_payload, self._is_known_peer)
+            self.transport = self._transport_factory(
+                self._on_peer_payload, self.address_book.is_known_peer
+            )
         else:
             # A node named by a DNS name (a compose service) listens on every interface; one
             # with an IP address binds it, and its outbound connections come from it too.
@@ -307,10 +279,11 @@ class RaftNode:
                 self.spec.raft_listen_host or "0.0.0.0",
                 self.spec.raft_port,
                 self._on_peer_payload,
-                self._is_known_peer,
+                self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
             )
-        self._refresh_membership(core)
+        self.address_book.attach_transport(self.transport)
+        self.address_book.follow_configuration(core.log.configuration())
         if not core.log.configuration().members:
             log.info("node %d: not a member of any configuration yet; waiting to be added", self.id)
         await self.transport.start()
@@ -349,12 +322,7 @@ class RaftNode:
                 await task
         self._fail_all_waiters(NodeStoppedError("node is shutting down"))
         self._notify_state_changed()
-        if self._lookup_task is not None:
-            self._lookup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._lookup_task
-        if self._http_session is not None:
-            await self._http_session.close()
+        await self.address_book.close()
         if self.transport is not None:
             await self.transport.stop()
         if self.storage is not None:
@@ -466,14 +434,6 @@ class RaftNode:
             shell.tick()
             self._wake.set()
 
-    def _is_known_peer(self, node_id: int) -> bool:
-        if node_id == self.id:
-            return False
-        if node_id in self.peer_addresses:
-            return True
-        self._maybe_look_up(node_id)
-        return False
-
     def _on_peer_payload(self, node_id: int, payload: bytes) -> None:
         try:
             message = decode_message(payload)
@@ -507,7 +467,7 @@ class RaftNode:
                     # Configurations in force are the latest in the log (§4.1), including
                     # the entries of this Ready and an accepted snapshot's: the new peers
                     # must be known before the messages to them go out.
-                    self._refresh_membership(core)
+                    self.address_book.follow_configuration(core.log.configuration())
                     self._send_messages(shell.take_messages())
                     if persist is None:
                         # Let HTTP, ticks and peers in between Readies: a long backlog of
@@ -524,7 +484,7 @@ class RaftNode:
                             # and the leader's commit waits on this answer.
                             self._flush()
                     self._maybe_snapshot(shell)
-                self._refresh_membership(core)
+                self.address_book.follow_configuration(core.log.configuration())
                 self._observe_leader(core)
                 self._notify_state_changed()
         except StorageError as error:
@@ -665,120 +625,36 @@ class RaftNode:
         # Larger than a frame, it goes in pieces on the bulk lane.
         transport.send(message.target, payload, bulk=True)
 
-    # --- membership: the address book -------------------------------------------------
-
-    def _refresh_membership(self, core: RaftCore) -> None:
-        """Follow the latest configuration in the log: its addresses, who may connect."""
-        configuration = core.log.configuration()
-        if configuration is self._configuration_seen:
-            return
-        self._configuration_seen = configuration
-        try:
-            book = address_book_of(configuration, self._file_book)
-        except MembershipError as error:
-            # Only a faulty or hostile leader writes such an entry. Keep reaching the members
-            # we can rather than stop: the entry is in the log either way.
-            log.error("node %d: unusable address book in the log: %s", self.id, error)
-            book = {
-                node_id: address
-                for node_id, address in self.peer_addresses.items()
-                if node_id in configuration.members
-            }
-        for node_id in self._log_book.keys() - book.keys():
-            self._lookups.removed(node_id)
-            self._provisional_book.pop(node_id, None)
-        for node_id in book:
-            self._lookups.rejoined(node_id)
-            self._provisional_book.pop(node_id, None)  # the log is the authority now
-        if book != self._log_book:
-            log.info(
-                "node %d: members %s (voters %s)",
-                self.id,
-                sorted(configuration.members),
-                sorted(configuration.voters),
-            )
-        self._log_book = book
-        self._apply_addresses()
-
-    def learn_addresses(self, book: dict[int, MemberAddress]) -> None:
-        """Addresses learned outside the log (a join answer, a look-up), used for ids the log
-        does not name yet: the leader must be reachable before the log can say who it is."""
-        for node_id, address in book.items():
-            if node_id != self.id and node_id not in self._log_book:
-                self._provisional_book[node_id] = address
-        self._apply_addresses()
-
-    def _apply_addresses(self) -> None:
-        addresses = {**self._provisional_book, **self._log_book}
-        addresses[self.id] = addresses.get(self.id) or MemberAddress.of_spec(self.spec)
-        self.peer_addresses = addresses
-        transport = self.transport
-        if transport is None:
-            return
-        for node_id in list(self._transport_addresses):
-            if node_id not in addresses:
-                transport.remove_peer(node_id)
-                del self._transport_addresses[node_id]
-        for node_id, address in addresses.items():
-            target = (address.raft_host, address.raft_port)
-            if node_id != self.id and self._transport_addresses.get(node_id) != target:
-                transport.set_peer_address(node_id, *target)
-                self._transport_addresses[node_id] = target
-
-    def _maybe_look_up(self, node_id: int) -> None:
-        """A peer we do not know dialled in: maybe a member our log has not reached yet."""
-        if self._stopping or self.transport is None:
-            return
-        if self._lookup_task is not None and not self._lookup_task.done():
-            return
-        if not self._lookups.allow(node_id, time.monotonic()):
-            return
-        self._lookup_task = asyncio.create_task(self._look_up(node_id))
-
-    async def _look_up(self, node_id: int) -> None:
-        if self._http_session is None:
-            self._http_session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT_S)
-        for asked in [a for i, a in sorted(self.peer_addresses.items()) if i != self.id]:
-            try:
-                async with self._http_session.get(
-                    asked.http_url + "/v1/members", timeout=timeout
-                ) as response:
-                    if response.status != 200:
-                        continue
-                    body = await response.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
-            found = _member_in_answer(body, node_id)
-            if found is not None:
-                if node_id not in self._log_book and not self._lookups.is_removed(node_id):
-                    log.info(
-                        "node %d: learned from node %d that node %d is a member at %s",
-                        self.id,
-                        asked.id,
-                        node_id,
-                        found.raft_address,
-                    )
-                    self.learn_addresses({node_id: found})
-                return
-            if isinstance(body, dict) and isinstance(body.get("members"), list):
-                return  # a definite answer: not a member
-
-    # --- membership: changes ------------------------------------------------------------
+    # --- membership ---------------------------------------------------------------------
 
     @property
-    def membership_timeout_s(self) -> float:
-        """The longest a membership request takes before it answers 503/504."""
-        return MEMBERSHIP_REQUEST_TIMEOUTS * self.config.limits.request_timeout_ms / 1000
+    def peer_addresses(self) -> dict[int, MemberAddress]:
+        """Where every member (this node too) and every provisionally known peer can be
+        reached (`kvraft.address_book`)."""
+        return self.address_book.addresses
 
-    def _leader_core(self) -> RaftCore:
-        if self._stopping:
-            raise NodeStoppedError("node is shutting down")
-        core = self.core
-        assert core is not None
-        if core.role != Role.LEADER:
-            raise NotLeader(core.leader_id)
-        return core
+    def learn_addresses(self, book: dict[int, MemberAddress]) -> None:
+        """Addresses learned outside the log (the join answer), for ids the log does not
+        name yet (`AddressBook.learn_addresses`)."""
+        self.address_book.learn_addresses(book)
+
+    def propose_configuration(
+        self, configuration: Configuration, base: Configuration, future: asyncio.Future[None]
+    ) -> None:
+        """Queue the change to `configuration`, planned from `base` (refused if the latest
+        configuration is no longer `base`); `future` resolves once it commits. Only
+        `kvraft.reconfiguration` proposes one, on the leader."""
+        shell = self.shell
+        assert shell is not None
+        shell.propose_configuration(configuration, base, future)
+        self._wake.set()
+
+    # --- waiting for the node's state ---------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """No new work is taken: the node is stopping, or its storage failed."""
+        return self._stopping
 
     async def wait_for_new_leader(self, previous_leader_id: int, deadline_s: float) -> int:
         """Wait (until `deadline_s` on the loop's clock) until a leader other than
@@ -788,7 +664,7 @@ class RaftNode:
             core = self.core
             return core is not None and core.leader_id not in (NO_NODE, previous_leader_id)
 
-        if not await self._wait_until(elected, deadline_s):
+        if not await self.wait_until(elected, deadline_s):
             return NO_NODE
         core = self.core
         assert core is not None
@@ -799,8 +675,9 @@ class RaftNode:
             event, self._state_changed = self._state_changed, asyncio.Event()
             event.set()
 
-    async def _wait_until(self, condition: Callable[[], bool], deadline_s: float) -> bool:
-        """Wait (on the loop's clock) until `condition()` holds; False at the deadline."""
+    async def wait_until(self, condition: Callable[[], bool], deadline_s: float) -> bool:
+        """Wait (on the loop's clock) until `condition()` holds; False at the deadline, or
+        once the node stops taking work."""
         loop = asyncio.get_running_loop()
         while not condition():
             remaining_s = deadline_s - loop.time()
@@ -814,159 +691,6 @@ class RaftNode:
             finally:
                 self._state_waiters -= 1
         return True
-
-    @contextlib.asynccontextmanager
-    async def _exclusive_change(self) -> AsyncIterator[None]:
-        # One change at a time, including the steps of an add that leave nothing pending in
-        # the log (waiting for the learner): a second request is refused, never queued.
-        if self._membership_lock.locked():
-            raise ChangeInProgress("another membership change is in progress on the leader")
-        async with self._membership_lock:
-            yield
-
-    def _book_of(self, configuration: Configuration) -> dict[int, MemberAddress]:
-        return {i: a for i, a in self.peer_addresses.items() if i in configuration.members}
-
-    async def _wait_for_first_commit(self, core: RaftCore, deadline_s: float) -> None:
-        # A new leader may change the membership only once an entry of its term commits;
-        # that usually takes one round trip, so wait for it rather than refuse at once.
-        election_s = self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-
-        def committed_in_term() -> bool:
-            return core.log.term_at(core.log.commit_index) == core.term
-
-        await self._wait_until(
-            lambda: core.role != Role.LEADER or committed_in_term(),
-            min(deadline_s, loop.time() + election_s),
-        )
-
-    async def _commit_configuration(
-        self, configuration: Configuration, base: Configuration, deadline_s: float
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        remaining_s = min(deadline_s - loop.time(), self.config.limits.request_timeout_ms / 1000)
-        if remaining_s <= 0:
-            raise Unavailable("no time left to propose the membership change")
-        future: asyncio.Future[None] = loop.create_future()
-        shell = self.shell
-        assert shell is not None
-        shell.propose_configuration(configuration, base, future)
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(future), remaining_s)
-        except TimeoutError:
-            raise OutcomeUnknown(
-                "the membership change was proposed but not committed in time (no quorum?); "
-                "it may still apply"
-            ) from None
-
-    async def add_member(self, member: MemberAddress, *, voter: bool = True) -> dict[str, Any]:
-        """Add `member` as a learner, wait until it has caught up and, if `voter`, promote it
-        (§4.2.1). Idempotent: a member already there at the same addresses is not re-added.
-
-        Raises NotLeader, ChangeInProgress, MembershipError (and subclasses), NotCaughtUp,
-        Unavailable or OutcomeUnknown; returns `members_view()` once everything committed.
-        """
-        core = self._leader_core()
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.membership_timeout_s
-        async with self._exclusive_change():
-            await self._wait_for_first_commit(core, deadline_s)
-            core = self._leader_core()
-            base = core.log.configuration()
-            if not voter and member.id in base.voters:
-                raise MembershipConflictError(
-                    f"node {member.id} is a voter; remove it to add it back as a learner"
-                )
-            learner = plan_learner_add(base, self._book_of(base), member)
-            if learner is not None:
-                await self._commit_configuration(learner, base, deadline_s)
-                log.info("node %d: added node %d as a learner", self.id, member.id)
-            if voter and member.id not in self._leader_core().log.configuration().voters:
-                await self._wait_caught_up(member.id, deadline_s)
-                base = self._leader_core().log.configuration()
-                promotion = plan_promotion(base, self._book_of(base), member.id)
-                if promotion is not None:
-                    await self._commit_configuration(promotion, base, deadline_s)
-                    log.info("node %d: promoted node %d to voter", self.id, member.id)
-        return self.members_view()
-
-    async def _wait_caught_up(self, node_id: int, deadline_s: float) -> None:
-        core = self._leader_core()
-
-        def caught_up() -> bool:
-            progress = core.progress.get(node_id)
-            if core.role != Role.LEADER:
-                return True  # stop waiting: the caller finds out it is no longer the leader
-            return progress is not None and self._progress_caught_up(core, progress)
-
-        # Catching up gets its own request timeout (a snapshot can take a while), leaving the
-        # last one for the promotion.
-        loop = asyncio.get_running_loop()
-        request_timeout_s = self.config.limits.request_timeout_ms / 1000
-        if not await self._wait_until(caught_up, min(deadline_s, loop.time() + request_timeout_s)):
-            progress = core.progress.get(node_id)
-            match_index = progress.match_index if progress is not None else 0
-            raise NotCaughtUp(
-                f"node {node_id} is a learner but has not caught up yet (match index "
-                f"{match_index}, commit index {core.log.commit_index}); retry to promote it"
-            )
-        self._leader_core()  # still the leader?
-
-    async def remove_member(self, node_id: int) -> dict[str, Any]:
-        """Remove `node_id` from the cluster. The leader removing itself first hands
-        leadership to the most caught-up voter (§3.10) and raises HandedOver: the new leader
-        does the removal, and the old one, no longer a member, stays quiet (§4.2.3)."""
-        core = self._leader_core()
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.membership_timeout_s
-        if node_id == self.id:
-            plan_removal(core.log.configuration(), self.peer_addresses, node_id)  # validate
-            new_leader = await self.transfer_leadership(None)
-            raise HandedOver(new_leader)
-        async with self._exclusive_change():
-            await self._wait_for_first_commit(core, deadline_s)
-            base = self._leader_core().log.configuration()
-            change = plan_removal(base, self._book_of(base), node_id)
-            await self._commit_configuration(change, base, deadline_s)
-            log.info("node %d: removed node %d", self.id, node_id)
-        return self.members_view()
-
-    async def transfer_leadership(self, target: int | None) -> int:
-        """Hand leadership to `target` (None: the most caught-up voter) and wait until it
-        moved; returns the new leader's id. Raises NotLeader, MembershipError (unknown or
-        non-voting target), Unavailable (nothing moved in time) or OutcomeUnknown (this node
-        stepped down but no new leader is known yet)."""
-        core = self._leader_core()
-        configuration = core.log.configuration()
-        if target is None:
-            matches = {peer: progress.match_index for peer, progress in core.progress.items()}
-            target = pick_transfer_target(configuration.voters, self.id, matches)
-            if target is None:
-                raise MembershipConflictError("there is no other voter to hand leadership to")
-        elif target == self.id:
-            return self.id
-        elif target not in configuration.members:
-            raise UnknownMemberError(f"node {target} is not a member")
-        elif target not in configuration.voters:
-            raise MembershipConflictError(f"node {target} is a learner; only a voter can lead")
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.config.limits.request_timeout_ms / 1000
-        # The core abandons a transfer after an election timeout (§3.10): ask again until the
-        # deadline, so a target that was briefly slow still gets it.
-        retry_s = 2 * self.config.raft.election_ticks * self.config.raft.tick_ms / 1000
-        while core.role == Role.LEADER and loop.time() < deadline_s:
-            self.request_leadership_transfer(target)
-            await self._wait_until(
-                lambda: core.role != Role.LEADER, min(deadline_s, loop.time() + retry_s)
-            )
-        if core.role == Role.LEADER:
-            raise Unavailable(f"node {target} did not take leadership in time; nothing changed")
-        if not await self._wait_until(lambda: core.leader_id not in (NO_NODE, self.id), deadline_s):
-            raise OutcomeUnknown("this node stepped down but no new leader is known yet")
-        log.info("node %d: handed leadership to node %d", self.id, core.leader_id)
-        return core.leader_id
 
     # --- status -------------------------------------------------------------------------
 
@@ -990,51 +714,6 @@ class RaftNode:
             return None
         return self.peer_addresses.get(core.leader_id)
 
-    def _member_items(self, core: RaftCore) -> list[dict[str, Any]]:
-        configuration = core.log.configuration()
-        items = []
-        for member in sorted(configuration.members):
-            address = self.peer_addresses.get(member)
-            item: dict[str, Any] = {
-                "id": member,
-                "raft_address": address.raft_address if address else None,
-                "http_address": address.http_address if address else None,
-                "voter": member in configuration.voters,
-            }
-            if core.role == Role.LEADER:
-                progress = core.progress.get(member)
-                item["match_index"] = progress.match_index if progress else 0
-                item["caught_up"] = member == self.id or (
-                    progress is not None and self._progress_caught_up(core, progress)
-                )
-            items.append(item)
-        return items
-
-    @staticmethod
-    def _progress_caught_up(core: RaftCore, progress: Progress) -> bool:
-        return is_caught_up(
-            progress.match_index,
-            core.log.commit_index,
-            replicating=progress.state == ProgressState.REPLICATE,
-        )
-
-    def change_pending(self) -> bool:
-        """A membership change is uncommitted, or a leader is in the middle of one."""
-        core = self.core
-        assert core is not None
-        return bool(core.log.pending_configuration_index()) or self._membership_lock.locked()
-
-    def members_view(self) -> dict[str, Any]:
-        """`GET /v1/members`: every member, and on the leader how far each has replicated."""
-        core = self.core
-        assert core is not None
-        return {
-            "leader_id": core.leader_id,
-            "term": core.term,
-            "change_pending": self.change_pending(),
-            "members": self._member_items(core),
-        }
-
     def status(self) -> dict[str, Any]:
         core = self.core
         assert core is not None
@@ -1050,8 +729,8 @@ class RaftNode:
             "applied_index": self.state_machine.applied_index,
             "last_log_index": status.last_log_index,
             "snapshot_index": status.snapshot_index,
-            "members": self._member_items(core),
-            "membership_change_pending": self.change_pending(),
+            "members": self.reconfiguration.member_items(core),
+            "membership_change_pending": self.reconfiguration.change_pending(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
@@ -1064,16 +743,3 @@ class RaftNode:
             and core.leader_id != 0
             and self.state_machine.applied_index >= core.log.commit_index
         )
-
-
-def _member_in_answer(body: object, node_id: int) -> MemberAddress | None:
-    """`node_id`'s addresses in a `GET /v1/members` answer (untrusted), if it is listed."""
-    if not isinstance(body, dict) or not isinstance(body.get("members"), list):
-        return None
-    for item in body["members"]:
-        if isinstance(item, dict) and item.get("id") == node_id:
-            try:
-                return parse_member(node_id, item.get("raft_address"), item.get("http_address"))
-            except MembershipError:
-                return None
-    return None

@@ -45,7 +45,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.statemachine import Change
+from kvraft.raft.messages import Entry, SnapshotMeta
+from kvraft.shell import NodeShell
+from kvraft.statemachine import ApplyResult, Change
 
 __all__ = [
     "WATCHERS_MAX_DEFAULT",
@@ -58,6 +60,7 @@ __all__ = [
     "WatchHub",
     "Watcher",
     "change_json",
+    "changes_of",
 ]
 
 WATCH_HISTORY_REVISIONS_MAX_DEFAULT = 100_000
@@ -96,6 +99,15 @@ class Lagged:
     handed out, the ones after it are gone from here. Resume from `revision + 1`."""
 
     revision: int
+
+
+def changes_of(entry: Entry, result: object) -> tuple[Change, ...]:
+    """What applying `entry` changed, given the state machine's `result`. An idempotent retry
+    is answered with the original's result: its changes happened at the original's index,
+    not again at this one."""
+    if isinstance(result, ApplyResult) and result.index == entry.index:
+        return result.changes
+    return ()
 
 
 def change_json(change: Change) -> dict[str, Any]:
@@ -184,6 +196,17 @@ class WatchHub:
     @property
     def watcher_count(self) -> int:
         return len(self._watchers)
+
+    def follow(self, shell: NodeShell) -> None:
+        """Record every entry `shell` applies from now on, and restart at every snapshot it
+        installs from the leader (the daemon and the simulator wire a node this way)."""
+        shell.on_apply.append(
+            lambda entry, result: self.record(entry.index, changes_of(entry, result))
+        )
+        shell.on_restore.append(self._restarted)
+
+    def _restarted(self, meta: SnapshotMeta) -> None:
+        self.restart(meta.index)
 
     # --- fed by the node, in applied order ---------------------------------------------
 

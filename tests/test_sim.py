@@ -91,6 +91,13 @@ def test_sending_before_the_term_is_durable_is_caught() -> None:
     assert result.property_name == "persist before send", result
 
 
+def test_a_watch_client_that_skips_a_change_after_resuming_is_caught() -> None:
+    """Watch clients move between nodes (crashes, lagged streams, at random); one that drops
+    the first change after each resume leaves a gap the watch checker must see."""
+    result = _first_violation("watch_skip_after_resume", nodes=3)
+    assert result.property_name == "watch reliable", result
+
+
 def test_a_single_voter_with_learners_keeps_every_property() -> None:
     options = SimOptions(nodes=1, chaos_ticks=CI_TICKS)
     for seed in range(1, BUG_SEEDS_MAX + 1):

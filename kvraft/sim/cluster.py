@@ -34,7 +34,8 @@ from kvraft.raft.messages import (
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.checkers import SafetyCheckers
 from kvraft.sim.network import SimNetwork
-from kvraft.statemachine import ApplyResult, KVStateMachine, encode_delete, encode_put
+from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
+from kvraft.watch import WatchHub, changes_of
 
 __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
@@ -106,6 +107,7 @@ class SimNode:
     disk: SimDisk
     rng: random.Random
     shell: NodeShell = field(init=False)
+    watch_hub: WatchHub = field(init=False)
     alive: bool = True
     tick_phase: int = 0
     writes_in_flight: deque[tuple[int, Persist]] = field(default_factory=deque)
@@ -139,6 +141,8 @@ class SimNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
         )
+        self.watch_hub = WatchHub(self.shell.state_machine.applied_index)
+        self.watch_hub.follow(self.shell)
         self.alive = True
         self.writes_in_flight = deque()
 
@@ -230,6 +234,8 @@ class SimCluster:
             self._watch_applies(node)
             self.nodes[node_id] = node
         self.torn_write_probability = 0.0
+        self.on_changes: Callable[[int, tuple[Change, ...]], None] | None = None
+        """Told what every applied entry changed, on every node (the watchers' truth)."""
         self.completed: list[ClientOp] = []
         self._pending: list[tuple[ClientOp, _ClientAnswer]] = []
         # A core was fed outside step() (a client request, the nemesis): check next step.
@@ -287,7 +293,16 @@ class SimCluster:
                     self.log(f"n{node.id} leader of term {node.core.term}")
 
     def _watch_applies(self, node: SimNode) -> None:
-        node.shell.on_apply.append(lambda entry, _: self.checkers.on_apply(node.id, entry))
+        def applied(entry: Entry, result: object) -> None:
+            self.checkers.on_apply(node.id, entry)
+            if self.on_changes is not None:
+                self.on_changes(entry.index, changes_of(entry, result))
+
+        node.shell.on_apply.append(applied)
+
+    def watch_hubs(self) -> dict[int, WatchHub | None]:
+        """Each node's watch hub; None for a node that is down."""
+        return {node.id: node.watch_hub if node.alive else None for node in self.nodes.values()}
 
     def _advance(self, node: SimNode) -> None:
         """Build and start Readies until the shell has nothing left to do (or waits on a

@@ -30,6 +30,7 @@ from kvraft.raft.messages import Configuration
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
 from kvraft.sim.network import NetworkFaults, SimNetwork
+from kvraft.sim.watchers import SimWatchers
 
 __all__ = [
     "ALL_FAULTS",
@@ -38,6 +39,10 @@ __all__ = [
     "SimResult",
     "run_seed",
 ]
+
+SIM_BUGS = frozenset({"watch_skip_after_resume"})
+"""Test-only bug switches of the simulator itself: a watch client that drops the first change
+after each resume (the watch checker must see the gap)."""
 
 WRITE_DELAY_STEPS_MAX_DEFAULT = 3
 """Writes stay in flight up to this many simulator steps by default: a Ready's write
@@ -63,7 +68,9 @@ class SimOptions:
         liveness_ticks_max: how long the healed cluster has to recover and answer.
         clients: concurrent client processes.
         spares: extra nodes that start outside the cluster, for membership changes.
-        bugs: RaftConfig.bugs switches, for the tests that prove the checkers bite.
+        bugs: test-only switches that inject known bugs, to prove the checkers bite: the
+            core's (`RaftConfig.bugs`) and the simulator's own (SIM_BUGS).
+        watchers: watch clients that move between nodes (`kvraft.sim.watchers`).
         write_delay_steps_max: each write completes 0..this many steps after it is issued,
             while the node keeps building Readies (0: every write completes at once).
     """
@@ -78,6 +85,7 @@ class SimOptions:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     write_delay_steps_max: int = WRITE_DELAY_STEPS_MAX_DEFAULT
+    watchers: int = 3
 
 
 @dataclass(slots=True)
@@ -144,7 +152,7 @@ class _Run:
                 heartbeat_ticks=options.heartbeat_ticks,
                 inflight_max=inflight_max,
                 batch_bytes_max=batch_bytes_max,
-                bugs=options.bugs,
+                bugs=options.bugs - SIM_BUGS,
             )
 
         self.cluster = SimCluster(
@@ -156,6 +164,14 @@ class _Run:
             trace,
             write_delay_steps_max=options.write_delay_steps_max,
         )
+        # The watchers draw from a generator of their own, so adding them left every other
+        # draw of a seed as it was.
+        self.watchers = SimWatchers(
+            random.Random(f"{seed}/watchers"),
+            options.watchers,
+            skip_after_resume="watch_skip_after_resume" in options.bugs,
+        )
+        self.cluster.on_changes = self.watchers.applied
         if "torn" in faults and "crash" in faults:
             self.cluster.torn_write_probability = 0.001
         self.clients = [_Client(process) for process in range(options.clients)]
@@ -435,6 +451,7 @@ class _Run:
                 self.cluster.restart(node_id)
         self._hunt_leader()
         self.cluster.step()
+        self.watchers.step(self.cluster.now, self.cluster.watch_hubs())
         if self.cluster.now % TICK_STEPS == 0:
             leader = self.cluster.leader()
             if leader is not None:
@@ -452,6 +469,8 @@ class _Run:
                 cluster.checkers.check_log_matching(cluster.live_cores())
         self._liveness()
         cluster.checkers.check_log_matching(cluster.live_cores())
+        self.watchers.drain(cluster.watch_hubs())
+        self.watchers.check()
         self._check_linearizable()
         return self._result()
 
