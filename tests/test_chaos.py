@@ -1256,6 +1256,7 @@ def test_command_refuses_bad_options_before_starting_anything(tmp_path: pathlib.
         (["--time", str(RUN_S_MAX + 1)], "--time"),
         (["--check-budget", "0"], "--check-budget"),
         (["--check-budget", str(CHECK_BUDGET_S_MAX + 1)], "--check-budget"),
+        (["--broken-watch", "sometimes"], "--broken-watch"),
     ]:
         result = invoke_chaos(*args, "--report", report_dir)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
@@ -1351,6 +1352,10 @@ def test_a_short_run_with_every_fault_is_linearizable_and_loses_no_write(
         assert "partitions skipped" in done.stderr
     assert len(summary["elections"]) >= 2  # the leader was killed at least once
     assert summary["pids_started"]
+    assert "watch: ok" in done.stdout
+    watch = summary["watch"]
+    assert watch["verdict"] == "ok" and watch["watchers"] == 3 and watch["events"] > 0
+    assert watch["resumes"] >= 1  # a watched node was killed
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 
@@ -1394,6 +1399,24 @@ def test_stale_reads_passed_off_as_linearizable_are_caught(tmp_path: pathlib.Pat
     assert summary["witness"] and summary["witness_key"].startswith("r/")
     page = (report_dir / "timeline.html").read_text()
     assert summary["witness_key"] in page and 'class="op stuck"' in page
+    assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+
+
+@pytest.mark.slow
+def test_watchers_that_skip_the_first_event_after_a_resume_are_caught(
+    tmp_path: pathlib.Path,
+) -> None:
+    report_dir = tmp_path / "run"
+    done = run_chaos_command(
+        "--nodes", "3", "--time", "12", "--seed", "1", "--nemesis", "kill",
+        "--broken-watch", "skip-resume", "--report", str(report_dir),
+    )  # fmt: skip
+    assert "watch: violated" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 1
+    summary = json.loads((report_dir / "report.json").read_text())
+    first = summary["watch"]["violations"][0]
+    assert first["property"] == "resumable" and first["stream"] > 0, first
+    assert summary["linearizable"] == "yes"
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 

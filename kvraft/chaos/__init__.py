@@ -36,10 +36,18 @@ Reading the report (``DIR/report.txt``, also printed; ``DIR/report.json``)
   histories (``unknown``: the time budget ran out, never a pass). On ``no``, the
   smallest sub-history that fails, each op as ``[called, returned] pN status
   op(key) args -> result (node N)`` in ms, the op that cannot take effect
-  marked, and ``DIR/timeline.html`` drawing it per client process.
+  marked, and ``DIR/timeline.html`` drawing it per client process;
+* ``watch: ok|violated|skipped``: three watchers held watch streams open on the
+  nodes all along (resuming on another node after a failure, re-listing after a
+  ``410 compacted``) and `watch_check` checked what they got: ordered, unique,
+  atomic, bookmarkable, resumable, reliable (no gap, and every event agrees with
+  the acknowledged writes), the same change at each revision everywhere. On
+  ``violated``, the first violation (property, watcher, stream, node, revision).
+  ``skipped``: the nodes do not serve ``GET /v1/watch``; ``--no-watch`` leaves it out.
 
 ``DIR/history.jsonl`` (one JSON object per client call and answer) and
-``DIR/nemesis.jsonl`` keep the raw record; ``DIR/nodes/`` the node logs.
+``DIR/nemesis.jsonl`` keep the raw record, ``DIR/watch.jsonl`` every line the watchers
+received; ``DIR/nodes/`` the node logs.
 
 The parts
 ---------
@@ -47,8 +55,10 @@ The parts
 * `netfilter`  iptables rules that cut single links between node addresses;
 * `nemesis`    the seeded fault schedule (pure) and its execution;
 * `workload`   register and set clients, and how an HTTP answer maps to an outcome;
+* `watchers`   the watch streams held open for the run, recorded line by line;
 * `history`    the JSON-lines history and nemesis logs, written and read back;
 * `checks`     the set check and the linearizability check of the registers;
+* `watch_check` the watch streams' properties, against the history and each other;
 * `report`     the numbers, the text report and the HTML timeline of a violation;
 * `runner`     one whole run, with teardown that always happens.
 """

@@ -13,7 +13,9 @@ not) or ``info`` (unknown: it may take effect at any later time, or never);
 ``time`` is the monotonic clock in nanoseconds. Register operations are
 ``read``/``write``/``cas``; the set workload adds ``add`` (one element) and
 ``list`` (one page of the final read, ``output`` the elements found).
-``node`` (the node asked) and ``error`` (why an op failed) are extra context.
+``node`` (the node asked) and ``error`` (why an op failed) are extra context;
+``revision`` on an acknowledged write's completion is the revision the node answered
+with (what `kvraft.chaos.watch_check` matches watch events against).
 
 ``DIR/nemesis.jsonl`` holds the nemesis and the cluster's side: faults
 (``start``/``end``/``error``), leaders observed (``leader``), processes that

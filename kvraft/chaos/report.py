@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvraft.chaos.checks import REGISTER_FUNCTIONS, SET_ADD, SetCheck, pair_operations
+from kvraft.chaos.watch_check import WatchCheck
 from kvraft.linearizability import CheckResult, Operation, format_operation
 
 __all__ = [
@@ -106,6 +107,7 @@ class RunFacts:
         replay: the command that repeats the run's fault schedule.
         final_members: the membership after healing (``GET /v1/members``).
         non_member_answers: ok answers a removed node served itself (each fails the run).
+        broken_watch: the deliberately broken watcher mode, if any.
     """
 
     nodes: int
@@ -135,6 +137,7 @@ class RunFacts:
     started_at: str = ""
     final_members: tuple[int, ...] = ()
     non_member_answers: tuple[str, ...] = ()
+    broken_watch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,8 @@ class MemberChange:
 @dataclass(frozen=True, slots=True)
 class ChaosReport:
     """Everything the report shows; `passed` is the exit status's source. `witness_nodes`
-    maps each witness operation's (process, call time) to the node it was sent to."""
+    maps each witness operation's (process, call time) to the node it was sent to;
+    `watch` is the watch check (None: the watchers did not run)."""
 
     facts: RunFacts
     counts: Mapping[str, Mapping[str, int]]
@@ -177,6 +181,7 @@ class ChaosReport:
     witness_nodes: Mapping[tuple[int, int], int] = field(default_factory=dict)
     member_changes: tuple[MemberChange, ...] = ()
     membership_gaps: tuple[LeaderFault, ...] = ()
+    watch: WatchCheck | None = None
 
     @property
     def passed(self) -> bool:
@@ -347,6 +352,7 @@ def build_report(
     nemesis_events: Sequence[Mapping[str, Any]],
     set_check: SetCheck,
     linearizability: CheckResult,
+    watch: WatchCheck | None = None,
 ) -> ChaosReport:
     """Compute every number of the report and decide whether the run passed."""
     origin, end = facts.origin_ns, facts.workload_end_ns
@@ -381,6 +387,10 @@ def build_report(
             f"{len(facts.non_member_answers)} ok answers served by removed nodes, first: "
             f"{facts.non_member_answers[0]}"
         )
+    if watch is not None and watch.first is not None:
+        failures.append(
+            f"watch: violated ({len(watch.violations)} violations), first: {watch.first.describe()}"
+        )
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
@@ -407,6 +417,7 @@ def build_report(
         witness_nodes=witness_nodes,
         member_changes=member_changes(nemesis_events, origin),
         membership_gaps=membership_gaps(events, nemesis_events, origin, end),
+        watch=watch,
     )
 
 
@@ -459,6 +470,11 @@ def render_text(report: ChaosReport) -> str:
         lines.append(
             "BROKEN MODE: reads are stale (any node, no leader contact) but recorded as "
             "linearizable; the checker is expected to say no"
+        )
+    if facts.broken_watch:
+        lines.append(
+            f"BROKEN MODE: the watchers damage what they record ({facts.broken_watch}); the "
+            "watch check is expected to say violated"
         )
     if facts.partitions_skipped:
         lines.append(f"partitions skipped: {facts.partitions_skipped}")
@@ -515,6 +531,7 @@ def render_text(report: ChaosReport) -> str:
         "",
     ]
     lines += _linearizability_lines(report)
+    lines += _watch_lines(report.watch)
     lines.append("")
     if report.passed:
         lines.append("verdict: PASS")
@@ -586,6 +603,57 @@ def _linearizability_lines(report: ChaosReport) -> list[str]:
     return lines
 
 
+def _watch_lines(watch: WatchCheck | None) -> list[str]:
+    if watch is None:
+        return []
+    ends = ", ".join(f"{how} {count}" for how, count in sorted(watch.ends.items()))
+    lines = [
+        f"watch: {watch.verdict} ({watch.watchers} watchers, {watch.streams} streams, "
+        f"{watch.resumes} resumes, {watch.events} events, {watch.progress} progress lines, "
+        f"up to revision {watch.highest_revision}; {watch.compactions} compactions, "
+        f"{watch.relists} re-lists)"
+    ]
+    if watch.skipped is not None:
+        lines.append(f"  skipped: {watch.skipped}")
+    if ends:
+        lines.append(f"  streams ended: {ends}")
+    if watch.first is not None:
+        counts = ", ".join(f"{name} {count}" for name, count in watch.counts.items())
+        lines.append(f"  violations: {counts}")
+        lines.append(f"  first: {watch.first.describe()}")
+    return lines
+
+
+def _watch_json(watch: WatchCheck | None) -> dict[str, Any] | None:
+    if watch is None:
+        return None
+    return {
+        "verdict": watch.verdict,
+        "skipped": watch.skipped,
+        "watchers": watch.watchers,
+        "streams": watch.streams,
+        "resumes": watch.resumes,
+        "events": watch.events,
+        "progress": watch.progress,
+        "highest_revision": watch.highest_revision,
+        "compactions": watch.compactions,
+        "relists": watch.relists,
+        "ends": dict(watch.ends),
+        "violation_counts": dict(watch.counts),
+        "violations": [
+            {
+                "property": v.property,
+                "watcher": v.watcher,
+                "stream": v.stream,
+                "node": v.node,
+                "revision": v.revision,
+                "detail": v.detail,
+            }
+            for v in watch.violations
+        ],
+    }
+
+
 def report_json(report: ChaosReport) -> dict[str, Any]:
     """The report as a JSON-serialisable object (everything, lists in full)."""
     facts = report.facts
@@ -600,6 +668,8 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             "nemesis": list(facts.nemeses),
             "seed": facts.seed,
             "broken_stale_reads": facts.broken_stale_reads,
+            "watch": report.watch is not None,
+            "broken_watch": facts.broken_watch,
         },
         "started_at": facts.started_at,
         "partitions_skipped": facts.partitions_skipped,
@@ -651,6 +721,7 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             for op in result.witness
         ],
         "replay": facts.replay,
+        "watch": _watch_json(report.watch),
         "membership": {
             "calls": [
                 {

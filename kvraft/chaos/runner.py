@@ -9,14 +9,17 @@ Theory of operation
    iptables) and say so when they are not;
 2. start the nodes, wait until they agree on a leader;
 3. run the clients (`Workload`) and the nemesis (`run_schedule`) for the
-   requested time, then stop both;
+   requested time, then stop both; the watchers (`Watchers`, unless ``--no-watch``)
+   start with the clients and stream on through steps 3 and 4;
 4. heal everything (flush the rules, SIGCONT, restart what is down), wait until
    every *current* member (``GET /v1/members``) follows one leader and has
    applied everything committed, with no membership change pending (members
    that are down are restarted, removed nodes still running are stopped), then
-   read every register key and every set element through the current members;
+   read every register key and every set element through the current members, and
+   give the watchers a moment to see the last acknowledged write, then stop them;
 5. stop the nodes (SIGTERM), remove the iptables chain, and only then check the
-   history as written to disk and write the report.
+   history (and the watch log, `kvraft.chaos.watch_check`) as written to disk and write
+   the report.
 
 Step 5's cleanup runs in a ``finally`` with SIGINT/SIGTERM/SIGHUP blocked, so an
 exception or a Ctrl-C at any point still leaves no node process and no rule
@@ -82,6 +85,13 @@ from kvraft.chaos.report import (
     render_timeline,
     report_json,
 )
+from kvraft.chaos.watch_check import (
+    WATCH_FILE_NAME,
+    check_watch,
+    streams_from_events,
+    writes_from_history,
+)
+from kvraft.chaos.watchers import Watchers
 from kvraft.chaos.workload import Workload, exchange
 from kvraft.client import (
     FailureKind,
@@ -101,6 +111,7 @@ __all__ = [
     "MEMBER_ADD_TIMEOUT_S",
     "RECOVERY_TIMEOUT_S",
     "STARTUP_TIMEOUT_S",
+    "WATCH_CATCH_UP_TIMEOUT_S",
     "ChaosError",
     "ChaosOptions",
     "replay_command",
@@ -122,6 +133,11 @@ MEMBER_ADD_TIMEOUT_S = 30.0
 join request, a snapshot and the promotion take a few seconds; past this the fault reports a
 ``timeout`` and leaves the node to finish joining (or not) on its own."""
 
+WATCH_CATCH_UP_TIMEOUT_S = 10.0
+"""How long the watchers may take, after the final reads, to see the last acknowledged
+write (a converged cluster has applied it everywhere; a stream shows it within a progress
+interval, or a reconnection)."""
+
 LOG_TAIL_BYTES_MAX = 64 * 1024
 """The most bytes read from the end of a node's log to quote its last lines in a report."""
 
@@ -142,6 +158,9 @@ class ChaosOptions:
         report_dir: where the config, data, logs, history and report go (must be empty).
         broken_stale_reads: the deliberately wrong read mode the checker must catch.
         check_time_budget_s: how long the linearizability search may take.
+        watch: run the watchers (`kvraft.chaos.watchers`) and the watch check.
+        broken_watch: a deliberately wrong watcher mode the watch check must catch (one of
+            `kvraft.chaos.watchers.BROKEN_WATCH_MODES`), or None.
     """
 
     nodes: int
@@ -151,6 +170,8 @@ class ChaosOptions:
     report_dir: pathlib.Path
     broken_stale_reads: bool = False
     check_time_budget_s: float = CHECK_TIME_BUDGET_S_DEFAULT
+    watch: bool = True
+    broken_watch: str | None = None
 
 
 def replay_command(options: ChaosOptions) -> str:
@@ -160,7 +181,9 @@ def replay_command(options: ChaosOptions) -> str:
         f"kvraft chaos --nodes {options.nodes} --time {options.time_s:g} --nemesis {kinds} "
         f"--seed {options.seed} --report NEW_DIR"
     )
-    return command + (" --broken-stale-reads" if options.broken_stale_reads else "")
+    command += " --broken-stale-reads" if options.broken_stale_reads else ""
+    command += "" if options.watch else " --no-watch"
+    return command + (f" --broken-watch {options.broken_watch}" if options.broken_watch else "")
 
 
 def _call_outcome(answer: HttpResponse | TransportFailure) -> tuple[str, int | None, str]:
@@ -191,11 +214,13 @@ class _Controls:
         firewall: Firewall | None,
         workload: Workload,
         log: Callable[[dict[str, Any]], None],
+        watchers: Watchers | None = None,
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
         self.firewall = firewall
         self.workload = workload
+        self.watchers = watchers
         self._log = log
         self._lock = threading.Lock()
         self._members: tuple[int, ...] = tuple(cluster.founding_ids)
@@ -234,6 +259,8 @@ class _Controls:
         endpoints = self.cluster.endpoints(members)
         if endpoints:
             self.workload.follow_membership(endpoints, removed)
+            if self.watchers is not None:
+                self.watchers.follow_membership(endpoints)
         return view
 
     def membership(self) -> MemberState | None:
@@ -439,6 +466,7 @@ class _Run:
     monitor: ClusterMonitor
     workload: Workload
     progress: _Progress
+    watchers: Watchers | None = None
 
 
 def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> ChaosReport:
@@ -517,7 +545,13 @@ def _run_cluster(
         options.seed,
         stale_reads=options.broken_stale_reads,
     )
-    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis)
+    watch_log = EventLog(report_dir / WATCH_FILE_NAME) if options.watch else None
+    watchers = (
+        Watchers(cluster.endpoints(), watch_log, broken=options.broken_watch)
+        if watch_log is not None
+        else None
+    )
+    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers)
     stop = threading.Event()
     progress = _Progress()
     nemesis_thread = threading.Thread(
@@ -533,20 +567,27 @@ def _run_cluster(
         f"report {report_dir}"
     )
     try:
-        _run(options, cluster, monitor, workload, controls, nemesis_thread, stop, progress, echo)
+        _run(
+            options, cluster, monitor, workload, watchers, controls, nemesis_thread, stop,
+            progress, echo,
+        )  # fmt: skip
     finally:
         with _signals_blocked():
             stop.set()
             if nemesis_thread.is_alive():
                 nemesis_thread.join()
             progress.stragglers = progress.stragglers or tuple(workload.stop())
+            if watchers is not None:
+                progress.stragglers += tuple(watchers.stop())
             monitor.stop()
             codes = cluster.teardown(graceful=False)
             if progress.teardown_codes is None:
                 progress.teardown_codes = codes
             history_log.close()
             nemesis_log.close()
-    return _Run(schedule, cluster, monitor, workload, progress)
+            if watch_log is not None:
+                watch_log.close()
+    return _Run(schedule, cluster, monitor, workload, progress, watchers)
 
 
 def _membership_facts(progress: _Progress) -> tuple[int, ...]:
@@ -569,6 +610,16 @@ def _check_and_report(
     nemesis_events = load_events(report_dir / NEMESIS_FILE_NAME)
     linearizability = check_registers(events, options.check_time_budget_s)
     set_result = check_set(events)
+    watch_result = None
+    if run.watchers is not None:
+        streams, relists = streams_from_events(load_events(report_dir / WATCH_FILE_NAME))
+        watch_result = check_watch(
+            streams,
+            writes_from_history(events),
+            relists=relists,
+            caught_up_required=progress.converged and progress.final_reads_complete,
+            skipped=run.watchers.unsupported,
+        )
     nemesis_errors = tuple(
         str(event.get("detail")) for event in nemesis_events if event.get("type") == "error"
     )
@@ -598,13 +649,15 @@ def _check_and_report(
         pids_started=tuple(cluster.pids_started),
         stragglers=progress.stragglers,
         nemesis_errors=nemesis_errors,
-        client_errors=tuple(run.workload.errors),
+        client_errors=tuple(run.workload.errors)
+        + (tuple(run.watchers.errors) if run.watchers is not None else ()),
         log_paths={node_id: str(path) for node_id, path in log_paths.items()},
         replay=replay_command(options),
         final_members=_membership_facts(progress),
         non_member_answers=tuple(run.workload.non_member_answers),
+        broken_watch=options.broken_watch,
     )
-    report = build_report(facts, events, nemesis_events, set_result, linearizability)
+    report = build_report(facts, events, nemesis_events, set_result, linearizability, watch_result)
     if not report.passed:
         tails = {node_id: _log_tail(path) for node_id, path in log_paths.items()}
         report = build_report(
@@ -613,6 +666,7 @@ def _check_and_report(
             nemesis_events,
             set_result,
             linearizability,
+            watch_result,
         )
     _write_report(report, report_dir)
     return report
@@ -623,6 +677,7 @@ def _run(
     cluster: ChaosCluster,
     monitor: ClusterMonitor,
     workload: Workload,
+    watchers: Watchers | None,
     controls: _Controls,
     nemesis_thread: threading.Thread,
     stop: threading.Event,
@@ -641,6 +696,8 @@ def _run(
     echo(f"cluster up ({detail}); running the workload for {options.time_s:g} s")
     progress.origin_ns = time.monotonic_ns()
     progress.started_at = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
+    if watchers is not None:
+        watchers.start()
     workload.start()
     nemesis_thread.start()
     stop.wait(options.time_s)  # the run's length: the clients and the nemesis work meanwhile
@@ -667,6 +724,10 @@ def _run(
     keys_read = workload.final_register_reads(deadline)
     set_complete = workload.final_set_read(deadline)
     progress.final_reads_complete = all(keys_read.values()) and set_complete
+    if watchers is not None:
+        # The watchers stream on through healing: each must now reach the last write.
+        watchers.wait_caught_up(workload.highest_revision, _deadline(WATCH_CATCH_UP_TIMEOUT_S))
+        progress.stragglers += tuple(watchers.stop())
     monitor.stop()
     progress.teardown_codes = cluster.teardown(graceful=True)
 

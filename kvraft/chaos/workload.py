@@ -64,6 +64,7 @@ from kvraft.client import (
     build_put,
     interpret_get,
     interpret_list,
+    interpret_put,
 )
 from kvraft.statemachine import LIST_LIMIT_MAX
 
@@ -197,11 +198,13 @@ def decode_value(raw: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """How a write or cas ended: `type` (ok/fail/info), `output` (cas: applied or not;
-    write: None) and `error` (why it did not succeed)."""
+    write: None), `error` (why it did not succeed) and `revision` (the revision an applied
+    write was answered with; None when not applied or the answer did not say)."""
 
     type: str
     output: bool | None = None
     error: str | None = None
+    revision: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,11 @@ def write_outcome(answer: HttpResponse | TransportFailure, *, conditional: bool)
         return WriteOutcome("info", error=answer.detail)
     status = answer.status
     if status == 200:
-        return WriteOutcome("ok", True if conditional else None)
+        try:
+            revision: int | None = interpret_put(answer)
+        except KVError:
+            revision = None  # ok all the same; the watch check then matches it by value
+        return WriteOutcome("ok", True if conditional else None, revision=revision)
     if status == 412 and conditional:
         return WriteOutcome("ok", False)
     if status == 503 or 400 <= status < 500:
@@ -324,6 +331,8 @@ class Workload:
         self.endpoints = list(endpoints)
         self._endpoints_lock = threading.Lock()
         self._removed_at_ns: dict[int, int] = {}
+        self.highest_revision = 0
+        """The highest revision an acknowledged write was answered with."""
         self.non_member_answers: list[str] = []
         """Ok answers served by a node after its removal (the daemon's fault), as text."""
         self.recorder = recorder
@@ -482,7 +491,11 @@ class Workload:
             output=outcome.output,
             error=outcome.error,
             node=endpoint.node_id,
+            extra={"revision": outcome.revision} if outcome.revision is not None else None,
         )
+        if outcome.revision is not None:
+            with self._endpoints_lock:
+                self.highest_revision = max(self.highest_revision, outcome.revision)
         if outcome.type == "info":
             state.crashed()
         return outcome

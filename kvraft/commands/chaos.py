@@ -14,6 +14,7 @@ from kvraft.chaos.history import HistoryFileError
 from kvraft.chaos.nemesis import NODE_COUNTS, RUN_S_MAX, NemesisError, parse_nemesis_kinds
 from kvraft.chaos.report import render_text
 from kvraft.chaos.runner import ChaosError, ChaosOptions, run_chaos
+from kvraft.chaos.watchers import BROKEN_WATCH_MODES
 from kvraft.linearizability import HistoryError
 
 __all__ = [
@@ -99,6 +100,20 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     hidden=True,
     help="Tests only: read stale state from any node while calling it linearizable.",
 )
+@click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help="Hold watch streams open on the nodes for the whole run and check what they "
+    "delivered (ordered, unique, atomic, bookmarkable, resumable, reliable).",
+)
+@click.option(
+    "--broken-watch",
+    type=click.Choice(BROKEN_WATCH_MODES),
+    default=None,
+    hidden=True,
+    help="Tests only: the watchers drop events on their side; the watch check must notice.",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -107,10 +122,12 @@ def chaos(
     report_dir: pathlib.Path | None,
     check_budget_s: float,
     broken_stale_reads: bool,
+    watch: bool,
+    broken_watch: str | None,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
     changes, leadership transfers) and check that what the clients saw was linearizable
-    and that no acknowledged write was lost.
+    and that no acknowledged write was lost, and that watch streams missed nothing.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
@@ -131,6 +148,8 @@ def chaos(
         report_dir=report_dir,
         broken_stale_reads=broken_stale_reads,
         check_time_budget_s=check_budget_s,
+        watch=watch or broken_watch is not None,
+        broken_watch=broken_watch,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))
