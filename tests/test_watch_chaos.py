@@ -295,7 +295,9 @@ def test_a_watch_violation_fails_the_run_and_the_report_names_it() -> None:
     assert good.passed and "watch: ok (1 watchers" in render_text(good)
     skipped = check_watch([], WRITES, skipped="node 1 answered 404")
     built = build_report(facts(), [], [], passing_set(), CheckResult("yes"), skipped)
-    assert built.passed and "watch: skipped" in render_text(built)
+    # Every node serves watches now: one that answers 404 is a broken build, not a pass.
+    assert not built.passed and "watch: skipped" in render_text(built)
+    assert any(f.startswith("watch: not served") for f in built.failures)
 
 
 def test_watch_targets_are_percent_encoded() -> None:

@@ -391,6 +391,9 @@ def build_report(
         failures.append(
             f"watch: violated ({len(watch.violations)} violations), first: {watch.first.describe()}"
         )
+    elif watch is not None and watch.skipped is not None:
+        # Every node serves watches: one that does not is a broken build, not a pass.
+        failures.append(f"watch: not served: {watch.skipped}")
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
