@@ -178,7 +178,7 @@ class Watchers:
         return [thread.name for thread in self._threads if thread.is_alive()]
 
     def covered(self) -> dict[int, int]:
-        """Each watcher's highest revision seen so far (event or progress)."""
+        """Each watcher's highest revision vouched for so far (see `_seen`)."""
         with self._lock:
             return dict(self._covered)
 
@@ -319,7 +319,7 @@ class Watchers:
                 end("malformed", f"{item}: {line[:120]!r}")
                 return False
             if item.type == "lagged":
-                self._seen(watcher, state, item.revision)
+                self._seen(watcher, state, item.revision, event=False)
                 end("lagged", "the node's history moved on", item.revision)
                 return True
             if item.is_event:
@@ -329,15 +329,19 @@ class Watchers:
                 )
                 first_event = False
                 if skip:
-                    self._seen(watcher, state, item.revision)
+                    self._seen(watcher, state, item.revision, event=True)
                     continue
             self._record({"type": "item", **ident, "item": obj})
-            self._seen(watcher, state, item.revision)
+            self._seen(watcher, state, item.revision, event=item.is_event)
 
-    def _seen(self, watcher: int, state: dict[str, int], revision: int) -> None:
+    def _seen(self, watcher: int, state: dict[str, int], revision: int, *, event: bool) -> None:
         state["start"] = max(state["start"], revision + 1)
+        # What the stream vouches for, as the checker counts it: a bookmark or `lagged` for
+        # its revision, an event only for the revisions before it (more of its own revision
+        # could follow).
+        vouched = revision - 1 if event else revision
         with self._lock:
-            self._covered[watcher] = state["start"] - 1
+            self._covered[watcher] = max(self._covered.get(watcher, 0), vouched)
 
     def _compacted(
         self,
@@ -360,7 +364,7 @@ class Watchers:
         items, complete = self._relist(prefix, endpoint)
         self._record({"type": "relist", "watcher": watcher, "node": endpoint.node_id,
                       "prefix": prefix, "items": items, "complete": complete})  # fmt: skip
-        self._seen(watcher, state, compact)
+        self._seen(watcher, state, compact, event=False)
         return complete
 
     def _relist(self, prefix: str, endpoint: Endpoint) -> tuple[int, bool]:
