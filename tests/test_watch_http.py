@@ -197,3 +197,16 @@ async def test_watch_requests_out_of_range_are_refused(
         assert full.status == 503
         assert full.headers["Retry-After"]
         assert (await full.json())["error"] == "too_many_watchers"
+
+
+async def test_a_stream_whose_client_left_gives_its_watcher_up(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    # aiohttp does not cancel a handler whose client went away: an idle stream must notice
+    # by itself, or a node would keep a watcher per abandoned connection forever.
+    node = members[0]
+    hub = node.node.watch_hub
+    stream = await http.get(f"{node.url}/v1/watch?progress_s=0")
+    await wait_until(lambda: hub.watcher_count == 1, "the watcher")
+    stream.close()
+    await wait_until(lambda: hub.watcher_count == 0, "the watcher given up")
