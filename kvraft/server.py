@@ -563,9 +563,14 @@ class RaftNode:
             await storage.compact(meta.index)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # a disk error, or a bug: either way stop, never guess
+        except Exception as error:
             shell.snapshot_saved(None)
-            self._fail(error)
+            if meta.index <= shell.core.log.snapshot.index:
+                # A snapshot from the leader arrived while this one was being encoded: the
+                # storage refuses to go back to an older one, and nothing is lost.
+                log.info("node %d: snapshot at %d superseded by the leader's", self.id, meta.index)
+                return
+            self._fail(error)  # a disk error, or a bug: either way stop, never guess
             return
         log.info("node %d: snapshot at %d, log compacted", self.id, meta.index)
 

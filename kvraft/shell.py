@@ -318,7 +318,13 @@ class NodeShell:
         return messages
 
     def take_snapshot_to_save(self) -> SnapshotToSave | None:
+        """A snapshot of the state machine for the IO layer to store, if one is due."""
         snapshot, self._snapshot_to_save = self._snapshot_to_save, None
+        if snapshot is not None and snapshot.meta.index <= self.core.log.snapshot.index:
+            # A snapshot from the leader, newer than ours, was accepted since ours was
+            # captured: storing ours now would roll the stored snapshot back.
+            self._snapshot_in_progress = False
+            return None
         return snapshot
 
     def snapshot_saved(self, meta: SnapshotMeta | None) -> None:
@@ -451,9 +457,10 @@ class NodeShell:
         ready = started.ready
         core = self.core
         if ready.snapshot is not None:
-            self.state_machine = started.restored or self._restore(ready.snapshot.data)
-            for restore_hook in self.on_restore:
-                restore_hook(ready.snapshot.meta)
+            restored = started.restored
+            if restored is None:  # (not `or`: an empty state machine is falsy)
+                restored = self._restore(ready.snapshot.data)
+            self._restored(ready.snapshot.meta, restored)
         for entry in ready.committed_entries:
             self._apply(entry)
         for read_state in ready.read_states:
@@ -468,6 +475,24 @@ class NodeShell:
         if ready.entries:
             core.persisted(ready.entries[-1].index, ready.entries[-1].term)
         self._maybe_snapshot()
+
+    def _restored(self, meta: SnapshotMeta, state_machine: StateMachine) -> None:
+        """A snapshot from the leader replaced the state machine (§7)."""
+        self.state_machine = state_machine
+        pending = self._snapshot_to_save
+        if pending is not None and pending.meta.index <= meta.index:
+            # Our own snapshot, captured before this one arrived, is older than what the
+            # disk now holds: saving it would roll the snapshot back.
+            self._snapshot_to_save = None
+            self._snapshot_in_progress = False
+        # Entries up to the snapshot are never applied here one by one: a proposal waiting
+        # on one of them may or may not have committed (the snapshot does not say).
+        for index in [i for i in self._waiters if i <= meta.index]:
+            _fail(self._waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
+        for index in [i for i in self._config_waiters if i <= meta.index]:
+            _fail(self._config_waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
+        for restore_hook in self.on_restore:
+            restore_hook(meta)
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == EntryKind.NORMAL:

@@ -19,9 +19,13 @@ from kvraft.raft.core import Role
 from kvraft.raft.messages import (
     AppendEntries,
     Configuration,
+    Entry,
+    EntryKind,
     Heartbeat,
+    InstallSnapshot,
     Message,
     RequestVoteResponse,
+    SnapshotMeta,
 )
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.cluster import SimCluster
@@ -262,3 +266,49 @@ def test_a_configuration_planned_from_an_older_one_is_refused() -> None:
     shell.propose_configuration(Configuration(voters=frozenset({1, 3})), stale, answer)
     run_until_idle(shell)
     assert isinstance(answer.exception, ChangeInProgress)
+
+
+def test_a_snapshot_from_the_leader_cancels_an_older_one_of_our_own() -> None:
+    # Applying crosses the snapshot threshold, and in the same batch the leader's snapshot
+    # of a later index arrives. Storing ours afterwards would roll the stored snapshot back
+    # (the daemon's storage refuses it, and the node used to stop on that refusal).
+    core = make_core(2, log_terms=(), term=1)
+    shell = NodeShell(
+        core, KVStateMachine(), restore=KVStateMachine.restore_bytes, snapshot_threshold_entries=2
+    )
+    entries = tuple(
+        Entry(1, index, EntryKind.NORMAL, encode_put(f"k{index}", b"v")) for index in (1, 2, 3)
+    )
+    shell.receive(AppendEntries(1, 1, 2, 0, 0, entries, 3))
+    persist = shell.advance()
+    assert persist is not None
+    shell.persisted(persist.token)
+    leader_state = KVStateMachine()
+    for entry in entries:
+        leader_state.apply(entry.index, entry.data)
+    for index in range(4, 11):
+        leader_state.apply(index, encode_put(f"k{index}", b"v"))
+    meta = SnapshotMeta(10, 1, core.log.configuration())
+    shell.receive(InstallSnapshot(1, 1, 2, meta, leader_state.snapshot()))
+    sent = run_until_idle_keeping_snapshots(shell)
+    assert shell.core.log.snapshot.index == 10
+    assert all(saved.index > 10 for saved in sent)
+    assert shell.state_machine.applied_index == 10
+
+
+def run_until_idle_keeping_snapshots(shell: NodeShell) -> list[SnapshotMeta]:
+    """Like `run_until_idle`, taking the snapshots the shell hands out after every step,
+    as the IO layers do; the metas of those it handed out."""
+    handed_out = []
+    for _ in range(ADVANCES_MAX):
+        snapshot = shell.take_snapshot_to_save()
+        if snapshot is not None:
+            handed_out.append(snapshot.meta)
+            shell.snapshot_saved(snapshot.meta)
+        if not shell.wants_advance:
+            return handed_out
+        persist = shell.advance()
+        shell.take_messages()
+        if persist is not None:
+            shell.persisted(persist.token)
+    raise AssertionError("the shell still wants to advance")

@@ -75,6 +75,8 @@ class SimDisk:
             self.hard_state = persist.hard_state
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        # The storage refuses a snapshot older than the one it holds (as the daemon's does).
+        assert meta.index > self.snapshot.index, f"snapshot {meta.index} after {self.snapshot}"
         self.snapshot = meta
         self.snapshot_data = data
         self.entries = [e for e in self.entries if e.index > meta.index]
@@ -354,6 +356,7 @@ class SimCluster:
         self.checkers.on_send(node.id, message, node.disk.hard_state.term)
         if isinstance(message, InstallSnapshot):
             # The core names the snapshot; the IO attaches its bytes.
+            assert message.meta == node.disk.snapshot, "InstallSnapshot names an unsaved snapshot"
             message = InstallSnapshot(
                 message.term, message.source, message.target, message.meta, node.disk.snapshot_data
             )
