@@ -57,6 +57,7 @@ from kvraft.membership import (
     parse_transfer_request,
 )
 from kvraft.metrics import LoopMetrics
+from kvraft.raft.core import Role
 from kvraft.server import RaftNode
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
@@ -399,6 +400,12 @@ class _Routes:
         deleted: Change | None = None
         if wait_revision is not None:
             wait_s = _query_seconds(request, "wait_s", WAIT_S_DEFAULT, WAIT_S_MAX)
+            core = self.node.core
+            linearizable = _consistency(request) == "linearizable"
+            if linearizable and core is not None and core.role != Role.LEADER:
+                # The leader waits (and then answers linearizably): waiting here first and
+                # then again there would take twice as long.
+                raise NotLeader(core.leader_id)
             deleted = await self._wait_for_change(key, wait_revision, wait_s)
         await self._read_barrier(request)
         found = self.node.state_machine.get(key)
@@ -538,13 +545,16 @@ class _Routes:
         found = self.node.state_machine.get(key)
         if found is not None and found[1] > wait_revision:
             return None
+        hub = self.node.watch_hub
+        start_revision = wait_revision + 1
+        if found is not None and start_revision <= hub.compact_revision:
+            # Its revision proves it unchanged since `wait_revision`, history or not.
+            start_revision = hub.compact_revision + 1
         wake = asyncio.Event()
         try:
-            watcher = self.node.watch_hub.watch(
-                key=key, start_revision=wait_revision + 1, on_change=wake.set
-            )
+            watcher = hub.watch(key=key, start_revision=start_revision, on_change=wake.set)
         except CompactedError:
-            return None  # what happened since is not known here: answer the current state
+            return None  # absent, and whether it was deleted since is not known: answer now
         loop = asyncio.get_running_loop()
         deadline_s = loop.time() + wait_s
         try:
@@ -849,6 +859,12 @@ class HttpApi:
     def _answer_timeout_s(self, request: web.BaseRequest) -> float:
         if request.path.startswith(MEMBERSHIP_PATH_PREFIXES):
             return self.node.reconfiguration.timeout_s
+        if "wait_revision" in request.query:  # a blocking read: the leader may wait that long
+            try:
+                wait_s = _query_seconds(request, "wait_s", WAIT_S_DEFAULT, WAIT_S_MAX)
+            except ApiError:
+                wait_s = 0.0  # refused by the leader at once
+            return self.routes.timeout_s + wait_s
         return self.routes.timeout_s
 
     async def _forward(

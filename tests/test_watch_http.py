@@ -168,8 +168,9 @@ async def test_a_blocking_read_answers_when_the_key_changes_or_when_the_wait_is_
     first = await put(http, leader, "k", b"one")
     url = f"{follower.url}/v1/kv/k?wait_revision={first}&wait_s=30"
     waiting = asyncio.create_task(http.get(url))
-    hub = follower.node.watch_hub
-    await wait_until(lambda: hub.watcher_count == 1, "the read waiting on the follower")
+    # A linearizable blocking read waits on the leader (the follower forwards it at once).
+    hub = leader.node.watch_hub
+    await wait_until(lambda: hub.watcher_count == 1, "the read waiting on the leader")
     second = await put(http, leader, "k", b"two")
     async with await waiting as answer:
         assert answer.status == 200
@@ -210,3 +211,39 @@ async def test_a_stream_whose_client_left_gives_its_watcher_up(
     await wait_until(lambda: hub.watcher_count == 1, "the watcher")
     stream.close()
     await wait_until(lambda: hub.watcher_count == 0, "the watcher given up")
+
+
+async def test_a_blocking_read_through_a_follower_may_wait_longer_than_the_request_timeout(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    # Nothing changes: after `wait_s` the answer is the current state, even though `wait_s`
+    # is longer than the request timeout the forwarding follower would otherwise allow.
+    leader = leader_of(members)
+    assert leader is not None
+    follower = next(m for m in members if m is not leader)
+    revision = await put(http, leader, "k", b"still")
+    timeout_s = follower.node.config.limits.request_timeout_ms / 1000
+    url = f"{follower.url}/v1/kv/k?wait_revision={revision}&wait_s={timeout_s + 3}"
+    async with http.get(url) as answer:
+        assert answer.status == 200, await answer.text()
+        assert await answer.read() == b"still"
+
+
+async def test_a_blocking_read_of_an_unchanged_key_waits_even_below_the_kept_history(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    # After a restart a node keeps no history before its snapshot; a key whose revision is
+    # at most `wait_revision` has not changed since, so the read still waits for a change.
+    leader = leader_of(members)
+    assert leader is not None
+    first = await put(http, leader, "k", b"one")
+    await put(http, leader, "other", b"later")
+    hub = leader.node.watch_hub
+    hub.restart(hub.applied_revision)  # as after a restart from a snapshot taken now
+    assert hub.compact_revision > first
+    url = f"{leader.url}/v1/kv/k?wait_revision={first}&wait_s=30"
+    waiting = asyncio.create_task(http.get(url))
+    await wait_until(lambda: hub.watcher_count == 1, "the read waiting")
+    await put(http, leader, "k", b"two")
+    async with await waiting as answer:
+        assert await answer.read() == b"two"
