@@ -276,7 +276,7 @@ def _query_int(request: web.BaseRequest, name: str, lowest: int) -> int | None:
     text = request.query.get(name)
     if text is None:
         return None
-    if not text.isdigit() or int(text) < lowest or int(text) > 2**63 - 1:
+    if not (text.isascii() and text.isdecimal()) or not lowest <= int(text) <= 2**63 - 1:
         raise ApiError(400, "bad_request", f"{name} must be an integer >= {lowest}")
     return int(text)
 
@@ -475,9 +475,10 @@ class _Routes:
         start_revision = _query_int(request, "start_revision", 1)
         event_stream = "text/event-stream" in request.headers.get("Accept", "")
         last_event_id = request.headers.get("Last-Event-ID", "")
-        if start_revision is None and event_stream and last_event_id.isdigit():
-            # A browser's EventSource resumes by itself after the last event it received.
-            start_revision = int(last_event_id) + 1
+        if event_stream and last_event_id.isascii() and last_event_id.isdecimal():
+            # A browser's EventSource resumes by itself after the last event it received,
+            # always with the same URL: the later of the two wins.
+            start_revision = max(start_revision or 0, int(last_event_id) + 1)
         progress_s = _query_seconds(
             request, "progress_s", WATCH_PROGRESS_S_DEFAULT, WATCH_PROGRESS_S_MAX
         )

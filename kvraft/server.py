@@ -490,6 +490,9 @@ class RaftNode:
                             # and the leader's commit waits on this answer.
                             self._flush()
                     self._maybe_snapshot(shell)
+                    # Waiters (a transfer, a catch-up, a new leader) cannot wait for a quiet
+                    # moment: under steady load this loop may not end for a long time.
+                    self._notify_state_changed()
                 self.address_book.follow_configuration(core.log.configuration())
                 self._observe_leader(core)
                 self._notify_state_changed()

@@ -135,7 +135,7 @@ class Watcher:
     """One watch: a filter and a position in its hub's history. Create with
     `WatchHub.watch`; end with `WatchHub.cancel`."""
 
-    __slots__ = ("_hub", "key", "on_change", "position", "prefix")
+    __slots__ = ("_hub", "key", "on_change", "position", "prefix", "start")
 
     def __init__(
         self,
@@ -150,6 +150,8 @@ class Watcher:
         self.key = key
         self.position = position
         """The first revision not examined yet."""
+        self.start = position
+        """The revision the watch started from."""
         self.on_change = on_change
         """Called (with no arguments) when a change it matches is recorded."""
 
@@ -165,7 +167,11 @@ class Watcher:
     def progress_revision(self) -> int:
         """Every matching change at or below this revision has been handed out (when the
         last `take()` returned all there was)."""
-        return min(self.position, self._hub.applied_revision + 1) - 1
+        # Never below where the watch started: nothing before it was asked for, and a
+        # bookmark that went back (a node behind the one the watcher came from) would send
+        # an SSE client back to revisions it already has.
+        examined = min(self.position, self._hub.applied_revision + 1) - 1
+        return max(examined, self.start - 1)
 
 
 class WatchHub:

@@ -142,3 +142,13 @@ def test_changes_as_the_http_api_writes_them() -> None:
         "revision": 8,
         "prev_revision": 7,
     }
+
+
+def test_progress_never_goes_below_where_the_watch_started() -> None:
+    # A watcher that came from a node further ahead starts above what this node applied:
+    # its bookmarks must not send it back (as an SSE id, they would).
+    hub = WatchHub(0)
+    hub.record(1, (put("k", 1),))
+    watcher = hub.watch(start_revision=10)
+    assert watcher.take() == []
+    assert watcher.progress_revision == 9

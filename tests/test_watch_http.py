@@ -113,7 +113,9 @@ async def test_server_sent_events_carry_the_revision_as_their_id_and_resume_afte
     first = await put(http, leader, "k", b"one")
     second = await put(http, leader, "k", b"two")
     headers = {"Accept": "text/event-stream", "Last-Event-ID": str(first)}
-    async with http.get(f"{leader.url}/v1/watch?key=k&progress_s=0", headers=headers) as stream:
+    # An EventSource reconnects with the URL it started with: the later revision wins.
+    url = f"{leader.url}/v1/watch?key=k&progress_s=0&start_revision={first}"
+    async with http.get(url, headers=headers) as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         lines = [
             (await asyncio.wait_for(stream.content.readline(), DEADLINE_S)).decode()
@@ -188,7 +190,13 @@ async def test_watch_requests_out_of_range_are_refused(
     members: list[InProcessNode], http: aiohttp.ClientSession
 ) -> None:
     node = members[0]
-    for query in ("start_revision=0", "start_revision=x", "progress_s=-1", "progress_s=nan"):
+    for query in (
+        "start_revision=0",
+        "start_revision=x",
+        "start_revision=\u00b2",  # a digit to str.isdigit, not to int()
+        "progress_s=-1",
+        "progress_s=nan",
+    ):
         async with http.get(f"{node.url}/v1/watch?{query}") as refused:
             assert refused.status == 400, query
     async with http.get(f"{node.url}/v1/kv/k?wait_revision=1&wait_s=100000") as refused:
