@@ -19,7 +19,9 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
 from kvraft.raft.core import RaftConfig, RaftCore, Role
@@ -149,56 +151,43 @@ class SimNode:
         self.writes_in_flight = deque()
 
 
-class _ClientAnswer:
-    """Where the shell answers one client operation: it finishes the op in the history."""
+def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[Any]:
+    """Where the shell answers one client operation: it finishes the op in the history. A
+    `concurrent.futures.Future` runs its callback at once, inside the shell's step."""
 
-    def __init__(self, cluster: SimCluster, node: SimNode, op: ClientOp) -> None:
-        self._cluster = cluster
-        self._node = node
-        self._op = op
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: object) -> None:
-        self._done = True
-        op = self._op
+    def answered(answer: Future[Any]) -> None:
+        error = answer.exception()
+        if error is not None:
+            # A write that may still apply is indeterminate; anything else definitely failed.
+            cluster._finish(op, "info" if isinstance(error, OutcomeUnknown) else "fail")
+            return
         if op.kind == "read":
             # Released at its read index or later (§6.4): read the state machine now.
-            found = self._node.state_machine.get(op.key)
+            found = node.state_machine.get(op.key)
             op.output = found[0].decode() if found else None
             op.revision_seen = found[1] if found else 0
         elif op.kind == "cas":
+            result = answer.result()
             assert isinstance(result, ApplyResult)
             op.output = result.ok
-        self._cluster._finish(op, "ok")
+        cluster._finish(op, "ok")
 
-    def set_exception(self, exception: BaseException) -> None:
-        self._done = True
-        # A write that may still apply is indeterminate; anything else definitely failed.
-        status = "info" if isinstance(exception, OutcomeUnknown) else "fail"
-        self._cluster._finish(self._op, status)
+    answer: Future[Any] = Future()
+    answer.add_done_callback(answered)
+    return answer
 
 
-class _LoggedAnswer:
+def _logged_answer(cluster: SimCluster, what: str) -> Future[None]:
     """The nemesis's membership change: nobody waits, the trace says what happened."""
 
-    def __init__(self, cluster: SimCluster, what: str) -> None:
-        self._cluster = cluster
-        self._what = what
-        self._done = False
+    def answered(answer: Future[None]) -> None:
+        error = answer.exception()
+        outcome = "committed" if error is None else f"{type(error).__name__}: {error}"
+        cluster.log(f"{what}: {outcome}")
 
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: object) -> None:
-        self._done = True
-        self._cluster.log(f"{self._what}: committed")
-
-    def set_exception(self, exception: BaseException) -> None:
-        self._done = True
-        self._cluster.log(f"{self._what}: {type(exception).__name__}: {exception}")
+    answer: Future[None] = Future()
+    answer.add_done_callback(answered)
+    return answer
 
 
 class SimCluster:
@@ -239,7 +228,7 @@ class SimCluster:
         self.on_changes: Callable[[int, tuple[Change, ...]], None] | None = None
         """Told what every applied entry changed, on every node (the watchers' truth)."""
         self.completed: list[ClientOp] = []
-        self._pending: list[tuple[ClientOp, _ClientAnswer]] = []
+        self._pending: list[tuple[ClientOp, Future[Any]]] = []
         # A core was fed outside step() (a client request, the nemesis): check next step.
         self._changed = False
         self._roles: dict[int, tuple[Role, int]] = {}
@@ -400,7 +389,7 @@ class SimCluster:
         if not node.alive:
             self._finish(op, "fail")
             return
-        answer = _ClientAnswer(self, node, op)
+        answer = _client_answer(self, node, op)
         self._pending.append((op, answer))
         if op.kind == "read":
             node.shell.read(answer)
@@ -460,5 +449,5 @@ class SimCluster:
             f"learners={sorted(proposed.learners)}"
         )
         self.log(what)
-        leader.shell.propose_configuration(proposed, current, _LoggedAnswer(self, what))
+        leader.shell.propose_configuration(proposed, current, _logged_answer(self, what))
         self._advance(leader)
