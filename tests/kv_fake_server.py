@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -109,7 +109,34 @@ class _State:
     compact_revision: int = 0
 
 
-class FakeCluster:
+class BackgroundServers:
+    """Fake nodes served on an event loop of their own, in a thread, so that a test's
+    blocking client can talk to them. `with` starts them (`_start`, on that loop) and stops
+    them (`_stop`); subclasses define both."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT_S)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(START_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(START_TIMEOUT_S)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class FakeCluster(BackgroundServers):
     """`with FakeCluster(3) as cluster:` gives `cluster.endpoints` of three live nodes."""
 
     def __init__(self, nodes: int = 3, *, leader_id: int = 1, term: int = 4) -> None:
@@ -120,25 +147,13 @@ class FakeCluster:
         self._ports: dict[int, int] = {}
         self._state = _State()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        super().__init__()
         self._runners: list[web.AppRunner] = []
         self._sites: dict[int, web.TCPSite] = {}
         self._streams: dict[int, set[asyncio.BaseTransport]] = {}
         self._changed: asyncio.Event | None = None
 
     # -- life cycle ----------------------------------------------------------------
-
-    def __enter__(self) -> FakeCluster:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT_S)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(START_TIMEOUT_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(START_TIMEOUT_S)
-        self._loop.close()
 
     async def _start(self) -> None:
         self._changed = asyncio.Event()

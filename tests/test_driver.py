@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,16 +31,9 @@ from kvraft.storage.disk import DiskStorage
 from kvraft.storage.memory import MemoryStorage
 from kvraft.transport.memory import MemoryNetwork, MemoryTransport
 from tests.file_ops_doubles import HoldingFileOps
+from tests.in_process_cluster import wait_until
 
 DEADLINE_S = 20.0
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def three_node_config(tmp_path: Path) -> ClusterConfig:

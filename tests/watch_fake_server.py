@@ -18,7 +18,6 @@ import base64
 import contextlib
 import functools
 import json
-import threading
 from typing import Any
 
 from aiohttp import web
@@ -26,13 +25,12 @@ from aiohttp import web
 from kvraft.chaos.workload import Endpoint
 from kvraft.statemachine import Change
 from kvraft.watch import CompactedError, Lagged, WatchHub, change_json
+from tests.kv_fake_server import BackgroundServers
 
 __all__ = ["FakeWatchNodes"]
 
-START_TIMEOUT_S = 10.0
 
-
-class FakeWatchNodes:
+class FakeWatchNodes(BackgroundServers):
     """`nodes` fake nodes; use as a context manager; `endpoints` for the chaos clients."""
 
     def __init__(self, nodes: int = 3, *, watch: bool = True, compact_revision: int = 0) -> None:
@@ -44,21 +42,9 @@ class FakeWatchNodes:
         self._streams: dict[int, set[asyncio.Event]] = {node: set() for node in self.node_ids}
         self._cut: dict[int, int] = dict.fromkeys(self.node_ids, 0)
         self._lag: dict[int, int] = dict.fromkeys(self.node_ids, 0)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        super().__init__()
         self._runners: list[web.AppRunner] = []
         self.ports: dict[int, int] = {}
-
-    def __enter__(self) -> FakeWatchNodes:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT_S)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(START_TIMEOUT_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(START_TIMEOUT_S)
-        self._loop.close()
 
     @property
     def endpoints(self) -> list[Endpoint]:
