@@ -11,9 +11,11 @@ Layout::
     cluster_id = "kvraft-local"
     [raft]     tick_ms, election_ticks, heartbeat_ticks, inflight_max, batch_bytes_max,
                pre_vote, check_quorum
-    [storage]  fsync, segment_bytes_max, snapshot_threshold_entries, snapshots_kept
+    [storage]  fsync, segment_bytes_max, snapshot_threshold_entries, snapshots_kept,
+               snapshot_threshold_bytes (optional)
     [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max,
-               watch_history_revisions_max, watch_history_bytes_max, watchers_max (optional)
+               watch_history_revisions_max, watch_history_bytes_max, watchers_max,
+               write_bytes_pending_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
 
 Every key is required except ``voter`` and the ones marked optional, which were added later
@@ -138,6 +140,25 @@ SNAPSHOT_THRESHOLD_ENTRIES_MAX = 100_000_000
 """The largest ``storage.snapshot_threshold_entries``: beyond it the log (and recovery time)
 grows without bound in practice."""
 
+SNAPSHOT_THRESHOLD_BYTES_DEFAULT = 128 * 1024 * 1024
+"""``storage.snapshot_threshold_bytes`` when not given: every entry since the last snapshot is
+kept in memory, so with large values the log is bounded by bytes as well as by entries."""
+
+SNAPSHOT_THRESHOLD_BYTES_LOWEST = 1024 * 1024
+"""The smallest ``storage.snapshot_threshold_bytes``: below it a node would snapshot its
+whole state every few large writes."""
+
+SNAPSHOT_THRESHOLD_BYTES_HIGHEST = 64 * 1024 * 1024 * 1024
+"""The largest ``storage.snapshot_threshold_bytes`` (64 GiB): the log it allows is in memory."""
+
+WRITE_BYTES_PENDING_PER_VALUE = 64
+"""When ``limits.write_bytes_pending_max`` is not given, it is this many of the largest
+requests (``value_bytes_max`` plus its key): a node admits a burst of 64 maximal writes at once,
+and sheds the rest with 503 rather than hold them all in memory."""
+
+WRITE_BYTES_PENDING_MAX_HIGHEST = 64 * 1024 * 1024 * 1024
+"""The largest ``limits.write_bytes_pending_max`` (64 GiB)."""
+
 SNAPSHOTS_KEPT_MAX = 100
 """The most snapshots ``storage.snapshots_kept`` may keep on disk (each is a full copy)."""
 
@@ -216,12 +237,15 @@ class StorageSettings:
         snapshot_threshold_entries: snapshot and compact the log once this many entries have
             been applied since the last snapshot.
         snapshots_kept: how many snapshots to keep on disk.
+        snapshot_threshold_bytes: also snapshot once the entries applied since the last
+            snapshot hold this many bytes of data. Optional.
     """
 
     fsync: bool = True
     segment_bytes_max: int = 64 * 1024 * 1024
     snapshot_threshold_entries: int = 10_000
     snapshots_kept: int = 2
+    snapshot_threshold_bytes: int = SNAPSHOT_THRESHOLD_BYTES_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +261,11 @@ class LimitSettings:
             changes, and how many bytes of keys and values, a node keeps for watchers
             (`kvraft.watch`); a watch from an older revision answers 410. Optional.
         watchers_max: watchers one node serves at once; beyond it, 503. Optional.
+        write_bytes_pending_max: the bytes of client writes one node holds at once, from the
+            moment a request's size is known (before its body is read) until it is answered:
+            on a leader, the writes waiting to be committed and applied. Beyond it, 503
+            ``overloaded``. Optional; without it, `WRITE_BYTES_PENDING_PER_VALUE` maximal
+            requests.
     """
 
     key_bytes_max: int = 1024
@@ -246,6 +275,7 @@ class LimitSettings:
     watch_history_revisions_max: int = WATCH_HISTORY_REVISIONS_MAX_DEFAULT
     watch_history_bytes_max: int = WATCH_HISTORY_BYTES_MAX_DEFAULT
     watchers_max: int = WATCHERS_MAX_DEFAULT
+    write_bytes_pending_max: int = WRITE_BYTES_PENDING_PER_VALUE * (1024 * 1024 + 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +486,10 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
         "segment_bytes_max": (SEGMENT_BYTES_MAX_LOWEST, SEGMENT_BYTES_MAX_HIGHEST),
         "snapshot_threshold_entries": (1, SNAPSHOT_THRESHOLD_ENTRIES_MAX),
         "snapshots_kept": (1, SNAPSHOTS_KEPT_MAX),
+        "snapshot_threshold_bytes": (
+            SNAPSHOT_THRESHOLD_BYTES_LOWEST,
+            SNAPSHOT_THRESHOLD_BYTES_HIGHEST,
+        ),
     },
     "limits": {
         "key_bytes_max": (1, KEY_BYTES_MAX_HIGHEST),
@@ -465,10 +499,19 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
         "watch_history_revisions_max": (1, WATCH_HISTORY_REVISIONS_MAX_HIGHEST),
         "watch_history_bytes_max": (1, WATCH_HISTORY_BYTES_MAX_HIGHEST),
         "watchers_max": (0, WATCHERS_MAX_HIGHEST),
+        "write_bytes_pending_max": (1, WRITE_BYTES_PENDING_MAX_HIGHEST),
     },
 }
 _SETTINGS_OPTIONAL = {
-    "limits": frozenset({"watch_history_revisions_max", "watch_history_bytes_max", "watchers_max"})
+    "storage": frozenset({"snapshot_threshold_bytes"}),
+    "limits": frozenset(
+        {
+            "watch_history_revisions_max",
+            "watch_history_bytes_max",
+            "watchers_max",
+            "write_bytes_pending_max",
+        }
+    ),
 }
 """Keys added after files were written without them: a file that leaves one out gets its
 default (every other key is required)."""
@@ -493,6 +536,15 @@ def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> Clus
         raise ConfigError(
             f"raft.election_ticks: must be > heartbeat_ticks"
             f" ({settings['raft']['heartbeat_ticks']}), got {settings['raft']['election_ticks']}"
+        )
+    limits = settings["limits"]
+    largest_write_bytes = limits["value_bytes_max"] + limits["key_bytes_max"]
+    if "write_bytes_pending_max" not in limits:
+        limits["write_bytes_pending_max"] = WRITE_BYTES_PENDING_PER_VALUE * largest_write_bytes
+    elif limits["write_bytes_pending_max"] < largest_write_bytes:
+        raise ConfigError(
+            f"limits.write_bytes_pending_max: must hold one largest write (value_bytes_max +"
+            f" key_bytes_max = {largest_write_bytes}), got {limits['write_bytes_pending_max']}"
         )
     nodes = _nodes_from_table(table["nodes"], pathlib.Path(os.path.abspath(base_dir)))
     return ClusterConfig(

@@ -21,6 +21,7 @@ __all__ = [
     "NotCaughtUp",
     "NotLeader",
     "OutcomeUnknown",
+    "Overloaded",
     "ProposalLost",
     "Unavailable",
 ]
@@ -36,6 +37,11 @@ class NotLeader(Exception):
 
 class Unavailable(Exception):
     """The cluster cannot take the request now (no leader, no quorum, overloaded); retry."""
+
+
+class Overloaded(Unavailable):
+    """This node holds as much client work as its limits allow; nothing was done. Retry
+    later (503 ``overloaded``)."""
 
 
 class ProposalLost(Unavailable):

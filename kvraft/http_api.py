@@ -39,12 +39,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kvraft.admission import REQUEST_OVERHEAD_BYTES
 from kvraft.errors import (
     ChangeInProgress,
     HandedOver,
     NotCaughtUp,
     NotLeader,
     OutcomeUnknown,
+    Overloaded,
     Unavailable,
 )
 from kvraft.membership import (
@@ -116,6 +118,9 @@ does not cancel a handler whose client left), so a watcher nobody reads does not
 WATCH_ENCODED_CHANGES_CACHED = 4096
 """Recent changes kept encoded for watch streams (each is encoded once, then shared)."""
 
+WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
+"""Requests that write: each holds its bytes against the node's write admission."""
+
 REVISION_HEADER = "X-Kvraft-Revision"
 """On every answer: the answering node's applied index."""
 
@@ -150,6 +155,13 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
         text=json.dumps(body),
         content_type="application/json",
         headers=headers,
+    )
+
+
+def _unavailable(error: Unavailable) -> ApiError:
+    """503: the cluster's fault, retry; ``overloaded`` when this node sheds load."""
+    return ApiError(
+        503, "overloaded" if isinstance(error, Overloaded) else "unavailable", str(error)
     )
 
 
@@ -338,7 +350,7 @@ class _Routes:
             raise ApiError(504, "outcome_unknown", str(error)) from None
         except Unavailable as error:
             self.count_proposal["unavailable"]()
-            raise ApiError(503, "unavailable", str(error)) from None
+            raise _unavailable(error) from None
         self.count_proposal["ok" if result.ok else "condition_failed"]()
         if result.error is not None:
             raise ApiError(400, str(result.error), result.message)
@@ -391,7 +403,7 @@ class _Routes:
             try:
                 await self.node.read_barrier(self.timeout_s)
             except Unavailable as error:
-                raise ApiError(503, "unavailable", str(error)) from None
+                raise _unavailable(error) from None
 
     async def get(self, request: web.BaseRequest) -> web.Response:
         key = _key(request)
@@ -662,6 +674,14 @@ def _node_collector(node: RaftNode) -> Any:
                 ),
                 "kvraft_leader_changes": ("Leader changes seen", node.leader_changes),
                 "kvraft_keys": ("Keys in the state machine", len(node.state_machine)),
+                "kvraft_write_bytes_pending": (
+                    "Bytes of client writes held (admitted, not yet answered)",
+                    node.write_admission.bytes_held,
+                ),
+                "kvraft_writes_shed": (
+                    "Writes refused with 503 overloaded since start (admission by bytes)",
+                    node.write_admission.refused_total,
+                ),
             }
             for name, (help_text, value) in gauges.items():
                 family = GaugeMetricFamily(name, help_text)
@@ -726,6 +746,7 @@ class HttpApi:
         loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
         node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
         self.routes = routes = _Routes(node, loop_metrics)
+        self.admission = node.write_admission
 
         async def metrics(request: web.BaseRequest) -> web.Response:
             response = web.Response(body=generate_latest(registry))
@@ -769,6 +790,17 @@ class HttpApi:
     async def close(self) -> None:
         await self._session.close()
 
+    def _write_bytes(self, request: web.BaseRequest) -> int:
+        """What a request holds against `admission` while it is served: for a write, its
+        body as ``Content-Length`` announces it (the largest allowed when it does not say:
+        chunked), known before a byte of the body is read; 0 for a read."""
+        if request.method not in WRITE_METHODS:
+            return 0
+        largest = self.routes.value_bytes_max
+        announced = request.content_length
+        body_bytes = largest if announced is None else min(announced, largest)
+        return body_bytes + REQUEST_OVERHEAD_BYTES
+
     def _route(self, path: str) -> _Route | None:
         if path.startswith(KV_PATH_PREFIX):
             return self._key_route if len(path) > len(KV_PATH_PREFIX) else None
@@ -793,10 +825,21 @@ class HttpApi:
                         f"{request.method} is not allowed on {route.name}; allowed: {allowed}",
                         headers={"Allow": allowed},
                     )
+                hold_bytes = self._write_bytes(request)
+                if hold_bytes and not self.admission.try_hold(hold_bytes):
+                    raise ApiError(
+                        503,
+                        "overloaded",
+                        f"this node holds {self.admission.bytes_held} bytes of writes, its"
+                        f" limit is {self.admission.bytes_max}; retry later",
+                    )
                 try:
                     response = await handler(request)
                 except NotLeader as error:
                     response = await self._to_the_leader(request, handler, error)
+                finally:
+                    if hold_bytes:
+                        self.admission.release(hold_bytes)
             except ApiError as error:
                 response = _error_response(error)
         except web.HTTPException as error:

@@ -39,8 +39,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from typing import Any, Protocol, TypeVar
 
 from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
+from kvraft.admission import WriteAdmission
 from kvraft.config import ClusterConfig, NodeSpec
-from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Unavailable
+from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
 from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
@@ -165,6 +166,7 @@ class RaftNode:
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
         self._pending_client_requests = 0
+        self.write_admission = WriteAdmission(config.limits.write_bytes_pending_max)
         # Life cycle.
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -252,6 +254,7 @@ class RaftNode:
             state_machine,
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=settings.snapshot_threshold_entries,
+            snapshot_threshold_bytes=settings.snapshot_threshold_bytes,
         )
         # Watchers can go back as far as the state this node starts from; the log replayed
         # from here on refills the history.
@@ -373,7 +376,7 @@ class RaftNode:
         if core.role != Role.LEADER:
             raise NotLeader(core.leader_id)
         if self._pending_client_requests >= self.config.limits.proposals_pending_max:
-            raise Unavailable("too many requests in flight on this node")
+            raise Overloaded("too many requests in flight on this node")
 
     async def propose(self, command: bytes, timeout_s: float) -> ApplyResult:
         """Replicate and apply a command; the answer means committed on a majority and applied.
@@ -748,6 +751,8 @@ class RaftNode:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "watchers": self.watch_hub.watcher_count,
             "watch_compact_revision": self.watch_hub.compact_revision,
+            "write_bytes_pending": self.write_admission.bytes_held,
+            "writes_shed": self.write_admission.refused_total,
         }
 
     def is_ready(self) -> bool:

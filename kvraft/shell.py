@@ -61,11 +61,22 @@ from kvraft.raft.core import (
     RaftCore,
     Role,
 )
-from kvraft.raft.messages import Configuration, Entry, EntryKind, HardState, Message, SnapshotMeta
+from kvraft.raft.log import ENTRY_OVERHEAD_BYTES
+from kvraft.raft.messages import (
+    AppendEntries,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    SnapshotMeta,
+)
 from kvraft.raft.ready import Ready, SnapshotToRestore
 
 __all__ = [
+    "INBOUND_ENTRY_BYTES_MAX",
     "INBOUND_MESSAGES_MAX",
+    "READY_ENTRY_BYTES_MAX",
     "Answer",
     "NodeShell",
     "Persist",
@@ -75,6 +86,18 @@ __all__ = [
 
 INBOUND_MESSAGES_MAX = 100_000
 """Peer messages waiting to be stepped; beyond this they are dropped (Raft tolerates loss)."""
+
+INBOUND_ENTRY_BYTES_MAX = 64 * 1024 * 1024
+"""Entry bytes in peer messages waiting to be stepped; a message that would go beyond this
+is dropped (the leader resends it, §5.3), unless the queue is empty: a leader's one large
+AppendEntries always gets in."""
+
+READY_ENTRY_BYTES_MAX = 8 * 1024 * 1024
+"""The entry bytes (proposed commands, and entries carried by AppendEntries) that one
+`advance()` feeds the core before it builds a Ready; the rest waits for the next one. A
+Ready's entries are then at most this plus one input (one proposal, or one AppendEntries of
+`raft.batch_bytes_max` and one more entry), which `kvraft.config` checks fits in one WAL
+frame: no mix of legal requests builds a write that storage refuses."""
 
 _T_contra = TypeVar("_T_contra", contravariant=True)
 
@@ -162,11 +185,16 @@ class NodeShell:
         *,
         restore: Callable[[bytes], StateMachine],
         snapshot_threshold_entries: int,
+        snapshot_threshold_bytes: int | None = None,
     ) -> None:
         self.core = core
         self.state_machine = state_machine
         self._restore = restore
         self.snapshot_threshold_entries = snapshot_threshold_entries
+        self.snapshot_threshold_bytes = snapshot_threshold_bytes
+        """Also snapshot once the applied entries kept in memory hold this many data bytes
+        (None: count entries only). The core keeps every entry since the last snapshot in
+        memory: with large values, counting entries alone would let it grow to gigabytes."""
         self.on_apply: list[Callable[[Entry, Any], None]] = []
         """Called with every entry applied and the state machine's result (None for an
         entry that carries no command), after the state machine took it."""
@@ -175,6 +203,8 @@ class NodeShell:
         # Inputs, fed to the core by advance().
         self._tick_due = False
         self.inbound: deque[Message] = deque()
+        self.inbound_entry_bytes = 0
+        self.ready_entry_bytes_max = READY_ENTRY_BYTES_MAX
         self._proposals: list[tuple[bytes, Answer[Any]]] = []
         self._config_proposals: list[_ConfigProposal] = []
         self._reads: list[tuple[int, Answer[int]]] = []
@@ -209,9 +239,14 @@ class NodeShell:
 
     def receive(self, message: Message) -> bool:
         """Queue a peer's message; False if the queue is full and it was dropped."""
-        if len(self.inbound) >= INBOUND_MESSAGES_MAX:
+        inbound = self.inbound
+        if len(inbound) >= INBOUND_MESSAGES_MAX:
             return False
-        self.inbound.append(message)
+        size = _entry_bytes(message)
+        if size and inbound and self.inbound_entry_bytes + size > INBOUND_ENTRY_BYTES_MAX:
+            return False
+        self.inbound_entry_bytes += size
+        inbound.append(message)
         return True
 
     def propose(self, command: bytes, answer: Answer[Any]) -> None:
@@ -263,9 +298,13 @@ class NodeShell:
         (None: nothing to write, and it has finished already if nothing before it waits)."""
         core = self.core
         self._finish_released()
-        self._feed(core)
         self.last_ready = None
-        if self._barrier_token is not None or not core.has_ready():
+        if self._barrier_token is not None:
+            # Inputs wait too: fed now, their entries would pile up in the core and all
+            # land in the Ready after the barrier, past READY_ENTRY_BYTES_MAX.
+            return None
+        self._feed(core)
+        if not core.has_ready():
             return None
         ready = self.last_ready = core.ready()
         self._outbox.extend(ready.messages)
@@ -363,11 +402,25 @@ class NodeShell:
         if self._tick_due:
             self._tick_due = False
             core.tick()
+        # Entries fed are bounded by bytes (READY_ENTRY_BYTES_MAX), always at least one input.
+        budget_bytes = self.ready_entry_bytes_max
         inbound = self.inbound
-        while inbound:
-            core.step(inbound.popleft())
-        if self._proposals:
-            proposals, self._proposals = self._proposals, []
+        while inbound and budget_bytes > 0:
+            message = inbound.popleft()
+            size = _entry_bytes(message)
+            self.inbound_entry_bytes -= size
+            budget_bytes -= size
+            core.step(message)
+        if self._proposals and budget_bytes > 0:
+            proposals = self._proposals
+            taken = 0
+            while taken < len(proposals) and budget_bytes > 0:
+                budget_bytes -= len(proposals[taken][0]) + ENTRY_OVERHEAD_BYTES
+                taken += 1
+            if taken == len(proposals):
+                self._proposals = []
+            else:
+                proposals, self._proposals = proposals[:taken], proposals[taken:]
             live = [(command, answer) for command, answer in proposals if not answer.done()]
             try:
                 indexes = core.propose_batch([command for command, _ in live]) if live else []
@@ -541,8 +594,11 @@ class NodeShell:
     def _maybe_snapshot(self) -> None:
         applied = self.state_machine.applied_index
         log = self.core.log
-        if self._snapshot_in_progress or applied - log.snapshot.index < (
-            self.snapshot_threshold_entries
+        if self._snapshot_in_progress:
+            return
+        bytes_threshold = self.snapshot_threshold_bytes
+        if applied - log.snapshot.index < self.snapshot_threshold_entries and (
+            bytes_threshold is None or log.applied_entry_bytes < bytes_threshold
         ):
             return
         term = log.term_at(applied)
@@ -553,6 +609,13 @@ class NodeShell:
         meta = SnapshotMeta(applied, term, log.configuration_at(applied))
         self._snapshot_to_save = SnapshotToSave(meta, self.state_machine.snapshot_chunks())
         self._snapshot_in_progress = True
+
+
+def _entry_bytes(message: Message) -> int:
+    """The entry bytes a peer's message adds to a write (only AppendEntries carries entries)."""
+    if isinstance(message, AppendEntries):
+        return sum(len(entry.data) + ENTRY_OVERHEAD_BYTES for entry in message.entries)
+    return 0
 
 
 def _fail(answer: Answer[Any], error: BaseException) -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 from kvraft.raft.codec import decode_configuration
 from kvraft.raft.messages import Configuration, Entry, EntryKind, SnapshotMeta
 
-__all__ = ["LogInvariantError", "RaftLog"]
+__all__ = ["ENTRY_OVERHEAD_BYTES", "LogInvariantError", "RaftLog"]
+
+ENTRY_OVERHEAD_BYTES = 32
+"""What an entry costs beyond its data when batches are sized by bytes (its index, term and
+kind, encoded): it keeps a batch of many tiny entries bounded too."""
 
 
 class LogInvariantError(AssertionError):
@@ -26,6 +30,8 @@ class RaftLog:
         self.entries: list[Entry] = []
         self.commit_index = snapshot.index
         self.applied_index = snapshot.index
+        # Data bytes of the kept entries up to applied_index: what a snapshot would free.
+        self.applied_entry_bytes = 0
         # Index of the first entry not yet handed to the shell to persist.
         self.unstable_index = snapshot.index + 1
         # (index, configuration) of every CONFIG entry still in the log, in order.
@@ -78,7 +84,7 @@ class RaftLog:
         selected: list[Entry] = []
         size = 0
         for entry in self.entries[start:stop]:
-            size += len(entry.data) + 32
+            size += len(entry.data) + ENTRY_OVERHEAD_BYTES
             if selected and size > bytes_max:
                 break
             selected.append(entry)
@@ -200,6 +206,7 @@ class RaftLog:
             return []
         taken = self.entries[self.applied_index - self.snapshot.index : high - self.snapshot.index]
         self.applied_index = high
+        self.applied_entry_bytes += sum(len(entry.data) for entry in taken)
         return taken
 
     def compact(self, index: int) -> SnapshotMeta:
@@ -212,6 +219,8 @@ class RaftLog:
         if term is None:
             raise LogInvariantError(f"compacting unknown index {index}")
         meta = SnapshotMeta(index=index, term=term, configuration=self.configuration_at(index))
+        dropped = self.entries[: index - self.snapshot.index]
+        self.applied_entry_bytes -= sum(len(entry.data) for entry in dropped)
         del self.entries[: index - self.snapshot.index]
         self.configurations = [(i, c) for i, c in self.configurations if i > index]
         self.snapshot = meta
@@ -224,5 +233,6 @@ class RaftLog:
         self.configurations = []
         self.commit_index = snapshot.index
         self.applied_index = snapshot.index
+        self.applied_entry_bytes = 0
         self.unstable_index = snapshot.index + 1
         self.persisted_index = snapshot.index

@@ -1,0 +1,51 @@
+"""Admission control: how many bytes of client writes one node holds at once.
+
+A write costs memory from the moment its request arrives until it is answered: its body,
+its command, its log entry on the leader until the entry is committed and applied (and in
+every follower's queues meanwhile). A burst of legal requests that the cluster cannot commit
+as fast as they come would otherwise pile up until the node runs out of memory or its loop is
+too busy to send heartbeats. So a node *holds* a request's bytes before it reads the body
+(the size is known from ``Content-Length``) and lets go when the request is answered; a
+request that would take the total past `WriteAdmission.bytes_max` is refused at once with
+503 ``overloaded`` and a Retry-After, having cost nothing. etcd does the same in spirit with
+``ErrTooManyRequests`` (applied index lagging the committed one by 5,000 entries); counting
+bytes rather than entries is what keeps memory bounded when values are large.
+
+A follower holds a request while it forwards it, and the leader holds it again when the
+forward arrives: each node's limit bounds its own memory.
+"""
+
+from __future__ import annotations
+
+__all__ = ["REQUEST_OVERHEAD_BYTES", "WriteAdmission"]
+
+REQUEST_OVERHEAD_BYTES = 1024
+"""What a write costs beyond its body (headers, key, the waiter, the log entry's bookkeeping):
+counted for every request, so a flood of empty-bodied writes is bounded too."""
+
+
+class WriteAdmission:
+    """The bytes of client writes a node holds, against a limit."""
+
+    def __init__(self, bytes_max: int) -> None:
+        self.bytes_max = bytes_max
+        self.bytes_held = 0
+        self.requests_held = 0
+        self.refused_total = 0
+        """Requests refused since the node started (for metrics)."""
+
+    def try_hold(self, size_bytes: int) -> bool:
+        """Hold `size_bytes` for one request; False (and nothing held) if that would pass
+        the limit. The configuration makes the limit hold at least one largest write, so
+        every legal request gets in once the node is idle."""
+        if self.bytes_held + size_bytes > self.bytes_max:
+            self.refused_total += 1
+            return False
+        self.bytes_held += size_bytes
+        self.requests_held += 1
+        return True
+
+    def release(self, size_bytes: int) -> None:
+        """The request holding `size_bytes` was answered."""
+        self.bytes_held -= size_bytes
+        self.requests_held -= 1
