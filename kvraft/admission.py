@@ -36,9 +36,9 @@ class WriteAdmission:
 
     def try_hold(self, size_bytes: int) -> bool:
         """Hold `size_bytes` for one request; False (and nothing held) if that would pass
-        the limit. The configuration makes the limit hold at least one largest write, so
-        every legal request gets in once the node is idle."""
-        if self.bytes_held + size_bytes > self.bytes_max:
+        the limit. A request larger than the whole limit still gets in when nothing else
+        is held, so a small limit slows large writes down but never refuses one forever."""
+        if self.requests_held and self.bytes_held + size_bytes > self.bytes_max:
             self.refused_total += 1
             return False
         self.bytes_held += size_bytes

@@ -538,13 +538,9 @@ def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> Clus
             f" ({settings['raft']['heartbeat_ticks']}), got {settings['raft']['election_ticks']}"
         )
     limits = settings["limits"]
-    largest_write_bytes = limits["value_bytes_max"] + limits["key_bytes_max"]
     if "write_bytes_pending_max" not in limits:
-        limits["write_bytes_pending_max"] = WRITE_BYTES_PENDING_PER_VALUE * largest_write_bytes
-    elif limits["write_bytes_pending_max"] < largest_write_bytes:
-        raise ConfigError(
-            f"limits.write_bytes_pending_max: must hold one largest write (value_bytes_max +"
-            f" key_bytes_max = {largest_write_bytes}), got {limits['write_bytes_pending_max']}"
+        limits["write_bytes_pending_max"] = WRITE_BYTES_PENDING_PER_VALUE * (
+            limits["value_bytes_max"] + limits["key_bytes_max"]
         )
     nodes = _nodes_from_table(table["nodes"], pathlib.Path(os.path.abspath(base_dir)))
     return ClusterConfig(

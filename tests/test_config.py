@@ -42,6 +42,8 @@ from kvraft.config import (
     render_config,
 )
 from kvraft.raft import codec
+from kvraft.raft.log import ENTRY_OVERHEAD_BYTES
+from kvraft.shell import READY_ENTRY_BYTES_MAX
 from kvraft.storage import wal
 
 __all__: list[str] = []
@@ -173,7 +175,7 @@ def test_ranges_stated_in_the_shipped_comments_are_the_ranges_enforced(name: str
             else:
                 assert f"{section}.{key}" in refusal(changed)
         checked += 1
-    assert checked == 15, "every integer setting states its range"
+    assert checked == 17, "every integer setting states its range"
 
 
 @pytest.mark.parametrize("size", [3, 5])
@@ -348,6 +350,25 @@ def test_limits_stay_within_what_the_rest_of_the_system_accepts() -> None:
     assert NODES_MAX <= codec.MEMBERS_MAX
     assert NODE_ID_MAX == 2**31 - 1
     assert PORT_MAX == 65535
+
+
+def test_every_write_a_node_builds_fits_one_wal_frame_whatever_the_settings() -> None:
+    # The shell feeds at most READY_ENTRY_BYTES_MAX per Ready, then one more input: one
+    # proposal, or one AppendEntries of the largest batch plus the entry that overflows it.
+    # Storage refuses a larger write as a disk failure, so this must hold for every config.
+    largest_input = BATCH_BYTES_MAX_HIGHEST + statemachine.COMMAND_BYTES_MAX + ENTRY_OVERHEAD_BYTES
+    hard_state_bytes = 64
+    assert READY_ENTRY_BYTES_MAX + largest_input + hard_state_bytes < wal.RECORD_PAYLOAD_BYTES_MAX
+
+
+def test_the_write_admission_budget_defaults_to_64_largest_writes() -> None:
+    derived = parse_config(edit("value_bytes_max = 1048576", "value_bytes_max = 1000"), BASE_DIR)
+    assert derived.limits.write_bytes_pending_max == 64 * (1000 + 1024)
+    given = parse_config(
+        edit("value_bytes_max = 1048576", "value_bytes_max = 1048576\nwrite_bytes_pending_max = 5"),
+        BASE_DIR,
+    )
+    assert given.limits.write_bytes_pending_max == 5
 
 
 def test_election_ticks_must_exceed_heartbeat_ticks() -> None:

@@ -27,10 +27,12 @@ from kvraft.raft.messages import (
     RequestVoteResponse,
     SnapshotMeta,
 )
-from kvraft.shell import NodeShell, Persist
+from kvraft.config import BATCH_BYTES_MAX_HIGHEST
+from kvraft.shell import INBOUND_ENTRY_BYTES_MAX, READY_ENTRY_BYTES_MAX, NodeShell, Persist
 from kvraft.sim.cluster import SimCluster
 from kvraft.sim.network import NetworkFaults, SimNetwork
-from kvraft.statemachine import ApplyResult, KVStateMachine, encode_put
+from kvraft.statemachine import VALUE_BYTES_MAX, ApplyResult, KVStateMachine, encode_put
+from kvraft.storage.wal import prepare_batch
 
 ADVANCES_MAX = 100
 """A shell with nothing new to do must run out of work well within this many advances."""
@@ -312,3 +314,117 @@ def run_until_idle_keeping_snapshots(shell: NodeShell) -> list[SnapshotMeta]:
         if persist is not None:
             shell.persisted(persist.token)
     raise AssertionError("the shell still wants to advance")
+
+
+# --- bounded by bytes (issue #16) ----------------------------------------------------------
+
+
+def largest_put(index: int) -> bytes:
+    """A put of the largest value the state machine accepts."""
+    return encode_put(f"k{index}", b"v" * VALUE_BYTES_MAX)
+
+
+def fits_one_wal_frame(persist: Persist) -> bool:
+    """What storage checks before writing: refused (ValueError) if not one frame."""
+    try:
+        prepare_batch(persist.entries, persist.hard_state)
+    except ValueError:
+        return False
+    return True
+
+
+def test_a_burst_of_the_largest_proposals_is_written_in_frames_that_fit() -> None:
+    # 200 concurrent 1 MiB PUTs once reached the leader's shell as one batch: one write of
+    # about 200 MiB, which storage refuses (a disk failure: the node stopped).
+    shell = shell_of(voters=(1,))
+    campaign(shell)
+    run_until_idle(shell)
+    answers = [Recorded() for _ in range(200)]
+    for index, answer in enumerate(answers):
+        shell.propose(largest_put(index), answer)
+    writes = 0
+    for _ in range(10 * ADVANCES_MAX):
+        if not shell.wants_advance:
+            break
+        persist = shell.advance()
+        shell.take_messages()
+        if persist is not None:
+            assert fits_one_wal_frame(persist)
+            writes += 1
+            shell.persisted(persist.token)
+    assert all(answer.answered and answer.exception is None for answer in answers)
+    assert writes >= 200 * VALUE_BYTES_MAX // READY_ENTRY_BYTES_MAX
+
+
+def test_a_follower_writes_a_window_of_full_appendentries_in_frames_that_fit() -> None:
+    # A leader with 64 AppendEntries in flight to a follower, each up to the largest batch:
+    # the follower once stepped them all in one batch and stopped on its disk's refusal.
+    batch_bytes_max = BATCH_BYTES_MAX_HIGHEST
+    per_message = batch_bytes_max // len(largest_put(0)) + 1
+    shell = shell_of(2, log_terms=(), term=1, batch_bytes_max=batch_bytes_max)
+    messages = []
+    index = 0
+    for _ in range(8):
+        entries = []
+        for _ in range(per_message):
+            index += 1
+            entries.append(Entry(1, index, EntryKind.NORMAL, largest_put(index)))
+        prev = entries[0].index - 1
+        messages.append(AppendEntries(1, 1, 2, prev, 1 if prev else 0, tuple(entries), 0))
+    for _ in range(ADVANCES_MAX):
+        while messages and shell.receive(messages[0]):  # as many as the queue takes
+            messages.pop(0)
+        if not shell.wants_advance:
+            break
+        persist = shell.advance()
+        shell.take_messages()
+        if persist is not None:
+            assert fits_one_wal_frame(persist)
+            shell.persisted(persist.token)
+    assert shell.core.log.last_index() == index
+
+
+def test_peer_messages_waiting_are_bounded_by_their_entry_bytes() -> None:
+    shell = shell_of(2, log_terms=(), term=1)
+    entry = Entry(1, 1, EntryKind.NORMAL, b"x" * (INBOUND_ENTRY_BYTES_MAX // 4))
+    accepted = sum(shell.receive(AppendEntries(1, 1, 2, 0, 0, (entry,), 0)) for _ in range(8))
+    assert accepted == 3  # a fourth would pass the bound (each costs a little overhead)
+    assert shell.receive(Heartbeat(1, 1, 2, 0, 0))  # messages without entries still get in
+    shell.inbound.clear()
+    shell.inbound_entry_bytes = 0
+    huge = Entry(1, 1, EntryKind.NORMAL, b"x" * (INBOUND_ENTRY_BYTES_MAX + 1))
+    assert shell.receive(AppendEntries(1, 1, 2, 0, 0, (huge,), 0))  # an empty queue takes one
+
+
+def test_nothing_is_fed_to_the_core_while_a_term_write_is_pending() -> None:
+    # Inputs fed behind the barrier would pile their entries into the one Ready after it.
+    shell = shell_of(2, log_terms=(), term=0)
+    shell.receive(Heartbeat(1, 1, 2, 0, 0))  # a new term: the next write is a barrier
+    persist = shell.advance()
+    assert persist is not None and persist.hard_state is not None
+    entry = Entry(1, 1, EntryKind.NORMAL, encode_put("k", b"v"))
+    shell.receive(AppendEntries(1, 1, 2, 0, 0, (entry,), 0))
+    assert shell.advance() is None
+    assert shell.core.log.last_index() == 0 and len(shell.inbound) == 1
+    shell.persisted(persist.token)
+    later = shell.advance()
+    assert later is not None and [e.index for e in later.entries] == [1]
+
+
+def test_a_log_of_large_entries_is_snapshotted_by_bytes_before_its_entry_count() -> None:
+    core = make_core(1, voters=(1,))
+    shell = NodeShell(
+        core,
+        KVStateMachine(),
+        restore=KVStateMachine.restore_bytes,
+        snapshot_threshold_entries=1_000,
+        snapshot_threshold_bytes=4 * VALUE_BYTES_MAX,
+    )
+    campaign(shell)
+    run_until_idle(shell)
+    snapshots = []
+    for index in range(6):
+        shell.propose(largest_put(index), Recorded())
+        snapshots += run_until_idle_keeping_snapshots(shell)
+    assert len(snapshots) == 1 and snapshots[0].index <= 6
+    assert shell.core.log.applied_entry_bytes < 4 * VALUE_BYTES_MAX
