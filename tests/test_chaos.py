@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from kvraft.chaos import nemesis, report
+from kvraft.chaos.burst import BurstWave, burst_digest, burst_value, check_bursts, waves_from_events
 from kvraft.chaos.checks import (
     SetCheck,
     check_registers,
@@ -476,6 +477,10 @@ class RecordingControls:
     def retire(self, node_id: int) -> None:
         self.calls.append(("retire", node_id))
 
+    def burst(self, node_id: int, duration_s: float) -> list[BurstWave]:
+        self.calls.append(("burst", node_id))
+        return [BurstWave(7, node_id, {"burst/0": "200", "burst/1": "503"})]
+
 
 def test_schedule_runner_injects_and_heals_each_fault_in_order() -> None:
     grudge = isolate_grudge([1, 2, 3], 2)
@@ -506,6 +511,61 @@ def test_schedule_runner_injects_and_heals_each_fault_in_order() -> None:
         ("end", "partition"),
     ]
     assert logged[0]["hits_leader"] and logged[0]["nodes"] == [1]
+
+
+def test_a_burst_floods_the_node_it_resolves_to_and_logs_each_wave() -> None:
+    schedule = [
+        Fault(0.0, 0.0, "burst", "leader", (), (), 5),
+        Fault(0.0, 0.0, "burst", "follower", (), (), 5),
+    ]
+    controls = RecordingControls(leader=2)
+    logged: list[dict[str, Any]] = []
+    run_schedule(schedule, controls, [1, 2, 3], logged.append, threading.Event(), 0)
+    # The leader, then a follower picked by the draw; nothing is "healed" (resumed) after.
+    assert controls.calls == [("burst", 2), ("burst", [1, 3][5 % 2])]
+    waves = waves_from_events(logged)
+    assert [(wave.wave, wave.node) for wave in waves] == [(7, 2), (7, 3)]
+    assert waves[0].outcomes == {"burst/0": "200", "burst/1": "503"}
+    assert [e["type"] for e in logged] == ["start", "burst", "end"] * 2
+
+
+def test_bursts_are_planned_at_the_leader_or_a_follower() -> None:
+    planned = plan_schedule(4, {"burst"}, 60, [1, 2, 3])
+    assert planned and {fault.kind for fault in planned} == {"burst"}
+    assert {fault.target for fault in planned} == set(nemesis.BURST_TARGETS)
+    assert nemesis.describe_fault(planned[0]) == f"burst {planned[0].target}"
+
+
+def wave(number: int, **outcomes: str) -> BurstWave:
+    return BurstWave(number, 1, {f"burst/{key[1:]}": outcome for key, outcome in outcomes.items()})
+
+
+def digest(key: str, number: int) -> str:
+    return burst_digest(burst_value(key, number))
+
+
+def test_a_burst_key_must_end_with_its_last_acknowledged_value_or_an_unknown_one() -> None:
+    waves = [wave(0, k0="200", k1="504", k2="503"), wave(1, k0="504", k1="200", k2="503")]
+    fine = {
+        "burst/0": digest("burst/0", 0),  # acknowledged at 0; the unknown write of 1 lost
+        "burst/1": digest("burst/1", 0),  # an unknown write applied after the ack of 1
+        "burst/2": None,  # both writes shed
+    }
+    assert check_bursts(waves, fine) == []
+    assert check_bursts(waves, {"burst/0": digest("burst/0", 1)}) == []  # the unknown one won
+    lost = check_bursts(waves, {"burst/1": None})
+    assert lost == [
+        "burst/1 does not hold its last acknowledged value or an unknown-outcome write's"
+    ]
+    shed = check_bursts(waves, {"burst/2": digest("burst/2", 1)})
+    assert shed == ["burst/2 holds a value whose write was answered 503 (shed)"]
+    invented = check_bursts(waves, {"burst/3": digest("burst/3", 0)})
+    assert invented == ["burst/3 does not hold no value or an unknown-outcome write's"]
+
+
+def test_a_burst_answer_outside_200_503_504_is_a_violation() -> None:
+    failures = check_bursts([wave(0, k0="500", k1="error")], {})
+    assert failures == ["burst wave 0 on node 1 got answers ['500']"]
 
 
 def test_schedule_runner_logs_a_fault_it_cannot_inject_and_goes_on() -> None:
@@ -1383,6 +1443,41 @@ def test_a_short_run_with_membership_changes_is_linearizable_and_loses_no_write(
     assert final and final != {1, 2, 3}  # the membership really changed
     nemesis_events = load_events(report_dir / "nemesis.jsonl")
     assert any(e["type"] == "member" and e.get("action") == "plan" for e in nemesis_events)
+    assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+
+
+@pytest.mark.slow
+def test_a_burst_of_large_writes_is_shed_and_leaves_every_acknowledged_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    report_dir = tmp_path / "run"
+    done = run_chaos_command(
+        "--nodes", "3", "--time", "10", "--seed", "1", "--nemesis", "burst",
+        "--report", str(report_dir),
+    )  # fmt: skip
+    assert "burst: ok" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((report_dir / "report.json").read_text())
+    assert summary["passed"] and summary["unexpected_exits"] == []
+    assert summary["burst"]["waves"] and summary["burst"]["violations"] == []
+    assert summary["linearizable"] == "yes" and summary["watch"]["verdict"] == "ok"
+    assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+
+
+@pytest.mark.slow
+def test_a_burst_client_that_calls_an_acknowledged_write_shed_is_caught(
+    tmp_path: pathlib.Path,
+) -> None:
+    report_dir = tmp_path / "run"
+    done = run_chaos_command(
+        "--nodes", "3", "--time", "6", "--seed", "1", "--nemesis", "burst", "--no-watch",
+        "--broken-burst", "--report", str(report_dir),
+    )  # fmt: skip
+    assert "burst: violated" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 1
+    summary = json.loads((report_dir / "report.json").read_text())
+    assert "answered 503 (shed)" in summary["burst"]["violations"][0]
+    assert summary["linearizable"] == "yes"
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from raft_harness import RaftCluster, make_core
 
+from kvraft.config import BATCH_BYTES_MAX_HIGHEST
 from kvraft.errors import NotLeader, OutcomeUnknown, ProposalLost
 from kvraft.raft.core import Role
 from kvraft.raft.messages import (
@@ -27,7 +28,6 @@ from kvraft.raft.messages import (
     RequestVoteResponse,
     SnapshotMeta,
 )
-from kvraft.config import BATCH_BYTES_MAX_HIGHEST
 from kvraft.shell import INBOUND_ENTRY_BYTES_MAX, READY_ENTRY_BYTES_MAX, NodeShell, Persist
 from kvraft.sim.cluster import SimCluster
 from kvraft.sim.network import NetworkFaults, SimNetwork

@@ -30,7 +30,10 @@ under two rules: the number of voters stays within `voters_bounds`, and a
 majority of the voters (as they are after each step) is always running. An
 action the rules forbid falls back to one they allow (at the maximum size an
 add becomes a remove, at the minimum a remove becomes a replace), or is skipped.
-``transfer`` faults move leadership (`POST /v1/leader/transfer`).
+``transfer`` faults move leadership (`POST /v1/leader/transfer`). ``burst`` faults flood
+one node (the leader, or a follower that forwards to it) with waves of large writes for
+the fault's hold (`kvraft.chaos.burst`): the cluster must shed what it cannot take and keep
+every node running.
 
 Since the membership changes, a kill, pause or partition planned against the
 founding nodes is mapped onto the members of the moment when it fires
@@ -59,8 +62,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvraft import partitions
+from kvraft.chaos.burst import BurstWave
 
 __all__ = [
+    "BURST_TARGETS",
     "FAULT_HOLD_S_MAX",
     "FAULT_HOLD_S_MIN",
     "MEMBER_ACTIONS",
@@ -101,9 +106,12 @@ __all__ = [
     "voters_bounds",
 ]
 
-NEMESIS_KINDS = ("kill", "pause", "partition", "member", "transfer")
+NEMESIS_KINDS = ("kill", "pause", "partition", "member", "transfer", "burst")
 """The faults the nemesis knows: SIGKILL and restart, SIGSTOP and SIGCONT, network partitions,
-membership changes, leadership transfers."""
+membership changes, leadership transfers, floods of large writes."""
+
+BURST_TARGETS = ("leader", "follower")
+"""Where a burst fault sends its writes: to the leader, or to a follower that forwards them."""
 
 MEMBER_ACTIONS = ("add", "remove", "remove-leader", "replace")
 """What a membership fault does: add a spare node, remove a voter other than the leader,
@@ -266,10 +274,11 @@ class Fault:
         kind: one of `NEMESIS_KINDS`.
         target: for kill and pause one of `PROCESS_TARGETS`; for a partition its shape; for
             a membership fault one of `MEMBER_ACTIONS`; for a transfer one of
-            `TRANSFER_TARGETS`.
+            `TRANSFER_TARGETS`; for a burst one of `BURST_TARGETS`.
         nodes: the nodes a kill or pause hits (for ``leader``: the fallback node used when no
             leader is known); for a partition, the node order the shape was drawn from;
-            empty for membership and transfer faults.
+            empty for membership, transfer and burst faults (a burst's node is picked when
+            it fires).
         grudge: for a partition, the links it cuts; empty for ``isolate-leader``, which is
             computed when the fault fires.
         draw: a random number from the seed that picks nodes when the fault fires (the
@@ -331,8 +340,9 @@ def plan_schedule(
             shape = rng.choice(shapes_for(len(node_ids)))
             fault = _partition_fault(rng, shape, node_ids, start_s, hold_s)
             faults.append(dataclasses.replace(fault, draw=draw))
-        elif kind in ("member", "transfer"):
-            target = rng.choice(MEMBER_ACTIONS if kind == "member" else TRANSFER_TARGETS)
+        elif kind in ("member", "transfer", "burst"):
+            targets = {"member": MEMBER_ACTIONS, "transfer": TRANSFER_TARGETS}
+            target = rng.choice(targets.get(kind, BURST_TARGETS))
             faults.append(Fault(start_s, hold_s, kind, target, (), (), draw))
         else:
             target = rng.choice(PROCESS_TARGETS)
@@ -382,6 +392,12 @@ def resolve_fault(fault: Fault, leader: int | None, node_ids: Collection[int]) -
     members = sorted(node_ids)
     if fault.kind in ("member", "transfer"):
         return ResolvedFault(fault, (), (), leader, False, fault.target)
+    if fault.kind == "burst":
+        if fault.target == "leader" and leader in members:
+            return ResolvedFault(fault, (leader,), (), leader, False, fault.target)
+        others = [node for node in members if node != leader] or members
+        picked = others[fault.draw % len(others)]
+        return ResolvedFault(fault, (picked,), (), leader, False, fault.target)
     if fault.kind == "partition":
         if set(fault.nodes) == set(members):
             shape, grudge = fault.target, fault.grudge
@@ -418,7 +434,7 @@ def describe_fault(fault: Fault | ResolvedFault) -> str:
             f"{receiver}x{sender}" for receiver, sender in cut_pairs(grudge) if receiver < sender
         )
         return f"partition {shape} (cut {cuts or 'chosen when it fires'})"
-    if planned.kind in ("member", "transfer"):
+    if planned.kind in ("member", "transfer") or (planned.kind == "burst" and resolved is None):
         return f"{planned.kind} {planned.target}"
     nodes = resolved.nodes if resolved is not None else planned.nodes
     shown = ",".join(str(node) for node in nodes)
@@ -618,6 +634,10 @@ class FaultControls(Protocol):
         """``POST /v1/leader/transfer`` through a live member."""
         ...
 
+    def burst(self, node_id: int, duration_s: float) -> list[BurstWave]:
+        """Flood `node_id` with waves of large writes for `duration_s`; the waves sent."""
+        ...
+
     def retire(self, node_id: int) -> None:
         """Stop the process of a node whose removal committed."""
         ...
@@ -661,13 +681,15 @@ def run_schedule(
             "planned_s": fault.start_s,
         }
         retire: list[int] = []
-        if fault.kind in ("member", "transfer"):
+        if fault.kind in ("member", "transfer", "burst"):
             log({"type": "start", **event})
             try:
                 if fault.kind == "member":
                     retire = _change_membership(fault, controls, log)
-                else:
+                elif fault.kind == "transfer":
                     _transfer(fault, controls, log)
+                else:
+                    _burst(resolved, controls, log)
             except Exception as error:  # a harness bug or a dead cluster: report, go on
                 log({"type": "error", **event, "detail": f"membership fault failed: {error!r}"})
         else:
@@ -761,6 +783,16 @@ def _transfer(fault: Fault, controls: FaultControls, log: Callable[[dict[str, An
     log(event)
 
 
+def _burst(
+    resolved: ResolvedFault, controls: FaultControls, log: Callable[[dict[str, Any]], None]
+) -> None:
+    for node in resolved.nodes:
+        for wave in controls.burst(node, resolved.fault.hold_s):
+            statuses = dict(sorted(wave.statuses().items()))
+            log({"type": "burst", "wave": wave.wave, "node": node, "statuses": statuses,
+                 "outcomes": dict(wave.outcomes)})  # fmt: skip
+
+
 def _inject(resolved: ResolvedFault, controls: FaultControls) -> None:
     kind = resolved.fault.kind
     if kind == "partition":
@@ -776,6 +808,8 @@ def _heal_quietly(
     resolved: ResolvedFault, controls: FaultControls, log: Callable[[dict[str, Any]], None]
 ) -> None:
     kind = resolved.fault.kind
+    if kind not in ("kill", "pause", "partition"):
+        return  # nothing held to heal
     try:
         if kind == "partition":
             controls.heal()

@@ -108,6 +108,8 @@ class RunFacts:
         final_members: the membership after healing (``GET /v1/members``).
         non_member_answers: ok answers a removed node served itself (each fails the run).
         broken_watch: the deliberately broken watcher mode, if any.
+        burst_waves: one line per wave of the burst nemesis (its answers).
+        burst_failures: what the burst check found wrong (`kvraft.chaos.burst`).
     """
 
     nodes: int
@@ -138,6 +140,8 @@ class RunFacts:
     final_members: tuple[int, ...] = ()
     non_member_answers: tuple[str, ...] = ()
     broken_watch: str | None = None
+    burst_waves: tuple[str, ...] = ()
+    burst_failures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +398,10 @@ def build_report(
     elif watch is not None and watch.skipped is not None:
         # Every node serves watches: one that does not is a broken build, not a pass.
         failures.append(f"watch: not served: {watch.skipped}")
+    if facts.burst_failures:
+        failures.append(
+            f"burst: {len(facts.burst_failures)} violations, first: {facts.burst_failures[0]}"
+        )
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
@@ -535,6 +543,11 @@ def render_text(report: ChaosReport) -> str:
     ]
     lines += _linearizability_lines(report)
     lines += _watch_lines(report.watch)
+    if facts.burst_waves:
+        verdict = "violated" if facts.burst_failures else "ok"
+        lines.append(f"burst: {verdict} ({len(facts.burst_waves)} waves)")
+        lines += [f"  {wave}" for wave in facts.burst_waves]
+        lines += [f"  violation: {failure}" for failure in facts.burst_failures[:10]]
     lines.append("")
     if report.passed:
         lines.append("verdict: PASS")
@@ -682,6 +695,7 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             {"start_s": start, "end_s": end, "fault": text} for start, end, text in report.faults
         ],
         "nemesis_errors": list(facts.nemesis_errors),
+        "burst": {"waves": list(facts.burst_waves), "violations": list(facts.burst_failures)},
         "operations": {f: dict(row) for f, row in report.counts.items()},
         "availability_per_s": list(report.availability),
         "leader_faults": [

@@ -42,6 +42,14 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kvraft.chaos.burst import (
+    BURST_WRITES,
+    BurstWave,
+    check_bursts,
+    read_back,
+    run_burst,
+    waves_from_events,
+)
 from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT, check_registers, check_set
 from kvraft.chaos.cluster import (
     MEMBER_CALL_TIMEOUT_S,
@@ -161,6 +169,8 @@ class ChaosOptions:
         watch: run the watchers (`kvraft.chaos.watchers`) and the watch check.
         broken_watch: a deliberately wrong watcher mode the watch check must catch (one of
             `kvraft.chaos.watchers.BROKEN_WATCH_MODES`), or None.
+        broken_burst: the burst client misreports one acknowledged write per wave as shed;
+            the burst check must catch it.
     """
 
     nodes: int
@@ -172,6 +182,7 @@ class ChaosOptions:
     check_time_budget_s: float = CHECK_TIME_BUDGET_S_DEFAULT
     watch: bool = True
     broken_watch: str | None = None
+    broken_burst: bool = False
 
 
 def replay_command(options: ChaosOptions) -> str:
@@ -183,7 +194,8 @@ def replay_command(options: ChaosOptions) -> str:
     )
     command += " --broken-stale-reads" if options.broken_stale_reads else ""
     command += "" if options.watch else " --no-watch"
-    return command + (f" --broken-watch {options.broken_watch}" if options.broken_watch else "")
+    command += f" --broken-watch {options.broken_watch}" if options.broken_watch else ""
+    return command + (" --broken-burst" if options.broken_burst else "")
 
 
 def _call_outcome(answer: HttpResponse | TransportFailure) -> tuple[str, int | None, str]:
@@ -226,6 +238,8 @@ class _Controls:
         self._members: tuple[int, ...] = tuple(cluster.founding_ids)
         self._removed_at_ns: dict[int, int] = {}
         self.voters_min, self.voters_max = voters_bounds(len(cluster.founding_ids))
+        self._next_burst_wave = 0
+        self.broken_burst = False
 
     def current_leader(self) -> int | None:
         return self.monitor.current_leader()
@@ -342,6 +356,13 @@ class _Controls:
                 leader = moved if type(moved) is int else leader
         return MemberCall(outcome, status, detail, time.monotonic() - started, leader)
 
+    def burst(self, node_id: int, duration_s: float) -> list[BurstWave]:
+        (endpoint,) = self.cluster.endpoints([node_id])
+        url = f"http://{endpoint.host}:{endpoint.port}"
+        waves = run_burst(url, node_id, duration_s, self._next_burst_wave, broken=self.broken_burst)
+        self._next_burst_wave += len(waves)
+        return waves
+
     def retire(self, node_id: int) -> None:
         self.cluster.retire(node_id)
 
@@ -443,6 +464,8 @@ class _Progress:
     stragglers: tuple[str, ...] = ()
     teardown_codes: dict[int, int] | None = None
     final_members: frozenset[int] = frozenset()
+    burst_digests: dict[str, str | None] | None = None
+    """The burst keys read after healing (None: no burst nemesis)."""
 
 
 def _install_firewall(firewall: Firewall, echo: Callable[[str], None]) -> str | None:
@@ -552,6 +575,7 @@ def _run_cluster(
         else None
     )
     controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers)
+    controls.broken_burst = options.broken_burst
     stop = threading.Event()
     progress = _Progress()
     nemesis_thread = threading.Thread(
@@ -623,6 +647,10 @@ def _check_and_report(
     nemesis_errors = tuple(
         str(event.get("detail")) for event in nemesis_events if event.get("type") == "error"
     )
+    bursts = waves_from_events(nemesis_events)
+    burst_failures = tuple(
+        check_bursts(bursts, progress.burst_digests) if progress.burst_digests is not None else ()
+    )
     log_paths = {node_id: cluster.log_path(node_id) for node_id in node_ids}
     facts = RunFacts(
         nodes=options.nodes,
@@ -656,6 +684,12 @@ def _check_and_report(
         final_members=_membership_facts(progress),
         non_member_answers=tuple(run.workload.non_member_answers),
         broken_watch=options.broken_watch,
+        burst_waves=tuple(
+            f"wave {wave.wave} on node {wave.node}: "
+            + ", ".join(f"{count} x {status}" for status, count in sorted(wave.statuses().items()))
+            for wave in bursts
+        ),
+        burst_failures=burst_failures,
     )
     report = build_report(facts, events, nemesis_events, set_result, linearizability, watch_result)
     if not report.passed:
@@ -724,6 +758,10 @@ def _run(
     keys_read = workload.final_register_reads(deadline)
     set_complete = workload.final_set_read(deadline)
     progress.final_reads_complete = all(keys_read.values()) and set_complete
+    if "burst" in options.nemeses:
+        urls = [f"http://{e.host}:{e.port}" for e in cluster.endpoints(controls.member_ids())]
+        progress.burst_digests = read_back(urls, time.monotonic() + FINAL_READ_TIMEOUT_S)
+        progress.final_reads_complete &= len(progress.burst_digests) == BURST_WRITES
     if watchers is not None:
         # The watchers stream on through healing: each must now reach the last write.
         watchers.wait_caught_up(workload.highest_revision, _deadline(WATCH_CATCH_UP_TIMEOUT_S))

@@ -69,8 +69,9 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     "nemesis_text",
     default="kill,pause,partition",
     show_default=True,
-    help="Faults to inject: any of kill,pause,partition,member,transfer, or none "
-    "(member: add spare nodes, remove voters, the leader too; transfer: move leadership).",
+    help="Faults to inject: any of kill,pause,partition,member,transfer,burst, or none "
+    "(member: add spare nodes, remove voters, the leader too; transfer: move leadership; "
+    "burst: flood a node with waves of 200 concurrent 1 MiB writes).",
 )
 @click.option(
     "--seed",
@@ -114,6 +115,13 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     hidden=True,
     help="Tests only: the watchers drop events on their side; the watch check must notice.",
 )
+@click.option(
+    "--broken-burst",
+    is_flag=True,
+    hidden=True,
+    help="Tests only: the burst client reports one acknowledged write per wave as shed "
+    "(503); the burst check must notice.",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -124,10 +132,12 @@ def chaos(
     broken_stale_reads: bool,
     watch: bool,
     broken_watch: str | None,
+    broken_burst: bool,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
-    changes, leadership transfers) and check that what the clients saw was linearizable
-    and that no acknowledged write was lost, and that watch streams missed nothing.
+    changes, leadership transfers, bursts of large writes) and check that what the clients
+    saw was linearizable, that no acknowledged write was lost, that watch streams missed
+    nothing, and that a burst was shed (503) without a node dying or a shed write applying.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
@@ -150,6 +160,7 @@ def chaos(
         check_time_budget_s=check_budget_s,
         watch=watch or broken_watch is not None,
         broken_watch=broken_watch,
+        broken_burst=broken_burst,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))
