@@ -145,6 +145,10 @@ class SimNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
         )
+        # A byte budget per Ready as small as the seed's AppendEntries batches, so runs
+        # split proposals and peer messages across Readies (what 1 MiB values do in the
+        # daemon), with inputs left waiting while faults strike.
+        self.shell.ready_entry_bytes_max = 2 * self.config.batch_bytes_max
         self.watch_hub = WatchHub(self.shell.state_machine.applied_index)
         self.watch_hub.follow(self.shell)
         self.alive = True
