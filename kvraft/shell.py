@@ -96,8 +96,9 @@ READY_ENTRY_BYTES_MAX = 8 * 1024 * 1024
 """The entry bytes (proposed commands, and entries carried by AppendEntries) that one
 `advance()` feeds the core before it builds a Ready; the rest waits for the next one. A
 Ready's entries are then at most this plus one input (one proposal, or one AppendEntries of
-`raft.batch_bytes_max` and one more entry), which `kvraft.config` checks fits in one WAL
-frame: no mix of legal requests builds a write that storage refuses."""
+`raft.batch_bytes_max` and one more entry); with the largest settings `kvraft.config`
+allows, that still fits one WAL frame (`tests/test_config.py` checks the sum), so no mix of
+legal requests builds a write that storage refuses."""
 
 _T_contra = TypeVar("_T_contra", contravariant=True)
 
@@ -205,6 +206,7 @@ class NodeShell:
         self.inbound: deque[Message] = deque()
         self.inbound_entry_bytes = 0
         self.ready_entry_bytes_max = READY_ENTRY_BYTES_MAX
+        """The byte budget of one `advance()`'s inputs (the simulator makes it small)."""
         self._proposals: list[tuple[bytes, Answer[Any]]] = []
         self._config_proposals: list[_ConfigProposal] = []
         self._reads: list[tuple[int, Answer[int]]] = []
