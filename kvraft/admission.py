@@ -13,11 +13,14 @@ bytes rather than entries is what keeps memory bounded when values are large.
 
 A follower holds a request while it forwards it, and the leader holds it again when the
 forward arrives: each node's limit bounds its own memory.
+
+Bytes bound memory; `WaitingProposals` bounds delay: a leader sheds new writes while the
+oldest one it is still working on has waited too long.
 """
 
 from __future__ import annotations
 
-__all__ = ["REQUEST_OVERHEAD_BYTES", "WriteAdmission"]
+__all__ = ["REQUEST_OVERHEAD_BYTES", "WaitingProposals", "WriteAdmission"]
 
 REQUEST_OVERHEAD_BYTES = 1024
 """What a write costs beyond its body (headers, key, the waiter, the log entry's bookkeeping):
@@ -49,3 +52,42 @@ class WriteAdmission:
         """The request holding `size_bytes` was answered."""
         self.bytes_held -= size_bytes
         self.requests_held -= 1
+
+
+class WaitingProposals:
+    """The client proposals a leader waits on, oldest first, to shed by waiting time.
+
+    Bytes bound memory, not delay: a flood of small writes fits the byte budget many times
+    over and would just queue, each answered later and later until requests time out
+    unanswered (504: outcome unknown, the worst answer a client can get). So a leader also
+    refuses a new proposal while the oldest one still waiting has waited longer than
+    `wait_s_max`: the queue then holds about that much work, the latency of what is admitted
+    stays near it, and the rest gets a clean 503 (nothing applied) at once. The oldest
+    waiter is the signal, as in CoDel's sojourn time, because it measures the queue itself
+    and needs no estimate of the cluster's throughput.
+    """
+
+    def __init__(self, wait_s_max: float) -> None:
+        self.wait_s_max = wait_s_max
+        self._started_s: dict[int, float] = {}  # insertion order is arrival order
+        self._next_token = 0
+        self.refused_total = 0
+
+    def oldest_wait_s(self, now_s: float) -> float:
+        """How long the oldest proposal still waiting has waited (0 when none waits)."""
+        for started_s in self._started_s.values():
+            return now_s - started_s
+        return 0.0
+
+    def admit(self, now_s: float) -> int | None:
+        """A token for a new proposal, or None (refused) when the oldest has waited too long."""
+        if self.oldest_wait_s(now_s) > self.wait_s_max:
+            self.refused_total += 1
+            return None
+        self._next_token += 1
+        self._started_s[self._next_token] = now_s
+        return self._next_token
+
+    def done(self, token: int) -> None:
+        """The proposal of `token` was answered (or gave up)."""
+        del self._started_s[token]

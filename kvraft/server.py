@@ -39,7 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from typing import Any, Protocol, TypeVar
 
 from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
-from kvraft.admission import WriteAdmission
+from kvraft.admission import WaitingProposals, WriteAdmission
 from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
 from kvraft.membership import MemberAddress, pick_transfer_target
@@ -68,14 +68,27 @@ from kvraft.watch import WatchHub
 # The two constants live in `kvraft.address_book` and `kvraft.reconfiguration` now; they stay
 # importable from here for code written before the move.
 __all__ = [
+    "LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD",
     "LOOKUP_TIMEOUT_S",
     "MEMBERSHIP_REQUEST_TIMEOUTS",
+    "PROPOSAL_WAIT_S_MAX",
     "RaftNode",
     "Transport",
     "TransportFactory",
 ]
 
 log = logging.getLogger("kvraft.server")
+
+PROPOSAL_WAIT_S_MAX = 1.0
+"""A leader refuses new writes (503 overloaded) while the oldest write it is still working on
+has waited longer than this (`kvraft.admission.WaitingProposals`): under overload, what is
+admitted is answered in about a second and the rest is shed at once, instead of everything
+queueing until it times out with an unknown outcome."""
+
+LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD = 2
+"""A leader refuses new writes while the log it keeps in memory holds more than this many
+times ``storage.snapshot_threshold_bytes``: a snapshot is due at one times, so only a snapshot
+slower than the writes gets there, and memory stays bounded while it finishes."""
 
 
 class Transport(Protocol):
@@ -167,6 +180,10 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._pending_client_requests = 0
         self.write_admission = WriteAdmission(config.limits.write_bytes_pending_max)
+        self.waiting_proposals = WaitingProposals(PROPOSAL_WAIT_S_MAX)
+        self._log_bytes_max = LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD * (
+            config.storage.snapshot_threshold_bytes
+        )
         # Life cycle.
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -385,16 +402,34 @@ class RaftNode:
         applied: safe to retry) or OutcomeUnknown (may or may not apply).
         """
         self._admit()
-        future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         shell = self.shell
         assert shell is not None
-        shell.propose(command, future)
-        self._wake.set()
-        return await self._wait_for_answer(
-            future,
-            timeout_s,
-            OutcomeUnknown("timed out after proposing; the write may still apply"),
-        )
+        log_bytes = shell.core.log.entry_bytes
+        if log_bytes > self._log_bytes_max:
+            # The log since the last snapshot is in memory; a snapshot slower than the
+            # writes (one at a time, and slow under load) must not let it grow without bound.
+            raise Overloaded(
+                f"the log kept in memory holds {log_bytes} bytes, over {self._log_bytes_max}"
+                " until a snapshot compacts it; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        token = self.waiting_proposals.admit(loop.time())
+        if token is None:
+            raise Overloaded(
+                f"the oldest write this leader is working on has waited over"
+                f" {PROPOSAL_WAIT_S_MAX:g} s; retry later"
+            )
+        try:
+            future: asyncio.Future[ApplyResult] = loop.create_future()
+            shell.propose(command, future)
+            self._wake.set()
+            return await self._wait_for_answer(
+                future,
+                timeout_s,
+                OutcomeUnknown("timed out after proposing; the write may still apply"),
+            )
+        finally:
+            self.waiting_proposals.done(token)
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Wait until local reads are linearizable (ReadIndex, §6.4)."""

@@ -32,6 +32,8 @@ class RaftLog:
         self.applied_index = snapshot.index
         # Data bytes of the kept entries up to applied_index: what a snapshot would free.
         self.applied_entry_bytes = 0
+        # Data bytes of every kept entry: what the log holds in memory.
+        self.entry_bytes = 0
         # Index of the first entry not yet handed to the shell to persist.
         self.unstable_index = snapshot.index + 1
         # (index, configuration) of every CONFIG entry still in the log, in order.
@@ -140,6 +142,7 @@ class RaftLog:
 
     def _append_one(self, entry: Entry) -> None:
         self.entries.append(entry)
+        self.entry_bytes += len(entry.data)
         if entry.kind == EntryKind.CONFIG:
             self.configurations.append((entry.index, decode_configuration(entry.data)))
 
@@ -154,6 +157,8 @@ class RaftLog:
         """Delete entries at `index` and after; a committed entry is never deleted (§5.3)."""
         if index <= self.commit_index:
             raise LogInvariantError(f"truncating committed entry {index} <= {self.commit_index}")
+        cut = self.entries[index - self.snapshot.index - 1 :]
+        self.entry_bytes -= sum(len(entry.data) for entry in cut)
         del self.entries[index - self.snapshot.index - 1 :]
         while self.configurations and self.configurations[-1][0] >= index:
             self.configurations.pop()
@@ -219,8 +224,11 @@ class RaftLog:
         if term is None:
             raise LogInvariantError(f"compacting unknown index {index}")
         meta = SnapshotMeta(index=index, term=term, configuration=self.configuration_at(index))
-        dropped = self.entries[: index - self.snapshot.index]
-        self.applied_entry_bytes -= sum(len(entry.data) for entry in dropped)
+        dropped_bytes = sum(
+            len(entry.data) for entry in self.entries[: index - self.snapshot.index]
+        )
+        self.applied_entry_bytes -= dropped_bytes
+        self.entry_bytes -= dropped_bytes
         del self.entries[: index - self.snapshot.index]
         self.configurations = [(i, c) for i, c in self.configurations if i > index]
         self.snapshot = meta
@@ -234,5 +242,6 @@ class RaftLog:
         self.commit_index = snapshot.index
         self.applied_index = snapshot.index
         self.applied_entry_bytes = 0
+        self.entry_bytes = 0
         self.unstable_index = snapshot.index + 1
         self.persisted_index = snapshot.index
