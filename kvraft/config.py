@@ -15,7 +15,8 @@ Layout::
                snapshot_threshold_bytes (optional)
     [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max,
                watch_history_revisions_max, watch_history_bytes_max, watchers_max,
-               write_bytes_pending_max (optional)
+               write_bytes_pending_max, request_header_timeout_ms, request_body_timeout_ms,
+               http_connections_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
 
 Every key is required except ``voter`` and the ones marked optional, which were added later
@@ -58,12 +59,15 @@ __all__ = [
     "DATA_DIR_BYTES_MAX",
     "ELECTION_TICKS_MAX",
     "HOST_CHARS_MAX",
+    "HTTP_CONNECTIONS_MAX_HIGHEST",
     "INFLIGHT_MAX_HIGHEST",
     "KEY_BYTES_MAX_HIGHEST",
     "NODES_MAX",
     "NODE_ID_MAX",
     "PORT_MAX",
     "PROPOSALS_PENDING_MAX_HIGHEST",
+    "REQUEST_BODY_TIMEOUT_MS_MAX",
+    "REQUEST_HEADER_TIMEOUT_MS_MAX",
     "REQUEST_TIMEOUT_MS_MAX",
     "SEGMENT_BYTES_MAX_HIGHEST",
     "SEGMENT_BYTES_MAX_LOWEST",
@@ -183,6 +187,16 @@ WATCH_HISTORY_BYTES_MAX_HIGHEST = 16 * 1024 * 1024 * 1024
 WATCHERS_MAX_HIGHEST = 1_000_000
 """The largest ``limits.watchers_max``."""
 
+REQUEST_HEADER_TIMEOUT_MS_MAX = 600_000
+"""The longest ``limits.request_header_timeout_ms`` (10 minutes)."""
+
+REQUEST_BODY_TIMEOUT_MS_MAX = 3_600_000
+"""The longest ``limits.request_body_timeout_ms`` (an hour: a 64 MiB value over a slow link)."""
+
+HTTP_CONNECTIONS_MAX_HIGHEST = 1_000_000
+"""The largest ``limits.http_connections_max``; the descriptor limit caps it further at
+start (`kvraft.http_guard.http_connections_allowed`)."""
+
 PROPOSALS_PENDING_MAX_HIGHEST = 1_000_000
 """The largest ``limits.proposals_pending_max``: each pending proposal holds its command bytes
 in memory, so the queue must stay bounded."""
@@ -266,6 +280,15 @@ class LimitSettings:
             on a leader, the writes waiting to be committed and applied. Beyond it, 503
             ``overloaded``. Optional; without it, `WRITE_BYTES_PENDING_PER_VALUE` maximal
             requests.
+        request_header_timeout_ms: a client connection must deliver a whole request head
+            within this long from when it is accepted, or from the first byte of its next
+            request; else it is closed (slowloris). An idle kept-alive connection is not
+            timed by it. Optional.
+        request_body_timeout_ms: reading a request's body may take this long; then 408
+            ``request_timeout`` and the connection is closed. Optional.
+        http_connections_max: client (HTTP) connections open at once; beyond it a new one
+            gets a 503 and is closed. At start it is lowered to what the descriptor limit
+            allows after those kept for peers and files (logged). Optional.
     """
 
     key_bytes_max: int = 1024
@@ -276,6 +299,9 @@ class LimitSettings:
     watch_history_bytes_max: int = WATCH_HISTORY_BYTES_MAX_DEFAULT
     watchers_max: int = WATCHERS_MAX_DEFAULT
     write_bytes_pending_max: int = WRITE_BYTES_PENDING_PER_VALUE * (1024 * 1024 + 1024)
+    request_header_timeout_ms: int = 5000
+    request_body_timeout_ms: int = 10_000
+    http_connections_max: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +526,9 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
         "watch_history_bytes_max": (1, WATCH_HISTORY_BYTES_MAX_HIGHEST),
         "watchers_max": (0, WATCHERS_MAX_HIGHEST),
         "write_bytes_pending_max": (1, WRITE_BYTES_PENDING_MAX_HIGHEST),
+        "request_header_timeout_ms": (1, REQUEST_HEADER_TIMEOUT_MS_MAX),
+        "request_body_timeout_ms": (1, REQUEST_BODY_TIMEOUT_MS_MAX),
+        "http_connections_max": (1, HTTP_CONNECTIONS_MAX_HIGHEST),
     },
 }
 _SETTINGS_OPTIONAL = {
@@ -510,6 +539,9 @@ _SETTINGS_OPTIONAL = {
             "watch_history_bytes_max",
             "watchers_max",
             "write_bytes_pending_max",
+            "request_header_timeout_ms",
+            "request_body_timeout_ms",
+            "http_connections_max",
         }
     ),
 }

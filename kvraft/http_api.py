@@ -7,7 +7,8 @@ never forwarded twice), so plain `curl` works against any node. During an electi
 up to half its timeout, instead of failing at once.
 
 Errors say whose fault they were:
-- 4xx: the client's (bad key or header 400, too large 413, failed condition 412);
+- 4xx: the client's (bad key or header 400, too large 413, failed condition 412, a body
+  slower than `limits.request_body_timeout_ms` 408, and the connection closed);
 - 503 + Retry-After: the cluster's, and nothing was applied (no leader, no quorum,
   leadership lost, overloaded): retrying is safe;
 - 504 `outcome_unknown`: the write was proposed but not confirmed in time; it may
@@ -35,11 +36,12 @@ from typing import Any, NamedTuple
 import aiohttp
 import yarl
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
+from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
     ChangeInProgress,
     HandedOver,
@@ -49,6 +51,7 @@ from kvraft.errors import (
     Overloaded,
     Unavailable,
 )
+from kvraft.http_guard import FORWARD_CONNECTIONS_MAX, GuardedServer, request_body_timeout_s
 from kvraft.membership import (
     MEMBER_REQUEST_BYTES_MAX,
     MembershipConflictError,
@@ -131,7 +134,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    """An error answer: status, a stable code and a message for humans."""
+    """An error answer: status, a stable code and a message for humans; `close_connection`
+    ends the connection after it (the request's body was not read to its end)."""
 
     def __init__(
         self,
@@ -139,6 +143,8 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: dict[str, str] | None = None,
+        *,
+        close_connection: bool = False,
         **extra: Any,
     ) -> None:
         super().__init__(message)
@@ -146,6 +152,7 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+        self.close_connection = close_connection
         self.extra = extra
 
 
@@ -170,7 +177,10 @@ def _error_response(error: ApiError) -> web.Response:
     if error.status == 503:
         headers["Retry-After"] = RETRY_AFTER_S
     body = {"error": error.code, "message": error.message, **error.extra}
-    return _json(error.status, body, headers)
+    response = _json(error.status, body, headers)
+    if error.close_connection:
+        response.force_close()
+    return response
 
 
 # --- request parsing ----------------------------------------------------------------------
@@ -248,22 +258,48 @@ async def _read_value(request: web.BaseRequest, value_bytes_max: int, what: str 
         # The usual case, read in one call (the declared length is within the limit). An
         # empty body has no stream to read from (aiohttp's empty reader refuses readexactly).
         try:
-            value = await request.content.readexactly(declared) if declared else b""
+            value = (
+                await _in_time(request, request.content.readexactly(declared)) if declared else b""
+            )
         except asyncio.IncompleteReadError:
             raise ApiError(400, "bad_request", "the body ended before its Content-Length") from None
         request[BODY_KEY] = value
         return value
-    body = bytearray()
-    while len(body) <= value_bytes_max:
-        chunk = await request.content.read(value_bytes_max + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    if len(body) > value_bytes_max:
+
+    async def read_chunks() -> bytes:
+        body = bytearray()
+        while len(body) <= value_bytes_max:
+            chunk = await request.content.read(value_bytes_max + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return bytes(body)
+
+    value = await _in_time(request, read_chunks())
+    if len(value) > value_bytes_max:
         raise too_large()
-    value = bytes(body)
     request[BODY_KEY] = value
     return value
+
+
+async def _in_time(request: web.BaseRequest, reading: Awaitable[bytes]) -> bytes:
+    """Await `reading` (of the request's body) within the connection's body time limit, or
+    answer 408 and close the connection: a client that declares a large body and sends it
+    slowly, or not at all, would otherwise hold the connection and its handler for ever."""
+    timeout_s = request_body_timeout_s(request)
+    if timeout_s is None or request.content.is_eof():
+        return await reading  # all there already (most small bodies): no timer to set
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await reading
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s * 1000:.0f} ms"
+            " (limits.request_body_timeout_ms)",
+            close_connection=True,
+        ) from None
 
 
 async def _read_json(request: web.BaseRequest) -> object:
@@ -734,12 +770,21 @@ class HttpApi:
     put pays it on the leader's critical path (BENCHMARKS.md).
     """
 
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: RaftNode, *, http_connections_max: int | None = None) -> None:
+        """`http_connections_max`: client connections allowed, when less than the config's
+        (`kvraft.http_guard.http_connections_allowed` under the descriptor limit)."""
         self.node = node
         registry = CollectorRegistry()
         registry.register(_node_collector(node))
+        # process_open_fds and process_max_fds: how close the node is to running out.
+        ProcessCollector(registry=registry)
         self.loop_metrics = loop_metrics = LoopMetrics()
         registry.register(loop_metrics)
+        loop_metrics.counter(
+            "kvraft_descriptors_exhausted",
+            "Failures for want of a file descriptor (EMFILE, ENFILE), by where",
+            ("where",),
+        )
         loop_metrics.histogram(
             "kvraft_request_seconds", "HTTP request latency", ("method", "route")
         )
@@ -749,6 +794,9 @@ class HttpApi:
         self.admission = node.write_admission
 
         async def metrics(request: web.BaseRequest) -> web.Response:
+            # The process-wide counts (`kvraft.descriptors`), copied in when asked for.
+            for where, count in EXHAUSTION.counts.items():
+                loop_metrics.counter_child("kvraft_descriptors_exhausted", where).value = count
             response = web.Response(body=generate_latest(registry))
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
@@ -779,13 +827,26 @@ class HttpApi:
         # Forwarded requests leave from this node's own address (when it has one), so a
         # partition between two node addresses cuts forwarding too, as it would between
         # machines.
-        connector = aiohttp.TCPConnector(local_addr=_source_address(node.spec.http_host))
+        connector = aiohttp.TCPConnector(
+            limit=FORWARD_CONNECTIONS_MAX, local_addr=_source_address(node.spec.http_host)
+        )
         self._session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently re-sends a request once when a kept-alive connection drops after
         # sending (aio-libs/aiohttp#10790): a forwarded PUT could apply twice. There is no
         # public switch; this private one is what aiohttp's own test client sets.
         self._session._retry_connection = False
-        self.server = web.Server(self._handle, access_log=None)
+        limits = node.config.limits
+        connections_max = limits.http_connections_max
+        if http_connections_max is not None:
+            connections_max = min(connections_max, http_connections_max)
+        self.server = GuardedServer(
+            self._handle,
+            request_header_timeout_s=limits.request_header_timeout_ms / 1000,
+            request_body_timeout_s=limits.request_body_timeout_ms / 1000,
+            connections_max=connections_max,
+            metrics=loop_metrics,
+            access_log=None,
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -955,7 +1016,9 @@ class HttpApi:
                     or name.lower().startswith("x-kvraft-")
                 }
                 return web.Response(status=upstream.status, body=payload, headers=passed)
-        except aiohttp.ClientConnectorError:
+        except aiohttp.ClientConnectorError as error:
+            if is_exhaustion(error.os_error):
+                EXHAUSTION.record("forward_connect", error.os_error)
             raise _LeaderRefused(leader_id) from None
         except (TimeoutError, aiohttp.ClientError) as error:
             if is_write:

@@ -9,10 +9,15 @@ Prometheus families when `/metrics` is scraped (on the same thread, so no locks 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 __all__ = ["LATENCY_BUCKETS_S", "LoopCounter", "LoopHistogram", "LoopMetrics"]
 
@@ -71,12 +76,18 @@ class LoopMetrics:
     def __init__(self) -> None:
         self._histograms: dict[str, _Family[LoopHistogram]] = {}
         self._counters: dict[str, _Family[LoopCounter]] = {}
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def histogram(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
         self._histograms[name] = (documentation, labels, {})
 
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
         self._counters[name] = (documentation, labels, {})
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge whose value `read` gives when `/metrics` is scraped (a count the owner
+        keeps anyway, such as open connections, costs nothing until then)."""
+        self._gauges[name] = (documentation, read)
 
     def histogram_child(self, name: str, *label_values: str) -> LoopHistogram:
         """The histogram of `name` with these label values (made on first use); look it
@@ -107,3 +118,7 @@ class LoopMetrics:
             for label_values, counter in counters.items():
                 counter_family.add_metric(list(label_values), counter.value)
             yield counter_family
+        for name, (documentation, read) in self._gauges.items():
+            gauge_family = GaugeMetricFamily(name, documentation)
+            gauge_family.add_metric([], read())
+            yield gauge_family

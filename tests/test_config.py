@@ -175,7 +175,7 @@ def test_ranges_stated_in_the_shipped_comments_are_the_ranges_enforced(name: str
             else:
                 assert f"{section}.{key}" in refusal(changed)
         checked += 1
-    assert checked == 17, "every integer setting states its range"
+    assert checked == 20, "every integer setting states its range"
 
 
 @pytest.mark.parametrize("size", [3, 5])
@@ -870,3 +870,28 @@ def test_the_watch_limits_are_optional_and_read_when_given() -> None:
     assert "limits.watchers_max" in refusal(
         edit("proposals_pending_max = 10000", "proposals_pending_max = 10000\nwatchers_max = -1")
     )
+
+
+def test_the_slow_client_and_connection_limits_are_optional_and_read_when_given() -> None:
+    # Files written before these limits existed still load, with the defaults.
+    limits = parse_config(VALID, CONFIGS).limits
+    assert (
+        limits.request_header_timeout_ms,
+        limits.request_body_timeout_ms,
+        limits.http_connections_max,
+    ) == (5000, 10_000, 10_000)
+    given = edit(
+        "proposals_pending_max = 10000",
+        "proposals_pending_max = 10000\nrequest_header_timeout_ms = 1\n"
+        "request_body_timeout_ms = 2\nhttp_connections_max = 3",
+    )
+    limits = parse_config(given, CONFIGS).limits
+    assert (
+        limits.request_header_timeout_ms,
+        limits.request_body_timeout_ms,
+        limits.http_connections_max,
+    ) == (1, 2, 3)
+    for key in ("request_header_timeout_ms", "request_body_timeout_ms", "http_connections_max"):
+        assert f"limits.{key}" in refusal(
+            edit("proposals_pending_max = 10000", f"proposals_pending_max = 10000\n{key} = 0")
+        )

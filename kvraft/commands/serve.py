@@ -357,7 +357,9 @@ async def run_node(
 ) -> int:
     from kvraft.client import ClientError, normalize_endpoint
     from kvraft.config import ConfigError
+    from kvraft.descriptors import handle_loop_exception, raise_descriptor_limit
     from kvraft.http_api import HttpApi
+    from kvraft.http_guard import http_connections_allowed
     from kvraft.server import RaftNode
     from kvraft.storage.api import StorageCorruptionError, StorageError
 
@@ -379,6 +381,23 @@ async def run_node(
     except JoinError as error:
         log.error("node %d cannot start: %s", node_id, error)
         return EXIT_CONFIG
+    # Before anything opens a descriptor: accepts that run out are counted and logged once in
+    # a while rather than a traceback each (asyncio retries them every second).
+    asyncio.get_running_loop().set_exception_handler(handle_loop_exception)
+    descriptors_max, descriptors_hard_max = raise_descriptor_limit()
+    http_connections_max, descriptors_reserved = http_connections_allowed(
+        config.limits.http_connections_max, descriptors_max
+    )
+    log.info(
+        "node %d: descriptor limit %d (hard %d); at most %d client connections"
+        " (limits.http_connections_max %d), %d descriptors kept for peers, files and forwarding",
+        node_id,
+        descriptors_max,
+        descriptors_hard_max,
+        http_connections_max,
+        config.limits.http_connections_max,
+        descriptors_reserved,
+    )
     node = RaftNode(config, node_id, spec=None if founding else spec)
     try:
         await node.start()
@@ -398,7 +417,7 @@ async def run_node(
     # What the node loaded at start (its state machine, its log) lives on: collections need
     # not scan it again and again.
     gc.freeze()
-    api = HttpApi(node)
+    api = HttpApi(node, http_connections_max=http_connections_max)
     runner = web.ServerRunner(api.server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, spec.http_listen_host, spec.http_port, reuse_address=True)

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
+from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.transport.frames import (
     CLUSTER_ID_BYTES_MAX,
     FRAME_BYTES_MAX,
@@ -598,6 +599,10 @@ class _Outbound:
         except TimeoutError:
             raise _ConnectFailed(f"connect timed out after {config.connect_timeout_s} s") from None
         except (OSError, ValueError) as error:  # ValueError: e.g. an unencodable host name
+            if is_exhaustion(error):
+                # Out of descriptors, not a peer problem: say so, even while the peer is
+                # already reported unreachable.
+                EXHAUSTION.record("peer_connect", error)
             raise _ConnectFailed(f"connect failed: {error}") from None
         self._protocol = protocol  # from here on, stop() can abort it
         handshake = Handshake(
