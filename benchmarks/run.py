@@ -14,6 +14,10 @@ benchmark itself failed (crashed, or the node under test never served).
 - ``linearizability``: `benchmarks.bench_linearizability`, the checker's speed.
 - ``watch``: `benchmarks.bench_watch`, put throughput with and without 1,000 watchers on one
   node, and how long a change takes to reach them.
+- ``overload``: `benchmarks.bench_overload`, a 3-node cluster (fsync on) offered 4x the
+  writes it commits for a minute with 100 B, 64 KiB and 1 MiB values: throughput, latency,
+  share shed, /healthz and /v1/status latency, RSS of each node, leader changes (about 5
+  minutes).
 - ``vs_etcd``: `benchmarks.bench_vs_etcd`, kvraft against a local etcd cluster (3 and 5
   nodes): throughput and latency under wrk, failover time, elections under load, memory
   (about 20 minutes, 10 of them two 5-minute soaks; installs ``wrk`` and ``etcd-server``
@@ -177,6 +181,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             parse=parse_linearizability_output,
         ),
         Benchmark("watch", "benchmarks.bench_watch", writes_json=True, takes_quick=True),
+        Benchmark("overload", "benchmarks.bench_overload", writes_json=True, takes_quick=True),
         Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
     )
 }
