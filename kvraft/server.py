@@ -68,7 +68,6 @@ from kvraft.watch import WatchHub
 # The two constants live in `kvraft.address_book` and `kvraft.reconfiguration` now; they stay
 # importable from here for code written before the move.
 __all__ = [
-    "LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD",
     "LOOKUP_TIMEOUT_S",
     "MEMBERSHIP_REQUEST_TIMEOUTS",
     "PROPOSAL_WAIT_S_MAX",
@@ -84,11 +83,6 @@ PROPOSAL_WAIT_S_MAX = 1.0
 has waited longer than this (`kvraft.admission.WaitingProposals`): under overload, what is
 admitted is answered in about a second and the rest is shed at once, instead of everything
 queueing until it times out with an unknown outcome."""
-
-LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD = 2
-"""A leader refuses new writes while the log it keeps in memory holds more than this many
-times ``storage.snapshot_threshold_bytes``: a snapshot is due at one times, so only a snapshot
-slower than the writes gets there, and memory stays bounded while it finishes."""
 
 
 class Transport(Protocol):
@@ -181,9 +175,6 @@ class RaftNode:
         self._pending_client_requests = 0
         self.write_admission = WriteAdmission(config.limits.write_bytes_pending_max)
         self.waiting_proposals = WaitingProposals(PROPOSAL_WAIT_S_MAX)
-        self._log_bytes_max = LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD * (
-            config.storage.snapshot_threshold_bytes
-        )
         # Life cycle.
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -404,13 +395,10 @@ class RaftNode:
         self._admit()
         shell = self.shell
         assert shell is not None
-        log_bytes = shell.core.log.entry_bytes
-        if log_bytes > self._log_bytes_max:
-            # The log since the last snapshot is in memory; a snapshot slower than the
-            # writes (one at a time, and slow under load) must not let it grow without bound.
+        if shell.log_full:
             raise Overloaded(
-                f"the log kept in memory holds {log_bytes} bytes, over {self._log_bytes_max}"
-                " until a snapshot compacts it; retry later"
+                f"the log kept in memory holds {shell.core.log.entry_bytes} bytes until a"
+                " snapshot compacts it; retry later"
             )
         loop = asyncio.get_running_loop()
         token = self.waiting_proposals.admit(loop.time())
@@ -598,8 +586,11 @@ class RaftNode:
         assert storage is not None
         meta = snapshot.meta
         try:
-            chunks = await asyncio.to_thread(list, snapshot.chunks)
-            await storage.save_snapshot(meta, chunks)
+            # Encoded a chunk (about 1 MiB) at a time on the loop, each written before the
+            # next is made: the loop is free while the disk works, and the node never holds
+            # the whole encoded snapshot (it once did, in a list built on a thread: with
+            # large values, one more copy of all the data per snapshot in progress).
+            await storage.save_snapshot(meta, snapshot.chunks)
             shell.snapshot_saved(meta)
             await storage.compact(meta.index)
         except asyncio.CancelledError:

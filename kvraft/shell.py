@@ -76,6 +76,7 @@ from kvraft.raft.ready import Ready, SnapshotToRestore
 __all__ = [
     "INBOUND_ENTRY_BYTES_MAX",
     "INBOUND_MESSAGES_MAX",
+    "LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD",
     "READY_ENTRY_BYTES_MAX",
     "Answer",
     "NodeShell",
@@ -91,6 +92,13 @@ INBOUND_ENTRY_BYTES_MAX = 64 * 1024 * 1024
 """Entry bytes in peer messages waiting to be stepped; a message that would go beyond this
 is dropped (the leader resends it, §5.3), unless the queue is empty: a leader's one large
 AppendEntries always gets in."""
+
+LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD = 2
+"""The log a node keeps in memory may hold this many times `snapshot_threshold_bytes` of
+entry data (`NodeShell.log_full`): a snapshot is due at one times, so only a snapshot slower
+than the writes (one runs at a time, and under load it is slow) gets there. Then a leader
+refuses new writes and a follower drops AppendEntries that carry entries (the leader resends
+them, §5.3) until a snapshot compacts the log: memory stays bounded, nothing is lost."""
 
 READY_ENTRY_BYTES_MAX = 8 * 1024 * 1024
 """The entry bytes (proposed commands, and entries carried by AppendEntries) that one
@@ -245,7 +253,9 @@ class NodeShell:
         if len(inbound) >= INBOUND_MESSAGES_MAX:
             return False
         size = _entry_bytes(message)
-        if size and inbound and self.inbound_entry_bytes + size > INBOUND_ENTRY_BYTES_MAX:
+        if size and (
+            (inbound and self.inbound_entry_bytes + size > INBOUND_ENTRY_BYTES_MAX) or self.log_full
+        ):
             return False
         self.inbound_entry_bytes += size
         inbound.append(message)
@@ -288,6 +298,15 @@ class NodeShell:
             or self._reads
             or self._transfer_to is not None
             or self.core.has_ready()
+        )
+
+    @property
+    def log_full(self) -> bool:
+        """The log kept in memory holds more than `LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD`
+        times `snapshot_threshold_bytes`: take no new entries until a snapshot compacts it."""
+        threshold = self.snapshot_threshold_bytes
+        return threshold is not None and self.core.log.entry_bytes > (
+            LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD * threshold
         )
 
     @property

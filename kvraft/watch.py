@@ -295,6 +295,10 @@ class WatchHub:
         ):
             self.history_bytes -= self._sizes_bytes[self._first]
             self.compact_revision = self._revisions[self._first]
+            # Let go of the evicted values now (nothing reads below compact_revision); only
+            # the small bookkeeping waits for the amortised trim below. Keeping them until
+            # then held up to 1,024 evicted revisions: with 1 MiB values, a gibibyte.
+            self._changes[self._first] = ()
             self._first += 1
         if self._first > 1024 and self._first * 2 > len(self._revisions):
             # Drop the evicted front now and then: amortised O(1) per revision.

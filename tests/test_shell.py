@@ -28,7 +28,13 @@ from kvraft.raft.messages import (
     RequestVoteResponse,
     SnapshotMeta,
 )
-from kvraft.shell import INBOUND_ENTRY_BYTES_MAX, READY_ENTRY_BYTES_MAX, NodeShell, Persist
+from kvraft.shell import (
+    INBOUND_ENTRY_BYTES_MAX,
+    LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD,
+    READY_ENTRY_BYTES_MAX,
+    NodeShell,
+    Persist,
+)
 from kvraft.sim.cluster import SimCluster
 from kvraft.sim.network import NetworkFaults, SimNetwork
 from kvraft.statemachine import VALUE_BYTES_MAX, ApplyResult, KVStateMachine, encode_put
@@ -428,3 +434,30 @@ def test_a_log_of_large_entries_is_snapshotted_by_bytes_before_its_entry_count()
         snapshots += run_until_idle_keeping_snapshots(shell)
     assert len(snapshots) == 1 and snapshots[0].index <= 6
     assert shell.core.log.applied_entry_bytes < 4 * VALUE_BYTES_MAX
+
+
+def test_a_log_twice_past_its_snapshot_threshold_takes_no_new_entries_until_compacted() -> None:
+    # A snapshot slower than the writes must not let the log in memory grow without bound:
+    # a follower drops AppendEntries that carry entries (the leader resends them later).
+    core = make_core(2, log_terms=(), term=1)
+    threshold = 2 * VALUE_BYTES_MAX
+    shell = NodeShell(
+        core,
+        KVStateMachine(),
+        restore=KVStateMachine.restore_bytes,
+        snapshot_threshold_entries=1_000,
+        snapshot_threshold_bytes=threshold,
+    )
+    index = 0
+    while not shell.log_full:
+        index += 1
+        entry = Entry(1, index, EntryKind.NORMAL, largest_put(index))
+        assert shell.receive(AppendEntries(1, 1, 2, index - 1, 1 if index > 1 else 0, (entry,), 0))
+        run_until_idle(shell)  # nothing commits: no snapshot can compact it
+    assert shell.core.log.entry_bytes > LOG_BYTES_MAX_PER_SNAPSHOT_THRESHOLD * threshold
+    more = Entry(1, index + 1, EntryKind.NORMAL, largest_put(index + 1))
+    assert not shell.receive(AppendEntries(1, 1, 2, index, 1, (more,), 0))
+    assert shell.receive(Heartbeat(1, 1, 2, index, index))  # the leader is still heard
+    run_until_idle_keeping_snapshots(shell)  # it commits, applies and snapshots
+    assert not shell.log_full
+    assert shell.receive(AppendEntries(1, 1, 2, index, 1, (more,), index))

@@ -152,3 +152,21 @@ def test_progress_never_goes_below_where_the_watch_started() -> None:
     watcher = hub.watch(start_revision=10)
     assert watcher.take() == []
     assert watcher.progress_revision == 9
+
+
+def test_the_history_lets_go_of_evicted_values_at_once() -> None:
+    # The history is bounded by bytes, and so must be the memory behind it: evicted values
+    # were once kept until 1,024 revisions had been evicted (1 GiB with 1 MiB values).
+    import tracemalloc
+
+    value_bytes = 100 * 1024
+    hub = WatchHub(0, history_bytes_max=10 * value_bytes)
+    tracemalloc.start()
+    try:
+        for revision in range(1, 501):
+            hub.record(revision, (put(f"k{revision % 7}", revision, value=b"v" * value_bytes),))
+        held_bytes, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert hub.history_bytes <= 10 * value_bytes
+    assert held_bytes < 20 * value_bytes  # the kept history and some bookkeeping, not 500
