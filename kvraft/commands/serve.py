@@ -35,6 +35,7 @@ __all__ = [
     "EXIT_JOIN_REFUSED",
     "EXIT_STORAGE_CORRUPT",
     "EXIT_STORAGE_FAILED",
+    "HTTP_LISTEN_BACKLOG",
     "IDENTITY_FILE_BYTES_MAX",
     "IDENTITY_FILE_NAME",
     "JOIN_ATTEMPT_TIMEOUT_S",
@@ -51,6 +52,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("kvraft.serve")
+
+HTTP_LISTEN_BACKLOG = 4096
+"""Client connections the kernel may hold for the node before it accepts them (it caps this
+at ``net.core.somaxconn``). aiohttp's default of 128 overflowed under a burst of clients:
+the kernel then drops new connections' SYNs, and a client -- a health check included --
+retries only after 1 s, then 3 s, so the node looked stalled for seconds while it was not."""
 
 EXIT_STORAGE_CORRUPT = 2
 EXIT_STORAGE_FAILED = 3
@@ -420,7 +427,13 @@ async def run_node(
     api = HttpApi(node, http_connections_max=http_connections_max)
     runner = web.ServerRunner(api.server, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, spec.http_listen_host, spec.http_port, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        spec.http_listen_host,
+        spec.http_port,
+        reuse_address=True,
+        backlog=HTTP_LISTEN_BACKLOG,
+    )
     await site.start()
     log.info(
         "node %d serving: http %s, raft %s, data %s",
