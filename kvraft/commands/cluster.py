@@ -508,6 +508,10 @@ async def _narrate(
                 echo(f"{_timestamp()}  {event.text}")
                 if event.kind == "process_exited":
                     echo(f"              log: {log_paths[event.node_id]}")
+                    # The node's last words usually say why (a port in use, a bad config).
+                    echo(
+                        f"              last line: {launcher.log_tail(log_paths[event.node_id], 1)}"
+                    )
                     echo(f"              restart: {restart_hint(event.node_id)}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

@@ -18,6 +18,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from kvraft.client import (
+    ATTEMPT_TIMEOUT_S_DEFAULT,
     CONSISTENCY_LEVELS,
     LIST_LIMIT_MAX,
     LIST_PAGE_SIZE_DEFAULT,
@@ -38,6 +39,7 @@ __all__ = [
     "LAG_ENTRIES_WARN",
     "LIST_SHOWN_MAX",
     "STATUS_ATTEMPT_TIMEOUT_S",
+    "UNREACHABLE_TIMEOUT_S",
     "VALUE_INPUT_BYTES_MAX",
     "VALUE_PREVIEW_CHARS_MAX",
     "WATCH_INTERVAL_S_MIN",
@@ -71,6 +73,12 @@ WATCH_INTERVAL_S_MIN = 0.1
 
 STATUS_ATTEMPT_TIMEOUT_S = 2.0
 """How long `status` waits for one node: a frozen node must not stall the whole table."""
+
+UNREACHABLE_TIMEOUT_S = 3.0
+"""A command gives up when no member has given any HTTP answer for this long (all refuse
+connections or time out), naming what each endpoint did, rather than retrying for its whole
+`--timeout` (120 s for `member`). A cluster in an election still answers (503), so this
+only cuts short the wait on a cluster that is down or an endpoint list that is wrong."""
 
 LAG_ENTRIES_WARN = 1000
 """A node whose applied index trails the highest commit index seen by more than this many
@@ -115,10 +123,11 @@ def make_client(
 ) -> KVClient:
     endpoints = [part for part in endpoints_text.split(",") if part.strip()]
     try:
-        if attempt_timeout_s is None:
-            return KVClient(endpoints, timeout_s=timeout_s)
         return KVClient(
-            endpoints, timeout_s=timeout_s, attempt_timeout_s=min(timeout_s, attempt_timeout_s)
+            endpoints,
+            timeout_s=timeout_s,
+            attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
+            unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
@@ -444,7 +453,7 @@ def status(
         results = client.status_all()
         click.echo(render_status_table(results))
         if all(isinstance(result, KVError) for result in results.values()):
-            raise click.ClickException("no node answered")
+            raise click.ClickException(f"no node answered; tried {', '.join(results)}")
         return
     redraw = sys.stdout.isatty()
     lines_drawn = 0

@@ -18,7 +18,12 @@ from typing import Any, TypeVar
 import click
 
 from kvraft.client import ClientError, KVClient
-from kvraft.commands.kv import client_options, display_text, reported_errors
+from kvraft.commands.kv import (
+    UNREACHABLE_TIMEOUT_S,
+    client_options,
+    display_text,
+    reported_errors,
+)
 
 __all__ = [
     "MEMBER_ATTEMPT_TIMEOUT_S",
@@ -93,6 +98,7 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             endpoints,
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
+            unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
