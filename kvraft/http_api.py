@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kvraft import __version__
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
@@ -493,7 +494,8 @@ class _Routes:
         return _json(200, body)
 
     async def status(self, request: web.BaseRequest) -> web.Response:
-        return _json(200, self.node.status())
+        # Which release answers: during a rolling upgrade the nodes differ.
+        return _json(200, {**self.node.status(), "version": __version__})
 
     # --- watch (kvraft.watch) -----------------------------------------------------------
 

@@ -8,6 +8,8 @@ usage errors, as click does).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
 import time
@@ -45,11 +47,15 @@ __all__ = [
     "WATCH_INTERVAL_S_MIN",
     "delete",
     "display_text",
+    "echo_json",
     "get",
+    "item_json",
     "list_keys",
+    "output_option",
     "put",
     "render_status_table",
     "status",
+    "status_json",
 ]
 
 ENDPOINTS_ENV = "KVRAFT_ENDPOINTS"
@@ -152,6 +158,26 @@ def reported_errors(outcome_unknown_hint: str = "") -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
+output_option = click.option(
+    "--output",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="text: for people; json: one JSON document on one line, for scripts.",
+)
+"""`--output text|json`, for the commands whose answer a script may want to read."""
+
+
+def echo_json(document: object) -> None:
+    """One JSON document on one line (ASCII only: safe on any terminal and in any pipe)."""
+    click.echo(json.dumps(document, sort_keys=True))
+
+
+def item_json(key: str, value: bytes, revision: int) -> dict[str, object]:
+    """A key as the HTTP API's list shows it: the value in base64, since it is bytes."""
+    return {"key": key, "value_b64": base64.b64encode(value).decode("ascii"), "revision": revision}
+
+
 def display_text(text: str) -> str:
     """`text` safe to print on a terminal: control and other unprintable characters are
     escaped, so a stored key or value cannot move the cursor or inject escape sequences."""
@@ -239,15 +265,27 @@ def put(
 @click.argument("key")
 @click.option("--stale", is_flag=True, help="Read from the answering node without a quorum check.")
 @click.option("--show-revision", is_flag=True, help="Also print the key's revision to stderr.")
+@output_option
 @_client_options
-def get(key: str, stale: bool, show_revision: bool, endpoints_text: str, timeout_s: float) -> None:
-    """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none)."""
+def get(
+    key: str,
+    stale: bool,
+    show_revision: bool,
+    output: str,
+    endpoints_text: str,
+    timeout_s: float,
+) -> None:
+    """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none); with
+    --output json, {"key", "value_b64", "revision"}."""
     client = make_client(endpoints_text, timeout_s)
     with reported_errors():
         found = client.get(key, consistency=_consistency(stale))
     if found is None:
         raise click.ClickException(f"key {display_text(key)!r} not found")
     value, revision = found
+    if output == "json":
+        echo_json(item_json(key, value, revision))
+        return
     sys.stdout.flush()
     stdout = sys.stdout.buffer
     stdout.write(value)
@@ -320,16 +358,20 @@ def _format_items(items: Sequence[Item]) -> list[str]:
 )
 @click.option("--keys-only", is_flag=True, help="Print only the keys, one per line.")
 @click.option("--stale", is_flag=True, help="Read from the answering node without a quorum check.")
+@output_option
 @_client_options
 def list_keys(
     prefix: str,
     limit: int,
     keys_only: bool,
     stale: bool,
+    output: str,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
-    """List the keys starting with PREFIX (all keys if omitted), in key order."""
+    """List the keys starting with PREFIX (all keys if omitted), in key order; with --output
+    json, {"items": [{"key", "value_b64", "revision"}], "continuation"} (continuation: where
+    more keys may follow --limit, else null)."""
     client = make_client(endpoints_text, timeout_s)
     shown: list[Item] = []
     continuation: str | None = None
@@ -340,6 +382,10 @@ def list_keys(
             shown.extend(items)
             if continuation is None:
                 break
+    if output == "json":
+        listed = [item_json(item.key, item.value, item.revision) for item in shown]
+        echo_json({"items": listed, "continuation": continuation})
+        return
     if keys_only:
         for item in shown:
             click.echo(display_text(item.key))
@@ -356,6 +402,34 @@ def list_keys(
 
 
 # --- status ------------------------------------------------------------------------------------
+
+
+def status_json(results: Mapping[str, Mapping[str, Any] | KVError]) -> dict[str, object]:
+    """`status_all` results as JSON: {"nodes": {endpoint: status, or {"error": message}}}."""
+    return {
+        "nodes": {
+            endpoint: {"error": str(result)} if isinstance(result, KVError) else dict(result)
+            for endpoint, result in results.items()
+        }
+    }
+
+
+def _status_json(client: KVClient, watch: bool, interval_s: float, count: int) -> None:
+    refreshes = 0
+    try:
+        while True:
+            started_s = time.monotonic()
+            results = client.status_all()
+            echo_json(status_json(results))
+            refreshes += 1
+            if not watch and all(isinstance(result, KVError) for result in results.values()):
+                raise click.ClickException(f"no node answered; tried {', '.join(results)}")
+            if not watch or (count and refreshes >= count):
+                return
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started_s)))
+    except KeyboardInterrupt:
+        return
+
 
 _STATUS_COLUMNS = ("NODE", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "HEALTH")
 
@@ -442,13 +516,23 @@ def render_status_table(results: Mapping[str, Mapping[str, Any] | KVError]) -> s
     default=0,
     help="With --watch: stop after this many refreshes (0: until Ctrl-C).",
 )
+@output_option
 @_client_options
 def status(
-    watch: bool, interval_s: float, count: int, endpoints_text: str, timeout_s: float
+    watch: bool,
+    interval_s: float,
+    count: int,
+    output: str,
+    endpoints_text: str,
+    timeout_s: float,
 ) -> None:
     """Show every node: id, role, term, leader, commit and applied index, health (and
-    whether a membership change is still pending)."""
+    whether a membership change is still pending). With --output json: per endpoint, its
+    `/v1/status` or {"error"}; with --watch, one such line per refresh."""
     client = make_client(endpoints_text, timeout_s, STATUS_ATTEMPT_TIMEOUT_S)
+    if output == "json":
+        _status_json(client, watch, interval_s, count)
+        return
     if not watch:
         results = client.status_all()
         click.echo(render_status_table(results))

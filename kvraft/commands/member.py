@@ -22,6 +22,8 @@ from kvraft.commands.kv import (
     UNREACHABLE_TIMEOUT_S,
     client_options,
     display_text,
+    echo_json,
+    output_option,
     reported_errors,
 )
 
@@ -118,11 +120,16 @@ def member() -> None:
 
 
 @member.command("list")
+@output_option
 @_options
-def list_members(endpoints_text: str, timeout_s: float) -> None:
-    """Show every member: addresses, voter or learner, and how far it has replicated."""
+def list_members(output: str, endpoints_text: str, timeout_s: float) -> None:
+    """Show every member: addresses, voter or learner, and how far it has replicated
+    (--output json: the leader's `GET /v1/members` answer)."""
     with _reported_errors():
         view = _client(endpoints_text, timeout_s).members()
+    if output == "json":
+        echo_json(view)
+        return
     click.echo(render_members_table(view))
 
 
