@@ -14,6 +14,7 @@ __all__ = ["main"]
 SUBCOMMANDS = (
     ("serve", "serve"),
     ("cluster", "cluster"),
+    ("cluster", "dev"),
     ("kv", "put"),
     ("kv", "get"),
     ("kv", "delete"),
