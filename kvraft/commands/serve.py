@@ -392,10 +392,8 @@ async def run_node(
             config_path, node_id, raft_address, http_address, data_dir, join_url
         )
     except ConfigError as error:
-        if config_path is not None:
-            log.error("invalid configuration %s: %s", config_path, error)
-        else:
-            log.error("node %d cannot start: %s", node_id, error)
+        # The error names the file (load_config prefixes its path) or the flags at fault.
+        log.error("node %d cannot start: %s", node_id, error)
         return EXIT_CONFIG
     except JoinRefusedError as error:
         log.error("node %d cannot join: %s", node_id, error)
