@@ -26,9 +26,9 @@ Reported per size: acknowledged puts/s and their latency (from the moment each w
 share of answers that were 503 (shed), 504 (outcome unknown), anything else (a bug: printed
 loudly) and client errors; the probes; RSS before the phase, the peak in its first and last
 quarter (flat or growing), the peak in the phase and the process's VmHWM; leader changes
-(the highest term before and after, the largest ``kvraft_leader_changes`` increment of the
+(the highest term before and after, the largest ``kvraft_leader_changes_total`` increment of the
 three nodes -- each node counts every new leader it learns of -- and the leader ids the probes
-saw). ``kvraft_leader_changes`` also counts a follower that heard nothing from the leader for
+saw). ``kvraft_leader_changes_total`` also counts a follower that heard nothing from the leader for
 an election timeout (its pre-vote then fails) and relearns the same leader in the same term:
 an increment without a new term is such a flap, not an election. Latencies measured by this
 machine's client processes include their own scheduling delays on shared cores.
@@ -94,7 +94,7 @@ STOP_TIMEOUT_S = 15.0
 PROBE_START_TIMEOUT_S = 30.0
 EXPECTED_STATUSES = {200, 503, 504}
 
-_LEADER_CHANGES = re.compile(r"^kvraft_leader_changes ([0-9.e+]+)$", re.MULTILINE)
+_LEADER_CHANGES = re.compile(r"^kvraft_leader_changes_total ([0-9.e+]+)$", re.MULTILINE)
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def _wait_for_leader(urls: dict[int, str]) -> int:
 
 def _cluster_state(urls: dict[int, str]) -> dict[int, dict[str, Any]]:
     """Per node: its term, leader, pending write bytes, writes shed, and the
-    ``kvraft_leader_changes`` counter (None where a node did not answer)."""
+    ``kvraft_leader_changes_total`` counter (None where a node did not answer)."""
     state: dict[int, dict[str, Any]] = {}
     for node_id, url in urls.items():
         status = _get_json(f"{url}/v1/status", timeout_s=10.0) or {}
@@ -705,7 +705,7 @@ def _print(results: list[dict[str, Any]], overload_s: float) -> None:
             "504 %",
             "other statuses",
             "client errors",
-            "kvraft_leader_changes",
+            "kvraft_leader_changes_total",
             "term before -> after",
         ],
         [

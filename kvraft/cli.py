@@ -6,12 +6,15 @@ import importlib
 
 import click
 
+from kvraft import __version__
+
 __all__ = ["main"]
 
 # (module under kvraft.commands, attribute): each attribute is a click command or group.
 SUBCOMMANDS = (
     ("serve", "serve"),
     ("cluster", "cluster"),
+    ("cluster", "dev"),
     ("kv", "put"),
     ("kv", "get"),
     ("kv", "delete"),
@@ -27,7 +30,7 @@ SUBCOMMANDS = (
 
 
 @click.group()
-@click.version_option(package_name="kvraft")
+@click.version_option(__version__, prog_name="kvraft")
 def main() -> None:
     """kvraft: a Raft-replicated key-value store."""
 

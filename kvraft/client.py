@@ -455,17 +455,25 @@ StatusResults: TypeAlias = dict[str, dict[str, Any] | KVError]
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Timeouts of a call: `timeout_s` overall, `attempt_timeout_s` per attempt,
-    `connect_timeout_s` per connection."""
+    `connect_timeout_s` per connection; `unreachable_timeout_s` (None: off) gives up sooner
+    when no endpoint has given any HTTP answer for that long: a command line against a
+    stopped cluster says so in seconds, not after a timeout meant for slow changes."""
 
     timeout_s: float = TIMEOUT_S_DEFAULT
     attempt_timeout_s: float = ATTEMPT_TIMEOUT_S_DEFAULT
     connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT
+    unreachable_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "attempt_timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ClientError("bad_timeout", f"{name} must be a positive number of seconds")
+        unreachable_s = self.unreachable_timeout_s
+        if unreachable_s is not None and (
+            not isinstance(unreachable_s, int | float) or not unreachable_s > 0
+        ):
+            raise ClientError("bad_timeout", "unreachable_timeout_s must be positive or None")
 
 
 # ---------------------------------------------------------------------------------------
@@ -636,6 +644,8 @@ def plan_exchange(
     deadline_s = clock() + policy.timeout_s
     round_index = 0
     tried: set[str] = set()
+    answered_s = clock()  # when some endpoint last gave an HTTP answer (or the call began)
+    failure_by_endpoint: dict[str, str] = {}  # since then: what each endpoint's attempt got
     maybe_applied = False
     last_problem = "no attempt finished"
     last_status: int | None = None
@@ -648,6 +658,8 @@ def plan_exchange(
         tried.add(endpoint)
         floor_s = 0.0
         if isinstance(outcome, HttpResponse):
+            answered_s = clock()
+            failure_by_endpoint.clear()
             router.answered(endpoint, outcome)
             if outcome.status < 500:
                 return outcome
@@ -674,6 +686,7 @@ def plan_exchange(
                         "the write may or may not have been applied"
                     )
                 maybe_applied = True
+            failure_by_endpoint[endpoint] = outcome.detail
         router.failed(endpoint)
         next_endpoint = router.preferred
         if next_endpoint in tried:
@@ -685,6 +698,23 @@ def plan_exchange(
             delay_s = max(floor_s, backoff_delay_s(round_index, rng))
             round_index += 1
             tried.clear()
+        unreachable_s = policy.unreachable_timeout_s
+        if (
+            unreachable_s is not None
+            and len(failure_by_endpoint) == len(router.endpoints)
+            and clock() + delay_s - answered_s >= unreachable_s
+        ):
+            # Every endpoint failed without an HTTP answer, and by the next attempt none will
+            # have answered for unreachable_s: give up now rather than wait.
+            error_type = OutcomeUnknown if maybe_applied else Unavailable
+            suffix = "; the write may or may not have been applied" if maybe_applied else ""
+            tried_text = "; ".join(
+                f"{name} ({detail})" for name, detail in sorted(failure_by_endpoint.items())
+            )
+            raise error_type(
+                f"{request.description}: no member answered in {clock() - answered_s:.1f} s; "
+                f"tried {tried_text}{suffix}"
+            )
         if clock() + delay_s >= deadline_s:
             error_type = OutcomeUnknown if maybe_applied else Unavailable
             suffix = "; the write may or may not have been applied" if maybe_applied else ""
@@ -1563,9 +1593,12 @@ class _ClientCore:
         watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
+        unreachable_timeout_s: float | None = None,
     ) -> None:
         self.router = EndpointRouter(endpoints)
-        self.policy = RetryPolicy(timeout_s, attempt_timeout_s, connect_timeout_s)
+        self.policy = RetryPolicy(
+            timeout_s, attempt_timeout_s, connect_timeout_s, unreachable_timeout_s
+        )
         self.auto_idempotency_keys = auto_idempotency_keys
         if type(response_bytes_max) is not int or response_bytes_max < 1:
             raise ClientError("bad_request", "response_bytes_max must be a positive integer")
@@ -1620,6 +1653,7 @@ class _ClientCore:
             self.policy.timeout_s + wait_s,
             self.policy.attempt_timeout_s + wait_s,
             self.policy.connect_timeout_s,
+            self.policy.unreachable_timeout_s,
         )
         steps = plan_exchange(request, self.router, policy, time.monotonic, self.rng)
         return interpret_key_state((yield from steps), key)
@@ -1730,7 +1764,10 @@ class _ClientBase:
 
     Watch options: `watch_progress_s` is the bookmark interval asked of the server (0:
     none), `watch_idle_timeout_s` how long a silent stream is trusted (keep it a few
-    bookmark intervals), `watch_line_bytes_max` the longest stream line accepted."""
+    bookmark intervals), `watch_line_bytes_max` the longest stream line accepted.
+
+    `unreachable_timeout_s` (None: off): a call gives up when no endpoint has answered
+    over HTTP for that long (`RetryPolicy`), even though its `timeout_s` is longer."""
 
     def __init__(
         self,
@@ -1745,6 +1782,7 @@ class _ClientBase:
         watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S,
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
+        unreachable_timeout_s: float | None = None,
     ) -> None:
         self._core = _ClientCore(
             endpoints,
@@ -1757,6 +1795,7 @@ class _ClientBase:
             watch_idle_timeout_s,
             watch_line_bytes_max,
             watch_progress_s,
+            unreachable_timeout_s,
         )
 
     @property

@@ -36,10 +36,11 @@ from typing import Any, NamedTuple
 import aiohttp
 import yarl
 from aiohttp import web
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kvraft import __version__
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
@@ -493,7 +494,8 @@ class _Routes:
         return _json(200, body)
 
     async def status(self, request: web.BaseRequest) -> web.Response:
-        return _json(200, self.node.status())
+        # Which release answers: during a rolling upgrade the nodes differ.
+        return _json(200, {**self.node.status(), "version": __version__})
 
     # --- watch (kvraft.watch) -----------------------------------------------------------
 
@@ -699,6 +701,18 @@ def _node_collector(node: RaftNode) -> Any:
             core = node.core
             if core is None:
                 return
+            counters = {
+                # CounterMetricFamily appends the `_total` that Prometheus wants of a counter.
+                "kvraft_leader_changes": ("Leader changes seen", node.leader_changes),
+                "kvraft_writes_shed": (
+                    "Writes refused with 503 overloaded since start (admission by bytes)",
+                    node.write_admission.refused_total,
+                ),
+            }
+            for name, (help_text, value) in counters.items():
+                counter = CounterMetricFamily(name, help_text)
+                counter.add_metric([], value)
+                yield counter
             gauges = {
                 "kvraft_term": ("Current Raft term", core.term),
                 "kvraft_commit_index": ("Highest committed log index", core.log.commit_index),
@@ -708,15 +722,10 @@ def _node_collector(node: RaftNode) -> Any:
                     "1 if this node is the leader",
                     int(node.role_name() == "leader"),
                 ),
-                "kvraft_leader_changes": ("Leader changes seen", node.leader_changes),
                 "kvraft_keys": ("Keys in the state machine", len(node.state_machine)),
-                "kvraft_write_bytes_pending": (
+                "kvraft_writes_pending_bytes": (
                     "Bytes of client writes held (admitted, not yet answered)",
                     node.write_admission.bytes_held,
-                ),
-                "kvraft_writes_shed": (
-                    "Writes refused with 503 overloaded since start (admission by bytes)",
-                    node.write_admission.refused_total,
                 ),
             }
             for name, (help_text, value) in gauges.items():
@@ -726,22 +735,40 @@ def _node_collector(node: RaftNode) -> Any:
             if node.transport is not None:
                 # What each peer lane holds and has moved: where a slow or cut-off peer shows.
                 peers = node.transport.peer_stats()
-                for stat, help_text in PEER_GAUGES.items():
-                    family = GaugeMetricFamily(f"kvraft_peer_{stat}", help_text, labels=["peer"])
+                for stat, (name, kind, help_text) in PEER_METRICS.items():
+                    family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                    peer_family = family_type(name, help_text, labels=["peer"])
                     for peer_id, stats in sorted(peers.items()):
-                        family.add_metric([str(peer_id)], stats.get(stat, 0))
-                    yield family
+                        peer_family.add_metric([str(peer_id)], stats.get(stat, 0))
+                    yield peer_family
 
     return NodeCollector()
 
 
-PEER_GAUGES = {
-    "queued_messages": "Messages waiting to be written to the peer (normal lane)",
-    "sent_messages": "Messages written to the peer (normal lane)",
-    "dropped_messages": "Messages to the peer dropped: queue full, unreachable, not drained",
-    "connected": "1 if the normal lane to the peer is connected",
+PEER_METRICS = {
+    "queued_messages": (
+        "kvraft_peer_queued_messages",
+        "gauge",
+        "Messages waiting to be written to the peer (normal lane)",
+    ),
+    "sent_messages": (
+        "kvraft_peer_sent_messages",
+        "counter",
+        "Messages written to the peer (normal lane)",
+    ),
+    "dropped_messages": (
+        "kvraft_peer_dropped_messages",
+        "counter",
+        "Messages to the peer dropped: queue full, unreachable, not drained",
+    ),
+    "connected": (
+        "kvraft_peer_connected",
+        "gauge",
+        "1 if the normal lane to the peer is connected",
+    ),
 }
-"""The per-peer transport counters `/metrics` exports, labelled by peer id."""
+"""The per-peer transport statistics `/metrics` exports, labelled by peer id: peer_stats()
+key -> (metric name, type, help); a counter's exported name gains `_total`."""
 
 
 def _source_address(host: str) -> tuple[str, int] | None:
@@ -776,8 +803,12 @@ class HttpApi:
         self.node = node
         registry = CollectorRegistry()
         registry.register(_node_collector(node))
-        # process_open_fds and process_max_fds: how close the node is to running out.
+        # process_open_fds and process_max_fds: how close the node is to running out. A
+        # registry of our own starts empty: the process, platform and garbage-collector
+        # collectors that prometheus_client's default registry has are added back.
         ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.loop_metrics = loop_metrics = LoopMetrics()
         registry.register(loop_metrics)
         loop_metrics.counter(
@@ -786,7 +817,9 @@ class HttpApi:
             ("where",),
         )
         loop_metrics.histogram(
-            "kvraft_request_seconds", "HTTP request latency", ("method", "route")
+            "kvraft_request_seconds",
+            "HTTP request latency, by method, route and answer status (_count: the requests)",
+            ("method", "route", "status"),
         )
         loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
         node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
@@ -917,7 +950,9 @@ class HttpApi:
         # a metric series (and a cache entry) per made-up method.
         method = request.method if request.method in METRIC_METHODS else "other"
         route_name = route.name if route is not None else "unmatched"
-        latency = self.loop_metrics.histogram_child("kvraft_request_seconds", method, route_name)
+        latency = self.loop_metrics.histogram_child(
+            "kvraft_request_seconds", method, route_name, str(response.status)
+        )
         latency.observe(time.perf_counter() - started)
         return response
 

