@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from kvraft.chaos.bank import BROKEN_BANK_MODES
 from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT
 from kvraft.chaos.history import HistoryFileError
 from kvraft.chaos.nemesis import NODE_COUNTS, RUN_S_MAX, NemesisError, parse_nemesis_kinds
@@ -114,6 +115,20 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     hidden=True,
     help="Tests only: the watchers drop events on their side; the watch check must notice.",
 )
+@click.option(
+    "--bank/--no-bank",
+    default=True,
+    show_default=True,
+    help="Move money between accounts with transactions and audit them in one transaction "
+    "each; check every audit's total and each account's order of transfers.",
+)
+@click.option(
+    "--broken-bank",
+    type=click.Choice(BROKEN_BANK_MODES),
+    default=None,
+    hidden=True,
+    help="Tests only: send a transfer's two puts as two transactions; the bank check must notice.",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -124,10 +139,13 @@ def chaos(
     broken_stale_reads: bool,
     watch: bool,
     broken_watch: str | None,
+    bank: bool,
+    broken_bank: str | None,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
     changes, leadership transfers) and check that what the clients saw was linearizable
-    and that no acknowledged write was lost, and that watch streams missed nothing.
+    and that no acknowledged write was lost, that watch streams missed nothing, and that
+    the bank's transfers were atomic and kept the total.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
@@ -150,6 +168,8 @@ def chaos(
         check_time_budget_s=check_budget_s,
         watch=watch or broken_watch is not None,
         broken_watch=broken_watch,
+        bank=bank or broken_bank is not None,
+        broken_bank=broken_bank,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))
