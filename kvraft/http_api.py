@@ -653,7 +653,7 @@ class _Routes:
         """`prev`: the key before the write ({value_b64, revision}, or null if absent). A retry
         answered from the idempotency table does not know it (the table keeps no values):
         then `prev` is left out rather than claimed null."""
-        if result.prev_record is not None or result.changes or not result.ok:
+        if not result.remembered:
             body["prev"] = _prev_json(result.prev)
         return body
 

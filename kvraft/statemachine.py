@@ -512,6 +512,8 @@ class ApplyResult:
         prev_record: a put's or delete's key as it was before (value and revision, packed as
             the machine keeps them; see `prev`), None if it was absent, and None on an
             idempotent retry (the table keeps no values).
+        remembered: this is an idempotent retry's answer, from the table (so `prev_record`
+            says nothing about the key).
     """
 
     index: int
@@ -524,6 +526,7 @@ class ApplyResult:
     succeeded: bool | None = None
     results: tuple[TxnResult, ...] = ()
     prev_record: bytes | None = field(default=None, compare=False)
+    remembered: bool = field(default=False, compare=False)
 
     @property
     def prev(self) -> tuple[bytes, int] | None:
@@ -1226,10 +1229,8 @@ class KVStateMachine:
         if idempotency_key is not None:
             # Remembered without its changes or previous value: a retry changes nothing, and
             # the table must not keep values alive (a keyed transaction has no reads).
-            self._idempotency[idempotency_key] = (
-                replace(result, changes=(), prev_record=None)
-                if result.changes or result.prev_record is not None
-                else result
+            self._idempotency[idempotency_key] = replace(
+                result, changes=(), prev_record=None, remembered=True
             )
             if len(self._idempotency) > IDEMPOTENCY_KEYS_MAX:
                 self._idempotency.popitem(last=False)
@@ -1535,5 +1536,6 @@ class KVStateMachine:
                 deleted=deleted,
                 succeeded=succeeded,
                 results=results,
+                remembered=True,
             )
             previous_index = index

@@ -181,6 +181,14 @@ async def test_prev_true_tells_the_value_and_revision_a_put_and_a_delete_replace
     status, deleted = await call(http, "DELETE", f"{node.url}/v1/kv/k?prev=true")
     assert deleted["deleted"] is True
     assert deleted["prev"] == {"value_b64": b64(b"two"), "revision": second["revision"]}
+    # A retry answered from the idempotency table does not know the previous value: it
+    # leaves `prev` out rather than claim the key was absent.
+    keyed = {"Idempotency-Key": "put-once"}
+    url = f"{node.url}/v1/kv/k?prev=true"
+    status, first_try = await call(http, "PUT", url, data=b"three", headers=keyed)
+    status, retry = await call(http, "PUT", url, data=b"three", headers=keyed)
+    assert first_try == {"revision": first_try["revision"], "prev": None}
+    assert retry == {"revision": first_try["revision"]}
 
 
 # --- ranges -----------------------------------------------------------------------------------
