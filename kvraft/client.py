@@ -78,6 +78,12 @@ may then arrive both in a page and as an event: applying it twice leaves the sam
 a deletion) is a blocking read: it answers once the key's revision is above N, or after
 S seconds; every attempt is allowed S seconds more than an ordinary read.
 
+Transactions. `txn(...)` sends a `kvraft.txn.Txn` (a builder: compare/then/else_) to
+`POST /v1/txn` and answers a `TxnAnswer` whichever branch ran; a failed compare is not an
+error. A transaction that writes is retried after it may have been sent only with an
+idempotency key, like a put; one that only reads is retried like a read. `delete_prefix`
+and `count` are the range delete and `count_only` list.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
