@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     ("kv", "delete"),
     ("kv", "list_keys"),
     ("kv", "status"),
+    ("txn", "txn"),
     ("watch", "watch"),
     ("member", "member"),
     ("member", "leader"),

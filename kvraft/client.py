@@ -78,6 +78,12 @@ may then arrive both in a page and as an event: applying it twice leaves the sam
 a deletion) is a blocking read: it answers once the key's revision is above N, or after
 S seconds; every attempt is allowed S seconds more than an ordinary read.
 
+Transactions. `txn(...)` sends a `kvraft.txn.Txn` (a builder: compare/then/else_) to
+`POST /v1/txn` and answers a `TxnAnswer` whichever branch ran; a failed compare is not an
+error. A transaction that writes is retried after it may have been sent only with an
+idempotency key, like a put; one that only reads is retried like a read. `delete_prefix`
+and `count` are the range delete and `count_only` list.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
@@ -112,6 +118,7 @@ import aiohttp
 import yarl
 
 from kvraft.statemachine import IDEMPOTENCY_KEY_BYTES_MAX, LIST_LIMIT_MAX
+from kvraft.txn import Txn, TxnAnswer, TxnCompare, TxnOp, TxnSyntaxError, parse_txn_answer
 
 __all__ = [
     "ATTEMPT_TIMEOUT_S_DEFAULT",
@@ -161,7 +168,9 @@ __all__ = [
     "WatchStreamParser",
     "backoff_delay_s",
     "build_add_member",
+    "build_count",
     "build_delete",
+    "build_delete_prefix",
     "build_get",
     "build_list",
     "build_members",
@@ -169,8 +178,11 @@ __all__ = [
     "build_remove_member",
     "build_status",
     "build_transfer_leadership",
+    "build_txn",
     "build_watch",
+    "interpret_count",
     "interpret_delete",
+    "interpret_delete_prefix",
     "interpret_get",
     "interpret_key_state",
     "interpret_list",
@@ -179,6 +191,7 @@ __all__ = [
     "interpret_put",
     "interpret_status",
     "interpret_transfer",
+    "interpret_txn",
     "interpret_watch_refusal",
     "key_path",
     "normalize_endpoint",
@@ -259,6 +272,7 @@ STREAM_CHUNK_BYTES = 64 * 1024
 _KV_PREFIX = "/v1/kv"
 _MEMBERS_PATH = "/v1/members"
 _TRANSFER_PATH = "/v1/leader/transfer"
+_TXN_PATH = "/v1/txn"
 _WATCH_PATH = "/v1/watch"
 _JSON_HEADERS = (("Accept", "application/json"),)
 _JSON_BODY_HEADERS = (("Accept", "application/json"), ("Content-Type", "application/json"))
@@ -922,6 +936,49 @@ def build_list(
     return _read_request(f"{_KV_PREFIX}?{encoded}", f"LIST {prefix!r}")
 
 
+def build_delete_prefix(prefix: str, *, idempotency_key: str | None = None) -> HttpRequest:
+    """`DELETE /v1/kv?prefix=P`: every key under `prefix` in one revision ("" is every key,
+    and is sent as an explicit empty `prefix=`, which the server requires)."""
+    if not isinstance(prefix, str):
+        raise ClientError("bad_request", "prefix must be a string")
+    encoded = urllib.parse.urlencode([("prefix", prefix)], quote_via=urllib.parse.quote, safe="")
+    return HttpRequest(
+        method="DELETE",
+        target=f"{_KV_PREFIX}?{encoded}",
+        headers=tuple(_write_headers(None, idempotency_key)),
+        body=b"",
+        is_write=True,
+        retry_after_send=idempotency_key is not None,
+        description=f"DELETE prefix {prefix!r}",
+    )
+
+
+def build_count(prefix: str = "", *, consistency: str = "linearizable") -> HttpRequest:
+    """`GET /v1/kv?prefix=P&count_only=true&consistency=...`."""
+    _check_consistency(consistency)
+    if not isinstance(prefix, str):
+        raise ClientError("bad_request", "prefix must be a string")
+    query = [("prefix", prefix), ("count_only", "true"), ("consistency", consistency)]
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="")
+    return _read_request(f"{_KV_PREFIX}?{encoded}", f"COUNT {prefix!r}")
+
+
+def build_txn(txn: Txn, *, idempotency_key: str | None = None) -> HttpRequest:
+    """`POST /v1/txn` with `txn`'s body. A transaction that only reads is repeated like a
+    read; one that writes only with an idempotency key (like a put)."""
+    if not isinstance(txn, Txn):
+        raise ClientError("bad_request", "txn must be a kvraft.txn.Txn")
+    return HttpRequest(
+        method="POST",
+        target=_TXN_PATH,
+        headers=(*_write_headers(None, idempotency_key), ("Content-Type", "application/json")),
+        body=json.dumps(txn.to_json()).encode(),
+        is_write=True,
+        retry_after_send=idempotency_key is not None or not txn.writes,
+        description="POST /v1/txn",
+    )
+
+
 def build_status() -> HttpRequest:
     """`GET /v1/status`."""
     return _read_request("/v1/status", "GET /v1/status")
@@ -1069,6 +1126,34 @@ def interpret_delete(response: HttpResponse, key: str | None = None) -> tuple[in
     if not isinstance(deleted, bool):
         raise ProtocolError("HTTP 200: 'deleted' is not a boolean")
     return _revision_field(body, response.status), deleted
+
+
+def interpret_delete_prefix(response: HttpResponse) -> tuple[int, int]:
+    """(revision, deleted count) of a range delete."""
+    _raise_for_status(response, None)
+    body = _json_object(response)
+    deleted = body.get("deleted")
+    if type(deleted) is not int or deleted < 0:
+        raise ProtocolError("HTTP 200: 'deleted' is not a count")
+    return _revision_field(body, response.status), deleted
+
+
+def interpret_count(response: HttpResponse) -> int:
+    """The number of keys a `count_only` list counted."""
+    _raise_for_status(response, None)
+    count = _json_object(response).get("count")
+    if type(count) is not int or count < 0:
+        raise ProtocolError("HTTP 200: 'count' is not a count")
+    return count
+
+
+def interpret_txn(response: HttpResponse, txn: Txn) -> TxnAnswer:
+    """The answer to `txn`: a failed compare is not an error (`succeeded` is False)."""
+    _raise_for_status(response, None)
+    try:
+        return parse_txn_answer(txn, _json_object(response))
+    except TxnSyntaxError as error:
+        raise ProtocolError(f"HTTP 200: {error}") from None
 
 
 def interpret_get(response: HttpResponse, key: str | None = None) -> tuple[bytes, int] | None:
@@ -1683,6 +1768,20 @@ class _ClientCore:
         )
         return interpret_delete((yield from self._plan(request)), key)
 
+    def delete_prefix(self, prefix: str, idempotency_key: str | None) -> Steps[tuple[int, int]]:
+        request = build_delete_prefix(prefix, idempotency_key=self._write_key(idempotency_key))
+        return interpret_delete_prefix((yield from self._plan(request)))
+
+    def count(self, prefix: str, consistency: str) -> Steps[int]:
+        request = build_count(prefix, consistency=consistency)
+        return interpret_count((yield from self._plan(request)))
+
+    def txn(self, txn: Txn, idempotency_key: str | None) -> Steps[TxnAnswer]:
+        # An automatic key only where the server takes one: not on a transaction that reads.
+        key = self._write_key(idempotency_key) if txn.writes and not txn.reads else idempotency_key
+        request = build_txn(txn, idempotency_key=key)
+        return interpret_txn((yield from self._plan(request)), txn)
+
     def list_page(
         self, prefix: str, limit: int, start_after: str | None, consistency: str
     ) -> Steps[ListPage]:
@@ -1738,6 +1837,20 @@ class _ClientCore:
         answer = interpret_transfer((yield from self._exchange(request, endpoint)))
         self.router.prefer_leader(answer.get("leader_id"))
         return answer
+
+
+def _txn_of(
+    txn: Txn | None,
+    compare: Sequence[TxnCompare],
+    success: Sequence[TxnOp],
+    failure: Sequence[TxnOp],
+) -> Txn:
+    if txn is not None and (compare or success or failure):
+        raise ClientError("bad_request", "give a Txn or its compare/success/failure, not both")
+    try:
+        return txn if txn is not None else Txn().compare(*compare).then(*success).else_(*failure)
+    except TxnSyntaxError as error:
+        raise ClientError("bad_request", str(error)) from None
 
 
 def _connection_failure(error: BaseException) -> str:
@@ -1860,6 +1973,30 @@ class KVClient(_ClientBase):
     ) -> tuple[int, bool]:
         """Delete `key`; return (revision, deleted)."""
         return self._run(self._core.delete(key, if_revision, idempotency_key))
+
+    def delete_prefix(self, prefix: str, *, idempotency_key: str | None = None) -> tuple[int, int]:
+        """Delete every key starting with `prefix` in one revision ("" deletes every key);
+        return (revision, how many were deleted)."""
+        return self._run(self._core.delete_prefix(prefix, idempotency_key))
+
+    def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
+        """How many keys start with `prefix`."""
+        return self._run(self._core.count(prefix, consistency))
+
+    def txn(
+        self,
+        txn: Txn | None = None,
+        *,
+        compare: Sequence[TxnCompare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+        idempotency_key: str | None = None,
+    ) -> TxnAnswer:
+        """Run a transaction, given as a `kvraft.txn.Txn` or as its three parts (like
+        python-etcd3's `transaction`): if every compare holds, `success` is applied, else
+        `failure`, as one write at one revision. A failed compare is not an error."""
+        built = _txn_of(txn, compare, success, failure)
+        return self._run(self._core.txn(built, idempotency_key))
 
     def list(
         self,
@@ -2187,6 +2324,29 @@ class AsyncKVClient(_ClientBase):
     ) -> tuple[int, bool]:
         """Delete `key`; return (revision, deleted)."""
         return await self._run(self._core.delete(key, if_revision, idempotency_key))
+
+    async def delete_prefix(
+        self, prefix: str, *, idempotency_key: str | None = None
+    ) -> tuple[int, int]:
+        """Delete every key starting with `prefix`; see `KVClient.delete_prefix`."""
+        return await self._run(self._core.delete_prefix(prefix, idempotency_key))
+
+    async def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
+        """How many keys start with `prefix`."""
+        return await self._run(self._core.count(prefix, consistency))
+
+    async def txn(
+        self,
+        txn: Txn | None = None,
+        *,
+        compare: Sequence[TxnCompare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+        idempotency_key: str | None = None,
+    ) -> TxnAnswer:
+        """Run a transaction; see `KVClient.txn`."""
+        built = _txn_of(txn, compare, success, failure)
+        return await self._run(self._core.txn(built, idempotency_key))
 
     async def list(
         self,

@@ -18,6 +18,17 @@ A 200 on a write means committed on a majority and applied.
 Membership (`/v1/members`, `/v1/leader/transfer`) follows the same rules, with 404 for
 an unknown member and 409 when the request contradicts the membership or another
 change is still in progress; see `kvraft.reconfiguration` for the steps.
+
+Nothing is guessed: every route names the query parameters and the headers with a meaning
+(preconditions, `Idempotency-Key`, Consul's `X-Consul-*`) it understands, and refuses any
+other with `400 unknown_parameter` naming it, before doing anything. Ignoring one would do
+something else than asked: Consul's `PUT /v1/kv/k?cas=0` would overwrite an existing key,
+`DELETE /v1/kv/a/?recurse=true` would delete nothing. Consul's names get a hint at what kvraft
+calls them (`CONSUL_EQUIVALENTS`).
+
+Transactions (`POST /v1/txn`, see `_Routes.txn`) and range deletes (`DELETE /v1/kv?prefix=P`)
+are one log entry each (`kvraft.statemachine.TxnCommand`): whatever they change changes at one
+revision.
 """
 
 from __future__ import annotations
@@ -67,11 +78,29 @@ from kvraft.raft.core import Role
 from kvraft.server import RaftNode
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
+    TXN_BYTES_MAX,
+    TXN_OPERATIONS_MAX,
     ApplyResult,
     Change,
     CommandError,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeletePrefixResult,
+    DeleteResult,
+    GetResult,
+    ListResult,
+    PutResult,
+    TxnDelete,
+    TxnDeletePrefix,
+    TxnGet,
+    TxnList,
+    TxnOperation,
+    TxnPut,
+    TxnResult,
     encode_delete,
     encode_put,
+    encode_txn,
 )
 from kvraft.watch import (
     CompactedError,
@@ -130,6 +159,48 @@ REVISION_HEADER = "X-Kvraft-Revision"
 
 KV_PATH_PREFIX = "/v1/kv/"
 MEMBER_PATH_PREFIX = "/v1/members/"
+TXN_PATH = "/v1/txn"
+
+TXN_REQUEST_BYTES_MAX = 8 * TXN_BYTES_MAX
+"""The largest `POST /v1/txn` body. The transaction's own limits (`TXN_BYTES_MAX` of keys and
+values, `TXN_OPERATIONS_MAX` compares and operations) are checked once it is decoded; this only
+bounds what is read first: base64 and JSON escapes make a value up to six times longer."""
+
+CONSUL_EQUIVALENTS = {
+    "cas": "Consul's cas=N is kvraft's If-Match: \"N\" header (cas=0: If-None-Match: *), "
+    "or a compare in POST /v1/txn",
+    "recurse": "Consul's recurse is kvraft's prefix: GET /v1/kv?prefix=P lists a range, "
+    "DELETE /v1/kv?prefix=P deletes one",
+    "index": "Consul's blocking index is kvraft's GET /v1/kv/{key}?wait_revision=N&wait_s=S, "
+    "or GET /v1/watch?start_revision=N",
+    "keys": "Consul's keys is kvraft's GET /v1/kv?prefix=P&keys_only=true",
+    "stale": "Consul's stale is kvraft's consistency=stale",
+    "consistent": "Consul's consistent is kvraft's default, consistency=linearizable",
+    "raw": "kvraft's GET /v1/kv/{key} answers the raw value already",
+    "acquire": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
+    "release": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
+    "x-consul-index": "Consul's blocking index is kvraft's wait_revision=N&wait_s=S",
+    "x-consul-token": "kvraft has no ACL tokens",
+}
+"""What kvraft calls the Consul query parameters and headers people type from habit."""
+
+MEANINGFUL_HEADERS = frozenset(
+    (
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "idempotency-key",
+    )
+)
+"""Headers that change what a request does: a route that does not know one refuses it (a
+precondition or an idempotency key silently ignored would write what the client ruled out).
+Headers starting with `x-consul-` are refused too."""
+
+CACHE_REVALIDATION_HEADERS = frozenset(("if-none-match", "if-modified-since"))
+"""Sent by browsers and caches on their own when they revalidate a GET: a read answering in
+full is a correct answer to them, so reads let them pass."""
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -343,11 +414,216 @@ def _query_seconds(request: web.BaseRequest, name: str, default: float, highest:
     return seconds
 
 
+def _query_bool(request: web.BaseRequest, name: str) -> bool:
+    text = request.query.get(name)
+    if text is None or text == "false":
+        return False
+    if text == "true":
+        return True
+    raise ApiError(400, "bad_request", f"{name} must be true or false")
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _prev_json(prev: tuple[bytes, int] | None) -> dict[str, Any] | None:
+    if prev is None:
+        return None
+    return {"value_b64": _b64(prev[0]), "revision": prev[1]}
+
+
 def _consistency(request: web.BaseRequest) -> str:
     consistency = request.query.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
         raise ApiError(400, "bad_request", "consistency must be linearizable or stale")
     return consistency
+
+
+# --- transactions -------------------------------------------------------------------------
+
+_COMPARE_TARGETS = {
+    "revision": CompareTarget.REVISION,
+    "value": CompareTarget.VALUE,
+    "exists": CompareTarget.EXISTS,
+}
+_COMPARE_OPS = {
+    "==": CompareOp.EQUAL,
+    "!=": CompareOp.NOT_EQUAL,
+    "<": CompareOp.LESS,
+    ">": CompareOp.GREATER,
+}
+_TXN_FIELDS = frozenset(("compare", "success", "failure"))
+_OPERATION_FIELDS = {
+    "put": frozenset(("op", "key", "value", "value_b64")),
+    "delete": frozenset(("op", "key")),
+    "delete_prefix": frozenset(("op", "prefix")),
+    "get": frozenset(("op", "key")),
+    "list": frozenset(("op", "prefix", "limit")),
+}
+
+
+def _fields(obj: object, allowed: frozenset[str], what: str, code: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ApiError(400, code, f"{what} must be a JSON object")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            code,
+            f"{what} has unknown field {unknown[0]!r} (it takes {', '.join(sorted(allowed))})",
+        )
+    return obj
+
+
+def _text(obj: dict[str, Any], name: str, what: str, code: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise ApiError(400, code, f"{what}: {name!r} must be a string")
+    return value
+
+
+def _bytes_field(obj: dict[str, Any], what: str, code: str, value_bytes_max: int) -> bytes:
+    """`value` (text, sent as UTF-8) or `value_b64` (base64), exactly one of them."""
+    if ("value" in obj) == ("value_b64" in obj):
+        raise ApiError(400, code, f"{what}: give exactly one of 'value' and 'value_b64'")
+    if "value" in obj:
+        text = _text(obj, "value", what, code)
+        try:
+            value = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, code, f"{what}: 'value' is not valid Unicode") from None
+    else:
+        text = _text(obj, "value_b64", what, code)
+        try:
+            value = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise ApiError(400, code, f"{what}: 'value_b64' is not valid base64") from None
+    if len(value) > value_bytes_max:
+        raise ApiError(413, "value_too_large", f"{what}: value over {value_bytes_max} bytes")
+    return value
+
+
+def _parse_compare(obj: object, position: int, check_key: Callable[[str], None]) -> Compare:
+    what = f"compare[{position}]"
+    code = "bad_compare"
+    fields = _fields(obj, frozenset(("key", "target", "op", "value", "value_b64")), what, code)
+    key = _text(fields, "key", what, code)
+    check_key(key)
+    target_name, op_name = fields.get("target"), fields.get("op")
+    target = _COMPARE_TARGETS.get(target_name) if isinstance(target_name, str) else None
+    if target is None:
+        raise ApiError(400, code, f"{what}: target must be one of {', '.join(_COMPARE_TARGETS)}")
+    op = _COMPARE_OPS.get(op_name) if isinstance(op_name, str) else None
+    if op is None:
+        raise ApiError(400, code, f"{what}: op must be one of {', '.join(_COMPARE_OPS)}")
+    if target is CompareTarget.VALUE:
+        return Compare(key, target, op, _bytes_field(fields, what, code, 2**63))
+    if "value_b64" in fields:
+        raise ApiError(400, code, f"{what}: value_b64 is only for a value compare")
+    value = fields.get("value")
+    if target is CompareTarget.REVISION:
+        if type(value) is not int or not 0 <= value <= 2**63 - 1:
+            raise ApiError(400, code, f"{what}: a revision compare needs an integer >= 0")
+    elif type(value) is not bool:
+        raise ApiError(400, code, f"{what}: an exists compare needs true or false")
+    elif op not in (CompareOp.EQUAL, CompareOp.NOT_EQUAL):
+        raise ApiError(400, code, f"{what}: an exists compare takes only == or !=")
+    return Compare(key, target, op, value)
+
+
+def _parse_operation(
+    obj: object,
+    where: str,
+    check_key: Callable[[str], None],
+    check_prefix: Callable[[str], None],
+    value_bytes_max: int,
+) -> TxnOperation:
+    code = "bad_operation"
+    if not isinstance(obj, dict):
+        raise ApiError(400, code, f"{where} must be a JSON object")
+    kind = obj.get("op")
+    allowed = _OPERATION_FIELDS.get(kind) if isinstance(kind, str) else None
+    if allowed is None:
+        raise ApiError(400, code, f"{where}: op must be one of {', '.join(_OPERATION_FIELDS)}")
+    fields = _fields(obj, allowed, f"{where} ({kind})", code)
+    if kind in ("delete_prefix", "list"):
+        prefix = _text(fields, "prefix", where, code)
+        check_prefix(prefix)
+        if kind == "delete_prefix":
+            return TxnDeletePrefix(prefix)
+        limit = fields.get("limit", LIST_LIMIT_DEFAULT)
+        if type(limit) is not int or not 1 <= limit <= LIST_LIMIT_MAX:
+            raise ApiError(400, code, f"{where}: limit must be an integer in 1..{LIST_LIMIT_MAX}")
+        return TxnList(prefix, limit)
+    key = _text(fields, "key", where, code)
+    check_key(key)
+    if kind == "put":
+        return TxnPut(key, _bytes_field(fields, where, code, value_bytes_max))
+    return TxnDelete(key) if kind == "delete" else TxnGet(key)
+
+
+def parse_txn(
+    body: bytes, key_bytes_max: int, value_bytes_max: int
+) -> tuple[list[Compare], list[TxnOperation], list[TxnOperation]]:
+    """The compares and both branches of a `POST /v1/txn` body; `ApiError` (400, or 413 past
+    a limit) for anything malformed, naming what."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    fields = _fields(obj, _TXN_FIELDS, "the transaction", "bad_request")
+    parts: dict[str, list[Any]] = {}
+    for name in ("compare", "success", "failure"):
+        part = fields.get(name, [])
+        if not isinstance(part, list):
+            raise ApiError(400, "bad_request", f"{name!r} must be a JSON array")
+        parts[name] = part
+    count = sum(len(part) for part in parts.values())
+    if count > TXN_OPERATIONS_MAX:
+        raise ApiError(
+            413,
+            "txn_too_large",
+            f"the transaction has {count} compares and operations; the limit "
+            f"(TXN_OPERATIONS_MAX) is {TXN_OPERATIONS_MAX}",
+        )
+
+    def check_key(key: str) -> None:
+        if not key:
+            raise ApiError(400, "bad_key", "a key must not be empty")
+        if len(key.encode("utf-8", "surrogatepass")) > key_bytes_max:
+            raise ApiError(413, "key_too_large", f"key over the limit of {key_bytes_max} bytes")
+
+    def check_prefix(prefix: str) -> None:
+        if len(prefix.encode("utf-8", "surrogatepass")) > key_bytes_max:
+            raise ApiError(413, "key_too_large", f"prefix over {key_bytes_max} bytes")
+
+    compare = [_parse_compare(c, i, check_key) for i, c in enumerate(parts["compare"])]
+    success, failure = (
+        [
+            _parse_operation(o, f"{name}[{i}]", check_key, check_prefix, value_bytes_max)
+            for i, o in enumerate(parts[name])
+        ]
+        for name in ("success", "failure")
+    )
+    return compare, success, failure
+
+
+def _txn_result_json(result: TxnResult) -> dict[str, Any]:
+    if isinstance(result, PutResult):
+        return {"revision": result.revision}
+    if isinstance(result, DeleteResult | DeletePrefixResult):
+        return {"deleted": result.deleted}
+    if isinstance(result, GetResult):
+        body: dict[str, Any] = {"key": result.key, "revision": result.revision}
+        if result.value is not None:
+            body["value_b64"] = _b64(result.value)
+        return body
+    assert isinstance(result, ListResult)
+    return {
+        "items": [{"key": k, "revision": r, "value_b64": _b64(v)} for k, v, r in result.items],
+        "continuation": result.continuation,
+    }
 
 
 # --- routes -------------------------------------------------------------------------------
@@ -412,11 +688,23 @@ class _Routes:
             )
         except CommandError as error:
             raise _command_error(error) from None
+        prev = _query_bool(request, "prev")
         result = await self._propose(command)
+        if prev:
+            return _json(200, self._with_prev({"revision": result.revision}, result))
         # The hot path's answer, formatted directly (the same JSON as _json would give).
         return web.Response(
             body=b'{"revision": %d}' % result.revision, content_type="application/json"
         )
+
+    @staticmethod
+    def _with_prev(body: dict[str, Any], result: ApplyResult) -> dict[str, Any]:
+        """`prev`: the key before the write ({value_b64, revision}, or null if absent). A retry
+        answered from the idempotency table does not know it (the table keeps no values):
+        then `prev` is left out rather than claimed null."""
+        if not result.remembered:
+            body["prev"] = _prev_json(result.prev)
+        return body
 
     async def delete(self, request: web.BaseRequest) -> web.Response:
         key = _key(request)
@@ -424,16 +712,94 @@ class _Routes:
         if_revision, if_absent = _conditions(request)
         if if_absent:
             raise ApiError(400, "bad_request", "If-None-Match is not meaningful on DELETE")
+        idempotency_key = request.headers.get("Idempotency-Key")
         try:
-            command = encode_delete(
-                key,
-                if_revision=if_revision,
+            command = encode_delete(key, if_revision=if_revision, idempotency_key=idempotency_key)
+        except CommandError as error:
+            raise _command_error(error) from None
+        prev = _query_bool(request, "prev")
+        if await self._is_absent(key, idempotency_key):
+            # Nothing to delete: answered at the current revision without a log entry, as
+            # etcd does (a write that changes nothing need not cost a round of fsyncs).
+            revision = self.node.state_machine.applied_index
+            if if_revision not in (None, 0):
+                raise ApiError(412, "condition_failed", "the condition did not hold", revision=0)
+            body: dict[str, Any] = {"revision": revision, "deleted": False}
+            if prev:
+                body["prev"] = None
+            return _json(200, body)
+        result = await self._propose(command)
+        body = {"revision": result.revision, "deleted": result.deleted}
+        return _json(200, self._with_prev(body, result) if prev else body)
+
+    async def _is_absent(self, key: str, idempotency_key: str | None) -> bool:
+        """Whether `key` is absent now, linearizably (a read barrier on the leader), and a
+        keyed delete was not applied already (its retry must get the remembered answer). A
+        key present here needs no barrier: the delete goes to the log, which decides."""
+
+        def absent() -> bool:
+            machine = self.node.state_machine  # replaced when a snapshot is installed
+            return machine.get(key) is None and (
+                idempotency_key is None or not machine.remembers(idempotency_key)
+            )
+
+        if not absent():
+            return False
+        try:
+            await self.node.read_barrier(self.timeout_s)
+        except Unavailable as error:
+            raise ApiError(503, "unavailable", str(error)) from None
+        return absent()
+
+    async def delete_prefix(self, request: web.BaseRequest) -> web.Response:
+        """`DELETE /v1/kv?prefix=P`: every key under P, in one entry at one revision."""
+        prefix = request.query.get("prefix")
+        if prefix is None:
+            raise ApiError(
+                400,
+                "bad_request",
+                "DELETE /v1/kv deletes a range: give ?prefix=P (to delete every key, give "
+                "prefix= explicitly and empty)",
+            )
+        self._check_prefix(prefix)
+        try:
+            command = encode_txn(
+                (),
+                (TxnDeletePrefix(prefix),),
                 idempotency_key=request.headers.get("Idempotency-Key"),
             )
         except CommandError as error:
             raise _command_error(error) from None
         result = await self._propose(command)
-        return _json(200, {"revision": result.revision, "deleted": result.deleted})
+        deleted = result.results[0] if result.results else None
+        if not isinstance(deleted, DeletePrefixResult):
+            raise ApiError(500, "internal_error", "a range delete answered without its count")
+        return _json(200, {"revision": result.revision, "deleted": deleted.deleted})
+
+    def _check_prefix(self, prefix: str) -> None:
+        if len(prefix.encode("utf-8", "surrogatepass")) > self.key_bytes_max:
+            raise ApiError(413, "key_too_large", f"prefix over {self.key_bytes_max} bytes")
+
+    async def txn(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/txn`: `{"compare": [...], "success": [...], "failure": [...]}`, all of it
+        one log entry (see `parse_txn` for the body and `_txn_result_json` for the answer)."""
+        body = await _read_value(request, TXN_REQUEST_BYTES_MAX, "body")
+        compare, success, failure = parse_txn(body, self.key_bytes_max, self.value_bytes_max)
+        try:
+            command = encode_txn(
+                compare, success, failure, idempotency_key=request.headers.get("Idempotency-Key")
+            )
+        except CommandError as error:
+            raise _command_error(error) from None
+        result = await self._propose(command)
+        return _json(
+            200,
+            {
+                "succeeded": result.succeeded,
+                "revision": result.revision,
+                "results": [_txn_result_json(one) for one in result.results],
+            },
+        )
 
     async def _read_barrier(self, request: web.BaseRequest) -> None:
         if _consistency(request) == "linearizable":
@@ -475,21 +841,37 @@ class _Routes:
         limit_text = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
             raise ApiError(400, "bad_request", f"limit must be 1..{LIST_LIMIT_MAX}")
-        await self._read_barrier(request)
-        try:
-            items, continuation = self.node.state_machine.list(
-                prefix, int(limit_text), start_after=start_after
+        keys_only = _query_bool(request, "keys_only")
+        count_only = _query_bool(request, "count_only")
+        if count_only and (keys_only or "limit" in request.query or start_after is not None):
+            raise ApiError(
+                400,
+                "bad_request",
+                "count_only counts every key under the prefix: it takes no keys_only, limit "
+                "or start_after",
             )
+        await self._read_barrier(request)
+        machine = self.node.state_machine
+        if count_only:
+            try:
+                count = machine.count(prefix)
+            except CommandError as error:
+                raise _command_error(error) from None
+            return _json(200, {"count": count, "revision": machine.applied_index})
+        try:
+            items, continuation = machine.list(prefix, int(limit_text), start_after=start_after)
         except CommandError as error:
             raise _command_error(error) from None
         body = {
             "items": [
-                {"key": k, "revision": r, "value_b64": base64.b64encode(v).decode("ascii")}
+                {"key": k, "revision": r}
+                if keys_only
+                else {"key": k, "revision": r, "value_b64": _b64(v)}
                 for k, v, r in items
             ],
             "continuation": continuation,
             # Listed at this revision: a watch from revision + 1 misses nothing.
-            "revision": self.node.state_machine.applied_index,
+            "revision": machine.applied_index,
         }
         return _json(200, body)
 
@@ -784,6 +1166,56 @@ class _Route(NamedTuple):
     """The path pattern: what the latency metric names the route by."""
     handlers: dict[str, Handler]
     """The route's handler for each method it answers."""
+    parameters: dict[str, frozenset[str]] = {}
+    """The query parameters each method understands (none when the method is not named)."""
+    headers: dict[str, frozenset[str]] = {}
+    """The `MEANINGFUL_HEADERS` each method understands (none when not named)."""
+
+
+def _refuse_unknown(request: web.BaseRequest, route: _Route) -> None:
+    """400 `unknown_parameter` for a query parameter or meaningful header the route's method
+    does not understand, and 400 for a parameter given twice (which one would count?)."""
+    method = "GET" if request.method == "HEAD" else request.method
+    query = request.query
+    if query:
+        known = route.parameters.get(method, frozenset())
+        for name in query:
+            if name not in known:
+                raise _unknown(
+                    request, route, f"query parameter {name!r}", name, sorted(known), "parameters"
+                )
+            if len(query.getall(name)) > 1:
+                raise ApiError(400, "bad_request", f"query parameter {name!r} is given twice")
+    known_headers = route.headers.get(method, frozenset())
+    for header in request.headers:
+        lower = header.lower()
+        if (lower in MEANINGFUL_HEADERS or lower.startswith("x-consul-")) and (
+            lower not in known_headers
+            and not (method == "GET" and lower in CACHE_REVALIDATION_HEADERS)
+        ):
+            raise _unknown(
+                request, route, f"header {header!r}", lower, sorted(known_headers), "headers"
+            )
+
+
+def _unknown(
+    request: web.BaseRequest,
+    route: _Route,
+    what: str,
+    name: str,
+    known: list[str],
+    kind: str,
+) -> ApiError:
+    message = (
+        f"{request.method} {route.name} does not understand the {what}, and kvraft does not "
+        f"guess: the request was not applied. It understands "
+        + (", ".join(repr(k) for k in known) if known else f"no {kind}")
+        + "."
+    )
+    hint = CONSUL_EQUIVALENTS.get(name.lower())
+    if hint is not None:
+        message += f" {hint}."
+    return ApiError(400, "unknown_parameter", message, parameter=name)
 
 
 class HttpApi:
@@ -837,9 +1269,16 @@ class HttpApi:
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
 
+        write_headers = frozenset(("if-match", "if-none-match", "idempotency-key"))
         self._key_route = _Route(
             KV_PATH_PREFIX + "{key}",
             {"PUT": routes.put, "DELETE": routes.delete, **read_only(routes.get)},
+            parameters={
+                "GET": frozenset(("consistency", "wait_revision", "wait_s")),
+                "PUT": frozenset(("prev",)),
+                "DELETE": frozenset(("prev",)),
+            },
+            headers={"PUT": write_headers, "DELETE": write_headers},
         )
         self._member_route = _Route(
             MEMBER_PATH_PREFIX + "{node_id}", {"DELETE": routes.remove_member}
@@ -847,9 +1286,37 @@ class HttpApi:
         self._exact_routes = {
             route.name: route
             for route in (
-                _Route("/v1/kv", read_only(routes.list)),
+                _Route(
+                    "/v1/kv",
+                    {**read_only(routes.list), "DELETE": routes.delete_prefix},
+                    parameters={
+                        "GET": frozenset(
+                            (
+                                "prefix",
+                                "start_after",
+                                "limit",
+                                "consistency",
+                                "keys_only",
+                                "count_only",
+                            )
+                        ),
+                        "DELETE": frozenset(("prefix",)),
+                    },
+                    headers={"DELETE": frozenset(("idempotency-key",))},
+                ),
+                _Route(
+                    TXN_PATH,
+                    {"POST": routes.txn},
+                    headers={"POST": frozenset(("idempotency-key",))},
+                ),
                 _Route("/v1/status", read_only(routes.status)),
-                _Route("/v1/watch", {"GET": routes.watch}),
+                _Route(
+                    "/v1/watch",
+                    {"GET": routes.watch},
+                    parameters={
+                        "GET": frozenset(("key", "prefix", "start_revision", "progress_s"))
+                    },
+                ),
                 _Route("/v1/members", {**read_only(routes.members), "POST": routes.add_member}),
                 _Route("/v1/leader/transfer", {"POST": routes.transfer_leadership}),
                 _Route("/healthz", read_only(routes.healthz)),
@@ -890,10 +1357,16 @@ class HttpApi:
         chunked), known before a byte of the body is read; 0 for a read."""
         if request.method not in WRITE_METHODS:
             return 0
-        largest = self.routes.value_bytes_max
+        largest = self._body_bytes_max(request)
         announced = request.content_length
         body_bytes = largest if announced is None else min(announced, largest)
         return body_bytes + REQUEST_OVERHEAD_BYTES
+
+    def _body_bytes_max(self, request: web.BaseRequest) -> int:
+        """The largest body this request's route reads."""
+        if request.path == TXN_PATH:
+            return TXN_REQUEST_BYTES_MAX
+        return self.routes.value_bytes_max
 
     def _route(self, path: str) -> _Route | None:
         if path.startswith(KV_PATH_PREFIX):
@@ -919,6 +1392,7 @@ class HttpApi:
                         f"{request.method} is not allowed on {route.name}; allowed: {allowed}",
                         headers={"Allow": allowed},
                     )
+                _refuse_unknown(request, route)
                 hold_bytes = self._write_bytes(request)
                 if hold_bytes and not self.admission.try_hold(hold_bytes):
                     raise ApiError(
@@ -1021,7 +1495,7 @@ class HttpApi:
         if leader is None or leader_id == self.node.id:
             raise ApiError(503, "unavailable", "no leader is known right now")
         has_body = request.method in ("PUT", "POST")
-        body = await _read_value(request, self.routes.value_bytes_max) if has_body else b""
+        body = await _read_value(request, self._body_bytes_max(request)) if has_body else b""
         headers = {
             name: value
             for name, value in request.headers.items()

@@ -35,6 +35,13 @@ Command wire format (msgpack arrays, one per command)::
     [OP_PUT, key: str, value: bin, if_revision: int | nil, if_absent: bool,
         idempotency_key: str | nil]
     [OP_DELETE, key: str, if_revision: int | nil, idempotency_key: str | nil]
+    [OP_TXN, compares: [[key, target, op, value]...], success: [operation...],
+        failure: [operation...], idempotency_key: str | nil]
+
+where a transaction's operation is ``[1, key, value]`` (put), ``[2, key]`` (delete),
+``[3, prefix]`` (delete_prefix), ``[4, key]`` (get) or ``[5, prefix, limit]`` (list); see
+`TxnCommand`. A transaction is one entry, so everything it changes has its revision, and
+its limits (`TXN_OPERATIONS_MAX`, `TXN_BYTES_MAX`) keep it within one entry's size.
 
 Snapshot format: a stream of msgpack *frames* ``[kind: int, crc32: int,
 payload: bin]``, where the CRC-32 (zlib's) covers the kind as one byte followed
@@ -45,7 +52,9 @@ by the payload, and each payload is one msgpack value. In order:
 - KEYS frames (kind 1), none if there are no keys: a flat array ``key, value,
   revision, key, value, revision, ...`` in strictly increasing key order;
 - IDEMPOTENCY frames (kind 2): a flat array ``idempotency_key, index, ok,
-  revision, deleted, ...`` in strictly increasing index order (oldest first);
+  revision, deleted, txn, ...`` in strictly increasing index order (oldest first), where
+  ``txn`` is nil for a put or delete and ``[succeeded, results]`` for a transaction (see
+  `_txn_record`; version 1 snapshots have no ``txn`` field);
 - one END (kind 3) with an empty payload, and nothing after it.
 
 `snapshot_chunks` yields one frame per chunk, but `restore` reads the stream
@@ -81,25 +90,45 @@ __all__ = [
     "LIST_PAGE_BYTES_MAX",
     "OP_DELETE",
     "OP_PUT",
+    "OP_TXN",
     "REVISION_MAX",
     "SNAPSHOT_CHUNK_BYTES_DEFAULT",
     "SNAPSHOT_CHUNK_BYTES_MAX",
     "SNAPSHOT_FORMAT_VERSION",
     "SNAPSHOT_FRAME_PAYLOAD_BYTES_MAX",
+    "TXN_BYTES_MAX",
+    "TXN_OPERATIONS_MAX",
     "VALUE_BYTES_MAX",
     "ApplyOrderError",
     "ApplyResult",
     "Command",
     "CommandError",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
     "DeleteCommand",
+    "DeletePrefixResult",
+    "DeleteResult",
     "ErrorCode",
+    "GetResult",
     "KVStateMachine",
     "ListItem",
+    "ListResult",
     "PutCommand",
+    "PutResult",
     "SnapshotFormatError",
+    "TxnCommand",
+    "TxnDelete",
+    "TxnDeletePrefix",
+    "TxnGet",
+    "TxnList",
+    "TxnOperation",
+    "TxnPut",
+    "TxnResult",
     "decode_command",
     "encode_delete",
     "encode_put",
+    "encode_txn",
 ]
 
 # --- Limits ---------------------------------------------------------------------------------
@@ -129,12 +158,33 @@ at least one item), so 1000 items of 1 MiB values never make one 1 GiB response.
 REVISION_MAX = 2**63 - 1
 """The largest log index, revision or `if_revision` (fits msgpack's and most clients' int64)."""
 
-COMMAND_BYTES_MAX = VALUE_BYTES_MAX + KEY_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 64
-"""The largest command bytes `apply` will decode: the largest valid command plus slack for
-msgpack headers (at most 22 bytes). Anything longer is rejected before it is parsed."""
+TXN_OPERATIONS_MAX = 64
+"""The most compares plus operations (both branches together) in one transaction, as in
+Consul's `/v1/txn`: one transaction is one log entry that every node applies in one go."""
 
-SNAPSHOT_FORMAT_VERSION = 1
-"""The snapshot format this module writes and the only one it reads."""
+TXN_BYTES_MAX = VALUE_BYTES_MAX
+"""The most bytes of keys, prefixes and values (compares' too) in one transaction: it travels
+whole in one log entry, like the largest put."""
+
+_TXN_ITEM_OVERHEAD_BYTES = 32
+"""An upper bound on msgpack's headers around one compare or operation of a transaction."""
+
+COMMAND_BYTES_MAX = (
+    max(
+        VALUE_BYTES_MAX + KEY_BYTES_MAX,
+        TXN_BYTES_MAX + TXN_OPERATIONS_MAX * _TXN_ITEM_OVERHEAD_BYTES,
+    )
+    + IDEMPOTENCY_KEY_BYTES_MAX
+    + 64
+)
+"""The largest command bytes `apply` will decode: the largest valid put or transaction plus
+slack for msgpack headers. Anything longer is rejected before it is parsed."""
+
+SNAPSHOT_FORMAT_VERSION = 2
+"""The snapshot format this module writes. Version 2 added a transaction's results to its
+idempotency record; `restore` still reads version 1 (written before transactions existed)."""
+
+_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2)
 
 SNAPSHOT_CHUNK_BYTES_DEFAULT = 1024 * 1024
 """The default target size of one snapshot chunk (one frame)."""
@@ -180,8 +230,19 @@ OP_PUT = 1
 OP_DELETE = 2
 """The first element of a delete command."""
 
+OP_TXN = 3
+"""The first element of a transaction command."""
+
 _PUT_FIELD_COUNT = 6
 _DELETE_FIELD_COUNT = 4
+_TXN_FIELD_COUNT = 5
+
+# The first element of each operation inside a transaction.
+_TXN_PUT = 1
+_TXN_DELETE = 2
+_TXN_DELETE_PREFIX = 3
+_TXN_GET = 4
+_TXN_LIST = 5
 
 
 class ErrorCode(enum.StrEnum):
@@ -213,6 +274,17 @@ class ErrorCode(enum.StrEnum):
     """The idempotency key is longer than `IDEMPOTENCY_KEY_BYTES_MAX` UTF-8 bytes."""
     BAD_LIMIT = "bad_limit"
     """A list limit is not an int in 1..`LIST_LIMIT_MAX`."""
+    BAD_COMPARE = "bad_compare"
+    """A transaction's compare has an unknown target or operator, or a value of the wrong
+    type for its target."""
+    BAD_OPERATION = "bad_operation"
+    """A transaction's operation is unknown or has the wrong fields."""
+    DUPLICATE_KEY = "duplicate_key"
+    """A transaction's branch writes one key twice (also through a delete_prefix), which
+    would give the key two changes at one revision."""
+    TXN_TOO_LARGE = "txn_too_large"
+    """A transaction has more than `TXN_OPERATIONS_MAX` compares and operations, or more than
+    `TXN_BYTES_MAX` bytes of keys and values."""
 
 
 class CommandError(ValueError):
@@ -274,10 +346,126 @@ class DeleteCommand(NamedTuple):
     idempotency_key: str | None = None
 
 
-Command: TypeAlias = PutCommand | DeleteCommand
+class CompareTarget(enum.IntEnum):
+    """What a transaction's compare looks at (the wire value is the int)."""
+
+    REVISION = 0
+    """The key's revision, 0 when it is absent; compared with an int."""
+    VALUE = 1
+    """The key's value, compared with bytes (byte order); every value compare on an absent
+    key is false, as in etcd: there is no value to compare."""
+    EXISTS = 2
+    """Whether the key exists, compared with a bool (only == and !=)."""
+
+
+class CompareOp(enum.IntEnum):
+    """A compare's operator (the wire value is the int)."""
+
+    EQUAL = 0
+    NOT_EQUAL = 1
+    LESS = 2
+    GREATER = 3
+
+
+class Compare(NamedTuple):
+    """One condition of a transaction: `target(key) op value`."""
+
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: int | bytes | bool
+
+
+class TxnPut(NamedTuple):
+    """Set `key` to `value` (inside a transaction)."""
+
+    key: str
+    value: bytes
+
+
+class TxnDelete(NamedTuple):
+    """Remove `key` (inside a transaction; an absent key gives deleted=False)."""
+
+    key: str
+
+
+class TxnDeletePrefix(NamedTuple):
+    """Remove every key starting with `prefix` ("" is every key)."""
+
+    prefix: str
+
+
+class TxnGet(NamedTuple):
+    """Read `key` as the transaction sees it."""
+
+    key: str
+
+
+class TxnList(NamedTuple):
+    """Read up to `limit` keys starting with `prefix`, as `KVStateMachine.list`."""
+
+    prefix: str
+    limit: int
+
+
+TxnOperation: TypeAlias = TxnPut | TxnDelete | TxnDeletePrefix | TxnGet | TxnList
+
+
+class TxnCommand(NamedTuple):
+    """If every compare holds, apply `success`, else `failure`: one entry, one revision.
+
+    The operations of the branch taken run in order, so a get after a put of the same key
+    sees the put. No branch writes a key twice (`ErrorCode.DUPLICATE_KEY`). A transaction
+    with an idempotency key may not read (get or list): its remembered result keeps no
+    values, so a retry could not repeat the reads' answers.
+    """
+
+    compare: tuple[Compare, ...]
+    success: tuple[TxnOperation, ...]
+    failure: tuple[TxnOperation, ...]
+    idempotency_key: str | None = None
+
+
+Command: TypeAlias = PutCommand | DeleteCommand | TxnCommand
 
 ListItem: TypeAlias = tuple[str, bytes, int]
 """One `list` item: (key, value, revision)."""
+
+
+class PutResult(NamedTuple):
+    """A transaction's put: the revision it gave the key (the transaction's)."""
+
+    revision: int
+
+
+class DeleteResult(NamedTuple):
+    """A transaction's delete: whether the key existed."""
+
+    deleted: bool
+
+
+class DeletePrefixResult(NamedTuple):
+    """A transaction's delete_prefix: how many keys it removed."""
+
+    deleted: int
+
+
+class GetResult(NamedTuple):
+    """A transaction's get: the value (None when absent) and revision (0 when absent)."""
+
+    key: str
+    value: bytes | None
+    revision: int
+
+
+class ListResult(NamedTuple):
+    """A transaction's list: as `KVStateMachine.list` answers."""
+
+    items: list[ListItem]
+    continuation: str | None
+
+
+TxnResult: TypeAlias = PutResult | DeleteResult | DeletePrefixResult | GetResult | ListResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +506,14 @@ class ApplyResult:
         changes: the keys this command changed, in order (empty if it changed none, and on
             an idempotent retry answered from the table: the original's changes happened at
             the original's index).
+        succeeded: for a transaction, whether its compares held (the success branch ran);
+            None for any other command. A valid transaction is always `ok`.
+        results: for a transaction, one result per operation of the branch taken.
+        prev_record: a put's or delete's key as it was before (value and revision, packed as
+            the machine keeps them; see `prev`), None if it was absent, and None on an
+            idempotent retry (the table keeps no values).
+        remembered: this is an idempotent retry's answer, from the table (so `prev_record`
+            says nothing about the key).
     """
 
     index: int
@@ -327,6 +523,15 @@ class ApplyResult:
     error: ErrorCode | None = None
     message: str = ""
     changes: tuple[Change, ...] = field(default=(), compare=False)
+    succeeded: bool | None = None
+    results: tuple[TxnResult, ...] = ()
+    prev_record: bytes | None = field(default=None, compare=False)
+    remembered: bool = field(default=False, compare=False)
+
+    @property
+    def prev(self) -> tuple[bytes, int] | None:
+        """(value, revision) of the key before a put or delete changed it, or None."""
+        return None if self.prev_record is None else _unpack_record(self.prev_record)
 
     @property
     def condition_failed(self) -> bool:
@@ -467,8 +672,178 @@ def encode_delete(
     return _pack([OP_DELETE, key, if_revision, idempotency_key])
 
 
+def _compare_wire(compare: Compare) -> list[Any]:
+    return [compare.key, int(compare.target), int(compare.op), compare.value]
+
+
+def _operation_wire(operation: TxnOperation) -> list[Any]:
+    if isinstance(operation, TxnPut):
+        return [_TXN_PUT, operation.key, operation.value]
+    if isinstance(operation, TxnDelete):
+        return [_TXN_DELETE, operation.key]
+    if isinstance(operation, TxnDeletePrefix):
+        return [_TXN_DELETE_PREFIX, operation.prefix]
+    if isinstance(operation, TxnGet):
+        return [_TXN_GET, operation.key]
+    if isinstance(operation, TxnList):
+        return [_TXN_LIST, operation.prefix, operation.limit]
+    raise CommandError(ErrorCode.BAD_OPERATION, f"unknown operation {operation!r}")
+
+
+def encode_txn(
+    compare: Iterable[Compare],
+    success: Iterable[TxnOperation],
+    failure: Iterable[TxnOperation] = (),
+    *,
+    idempotency_key: str | None = None,
+) -> bytes:
+    """The command bytes of a transaction (see `TxnCommand`); `CommandError` if invalid."""
+    wire = [
+        OP_TXN,
+        [_compare_wire(c) for c in compare],
+        [_operation_wire(o) for o in success],
+        [_operation_wire(o) for o in failure],
+        idempotency_key,
+    ]
+    _decode_txn(wire)  # the same checks as `apply` makes: nothing invalid reaches the log
+    return _pack(wire)
+
+
+def _key_bytes(key: str) -> int:
+    # Called after _check_key, so the key encodes.
+    return len(key) if key.isascii() else len(key.encode("utf-8"))
+
+
+def _decode_compare(raw: object) -> Compare:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise CommandError(ErrorCode.BAD_COMPARE, "a compare must be [key, target, op, value]")
+    key, target, op, value = raw
+    _check_key(key, "compare key")
+    if type(target) is not int or target not in _COMPARE_TARGETS:
+        raise CommandError(ErrorCode.BAD_COMPARE, f"unknown compare target {target!r}")
+    if type(op) is not int or op not in _COMPARE_OPS:
+        raise CommandError(ErrorCode.BAD_COMPARE, f"unknown compare operator {op!r}")
+    target, op = CompareTarget(target), CompareOp(op)
+    if target is CompareTarget.REVISION:
+        if type(value) is not int or not 0 <= value <= REVISION_MAX:
+            raise CommandError(
+                ErrorCode.BAD_COMPARE, f"a revision compare needs an int in 0..{REVISION_MAX}"
+            )
+    elif target is CompareTarget.VALUE:
+        if not isinstance(value, bytes):
+            raise CommandError(ErrorCode.BAD_COMPARE, "a value compare needs bytes")
+        if len(value) > VALUE_BYTES_MAX:
+            raise CommandError(
+                ErrorCode.VALUE_TOO_LARGE, f"compare value is over {VALUE_BYTES_MAX} bytes"
+            )
+    else:
+        if type(value) is not bool:
+            raise CommandError(ErrorCode.BAD_COMPARE, "an exists compare needs true or false")
+        if op not in (CompareOp.EQUAL, CompareOp.NOT_EQUAL):
+            raise CommandError(ErrorCode.BAD_COMPARE, "an exists compare takes only == or !=")
+    return Compare(key, target, op, value)
+
+
+def _decode_operation(raw: object) -> TxnOperation:
+    if not isinstance(raw, list) or not raw or type(raw[0]) is not int:
+        raise CommandError(ErrorCode.BAD_OPERATION, "an operation must be [kind, ...]")
+    kind = raw[0]
+    fields = _TXN_OPERATION_FIELD_COUNTS.get(kind)
+    if fields is None:
+        raise CommandError(ErrorCode.BAD_OPERATION, f"unknown transaction operation {kind}")
+    if len(raw) != fields:
+        raise CommandError(ErrorCode.BAD_OPERATION, "operation: wrong number of fields")
+    if kind == _TXN_PUT:
+        return TxnPut(_check_key(raw[1]), _check_value(raw[2]))
+    if kind == _TXN_DELETE:
+        return TxnDelete(_check_key(raw[1]))
+    if kind == _TXN_DELETE_PREFIX:
+        return TxnDeletePrefix(_check_key(raw[1], "prefix", allow_empty=True))
+    if kind == _TXN_GET:
+        return TxnGet(_check_key(raw[1]))
+    return TxnList(_check_key(raw[1], "prefix", allow_empty=True), _check_limit(raw[2]))
+
+
+def _check_branch(branch: tuple[TxnOperation, ...], name: str) -> None:
+    """No key is written twice in one branch: each key changes at most once per revision."""
+    written: set[str] = set()
+    prefixes: builtins.list[str] = []
+    for operation in branch:
+        if isinstance(operation, TxnPut | TxnDelete):
+            key = operation.key
+            if key in written or any(key.startswith(p) for p in prefixes):
+                raise CommandError(
+                    ErrorCode.DUPLICATE_KEY, f"{name} writes key {key!r} more than once"
+                )
+            written.add(key)
+        elif isinstance(operation, TxnDeletePrefix):
+            prefix = operation.prefix
+            if any(k.startswith(prefix) for k in written) or any(
+                p.startswith(prefix) or prefix.startswith(p) for p in prefixes
+            ):
+                raise CommandError(
+                    ErrorCode.DUPLICATE_KEY, f"{name}: delete_prefix {prefix!r} overlaps a write"
+                )
+            prefixes.append(prefix)
+
+
+def _decode_txn(obj: builtins.list[Any]) -> TxnCommand:
+    if len(obj) != _TXN_FIELD_COUNT:
+        raise CommandError(ErrorCode.MALFORMED_COMMAND, "txn: wrong number of fields")
+    _, raw_compare, raw_success, raw_failure, idempotency_key = obj
+    for name, raw in (("compare", raw_compare), ("success", raw_success), ("failure", raw_failure)):
+        if not isinstance(raw, list):
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, f"txn: {name} must be an array")
+    count = len(raw_compare) + len(raw_success) + len(raw_failure)
+    if count > TXN_OPERATIONS_MAX:
+        raise CommandError(
+            ErrorCode.TXN_TOO_LARGE,
+            f"transaction has {count} compares and operations; the limit is {TXN_OPERATIONS_MAX}",
+        )
+    compare = tuple(_decode_compare(c) for c in raw_compare)
+    success = tuple(_decode_operation(o) for o in raw_success)
+    failure = tuple(_decode_operation(o) for o in raw_failure)
+    _check_idempotency_key(idempotency_key)
+    total_bytes = 0
+    for c in compare:
+        total_bytes += _key_bytes(c.key) + (len(c.value) if isinstance(c.value, bytes) else 0)
+    for operation in success + failure:
+        total_bytes += _key_bytes(operation[0])
+        if isinstance(operation, TxnPut):
+            total_bytes += len(operation.value)
+    if total_bytes > TXN_BYTES_MAX:
+        raise CommandError(
+            ErrorCode.TXN_TOO_LARGE,
+            f"transaction holds {total_bytes} bytes of keys and values; "
+            f"the limit is {TXN_BYTES_MAX}",
+        )
+    _check_branch(success, "success")
+    _check_branch(failure, "failure")
+    if idempotency_key is not None and any(
+        isinstance(o, TxnGet | TxnList) for o in success + failure
+    ):
+        raise CommandError(
+            ErrorCode.BAD_IDEMPOTENCY_KEY,
+            "a transaction with an idempotency key cannot get or list: a retry is answered "
+            "from what was remembered, and values are not remembered",
+        )
+    return TxnCommand(compare, success, failure, idempotency_key)
+
+
+_COMPARE_TARGETS = frozenset(int(t) for t in CompareTarget)
+_COMPARE_OPS = frozenset(int(o) for o in CompareOp)
+_TXN_OPERATION_FIELD_COUNTS = {
+    _TXN_PUT: 3,
+    _TXN_DELETE: 2,
+    _TXN_DELETE_PREFIX: 2,
+    _TXN_GET: 2,
+    _TXN_LIST: 3,
+}
+
+
 def decode_command(command: bytes) -> Command:
-    """Read command bytes made by `encode_put`/`encode_delete`; `CommandError` on anything else."""
+    """Read command bytes made by `encode_put`/`encode_delete`/`encode_txn`; `CommandError` on
+    anything else."""
     if not isinstance(command, bytes | bytearray):
         raise CommandError(ErrorCode.MALFORMED_COMMAND, "a command must be bytes")
     if len(command) > COMMAND_BYTES_MAX:
@@ -510,6 +885,8 @@ def decode_command(command: bytes) -> Command:
             if_revision=_check_if_revision(if_revision),
             idempotency_key=_check_idempotency_key(idempotency_key),
         )
+    if operation == OP_TXN:
+        return _decode_txn(obj)
     raise CommandError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {operation}")
 
 
@@ -597,7 +974,7 @@ _FRAME_END = 3
 _FRAME_FIELD_COUNT = 3
 _HEADER_FIELD_COUNT = 5
 _KEY_RECORD_FIELDS = 3
-_IDEMPOTENCY_RECORD_FIELDS = 5
+_IDEMPOTENCY_RECORD_FIELDS = 6
 
 
 def _frame_crc(kind: int, payload: bytes) -> int:
@@ -666,6 +1043,46 @@ def _decode_payload(payload: bytes, what: str) -> list[Any]:
 
 def _is_int_in(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
+
+
+def _txn_record(result: ApplyResult) -> builtins.list[Any] | None:
+    """A remembered transaction's outcome for the snapshot: ``[succeeded, results]``, each
+    result a put's revision (int), a delete's deleted (bool) or a delete_prefix's count
+    (``[count]``); None for a put or delete. Keyed transactions never read (`TxnCommand`)."""
+    if result.succeeded is None:
+        return None
+    flat: builtins.list[Any] = []
+    for one in result.results:
+        if isinstance(one, PutResult):
+            flat.append(one.revision)
+        elif isinstance(one, DeleteResult):
+            flat.append(one.deleted)
+        elif isinstance(one, DeletePrefixResult):
+            flat.append([one.deleted])
+        else:  # a read in a remembered transaction: decoding refuses those
+            raise ValueError("a remembered transaction holds a read result")
+    return [result.succeeded, flat]
+
+
+def _restore_txn_record(txn: object, index: int) -> tuple[bool | None, tuple[TxnResult, ...]]:
+    if txn is None:
+        return None, ()
+    if not isinstance(txn, list) or len(txn) != 2 or type(txn[0]) is not bool:
+        raise SnapshotFormatError("snapshot idempotency transaction must be [succeeded, results]")
+    succeeded, flat = txn
+    if not isinstance(flat, list) or len(flat) > TXN_OPERATIONS_MAX:
+        raise SnapshotFormatError("snapshot idempotency transaction results are malformed")
+    results: builtins.list[TxnResult] = []
+    for one in flat:
+        if type(one) is bool:
+            results.append(DeleteResult(one))
+        elif type(one) is int and one == index:
+            results.append(PutResult(one))
+        elif isinstance(one, list) and len(one) == 1 and _is_int_in(one[0], 0, REVISION_MAX):
+            results.append(DeletePrefixResult(one[0]))
+        else:
+            raise SnapshotFormatError("snapshot idempotency transaction result is malformed")
+    return succeeded, tuple(results)
 
 
 # --- The state machine ----------------------------------------------------------------------
@@ -757,6 +1174,21 @@ class KVStateMachine:
             value_bytes += len(value)
         return items, None
 
+    def count(self, prefix: str = "") -> int:
+        """How many keys start with `prefix` (walks them: O(count)). `CommandError` on an
+        invalid prefix."""
+        _check_key(prefix, "prefix", allow_empty=True)
+        counted = 0
+        for key in self._keys.iter_from(prefix, inclusive=True):
+            if not key.startswith(prefix):
+                break
+            counted += 1
+        return counted
+
+    def remembers(self, idempotency_key: str) -> bool:
+        """Whether a write with this idempotency key was applied (and is still remembered)."""
+        return idempotency_key in self._idempotency
+
     # --- Writes (committed log entries only) --------------------------------------------------
 
     def _advance(self, index: int) -> None:
@@ -790,13 +1222,15 @@ class KVStateMachine:
                 return original
         if isinstance(decoded, PutCommand):
             result = self._put(index, decoded)
-        else:
+        elif isinstance(decoded, DeleteCommand):
             result = self._delete(index, decoded)
+        else:
+            result = self._txn(index, decoded)
         if idempotency_key is not None:
-            # Remembered without its changes: a retry changes nothing, and the table must not
-            # keep values alive.
-            self._idempotency[idempotency_key] = (
-                replace(result, changes=()) if result.changes else result
+            # Remembered without its changes or previous value: a retry changes nothing, and
+            # the table must not keep values alive (a keyed transaction has no reads).
+            self._idempotency[idempotency_key] = replace(
+                result, changes=(), prev_record=None, remembered=True
             )
             if len(self._idempotency) > IDEMPOTENCY_KEYS_MAX:
                 self._idempotency.popitem(last=False)
@@ -813,7 +1247,9 @@ class KVStateMachine:
         if record is None:
             self._keys.add(put.key)
         change = Change("put", put.key, index, current_revision or None, put.value)
-        return ApplyResult(index=index, ok=True, revision=index, changes=(change,))
+        return ApplyResult(
+            index=index, ok=True, revision=index, changes=(change,), prev_record=record
+        )
 
     def _delete(self, index: int, delete: DeleteCommand) -> ApplyResult:
         record = self._records.get(delete.key)
@@ -825,7 +1261,90 @@ class KVStateMachine:
         del self._records[delete.key]
         self._keys.remove(delete.key)
         change = Change("delete", delete.key, index, current_revision)
-        return ApplyResult(index=index, ok=True, revision=index, deleted=True, changes=(change,))
+        return ApplyResult(
+            index=index,
+            ok=True,
+            revision=index,
+            deleted=True,
+            changes=(change,),
+            prev_record=record,
+        )
+
+    def _holds(self, compare: Compare) -> bool:
+        record = self._records.get(compare.key)
+        target = compare.target
+        actual: int | bytes | bool
+        if target is CompareTarget.EXISTS:
+            actual = record is not None
+        elif target is CompareTarget.REVISION:
+            actual = 0 if record is None else _record_revision(record)
+        elif record is None:
+            return False  # an absent key has no value to compare (etcd does the same)
+        else:
+            actual = record[: -_REVISION_STRUCT.size]
+        op = compare.op
+        if op is CompareOp.EQUAL:
+            return actual == compare.value
+        if op is CompareOp.NOT_EQUAL:
+            return actual != compare.value
+        # Only revisions (int) and values (bytes) get here: decoding refuses < and > on exists.
+        if op is CompareOp.LESS:
+            return actual < compare.value  # type: ignore[operator]
+        return actual > compare.value  # type: ignore[operator]
+
+    def _remove(self, key: str, index: int, changes: builtins.list[Change]) -> bool:
+        record = self._records.pop(key, None)
+        if record is None:
+            return False
+        self._keys.remove(key)
+        changes.append(Change("delete", key, index, _record_revision(record)))
+        return True
+
+    def _txn(self, index: int, txn: TxnCommand) -> ApplyResult:
+        succeeded = all(self._holds(c) for c in txn.compare)
+        results: builtins.list[TxnResult] = []
+        changes: builtins.list[Change] = []
+        records = self._records
+        for operation in txn.success if succeeded else txn.failure:
+            if isinstance(operation, TxnPut):
+                key = operation.key
+                record = records.get(key)
+                records[key] = _pack_record(operation.value, index)
+                if record is None:
+                    self._keys.add(key)
+                previous = None if record is None else _record_revision(record)
+                changes.append(Change("put", key, index, previous, operation.value))
+                results.append(PutResult(index))
+            elif isinstance(operation, TxnDelete):
+                results.append(DeleteResult(self._remove(operation.key, index, changes)))
+            elif isinstance(operation, TxnDeletePrefix):
+                # Collected first: removing keys while iterating the index would skip some.
+                prefix = operation.prefix
+                doomed: builtins.list[str] = []
+                for key in self._keys.iter_from(prefix, inclusive=True):
+                    if not key.startswith(prefix):
+                        break
+                    doomed.append(key)
+                for key in doomed:
+                    self._remove(key, index, changes)
+                results.append(DeletePrefixResult(len(doomed)))
+            elif isinstance(operation, TxnGet):
+                found = self.get(operation.key)
+                if found is None:
+                    results.append(GetResult(operation.key, None, 0))
+                else:
+                    results.append(GetResult(operation.key, found[0], found[1]))
+            else:
+                items, continuation = self.list(operation.prefix, operation.limit)
+                results.append(ListResult(items, continuation))
+        return ApplyResult(
+            index=index,
+            ok=True,
+            revision=index,
+            succeeded=succeeded,
+            results=tuple(results),
+            changes=tuple(changes),
+        )
 
     # --- Snapshots ----------------------------------------------------------------------------
 
@@ -877,8 +1396,18 @@ class KVStateMachine:
             yield _encode_frame(_FRAME_KEYS, _pack(flat))
         flat, payload_bytes = [], 0
         for idempotency_key, result in idempotency:
-            flat.extend((idempotency_key, result.index, result.ok, result.revision, result.deleted))
+            flat.extend(
+                (
+                    idempotency_key,
+                    result.index,
+                    result.ok,
+                    result.revision,
+                    result.deleted,
+                    _txn_record(result),
+                )
+            )
             payload_bytes += 4 * len(idempotency_key) + 2 * _RECORD_OVERHEAD_BYTES
+            payload_bytes += len(result.results) * _RECORD_OVERHEAD_BYTES
             if payload_bytes >= chunk_bytes:
                 yield _encode_frame(_FRAME_IDEMPOTENCY, _pack(flat))
                 flat, payload_bytes = [], 0
@@ -914,7 +1443,7 @@ class KVStateMachine:
         if len(header) != _HEADER_FIELD_COUNT or header[0] != _SNAPSHOT_MAGIC:
             raise SnapshotFormatError("snapshot header is not a kvraft key-value snapshot")
         _, version, applied_index, key_count, idempotency_count = header
-        if version != SNAPSHOT_FORMAT_VERSION or type(version) is not int:
+        if type(version) is not int or version not in _SNAPSHOT_FORMAT_VERSIONS_READ:
             raise SnapshotFormatError(f"snapshot format version {version!r} is not supported")
         if not _is_int_in(applied_index, 0, REVISION_MAX):
             raise SnapshotFormatError("snapshot applied index is out of range")
@@ -935,7 +1464,7 @@ class KVStateMachine:
             if kind == _FRAME_KEYS:
                 machine._restore_keys(payload, keys, key_count)
             elif kind == _FRAME_IDEMPOTENCY:
-                machine._restore_idempotency(payload, idempotency_count)
+                machine._restore_idempotency(payload, idempotency_count, version)
         if last_kind != _FRAME_END:
             raise SnapshotFormatError("snapshot is truncated (no end frame)")
         if len(keys) != key_count or len(machine._idempotency) != idempotency_count:
@@ -967,19 +1496,21 @@ class KVStateMachine:
             keys.append(key)
             previous_key = key
 
-    def _restore_idempotency(self, payload: bytes, idempotency_count: int) -> None:
+    def _restore_idempotency(self, payload: bytes, idempotency_count: int, version: int) -> None:
         flat = _decode_payload(payload, "idempotency frame")
-        if not flat or len(flat) % _IDEMPOTENCY_RECORD_FIELDS:
+        # Version 1 records had no transaction field.
+        fields = _IDEMPOTENCY_RECORD_FIELDS if version >= 2 else _IDEMPOTENCY_RECORD_FIELDS - 1
+        if not flat or len(flat) % fields:
             raise SnapshotFormatError("snapshot idempotency frame must hold whole records")
         table = self._idempotency
-        if len(table) + len(flat) // _IDEMPOTENCY_RECORD_FIELDS > idempotency_count:
+        if len(table) + len(flat) // fields > idempotency_count:
             raise SnapshotFormatError("snapshot holds more idempotency keys than its header says")
         applied_index = self._applied_index
         previous_index = next(reversed(table.values())).index if table else 0
-        for position in range(0, len(flat), _IDEMPOTENCY_RECORD_FIELDS):
-            idempotency_key, index, ok, revision, deleted = flat[
-                position : position + _IDEMPOTENCY_RECORD_FIELDS
-            ]
+        for position in range(0, len(flat), fields):
+            record = flat[position : position + fields]
+            idempotency_key, index, ok, revision, deleted = record[:5]
+            txn = record[5] if fields == _IDEMPOTENCY_RECORD_FIELDS else None
             try:
                 _check_idempotency_key(idempotency_key)
             except CommandError as error:
@@ -995,7 +1526,16 @@ class KVStateMachine:
                 raise SnapshotFormatError("snapshot idempotency success must carry its index")
             if not ok and (deleted or not _is_int_in(revision, 0, index - 1)):
                 raise SnapshotFormatError("snapshot idempotency failure is inconsistent")
+            succeeded, results = _restore_txn_record(txn, index)
+            if succeeded is not None and (not ok or deleted or revision != index):
+                raise SnapshotFormatError("snapshot idempotency transaction is inconsistent")
             table[idempotency_key] = ApplyResult(
-                index=index, ok=ok, revision=revision, deleted=deleted
+                index=index,
+                ok=ok,
+                revision=revision,
+                deleted=deleted,
+                succeeded=succeeded,
+                results=results,
+                remembered=True,
             )
             previous_index = index

@@ -1416,6 +1416,9 @@ def test_a_short_run_with_every_fault_is_linearizable_and_loses_no_write(
     watch = summary["watch"]
     assert watch["verdict"] == "ok" and watch["watchers"] == 3 and watch["events"] > 0
     assert watch["resumes"] >= 1  # a watched node was killed
+    assert "bank: ok" in done.stdout
+    bank = summary["bank"]
+    assert bank["passed"] and bank["transfers"]["applied"] > 1 and bank["audits"] > 1
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 

@@ -95,11 +95,12 @@ def crafted_snapshot(
     *,
     header: list[Any] | None = None,
 ) -> bytes:
-    """A snapshot built by hand: one KEYS and one IDEMPOTENCY frame (omitted when empty)."""
+    """A snapshot built by hand: one KEYS and one IDEMPOTENCY frame (omitted when empty), in
+    format version 1 (five fields per idempotency record), which `restore` still reads."""
     if header is None:
         header = [
             "kvraft-kv-snapshot",
-            SNAPSHOT_FORMAT_VERSION,
+            1,
             applied_index,
             len(key_records) // 3,
             len(idempotency_records) // 5,
@@ -811,7 +812,7 @@ _GOOD_IDEMPOTENCY = ["req", 4, True, 4, False]
             id="wrong-magic",
         ),
         pytest.param(
-            crafted_snapshot(9, [], [], header=["kvraft-kv-snapshot", 2, 9, 0, 0]),
+            crafted_snapshot(9, [], [], header=["kvraft-kv-snapshot", 3, 9, 0, 0]),
             id="unknown-version",
         ),
         pytest.param(

@@ -44,6 +44,11 @@ Reading the report (``DIR/report.txt``, also printed; ``DIR/report.json``)
   the acknowledged writes), the same change at each revision everywhere. On
   ``violated``, the first violation (property, watcher, stream, node, revision).
   ``skipped``: the nodes do not serve ``GET /v1/watch``; ``--no-watch`` leaves it out.
+* ``bank: ok|violated``: five accounts opened with 100 each, clients moving money
+  with transactions guarded by the accounts' revisions and auditing every balance in
+  one transaction (`bank`): every audit must total 500, and each account's transfers
+  and audits must be linearizable (acknowledged transfers all there, in real-time
+  order; unknown ones in or out). ``--no-bank`` leaves it out.
 
 ``DIR/history.jsonl`` (one JSON object per client call and answer) and
 ``DIR/nemesis.jsonl`` keep the raw record, ``DIR/watch.jsonl`` every line the watchers
@@ -56,6 +61,7 @@ The parts
 * `nemesis`    the seeded fault schedule (pure) and its execution;
 * `workload`   register and set clients, and how an HTTP answer maps to an outcome;
 * `watchers`   the watch streams held open for the run, recorded line by line;
+* `bank`       the bank's transfer and audit clients, and the bank check;
 * `history`    the JSON-lines history and nemesis logs, written and read back;
 * `checks`     the set check and the linearizability check of the registers;
 * `watch_check` the watch streams' properties, against the history and each other;

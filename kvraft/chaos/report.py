@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvraft.chaos.bank import BankCheck
 from kvraft.chaos.checks import REGISTER_FUNCTIONS, SET_ADD, SetCheck, pair_operations
 from kvraft.chaos.watch_check import WatchCheck
 from kvraft.linearizability import CheckResult, Operation, format_operation
@@ -110,6 +111,7 @@ class RunFacts:
         broken_watch: the deliberately broken watcher mode, if any.
         burst_waves: one line per wave of the burst nemesis (its answers).
         burst_failures: what the burst check found wrong (`kvraft.chaos.burst`).
+        broken_bank: the deliberately broken bank mode, if any.
     """
 
     nodes: int
@@ -142,6 +144,7 @@ class RunFacts:
     broken_watch: str | None = None
     burst_waves: tuple[str, ...] = ()
     burst_failures: tuple[str, ...] = ()
+    broken_bank: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,8 @@ class MemberChange:
 class ChaosReport:
     """Everything the report shows; `passed` is the exit status's source. `witness_nodes`
     maps each witness operation's (process, call time) to the node it was sent to;
-    `watch` is the watch check (None: the watchers did not run)."""
+    `watch` is the watch check (None: the watchers did not run), `bank` the bank check
+    (None: the bank did not run)."""
 
     facts: RunFacts
     counts: Mapping[str, Mapping[str, int]]
@@ -186,6 +190,7 @@ class ChaosReport:
     member_changes: tuple[MemberChange, ...] = ()
     membership_gaps: tuple[LeaderFault, ...] = ()
     watch: WatchCheck | None = None
+    bank: BankCheck | None = None
 
     @property
     def passed(self) -> bool:
@@ -357,6 +362,7 @@ def build_report(
     set_check: SetCheck,
     linearizability: CheckResult,
     watch: WatchCheck | None = None,
+    bank: BankCheck | None = None,
 ) -> ChaosReport:
     """Compute every number of the report and decide whether the run passed."""
     origin, end = facts.origin_ns, facts.workload_end_ns
@@ -402,6 +408,8 @@ def build_report(
         failures.append(
             f"burst: {len(facts.burst_failures)} violations, first: {facts.burst_failures[0]}"
         )
+    if bank is not None:
+        failures += bank.failures()
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
@@ -429,6 +437,7 @@ def build_report(
         member_changes=member_changes(nemesis_events, origin),
         membership_gaps=membership_gaps(events, nemesis_events, origin, end),
         watch=watch,
+        bank=bank,
     )
 
 
@@ -486,6 +495,11 @@ def render_text(report: ChaosReport) -> str:
         lines.append(
             f"BROKEN MODE: the watchers damage what they record ({facts.broken_watch}); the "
             "watch check is expected to say violated"
+        )
+    if facts.broken_bank:
+        lines.append(
+            f"BROKEN MODE: the bank's transfers are not atomic ({facts.broken_bank}); the "
+            "bank check is expected to fail"
         )
     if facts.partitions_skipped:
         lines.append(f"partitions skipped: {facts.partitions_skipped}")
@@ -548,6 +562,7 @@ def render_text(report: ChaosReport) -> str:
         lines.append(f"burst: {verdict} ({len(facts.burst_waves)} waves)")
         lines += [f"  {wave}" for wave in facts.burst_waves]
         lines += [f"  violation: {failure}" for failure in facts.burst_failures[:10]]
+    lines += _bank_lines(report.bank)
     lines.append("")
     if report.passed:
         lines.append("verdict: PASS")
@@ -640,6 +655,42 @@ def _watch_lines(watch: WatchCheck | None) -> list[str]:
     return lines
 
 
+def _bank_lines(bank: BankCheck | None) -> list[str]:
+    if bank is None:
+        return []
+    transfers = ", ".join(f"{outcome} {count}" for outcome, count in bank.transfers.items())
+    lines = [
+        f"bank: {'ok' if bank.passed else 'violated'} (transfers: {transfers}; "
+        f"{bank.audits} audits, every one must total {bank.expected_total}; per-account "
+        f"order linearizable: {bank.order.verdict})"
+    ]
+    lines += [f"  - {failure}" for failure in bank.failures()]
+    if bank.final_audit is not None:
+        lines.append(f"  final balances: {dict(sorted(bank.final_audit.items()))}")
+    return lines
+
+
+def _bank_json(bank: BankCheck | None) -> dict[str, Any] | None:
+    if bank is None:
+        return None
+    return {
+        "passed": bank.passed,
+        "opened": bank.opened,
+        "transfers": dict(bank.transfers),
+        "audits": bank.audits,
+        "expected_total": bank.expected_total,
+        "wrong_total_count": bank.wrong_total_count,
+        "wrong_totals": [
+            {"at_s": at_s, "total": total, "balances": balances}
+            for at_s, total, balances in bank.wrong_totals
+        ],
+        "final_audit": dict(bank.final_audit) if bank.final_audit is not None else None,
+        "order": bank.order.verdict,
+        "order_witness_key": bank.order.key,
+        "order_witness": [format_operation(op) for op in bank.order.witness],
+    }
+
+
 def _watch_json(watch: WatchCheck | None) -> dict[str, Any] | None:
     if watch is None:
         return None
@@ -686,6 +737,8 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             "broken_stale_reads": facts.broken_stale_reads,
             "watch": report.watch is not None,
             "broken_watch": facts.broken_watch,
+            "bank": report.bank is not None,
+            "broken_bank": facts.broken_bank,
         },
         "started_at": facts.started_at,
         "partitions_skipped": facts.partitions_skipped,
@@ -739,6 +792,7 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
         ],
         "replay": facts.replay,
         "watch": _watch_json(report.watch),
+        "bank": _bank_json(report.bank),
         "membership": {
             "calls": [
                 {

@@ -8,15 +8,17 @@ Theory of operation
    config; decide whether partitions are possible (root and a working
    iptables) and say so when they are not;
 2. start the nodes, wait until they agree on a leader;
-3. run the clients (`Workload`) and the nemesis (`run_schedule`) for the
-   requested time, then stop both; the watchers (`Watchers`, unless ``--no-watch``)
-   start with the clients and stream on through steps 3 and 4;
+3. run the clients (`Workload`, and the bank's `Bank`, unless ``--no-bank``, whose
+   accounts are opened first) and the nemesis (`run_schedule`) for the requested
+   time, then stop both; the watchers (`Watchers`, unless ``--no-watch``) start with
+   the clients and stream on through steps 3 and 4;
 4. heal everything (flush the rules, SIGCONT, restart what is down), wait until
    every *current* member (``GET /v1/members``) follows one leader and has
    applied everything committed, with no membership change pending (members
    that are down are restarted, removed nodes still running are stopped), then
-   read every register key and every set element through the current members, and
-   give the watchers a moment to see the last acknowledged write, then stop them;
+   read every register key and every set element through the current members, audit
+   the bank once more, and give the watchers a moment to see the last acknowledged
+   write, then stop them;
 5. stop the nodes (SIGTERM), remove the iptables chain, and only then check the
    history (and the watch log, `kvraft.chaos.watch_check`) as written to disk and write
    the report.
@@ -42,6 +44,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kvraft.chaos.bank import Bank, check_bank
 from kvraft.chaos.burst import (
     BURST_WRITES,
     BurstWave,
@@ -171,6 +174,9 @@ class ChaosOptions:
             `kvraft.chaos.watchers.BROKEN_WATCH_MODES`), or None.
         broken_burst: the burst client misreports one acknowledged write per wave as shed;
             the burst check must catch it.
+        bank: run the bank (`kvraft.chaos.bank`: transfers as transactions) and its check.
+        broken_bank: a deliberately wrong bank mode the bank check must catch (one of
+            `kvraft.chaos.bank.BROKEN_BANK_MODES`), or None.
     """
 
     nodes: int
@@ -183,6 +189,8 @@ class ChaosOptions:
     watch: bool = True
     broken_watch: str | None = None
     broken_burst: bool = False
+    bank: bool = True
+    broken_bank: str | None = None
 
 
 def replay_command(options: ChaosOptions) -> str:
@@ -194,6 +202,8 @@ def replay_command(options: ChaosOptions) -> str:
     )
     command += " --broken-stale-reads" if options.broken_stale_reads else ""
     command += "" if options.watch else " --no-watch"
+    command += "" if options.bank else " --no-bank"
+    command += f" --broken-bank {options.broken_bank}" if options.broken_bank else ""
     command += f" --broken-watch {options.broken_watch}" if options.broken_watch else ""
     return command + (" --broken-burst" if options.broken_burst else "")
 
@@ -227,12 +237,14 @@ class _Controls:
         workload: Workload,
         log: Callable[[dict[str, Any]], None],
         watchers: Watchers | None = None,
+        bank: Bank | None = None,
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
         self.firewall = firewall
         self.workload = workload
         self.watchers = watchers
+        self.bank = bank
         self._log = log
         self._lock = threading.Lock()
         self._members: tuple[int, ...] = tuple(cluster.founding_ids)
@@ -275,6 +287,8 @@ class _Controls:
             self.workload.follow_membership(endpoints, removed)
             if self.watchers is not None:
                 self.watchers.follow_membership(endpoints)
+            if self.bank is not None:
+                self.bank.follow_membership(endpoints)
         return view
 
     def membership(self) -> MemberState | None:
@@ -490,6 +504,7 @@ class _Run:
     workload: Workload
     progress: _Progress
     watchers: Watchers | None = None
+    bank: Bank | None = None
 
 
 def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> ChaosReport:
@@ -574,7 +589,17 @@ def _run_cluster(
         if watch_log is not None
         else None
     )
-    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers)
+    bank = (
+        Bank(
+            cluster.endpoints(),
+            HistoryRecorder(history_log),
+            options.seed,
+            broken=options.broken_bank,
+        )
+        if options.bank
+        else None
+    )
+    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers, bank)
     controls.broken_burst = options.broken_burst
     stop = threading.Event()
     progress = _Progress()
@@ -592,8 +617,8 @@ def _run_cluster(
     )
     try:
         _run(
-            options, cluster, monitor, workload, watchers, controls, nemesis_thread, stop,
-            progress, echo,
+            options, cluster, monitor, workload, watchers, bank, controls, nemesis_thread,
+            stop, progress, echo,
         )  # fmt: skip
     finally:
         with _signals_blocked():
@@ -603,6 +628,8 @@ def _run_cluster(
             progress.stragglers = progress.stragglers or tuple(workload.stop())
             if watchers is not None:
                 progress.stragglers += tuple(watchers.stop())
+            if bank is not None:
+                progress.stragglers += tuple(bank.stop())
             monitor.stop()
             codes = cluster.teardown(graceful=False)
             if progress.teardown_codes is None:
@@ -611,7 +638,7 @@ def _run_cluster(
             nemesis_log.close()
             if watch_log is not None:
                 watch_log.close()
-    return _Run(schedule, cluster, monitor, workload, progress, watchers)
+    return _Run(schedule, cluster, monitor, workload, progress, watchers, bank)
 
 
 def _membership_facts(progress: _Progress) -> tuple[int, ...]:
@@ -644,6 +671,11 @@ def _check_and_report(
             caught_up_required=progress.converged and progress.final_reads_complete,
             skipped=run.watchers.unsupported,
         )
+    bank_result = (
+        check_bank(events, time_budget_s=options.check_time_budget_s)
+        if run.bank is not None
+        else None
+    )
     nemesis_errors = tuple(
         str(event.get("detail")) for event in nemesis_events if event.get("type") == "error"
     )
@@ -678,7 +710,8 @@ def _check_and_report(
         stragglers=progress.stragglers,
         nemesis_errors=nemesis_errors,
         client_errors=tuple(run.workload.errors)
-        + (tuple(run.watchers.errors) if run.watchers is not None else ()),
+        + (tuple(run.watchers.errors) if run.watchers is not None else ())
+        + (tuple(run.bank.errors) if run.bank is not None else ()),
         log_paths={node_id: str(path) for node_id, path in log_paths.items()},
         replay=replay_command(options),
         final_members=_membership_facts(progress),
@@ -690,8 +723,11 @@ def _check_and_report(
             for wave in bursts
         ),
         burst_failures=burst_failures,
+        broken_bank=options.broken_bank,
     )
-    report = build_report(facts, events, nemesis_events, set_result, linearizability, watch_result)
+    report = build_report(
+        facts, events, nemesis_events, set_result, linearizability, watch_result, bank_result
+    )
     if not report.passed:
         tails = {node_id: _log_tail(path) for node_id, path in log_paths.items()}
         report = build_report(
@@ -701,6 +737,7 @@ def _check_and_report(
             set_result,
             linearizability,
             watch_result,
+            bank_result,
         )
     _write_report(report, report_dir)
     return report
@@ -712,6 +749,7 @@ def _run(
     monitor: ClusterMonitor,
     workload: Workload,
     watchers: Watchers | None,
+    bank: Bank | None,
     controls: _Controls,
     nemesis_thread: threading.Thread,
     stop: threading.Event,
@@ -727,17 +765,23 @@ def _run(
             f"the cluster did not elect a leader within {STARTUP_TIMEOUT_S:g} s ({detail}); "
             f"see the node logs in {cluster.log_dir}"
         )
+    if bank is not None and not bank.open_accounts(_deadline(STARTUP_TIMEOUT_S)):
+        raise ChaosError(f"the bank's accounts could not be opened in {STARTUP_TIMEOUT_S:g} s")
     echo(f"cluster up ({detail}); running the workload for {options.time_s:g} s")
     progress.origin_ns = time.monotonic_ns()
     progress.started_at = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
     if watchers is not None:
         watchers.start()
     workload.start()
+    if bank is not None:
+        bank.start()
     nemesis_thread.start()
     stop.wait(options.time_s)  # the run's length: the clients and the nemesis work meanwhile
     stop.set()
     nemesis_thread.join()
     progress.stragglers = tuple(workload.stop())
+    if bank is not None:
+        progress.stragglers += tuple(bank.stop())
     progress.workload_end_ns = time.monotonic_ns()
 
     echo("healing: removing partitions, resuming and restarting nodes")
@@ -762,9 +806,13 @@ def _run(
         urls = [f"http://{e.host}:{e.port}" for e in cluster.endpoints(controls.member_ids())]
         progress.burst_digests = read_back(urls, time.monotonic() + FINAL_READ_TIMEOUT_S)
         progress.final_reads_complete &= len(progress.burst_digests) == BURST_WRITES
+    highest_revision = workload.highest_revision
+    if bank is not None:
+        bank.final_audit(deadline)  # the bank check fails the run if it never answered
+        highest_revision = max(highest_revision, bank.highest_revision)
     if watchers is not None:
         # The watchers stream on through healing: each must now reach the last write.
-        watchers.wait_caught_up(workload.highest_revision, _deadline(WATCH_CATCH_UP_TIMEOUT_S))
+        watchers.wait_caught_up(highest_revision, _deadline(WATCH_CATCH_UP_TIMEOUT_S))
         progress.stragglers += tuple(watchers.stop())
     monitor.stop()
     progress.teardown_codes = cluster.teardown(graceful=True)

@@ -57,6 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvraft.chaos.bank import BANK_TRANSFER
 from kvraft.chaos.checks import SET_ADD, pair_operations
 from kvraft.linearizability import HistoryError
 
@@ -365,8 +366,10 @@ def streams_from_events(events: Iterable[Mapping[str, Any]]) -> tuple[list[Watch
 
 
 def writes_from_history(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord]:
-    """The client writes of a chaos history (`WRITE_FUNCTIONS`), with their outcomes."""
-    writes = []
+    """The client writes of a chaos history (`WRITE_FUNCTIONS`, and each put of a bank
+    transfer, `kvraft.chaos.bank`), with their outcomes."""
+    events = list(events)
+    writes = _bank_writes(events)
     for invoke, completion in pair_operations(events, WRITE_FUNCTIONS):
         key, value = invoke.get("key"), invoke.get("value")
         if not isinstance(key, str) or not isinstance(value, str):
@@ -379,6 +382,28 @@ def writes_from_history(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord
             else:
                 revision = _int(completion.get("revision"))
         writes.append(WriteRecord(key, value, status, revision))
+    return writes
+
+
+def _bank_writes(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord]:
+    """A transfer writes its keys at one revision (one transaction); one whose compare
+    failed wrote nothing (``fail``)."""
+    writes = []
+    for invoke, completion in pair_operations(events, frozenset({BANK_TRANSFER})):
+        values = invoke.get("value")
+        if not isinstance(values, dict):
+            raise HistoryError(f"a transfer needs its writes, got {values!r}")
+        status = "info" if completion is None else str(completion.get("type"))
+        revision = None
+        if completion is not None and status == "ok":
+            if completion.get("output") is not True:
+                status = "fail"
+            else:
+                revision = _int(completion.get("revision"))
+        for key, value in values.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise HistoryError(f"a transfer writes strings, got {key!r}={value!r}")
+            writes.append(WriteRecord(key, value, status, revision))
     return writes
 
 
@@ -412,7 +437,8 @@ def check_watch(
     """Check every property of the module docstring over `streams` against `writes`."""
     found = _Findings()
     by_value: dict[tuple[str, str], WriteRecord] = {}
-    acked_at: dict[int, WriteRecord] = {}
+    # A revision may hold several acknowledged writes: a transaction's.
+    acked_at: dict[int, dict[str, WriteRecord]] = defaultdict(dict)
     deletes: set[str] = set()
     for write in writes:
         if write.value is None:
@@ -420,7 +446,7 @@ def check_watch(
         else:
             by_value.setdefault((write.key, write.value), write)
         if write.status == "ok" and write.revision is not None:
-            acked_at[write.revision] = write
+            acked_at[write.revision][write.key] = write
 
     # What happened at each revision, as far as anyone can tell: (revision, key) -> item,
     # from the events received (the first sighting) and the acknowledged writes.
@@ -436,11 +462,12 @@ def check_watch(
                     item.revision,
                     f"{_describe(item)}, but another watcher got {_describe(seen)}",
                 )
-    for revision, write in acked_at.items():
-        if write.value is not None:
-            known.setdefault(
-                (revision, write.key), WatchItem("put", revision, write.key, write.value)
-            )
+    for revision, acked in acked_at.items():
+        for write in acked.values():
+            if write.value is not None:
+                known.setdefault(
+                    (revision, write.key), WatchItem("put", revision, write.key, write.value)
+                )
     known_revisions = sorted({revision for revision, _ in known})
     keys_at: dict[int, set[str]] = defaultdict(set)
     per_key: dict[str, list[int]] = defaultdict(list)
@@ -498,7 +525,7 @@ def check_watch(
 def _check_history_agreement(
     streams: Sequence[WatchStream],
     by_value: Mapping[tuple[str, str], WriteRecord],
-    acked_at: Mapping[int, WriteRecord],
+    acked_at: Mapping[int, Mapping[str, WriteRecord]],
     deletes: set[str],
     found: _Findings,
 ) -> None:
@@ -508,13 +535,15 @@ def _check_history_agreement(
         for item in stream.events:
             assert item.key is not None
             acked = acked_at.get(item.revision)
-            if acked is not None and (acked.key, acked.value) != (item.key, item.value):
+            write_here = acked.get(item.key) if acked else None
+            if acked and (write_here is None or write_here.value != item.value):
+                written = ", ".join(f"{w.key}={w.value!r}" for w in acked.values())
                 found.add(
                     "reliable",
                     stream,
                     item.revision,
                     f"{_describe(item)}, but revision {item.revision} is the acknowledged "
-                    f"write {acked.key}={acked.value!r}",
+                    f"write {written}",
                 )
                 continue
             if item.type == "delete":

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from kvraft.chaos.bank import BROKEN_BANK_MODES
 from kvraft.chaos.checks import CHECK_TIME_BUDGET_S_DEFAULT
 from kvraft.chaos.history import HistoryFileError
 from kvraft.chaos.nemesis import NODE_COUNTS, RUN_S_MAX, NemesisError, parse_nemesis_kinds
@@ -121,6 +122,20 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     help="Tests only: the burst client reports one acknowledged write per wave as shed "
     "(503); the burst check must notice.",
 )
+@click.option(
+    "--bank/--no-bank",
+    default=True,
+    show_default=True,
+    help="Move money between accounts with transactions and audit them in one transaction "
+    "each; check every audit's total and each account's order of transfers.",
+)
+@click.option(
+    "--broken-bank",
+    type=click.Choice(BROKEN_BANK_MODES),
+    default=None,
+    hidden=True,
+    help="Tests only: send a transfer's two puts as two transactions; the bank check must notice.",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -132,11 +147,14 @@ def chaos(
     watch: bool,
     broken_watch: str | None,
     broken_burst: bool,
+    bank: bool,
+    broken_bank: str | None,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
     changes, leadership transfers, bursts of large writes) and check that what the clients
     saw was linearizable, that no acknowledged write was lost, that watch streams missed
-    nothing, and that a burst was shed (503) without a node dying or a shed write applying.
+    nothing, that the bank's transfers were atomic and kept the total, and that a burst was
+    shed (503) without a node dying or a shed write applying.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
@@ -160,6 +178,8 @@ def chaos(
         watch=watch or broken_watch is not None,
         broken_watch=broken_watch,
         broken_burst=broken_burst,
+        bank=bank or broken_bank is not None,
+        broken_bank=broken_bank,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))

@@ -297,7 +297,13 @@ def get(
 
 
 @click.command()
-@click.argument("key")
+@click.argument("key", required=False)
+@click.option(
+    "--prefix",
+    default=None,
+    help="Delete every key starting with this prefix, in one revision, instead of KEY "
+    "(--prefix '' deletes every key).",
+)
 @click.option(
     "--if-revision",
     type=click.IntRange(min=0),
@@ -307,14 +313,26 @@ def get(
 @click.option("--idempotency-key", default=None, help="Makes retries of this delete exactly-once.")
 @_client_options
 def delete(
-    key: str,
+    key: str | None,
+    prefix: str | None,
     if_revision: int | None,
     idempotency_key: str | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
-    """Delete KEY. Deleting a key that does not exist succeeds and says so."""
+    """Delete KEY (or, with --prefix, a range). Deleting a key that does not exist succeeds
+    and says so."""
+    if (key is None) == (prefix is None):
+        raise click.UsageError("give exactly one of KEY or --prefix")
     client = make_client(endpoints_text, timeout_s)
+    if prefix is not None:
+        if if_revision is not None:
+            raise click.UsageError("--if-revision is for one key; use `kvraft txn` for a range")
+        with reported_errors():
+            revision, count = client.delete_prefix(prefix, idempotency_key=idempotency_key)
+        click.echo(f"deleted {count} keys under {display_text(prefix)!r} at revision {revision}")
+        return
+    assert key is not None
     with reported_errors():
         revision, deleted = client.delete(
             key, if_revision=if_revision, idempotency_key=idempotency_key

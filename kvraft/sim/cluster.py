@@ -34,6 +34,7 @@ from kvraft.raft.messages import (
     SnapshotMeta,
 )
 from kvraft.shell import NodeShell, Persist
+from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import SafetyCheckers
 from kvraft.sim.network import SimNetwork
 from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
@@ -89,7 +90,7 @@ class ClientOp:
     """One client operation, recorded for the linearizability checker."""
 
     process: int
-    kind: str  # read | write | cas | delete
+    kind: str  # read | write | cas | delete | txn
     key: str
     value: str | None = None
     expected: str | None = None
@@ -100,6 +101,8 @@ class ClientOp:
     node_id: int = 0
     deadline: int = 0
     revision_seen: int = 0
+    txn: BankTxn | None = None
+    """For a txn: the bank transaction (`kvraft.sim.bank`); its output is the ApplyResult."""
 
 
 @dataclass(slots=True)
@@ -174,6 +177,8 @@ def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[A
             result = answer.result()
             assert isinstance(result, ApplyResult)
             op.output = result.ok
+        elif op.kind == "txn":
+            op.output = answer.result()
         cluster._finish(op, "ok")
 
     answer: Future[Any] = Future()
@@ -406,6 +411,8 @@ class SimCluster:
         self._advance(node)
 
     def _command(self, op: ClientOp) -> bytes:
+        if op.txn is not None:
+            return op.txn.command()
         if op.kind == "delete":
             return encode_delete(op.key)
         assert op.value is not None

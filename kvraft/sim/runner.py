@@ -2,15 +2,17 @@
 
 A run has two phases:
 
-1. Chaos: clients issue reads, writes, compare-and-sets and deletes while the
+1. Chaos: clients issue reads, writes, compare-and-sets, deletes and bank transactions
+   (`kvraft.sim.bank`: transfers and audits, each one log entry) while the
    nemesis partitions the network, crashes and restarts nodes (sometimes in the
    middle of a write), changes membership and transfers leadership, and the
    network drops, duplicates and reorders messages. The safety checkers run
    after every step.
 2. Liveness: every fault is healed and every node restarted. Within a bounded
    number of ticks a leader must emerge, every member must catch up, and a
-   read of every key must succeed. Then the whole client history is checked
-   for linearizability.
+   read of every key and an audit of the bank must succeed. Then the whole client
+   history is checked for linearizability (transactions projected per key) and every
+   audit for the bank's total (`kvraft.sim.bank` says why this way).
 
 `run_seed` never raises for a finding: it returns a `SimResult` naming the
 violated property, so the caller can print the seed and a replay command.
@@ -27,10 +29,13 @@ from kvraft.partitions import SHAPES as PARTITION_SHAPES
 from kvraft.partitions import isolate, partition_links
 from kvraft.raft.core import RaftConfig
 from kvraft.raft.messages import Configuration
+from kvraft.sim import bank
+from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
 from kvraft.sim.network import NetworkFaults, SimNetwork
 from kvraft.sim.watchers import SimWatchers
+from kvraft.statemachine import ApplyResult
 
 __all__ = [
     "ALL_FAULTS",
@@ -52,6 +57,11 @@ ALL_FAULTS = frozenset(
     {"drop", "duplicate", "delay", "partition", "crash", "torn", "membership", "transfer"}
 )
 KEYS = ("a", "b", "c")
+BANK_PROBABILITY = 0.2
+"""The part of client operations that are bank transactions (`kvraft.sim.bank`)."""
+TRANSFER_PROBABILITY = 0.7
+"""Of those, the part that are transfers (when the client has seen two accounts); the rest
+are audits."""
 FIGURE8_PHASE_TICKS_MAX = 60
 """How long the Figure 8 nemesis waits for the election or commit that ends a phase before
 it heals the network and gives up (several election timeouts)."""
@@ -124,6 +134,8 @@ class _Client:
     idle_until: int = 0
     counter: int = 0
     last_read: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    accounts: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    """The bank accounts as this client last saw them: (balance text or None, revision)."""
 
 
 class _Run:
@@ -175,6 +187,8 @@ class _Run:
         if "torn" in faults and "crash" in faults:
             self.cluster.torn_write_probability = 0.001
         self.clients = [_Client(process) for process in range(options.clients)]
+        # Bank transactions draw from a generator of their own (as the watchers do).
+        self.bank_rng = random.Random(f"{seed}/bank")
         self.next_nemesis = TICK_STEPS * self.rng.randint(20, 60)
         self.heal_at: int | None = None
         self.leaders_seen: set[tuple[int, int]] = set()
@@ -214,6 +228,12 @@ class _Run:
             cluster.submit(client.op, target, timeout_steps=40 * TICK_STEPS)
 
     def _next_op(self, client: _Client) -> ClientOp:
+        if self.bank_rng.random() < BANK_PROBABILITY:
+            transfer = None
+            if self.bank_rng.random() < TRANSFER_PROBABILITY:
+                transfer = BankTxn.transfer(self.bank_rng, client.accounts)
+            txn = transfer or BankTxn.audit()
+            return ClientOp(client.process, "txn", txn.kind, txn=txn)
         key = self.rng.choice(KEYS)
         roll = self.rng.random()
         client.counter += 1
@@ -233,6 +253,20 @@ class _Run:
         if op.kind == "read" and op.status == "ok":
             output = op.output if isinstance(op.output, str) else None
             client.last_read[op.key] = (output, op.revision_seen)
+        if op.txn is not None and op.status == "ok":
+            result = op.output
+            assert isinstance(result, ApplyResult)
+            if result.error is not None:
+                raise Violation("bank", f"a bank transaction was refused: {result.message}")
+            if op.txn.kind == "transfer" and result.succeeded:
+                balances = op.txn.new_balances()
+                for (account, _, _), balance in zip(op.txn.seen, balances, strict=True):
+                    client.accounts[account] = (balance, result.revision)
+            else:
+                for account, seen, revision in bank.balances_of(result):
+                    client.accounts[account] = (seen, revision)
+            if op.txn.kind == "audit":
+                bank.check_audit(result, f"client {client.process}")
 
     # --- nemesis ------------------------------------------------------------------------
 
@@ -493,7 +527,10 @@ class _Run:
                 raise Violation("liveness", "client operations still pending after healing")
             self.step()
         final_reads = {key: ClientOp(len(self.clients), "read", key) for key in KEYS}
+        final_audit = BankTxn.audit()
+        final_reads["audit"] = ClientOp(len(self.clients), "txn", "audit", txn=final_audit)
         pending = dict(final_reads)
+        answered: dict[str, ClientOp] = {}
         while pending or not self._caught_up():
             if cluster.now >= deadline:
                 leader = cluster.leader()
@@ -506,12 +543,16 @@ class _Run:
             leader = cluster.leader()
             for key, op in list(pending.items()):
                 if op.status == "ok":
+                    answered[key] = op
                     del pending[key]
                 elif (op.status != "pending" or op.call == 0) and leader is not None:
-                    retry = ClientOp(op.process, "read", key)
+                    retry = ClientOp(op.process, op.kind, op.key, txn=op.txn)
                     pending[key] = retry
                     cluster.submit(retry, leader.id, timeout_steps=20 * TICK_STEPS)
             self.step()
+        audit = answered["audit"].output
+        assert isinstance(audit, ApplyResult)
+        bank.check_audit(audit, "the final audit")
 
     def _caught_up(self) -> bool:
         leader = self.cluster.leader()
@@ -524,20 +565,26 @@ class _Run:
         )
 
     def _check_linearizable(self) -> None:
-        operations = [
-            Operation(
-                process=op.process,
-                kind=op.kind,
-                key=op.key,
-                call=op.call,
-                ret=op.ret,
-                status=op.status,
-                value=op.value,
-                expected=op.expected,
-                output=op.output,
+        operations: list[Operation] = []
+        for op in self.cluster.completed:
+            if op.txn is not None:
+                operations += bank.project(
+                    op.process, op.txn, op.call, op.ret, op.status, op.output
+                )
+                continue
+            operations.append(
+                Operation(
+                    process=op.process,
+                    kind=op.kind,
+                    key=op.key,
+                    call=op.call,
+                    ret=op.ret,
+                    status=op.status,
+                    value=op.value,
+                    expected=op.expected,
+                    output=op.output,
+                )
             )
-            for op in self.cluster.completed
-        ]
         result = check_history(operations, time_budget_s=20.0)
         if result.verdict != "yes":
             raise Violation("linearizability", result.describe())
