@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     ("kv", "list_keys"),
     ("kv", "status"),
     ("watch", "watch"),
+    ("events", "events"),
     ("member", "member"),
     ("member", "leader"),
     ("sim", "sim"),

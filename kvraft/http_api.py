@@ -52,6 +52,7 @@ from kvraft.errors import (
     Overloaded,
     Unavailable,
 )
+from kvraft.event_stream import EVENTS_PATH, serve_events
 from kvraft.http_guard import FORWARD_CONNECTIONS_MAX, GuardedServer, request_body_timeout_s
 from kvraft.membership import (
     MEMBER_REQUEST_BYTES_MAX,
@@ -73,6 +74,7 @@ from kvraft.statemachine import (
     encode_delete,
     encode_put,
 )
+from kvraft.ui import UI_PATH, cors_headers, serve_ui, with_member_cors
 from kvraft.watch import (
     CompactedError,
     Lagged,
@@ -834,6 +836,14 @@ class HttpApi:
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
 
+        def member_addresses() -> list[str]:
+            return [address.http_address for address in node.peer_addresses.values()]
+
+        async def events(request: web.BaseRequest) -> web.StreamResponse:
+            return await serve_events(
+                request, node.events, cors_headers(request, member_addresses())
+            )
+
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
 
@@ -848,13 +858,17 @@ class HttpApi:
             route.name: route
             for route in (
                 _Route("/v1/kv", read_only(routes.list)),
-                _Route("/v1/status", read_only(routes.status)),
+                _Route("/v1/status", read_only(with_member_cors(member_addresses, routes.status))),
                 _Route("/v1/watch", {"GET": routes.watch}),
                 _Route("/v1/members", {**read_only(routes.members), "POST": routes.add_member}),
                 _Route("/v1/leader/transfer", {"POST": routes.transfer_leadership}),
                 _Route("/healthz", read_only(routes.healthz)),
                 _Route("/readyz", read_only(routes.readyz)),
                 _Route("/metrics", read_only(metrics)),
+                # The event stream and the dashboard (`kvraft.events`, `kvraft.ui`); a
+                # member's dashboard page reads status (above) and events across origins.
+                _Route(EVENTS_PATH, {"GET": events}),
+                _Route(UI_PATH, read_only(serve_ui)),
             )
         }
         # Forwarded requests leave from this node's own address (when it has one), so a
