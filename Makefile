@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "kvraft: dashboard at http://127.0.0.1:8001/ui (any node's /ui), events: $(BIN)/kvraft events --follow"
 	$(BIN)/kvraft cluster up --nodes 3
 
 run5: $(STAMP)
+	@echo "kvraft: dashboard at http://127.0.0.1:8001/ui (any node's /ui), events: $(BIN)/kvraft events --follow"
 	$(BIN)/kvraft cluster up --nodes 5
 
 lint: $(STAMP)
@@ -28,6 +30,7 @@ typecheck: $(STAMP)
 test: lint typecheck
 	bash scripts/ensure-test-tools.sh
 	bash scripts/ensure-iptables.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -p no:cacheprovider
 
 sim: $(STAMP)

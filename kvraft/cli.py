@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     ("kv", "status"),
     ("txn", "txn"),
     ("watch", "watch"),
+    ("events", "events"),
     ("member", "member"),
     ("member", "leader"),
     ("sim", "sim"),

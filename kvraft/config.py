@@ -16,7 +16,7 @@ Layout::
     [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max,
                watch_history_revisions_max, watch_history_bytes_max, watchers_max,
                write_bytes_pending_max, request_header_timeout_ms, request_body_timeout_ms,
-               http_connections_max (optional)
+               http_connections_max, events_kept_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
 
 Every key is required except ``voter`` and the ones marked optional, which were added later
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvraft import statemachine
+from kvraft.events import EVENTS_KEPT_MAX_DEFAULT, EVENTS_KEPT_MAX_HIGHEST
 from kvraft.raft import codec
 from kvraft.watch import (
     WATCH_HISTORY_BYTES_MAX_DEFAULT,
@@ -289,6 +290,8 @@ class LimitSettings:
         http_connections_max: client (HTTP) connections open at once; beyond it a new one
             gets a 503 and is closed. At start it is lowered to what the descriptor limit
             allows after those kept for peers and files (logged). Optional.
+        events_kept_max: the node's last events kept for `GET /v1/events` readers
+            (`kvraft.events`); a reader further behind gets a ``lagged`` event. Optional.
     """
 
     key_bytes_max: int = 1024
@@ -302,6 +305,7 @@ class LimitSettings:
     request_header_timeout_ms: int = 5000
     request_body_timeout_ms: int = 10_000
     http_connections_max: int = 10_000
+    events_kept_max: int = EVENTS_KEPT_MAX_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +533,7 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
         "request_header_timeout_ms": (1, REQUEST_HEADER_TIMEOUT_MS_MAX),
         "request_body_timeout_ms": (1, REQUEST_BODY_TIMEOUT_MS_MAX),
         "http_connections_max": (1, HTTP_CONNECTIONS_MAX_HIGHEST),
+        "events_kept_max": (1, EVENTS_KEPT_MAX_HIGHEST),
     },
 }
 _SETTINGS_OPTIONAL = {
@@ -542,6 +547,7 @@ _SETTINGS_OPTIONAL = {
             "request_header_timeout_ms",
             "request_body_timeout_ms",
             "http_connections_max",
+            "events_kept_max",
         }
     ),
 }

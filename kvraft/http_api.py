@@ -63,6 +63,7 @@ from kvraft.errors import (
     Overloaded,
     Unavailable,
 )
+from kvraft.event_stream import EVENTS_PATH, EVENTS_QUERY_PARAMETERS, serve_events
 from kvraft.http_guard import FORWARD_CONNECTIONS_MAX, GuardedServer, request_body_timeout_s
 from kvraft.membership import (
     MEMBER_REQUEST_BYTES_MAX,
@@ -102,6 +103,7 @@ from kvraft.statemachine import (
     encode_put,
     encode_txn,
 )
+from kvraft.ui import UI_PATH, cors_headers, serve_ui, with_member_cors
 from kvraft.watch import (
     CompactedError,
     Lagged,
@@ -1266,6 +1268,14 @@ class HttpApi:
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
 
+        def member_addresses() -> list[str]:
+            return [address.http_address for address in node.peer_addresses.values()]
+
+        async def events(request: web.BaseRequest) -> web.StreamResponse:
+            return await serve_events(
+                request, node.events, cors_headers(request, member_addresses())
+            )
+
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
 
@@ -1309,7 +1319,7 @@ class HttpApi:
                     {"POST": routes.txn},
                     headers={"POST": frozenset(("idempotency-key",))},
                 ),
-                _Route("/v1/status", read_only(routes.status)),
+                _Route("/v1/status", read_only(with_member_cors(member_addresses, routes.status))),
                 _Route(
                     "/v1/watch",
                     {"GET": routes.watch},
@@ -1322,6 +1332,10 @@ class HttpApi:
                 _Route("/healthz", read_only(routes.healthz)),
                 _Route("/readyz", read_only(routes.readyz)),
                 _Route("/metrics", read_only(metrics)),
+                # The event stream and the dashboard (`kvraft.events`, `kvraft.ui`); a
+                # member's dashboard page reads status (above) and events across origins.
+                _Route(EVENTS_PATH, {"GET": events}, parameters={"GET": EVENTS_QUERY_PARAMETERS}),
+                _Route(UI_PATH, read_only(serve_ui)),
             )
         }
         # Forwarded requests leave from this node's own address (when it has one), so a

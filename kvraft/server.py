@@ -42,6 +42,7 @@ from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
 from kvraft.admission import WaitingProposals, WriteAdmission
 from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
+from kvraft.events import CoreEvents, EventLog
 from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
@@ -187,6 +188,9 @@ class RaftNode:
         self.leader_changes = 0
         self.last_leader_id = 0
         self.fsync_observer: Callable[[float], None] | None = None
+        self.events = EventLog(node_id, config.limits.events_kept_max)
+        """What this node lives through, for `GET /v1/events` (`kvraft.events`)."""
+        self._core_events: CoreEvents | None = None
         # Membership: where each peer is (and which may connect), and the leader's side of
         # a change.
         self.address_book = AddressBook(
@@ -274,6 +278,13 @@ class RaftNode:
             watchers_max=limits.watchers_max,
         )
         self.watch_hub.follow(self.shell)
+        self._core_events = CoreEvents(self.events, core, time.monotonic())
+        self.events.emit(
+            "node_started",
+            core.term,
+            last_log_index=core.log.last_index(),
+            commit_index=core.log.commit_index,
+        )
         log.info(
             "node %d: recovered term %d, snapshot %d, log %d..%d, commit %d",
             self.id,
@@ -299,6 +310,8 @@ class RaftNode:
                 self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
             )
+        if isinstance(self.transport, PeerTransport):
+            self.transport.on_peer_reachability = self._on_peer_reachability
         self.address_book.attach_transport(self.transport)
         self.address_book.follow_configuration(core.log.configuration())
         if not core.log.configuration().members:
@@ -365,6 +378,7 @@ class RaftNode:
     def _fail(self, error: BaseException) -> None:
         """A local disk failure: stop acknowledging anything, and tell the process to exit."""
         log.critical("node %d: storage failed, stopping: %s", self.id, error)
+        self._emit("fail_stop", error=str(error) or type(error).__name__)
         self._stopping = True
         self._fail_all_waiters(NodeStoppedError("node storage failed"))
         if self.failed is not None and not self.failed.done():
@@ -481,8 +495,12 @@ class RaftNode:
             )
             return
         shell = self.shell
-        if shell is not None and shell.receive(message):
-            self._wake.set()
+        if shell is not None:
+            core_events = self._core_events
+            if core_events is not None and node_id == shell.core.leader_id:
+                core_events.heard_from_leader(time.monotonic())
+            if shell.receive(message):
+                self._wake.set()
 
     # --- the driver ---------------------------------------------------------------------
 
@@ -501,6 +519,7 @@ class RaftNode:
                     # must be known before the messages to them go out.
                     self.address_book.follow_configuration(core.log.configuration())
                     self._send_messages(shell.take_messages())
+                    self._observe_events(core)
                     if persist is None:
                         # Let HTTP, ticks and peers in between Readies: a long backlog of
                         # committed entries (a restart) must not starve them. A Ready that
@@ -542,6 +561,7 @@ class RaftNode:
             restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
             self._snapshot_data_cache = (persist.snapshot.meta.index, data)
             log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
+            self._emit("snapshot_installed", index=persist.snapshot.meta.index)
         if persist.entries or persist.hard_state is not None:
             started = time.perf_counter()
             await storage.save(persist.entries, persist.hard_state, sync=persist.sync)
@@ -565,6 +585,24 @@ class RaftNode:
         transport = self.transport
         assert transport is not None
         transport.flush()
+
+    def _observe_events(self, core: RaftCore) -> None:
+        core_events = self._core_events
+        if core_events is not None:
+            core_events.observe(core, time.monotonic())
+
+    def _emit(self, event_type: str, **fields: Any) -> None:
+        """Record an event the core cannot tell about (disk, network, snapshots)."""
+        core = self.core
+        self.events.emit(event_type, core.term if core is not None else 0, **fields)
+
+    def _on_peer_reachability(
+        self, peer_id: int, reachable: bool, address: str, reason: str
+    ) -> None:
+        if reachable:
+            self._emit("peer_connected", peer_id=peer_id, address=address)
+        else:
+            self._emit("peer_disconnected", peer_id=peer_id, address=address, reason=reason)
 
     def _observe_leader(self, core: RaftCore) -> None:
         if core.leader_id != self.last_leader_id:
@@ -605,6 +643,7 @@ class RaftNode:
             self._fail(error)  # a disk error, or a bug: either way stop, never guess
             return
         log.info("node %d: snapshot at %d, log compacted", self.id, meta.index)
+        self._emit("snapshot_taken", index=meta.index)
 
     def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task of this node whose failure is never silent: an exception
@@ -667,6 +706,7 @@ class RaftNode:
             return
         # Larger than a frame, it goes in pieces on the bulk lane.
         transport.send(message.target, payload, bulk=True)
+        self._emit("snapshot_sent", to=message.target, index=message.meta.index)
 
     # --- membership ---------------------------------------------------------------------
 
@@ -779,6 +819,8 @@ class RaftNode:
             "watch_compact_revision": self.watch_hub.compact_revision,
             "write_bytes_pending": self.write_admission.bytes_held,
             "writes_shed": self.write_admission.refused_total,
+            "events_kept": len(self.events),
+            "events_last_seq": self.events.last_seq,
         }
 
     def is_ready(self) -> bool:

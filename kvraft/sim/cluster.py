@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
+from kvraft.events import CoreEvents, EventLog
 from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     Configuration,
@@ -35,7 +36,7 @@ from kvraft.raft.messages import (
 )
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.bank import BankTxn
-from kvraft.sim.checkers import SafetyCheckers
+from kvraft.sim.checkers import SafetyCheckers, Violation
 from kvraft.sim.network import SimNetwork
 from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
 from kvraft.watch import WatchHub, changes_of
@@ -44,6 +45,9 @@ __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
 TICK_STEPS = 10
 """Simulator steps per Raft tick: messages take a few steps, so many fit in one tick."""
+
+SIM_EVENTS_KEPT_MAX = 64
+"""Each simulated node's event ring: the check reads `CoreEvents.elected_leaders`, not the ring."""
 
 SNAPSHOT_THRESHOLD_ENTRIES = 64
 """Entries applied beyond the last snapshot before a node takes a new one (small, so runs
@@ -119,6 +123,8 @@ class SimNode:
     tick_phase: int = 0
     writes_in_flight: deque[tuple[int, Persist]] = field(default_factory=deque)
     """(step the write completes at, the write), in the order they were issued."""
+    core_events: CoreEvents = field(init=False)
+    """The daemon's event derivation (`kvraft.events`), fed after every Ready as there."""
 
     def __post_init__(self) -> None:
         self.start()
@@ -156,6 +162,9 @@ class SimNode:
         self.watch_hub.follow(self.shell)
         self.alive = True
         self.writes_in_flight = deque()
+        # A small ring: only the derivation is checked, not what a reader would see.
+        events = EventLog(self.id, capacity=SIM_EVENTS_KEPT_MAX, wall_clock=lambda: 0.0)
+        self.core_events = CoreEvents(events, core, 0.0)
 
 
 def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[Any]:
@@ -291,6 +300,12 @@ class SimCluster:
                 self._roles[node.id] = role
                 if node.core.role == Role.LEADER:
                     self.log(f"n{node.id} leader of term {node.core.term}")
+                    if (node.core.term, node.id) not in node.core_events.elected_leaders:
+                        raise Violation(
+                            "events",
+                            f"n{node.id} leads term {node.core.term} but its events never said"
+                            " leader_elected",
+                        )
 
     def _watch_applies(self, node: SimNode) -> None:
         def applied(entry: Entry, result: object) -> None:
@@ -311,6 +326,7 @@ class SimCluster:
         self._changed = True
         while node.alive and shell.wants_advance:
             persist = shell.advance()
+            node.core_events.observe(node.core, float(self.now))
             self._send_all(node)
             if persist is not None:
                 delay_steps = self.rng.randint(0, self.write_delay_steps_max)

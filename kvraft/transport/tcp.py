@@ -503,6 +503,9 @@ class _Outbound:
             return
         self._reachable = reachable
         host, port = self._peer.address
+        observer = self._owner.on_peer_reachability
+        if observer is not None and self.lane != "bulk":
+            observer(self._peer.node_id, reachable, f"{host}:{port}", "" if reachable else detail)
         # The bulk lane's state only matters when the normal lane's does not tell the story.
         level = logging.DEBUG if self.lane == "bulk" else None
         if reachable:
@@ -907,6 +910,9 @@ class PeerTransport:
         self.is_known_peer = is_known_peer
         self.config = config or TransportConfig()
         self.rng = rng or random.Random()
+        self.on_peer_reachability: Callable[[int, bool, str, str], None] | None = None
+        """Told `(peer_id, reachable, "host:port", reason)` once per change of a peer's
+        reachability on the normal lane (the bulk lane's follows it): for the node's events."""
         self._server: asyncio.Server | None = None
         self._accepting = False
         self._peers: dict[int, _Peer] = {}
