@@ -23,6 +23,8 @@ SUBCOMMANDS = (
     ("watch", "watch"),
     ("member", "member"),
     ("member", "leader"),
+    ("backup", "backup"),
+    ("backup", "restore"),
     ("sim", "sim"),
     ("chaos", "chaos"),
     ("bench", "bench"),
