@@ -25,6 +25,8 @@ SUBCOMMANDS = (
     ("events", "events"),
     ("member", "member"),
     ("member", "leader"),
+    ("backup", "backup"),
+    ("backup", "restore"),
     ("sim", "sim"),
     ("chaos", "chaos"),
     ("bench", "bench"),

@@ -53,6 +53,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from kvraft import __version__
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
+from kvraft.backup_http import BACKUP_PATH, leader_redirect, stream_backup
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
     ChangeInProgress,
@@ -1070,6 +1071,20 @@ class _Routes:
 
         return await self._membership(transfer())
 
+    async def backup(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Streamed by the leader (kvraft.backup_http); a follower redirects instead of
+        # forwarding, which would hold the whole backup in its memory.
+        try:
+            await self.node.read_barrier(self.timeout_s)
+        except NotLeader as error:
+            redirect = leader_redirect(self.node, error.leader_id)
+            if redirect is None:
+                raise ApiError(503, "unavailable", "no leader is known right now") from None
+            return redirect
+        except Unavailable as error:
+            raise _unavailable(error) from None
+        return await stream_backup(self.node, request)
+
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return _json(200, {"ok": True})
 
@@ -1329,6 +1344,7 @@ class HttpApi:
                 ),
                 _Route("/v1/members", {**read_only(routes.members), "POST": routes.add_member}),
                 _Route("/v1/leader/transfer", {"POST": routes.transfer_leadership}),
+                _Route(BACKUP_PATH, {"GET": routes.backup}),
                 _Route("/healthz", read_only(routes.healthz)),
                 _Route("/readyz", read_only(routes.readyz)),
                 _Route("/metrics", read_only(metrics)),

@@ -39,6 +39,7 @@ from kvraft.config import (
     local_cluster_config,
     render_config,
 )
+from kvraft.pidfile import process_start_ticks, running_pid
 
 __all__ = [
     "CLUSTER_NODES_MAX",
@@ -429,6 +430,27 @@ def _is_our_node(pid: int, node_id: int, config_path: pathlib.Path) -> bool:
     )
 
 
+def _running_nodes(data_dir: pathlib.Path) -> dict[int, int]:
+    """{node_id: pid} of every node of `data_dir`'s cluster that is running, whoever started
+    it: those in each node's own pid file (written by `serve`, checked against the process's
+    start time) and those `cluster up` recorded in DIR/pids (checked against its command)."""
+    config_path = data_dir.resolve() / CONFIG_FILE_NAME
+    running = {
+        node_id: pid
+        for node_id, pid in _read_pids(data_dir / PIDS_FILE_NAME).items()
+        if _is_our_node(pid, node_id, config_path)
+    }
+    try:
+        config = load_config(config_path) if config_path.exists() else None
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    for spec in config.nodes if config is not None else ():
+        pid = running_pid(spec.data_dir)
+        if pid is not None:
+            running[spec.id] = pid  # the node's own word is the newest
+    return running
+
+
 def _write_pids(path: pathlib.Path, pids: Mapping[int, int]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("".join(f"{node_id} {pid}\n" for node_id, pid in sorted(pids.items())))
@@ -620,11 +642,7 @@ def up(
     config_path = data_dir.resolve() / CONFIG_FILE_NAME
     config_shown = str(data_dir / CONFIG_FILE_NAME)
     pids_path = data_dir / PIDS_FILE_NAME
-    running = {
-        node_id: pid
-        for node_id, pid in _read_pids(pids_path).items()
-        if _is_our_node(pid, node_id, config_path)
-    }
+    running = _running_nodes(data_dir)
     if running:
         listed = ", ".join(f"node {node_id} pid {pid}" for node_id, pid in sorted(running.items()))
         raise click.ClickException(
@@ -673,23 +691,28 @@ def up(
     help="The directory given to `cluster up`.",
 )
 def down(data_dir: pathlib.Path) -> None:
-    """Stop the nodes a `cluster up` on DIR started (e.g. after it was killed)."""
-    config_path = data_dir.resolve() / CONFIG_FILE_NAME
+    """Stop every running node of the cluster in DIR, whoever started it (`cluster up`, or
+    `kvraft serve` by hand): each node's pid file, checked against the process, says which."""
     pids_path = data_dir / PIDS_FILE_NAME
-    recorded = _read_pids(pids_path)
-    ours = {
-        node_id: pid for node_id, pid in recorded.items() if _is_our_node(pid, node_id, config_path)
-    }
-    for node_id, pid in sorted(recorded.items()):
+    ours = _running_nodes(data_dir)
+    # Each process is followed by its start time from here on: once it exits, its pid may
+    # be reused at once, and the stranger must not be SIGKILLed below.
+    started = {node_id: process_start_ticks(pid) for node_id, pid in ours.items()}
+    for node_id, pid in sorted(_read_pids(pids_path).items()):
         if node_id not in ours:
             click.echo(f"node {node_id}: pid {pid} is not running (or is not that node): skipped")
     for pid in ours.values():
         with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # a paused node cannot act on SIGTERM
             os.kill(pid, signal.SIGTERM)
     deadline_s = time.monotonic() + STOP_TIMEOUT_S
     alive = dict(ours)
     while alive and time.monotonic() < deadline_s:
-        alive = {n: pid for n, pid in alive.items() if _is_our_node(pid, n, config_path)}
+        alive = {
+            n: pid
+            for n, pid in alive.items()
+            if started[n] is not None and process_start_ticks(pid) == started[n]
+        }
         if alive:
             time.sleep(POLL_INTERVAL_S)  # these are not our children: no wait() to block on
     for node_id, pid in sorted(alive.items()):
@@ -700,7 +723,7 @@ def down(data_dir: pathlib.Path) -> None:
         click.echo(f"node {node_id} (pid {pid}) stopped")
     pids_path.unlink(missing_ok=True)
     if not ours:
-        click.echo(f"no running nodes recorded in {pids_path}")
+        click.echo(f"no running nodes of the cluster in {data_dir}")
 
 
 @click.command()

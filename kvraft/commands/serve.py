@@ -13,6 +13,7 @@ then on its membership and its peers' addresses are in its own log, so a restart
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import json
@@ -38,6 +39,7 @@ from kvraft.exit_codes import (
     EXIT_STORAGE_FAILED,
 )
 from kvraft.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from kvraft.pidfile import remove_pid_file, write_pid_file
 
 __all__ = [
     "EXIT_ADDRESS_UNAVAILABLE",
@@ -444,6 +446,15 @@ async def run_node(
             _os_error_text(error),
         )
         return EXIT_ADDRESS_UNAVAILABLE
+    # Holding the data directory's lock now: say which process serves it, so that
+    # `cluster down` can stop this node whoever started it (kvraft.pidfile).
+    try:
+        write_pid_file(spec.data_dir)
+        atexit.register(remove_pid_file, spec.data_dir)
+    except OSError as error:
+        log.warning(
+            "node %d cannot write its pid file (cluster down will miss it): %s", node_id, error
+        )
     if not founding:
         try:
             write_identity(spec.data_dir, NodeIdentity(config.cluster_id, node_id))

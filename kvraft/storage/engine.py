@@ -365,6 +365,21 @@ class StorageEngine:
             self._store.prune()
             return kept
 
+    def seed_snapshot(
+        self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> None:
+        """Start an empty data directory from a snapshot (a restore from a backup): store the
+        snapshot from `chunks` (streamed), record in the WAL that it is the log's start, and
+        set the term to `meta.term`. ValueError unless the directory holds nothing yet."""
+        with self._fail_stop:
+            log = self._wal.log
+            if self._store.kept or log.last_index or self._wal.hard_state.term:
+                raise ValueError(f"{self._data_dir} is not empty: a snapshot seeds only a new node")
+            encode_snapshot_meta(meta)
+            self._store.write(meta, chunks)
+            self._wal.record_snapshot(meta.index, meta.term, sync=False)
+            self._wal.append_batches([prepare_batch([], HardState(term=meta.term))], sync=True)
+
     def compact(self, index: int) -> int:
         """Delete WAL segments whose entries are all <= min(index, oldest kept snapshot);
         returns how many. ValueError if no snapshot covers `index`."""
