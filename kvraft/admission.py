@@ -20,37 +20,15 @@ oldest one it is still working on has waited too long.
 
 from __future__ import annotations
 
-__all__ = [
-    "LOOP_LAG_DECAY",
-    "LOOP_LAG_SHED_REQUESTS_MIN",
-    "LOOP_LAG_S_MAX",
-    "REQUEST_OVERHEAD_BYTES",
-    "WaitingProposals",
-    "WriteAdmission",
-]
+__all__ = ["REQUEST_OVERHEAD_BYTES", "WaitingProposals", "WriteAdmission"]
 
 REQUEST_OVERHEAD_BYTES = 1024
 """What a write costs beyond its body (headers, key, the waiter, the log entry's bookkeeping):
 counted for every request, so a flood of empty-bodied writes is bounded too."""
 
 
-LOOP_LAG_S_MAX = 0.05
-"""A node sheds new writes while its event loop runs this far behind (and it holds at least
-`LOOP_LAG_SHED_REQUESTS_MIN` writes): every request, health checks and heartbeats included,
-waits that long for the loop, so more admitted work only makes everyone later."""
-
-LOOP_LAG_SHED_REQUESTS_MIN = 16
-"""Loop lag alone sheds nothing while fewer writes than this are held: a lagging loop with
-few writes is slow for another reason (a snapshot, a collection), and a lone client must not
-get 503 for it."""
-
-LOOP_LAG_DECAY = 0.5
-"""Each new lag measurement keeps this share of the previous estimate (which is at least the
-newest measurement): a stall is remembered for a few ticks, not for ever."""
-
-
 class WriteAdmission:
-    """The bytes of client writes a node holds, against a limit, and the loop's lag."""
+    """The bytes of client writes a node holds, against a limit."""
 
     def __init__(self, bytes_max: int) -> None:
         self.bytes_max = bytes_max
@@ -58,32 +36,13 @@ class WriteAdmission:
         self.requests_held = 0
         self.refused_total = 0
         """Requests refused since the node started (for metrics)."""
-        self.loop_lag_s = 0.0
-        """How late the event loop runs its timers, recently (`record_loop_lag`)."""
-        self.refusal = ""
-        """Why the last refused request was refused."""
-
-    def record_loop_lag(self, lag_s: float) -> None:
-        """A timer due some time ago ran `lag_s` late."""
-        self.loop_lag_s = max(lag_s, self.loop_lag_s * LOOP_LAG_DECAY)
 
     def try_hold(self, size_bytes: int) -> bool:
-        """Hold `size_bytes` for one request; False (and nothing held, `refusal` says why)
-        if that would pass the limit, or while the loop lags with many writes held. A
-        request larger than the whole limit still gets in when nothing else is held, so a
-        small limit slows large writes down but never refuses one forever."""
+        """Hold `size_bytes` for one request; False (and nothing held) if that would pass
+        the limit. A request larger than the whole limit still gets in when nothing else
+        is held, so a small limit slows large writes down but never refuses one forever."""
         if self.requests_held and self.bytes_held + size_bytes > self.bytes_max:
             self.refused_total += 1
-            self.refusal = (
-                f"this node holds {self.bytes_held} bytes of writes, its limit is {self.bytes_max}"
-            )
-            return False
-        if self.loop_lag_s > LOOP_LAG_S_MAX and self.requests_held >= LOOP_LAG_SHED_REQUESTS_MIN:
-            self.refused_total += 1
-            self.refusal = (
-                f"this node's event loop is {self.loop_lag_s * 1000:.0f} ms behind with"
-                f" {self.requests_held} writes held"
-            )
             return False
         self.bytes_held += size_bytes
         self.requests_held += 1

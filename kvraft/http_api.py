@@ -1425,7 +1425,12 @@ class HttpApi:
                 _refuse_unknown(request, route)
                 hold_bytes = self._write_bytes(request)
                 if hold_bytes and not self.admission.try_hold(hold_bytes):
-                    raise ApiError(503, "overloaded", f"{self.admission.refusal}; retry later")
+                    raise ApiError(
+                        503,
+                        "overloaded",
+                        f"this node holds {self.admission.bytes_held} bytes of writes, its"
+                        f" limit is {self.admission.bytes_max}; retry later",
+                    )
                 try:
                     response = await handler(request)
                 except NotLeader as error:

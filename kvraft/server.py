@@ -475,13 +475,8 @@ class RaftNode:
         interval_s = self.config.raft.tick_ms / 1000
         shell = self.shell
         assert shell is not None
-        loop = asyncio.get_running_loop()
         while True:
-            due_s = loop.time() + interval_s
             await asyncio.sleep(interval_s)
-            # How late this timer ran is how long anything waits for the loop now: the
-            # admission sheds writes while it is too long (`kvraft.admission`).
-            self.write_admission.record_loop_lag(max(0.0, loop.time() - due_s))
             shell.tick()
             self._wake.set()
 

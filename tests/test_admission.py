@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import random
 
-from kvraft.admission import (
-    LOOP_LAG_DECAY,
-    LOOP_LAG_S_MAX,
-    LOOP_LAG_SHED_REQUESTS_MIN,
-    WaitingProposals,
-    WriteAdmission,
-)
+from kvraft.admission import WaitingProposals, WriteAdmission
 from kvraft.raft.log import RaftLog
 from kvraft.raft.messages import Configuration, Entry, EntryKind, SnapshotMeta
 
@@ -79,24 +73,3 @@ def test_the_log_counts_the_bytes_it_keeps_through_appends_cuts_applies_and_comp
         assert log.entry_bytes == sum(len(entry.data) for entry in log.entries)
         applied = [entry for entry in log.entries if entry.index <= log.applied_index]
         assert log.applied_entry_bytes == sum(len(entry.data) for entry in applied)
-
-
-def test_a_lagging_loop_sheds_writes_only_while_many_are_held() -> None:
-    admission = WriteAdmission(bytes_max=10**9)
-    admission.record_loop_lag(LOOP_LAG_S_MAX * 4)
-    held = [admission.try_hold(1) for _ in range(LOOP_LAG_SHED_REQUESTS_MIN)]
-    assert all(held)  # a few writes on a slow loop: a lone client never gets 503 for it
-    assert not admission.try_hold(1)  # one more, with the loop that far behind: shed
-    assert "event loop" in admission.refusal and admission.refused_total == 1
-
-
-def test_the_loop_lag_estimate_remembers_a_stall_for_a_few_ticks_then_forgets_it() -> None:
-    admission = WriteAdmission(bytes_max=10**9)
-    admission.record_loop_lag(0.4)
-    admission.record_loop_lag(0.0)
-    assert admission.loop_lag_s == 0.4 * LOOP_LAG_DECAY
-    for _ in range(5):
-        admission.record_loop_lag(0.0)
-    assert admission.loop_lag_s < LOOP_LAG_S_MAX  # a few quiet ticks later, writes get in
-    for _ in range(LOOP_LAG_SHED_REQUESTS_MIN + 1):
-        assert admission.try_hold(1)
