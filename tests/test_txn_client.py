@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from kvraft import txn
 from kvraft.cli import main
 from kvraft.client import AsyncKVClient, ClientError, KVClient
 from kvraft.txn import TxnSyntaxError, parse_compare, parse_operation
-from tests.in_process_cluster import InProcessNode, in_process_cluster, leader_of, wait_until
-
-
-@pytest.fixture
-async def members(tmp_path: Path) -> AsyncIterator[list[InProcessNode]]:
-    async with in_process_cluster(tmp_path, 3) as members:
-        await wait_until(lambda: leader_of(members) is not None, "a leader")
-        yield members
+from tests.in_process_cluster import InProcessNode
 
 
 async def test_a_transfer_built_with_the_builder_and_its_stale_retry(

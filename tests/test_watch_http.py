@@ -7,29 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.in_process_cluster import InProcessNode, in_process_cluster, leader_of, wait_until
-
-DEADLINE_S = 20.0
-
-
-@pytest.fixture
-async def members(tmp_path: Path) -> AsyncIterator[list[InProcessNode]]:
-    async with in_process_cluster(tmp_path, 3) as members:
-        await wait_until(lambda: leader_of(members) is not None, "a leader")
-        yield members
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as session:
-        yield session
+from tests.in_process_cluster import InProcessNode, leader_of, wait_until
 
 
 async def put(http: aiohttp.ClientSession, node: InProcessNode, key: str, value: bytes) -> int:
