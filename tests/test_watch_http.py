@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.in_process_cluster import InProcessNode, leader_of, wait_until
+from tests.in_process_cluster import DEADLINE_S, InProcessNode, leader_of, wait_until
 
 
 async def put(http: aiohttp.ClientSession, node: InProcessNode, key: str, value: bytes) -> int:
