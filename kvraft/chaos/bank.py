@@ -40,6 +40,7 @@ lost after sending ``info`` (the client then goes on as a new process).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvraft.chaos.checks import pair_operations
+from kvraft.chaos.client_threads import ClientThreads
 from kvraft.chaos.history import HistoryRecorder
 from kvraft.chaos.workload import (
     CLIENT_JOIN_TIMEOUT_S,
@@ -172,6 +174,10 @@ class _BankClient:
         self.counter += 1
         return f"{self.slot}-{self.counter}"
 
+    def crashed(self) -> None:
+        """The last operation's outcome is unknown: continue as a new process."""
+        self.generation += 1
+
 
 class Bank:
     """The bank's clients for one run: `open_accounts`, `start`, `stop`, `final_audit`."""
@@ -204,9 +210,14 @@ class Bank:
             for index in range(BANK_AUDIT_CLIENTS)
         ]
         self._final = _BankClient(slots_total - 1, slots_total, seed)
-        self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Unexpected exceptions in client threads (harness bugs), as text."""
+        self._clients = ClientThreads(
+            self._stop,
+            self.errors,
+            think_s_max=CLIENT_THINK_S_MAX,
+            join_timeout_s=CLIENT_JOIN_TIMEOUT_S,
+        )
         self.highest_revision = 0
         """The highest revision an applied transfer was answered with."""
 
@@ -329,43 +340,22 @@ class Bank:
     # --- running ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for client in self._transfer_clients:
-            self._threads.append(
-                threading.Thread(
-                    target=self._loop,
-                    args=(client, self._transfer_step),
-                    name=f"chaos-bank-transfer-{client.slot}",
-                    daemon=True,
-                )
+        for client, step, kind in [
+            *((c, self._transfer_step, "transfer") for c in self._transfer_clients),
+            *((c, self._audit_step, "audit") for c in self._audit_clients),
+        ]:
+            self._clients.add(
+                f"chaos-bank-{kind}-{client.slot}",
+                functools.partial(step, client),
+                client.crashed,
+                client.rng,
+                f"bank client {client.slot}",
             )
-        for client in self._audit_clients:
-            self._threads.append(
-                threading.Thread(
-                    target=self._loop,
-                    args=(client, self._audit_step),
-                    name=f"chaos-bank-audit-{client.slot}",
-                    daemon=True,
-                )
-            )
-        for thread in self._threads:
-            thread.start()
+        self._clients.start()
 
     def stop(self) -> list[str]:
         """Stop the clients and wait for them; the names of any that did not finish."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(CLIENT_JOIN_TIMEOUT_S)
-        return [thread.name for thread in self._threads if thread.is_alive()]
-
-    def _loop(self, client: _BankClient, step: Callable[[_BankClient], None]) -> None:
-        while not self._stop.is_set():
-            try:
-                step(client)
-            except Exception as error:  # a harness bug: report it, never hide it
-                if not self._stop.is_set():
-                    self.errors.append(f"bank client {client.slot}: {error!r}")
-                client.generation += 1
-            self._stop.wait(client.rng.uniform(0.0, CLIENT_THINK_S_MAX))
+        return self._clients.stop()
 
     def _audit_step(self, client: _BankClient) -> None:
         self._audit(client, self._endpoint(client))

@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvraft.chaos.checks import SET_ADD, SET_LIST
+from kvraft.chaos.client_threads import ClientThreads
 from kvraft.chaos.history import HistoryRecorder
 from kvraft.client import (
     FailureKind,
@@ -350,54 +351,38 @@ class Workload:
             _ClientState(register_slots + index, slots_total, seed) for index in range(set_clients)
         ]
         self._final = _ClientState(slots_total - 1, slots_total, seed)
-        self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         """Unexpected exceptions in client threads (harness bugs), as text."""
+        self._clients = ClientThreads(
+            self._stop,
+            self.errors,
+            think_s_max=CLIENT_THINK_S_MAX,
+            join_timeout_s=CLIENT_JOIN_TIMEOUT_S,
+        )
 
     # --- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start every client thread."""
         for state, key in self._register_clients:
-            self._threads.append(
-                threading.Thread(
-                    target=self._loop,
-                    args=(state, functools.partial(self._register_step, key=key)),
-                    name=f"chaos-register-{state.slot}",
-                    daemon=True,
-                )
+            step = functools.partial(self._register_step, state, key=key)
+            self._clients.add(
+                f"chaos-register-{state.slot}",
+                step,
+                state.crashed,
+                state.rng,
+                f"client {state.slot}",
             )
         for state in self._set_clients:
-            self._threads.append(
-                threading.Thread(
-                    target=self._loop,
-                    args=(state, self._set_step),
-                    name=f"chaos-set-{state.slot}",
-                    daemon=True,
-                )
+            step = functools.partial(self._set_step, state)
+            self._clients.add(
+                f"chaos-set-{state.slot}", step, state.crashed, state.rng, f"client {state.slot}"
             )
-        for thread in self._threads:
-            thread.start()
+        self._clients.start()
 
     def stop(self) -> list[str]:
         """Stop the clients and wait for them; the names of any that did not finish."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(CLIENT_JOIN_TIMEOUT_S)
-        return [thread.name for thread in self._threads if thread.is_alive()]
-
-    def _loop(self, state: _ClientState, step: Callable[[_ClientState], None]) -> None:
-        while not self._stop.is_set():
-            try:
-                step(state)
-            except Exception as error:  # a harness bug: report it, never hide it
-                if not self._stop.is_set():
-                    self.errors.append(f"client {state.slot}: {error!r}")
-                # An operation may have been left open: it stays unknown, under the old
-                # process, and this client goes on as a new one.
-                state.crashed()
-            # Think time between operations (a rate limit, not synchronisation).
-            self._stop.wait(state.rng.uniform(0.0, CLIENT_THINK_S_MAX))
+        return self._clients.stop()
 
     def _endpoint(self, state: _ClientState) -> Endpoint:
         with self._endpoints_lock:
