@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run5 test lint typecheck sim bench chaos clean
+.PHONY: run run5 demo test lint typecheck sim bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP)
 run5: $(STAMP)
 	@echo "kvraft: dashboard at http://127.0.0.1:8001/ui (any node's /ui), events: $(BIN)/kvraft events --follow"
 	$(BIN)/kvraft cluster up --nodes 5
+
+demo: $(STAMP)
+	$(BIN)/kvraft demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check kvraft tests benchmarks

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     ("txn", "txn"),
     ("watch", "watch"),
     ("events", "events"),
+    ("demo", "demo"),
     ("member", "member"),
     ("member", "leader"),
     ("backup", "backup"),
