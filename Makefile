@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run5 demo test lint typecheck sim bench chaos clean
+.PHONY: run run5 demo test test-minimums lint typecheck sim bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: lint typecheck
 	bash scripts/ensure-iptables.sh
 	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) test-minimums
+
+# The declared lower bounds, installed exactly, against the client tests (needs PyPI; ~30 s).
+test-minimums: $(STAMP)
+	$(BIN)/python scripts/check_minimum_versions.py
 
 sim: $(STAMP)
 	$(BIN)/kvraft sim --seeds 1-2000 --nodes 5

@@ -1573,12 +1573,19 @@ def plan_watch(
     `idle_timeout_s`, ended, or ended with `lagged`) is resumed from the cursor on the
     next endpoint (after `lagged`, on the same one), with the backoff of `plan_exchange`.
     `policy.timeout_s` bounds only the time during which *no* node delivers anything:
-    past it the watch raises `Unavailable`. A 410 raises `WatchCompacted`; another 4xx a
-    `ClientError`; a malformed stream a `ProtocolError` (a broken server is not retried).
+    past it the watch raises `Unavailable`. Until some node has served it, a watch also
+    gives up after `policy.unreachable_timeout_s` (if set) without any HTTP answer from any
+    endpoint, naming what each did: a wrong endpoint list or a stopped cluster is reported
+    in seconds, while a watch that was served rides out a restart of the whole cluster for
+    up to `timeout_s`. A 410 raises `WatchCompacted`; another 4xx a `ClientError`; a
+    malformed stream a `ProtocolError` (a broken server is not retried).
     """
     deadline_s = clock() + policy.timeout_s
     round_index = 0
     tried: set[str] = set()
+    served = False  # some node has delivered a message of the stream
+    answered_s = clock()  # when some endpoint last gave an HTTP answer (or the watch began)
+    failure_by_endpoint: dict[str, str] = {}  # since then: what each endpoint's attempt got
     last_problem = "no attempt finished"
     last_status: int | None = None
     endpoint = router.preferred
@@ -1599,8 +1606,11 @@ def plan_watch(
         resumed_from = cursor.next_revision
         if isinstance(outcome, TransportFailure):
             last_problem, last_status = f"{endpoint}: {outcome.detail}", None
+            failure_by_endpoint[endpoint] = outcome.detail
         elif outcome.status == 200:
             router.answered(endpoint, outcome)
+            answered_s = clock()
+            failure_by_endpoint.clear()
             content_type = outcome.headers.get("content-type", "")
             if not content_type.startswith("application/x-ndjson"):
                 raise ProtocolError(f"{endpoint}: a watch answered with {content_type!r}")
@@ -1619,6 +1629,7 @@ def plan_watch(
                 for message in parser.feed(chunk):
                     # The node serves: the deadline and backoff start afresh.
                     deadline_s = clock() + policy.timeout_s
+                    served = True
                     round_index = 0
                     tried.clear()
                     if message.type == "lagged":
@@ -1635,6 +1646,8 @@ def plan_watch(
                 last_problem, last_status = f"{endpoint}: lagged without moving on", None
         else:
             router.answered(endpoint, outcome)
+            answered_s = clock()
+            failure_by_endpoint.clear()
             if outcome.status < 500:
                 interpret_watch_refusal(outcome)
             last_problem = f"{endpoint}: {_error_text(outcome)}"
@@ -1650,6 +1663,22 @@ def plan_watch(
             delay_s = max(floor_s, backoff_delay_s(round_index, rng))
             round_index += 1
             tried.clear()
+        unreachable_s = policy.unreachable_timeout_s
+        if (
+            not served
+            and unreachable_s is not None
+            and len(failure_by_endpoint) == len(router.endpoints)
+            and clock() + delay_s - answered_s >= unreachable_s
+        ):
+            # Every endpoint failed without an HTTP answer, and by the next attempt none
+            # will have answered for unreachable_s: give up now rather than wait.
+            tried_text = "; ".join(
+                f"{name} ({detail})" for name, detail in sorted(failure_by_endpoint.items())
+            )
+            raise Unavailable(
+                f"{request.description}: no member answered in {clock() - answered_s:.1f} s; "
+                f"tried {tried_text}"
+            )
         if clock() + delay_s >= deadline_s:
             raise Unavailable(
                 f"{request.description}: no node served the watch for {policy.timeout_s:g} s "

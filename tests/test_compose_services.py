@@ -9,6 +9,7 @@ compose mounts at /etc/kvraft/cluster.toml.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 
 from kvraft import launcher
 from kvraft.config import load_config
+from kvraft.healthcheck import HTTP_URL_FILE_VARIABLE
 from tests.cluster_harness import http, wait_for
 
 pytestmark = pytest.mark.slow
@@ -29,6 +31,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 CONTAINER_CONFIG = "/etc/kvraft/cluster.toml"
 DATA_MOUNT_POINT = Path("/data")
+CHECK_PROCESS_TIMEOUT_S = 20.0
+"""A check process: the interpreter's start plus the check's own 3 s timeout, on a busy box."""
 
 
 def _default_services() -> dict[str, dict[str, Any]]:
@@ -69,6 +73,7 @@ def test_the_compose_services_form_a_cluster_that_serves(
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {name}\n" for name in services))
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    url_files = {name: tmp_path / f"{name}-http-url" for name in services}
     try:
         for name, service in services.items():
             command = [str(part) for part in service["command"]]
@@ -86,6 +91,8 @@ def test_the_compose_services_form_a_cluster_that_serves(
             processes[name] = launcher.start(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                 tmp_path / f"{name}.log",
+                # The image's ENV, one file per container.
+                env={HTTP_URL_FILE_VARIABLE: str(url_files[name])},
             )
         config = load_config(_config_source(services["node1"]))
         published = {
@@ -107,6 +114,19 @@ def test_the_compose_services_form_a_cluster_that_serves(
         for url in published.values():
             assert http("GET", f"{url}/v1/kv/compose").body == b"works"
             assert http("GET", f"{url}/healthz").status == 200
+        # Each service's health check (readiness) passes, asking its own node's port.
+        for name, service in services.items():
+            kind, program, *arguments = service["healthcheck"]["test"]
+            assert (kind, program) == ("CMD", "python")
+            check = subprocess.run(
+                [sys.executable, *arguments],
+                env={**os.environ, HTTP_URL_FILE_VARIABLE: str(url_files[name])},
+                capture_output=True,
+                text=True,
+                timeout=CHECK_PROCESS_TIMEOUT_S,
+            )
+            assert check.returncode == 0, check.stderr
+            assert f"{published[name]}/readyz: 200" in check.stdout
         # Each node wrote its data into its own volume, as the named volumes would hold it.
         for name in services:
             assert any((tmp_path / f"{name}-data").iterdir()), name

@@ -21,14 +21,15 @@ from typing import Any
 
 import pytest
 
+from kvraft.commands import cluster as cluster_commands
 from kvraft.config import ClusterConfig, ConfigError, load_config
+from kvraft.healthcheck import CHECK_TIMEOUT_S, HTTP_URL_FILE_VARIABLE
 
 __all__: list[str] = []
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"
-CONFIG_IN_CONTAINER = "/etc/kvraft/cluster.toml"
 INSTALL_HINT = "run scripts/ensure-test-tools.sh to install it"
 TOOL_TIMEOUT_S = 120
 """Compose v1 is a Python program that imports a lot; generous, but a hang still ends."""
@@ -193,21 +194,44 @@ def test_hadolint_passes_the_dockerfile_without_any_finding() -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_the_image_runs_node_1_of_the_config_it_ships_and_health_checks_its_port() -> None:
+HEALTHCHECK_MODULE = ["python", "-m", "kvraft.healthcheck"]
+
+
+def healthcheck_command() -> list[str]:
+    """The exec-form command of the HEALTHCHECK instruction (after its options)."""
+    _options, separator, command = instruction("HEALTHCHECK").partition("CMD ")
+    assert separator, "HEALTHCHECK has a CMD"
+    parsed = json.loads(command)
+    assert isinstance(parsed, list), "exec form: no shell in the check"
+    return [str(part) for part in parsed]
+
+
+def test_the_image_runs_a_one_node_dev_cluster_on_every_interface_by_default() -> None:
     assert json.loads(instruction("ENTRYPOINT")) == ["kvraft"]
-    command = json.loads(instruction("CMD"))
-    assert command == ["serve", "--config", CONFIG_IN_CONTAINER, "--id", "1"]
-    copies = [args.split() for keyword, args in dockerfile_instructions() if keyword == "COPY"]
-    shipped = [REPO / args[0] for args in copies if args[-1] == CONFIG_IN_CONTAINER]
-    assert len(shipped) == 1, "the image ships one default config"
-    node = load_config(shipped[0]).node(int(command[-1]))
-    environment = [args for keyword, args in dockerfile_instructions() if keyword == "ENV"]
-    health_url = " ".join(environment).partition("KVRAFT_HEALTHCHECK_URL=")[2].split()[0]
-    assert health_url == f"http://127.0.0.1:{node.http_port}/healthz"
-    # A DNS-named node listens on all interfaces, so 127.0.0.1 inside the container answers.
-    assert node.http_listen_host is None
-    assert "KVRAFT_HEALTHCHECK_URL" in instruction("HEALTHCHECK")
-    assert "urllib.request" in instruction("HEALTHCHECK")
+    # 0.0.0.0: a published port reaches the node (tests/test_healthcheck.py runs this command).
+    assert json.loads(instruction("CMD")) == ["dev", "--host", "0.0.0.0"]
+    # The ports `kvraft dev` uses by default are among those exposed.
+    dev_defaults = {
+        parameter.name: parameter.default
+        for parameter in cluster_commands.dev.params
+        if parameter.name in ("http_port", "raft_port")
+    }
+    assert dev_defaults == {"http_port": 8001, "raft_port": 7001}
+    assert set(dev_defaults.values()) <= exposed_ports()
+
+
+def test_the_health_check_follows_the_nodes_own_address_with_nothing_hard_coded() -> None:
+    # Liveness in the image (no --ready); the address comes from the file the node writes.
+    assert healthcheck_command() == HEALTHCHECK_MODULE
+    environment = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "ENV")
+    url_file = environment.partition(f"{HTTP_URL_FILE_VARIABLE}=")[2].split()[0]
+    assert url_file.startswith("/tmp/")  # writable by the unprivileged user, per container
+    # No address or port is baked in: the old KVRAFT_HEALTHCHECK_URL pinned node 1's.
+    assert "127.0.0.1" not in environment + instruction("HEALTHCHECK")
+    assert "KVRAFT_HEALTHCHECK_URL" not in DOCKERFILE.read_text(encoding="utf-8")
+    # The check must answer before Docker's own timeout kills it.
+    timeout_s = float(instruction("HEALTHCHECK").partition("--timeout=")[2].split("s")[0])
+    assert timeout_s > CHECK_TIMEOUT_S
 
 
 def test_the_image_runs_unprivileged_keeps_data_in_a_volume_and_stops_on_sigterm() -> None:
@@ -249,11 +273,16 @@ def test_the_build_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> 
         assert not ignored, f".dockerignore drops {source} ({ignored})"
 
 
-def test_the_image_exposes_every_port_of_the_five_node_cluster() -> None:
+def exposed_ports() -> set[int]:
     exposed: set[int] = set()
     for entry in instruction("EXPOSE").split():
         low, _, high = entry.partition("-")
         exposed |= set(range(int(low), int(high or low) + 1))
+    return exposed
+
+
+def test_the_image_exposes_every_port_of_the_five_node_cluster() -> None:
+    exposed = exposed_ports()
     for node in load_config(REPO / "configs" / "docker-5.toml").nodes:
         assert {node.raft_port, node.http_port} <= exposed
 
@@ -292,7 +321,7 @@ def test_every_service_runs_its_own_node_of_one_shared_cluster_config(
 
 
 @pytest.mark.parametrize("fixture", ["compose_default", "compose_five"])
-def test_each_service_publishes_its_http_port_health_checks_it_and_keeps_data_in_a_volume(
+def test_each_service_publishes_its_http_port_checks_readiness_and_keeps_data_in_a_volume(
     fixture: str, request: pytest.FixtureRequest
 ) -> None:
     resolved: dict[str, Any] = request.getfixturevalue(fixture)
@@ -301,8 +330,9 @@ def test_each_service_publishes_its_http_port_health_checks_it_and_keeps_data_in
         node_id, config = service_node(name, service)
         node = config.node(node_id)
         assert published_ports(service) == {(node.http_port, node.http_port)}
-        health_url = service["environment"]["KVRAFT_HEALTHCHECK_URL"]
-        assert health_url == f"http://127.0.0.1:{node.http_port}/healthz"
+        # Readiness: the image's check with --ready, following the node's own address.
+        assert service["healthcheck"]["test"] == ["CMD", *HEALTHCHECK_MODULE, "--ready"]
+        assert "KVRAFT_HEALTHCHECK_URL" not in service.get("environment", {})
         volumes = [
             volume
             for volume in service["volumes"]

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from kv_fake_server import FakeCluster
+from kv_fake_server import FakeCluster, refused_endpoint
 
 from kvraft.client import KVClient, WatchEvent
 from kvraft.commands import kv
-from kvraft.commands.watch import format_event, watch
+from kvraft.commands.watch import WATCH_TIMEOUT_S_DEFAULT, format_event, watch
 
 DEADLINE_S = 15.0
 """How long a test waits for the subprocess to show something."""
@@ -171,3 +171,19 @@ def test_watch_json_from_a_revision(cluster: FakeCluster) -> None:
         "prev_revision": 1,
     }
     assert status == 0, stderr
+
+
+def test_watch_gives_up_within_seconds_naming_each_endpoint_when_no_member_answers() -> None:
+    endpoints = [refused_endpoint(), refused_endpoint()]
+    started_s = time.monotonic()
+    process = WatchProcess(endpoints, "greet/")
+    status, stderr = process.finish()  # waits up to DEADLINE_S, then kills it
+    elapsed_s = time.monotonic() - started_s
+    assert status == 1, stderr
+    # Seconds (the client's unreachable timeout, 3 s, plus the interpreter's start), not
+    # the 60 s a served watch waits out a restart of the cluster.
+    assert elapsed_s < DEADLINE_S < WATCH_TIMEOUT_S_DEFAULT
+    assert "no member answered" in stderr
+    assert all(endpoint in stderr for endpoint in endpoints), stderr
+    assert "Traceback" not in stderr
+    assert process.lines == []

@@ -21,6 +21,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,7 @@ from kvraft.config import (
     local_cluster_config,
     render_config,
 )
+from kvraft.healthcheck import HTTP_URL_FILE_VARIABLE
 from kvraft.pidfile import process_start_ticks, running_pid
 
 __all__ = [
@@ -86,6 +88,7 @@ _DEFAULT_DATA_DIR = pathlib.Path("data/cluster")
 _HTTP_PORT_BASE_DEFAULT = 8001
 _RAFT_PORT_BASE_DEFAULT = 7001
 _HOST_DEFAULT = "127.0.0.1"
+_EVERY_INTERFACE = ("0.0.0.0", "::")
 
 
 # --- the narration (pure) ---------------------------------------------------------------------
@@ -654,6 +657,10 @@ def up(
     signal.signal(signal.SIGTERM, _interrupt)
     log_paths = {spec.id: data_dir / f"node{spec.id}.log" for spec in config.nodes}
     processes: dict[int, subprocess.Popen[bytes]] = {}
+    if len(config.nodes) > 1:
+        # The health check's URL file names one node: several nodes would overwrite each
+        # other's (kvraft.healthcheck). It is for one node per container (`kvraft dev`).
+        os.environ.pop(HTTP_URL_FILE_VARIABLE, None)
 
     def restart_hint(node_id: int) -> str:
         return f"kvraft serve --config {config_shown} --id {node_id}"
@@ -741,7 +748,15 @@ def down(data_dir: pathlib.Path) -> None:
     show_default=True,
     help="The node's Raft port (it has no peers, but listens all the same).",
 )
-@click.option("--host", default=_HOST_DEFAULT, show_default=True, help="Address the node binds.")
+@click.option(
+    "--host",
+    default=_HOST_DEFAULT,
+    show_default=True,
+    help=(
+        "Address the node binds. 0.0.0.0 (or ::): every interface, with this machine's "
+        "host name as the node's address (in a container: reachable through a published port)."
+    ),
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (printed) after Ctrl-C.")
 @click.pass_context
 def dev(ctx: click.Context, http_port: int, raft_port: int, host: str, keep: bool) -> None:
@@ -751,6 +766,12 @@ def dev(ctx: click.Context, http_port: int, raft_port: int, host: str, keep: boo
     fresh directory. A single node is its own majority, so every write is acknowledged
     after its own fsync: nothing survives the loss of the machine.
     """
+    if host in _EVERY_INTERFACE:
+        # A config address is one that clients dial, so 0.0.0.0 is refused there; a node
+        # whose address is a name listens on every interface (config._listen_host). The
+        # host name is such a name, and resolves on its own machine (in a container too).
+        host = socket.gethostname()
+        click.echo(f"listening on every interface; the node's address is {host}")
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="kvraft-dev-"))
     try:
         ctx.invoke(

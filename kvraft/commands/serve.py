@@ -38,6 +38,12 @@ from kvraft.exit_codes import (
     EXIT_STORAGE_CORRUPT,
     EXIT_STORAGE_FAILED,
 )
+from kvraft.healthcheck import (
+    HTTP_URL_FILE_VARIABLE,
+    local_http_url,
+    remove_url_file,
+    write_url_file,
+)
 from kvraft.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from kvraft.pidfile import remove_pid_file, write_pid_file
 
@@ -488,6 +494,18 @@ async def run_node(
         await api.close()
         await node.stop(transfer_leadership=False)
         return EXIT_ADDRESS_UNAVAILABLE
+    # The container health check follows this node's own address (kvraft.healthcheck).
+    url_file_name = os.environ.get(HTTP_URL_FILE_VARIABLE)
+    if url_file_name:
+        url_file = Path(url_file_name)
+        local_url = local_http_url(spec.http_listen_host, spec.http_port)
+        try:
+            write_url_file(url_file, local_url)
+            atexit.register(remove_url_file, url_file, local_url)
+        except OSError as error:
+            log.warning(
+                "node %d cannot write %s (health checks will fail): %s", node_id, url_file, error
+            )
     log.info(
         "node %d serving: http %s, raft %s, data %s",
         node_id,

@@ -29,8 +29,11 @@ from kvraft.commands.kv import client_options, display_text, make_client, report
 __all__ = ["WATCH_TIMEOUT_S_DEFAULT", "format_event", "watch"]
 
 WATCH_TIMEOUT_S_DEFAULT = 60.0
-"""How long `kvraft watch` keeps trying while no node serves it: long enough to ride out
-a restart of the whole local cluster, short enough to notice a dead one."""
+"""How long `kvraft watch` keeps trying while no node serves it, once it has been served:
+long enough to ride out a restart of the whole local cluster, short enough to notice a dead
+one. Before any node has served it, it gives up when no member has answered for
+`UNREACHABLE_TIMEOUT_S` (3 s), like the other client commands: wrong endpoints or a stopped
+cluster are reported at once."""
 
 
 def format_event(event: WatchEvent, as_json: bool = False) -> str:
