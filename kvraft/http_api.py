@@ -647,7 +647,7 @@ class _Routes:
         metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
         self.count_proposal = {
             outcome: metrics.counter_child("kvraft_proposals", outcome).inc
-            for outcome in ("ok", "condition_failed", "unknown", "unavailable")
+            for outcome in ("ok", "condition_failed", "unknown", "unavailable", "overloaded")
         }
 
     def _check_key(self, key: str) -> None:
@@ -665,7 +665,7 @@ class _Routes:
             self.count_proposal["unknown"]()
             raise ApiError(504, "outcome_unknown", str(error)) from None
         except Unavailable as error:
-            self.count_proposal["unavailable"]()
+            self.count_proposal["overloaded" if isinstance(error, Overloaded) else "unavailable"]()
             raise _unavailable(error) from None
         self.count_proposal["ok" if result.ok else "condition_failed"]()
         if result.error is not None:

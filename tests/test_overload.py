@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -73,6 +74,21 @@ async def read_back(url: str, keys: list[str], size_bytes: int) -> list[str]:
     return wrong
 
 
+SHED_SERIES = re.compile(
+    r'^(kvraft_writes_shed_total|kvraft_proposals_total\{outcome="overloaded"\}) (\S+)$', re.M
+)
+
+
+def shed_counts(cluster: Cluster) -> dict[tuple[int, str], float]:
+    """Each node's count of writes it shed: by admission, and by the leader's proposal wait."""
+    counts = {}
+    for node_id in cluster.processes:
+        text = cluster.request(node_id, "GET", "/metrics").body.decode()
+        for name, value in SHED_SERIES.findall(text):
+            counts[(node_id, name)] = float(value)
+    return counts
+
+
 @pytest.mark.parametrize(
     ("count", "size_bytes", "target"),
     [
@@ -91,9 +107,14 @@ def test_a_burst_is_shed_and_every_acknowledged_write_survives(
     node = leader if target == "leader" else next(i for i in cluster.processes if i != leader)
     prefix = f"burst-{count}-{size_bytes}-{target}"
 
+    shed_counts_before = shed_counts(cluster)
     statuses = asyncio.run(burst(cluster.url(node), prefix, count, size_bytes))
 
     assert set(Counter(statuses.values())) <= SHED_OR_DONE, Counter(statuses.values())
+    # Every 503 was counted once, by the node that shed it (a follower passes on the
+    # leader's 503 without counting it again).
+    shed_before = sum(shed_counts_before.values())
+    assert sum(shed_counts(cluster).values()) - shed_before == Counter(statuses.values())[503]
     exited = {i: p.poll() for i, p in cluster.processes.items() if p.poll() is not None}
     assert not exited, f"nodes exited: {exited}"
     acknowledged = sorted(key for key, status in statuses.items() if status == 200)
