@@ -66,6 +66,7 @@ from kvraft.errors import (
 )
 from kvraft.event_stream import EVENTS_PATH, EVENTS_QUERY_PARAMETERS, serve_events
 from kvraft.http_guard import FORWARD_CONNECTIONS_MAX, GuardedServer, request_body_timeout_s
+from kvraft.leases import LEASE_TTL_ELECTION_TIMEOUTS_MIN, ttl_bounds_s
 from kvraft.membership import (
     MEMBER_REQUEST_BYTES_MAX,
     MembershipConflictError,
@@ -80,6 +81,7 @@ from kvraft.raft.core import Role
 from kvraft.server import RaftNode
 from kvraft.statemachine import (
     LIST_LIMIT_MAX,
+    REVISION_MAX,
     TXN_BYTES_MAX,
     TXN_OPERATIONS_MAX,
     ApplyResult,
@@ -90,6 +92,7 @@ from kvraft.statemachine import (
     CompareTarget,
     DeletePrefixResult,
     DeleteResult,
+    ErrorCode,
     GetResult,
     ListResult,
     PutResult,
@@ -101,6 +104,8 @@ from kvraft.statemachine import (
     TxnPut,
     TxnResult,
     encode_delete,
+    encode_lease_grant,
+    encode_lease_revoke,
     encode_put,
     encode_txn,
 )
@@ -163,6 +168,9 @@ REVISION_HEADER = "X-Kvraft-Revision"
 KV_PATH_PREFIX = "/v1/kv/"
 MEMBER_PATH_PREFIX = "/v1/members/"
 TXN_PATH = "/v1/txn"
+LEASES_PATH = "/v1/leases"
+LEASE_PATH_PREFIX = "/v1/leases/"
+LEASE_KEEPALIVE_SUFFIX = "/keepalive"
 
 TXN_REQUEST_BYTES_MAX = 8 * TXN_BYTES_MAX
 """The largest `POST /v1/txn` body. The transaction's own limits (`TXN_BYTES_MAX` of keys and
@@ -629,6 +637,26 @@ def _txn_result_json(result: TxnResult) -> dict[str, Any]:
     }
 
 
+def _lease_id(text: str) -> int:
+    """A lease id as the API spells it: a decimal string."""
+    if not text.isascii() or not text.isdecimal() or not 1 <= int(text) <= REVISION_MAX:
+        raise ApiError(400, "bad_lease", f"a lease id is a decimal in 1..{REVISION_MAX}")
+    return int(text)
+
+
+def _lease_path_id(request: web.BaseRequest, *, keepalive: bool = False) -> str:
+    tail = _path_tail(request, LEASE_PATH_PREFIX)
+    return tail[: -len(LEASE_KEEPALIVE_SUFFIX)] if keepalive else tail
+
+
+def _lease_not_found(lease_id: int) -> ApiError:
+    return ApiError(
+        404,
+        "lease_not_found",
+        f"lease {lease_id} does not exist (never granted, revoked or expired)",
+    )
+
+
 # --- routes -------------------------------------------------------------------------------
 
 
@@ -644,6 +672,8 @@ class _Routes:
         self.leader_wait_s = LEADER_WAIT_REQUEST_TIMEOUT_FRACTION * self.timeout_s
         self.key_bytes_max = node.config.limits.key_bytes_max
         self.value_bytes_max = node.config.limits.value_bytes_max
+        raft = node.config.raft
+        self.lease_ttl_s_min, self.lease_ttl_s_max = ttl_bounds_s(raft.tick_ms, raft.election_ticks)
         metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
         self.count_proposal = {
             outcome: metrics.counter_child("kvraft_proposals", outcome).inc
@@ -668,6 +698,8 @@ class _Routes:
             self.count_proposal["overloaded" if isinstance(error, Overloaded) else "unavailable"]()
             raise _unavailable(error) from None
         self.count_proposal["ok" if result.ok else "condition_failed"]()
+        if result.error is ErrorCode.LEASE_NOT_FOUND:
+            raise ApiError(404, str(result.error), result.message)
         if result.error is not None:
             raise ApiError(400, str(result.error), result.message)
         if result.condition_failed:
@@ -680,6 +712,7 @@ class _Routes:
         key = _key(request)
         self._check_key(key)
         if_revision, if_absent = _conditions(request)
+        lease_id = _lease_id(request.query["lease"]) if "lease" in request.query else None
         value = await _read_value(request, self.value_bytes_max)
         try:
             command = encode_put(
@@ -688,6 +721,7 @@ class _Routes:
                 if_revision=if_revision,
                 if_absent=if_absent,
                 idempotency_key=request.headers.get("Idempotency-Key"),
+                lease_id=lease_id,
             )
         except CommandError as error:
             raise _command_error(error) from None
@@ -803,6 +837,87 @@ class _Routes:
                 "results": [_txn_result_json(one) for one in result.results],
             },
         )
+
+    # --- leases (kvraft.leases) ---------------------------------------------------------
+
+    async def grant_lease(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/leases {"ttl_s": N}` -> `{"id": "<decimal>", "ttl_s": N}`."""
+        body = _fields(await _read_json(request), frozenset(("ttl_s",)), "body", "bad_request")
+        ttl_s = body.get("ttl_s")
+        low, high = self.lease_ttl_s_min, self.lease_ttl_s_max
+        if type(ttl_s) is not int or not low <= ttl_s <= high:
+            raise ApiError(
+                400,
+                "bad_ttl",
+                f"ttl_s must be an integer number of seconds in {low}..{high} (the shortest is"
+                f" {LEASE_TTL_ELECTION_TIMEOUTS_MIN} election timeouts, so no lease expires"
+                " during an ordinary election)",
+            )
+        result = await self._propose(encode_lease_grant(ttl_s))
+        return _json(200, {"id": str(result.revision), "ttl_s": ttl_s})
+
+    async def keepalive_lease(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/leases/{id}/keepalive` -> `{"id", "ttl_s"}`: no log write (leader only)."""
+        lease_id = _lease_id(_lease_path_id(request, keepalive=True))
+        try:
+            ttl_s = await self.node.keepalive_lease(lease_id, self.timeout_s)
+        except Unavailable as error:
+            raise _unavailable(error) from None
+        if ttl_s is None:
+            raise _lease_not_found(lease_id)
+        return _json(200, {"id": str(lease_id), "ttl_s": ttl_s})
+
+    async def get_lease(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/leases/{id}` -> `{"id", "ttl_s", "remaining_s", "keys"}`, from the leader
+        (only its clock says what remains)."""
+        lease_id = _lease_id(_lease_path_id(request))
+        await self._lease_read_barrier()
+        found = self.node.state_machine.lease(lease_id)
+        if found is None:
+            raise _lease_not_found(lease_id)
+        ttl_s, keys = found
+        return _json(
+            200,
+            {
+                "id": str(lease_id),
+                "ttl_s": ttl_s,
+                "remaining_s": await self._remaining_s(lease_id, ttl_s),
+                "keys": keys,
+            },
+        )
+
+    async def _remaining_s(self, lease_id: int, ttl_s: int) -> float:
+        remaining_s = await self.node.lease_remaining_s(lease_id)
+        # No deadline yet: granted in this term and not yet applied here, a full TTL ahead.
+        return float(ttl_s) if remaining_s is None else remaining_s
+
+    async def list_leases(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/leases` -> `{"leases": [{"id", "ttl_s", "remaining_s"}, ...]}`, by id."""
+        await self._lease_read_barrier()
+        leases = [
+            {
+                "id": str(lease_id),
+                "ttl_s": ttl_s,
+                "remaining_s": await self._remaining_s(lease_id, ttl_s),
+            }
+            for lease_id, ttl_s in self.node.state_machine.leases()
+        ]
+        return _json(200, {"leases": leases})
+
+    async def revoke_lease(self, request: web.BaseRequest) -> web.Response:
+        """`DELETE /v1/leases/{id}`: the lease and its keys go, in one revision."""
+        lease_id = _lease_id(_lease_path_id(request))
+        result = await self._propose(encode_lease_revoke(lease_id))
+        return _json(
+            200,
+            {"id": str(lease_id), "revision": result.revision, "deleted": len(result.changes)},
+        )
+
+    async def _lease_read_barrier(self) -> None:
+        try:
+            await self.node.read_barrier(self.timeout_s)
+        except Unavailable as error:
+            raise _unavailable(error) from None
 
     async def _read_barrier(self, request: web.BaseRequest) -> None:
         if _consistency(request) == "linearizable":
@@ -1300,10 +1415,18 @@ class HttpApi:
             {"PUT": routes.put, "DELETE": routes.delete, **read_only(routes.get)},
             parameters={
                 "GET": frozenset(("consistency", "wait_revision", "wait_s")),
-                "PUT": frozenset(("prev",)),
+                "PUT": frozenset(("prev", "lease")),
                 "DELETE": frozenset(("prev",)),
             },
             headers={"PUT": write_headers, "DELETE": write_headers},
+        )
+        # No query parameters on the lease routes: none is named, so any is refused.
+        self._lease_route = _Route(
+            LEASE_PATH_PREFIX + "{id}",
+            {"GET": routes.get_lease, "DELETE": routes.revoke_lease},
+        )
+        self._lease_keepalive_route = _Route(
+            LEASE_PATH_PREFIX + "{id}" + LEASE_KEEPALIVE_SUFFIX, {"POST": routes.keepalive_lease}
         )
         self._member_route = _Route(
             MEMBER_PATH_PREFIX + "{node_id}", {"DELETE": routes.remove_member}
@@ -1334,6 +1457,7 @@ class HttpApi:
                     {"POST": routes.txn},
                     headers={"POST": frozenset(("idempotency-key",))},
                 ),
+                _Route(LEASES_PATH, {"GET": routes.list_leases, "POST": routes.grant_lease}),
                 _Route("/v1/status", read_only(with_member_cors(member_addresses, routes.status))),
                 _Route(
                     "/v1/watch",
@@ -1404,6 +1528,12 @@ class HttpApi:
         if path.startswith(MEMBER_PATH_PREFIX):
             node_id = path[len(MEMBER_PATH_PREFIX) :]
             return self._member_route if node_id and "/" not in node_id else None
+        if path.startswith(LEASE_PATH_PREFIX):
+            tail = path[len(LEASE_PATH_PREFIX) :]
+            if tail.endswith(LEASE_KEEPALIVE_SUFFIX):
+                tail = tail[: -len(LEASE_KEEPALIVE_SUFFIX)]
+                return self._lease_keepalive_route if tail and "/" not in tail else None
+            return self._lease_route if tail and "/" not in tail else None
         return self._exact_routes.get(path)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:

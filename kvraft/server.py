@@ -43,6 +43,7 @@ from kvraft.admission import WaitingProposals, WriteAdmission
 from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
 from kvraft.events import CoreEvents, EventLog
+from kvraft.leases import LeaseTimer
 from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
@@ -267,6 +268,7 @@ class RaftNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=settings.snapshot_threshold_entries,
             snapshot_threshold_bytes=settings.snapshot_threshold_bytes,
+            lease_timer=LeaseTimer(raft.tick_ms, raft.election_ticks),
         )
         # Watchers can go back as far as the state this node starts from; the log replayed
         # from here on refills the history.
@@ -444,6 +446,41 @@ class RaftNode:
         await self._wait_for_answer(
             future, timeout_s, Unavailable("could not confirm leadership in time (no quorum?)")
         )
+
+    async def keepalive_lease(self, lease_id: int, timeout_s: float) -> int | None:
+        """Refresh lease `lease_id`'s deadline on this leader, with no log write; its TTL in
+        seconds, or None if it does not exist or its expiry is under way.
+
+        Leadership is confirmed first (a ReadIndex round, §6.4), and the deadline counts from
+        the tick before that round: a new leader elected after the confirmation gives the
+        lease a full TTL from its election (`kvraft.leases`), so the acknowledged keepalive
+        holds through the failover. Raises NotLeader (forwarded) or Unavailable.
+        """
+        shell = self.shell
+        assert shell is not None and shell.lease_timer is not None
+        arrived_ticks = shell.lease_timer.now_ticks
+        await self.read_barrier(timeout_s)
+        found = self.state_machine.lease(lease_id)
+        if found is None:
+            return None
+        timer = shell.leases_follow_leadership()
+        assert timer is not None
+        if timer.leader_term is None:
+            raise NotLeader(shell.core.leader_id)
+        return found[0] if timer.keepalive(lease_id, arrived_ticks) else None
+
+    async def lease_remaining_s(self, lease_id: int) -> float | None:
+        """Seconds until lease `lease_id` expires by this leader's clock, or None if this
+        node keeps no deadline for it (call after a read barrier)."""
+        shell = self.shell
+        assert shell is not None
+        timer = shell.leases_follow_leadership()
+        if timer is None:
+            return None
+        remaining_ticks = timer.remaining_ticks(lease_id)
+        if remaining_ticks is None:
+            return None
+        return remaining_ticks * self.config.raft.tick_ms / 1000
 
     async def _wait_for_answer(
         self, future: asyncio.Future[_T], timeout_s: float, timed_out: Exception

@@ -53,6 +53,7 @@ from kvraft.errors import (
     ProposalLost,
     Unavailable,
 )
+from kvraft.leases import LeaseTimer
 from kvraft.membership import MembershipConflictError
 from kvraft.raft.core import (
     ConfigurationChangeError,
@@ -195,8 +196,13 @@ class NodeShell:
         restore: Callable[[bytes], StateMachine],
         snapshot_threshold_entries: int,
         snapshot_threshold_bytes: int | None = None,
+        lease_timer: LeaseTimer | None = None,
     ) -> None:
         self.core = core
+        self.lease_timer = lease_timer
+        """The leader's lease deadlines (`kvraft.leases`), ticked here and told of every
+        applied grant and revoke; None: this node keeps no lease timers (leases then never
+        expire while it leads). Only for a state machine with `leases()`."""
         self.state_machine = state_machine
         self._restore = restore
         self.snapshot_threshold_entries = snapshot_threshold_entries
@@ -423,6 +429,7 @@ class NodeShell:
         if self._tick_due:
             self._tick_due = False
             core.tick()
+            self._tick_leases()
         # Entries fed are bounded by bytes (READY_ENTRY_BYTES_MAX), always at least one input.
         budget_bytes = self.ready_entry_bytes_max
         inbound = self.inbound
@@ -480,6 +487,31 @@ class NodeShell:
             # Refused (no longer leader, not a voter): the caller sees nothing move.
             with contextlib.suppress(NotLeaderError, ConfigurationChangeError):
                 core.transfer_leadership(target)
+
+    def leases_follow_leadership(self) -> LeaseTimer | None:
+        """Bring the lease timer in line with the core's role: a node that became leader gives
+        every lease a full TTL from now (etcd's Promote), one that stopped leading forgets
+        its deadlines. Called every tick, and by a keepalive before it refreshes a deadline
+        (it may arrive before the new leader's first tick)."""
+        timer = self.lease_timer
+        if timer is None:
+            return None
+        core = self.core
+        if core.role == Role.LEADER:
+            if timer.leader_term != core.term:
+                timer.promote(core.term, self.state_machine.leases())  # type: ignore[attr-defined]
+        elif timer.leader_term is not None:
+            timer.demote()
+        return timer
+
+    def _tick_leases(self) -> None:
+        timer = self.leases_follow_leadership()
+        if timer is None:
+            return
+        # Proposed like a client's write, with nobody waiting: a lost one is retried by the
+        # timer, and fed to the core in this same advance().
+        for lease_id in timer.tick():
+            self._proposals.append((timer.expire_command(lease_id), _NOBODY))
 
     def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
         answer = proposal.answer
@@ -565,12 +597,16 @@ class NodeShell:
             _fail(self._waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
         for index in [i for i in self._config_waiters if i <= meta.index]:
             _fail(self._config_waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
+        if self.lease_timer is not None:
+            self.lease_timer.restored(state_machine.leases())  # type: ignore[attr-defined]
         for restore_hook in self.on_restore:
             restore_hook(meta)
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == EntryKind.NORMAL:
             result = self.state_machine.apply(entry.index, entry.data)
+            if self.lease_timer is not None:
+                self.lease_timer.applied(entry.data, entry.index, bool(result.ok))
         else:
             self.state_machine.mark_applied(entry.index)
             result = None
@@ -637,6 +673,22 @@ def _entry_bytes(message: Message) -> int:
     if isinstance(message, AppendEntries):
         return sum(len(entry.data) + ENTRY_OVERHEAD_BYTES for entry in message.entries)
     return 0
+
+
+class _Nobody:
+    """The answer of a proposal nobody waits for (the leader's lease expiries)."""
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: object, /) -> None:
+        pass
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        pass
+
+
+_NOBODY = _Nobody()
 
 
 def _fail(answer: Answer[Any], error: BaseException) -> None:

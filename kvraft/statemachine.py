@@ -37,6 +37,18 @@ Command wire format (msgpack arrays, one per command)::
     [OP_DELETE, key: str, if_revision: int | nil, idempotency_key: str | nil]
     [OP_TXN, compares: [[key, target, op, value]...], success: [operation...],
         failure: [operation...], idempotency_key: str | nil]
+    [OP_LEASE_GRANT, ttl_s: int]
+    [OP_LEASE_REVOKE, lease_id: int, expired: bool]
+
+A put may carry a seventh field, ``lease_id: int``, attaching its key to that lease (a put
+without it detaches the key from any lease, as in etcd); a put of six fields is one written
+before leases existed and still applies.
+
+Leases (`kvraft.leases` keeps their timers): a grant's log index is the lease's id, so every
+node names it alike. A revoke (the client's, or the leader's expiry: ``expired=True``)
+removes the lease and deletes its keys, in key order, as ordinary deletes at the revoke's
+revision, so watchers see them. The machine knows no clock: it holds each lease's TTL, and
+only the leader decides when one expires.
 
 where a transaction's operation is ``[1, key, value]`` (put), ``[2, key]`` (delete),
 ``[3, prefix]`` (delete_prefix), ``[4, key]`` (get) or ``[5, prefix, limit]`` (list); see
@@ -48,13 +60,17 @@ payload: bin]``, where the CRC-32 (zlib's) covers the kind as one byte followed
 by the payload, and each payload is one msgpack value. In order:
 
 - one HEADER (kind 0): ``["kvraft-kv-snapshot", SNAPSHOT_FORMAT_VERSION,
-  applied_index, key_count, idempotency_key_count]``;
+  applied_index, key_count, idempotency_key_count, lease_count]`` (versions 1 and 2 have no
+  ``lease_count``);
 - KEYS frames (kind 1), none if there are no keys: a flat array ``key, value,
-  revision, key, value, revision, ...`` in strictly increasing key order;
+  revision, lease_id, key, value, revision, lease_id, ...`` in strictly increasing key order,
+  ``lease_id`` 0 for a key without a lease (versions 1 and 2 have no ``lease_id``);
 - IDEMPOTENCY frames (kind 2): a flat array ``idempotency_key, index, ok,
   revision, deleted, txn, ...`` in strictly increasing index order (oldest first), where
   ``txn`` is nil for a put or delete and ``[succeeded, results]`` for a transaction (see
   `_txn_record`; version 1 snapshots have no ``txn`` field);
+- LEASES frames (kind 4, version 3 on), none if there are no leases: a flat array
+  ``lease_id, ttl_s, ...`` in strictly increasing id order;
 - one END (kind 3) with an empty payload, and nothing after it.
 
 `snapshot_chunks` yields one frame per chunk, but `restore` reads the stream
@@ -86,9 +102,12 @@ __all__ = [
     "IDEMPOTENCY_KEYS_MAX",
     "IDEMPOTENCY_KEY_BYTES_MAX",
     "KEY_BYTES_MAX",
+    "LEASE_TTL_S_MAX",
     "LIST_LIMIT_MAX",
     "LIST_PAGE_BYTES_MAX",
     "OP_DELETE",
+    "OP_LEASE_GRANT",
+    "OP_LEASE_REVOKE",
     "OP_PUT",
     "OP_TXN",
     "REVISION_MAX",
@@ -112,6 +131,8 @@ __all__ = [
     "ErrorCode",
     "GetResult",
     "KVStateMachine",
+    "LeaseGrantCommand",
+    "LeaseRevokeCommand",
     "ListItem",
     "ListResult",
     "PutCommand",
@@ -127,6 +148,8 @@ __all__ = [
     "TxnResult",
     "decode_command",
     "encode_delete",
+    "encode_lease_grant",
+    "encode_lease_revoke",
     "encode_put",
     "encode_txn",
 ]
@@ -180,11 +203,18 @@ COMMAND_BYTES_MAX = (
 """The largest command bytes `apply` will decode: the largest valid put or transaction plus
 slack for msgpack headers. Anything longer is rejected before it is parsed."""
 
-SNAPSHOT_FORMAT_VERSION = 2
-"""The snapshot format this module writes. Version 2 added a transaction's results to its
-idempotency record; `restore` still reads version 1 (written before transactions existed)."""
+LEASE_TTL_S_MAX = 24 * 60 * 60
+"""The longest lease TTL, in seconds (a day). A holder that cannot send one keepalive a day
+is not alive; the bound also keeps a TTL in ticks far from any integer limit. The shortest
+TTL depends on the election timeout and is the HTTP layer's to enforce
+(`kvraft.leases.lease_ttl_s_min`): the machine accepts 1 s and up."""
 
-_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2)
+SNAPSHOT_FORMAT_VERSION = 3
+"""The snapshot format this module writes. Version 2 added a transaction's results to its
+idempotency record, version 3 the leases (a LEASES frame, a lease id on every key record and
+a lease count in the header); `restore` still reads versions 1 and 2."""
+
+_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2, 3)
 
 SNAPSHOT_CHUNK_BYTES_DEFAULT = 1024 * 1024
 """The default target size of one snapshot chunk (one frame)."""
@@ -233,7 +263,16 @@ OP_DELETE = 2
 OP_TXN = 3
 """The first element of a transaction command."""
 
+OP_LEASE_GRANT = 4
+"""The first element of a lease grant."""
+
+OP_LEASE_REVOKE = 5
+"""The first element of a lease revoke (by a client, or by the leader's expiry)."""
+
 _PUT_FIELD_COUNT = 6
+_PUT_WITH_LEASE_FIELD_COUNT = 7
+_LEASE_GRANT_FIELD_COUNT = 2
+_LEASE_REVOKE_FIELD_COUNT = 3
 _DELETE_FIELD_COUNT = 4
 _TXN_FIELD_COUNT = 5
 
@@ -285,6 +324,11 @@ class ErrorCode(enum.StrEnum):
     TXN_TOO_LARGE = "txn_too_large"
     """A transaction has more than `TXN_OPERATIONS_MAX` compares and operations, or more than
     `TXN_BYTES_MAX` bytes of keys and values."""
+    BAD_LEASE = "bad_lease"
+    """A lease id is not an int in 1..`REVISION_MAX`, or a TTL not an int in
+    1..`LEASE_TTL_S_MAX`."""
+    LEASE_NOT_FOUND = "lease_not_found"
+    """The lease named does not exist (never granted, revoked or expired)."""
 
 
 class CommandError(ValueError):
@@ -330,6 +374,22 @@ class PutCommand(NamedTuple):
     if_revision: int | None = None
     if_absent: bool = False
     idempotency_key: str | None = None
+    lease_id: int | None = None
+
+
+class LeaseGrantCommand(NamedTuple):
+    """Create a lease of `ttl_s` seconds; its id is the grant's log index."""
+
+    ttl_s: int
+    idempotency_key: None = None
+
+
+class LeaseRevokeCommand(NamedTuple):
+    """Remove lease `lease_id` and delete its keys; `expired`: the leader's expiry did it."""
+
+    lease_id: int
+    expired: bool = False
+    idempotency_key: None = None
 
 
 class DeleteCommand(NamedTuple):
@@ -426,7 +486,9 @@ class TxnCommand(NamedTuple):
     idempotency_key: str | None = None
 
 
-Command: TypeAlias = PutCommand | DeleteCommand | TxnCommand
+Command: TypeAlias = (
+    PutCommand | DeleteCommand | TxnCommand | LeaseGrantCommand | LeaseRevokeCommand
+)
 
 ListItem: TypeAlias = tuple[str, bytes, int]
 """One `list` item: (key, value, revision)."""
@@ -620,6 +682,20 @@ def _check_idempotency_key(idempotency_key: object) -> str | None:
     return idempotency_key
 
 
+def _check_lease_id(lease_id: object) -> int:
+    if type(lease_id) is not int or not 1 <= lease_id <= REVISION_MAX:
+        raise CommandError(ErrorCode.BAD_LEASE, f"a lease id must be an int in 1..{REVISION_MAX}")
+    return lease_id
+
+
+def _check_ttl_s(ttl_s: object) -> int:
+    if type(ttl_s) is not int or not 1 <= ttl_s <= LEASE_TTL_S_MAX:
+        raise CommandError(
+            ErrorCode.BAD_LEASE, f"a lease TTL must be an int in 1..{LEASE_TTL_S_MAX} seconds"
+        )
+    return ttl_s
+
+
 def _check_limit(limit: object) -> int:
     if type(limit) is not int or not 1 <= limit <= LIST_LIMIT_MAX:
         raise CommandError(ErrorCode.BAD_LIMIT, f"limit must be an int in 1..{LIST_LIMIT_MAX}")
@@ -641,11 +717,14 @@ def encode_put(
     if_revision: int | None = None,
     if_absent: bool = False,
     idempotency_key: str | None = None,
+    lease_id: int | None = None,
 ) -> bytes:
     """The command bytes that set `key` to `value`; `CommandError` if any argument is invalid.
 
     `if_revision=N` makes the put apply only if the key's revision is N (0: absent);
     `if_absent=True` only if the key does not exist. Giving both is a `CommandError`.
+    `lease_id` attaches the key to that lease (the put fails with `LEASE_NOT_FOUND` if the
+    lease is gone when it applies).
     """
     _check_key(key)
     _check_value(value)
@@ -656,7 +735,23 @@ def encode_put(
             ErrorCode.CONFLICTING_CONDITIONS, "give at most one of if_revision and if_absent"
         )
     _check_idempotency_key(idempotency_key)
-    return _pack([OP_PUT, key, value, if_revision, if_absent, idempotency_key])
+    if lease_id is None:
+        # Six fields, as before leases: a node of the previous version still reads it.
+        return _pack([OP_PUT, key, value, if_revision, if_absent, idempotency_key])
+    _check_lease_id(lease_id)
+    return _pack([OP_PUT, key, value, if_revision, if_absent, idempotency_key, lease_id])
+
+
+def encode_lease_grant(ttl_s: int) -> bytes:
+    """The command bytes that grant a lease of `ttl_s` seconds; `CommandError` if invalid."""
+    _check_ttl_s(ttl_s)
+    return _pack([OP_LEASE_GRANT, ttl_s])
+
+
+def encode_lease_revoke(lease_id: int, *, expired: bool = False) -> bytes:
+    """The command bytes that revoke lease `lease_id` (`expired`: the leader's expiry)."""
+    _check_lease_id(lease_id)
+    return _pack([OP_LEASE_REVOKE, lease_id, bool(expired)])
 
 
 def encode_delete(
@@ -861,15 +956,21 @@ def decode_command(command: bytes) -> Command:
         )
     operation = obj[0]
     if operation == OP_PUT:
-        if len(obj) != _PUT_FIELD_COUNT:
+        if len(obj) == _PUT_FIELD_COUNT:
+            _, key, value, if_revision, if_absent, idempotency_key = obj
+            lease_id = None
+        elif len(obj) == _PUT_WITH_LEASE_FIELD_COUNT:
+            _, key, value, if_revision, if_absent, idempotency_key, lease_id = obj
+            _check_lease_id(lease_id)
+        else:
             raise CommandError(ErrorCode.MALFORMED_COMMAND, "put: wrong number of fields")
-        _, key, value, if_revision, if_absent, idempotency_key = obj
         put = PutCommand(  # positional: this is every entry's apply
             _check_key(key),
             _check_value(value),
             _check_if_revision(if_revision),
             _check_if_absent(if_absent),
             _check_idempotency_key(idempotency_key),
+            lease_id,
         )
         if put.if_revision is not None and put.if_absent:
             raise CommandError(
@@ -887,6 +988,14 @@ def decode_command(command: bytes) -> Command:
         )
     if operation == OP_TXN:
         return _decode_txn(obj)
+    if operation == OP_LEASE_GRANT:
+        if len(obj) != _LEASE_GRANT_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "lease grant: wrong number of fields")
+        return LeaseGrantCommand(_check_ttl_s(obj[1]))
+    if operation == OP_LEASE_REVOKE:
+        if len(obj) != _LEASE_REVOKE_FIELD_COUNT or type(obj[2]) is not bool:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "lease revoke: wrong fields")
+        return LeaseRevokeCommand(_check_lease_id(obj[1]), obj[2])
     raise CommandError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {operation}")
 
 
@@ -971,10 +1080,21 @@ _FRAME_HEADER = 0
 _FRAME_KEYS = 1
 _FRAME_IDEMPOTENCY = 2
 _FRAME_END = 3
+_FRAME_LEASES = 4
+_FRAME_ORDER = {
+    _FRAME_HEADER: 0,
+    _FRAME_KEYS: 1,
+    _FRAME_IDEMPOTENCY: 2,
+    _FRAME_LEASES: 3,
+    _FRAME_END: 4,
+}
+"""The order frames come in, by kind: LEASES came last (version 3) but goes before END."""
 _FRAME_FIELD_COUNT = 3
-_HEADER_FIELD_COUNT = 5
-_KEY_RECORD_FIELDS = 3
+_HEADER_FIELD_COUNT = 6
+_KEY_RECORD_FIELDS = 4
 _IDEMPOTENCY_RECORD_FIELDS = 6
+_LEASE_RECORD_FIELDS = 2
+_SNAPSHOT_FORMAT_VERSION_LEASES = 3
 
 
 def _frame_crc(kind: int, payload: bytes) -> int:
@@ -1022,7 +1142,7 @@ def _check_frame(frame: object) -> tuple[int, bytes]:
     if not isinstance(frame, list) or len(frame) != _FRAME_FIELD_COUNT:
         raise SnapshotFormatError("snapshot frame must be [kind, crc32, payload]")
     kind, crc, payload = frame
-    if type(kind) is not int or not _FRAME_HEADER <= kind <= _FRAME_END:
+    if type(kind) is not int or kind not in _FRAME_ORDER:
         raise SnapshotFormatError(f"snapshot frame has unknown kind {kind!r}")
     if type(crc) is not int or not isinstance(payload, bytes):
         raise SnapshotFormatError("snapshot frame must be [kind, crc32, payload]")
@@ -1104,6 +1224,21 @@ def _unpack_record(record: bytes) -> tuple[bytes, int]:
     return record[: -_REVISION_STRUCT.size], _record_revision(record)
 
 
+@dataclass(slots=True)
+class Lease:
+    """One lease as every node holds it: what the log says, and no clock.
+
+    Fields:
+        lease_id: the grant's log index.
+        ttl_s: the time to live the client asked for, in seconds.
+        keys: the keys attached to it (deleted when it is revoked or expires).
+    """
+
+    lease_id: int
+    ttl_s: int
+    keys: set[str] = field(default_factory=set)
+
+
 class KVStateMachine:
     """Keys (str) to values (bytes) with per-key revisions; see the module docstring.
 
@@ -1112,7 +1247,7 @@ class KVStateMachine:
     10**6 keys with 100-byte values measured about 245 MB of RSS.
     """
 
-    __slots__ = ("_applied_index", "_idempotency", "_keys", "_records")
+    __slots__ = ("_applied_index", "_idempotency", "_key_leases", "_keys", "_leases", "_records")
 
     def __init__(self) -> None:
         self._applied_index = 0
@@ -1122,6 +1257,9 @@ class KVStateMachine:
         # Insertion order is applied-index order (indexes only grow), so the first entry is
         # always the oldest; OrderedDict pops it in O(1) where a dict would rescan its holes.
         self._idempotency: OrderedDict[str, ApplyResult] = OrderedDict()
+        # lease id -> Lease, and key -> the id of the lease it is attached to.
+        self._leases: dict[int, Lease] = {}
+        self._key_leases: dict[str, int] = {}
 
     # --- Reads (local, never through the log) -----------------------------------------------
 
@@ -1185,6 +1323,19 @@ class KVStateMachine:
             counted += 1
         return counted
 
+    def lease(self, lease_id: int) -> tuple[int, builtins.list[str]] | None:
+        """(ttl_s, its keys in order) of lease `lease_id`, or None if it does not exist."""
+        lease = self._leases.get(lease_id)
+        return None if lease is None else (lease.ttl_s, sorted(lease.keys))
+
+    def leases(self) -> builtins.list[tuple[int, int]]:
+        """(lease_id, ttl_s) of every lease, in id order."""
+        return sorted((lease_id, lease.ttl_s) for lease_id, lease in self._leases.items())
+
+    def lease_of(self, key: str) -> int | None:
+        """The id of the lease `key` is attached to, or None."""
+        return self._key_leases.get(key)
+
     def remembers(self, idempotency_key: str) -> bool:
         """Whether a write with this idempotency key was applied (and is still remembered)."""
         return idempotency_key in self._idempotency
@@ -1224,9 +1375,16 @@ class KVStateMachine:
             result = self._put(index, decoded)
         elif isinstance(decoded, DeleteCommand):
             result = self._delete(index, decoded)
-        else:
+        elif isinstance(decoded, TxnCommand):
             result = self._txn(index, decoded)
-        if idempotency_key is not None:
+        elif isinstance(decoded, LeaseGrantCommand):
+            self._leases[index] = Lease(index, decoded.ttl_s)
+            return ApplyResult(index=index, ok=True, revision=index)
+        else:
+            return self._revoke(index, decoded.lease_id)
+        # A refusal (an unknown lease) is not remembered: its retry may find the lease, and
+        # the snapshot keeps no error codes.
+        if idempotency_key is not None and result.error is None:
             # Remembered without its changes or previous value: a retry changes nothing, and
             # the table must not keep values alive (a keyed transaction has no reads).
             self._idempotency[idempotency_key] = replace(
@@ -1243,9 +1401,19 @@ class KVStateMachine:
             put.if_revision is not None and put.if_revision != current_revision
         ):
             return ApplyResult(index=index, ok=False, revision=current_revision)
+        lease_id = put.lease_id
+        if lease_id is not None and lease_id not in self._leases:
+            return ApplyResult(
+                index=index,
+                ok=False,
+                revision=0,
+                error=ErrorCode.LEASE_NOT_FOUND,
+                message=f"lease {lease_id} does not exist (never granted, revoked or expired)",
+            )
         self._records[put.key] = _pack_record(put.value, index)
         if record is None:
             self._keys.add(put.key)
+        self._attach(put.key, lease_id)
         change = Change("put", put.key, index, current_revision or None, put.value)
         return ApplyResult(
             index=index, ok=True, revision=index, changes=(change,), prev_record=record
@@ -1260,6 +1428,7 @@ class KVStateMachine:
             return ApplyResult(index=index, ok=True, revision=index, deleted=False)
         del self._records[delete.key]
         self._keys.remove(delete.key)
+        self._attach(delete.key, None)
         change = Change("delete", delete.key, index, current_revision)
         return ApplyResult(
             index=index,
@@ -1297,8 +1466,44 @@ class KVStateMachine:
         if record is None:
             return False
         self._keys.remove(key)
+        self._attach(key, None)
         changes.append(Change("delete", key, index, _record_revision(record)))
         return True
+
+    def _attach(self, key: str, lease_id: int | None) -> None:
+        """Attach `key` to lease `lease_id` (None: to no lease), detaching it from any other:
+        a put without a lease detaches its key, as in etcd."""
+        key_leases = self._key_leases
+        if not key_leases and lease_id is None:
+            return  # the common case, with no leases at all: nothing to look up
+        old = key_leases.get(key)
+        if old == lease_id:
+            return
+        if old is not None:
+            self._leases[old].keys.discard(key)
+            del key_leases[key]
+        if lease_id is not None:
+            self._leases[lease_id].keys.add(key)
+            key_leases[key] = lease_id
+
+    def _revoke(self, index: int, lease_id: int) -> ApplyResult:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return ApplyResult(
+                index=index,
+                ok=False,
+                revision=0,
+                error=ErrorCode.LEASE_NOT_FOUND,
+                message=f"lease {lease_id} does not exist (never granted, revoked or expired)",
+            )
+        changes: builtins.list[Change] = []
+        # In key order: a set's order is not the same on every node.
+        for key in sorted(lease.keys):
+            del self._key_leases[key]  # detached first: the lease is gone already
+            self._remove(key, index, changes)
+        return ApplyResult(
+            index=index, ok=True, revision=index, deleted=True, changes=tuple(changes)
+        )
 
     def _txn(self, index: int, txn: TxnCommand) -> ApplyResult:
         succeeded = all(self._holds(c) for c in txn.compare)
@@ -1312,6 +1517,7 @@ class KVStateMachine:
                 records[key] = _pack_record(operation.value, index)
                 if record is None:
                     self._keys.add(key)
+                self._attach(key, None)
                 previous = None if record is None else _record_revision(record)
                 changes.append(Change("put", key, index, previous, operation.value))
                 results.append(PutResult(index))
@@ -1364,6 +1570,7 @@ class KVStateMachine:
             self._applied_index,
             len(self._records),
             len(self._idempotency),
+            len(self._leases),
         ]
         return self._stream_snapshot(
             chunk_bytes,
@@ -1371,6 +1578,8 @@ class KVStateMachine:
             self._keys.to_list(),
             self._records.copy(),
             builtins.list(self._idempotency.items()),
+            self._key_leases.copy(),
+            self.leases(),
         )
 
     @staticmethod
@@ -1380,6 +1589,8 @@ class KVStateMachine:
         keys: builtins.list[str],
         records: dict[str, bytes],
         idempotency: builtins.list[tuple[str, ApplyResult]],
+        key_leases: dict[str, int],
+        leases: builtins.list[tuple[int, int]],
     ) -> Iterator[bytes]:
         yield _encode_frame(_FRAME_HEADER, _pack(header))
         flat: builtins.list[Any] = []
@@ -1387,7 +1598,7 @@ class KVStateMachine:
         payload_bytes = 0
         for key in keys:
             value, revision = _unpack_record(records[key])
-            flat.extend((key, value, revision))
+            flat.extend((key, value, revision, key_leases.get(key, 0)))
             payload_bytes += 4 * len(key) + len(value) + _RECORD_OVERHEAD_BYTES
             if payload_bytes >= chunk_bytes:
                 yield _encode_frame(_FRAME_KEYS, _pack(flat))
@@ -1413,6 +1624,15 @@ class KVStateMachine:
                 flat, payload_bytes = [], 0
         if flat:
             yield _encode_frame(_FRAME_IDEMPOTENCY, _pack(flat))
+        flat, payload_bytes = [], 0
+        for lease_id, ttl_s in leases:
+            flat.extend((lease_id, ttl_s))
+            payload_bytes += _RECORD_OVERHEAD_BYTES
+            if payload_bytes >= chunk_bytes:
+                yield _encode_frame(_FRAME_LEASES, _pack(flat))
+                flat, payload_bytes = [], 0
+        if flat:
+            yield _encode_frame(_FRAME_LEASES, _pack(flat))
         yield _encode_frame(_FRAME_END, b"")
 
     def snapshot(self) -> bytes:
@@ -1440,11 +1660,19 @@ class KVStateMachine:
         if kind != _FRAME_HEADER:
             raise SnapshotFormatError("snapshot does not start with a header frame")
         header = _decode_payload(payload, "header")
-        if len(header) != _HEADER_FIELD_COUNT or header[0] != _SNAPSHOT_MAGIC:
+        if len(header) < 2 or header[0] != _SNAPSHOT_MAGIC:
             raise SnapshotFormatError("snapshot header is not a kvraft key-value snapshot")
-        _, version, applied_index, key_count, idempotency_count = header
+        version = header[1]
         if type(version) is not int or version not in _SNAPSHOT_FORMAT_VERSIONS_READ:
             raise SnapshotFormatError(f"snapshot format version {version!r} is not supported")
+        # Versions 1 and 2 have no lease count (and no leases).
+        with_leases = version >= _SNAPSHOT_FORMAT_VERSION_LEASES
+        if len(header) != _HEADER_FIELD_COUNT - (0 if with_leases else 1):
+            raise SnapshotFormatError("snapshot header has the wrong number of fields")
+        _, _, applied_index, key_count, idempotency_count = header[:5]
+        lease_count = header[5] if with_leases else 0
+        if not _is_int_in(lease_count, 0, REVISION_MAX):
+            raise SnapshotFormatError("snapshot lease count is out of range")
         if not _is_int_in(applied_index, 0, REVISION_MAX):
             raise SnapshotFormatError("snapshot applied index is out of range")
         if not _is_int_in(key_count, 0, REVISION_MAX):
@@ -1455,34 +1683,80 @@ class KVStateMachine:
         machine = cls()
         machine._applied_index = applied_index
         keys: builtins.list[str] = []
-        last_kind = _FRAME_HEADER
+        last_rank = _FRAME_ORDER[_FRAME_HEADER]
         for kind, payload in frames:
             # Frames come in a fixed order, each kind repeatable except HEADER and END.
-            if kind < last_kind or kind == _FRAME_HEADER or last_kind == _FRAME_END:
+            rank = _FRAME_ORDER[kind]
+            if (
+                rank < last_rank
+                or kind == _FRAME_HEADER
+                or last_rank == _FRAME_ORDER[_FRAME_END]
+                or (kind == _FRAME_LEASES and not with_leases)
+            ):
                 raise SnapshotFormatError("snapshot frames are out of order")
-            last_kind = kind
+            last_rank = rank
             if kind == _FRAME_KEYS:
-                machine._restore_keys(payload, keys, key_count)
+                machine._restore_keys(payload, keys, key_count, with_leases)
             elif kind == _FRAME_IDEMPOTENCY:
                 machine._restore_idempotency(payload, idempotency_count, version)
-        if last_kind != _FRAME_END:
+            elif kind == _FRAME_LEASES:
+                machine._restore_leases(payload, lease_count)
+        if last_rank != _FRAME_ORDER[_FRAME_END]:
             raise SnapshotFormatError("snapshot is truncated (no end frame)")
-        if len(keys) != key_count or len(machine._idempotency) != idempotency_count:
+        if (
+            len(keys) != key_count
+            or len(machine._idempotency) != idempotency_count
+            or len(machine._leases) != lease_count
+        ):
             raise SnapshotFormatError("snapshot holds fewer records than its header says")
+        leases = machine._leases
+        for key, lease_id in machine._key_leases.items():
+            lease = leases.get(lease_id)
+            if lease is None:
+                raise SnapshotFormatError(f"snapshot key {key!r} names lease {lease_id}, absent")
+            lease.keys.add(key)
         machine._keys = _SortedKeys(keys)
         return machine
 
-    def _restore_keys(self, payload: bytes, keys: builtins.list[str], key_count: int) -> None:
+    def _restore_leases(self, payload: bytes, lease_count: int) -> None:
+        flat = _decode_payload(payload, "leases frame")
+        if not flat or len(flat) % _LEASE_RECORD_FIELDS:
+            raise SnapshotFormatError("snapshot leases frame must hold whole lease records")
+        leases = self._leases
+        if len(leases) + len(flat) // _LEASE_RECORD_FIELDS > lease_count:
+            raise SnapshotFormatError("snapshot holds more leases than its header says")
+        previous_id = max(leases, default=0)
+        for position in range(0, len(flat), _LEASE_RECORD_FIELDS):
+            lease_id, ttl_s = flat[position : position + _LEASE_RECORD_FIELDS]
+            # A lease's id is its grant's index: at most the applied index.
+            if not _is_int_in(lease_id, previous_id + 1, self._applied_index):
+                raise SnapshotFormatError("snapshot lease ids must increase within range")
+            if not _is_int_in(ttl_s, 1, LEASE_TTL_S_MAX):
+                raise SnapshotFormatError(f"snapshot lease TTL {ttl_s!r} is out of range")
+            leases[lease_id] = Lease(lease_id, ttl_s)
+            previous_id = lease_id
+
+    def _restore_keys(
+        self, payload: bytes, keys: builtins.list[str], key_count: int, with_leases: bool
+    ) -> None:
         flat = _decode_payload(payload, "keys frame")
-        if not flat or len(flat) % _KEY_RECORD_FIELDS:
+        fields = _KEY_RECORD_FIELDS if with_leases else _KEY_RECORD_FIELDS - 1
+        if not flat or len(flat) % fields:
             raise SnapshotFormatError("snapshot keys frame must hold whole key records")
-        if len(keys) + len(flat) // _KEY_RECORD_FIELDS > key_count:
+        if len(keys) + len(flat) // fields > key_count:
             raise SnapshotFormatError("snapshot holds more keys than its header says")
         records = self._records
+        key_leases = self._key_leases
         applied_index = self._applied_index
         previous_key = keys[-1] if keys else None
-        for position in range(0, len(flat), _KEY_RECORD_FIELDS):
-            key, value, revision = flat[position : position + _KEY_RECORD_FIELDS]
+        for position in range(0, len(flat), fields):
+            key, value, revision = flat[position : position + 3]
+            if with_leases:
+                lease_id = flat[position + 3]
+                if not _is_int_in(lease_id, 0, applied_index):
+                    raise SnapshotFormatError(f"snapshot lease id {lease_id!r} is out of range")
+                if lease_id:
+                    key_leases[key] = lease_id
             try:
                 _check_key(key)
                 _check_value(value)

@@ -812,7 +812,7 @@ _GOOD_IDEMPOTENCY = ["req", 4, True, 4, False]
             id="wrong-magic",
         ),
         pytest.param(
-            crafted_snapshot(9, [], [], header=["kvraft-kv-snapshot", 3, 9, 0, 0]),
+            crafted_snapshot(9, [], [], header=["kvraft-kv-snapshot", 99, 9, 0, 0]),
             id="unknown-version",
         ),
         pytest.param(

@@ -25,6 +25,7 @@ from typing import Any
 
 from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
 from kvraft.events import CoreEvents, EventLog
+from kvraft.leases import LeaseTimer
 from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     Configuration,
@@ -153,6 +154,8 @@ class SimNode:
             KVStateMachine.restore_bytes(self.disk.snapshot_data),
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
+            # The simulator has no milliseconds: one tick stands for one.
+            lease_timer=LeaseTimer(1, self.config.election_ticks),
         )
         # A byte budget per Ready as small as the seed's AppendEntries batches, so runs
         # split proposals and peer messages across Readies (what 1 MiB values do in the
