@@ -9,6 +9,7 @@ than letting a typo fall back to a default or an impossible value surface later 
 Layout::
 
     cluster_id = "kvraft-local"
+    peer_secret_file = "peer-secret"   (optional: the file holding the peers' shared secret)
     [raft]     tick_ms, election_ticks, heartbeat_ticks, inflight_max, batch_bytes_max,
                pre_vote, check_quorum
     [storage]  fsync, segment_bytes_max, snapshot_threshold_entries, snapshots_kept,
@@ -18,6 +19,10 @@ Layout::
                write_bytes_pending_max, request_header_timeout_ms, request_body_timeout_ms,
                http_connections_max, events_kept_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
+
+``peer_secret_file`` names the file (relative to the config file's directory) holding the
+cluster's peer secret, hex (issue #20; `read_peer_secret`). Peers prove they know it at every
+handshake; without it a node runs with unauthenticated peers, and warns.
 
 Every key is required except ``voter`` and the ones marked optional, which were added later
 (a file written before them gets their defaults). Relative ``data_dir`` paths are relative to the
@@ -33,6 +38,7 @@ the container's own loopback health check and the published ports do not reach.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -65,6 +71,9 @@ __all__ = [
     "KEY_BYTES_MAX_HIGHEST",
     "NODES_MAX",
     "NODE_ID_MAX",
+    "PEER_SECRET_BYTES",
+    "PEER_SECRET_FILE_BYTES_MAX",
+    "PEER_SECRET_FILE_NAME",
     "PORT_MAX",
     "PROPOSALS_PENDING_MAX_HIGHEST",
     "REQUEST_BODY_TIMEOUT_MS_MAX",
@@ -84,9 +93,12 @@ __all__ = [
     "StorageSettings",
     "load_config",
     "local_cluster_config",
+    "new_peer_secret",
     "parse_address",
     "parse_config",
+    "read_peer_secret",
     "render_config",
+    "write_peer_secret",
 ]
 
 # --- Limits ---------------------------------------------------------------------------------
@@ -370,6 +382,8 @@ class ClusterConfig:
     Fields:
         cluster_id: names the cluster; peers with another id are refused.
         nodes: the members, in file order.
+        peer_secret_file: the file holding the peers' shared secret (absolute), or None:
+            peers are then not authenticated.
         raft, storage, limits: the settings tables.
         path: the file it was loaded from (absolute), or None; not part of equality, so a
             config rendered and parsed back compares equal to the original.
@@ -381,6 +395,7 @@ class ClusterConfig:
     storage: StorageSettings
     limits: LimitSettings
     path: pathlib.Path | None = field(default=None, compare=False)
+    peer_secret_file: pathlib.Path | None = None
 
     def node(self, node_id: int) -> NodeSpec:
         """The node with this id; ConfigError if the cluster has none."""
@@ -436,6 +451,8 @@ def render_config(config: ClusterConfig) -> str:
         "# kvraft cluster configuration (see kvraft/config.py for every key).",
         f"cluster_id = {_toml_string(config.cluster_id)}",
     ]
+    if config.peer_secret_file is not None:
+        lines.append(f"peer_secret_file = {_toml_string(str(config.peer_secret_file))}")
     for table_name, settings in (
         ("raft", config.raft),
         ("storage", config.storage),
@@ -465,6 +482,7 @@ def local_cluster_config(
     raft_port_base: int = 7001,
     host: str = "127.0.0.1",
     cluster_id: str = "kvraft-local",
+    peer_secret_file: pathlib.Path | None = None,
 ) -> ClusterConfig:
     """A cluster of `nodes` voters (ids 1..nodes) on one host: node i gets http port
     ``http_port_base + i - 1``, raft port ``raft_port_base + i - 1`` and data dir
@@ -480,6 +498,8 @@ def local_cluster_config(
         "limits": LimitSettings(),
     }
     table: dict[str, Any] = {"cluster_id": cluster_id}
+    if peer_secret_file is not None:
+        table["peer_secret_file"] = str(peer_secret_file)
     for table_name, settings in defaults.items():
         table[table_name] = {key: getattr(settings, key) for key in _SETTINGS_KEYS[table_name]}
     bracketed_host = f"[{host}]" if ":" in host else host
@@ -497,7 +517,8 @@ def local_cluster_config(
 
 # --- Validation -----------------------------------------------------------------------------
 
-_TOP_LEVEL_KEYS = ("cluster_id", "raft", "storage", "limits", "nodes")
+_TOP_LEVEL_KEYS = ("cluster_id", "raft", "storage", "limits", "nodes", "peer_secret_file")
+_TOP_LEVEL_REQUIRED_KEYS = ("cluster_id", "raft", "storage", "limits", "nodes")
 
 # Each settings key with (minimum, maximum) for ints, or None for booleans. The order is the
 # order `render_config` writes them in.
@@ -560,7 +581,7 @@ _NODE_REQUIRED_KEYS = ("id", "raft_address", "http_address", "data_dir")
 
 def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> ClusterConfig:
     """Validate a TOML-shaped mapping and build the config, or raise ConfigError."""
-    _check_keys(table, "", _TOP_LEVEL_KEYS, _TOP_LEVEL_KEYS)
+    _check_keys(table, "", _TOP_LEVEL_KEYS, _TOP_LEVEL_REQUIRED_KEYS)
     cluster_id = table["cluster_id"]
     if not isinstance(cluster_id, str):
         raise ConfigError(f"cluster_id: expected a string, got {_type_name(cluster_id)}")
@@ -581,7 +602,17 @@ def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> Clus
             limits["value_bytes_max"] + limits["key_bytes_max"]
         )
     nodes = _nodes_from_table(table["nodes"], pathlib.Path(os.path.abspath(base_dir)))
+    peer_secret_file: pathlib.Path | None = None
+    if "peer_secret_file" in table:
+        name = table["peer_secret_file"]
+        if not isinstance(name, str) or not name or len(name.encode()) > DATA_DIR_BYTES_MAX:
+            raise ConfigError(
+                f"peer_secret_file: expected a path of 1..{DATA_DIR_BYTES_MAX} bytes,"
+                f" got {_type_name(name)}"
+            )
+        peer_secret_file = pathlib.Path(os.path.abspath(pathlib.Path(base_dir) / name))
     return ClusterConfig(
+        peer_secret_file=peer_secret_file,
         cluster_id=cluster_id,
         nodes=nodes,
         raft=RaftSettings(**settings["raft"]),
@@ -829,3 +860,62 @@ def _toml_scalar(value: int | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# --- The peer secret (issue #20) ------------------------------------------------------------
+
+PEER_SECRET_FILE_NAME = "peer-secret"
+"""The file `cluster up` writes the secret to, beside `cluster.toml` (mode 0600)."""
+
+PEER_SECRET_BYTES = 32
+"""The size of a generated peer secret (`secrets.token_bytes`): 256 bits."""
+
+PEER_SECRET_FILE_BYTES_MAX = 4096
+"""The largest peer secret file read: a hex secret and a newline fit many times over."""
+
+PEER_SECRET_BYTES_MIN = 16
+"""The shortest secret accepted (128 bits): a shorter one could be guessed offline from a
+recorded handshake. The same bound as `kvraft.transport.frames.PEER_SECRET_BYTES_MIN`."""
+
+
+def new_peer_secret() -> bytes:
+    """A fresh random peer secret."""
+    import secrets
+
+    return secrets.token_bytes(PEER_SECRET_BYTES)
+
+
+def write_peer_secret(path: pathlib.Path, secret: bytes) -> None:
+    """Write `secret` as hex to `path`, readable by its owner only (created 0600, never
+    widened first), replacing the file atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret.hex() + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def read_peer_secret(path: pathlib.Path) -> bytes:
+    """The secret in `path`: hex (surrounding whitespace ignored) of at least
+    PEER_SECRET_BYTES_MIN bytes. ConfigError naming the file, never its content."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(PEER_SECRET_FILE_BYTES_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the peer secret: {exc.strerror or exc}") from exc
+    if len(data) > PEER_SECRET_FILE_BYTES_MAX:
+        raise ConfigError(f"{path}: peer secret file is larger than {PEER_SECRET_FILE_BYTES_MAX}")
+    try:
+        secret = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{path}: the peer secret is not hex") from None
+    if len(secret) < PEER_SECRET_BYTES_MIN:
+        raise ConfigError(
+            f"{path}: the peer secret is {len(secret)} bytes, at least {PEER_SECRET_BYTES_MIN}"
+            " are needed (kvraft cluster up makes 32)"
+        )
+    return secret

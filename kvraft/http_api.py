@@ -1255,6 +1255,18 @@ def _node_collector(node: RaftNode) -> Any:
                     for peer_id, stats in sorted(peers.items()):
                         peer_family.add_metric([str(peer_id)], stats.get(stat, 0))
                     yield peer_family
+                # The accepting side: refused and unauthenticated peers (issue #20). Only a
+                # TCP transport has one; the simulator's in-memory transport has none.
+                server_stats = getattr(node.transport, "server_stats", None)
+                if server_stats is not None:
+                    accepting = server_stats()
+                    for stat, (name, kind, help_text) in TRANSPORT_METRICS.items():
+                        family_type = (
+                            CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                        )
+                        transport_family = family_type(name, help_text)
+                        transport_family.add_metric([], accepting.get(stat, 0))
+                        yield transport_family
 
     return NodeCollector()
 
@@ -1283,6 +1295,31 @@ PEER_METRICS = {
 }
 """The per-peer transport statistics `/metrics` exports, labelled by peer id: peer_stats()
 key -> (metric name, type, help); a counter's exported name gains `_total`."""
+
+TRANSPORT_METRICS = {
+    "peer_auth_failures": (
+        "kvraft_peer_auth_failures",
+        "counter",
+        "Peer connections that failed to prove the cluster's peer secret, either way",
+    ),
+    "refused_handshakes": (
+        "kvraft_peer_refused_handshakes",
+        "counter",
+        "Inbound peer handshakes refused (authentication, cluster, node id, version)",
+    ),
+    "peer_auth_enabled": (
+        "kvraft_peer_auth_enabled",
+        "gauge",
+        "1 if peers must prove the cluster's secret, 0 if this node runs unauthenticated",
+    ),
+    "pieces_buffered_bytes": (
+        "kvraft_peer_pieces_buffered_bytes",
+        "gauge",
+        "Bytes of unfinished pieced messages held across inbound peer connections",
+    ),
+}
+"""The transport's accepting-side statistics `/metrics` exports: server_stats() key ->
+(metric name, type, help); a counter's exported name gains `_total`."""
 
 
 def _source_address(host: str) -> tuple[str, int] | None:

@@ -149,6 +149,7 @@ class RaftNode:
         storage: Storage | None = None,
         transport: TransportFactory | None = None,
         rng: random.Random | None = None,
+        peer_secret: bytes | None = None,
     ) -> None:
         """A node of `config`'s cluster. A node named in `config.nodes` is a founding member:
         it starts from the file's configuration. Any other node (a joining one) passes its own
@@ -166,6 +167,7 @@ class RaftNode:
         self._rng = rng or random.Random()
         self._storage_override = storage
         self._transport_factory = transport
+        self._peer_secret = peer_secret  # the default transport's; never logged (issue #20)
         self.storage: Storage | None = None
         self.shell: NodeShell | None = None
         self._state_machine_before_start = KVStateMachine()
@@ -311,6 +313,7 @@ class RaftNode:
                 self._on_peer_payload,
                 self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
+                peer_secret=self._peer_secret,
             )
         if isinstance(self.transport, PeerTransport):
             self.transport.on_peer_reachability = self._on_peer_reachability

@@ -23,7 +23,13 @@ from typing import Any, TypeVar
 from multidict import CIMultiDict
 
 from kvraft import launcher
-from kvraft.config import ClusterConfig, local_cluster_config, render_config
+from kvraft.config import (
+    PEER_SECRET_FILE_NAME,
+    ClusterConfig,
+    local_cluster_config,
+    render_config,
+    write_peer_secret,
+)
 from kvraft.launcher import free_ports, serve_command
 
 __all__ = ["Cluster", "HttpAnswer", "wait_for"]
@@ -102,11 +108,16 @@ class Cluster:
         *,
         fsync: bool = False,
         extra_env: dict[str, str] | None = None,
+        peer_secret: bytes | None = None,
     ) -> None:
         self.root = root
         http_ports = free_ports(nodes)
         raft_ports = free_ports(nodes)
-        base = local_cluster_config(nodes, root / "data")
+        secret_path: Path | None = None
+        if peer_secret is not None:
+            secret_path = root / PEER_SECRET_FILE_NAME
+            write_peer_secret(secret_path, peer_secret)
+        base = local_cluster_config(nodes, root / "data", peer_secret_file=secret_path)
         self.config: ClusterConfig = _with_ports(base, http_ports, raft_ports, fsync=fsync)
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(render_config(self.config))

@@ -21,6 +21,7 @@ from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
     MEMBERS_MAX,
     MESSAGE_BYTES_MAX,
+    MESSAGE_TERM_MAX,
     NODE_ID_MAX,
     READ_ROUND_MAX,
     TERM_MAX,
@@ -96,7 +97,7 @@ def repack(encoded: bytes, edit: Any) -> bytes:
 # --- strategies -----------------------------------------------------------------------------
 
 node_ids = st.integers(1, NODE_ID_MAX)
-terms = st.integers(0, TERM_MAX)
+terms = st.integers(0, MESSAGE_TERM_MAX)
 indexes = st.integers(0, INDEX_MAX)
 read_rounds = st.integers(0, READ_ROUND_MAX)
 
@@ -563,13 +564,13 @@ TERM_RANGE = (0, TERM_MAX)
 INDEX_RANGE = (0, INDEX_MAX)
 NODE_ID_RANGE = (1, NODE_ID_MAX)  # NO_NODE is never valid on the wire: every field is a real node
 INTEGER_FIELD_RANGES: dict[str, tuple[int, int]] = {
-    "term": TERM_RANGE,
+    "term": (0, MESSAGE_TERM_MAX),  # a receiver must be able to increment what it adopts
     "source": NODE_ID_RANGE,
     "target": NODE_ID_RANGE,
     "last_log_index": INDEX_RANGE,
     "last_log_term": TERM_RANGE,
     "prev_log_index": INDEX_RANGE,
-    "prev_log_term": TERM_RANGE,
+    "prev_log_term": (0, MESSAGE_TERM_MAX),  # at most the message term
     "leader_commit": INDEX_RANGE,
     "match_index": INDEX_RANGE,
     "reject_index": INDEX_RANGE,
@@ -577,22 +578,23 @@ INTEGER_FIELD_RANGES: dict[str, tuple[int, int]] = {
     "conflict_term": TERM_RANGE,
     "read_round": (0, READ_ROUND_MAX),
     "meta.index": INDEX_RANGE,
-    "meta.term": TERM_RANGE,
+    "meta.term": (0, MESSAGE_TERM_MAX),  # at most the message term
 }
 BOOLEAN_FIELDS = {"pre_vote", "leadership_transfer", "vote_granted", "success"}
 OTHER_FIELDS = {"entries", "data"}  # tested on their own below
 
-# Bases where every integer can reach both ends of its range: the message term is TERM_MAX
-# (entry, prev_log and snapshot terms may not exceed it) and everything related to it is 0.
+# Bases where every integer can reach both ends of its range: the message term is
+# MESSAGE_TERM_MAX (entry, prev_log and snapshot terms may not exceed it) and everything
+# related to it is 0.
 EDGE_BASES: list[Message] = [
-    RequestVote(TERM_MAX, 1, 2, 0, 0),
-    RequestVoteResponse(TERM_MAX, 1, 2, vote_granted=False),
-    AppendEntries(TERM_MAX, 1, 2, 0, 0, (), 0),
-    AppendEntriesResponse(TERM_MAX, 1, 2, success=True),
-    InstallSnapshot(TERM_MAX, 1, 2, SnapshotMeta(0, 0, CONFIGURATION), b"x"),
-    Heartbeat(TERM_MAX, 1, 2, 0),
-    HeartbeatResponse(TERM_MAX, 1, 2),
-    TimeoutNow(TERM_MAX, 1, 2),
+    RequestVote(MESSAGE_TERM_MAX, 1, 2, 0, 0),
+    RequestVoteResponse(MESSAGE_TERM_MAX, 1, 2, vote_granted=False),
+    AppendEntries(MESSAGE_TERM_MAX, 1, 2, 0, 0, (), 0),
+    AppendEntriesResponse(MESSAGE_TERM_MAX, 1, 2, success=True),
+    InstallSnapshot(MESSAGE_TERM_MAX, 1, 2, SnapshotMeta(0, 0, CONFIGURATION), b"x"),
+    Heartbeat(MESSAGE_TERM_MAX, 1, 2, 0),
+    HeartbeatResponse(MESSAGE_TERM_MAX, 1, 2),
+    TimeoutNow(MESSAGE_TERM_MAX, 1, 2),
 ]
 
 
@@ -620,6 +622,19 @@ BOOLEAN_FIELD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("base", EDGE_BASES, ids=lambda base: type(base).__name__)
+def test_a_message_term_that_could_not_be_incremented_is_refused_at_decode(
+    base: Message,
+) -> None:
+    # Issue #20: one Heartbeat at TERM_MAX left every node a candidate forever, since its
+    # next RequestVote overflowed the term range. A term a receiver could adopt must leave
+    # room for one more election.
+    forged = dataclasses.replace(base, term=TERM_MAX)  # type: ignore[call-arg]
+    with pytest.raises(CodecError, match="term"):
+        decode_message(encode_message(forged))
+    assert MESSAGE_TERM_MAX + 1 == TERM_MAX
+
+
 def test_the_edge_bases_cover_every_message_type_and_are_valid() -> None:
     assert {type(base) for base in EDGE_BASES} == set(MESSAGE_TYPES)
     for base in EDGE_BASES:
@@ -638,7 +653,8 @@ def test_an_integer_field_accepts_both_ends_of_its_range(base: Message, path: st
 def test_an_integer_field_refuses_values_just_outside_its_range(base: Message, path: str) -> None:
     low, high = INTEGER_FIELD_RANGES[path]
     for value in (low - 1, high + 1):
-        with pytest.raises(CodecError, match="expected an integer"):
+        # A snapshot's term is bounded by the message term, which is checked first.
+        with pytest.raises(CodecError, match=r"expected an integer|above the message term"):
             decode_message(encode_message(replace_field(base, path, value)))
 
 

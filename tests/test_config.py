@@ -895,3 +895,26 @@ def test_the_slow_client_and_connection_limits_are_optional_and_read_when_given(
         assert f"limits.{key}" in refusal(
             edit("proposals_pending_max = 10000", f"proposals_pending_max = 10000\n{key} = 0")
         )
+
+
+def test_the_peer_secret_file_is_relative_to_the_config_and_read_as_hex(
+    tmp_path: pathlib.Path,
+) -> None:
+    from kvraft.config import new_peer_secret, read_peer_secret, write_peer_secret
+
+    text = render_config(local_cluster_config(1, tmp_path / "data"))
+    config = parse_config('peer_secret_file = "secrets/peer"\n' + text, tmp_path)
+    assert config.peer_secret_file == tmp_path / "secrets" / "peer"
+    assert parse_config(render_config(config), tmp_path) == config
+    (tmp_path / "secrets").mkdir()
+    secret = new_peer_secret()
+    write_peer_secret(config.peer_secret_file, secret)
+    assert config.peer_secret_file.stat().st_mode & 0o777 == 0o600
+    assert read_peer_secret(config.peer_secret_file) == secret
+    config.peer_secret_file.write_text("00" * 8 + "\n")
+    with pytest.raises(ConfigError, match="at least 16") as short:
+        read_peer_secret(config.peer_secret_file)
+    assert "00" * 8 not in str(short.value)  # an error names the file, never the secret
+    config.peer_secret_file.write_text("not hex")
+    with pytest.raises(ConfigError, match="not hex"):
+        read_peer_secret(config.peer_secret_file)

@@ -17,9 +17,12 @@ from kvraft.transport.frames import (
     HANDSHAKE_BYTES_MAX,
     KEEPALIVE_FRAME,
     NODE_ID_MAX,
+    NONCE_BYTES,
     PIECE_HEADER_BYTES,
     PIECE_MARKER,
     PIECED_MESSAGE_BYTES_MAX,
+    PIECES_BUFFERED_BYTES_MAX,
+    PROOF_BYTES,
     PROTOCOL_VERSION,
     REFUSAL_REASON_CHARS_MAX,
     FrameDecoder,
@@ -28,13 +31,18 @@ from kvraft.transport.frames import (
     HandshakeError,
     HandshakeReply,
     InboundConnection,
+    OutboundHandshake,
+    PeerAuthError,
     PeerProtocolError,
+    PiecesBudget,
     check_handshake,
     decode_handshake,
     decode_handshake_reply,
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
+    encode_proof,
+    handshake_proof,
     split_into_pieces,
 )
 
@@ -235,7 +243,7 @@ def test_a_handshake_from_a_member_of_the_cluster_to_this_node_is_accepted() -> 
     ("handshake", "reason"),
     [
         (Handshake(PROTOCOL_VERSION + 1, "c1", 2, 1), "protocol version"),
-        (Handshake(PROTOCOL_VERSION, "other", 2, 1), "cluster id 'other'"),
+        (Handshake(PROTOCOL_VERSION, "other", 2, 1), "cluster id is not this cluster's"),
         (Handshake(PROTOCOL_VERSION, "c1", 2, 3), "addressed to node 3"),
         (Handshake(PROTOCOL_VERSION, "c1", 1, 1), "own id"),
         (Handshake(PROTOCOL_VERSION, "c1", 9, 1), "node id 9 is not a member"),
@@ -408,3 +416,180 @@ def test_broken_pieces_are_the_peers_fault(frames: list[bytes], reason: str) -> 
 
 def test_the_transport_carries_every_install_snapshot_the_codec_accepts() -> None:
     assert PIECED_MESSAGE_BYTES_MAX >= INSTALL_SNAPSHOT_BYTES_MAX > FRAME_BYTES_MAX
+
+
+# --- peer authentication (issue #20) -------------------------------------------------------
+
+SECRET = bytes(range(32))
+OTHER_SECRET = bytes(range(1, 33))
+
+
+def authenticating_receiver(
+    secret: bytes | None = SECRET, budget: PiecesBudget | None = None
+) -> InboundConnection:
+    return InboundConnection(
+        cluster_id="c1",
+        node_id=1,
+        is_known_peer={2, 3}.__contains__,
+        frame_bytes_max=1000,
+        pieced_message_bytes_max=10_000,
+        peer_secret=secret,
+        pieces_budget=budget,
+    )
+
+
+def dialer(secret: bytes | None = SECRET, node_id: int = 2) -> OutboundHandshake:
+    return OutboundHandshake(Handshake(PROTOCOL_VERSION, "c1", node_id, 1), secret)
+
+
+def frames_of(data: bytes) -> list[bytes]:
+    return FrameDecoder(HANDSHAKE_BYTES_MAX).feed(b"".join([data]))
+
+
+def authenticate(
+    outbound: OutboundHandshake, inbound: InboundConnection
+) -> tuple[list[bytes], list[bytes]]:
+    """Run the handshake between the two sides; the frames each side sent, in order."""
+    sent_by_dialer = [outbound.first_frame()]
+    sent_by_listener: list[bytes] = []
+    assert inbound.receive_data(sent_by_dialer[0]) == []
+    (challenge,) = inbound.outgoing
+    inbound.outgoing.clear()
+    sent_by_listener.append(challenge)
+    (challenge_payload,) = frames_of(challenge)
+    proof = outbound.receive(challenge_payload)
+    assert proof is not None
+    sent_by_dialer.append(proof)
+    return sent_by_dialer, sent_by_listener
+
+
+def test_both_sides_prove_the_secret_before_any_message_is_read() -> None:
+    outbound, inbound = dialer(), authenticating_receiver()
+    # A message sent right behind the handshake, without waiting for the challenge, is
+    # taken for the proof and refused: it is never read as a message.
+    with pytest.raises(PeerAuthError):
+        inbound.receive_data(outbound.first_frame() + encode_frame(b"too early"))
+    assert inbound.handshake is None
+
+    outbound, inbound = dialer(), authenticating_receiver()
+    sent_by_dialer, _ = authenticate(outbound, inbound)
+    assert inbound.receive_data(sent_by_dialer[1] + encode_frame(b"m1")) == [b"m1"]
+    assert inbound.accepted_now and inbound.handshake is not None
+    assert inbound.handshake.node_id == 2
+    outbound.receive(encode_handshake_reply(HandshakeReply(accepted=True)))
+    assert outbound.accepted
+
+
+def test_a_dialer_with_a_wrong_secret_is_refused_by_the_listener() -> None:
+    outbound, inbound = dialer(OTHER_SECRET), authenticating_receiver()
+    inbound.receive_data(outbound.first_frame())
+    (challenge_payload,) = frames_of(inbound.outgoing[0])
+    # The dialer notices first (the listener's proof does not verify with its secret)...
+    with pytest.raises(PeerAuthError, match="failed to prove"):
+        outbound.receive(challenge_payload)
+    # ...and a forged proof of the right size is refused by the listener.
+    with pytest.raises(PeerAuthError, match="authentication failed"):
+        inbound.receive_data(encode_frame(encode_proof(b"\0" * PROOF_BYTES)))
+    assert inbound.handshake is None
+
+
+def test_a_listener_with_a_wrong_secret_is_refused_by_the_dialer() -> None:
+    outbound, inbound = dialer(), authenticating_receiver(OTHER_SECRET)
+    inbound.receive_data(outbound.first_frame())
+    (challenge_payload,) = frames_of(inbound.outgoing[0])
+    with pytest.raises(PeerAuthError):
+        outbound.receive(challenge_payload)
+
+
+def test_a_listener_that_accepts_without_a_challenge_is_refused_by_an_authenticating_dialer() -> (
+    None
+):
+    outbound = dialer()
+    with pytest.raises(PeerAuthError, match="without proving"):
+        outbound.receive(encode_handshake_reply(HandshakeReply(accepted=True)))
+
+
+def test_a_recorded_handshake_replayed_is_refused() -> None:
+    sent_by_dialer, sent_by_listener = authenticate(dialer(), authenticating_receiver())
+    # The dialer's side replayed to the listener: the listener's nonce is fresh.
+    replayed_to = authenticating_receiver()
+    assert replayed_to.receive_data(sent_by_dialer[0]) == []
+    with pytest.raises(PeerAuthError, match="authentication failed"):
+        replayed_to.receive_data(sent_by_dialer[1] + encode_frame(b"forged"))
+    assert replayed_to.handshake is None
+    # The listener's side replayed to a dialer: the dialer's nonce is fresh.
+    (challenge_payload,) = frames_of(sent_by_listener[0])
+    with pytest.raises(PeerAuthError, match="failed to prove"):
+        dialer().receive(challenge_payload)
+
+
+def test_a_proof_is_bound_to_its_direction_and_to_both_node_ids() -> None:
+    fields = {
+        "cluster_id": "c1",
+        "dialer_node_id": 2,
+        "listener_node_id": 1,
+        "dialer_nonce": b"d" * NONCE_BYTES,
+        "listener_nonce": b"l" * NONCE_BYTES,
+    }
+    base = handshake_proof(SECRET, direction="dialer", **fields)  # type: ignore[arg-type]
+    assert len(base) == PROOF_BYTES
+    assert handshake_proof(SECRET, direction="listener", **fields) != base  # type: ignore[arg-type]
+    assert (
+        handshake_proof(SECRET, direction="dialer", **{**fields, "dialer_node_id": 3}) != base  # type: ignore[arg-type]
+    )
+    assert handshake_proof(OTHER_SECRET, direction="dialer", **fields) != base  # type: ignore[arg-type]
+
+
+def test_a_node_with_a_secret_and_one_without_refuse_each_other() -> None:
+    with pytest.raises(PeerAuthError, match="requires peer authentication"):
+        authenticating_receiver().receive_data(dialer(secret=None).first_frame())
+    with pytest.raises(PeerAuthError, match="no peer secret"):
+        authenticating_receiver(secret=None).receive_data(dialer().first_frame())
+    outbound, inbound = dialer(secret=None), authenticating_receiver(secret=None)
+    assert inbound.receive_data(outbound.first_frame() + encode_frame(b"m")) == [b"m"]
+
+
+def test_a_handshake_refusal_does_not_echo_the_cluster_id() -> None:
+    stranger = encode_frame(encode_handshake(Handshake(PROTOCOL_VERSION, "guess", 2, 1)))
+    with pytest.raises(HandshakeError) as refused:
+        authenticating_receiver().receive_data(stranger)
+    assert "c1" not in str(refused.value) and "guess" not in str(refused.value)
+
+
+def test_pieces_held_across_connections_stay_within_one_budget() -> None:
+    budget = PiecesBudget(bytes_max=5000)
+    pieces = split_into_pieces(b"x" * 8000, frame_bytes_max=1000)
+    first, second = receiver_pair = [
+        InboundConnection(
+            cluster_id="c1",
+            node_id=1,
+            is_known_peer={2, 3}.__contains__,
+            frame_bytes_max=1000,
+            pieces_budget=budget,
+        )
+        for _ in range(2)
+    ]
+    for connection in receiver_pair:
+        connection.receive_data(good_handshake_frame())
+    first.receive_data(b"".join(encode_frame(piece) for piece in pieces[:4]))  # 3,992 bytes
+    assert budget.bytes_held == 4 * 998
+    with pytest.raises(FrameError, match="budget of 5000 bytes"):
+        second.receive_data(b"".join(encode_frame(piece) for piece in pieces[:2]))
+    assert budget.bytes_held == 4 * 998  # the refused connection's pieces were freed
+    first.release()  # the first connection closes: its pieces go back to the budget
+    assert budget.bytes_held == 0
+    whole = split_into_pieces(b"y" * 4990, frame_bytes_max=1000)
+    third = InboundConnection(
+        cluster_id="c1",
+        node_id=1,
+        is_known_peer={2}.__contains__,
+        frame_bytes_max=1000,
+        pieces_budget=budget,
+    )
+    stream = good_handshake_frame() + b"".join(encode_frame(piece) for piece in whole)
+    assert third.receive_data(stream) == [b"y" * 4990]
+    assert budget.bytes_held == 0
+
+
+def test_the_default_pieces_budget_is_named_and_above_one_largest_message() -> None:
+    assert PiecesBudget().bytes_max == PIECES_BUFFERED_BYTES_MAX >= PIECED_MESSAGE_BYTES_MAX

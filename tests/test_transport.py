@@ -100,6 +100,7 @@ class Harness:
         port: int = 0,
         cluster_id: str = CLUSTER_ID,
         inbox: Callable[[int, bytes], None] | None = None,
+        peer_secret: bytes | None = None,
     ) -> tuple[PeerTransport, Inbox]:
         recorder = Inbox()
         known = members if members is not None else {1, 2, 3, 4}
@@ -112,6 +113,7 @@ class Harness:
             known.__contains__,
             config=config,
             rng=random.Random(node_id),
+            peer_secret=peer_secret,
         )
         self.transports.append(transport)
         return transport, recorder
@@ -323,7 +325,7 @@ async def test_flush_hands_one_peers_queue_to_its_connection_at_once(harness: Ha
     ("frame", "reason"),
     [
         (handshake_frame(protocol_version=PROTOCOL_VERSION + 1), "protocol version"),
-        (handshake_frame(cluster_id="another-cluster"), "cluster id 'another-cluster'"),
+        (handshake_frame(cluster_id="another-cluster"), "cluster id is not this cluster's"),
         (handshake_frame(node_id=9), "node id 9 is not a member"),
         (handshake_frame(target_node_id=4), "addressed to node 4"),
         (handshake_frame(node_id=1), "own id"),
@@ -371,7 +373,7 @@ async def test_a_node_of_another_cluster_is_refused_and_both_sides_log_it_once(
     await eventually(lambda: stranger.peer_stats()[1]["connect_failures"] >= 3)
     unreachable = [r for r in caplog.records if "peer 1 at" in r.getMessage()]
     assert len(unreachable) == 1
-    assert "refused by peer: cluster id 'another-cluster'" in unreachable[0].getMessage()
+    assert "refused by peer: the handshake's cluster id is not" in unreachable[0].getMessage()
     refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
     assert [r.levelno for r in refusals] == [logging.WARNING]  # retries log at DEBUG
     assert a.server_stats()["refused_handshakes"] >= 3
@@ -977,3 +979,72 @@ async def test_memory_receiver_ignores_unknown_senders_and_stopped_nodes_lose_me
     assert inbox.messages == []
     with pytest.raises(ValueError):
         MemoryTransport(network, 1, Inbox(), lambda _: True)
+
+
+# --- peer authentication (issue #20) -------------------------------------------------------
+
+PEER_SECRET = b"s" * 32
+
+
+async def test_peers_with_the_same_secret_exchange_messages_both_ways(harness: Harness) -> None:
+    a, a_inbox = harness.transport(1, peer_secret=PEER_SECRET)
+    b, b_inbox = harness.transport(2, peer_secret=PEER_SECRET)
+    await a.start()
+    await b.start()
+    a.set_peer_address(2, "127.0.0.1", b.listen_port)
+    b.set_peer_address(1, "127.0.0.1", a.listen_port)
+    assert a.send(2, b"to b")
+    assert b.send(1, b"to a")
+    big = bytes(range(256)) * 20_000  # in pieces: FAST frames are small
+    assert a.send(2, big, bulk=True)
+    await b_inbox.wait_for(lambda: b_inbox.payloads() == [b"to b", big])
+    await a_inbox.wait_for(lambda: a_inbox.payloads() == [b"to a"])
+    for transport in (a, b):
+        stats = transport.server_stats()
+        assert stats["peer_auth_failures"] == 0 and stats["peer_auth_enabled"] == 1
+        assert stats["pieces_buffered_bytes"] == 0
+
+
+@pytest.mark.parametrize(
+    ("dialer_secret", "failure"),
+    [(b"t" * 32, "failed to prove"), (None, "requires peer authentication")],
+    ids=["wrong-secret", "no-secret"],
+)
+async def test_a_peer_without_the_secret_is_refused_and_counted_on_both_sides(
+    harness: Harness,
+    caplog: pytest.LogCaptureFixture,
+    dialer_secret: bytes | None,
+    failure: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kvraft.transport.tcp")
+    a, a_inbox = harness.transport(1, peer_secret=PEER_SECRET)
+    outsider, _ = harness.transport(2, peer_secret=dialer_secret)
+    await a.start()
+    await outsider.start()
+    outsider.set_peer_address(1, "127.0.0.1", a.listen_port)
+    outsider.send(1, b"forged")
+    await eventually(lambda: outsider.peer_stats()[1]["connect_failures"] >= 3)
+    assert a_inbox.messages == []
+    assert a.server_stats()["peer_auth_failures"] >= 1
+    if dialer_secret is not None:  # the dialer found the listener's proof wrong first
+        assert outsider.server_stats()["peer_auth_failures"] >= 3
+    unreachable = [r for r in caplog.records if "peer 1 at" in r.getMessage()]
+    assert len(unreachable) == 1 and failure in unreachable[0].getMessage()
+    refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING]  # once per address and reason
+    assert CLUSTER_ID not in " ".join(r.getMessage() for r in refusals)
+
+
+async def test_an_unauthenticated_handshake_to_a_node_with_a_secret_is_refused_before_its_messages(
+    harness: Harness,
+) -> None:
+    a, a_inbox = harness.transport(1, peer_secret=PEER_SECRET)
+    await a.start()
+    reader, writer = await harness.raw_client(a.listen_port)
+    writer.write(handshake_frame() + encode_frame(b"must never be delivered"))
+    reply = decode_handshake_reply(await read_frame(reader))
+    assert not reply.accepted and "requires peer authentication" in reply.reason
+    assert CLUSTER_ID not in reply.reason
+    assert await read_until_closed(reader) == b""
+    assert a_inbox.messages == []
+    assert a.server_stats()["peer_auth_failures"] == 1

@@ -114,7 +114,13 @@ from kvraft.client import (
     build_transfer_leadership,
     interpret_transfer,
 )
-from kvraft.config import ClusterConfig, render_config
+from kvraft.config import (
+    PEER_SECRET_FILE_NAME,
+    ClusterConfig,
+    new_peer_secret,
+    render_config,
+    write_peer_secret,
+)
 
 __all__ = [
     "FINAL_READ_TIMEOUT_S",
@@ -517,6 +523,10 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
     _prepare_directory(report_dir)
     pid = os.getpid()
     config = chaos_config(options.nodes, report_dir / "data", loopback_block(pid))
+    # Chaos runs with peer authentication on, as every cluster does by default (issue #20).
+    secret_path = (report_dir / PEER_SECRET_FILE_NAME).resolve()
+    write_peer_secret(secret_path, new_peer_secret())
+    config = dataclasses.replace(config, peer_secret_file=secret_path)
     config_path = report_dir / "cluster.toml"
     config_path.write_text(render_config(config))
     firewall: Firewall | None = None

@@ -34,11 +34,14 @@ import click
 from kvraft import launcher
 from kvraft.client import AsyncKVClient, KVError, normalize_endpoint
 from kvraft.config import (
+    PEER_SECRET_FILE_NAME,
     ClusterConfig,
     ConfigError,
     load_config,
     local_cluster_config,
+    new_peer_secret,
     render_config,
+    write_peer_secret,
 )
 from kvraft.healthcheck import HTTP_URL_FILE_VARIABLE
 from kvraft.pidfile import process_start_ticks, running_pid
@@ -320,14 +323,19 @@ def prepare_config(
             existing = load_config(path)
             _check_agrees(existing, path, nodes, http_port_base, raft_port_base, host)
             return existing, False
+        # Every new cluster gets its own random peer secret (issue #20), in a file only its
+        # owner reads, beside the config; it is never printed or logged.
+        secret_path = data_dir / PEER_SECRET_FILE_NAME
         config = local_cluster_config(
             wanted_nodes,
             data_dir,
             http_port_base=http_port_base or _HTTP_PORT_BASE_DEFAULT,
             raft_port_base=raft_port_base or _RAFT_PORT_BASE_DEFAULT,
             host=host or _HOST_DEFAULT,
+            peer_secret_file=secret_path.resolve(),
         )
         data_dir.mkdir(parents=True, exist_ok=True)
+        write_peer_secret(secret_path, new_peer_secret())
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(render_config(config), encoding="utf-8")
         os.replace(temporary, path)  # never leave a half-written config behind
@@ -579,6 +587,11 @@ def _banner(
     return [
         f"kvraft cluster {config.cluster_id!r}: {len(config.nodes)} nodes, config {action} "
         f"{config_shown}",
+        (
+            f"peers authenticate with the secret in {config.peer_secret_file} (owner-only)"
+            if config.peer_secret_file is not None
+            else "peers are NOT authenticated: this config names no peer_secret_file"
+        ),
         *table,
         "",
         f"restart a killed node:  kvraft serve --config {config_shown} --id N",

@@ -63,7 +63,15 @@ from kvraft.commands.cluster import (
     observation_from_status,
     observe,
 )
-from kvraft.config import ClusterConfig, local_cluster_config, parse_config, render_config
+from kvraft.config import (
+    PEER_SECRET_FILE_NAME,
+    ClusterConfig,
+    local_cluster_config,
+    new_peer_secret,
+    parse_config,
+    render_config,
+    write_peer_secret,
+)
 from kvraft.event_stream import merged_events
 from kvraft.exit_codes import EXIT_INTERRUPTED
 
@@ -581,6 +589,10 @@ def demo(
             for node_id in range(1, DEMO_NODES + 1)
         }
         config = demo_config(directory, hosts)
+        # The demo's peers authenticate too, as every cluster's do by default (issue #20).
+        secret_path = (directory / PEER_SECRET_FILE_NAME).resolve()
+        write_peer_secret(secret_path, new_peer_secret())
+        config = dataclasses.replace(config, peer_secret_file=secret_path)
         config_path = directory.resolve() / CONFIG_FILE_NAME
         config_path.write_text(render_config(config), encoding="utf-8")
         run = Demo(config, config_path, processes, firewall, click.echo)

@@ -386,9 +386,10 @@ async def run_node(
     data_dir: Path | None = None,
     join_url: str | None = None,
     learner: bool = False,
+    peer_secret_file: Path | None = None,
 ) -> int:
     from kvraft.client import ClientError, normalize_endpoint
-    from kvraft.config import ConfigError
+    from kvraft.config import ConfigError, read_peer_secret
     from kvraft.descriptors import handle_loop_exception, raise_descriptor_limit
     from kvraft.http_api import HttpApi
     from kvraft.http_guard import http_connections_allowed
@@ -405,6 +406,10 @@ async def run_node(
         config, spec, founding = await _resolve(
             config_path, node_id, raft_address, http_address, data_dir, join_url
         )
+        # The flag (or KVRAFT_PEER_SECRET_FILE) wins over the config's key: a joining node,
+        # or a container given the secret as a file, has it from outside the config.
+        secret_path = peer_secret_file or config.peer_secret_file
+        peer_secret = read_peer_secret(secret_path) if secret_path is not None else None
     except ConfigError as error:
         # The error names the file (load_config prefixes its path) or the flags at fault.
         log.error("node %d cannot start: %s", node_id, error)
@@ -432,7 +437,21 @@ async def run_node(
         config.limits.http_connections_max,
         descriptors_reserved,
     )
-    node = RaftNode(config, node_id, spec=None if founding else spec)
+    if peer_secret is None:
+        # Issue #20: the safe choice would be to refuse to start, but configs written before
+        # peer authentication have no secret, and a rolling upgrade must not stop a running
+        # cluster. `cluster up`, compose and the shipped configs all have one; a node
+        # without one says so at every start, and /metrics shows kvraft_peer_auth_enabled 0.
+        log.warning(
+            "node %d: NO PEER AUTHENTICATION: anything that reaches %s can act as a member of"
+            " this cluster (forge votes and writes). Give it the cluster's secret with"
+            " --peer-secret-file, KVRAFT_PEER_SECRET_FILE or peer_secret_file in the config.",
+            node_id,
+            spec.raft_address,
+        )
+    else:
+        log.info("node %d: peers must prove the cluster's peer secret", node_id)
+    node = RaftNode(config, node_id, spec=None if founding else spec, peer_secret=peer_secret)
     try:
         await node.start()
     except StorageCorruptionError as error:
@@ -595,6 +614,15 @@ async def run_node(
     "--learner", is_flag=True, help="With --join: stay a learner (replicates, never votes)."
 )
 @click.option(
+    "--peer-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="KVRAFT_PEER_SECRET_FILE",
+    default=None,
+    help="The cluster's peer secret (hex), which every peer must prove it knows; overrides"
+    " the config's peer_secret_file; env KVRAFT_PEER_SECRET_FILE. Without one, peers are"
+    " not authenticated.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     envvar="KVRAFT_LOG_LEVEL",
@@ -618,6 +646,7 @@ def serve(
     data_dir: Path | None,
     join_url: str | None,
     learner: bool,
+    peer_secret_file: Path | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -627,6 +656,7 @@ def serve(
     A founding member:      kvraft serve --config cluster.toml --id 1
     A new node joining:     kvraft serve --id 4 --raft-address 127.0.0.1:7004 \\
                               --http-address 127.0.0.1:8004 --data-dir data/node4 \\
+                              --peer-secret-file data/peer-secret \\
                               --join http://127.0.0.1:8001 [--config cluster.toml]
     """
     if config_path is None and raft_address is None and http_address is None:
@@ -651,6 +681,7 @@ def serve(
                 data_dir=data_dir,
                 join_url=join_url,
                 learner=learner,
+                peer_secret_file=peer_secret_file,
             )
         )
     )

@@ -66,6 +66,7 @@ __all__ = [
     "INSTALL_SNAPSHOT_BYTES_MAX",
     "MEMBERS_MAX",
     "MESSAGE_BYTES_MAX",
+    "MESSAGE_TERM_MAX",
     "NODE_ID_MAX",
     "READ_ROUND_MAX",
     "TERM_MAX",
@@ -99,6 +100,12 @@ CONFIGURATION_BYTES_MAX = CONTEXT_BYTES_MAX + 4096
 
 TERM_MAX = 2**63 - 1
 """The largest term: a signed 64-bit integer, so any other implementation or store can hold it."""
+
+MESSAGE_TERM_MAX = TERM_MAX - 1
+"""The largest term a message may carry as its own term, the one a receiver adopts (issue
+#20): one below TERM_MAX, so a node can always increment a term it adopted from a message and
+its next RequestVote still encodes. One Heartbeat at TERM_MAX used to leave every node a
+candidate forever (its next RequestVote overflowed the range), surviving restarts."""
 
 INDEX_MAX = 2**63 - 1
 """The largest log index, for the same reason as TERM_MAX."""
@@ -177,6 +184,11 @@ def _int_in(value: Any, low: int, high: int, what: str) -> int:
 
 def _term(value: Any, what: str) -> int:
     return _int_in(value, 0, TERM_MAX, what)
+
+
+def _message_term(value: Any, what: str) -> int:
+    """A message's own term: refused at decode if a receiver could not increment it."""
+    return _int_in(value, 0, MESSAGE_TERM_MAX, what)
 
 
 def _index(value: Any, what: str) -> int:
@@ -462,7 +474,7 @@ def _request_vote_from_obj(obj: list[Any]) -> RequestVote:
         obj, 8, "RequestVote"
     )
     return RequestVote(
-        _term(term, "RequestVote term"),
+        _message_term(term, "RequestVote term"),
         _node_id(source, "RequestVote source"),
         _node_id(target, "RequestVote target"),
         _index(last_log_index, "RequestVote last_log_index"),
@@ -475,7 +487,7 @@ def _request_vote_from_obj(obj: list[Any]) -> RequestVote:
 def _request_vote_response_from_obj(obj: list[Any]) -> RequestVoteResponse:
     _, term, source, target, vote_granted, pre_vote = _list_of(obj, 6, "RequestVoteResponse")
     return RequestVoteResponse(
-        _term(term, "RequestVoteResponse term"),
+        _message_term(term, "RequestVoteResponse term"),
         _node_id(source, "RequestVoteResponse source"),
         _node_id(target, "RequestVoteResponse target"),
         _flag(vote_granted, "RequestVoteResponse vote_granted"),
@@ -542,7 +554,7 @@ def _append_entries_from_obj(obj: list[Any]) -> AppendEntries:
     _, term, source, target, prev_log_index, prev_log_term, leader_commit, entries = _list_of(
         obj, 8, "AppendEntries"
     )
-    term = _term(term, "AppendEntries term")
+    term = _message_term(term, "AppendEntries term")
     prev_log_index = _index(prev_log_index, "AppendEntries prev_log_index")
     prev_log_term = _int_in(prev_log_term, 0, term, "AppendEntries prev_log_term")
     return AppendEntries(
@@ -561,7 +573,7 @@ def _append_entries_response_from_obj(obj: list[Any]) -> AppendEntriesResponse:
         _list_of(obj, 9, "AppendEntriesResponse")
     )
     return AppendEntriesResponse(
-        _term(term, "AppendEntriesResponse term"),
+        _message_term(term, "AppendEntriesResponse term"),
         _node_id(source, "AppendEntriesResponse source"),
         _node_id(target, "AppendEntriesResponse target"),
         _flag(success, "AppendEntriesResponse success"),
@@ -574,7 +586,7 @@ def _append_entries_response_from_obj(obj: list[Any]) -> AppendEntriesResponse:
 
 def _install_snapshot_from_obj(obj: list[Any]) -> InstallSnapshot:
     _, term, source, target, meta, data = _list_of(obj, 6, "InstallSnapshot")
-    term = _term(term, "InstallSnapshot term")
+    term = _message_term(term, "InstallSnapshot term")
     meta = snapshot_meta_from_obj(meta)
     if meta.term > term:
         raise CodecError(f"InstallSnapshot: snapshot term {meta.term} is above the message term")
@@ -592,7 +604,7 @@ def _install_snapshot_from_obj(obj: list[Any]) -> InstallSnapshot:
 def _heartbeat_from_obj(obj: list[Any]) -> Heartbeat:
     _, term, source, target, leader_commit, read_round = _list_of(obj, 6, "Heartbeat")
     return Heartbeat(
-        _term(term, "Heartbeat term"),
+        _message_term(term, "Heartbeat term"),
         _node_id(source, "Heartbeat source"),
         _node_id(target, "Heartbeat target"),
         _index(leader_commit, "Heartbeat leader_commit"),
@@ -603,7 +615,7 @@ def _heartbeat_from_obj(obj: list[Any]) -> Heartbeat:
 def _heartbeat_response_from_obj(obj: list[Any]) -> HeartbeatResponse:
     _, term, source, target, read_round = _list_of(obj, 5, "HeartbeatResponse")
     return HeartbeatResponse(
-        _term(term, "HeartbeatResponse term"),
+        _message_term(term, "HeartbeatResponse term"),
         _node_id(source, "HeartbeatResponse source"),
         _node_id(target, "HeartbeatResponse target"),
         _int_in(read_round, 0, READ_ROUND_MAX, "HeartbeatResponse read_round"),
@@ -613,7 +625,7 @@ def _heartbeat_response_from_obj(obj: list[Any]) -> HeartbeatResponse:
 def _timeout_now_from_obj(obj: list[Any]) -> TimeoutNow:
     _, term, source, target = _list_of(obj, 4, "TimeoutNow")
     return TimeoutNow(
-        _term(term, "TimeoutNow term"),
+        _message_term(term, "TimeoutNow term"),
         _node_id(source, "TimeoutNow source"),
         _node_id(target, "TimeoutNow target"),
     )

@@ -18,6 +18,15 @@ starts with a handshake:
 2. The listener checks it (`check_handshake`) and answers with one frame
    (`HandshakeReply`): accepted, or refused with the reason. A refused
    connection is then closed; the dialer logs the reason and backs off.
+   With a peer secret (issue #20) the listener first answers with a `Challenge`: a fresh
+   nonce of its own and its proof, an HMAC-SHA256 keyed by the secret over both nonces,
+   both node ids, the cluster id and the direction (`handshake_proof`). The dialer checks
+   it (the listener knows the secret), answers with its own `Proof` for the other
+   direction, and only then gets the reply. Both sides contribute a fresh nonce, so a
+   recorded handshake replayed by either side fails; proofs are compared with
+   `hmac.compare_digest`. Nothing the dialer sends after its handshake is read as a
+   message before its proof is checked. A node without a secret speaks the handshake
+   without a nonce, and the two kinds refuse each other.
 3. From then on the dialer sends payload frames only. An empty payload is a
    keepalive: it proves the connection is alive across quiet periods and is
    never handed to the application.
@@ -39,6 +48,9 @@ state machine: bytes in, validated payloads out, `FrameError` or
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,32 +60,47 @@ import msgpack
 
 __all__ = [
     "CLUSTER_ID_BYTES_MAX",
+    "DIALER",
     "FRAME_BYTES_MAX",
     "FRAME_PREFIX_BYTES",
     "HANDSHAKE_BYTES_MAX",
     "KEEPALIVE_FRAME",
+    "LISTENER",
     "NODE_ID_MAX",
+    "NONCE_BYTES",
+    "PEER_SECRET_BYTES_MIN",
     "PIECED_MESSAGE_BYTES_MAX",
+    "PIECES_BUFFERED_BYTES_MAX",
     "PIECE_FIRST",
     "PIECE_HEADER_BYTES",
     "PIECE_LAST",
     "PIECE_MARKER",
     "PIECE_MIDDLE",
+    "PROOF_BYTES",
     "PROTOCOL_VERSION",
     "REFUSAL_REASON_CHARS_MAX",
+    "Challenge",
     "FrameDecoder",
     "FrameError",
     "Handshake",
     "HandshakeError",
     "HandshakeReply",
     "InboundConnection",
+    "OutboundHandshake",
+    "PeerAuthError",
     "PeerProtocolError",
+    "PiecesBudget",
     "check_handshake",
     "decode_handshake",
     "decode_handshake_reply",
+    "decode_listener_answer",
+    "decode_proof",
+    "encode_challenge",
     "encode_frame",
     "encode_handshake",
     "encode_handshake_reply",
+    "encode_proof",
+    "handshake_proof",
     "split_into_pieces",
 ]
 
@@ -92,6 +119,22 @@ PIECED_MESSAGE_BYTES_MAX = 1024 * 1024 * 1024
 """The largest message sent in pieces (see the module docstring), and so the most a receiver
 buffers for one message: about what the snapshot of 9,000,000 keys with 100-byte values
 takes (`kvraft.raft.codec.INSTALL_SNAPSHOT_BYTES_MAX`, the only message that large)."""
+
+PIECES_BUFFERED_BYTES_MAX = 2 * PIECED_MESSAGE_BYTES_MAX
+"""The most bytes of unfinished pieced messages held across all of a node's connections
+(issue #20: after one handshake a peer held 400 MiB of never-completed pieces, and the
+per-connection limit allowed 1 GiB on each of 256 connections). Two of the largest messages:
+one from the leader plus one still arriving on a connection a former leader has not yet
+dropped. A connection whose pieces would go over it is closed and its pieces freed."""
+
+NONCE_BYTES = 32
+"""The size of each side's fresh random handshake nonce (`secrets.token_bytes`)."""
+
+PROOF_BYTES = 32
+"""The size of a handshake proof: one HMAC-SHA256 digest."""
+
+PEER_SECRET_BYTES_MIN = 16
+"""The shortest peer secret accepted: 128 bits, beyond guessing. `cluster up` makes 32."""
 
 PIECE_MARKER = 0xC1
 """The first byte of a piece's payload: msgpack never uses 0xc1."""
@@ -112,6 +155,10 @@ CLUSTER_ID_BYTES_MAX = 128
 NODE_ID_MAX = 2**31 - 1
 """The largest node id (ids are positive); the same bound as `kvraft.raft.codec.NODE_ID_MAX`."""
 
+_PRE_ACCEPT_BUFFERED_BYTES_MAX = 2 * (FRAME_PREFIX_BYTES + HANDSHAKE_BYTES_MAX)
+"""Before a connection is accepted the dialer has at most two handshake frames in flight
+(its handshake and its proof); more buffered bytes are a peer not waiting for its answer."""
+
 REFUSAL_REASON_CHARS_MAX = 200
 """A refusal reason is cut to this many characters, so that even 4-byte UTF-8 characters
 keep the reply under HANDSHAKE_BYTES_MAX."""
@@ -123,7 +170,13 @@ KEEPALIVE_FRAME = _PREFIX.pack(0)
 close it; never delivered as a message."""
 
 _HANDSHAKE_KEYS = frozenset({"protocol_version", "cluster_id", "node_id", "target_node_id"})
+_AUTHENTICATED_HANDSHAKE_KEYS = _HANDSHAKE_KEYS | {"nonce"}
 _REPLY_KEYS = frozenset({"accepted", "reason"})
+_CHALLENGE_KEYS = frozenset({"nonce", "proof"})
+_PROOF_KEYS = frozenset({"proof"})
+_PROOF_CONTEXT = b"kvraft peer handshake proof"
+DIALER, LISTENER = "dialer", "listener"
+"""The direction a proof is for: a listener's proof is never a valid dialer's proof."""
 
 
 class PeerProtocolError(ValueError):
@@ -139,6 +192,67 @@ class HandshakeError(PeerProtocolError):
 
     The message is the reason, fit for a log line and for the refusal sent to the peer.
     """
+
+
+class PeerAuthError(HandshakeError):
+    """The peer did not prove knowledge of the cluster's secret, or one side has none.
+
+    Counted apart from other refusals (`kvraft_peer_auth_failures_total`)."""
+
+
+class PiecesBudget:
+    """The bytes of unfinished pieced messages held across every connection of a node.
+
+    Shared by the node's `InboundConnection`s; one alone is given a budget of its own."""
+
+    __slots__ = ("bytes_held", "bytes_max")
+
+    def __init__(self, bytes_max: int = PIECES_BUFFERED_BYTES_MAX) -> None:
+        if bytes_max < 1:
+            raise ValueError("bytes_max must be positive")
+        self.bytes_max = bytes_max
+        self.bytes_held = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` bytes; False (nothing reserved) if that would go over the budget."""
+        if self.bytes_held + size > self.bytes_max:
+            return False
+        self.bytes_held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.bytes_held -= size
+
+
+def handshake_proof(
+    secret: bytes,
+    *,
+    direction: str,
+    cluster_id: str,
+    dialer_node_id: int,
+    listener_node_id: int,
+    dialer_nonce: bytes,
+    listener_nonce: bytes,
+) -> bytes:
+    """HMAC-SHA256, keyed by the peer secret, over everything the handshake settles.
+
+    The fields are packed as one msgpack array, so no two different handshakes give the same
+    input; `direction` (DIALER or LISTENER) keeps one side's proof from being reflected back
+    as the other's."""
+    message = msgpack.packb(
+        [
+            _PROOF_CONTEXT,
+            PROTOCOL_VERSION,
+            direction,
+            cluster_id,
+            dialer_node_id,
+            listener_node_id,
+            dialer_nonce,
+            listener_nonce,
+        ],
+        use_bin_type=True,
+    )
+    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 def encode_frame(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
@@ -246,12 +360,27 @@ class Handshake:
         cluster_id: the cluster the dialer belongs to; nodes of another cluster are refused.
         node_id: the dialer's node id; every payload on the connection is from this node.
         target_node_id: the node the dialer believes it reached; catches a wrong address book.
+        nonce: the dialer's fresh random nonce when it has a peer secret, else None.
     """
 
     protocol_version: int
     cluster_id: str
     node_id: int
     target_node_id: int
+    nonce: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A listener with a peer secret answers a handshake with this (see the module docstring).
+
+    Fields:
+        nonce: the listener's fresh random nonce.
+        proof: the listener's `handshake_proof` (direction LISTENER).
+    """
+
+    nonce: bytes
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,18 +414,61 @@ def _check_node_id(value: Any, what: str) -> int:
     return value
 
 
+def _check_bytes(value: Any, size: int, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise HandshakeError(f"{what} is not {size} bytes")
+    return value
+
+
 def encode_handshake(handshake: Handshake) -> bytes:
     """The handshake payload (frame it with `encode_frame`)."""
+    fields: dict[str, Any] = {
+        "protocol_version": handshake.protocol_version,
+        "cluster_id": handshake.cluster_id,
+        "node_id": handshake.node_id,
+        "target_node_id": handshake.target_node_id,
+    }
+    if handshake.nonce is not None:
+        fields["nonce"] = handshake.nonce
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+def encode_challenge(challenge: Challenge) -> bytes:
     packed: bytes = msgpack.packb(
-        {
-            "protocol_version": handshake.protocol_version,
-            "cluster_id": handshake.cluster_id,
-            "node_id": handshake.node_id,
-            "target_node_id": handshake.target_node_id,
-        },
-        use_bin_type=True,
+        {"nonce": challenge.nonce, "proof": challenge.proof}, use_bin_type=True
     )
     return packed
+
+
+def encode_proof(proof: bytes) -> bytes:
+    packed: bytes = msgpack.packb({"proof": proof}, use_bin_type=True)
+    return packed
+
+
+def decode_proof(payload: bytes) -> bytes:
+    """The dialer's proof from its second frame; `PeerAuthError` on anything malformed."""
+    try:
+        obj = _unpack_map(payload, "handshake proof")
+        if obj.keys() != _PROOF_KEYS:
+            raise HandshakeError("handshake proof has the wrong keys")
+        return _check_bytes(obj["proof"], PROOF_BYTES, "handshake proof")
+    except PeerAuthError:
+        raise
+    except HandshakeError as error:
+        raise PeerAuthError(str(error)) from None
+
+
+def decode_listener_answer(payload: bytes) -> HandshakeReply | Challenge:
+    """What a listener sends first: a reply (accepted without a secret, or refused) or, when
+    it has a secret, a `Challenge`. `HandshakeError` on anything malformed."""
+    obj = _unpack_map(payload, "handshake answer")
+    if obj.keys() == _CHALLENGE_KEYS:
+        return Challenge(
+            nonce=_check_bytes(obj["nonce"], NONCE_BYTES, "challenge nonce"),
+            proof=_check_bytes(obj["proof"], PROOF_BYTES, "challenge proof"),
+        )
+    return decode_handshake_reply(payload)
 
 
 def decode_handshake(payload: bytes) -> Handshake:
@@ -311,8 +483,11 @@ def decode_handshake(payload: bytes) -> Handshake:
         raise HandshakeError("handshake has no integer protocol_version")
     if version != PROTOCOL_VERSION:
         raise HandshakeError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-    if obj.keys() != _HANDSHAKE_KEYS:
+    if obj.keys() not in (_HANDSHAKE_KEYS, _AUTHENTICATED_HANDSHAKE_KEYS):
         raise HandshakeError(f"handshake keys {sorted(obj)}, expected {sorted(_HANDSHAKE_KEYS)}")
+    nonce = obj.get("nonce")
+    if nonce is not None:
+        nonce = _check_bytes(nonce, NONCE_BYTES, "handshake nonce")
     cluster_id = obj["cluster_id"]
     if not isinstance(cluster_id, str) or not cluster_id:
         raise HandshakeError("handshake cluster_id is not a non-empty string")
@@ -323,6 +498,7 @@ def decode_handshake(payload: bytes) -> Handshake:
         cluster_id=cluster_id,
         node_id=_check_node_id(obj["node_id"], "node_id"),
         target_node_id=_check_node_id(obj["target_node_id"], "target_node_id"),
+        nonce=nonce,
     )
 
 
@@ -343,9 +519,8 @@ def check_handshake(
             f"protocol version {handshake.protocol_version}, expected {PROTOCOL_VERSION}"
         )
     if handshake.cluster_id != cluster_id:
-        raise HandshakeError(
-            f"cluster id {handshake.cluster_id!r} is not this cluster's {cluster_id!r}"
-        )
+        # Neither id is echoed (issue #20): the refusal goes to whoever connected.
+        raise HandshakeError("the handshake's cluster id is not this cluster's")
     if handshake.target_node_id != node_id:
         raise HandshakeError(
             f"handshake is addressed to node {handshake.target_node_id}, this is node {node_id}"
@@ -376,26 +551,117 @@ def decode_handshake_reply(payload: bytes) -> HandshakeReply:
     return HandshakeReply(accepted=accepted, reason=reason[:REFUSAL_REASON_CHARS_MAX])
 
 
+class OutboundHandshake:
+    """The dialer's side of the handshake, without IO.
+
+    Send `first_frame()`; feed each frame the listener answers to `receive`, which returns
+    the frame to send back (the dialer's proof) or None, and sets `done`. Raises
+    `PeerAuthError` if the listener fails to prove the secret (or one side has none) and
+    `HandshakeError` for anything else wrong; a refusal is returned as `refusal`.
+    """
+
+    __slots__ = ("_handshake", "_listener_nonce", "_secret", "accepted", "refusal")
+
+    def __init__(self, handshake: Handshake, secret: bytes | None) -> None:
+        if secret is not None:
+            handshake = Handshake(
+                handshake.protocol_version,
+                handshake.cluster_id,
+                handshake.node_id,
+                handshake.target_node_id,
+                nonce=secrets.token_bytes(NONCE_BYTES),
+            )
+        self._handshake = handshake
+        self._secret = secret
+        self._listener_nonce: bytes | None = None  # set once the listener proved the secret
+        self.accepted = False
+        self.refusal: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.accepted or self.refusal is not None
+
+    def first_frame(self) -> bytes:
+        return encode_frame(encode_handshake(self._handshake))
+
+    def receive(self, payload: bytes) -> bytes | None:
+        """Take one frame from the listener; the frame to answer with, if any."""
+        if self.done:
+            raise HandshakeError("peer sent data after its handshake reply")
+        answer = decode_listener_answer(payload)
+        handshake, secret = self._handshake, self._secret
+        if isinstance(answer, HandshakeReply):
+            if not answer.accepted:
+                self.refusal = answer.reason
+            elif secret is not None and not self._proved:
+                raise PeerAuthError("peer accepted without proving the peer secret")
+            else:
+                self.accepted = True
+            return None
+        if secret is None or handshake.nonce is None:
+            raise PeerAuthError("peer requires peer authentication; this node has no secret")
+        if self._proved:
+            raise HandshakeError("peer sent a second challenge")
+        expected = handshake_proof(
+            secret,
+            direction=LISTENER,
+            cluster_id=handshake.cluster_id,
+            dialer_node_id=handshake.node_id,
+            listener_node_id=handshake.target_node_id,
+            dialer_nonce=handshake.nonce,
+            listener_nonce=answer.nonce,
+        )
+        if not hmac.compare_digest(answer.proof, expected):
+            raise PeerAuthError("peer failed to prove the peer secret (a different secret?)")
+        self._listener_nonce = answer.nonce
+        return encode_frame(
+            encode_proof(
+                handshake_proof(
+                    secret,
+                    direction=DIALER,
+                    cluster_id=handshake.cluster_id,
+                    dialer_node_id=handshake.node_id,
+                    listener_node_id=handshake.target_node_id,
+                    dialer_nonce=handshake.nonce,
+                    listener_nonce=answer.nonce,
+                )
+            )
+        )
+
+    @property
+    def _proved(self) -> bool:
+        return self._listener_nonce is not None
+
+
 class InboundConnection:
     """The receive side of one accepted connection: handshake first, then payloads.
 
     Feed it bytes with `receive_data`; it returns the payloads they complete, with
     keepalives removed. `handshake` is None until the peer's handshake is accepted, and
-    the frame limit stays at HANDSHAKE_BYTES_MAX until then. Raises `HandshakeError` for a
-    refused handshake and `FrameError` for broken framing; either way the connection is
-    finished and must be closed.
+    the frame limit stays at HANDSHAKE_BYTES_MAX until then. With a `peer_secret` the peer
+    must also prove it (see the module docstring): the challenge to send is put in
+    `outgoing`, and `accepted_now` tells the caller to send the acceptance. Raises
+    `PeerAuthError` for a failed proof, `HandshakeError` for another refused handshake and
+    `FrameError` for broken framing; either way the connection is finished and must be
+    closed (call `release` to give its pieces' budget back).
     """
 
     __slots__ = (
+        "_claimed",
         "_cluster_id",
         "_decoder",
         "_frame_bytes_max",
         "_is_known_peer",
+        "_listener_nonce",
         "_node_id",
+        "_peer_secret",
         "_pieced_message_bytes_max",
         "_pieces",
+        "_pieces_budget",
         "_pieces_bytes",
+        "accepted_now",
         "handshake",
+        "outgoing",
     )
 
     def __init__(
@@ -406,32 +672,37 @@ class InboundConnection:
         is_known_peer: Callable[[int], bool],
         frame_bytes_max: int = FRAME_BYTES_MAX,
         pieced_message_bytes_max: int = PIECED_MESSAGE_BYTES_MAX,
+        peer_secret: bytes | None = None,
+        pieces_budget: PiecesBudget | None = None,
     ) -> None:
         self._cluster_id = cluster_id
         self._node_id = node_id
         self._is_known_peer = is_known_peer
         self._frame_bytes_max = frame_bytes_max
         self._pieced_message_bytes_max = pieced_message_bytes_max
+        self._peer_secret = peer_secret
+        self._pieces_budget = pieces_budget or PiecesBudget()
         self._decoder = FrameDecoder(HANDSHAKE_BYTES_MAX)
         self._pieces: list[memoryview] = []
         self._pieces_bytes = 0
+        self._claimed: Handshake | None = None
+        self._listener_nonce = b""
         self.handshake: Handshake | None = None
+        self.outgoing: list[bytes] = []
+        """Frames to send the dialer (the challenge); the caller empties it."""
+        self.accepted_now = False
+        """Set by the `receive_data` call that accepted the handshake."""
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Consume `data`; return the non-empty payloads completed so far, in order."""
         self._decoder.receive_data(data)
+        self.accepted_now = False
         if self.handshake is None:
-            frame = self._decoder.next_frame()
-            if frame is None:
+            if not self._receive_handshake():
+                if self._decoder.buffered_bytes > _PRE_ACCEPT_BUFFERED_BYTES_MAX:
+                    raise FrameError("too many bytes before the handshake was accepted")
                 return []
-            handshake = decode_handshake(frame)
-            check_handshake(
-                handshake,
-                cluster_id=self._cluster_id,
-                node_id=self._node_id,
-                is_known_peer=self._is_known_peer,
-            )
-            self.handshake = handshake
+            self.accepted_now = True
             # Only now may the peer send frames of full size.
             self._decoder.frame_bytes_max = self._frame_bytes_max
         payloads: list[bytes] = []
@@ -448,6 +719,66 @@ class InboundConnection:
                 payloads.append(frame)
         return payloads
 
+    @property
+    def awaiting_proof(self) -> bool:
+        """The dialer was challenged and has not proved the secret yet."""
+        return self._claimed is not None and self.handshake is None
+
+    def _receive_handshake(self) -> bool:
+        """Advance the handshake with the frames buffered; True once it is accepted."""
+        if self._claimed is None:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return False
+            handshake = decode_handshake(frame)
+            check_handshake(
+                handshake,
+                cluster_id=self._cluster_id,
+                node_id=self._node_id,
+                is_known_peer=self._is_known_peer,
+            )
+            secret = self._peer_secret
+            if secret is None:
+                if handshake.nonce is not None:
+                    raise PeerAuthError("this node has no peer secret; peer authentication is off")
+                self.handshake = handshake
+                return True
+            if handshake.nonce is None:
+                raise PeerAuthError("this node requires peer authentication (a peer secret)")
+            self._claimed = handshake
+            self._listener_nonce = secrets.token_bytes(NONCE_BYTES)
+            proof = self._proof(LISTENER)
+            self.outgoing.append(
+                encode_frame(encode_challenge(Challenge(nonce=self._listener_nonce, proof=proof)))
+            )
+        frame = self._decoder.next_frame()
+        if frame is None:
+            return False
+        proof = decode_proof(frame)
+        if not hmac.compare_digest(proof, self._proof(DIALER)):
+            raise PeerAuthError("peer authentication failed")
+        self.handshake = self._claimed
+        return True
+
+    def _proof(self, direction: str) -> bytes:
+        claimed, secret = self._claimed, self._peer_secret
+        assert claimed is not None and claimed.nonce is not None and secret is not None
+        return handshake_proof(
+            secret,
+            direction=direction,
+            cluster_id=self._cluster_id,
+            dialer_node_id=claimed.node_id,
+            listener_node_id=self._node_id,
+            dialer_nonce=claimed.nonce,
+            listener_nonce=self._listener_nonce,
+        )
+
+    def release(self) -> None:
+        """Free the pieces held (the connection is done); gives their budget back."""
+        self._pieces.clear()
+        self._pieces_budget.release(self._pieces_bytes)
+        self._pieces_bytes = 0
+
     def _add_piece(self, frame: bytes) -> bytes | None:
         """Take one piece; the whole message once its last piece is in, else None."""
         kind = frame[1] if len(frame) > PIECE_HEADER_BYTES else None
@@ -455,21 +786,25 @@ class InboundConnection:
             raise self._broken("a malformed piece of a message")
         if (kind == PIECE_FIRST) == bool(self._pieces):
             raise self._broken("a piece out of order")
-        self._pieces_bytes += len(frame) - PIECE_HEADER_BYTES
-        if self._pieces_bytes > self._pieced_message_bytes_max:
+        share = len(frame) - PIECE_HEADER_BYTES
+        if self._pieces_bytes + share > self._pieced_message_bytes_max:
             raise self._broken(
                 f"a message in pieces is over the limit of {self._pieced_message_bytes_max} bytes"
             )
+        if not self._pieces_budget.take(share):
+            raise self._broken(
+                "pieces held across connections would go over the budget of "
+                f"{self._pieces_budget.bytes_max} bytes"
+            )
+        self._pieces_bytes += share
         self._pieces.append(memoryview(frame)[PIECE_HEADER_BYTES:])
         if kind != PIECE_LAST:
             return None
         message = b"".join(self._pieces)
-        self._pieces.clear()
-        self._pieces_bytes = 0
+        self.release()
         return message
 
     def _broken(self, reason: str) -> FrameError:
         """The stream can no longer be trusted: free the pieces held, report the peer's fault."""
-        self._pieces.clear()
-        self._pieces_bytes = 0
+        self.release()
         return FrameError(reason)

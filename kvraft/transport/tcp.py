@@ -24,6 +24,15 @@ be stale. Outbound sockets bind their source address to this node's listen
 host, so per-address firewall rules between 127.0.0.x addresses cut exactly
 one link.
 
+Authentication (issue #20). With a peer secret every connection's handshake proves
+knowledge of it both ways (challenge-response, see `frames`); a peer that fails is refused
+before any of its messages is read, logged once per address and reason, and counted
+(`peer_auth_failures`, exported as `kvraft_peer_auth_failures_total`). A connection that
+claims a node id already connected is not a replacement: connections are never replaced,
+each one is only ever an extra receive path, and with a secret its claim is proven. The
+secret is shared by the cluster, so it proves membership, not which member (per-node
+identity comes with peer TLS, a later slice of #20).
+
 Receiving. The listener feeds each connection's bytes to a sans-IO
 `InboundConnection` (see `frames`): the peer must send its handshake within
 `handshake_timeout_s`, then frames; a connection that is silent for
@@ -54,9 +63,11 @@ from kvraft.transport.frames import (
     HANDSHAKE_BYTES_MAX,
     KEEPALIVE_FRAME,
     NODE_ID_MAX,
+    PEER_SECRET_BYTES_MIN,
     PIECE_FIRST,
     PIECE_MARKER,
     PIECED_MESSAGE_BYTES_MAX,
+    PIECES_BUFFERED_BYTES_MAX,
     PROTOCOL_VERSION,
     FrameDecoder,
     FrameError,
@@ -64,9 +75,10 @@ from kvraft.transport.frames import (
     HandshakeError,
     HandshakeReply,
     InboundConnection,
-    decode_handshake_reply,
+    OutboundHandshake,
+    PeerAuthError,
+    PiecesBudget,
     encode_frame,
-    encode_handshake,
     encode_handshake_reply,
     split_into_pieces,
 )
@@ -151,6 +163,8 @@ class TransportConfig:
     Fields (see the constant of the same name in capitals for each one's reason):
         frame_bytes_max: the largest frame sent or accepted; a larger payload goes in pieces.
         pieced_message_bytes_max: the largest payload sent or accepted in pieces.
+        pieces_buffered_bytes_max: the most bytes of unfinished pieced messages held across
+            all inbound connections at once.
         queue_messages_max, queue_bytes_max: the normal lane's queue bounds, per peer.
         bulk_queue_messages_max, bulk_queue_bytes_max: the bulk lane's queue bounds, per peer.
         connect_timeout_s, handshake_timeout_s, idle_timeout_s, keepalive_interval_s,
@@ -163,6 +177,7 @@ class TransportConfig:
 
     frame_bytes_max: int = FRAME_BYTES_MAX
     pieced_message_bytes_max: int = PIECED_MESSAGE_BYTES_MAX
+    pieces_buffered_bytes_max: int = PIECES_BUFFERED_BYTES_MAX
     queue_messages_max: int = PEER_QUEUE_MESSAGES_MAX
     queue_bytes_max: int = PEER_QUEUE_BYTES_MAX
     bulk_queue_messages_max: int = BULK_QUEUE_MESSAGES_MAX
@@ -229,8 +244,11 @@ class _ConnectFailed(Exception):
 class _OutboundProtocol(asyncio.Protocol):
     """One dialed connection: waits for the handshake reply, then only writes."""
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_lost: Callable[[], None], handshake: OutboundHandshake) -> None:
         self._on_lost = on_lost
+        self._handshake = handshake
+        self.auth_failed = False
+        """The listener failed to prove the peer secret (or one side has none)."""
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(HANDSHAKE_BYTES_MAX)
         loop = asyncio.get_running_loop()
@@ -251,17 +269,25 @@ class _OutboundProtocol(asyncio.Protocol):
         if self.reply.done():
             self.abort("peer sent data on a send-only connection")
             return
+        handshake = self._handshake
         try:
-            frames = self._decoder.feed(data)
-            if not frames:
-                return
-            if len(frames) > 1:
-                raise HandshakeError("peer sent data after its handshake reply")
-            reply = decode_handshake_reply(frames[0])
+            for frame in self._decoder.feed(data):
+                if handshake.done:
+                    raise HandshakeError("peer sent data after its handshake reply")
+                answer = handshake.receive(frame)
+                if answer is not None:
+                    self.write(answer)  # our proof, after the listener proved its own
+        except PeerAuthError as error:
+            self.auth_failed = True
+            self.abort(f"peer authentication failed: {error}")
+            return
         except (FrameError, HandshakeError) as error:
             self.abort(f"bad handshake reply: {error}")
             return
-        self.reply.set_result(None if reply.accepted else f"refused by peer: {reply.reason}")
+        if handshake.accepted:
+            self.reply.set_result(None)
+        elif handshake.refusal is not None:
+            self.reply.set_result(f"refused by peer: {handshake.refusal}")
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -591,10 +617,19 @@ class _Outbound:
         local_host = self._owner.listen_host
         bind = config.bind_source_address and local_host not in _WILDCARD_HOSTS
         wake = self._wakeup.set
+        handshake = OutboundHandshake(
+            Handshake(
+                protocol_version=PROTOCOL_VERSION,
+                cluster_id=self._owner.cluster_id,
+                node_id=self._owner.node_id,
+                target_node_id=self._peer.node_id,
+            ),
+            self._owner.peer_secret,
+        )
         try:
             async with asyncio.timeout(config.connect_timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: _OutboundProtocol(on_lost=wake),
+                    lambda: _OutboundProtocol(on_lost=wake, handshake=handshake),
                     host,
                     port,
                     local_addr=(local_host, 0) if bind else None,
@@ -608,19 +643,15 @@ class _Outbound:
                 EXHAUSTION.record("peer_connect", error)
             raise _ConnectFailed(f"connect failed: {error}") from None
         self._protocol = protocol  # from here on, stop() can abort it
-        handshake = Handshake(
-            protocol_version=PROTOCOL_VERSION,
-            cluster_id=self._owner.cluster_id,
-            node_id=self._owner.node_id,
-            target_node_id=self._peer.node_id,
-        )
-        protocol.write(encode_frame(encode_handshake(handshake)))
+        protocol.write(handshake.first_frame())
         try:
             async with asyncio.timeout(config.handshake_timeout_s):
                 failure = await protocol.reply
         except TimeoutError:
             failure = f"no handshake reply within {config.handshake_timeout_s} s"
         if failure is not None:
+            if protocol.auth_failed:
+                self._owner._counters["peer_auth_failures"] += 1
             protocol.abort(failure)
             self._protocol = None
             raise _ConnectFailed(failure)
@@ -706,6 +737,8 @@ class _InboundProtocol(asyncio.Protocol):
             is_known_peer=owner.is_known_peer,
             frame_bytes_max=owner.config.frame_bytes_max,
             pieced_message_bytes_max=owner.config.pieced_message_bytes_max,
+            peer_secret=owner.peer_secret,
+            pieces_budget=owner._pieces_budget,
         )
         self._peer_address = "?"
         self._timer: asyncio.TimerHandle | None = None
@@ -747,9 +780,13 @@ class _InboundProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._last_receive_time = self._loop.time()
-        had_handshake = self._receiver.handshake is not None
+        receiver = self._receiver
         try:
-            payloads = self._receiver.receive_data(data)
+            payloads = receiver.receive_data(data)
+        except PeerAuthError as error:
+            self._owner._counters["peer_auth_failures"] += 1
+            self._refuse(str(error))
+            return
         except HandshakeError as error:
             self._refuse(str(error))
             return
@@ -757,11 +794,15 @@ class _InboundProtocol(asyncio.Protocol):
             self._owner._counters["frame_errors"] += 1
             self._close(logging.WARNING, f"bad frame: {error}")
             return
-        handshake = self._receiver.handshake
+        if receiver.outgoing:
+            assert self._transport is not None
+            self._transport.write(b"".join(receiver.outgoing))  # the challenge
+            receiver.outgoing.clear()
+        handshake = receiver.handshake
         if handshake is None:
             return
         node_id = handshake.node_id
-        if not had_handshake:
+        if receiver.accepted_now:
             self._accept(node_id)
         elif not self._owner.is_known_peer(node_id):
             # Membership is asked on every read, so a removed node is cut off at once.
@@ -791,10 +832,18 @@ class _InboundProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed and self._receiver.awaiting_proof:
+            # A dialer that hangs up on our challenge found our proof wrong: it has another
+            # secret (or none). Counted and logged here too, so the node it targets shows it.
+            self._owner._counters["peer_auth_failures"] += 1
+            reason = "closed the connection instead of proving the peer secret"
+            level = self._owner._refusal_log_level(self._peer_address.rpartition(":")[0], reason)
+            logger.log(level, "refused connection from %s: %s", self._peer_address, reason)
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._receiver.release()  # its unfinished pieces no longer count against the budget
         self._owner._inbound.discard(self)
         logger.debug(
             "connection from %s (node %s) closed: %s",
@@ -884,6 +933,9 @@ class PeerTransport:
             read, so membership may change at any time.
         config: limits and timeouts.
         rng: the source of reconnect jitter; pass a seeded one for reproducible runs.
+        peer_secret: the cluster's shared secret: every connection, both ways, must prove
+            it (issue #20). None runs unauthenticated, and such a node and one with a
+            secret refuse each other.
     """
 
     def __init__(
@@ -897,6 +949,7 @@ class PeerTransport:
         *,
         config: TransportConfig | None = None,
         rng: random.Random | None = None,
+        peer_secret: bytes | None = None,
     ) -> None:
         if not 1 <= node_id <= NODE_ID_MAX:
             raise ValueError(f"node_id {node_id} is not in 1..{NODE_ID_MAX}")
@@ -910,6 +963,10 @@ class PeerTransport:
         self.is_known_peer = is_known_peer
         self.config = config or TransportConfig()
         self.rng = rng or random.Random()
+        if peer_secret is not None and len(peer_secret) < PEER_SECRET_BYTES_MIN:
+            raise ValueError(f"peer_secret must be at least {PEER_SECRET_BYTES_MIN} bytes")
+        self.peer_secret = peer_secret
+        self._pieces_budget = PiecesBudget(self.config.pieces_buffered_bytes_max)
         self.on_peer_reachability: Callable[[int, bool, str, str], None] | None = None
         """Told `(peer_id, reachable, "host:port", reason)` once per change of a peer's
         reachability on the normal lane (the bulk lane's follows it): for the node's events."""
@@ -928,6 +985,7 @@ class PeerTransport:
                 "idle_timeouts",
                 "connection_limit_refusals",
                 "unknown_peer_sends",
+                "peer_auth_failures",
             ),
             0,
         )
@@ -1072,7 +1130,12 @@ class PeerTransport:
 
     def server_stats(self) -> dict[str, int]:
         """Counters of the accepting side (handshakes refused, timeouts, ...) for metrics."""
-        return {**self._counters, "inbound_connections": len(self._inbound)}
+        return {
+            **self._counters,
+            "inbound_connections": len(self._inbound),
+            "pieces_buffered_bytes": self._pieces_budget.bytes_held,
+            "peer_auth_enabled": int(self.peer_secret is not None),
+        }
 
     def _refusal_log_level(self, host: str, reason: str) -> int:
         """WARNING the first time a host is refused for a reason, DEBUG when it retries."""
