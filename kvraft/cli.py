@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     ("kv", "status"),
     ("txn", "txn"),
     ("watch", "watch"),
+    ("lease", "lease"),
     ("events", "events"),
     ("demo", "demo"),
     ("member", "member"),

@@ -84,6 +84,16 @@ error. A transaction that writes is retried after it may have been sent only wit
 idempotency key, like a put; one that only reads is retried like a read. `delete_prefix`
 and `count` are the range delete and `count_only` list.
 
+Leases. `lease_grant`, `lease_keepalive`, `lease_info`, `leases` and `lease_revoke` are the
+lease routes; `put(..., lease=ID)` attaches a key; a lease that is gone is `LeaseNotFound`.
+A keepalive changes no data and is retried like a read. A grant is retried even after it
+may have reached a node (decision: the lost answer's lease has no keys and expires by
+itself after its TTL, while refusing would fail every grant caught in a failover), and so
+is a revoke (its purpose, the lease gone, holds either way). `lease(ttl_s)` is a context
+manager that grants on entry, keeps the lease alive every TTL / 3 from a background thread
+(`KVClient`, with its own client) or task (`AsyncKVClient`), fails over like any call, sets
+`lease.lost` when a keepalive finds the lease gone, and revokes it on exit.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
@@ -101,6 +111,7 @@ import pathlib
 import random
 import secrets
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import (
@@ -130,6 +141,8 @@ __all__ = [
     "CONSISTENCY_LEVELS",
     "ENDPOINTS_MAX",
     "IDEMPOTENCY_KEY_CHARS_MAX",
+    "KEEPALIVES_PER_TTL",
+    "LEASE_NOT_FOUND",
     "LIST_LIMIT_MAX",
     "LIST_PAGE_SIZE_DEFAULT",
     "RESPONSE_BYTES_MAX",
@@ -142,6 +155,7 @@ __all__ = [
     "WATCH_PROGRESS_S",
     "WATCH_PROGRESS_S_MAX",
     "AsyncKVClient",
+    "AsyncLease",
     "BackupInfo",
     "ClientError",
     "CloseStream",
@@ -154,6 +168,10 @@ __all__ = [
     "KVClient",
     "KVError",
     "KeyState",
+    "Lease",
+    "LeaseGrant",
+    "LeaseInfo",
+    "LeaseNotFound",
     "ListAnswer",
     "OpenStream",
     "OutcomeUnknown",
@@ -175,6 +193,11 @@ __all__ = [
     "build_delete",
     "build_delete_prefix",
     "build_get",
+    "build_lease_grant",
+    "build_lease_info",
+    "build_lease_keepalive",
+    "build_lease_revoke",
+    "build_leases",
     "build_list",
     "build_members",
     "build_put",
@@ -188,6 +211,11 @@ __all__ = [
     "interpret_delete_prefix",
     "interpret_get",
     "interpret_key_state",
+    "interpret_lease_grant",
+    "interpret_lease_info",
+    "interpret_lease_keepalive",
+    "interpret_lease_revoke",
+    "interpret_leases",
     "interpret_list",
     "interpret_list_answer",
     "interpret_members",
@@ -272,7 +300,15 @@ from the answering node's state machine, possibly behind."""
 STREAM_CHUNK_BYTES = 64 * 1024
 """The most one read of a watch stream asks for."""
 
+LEASE_NOT_FOUND = "lease_not_found"
+"""The server's error code for a lease that does not exist (`LeaseNotFound`)."""
+
+KEEPALIVES_PER_TTL = 3
+"""A `lease()` sends a keepalive every TTL / this (etcd's client does the same): two may be
+lost, or a failover may take a third of the TTL, before the lease is at risk."""
+
 _KV_PREFIX = "/v1/kv"
+_LEASES_PATH = "/v1/leases"
 _MEMBERS_PATH = "/v1/members"
 _TRANSFER_PATH = "/v1/leader/transfer"
 _TXN_PATH = "/v1/txn"
@@ -346,6 +382,15 @@ class OutcomeUnknown(KVError):
 
 class ProtocolError(KVError):
     """A node answered something that does not follow the API (the server's fault)."""
+
+
+class LeaseNotFound(ClientError):
+    """404 `lease_not_found`: the lease does not exist (never granted, revoked, or expired
+    because no keepalive reached the leader within its TTL). `lease_id` names it."""
+
+    def __init__(self, lease_id: int, message: str) -> None:
+        super().__init__(LEASE_NOT_FOUND, message, 404)
+        self.lease_id = lease_id
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,6 +509,26 @@ class KeyState:
 
     value: bytes | None
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A granted lease: its `id` (the grant's log index) and `ttl_s` (whole seconds)."""
+
+    id: int
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A lease as the leader sees it: `id`, `ttl_s`, `remaining_s` (by the leader's clock,
+    until it expires without another keepalive) and `keys` attached to it, in key order
+    (None in `leases()`, whose answer does not list keys)."""
+
+    id: int
+    ttl_s: int
+    remaining_s: float
+    keys: tuple[str, ...] | None
 
 
 StatusResults: TypeAlias = dict[str, dict[str, Any] | KVError]
@@ -838,9 +903,13 @@ def build_put(
     if_revision: int | None = None,
     if_absent: bool = False,
     idempotency_key: str | None = None,
+    lease: int | None = None,
 ) -> HttpRequest:
-    """`PUT /v1/kv/{key}`: store `value`; `if_revision` / `if_absent` make it conditional."""
+    """`PUT /v1/kv/{key}[?lease=ID]`: store `value`; `if_revision` / `if_absent` make it
+    conditional; `lease` attaches the key to that lease (deleted when the lease goes)."""
     target = key_path(key)
+    if lease is not None:
+        target += f"?lease={_lease_id(lease)}"
     if not isinstance(value, bytes | bytearray | memoryview):
         raise ClientError("bad_value", f"a value must be bytes, not {type(value).__name__}")
     if if_absent and if_revision is not None:
@@ -1060,6 +1129,79 @@ def build_transfer_leadership(target: int | None = None) -> HttpRequest:
     )
 
 
+def _lease_id(lease_id: object) -> int:
+    if type(lease_id) is not int or lease_id < 1:
+        raise ClientError("bad_lease", "a lease id is a positive integer")
+    return lease_id
+
+
+def _lease_path(lease_id: int) -> str:
+    return f"{_LEASES_PATH}/{_lease_id(lease_id)}"
+
+
+def build_lease_grant(ttl_s: int) -> HttpRequest:
+    """`POST /v1/leases {"ttl_s": N}`: a new lease of `ttl_s` whole seconds.
+
+    Decision: repeated after it may have reached a node (like a keyed write). A grant
+    whose answer was lost leaves at most a lease nobody knows the id of; no key can be
+    attached to it, so it harms nothing and expires by itself after `ttl_s`. Refusing to
+    retry would instead fail the caller on every failover, which is worse.
+    """
+    if type(ttl_s) is not int or ttl_s < 1:
+        raise ClientError("bad_ttl", "ttl_s must be a positive whole number of seconds")
+    return HttpRequest(
+        method="POST",
+        target=_LEASES_PATH,
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps({"ttl_s": ttl_s}).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"grant a {ttl_s} s lease",
+    )
+
+
+def build_lease_keepalive(lease_id: int) -> HttpRequest:
+    """`POST /v1/leases/{id}/keepalive`: restart the lease's TTL. It writes nothing to the
+    log and repeating it is harmless, so it is retried like a read."""
+    return HttpRequest(
+        method="POST",
+        target=_lease_path(lease_id) + "/keepalive",
+        headers=_JSON_HEADERS,
+        body=b"",
+        is_write=False,
+        retry_after_send=True,
+        description=f"keepalive of lease {lease_id}",
+    )
+
+
+def build_lease_revoke(lease_id: int) -> HttpRequest:
+    """`DELETE /v1/leases/{id}`: the lease and its keys go, in one revision.
+
+    Repeated after it may have reached a node: the caller wants the lease gone, and a
+    repeat can only find it already gone. So a `LeaseNotFound` from a revoke means "the
+    lease is gone", which may be this very call's earlier attempt's doing.
+    """
+    return HttpRequest(
+        method="DELETE",
+        target=_lease_path(lease_id),
+        headers=_JSON_HEADERS,
+        body=b"",
+        is_write=True,
+        retry_after_send=True,
+        description=f"revoke lease {lease_id}",
+    )
+
+
+def build_lease_info(lease_id: int) -> HttpRequest:
+    """`GET /v1/leases/{id}`: the lease's TTL, time remaining and keys (from the leader)."""
+    return _read_request(_lease_path(lease_id), f"GET lease {lease_id}")
+
+
+def build_leases() -> HttpRequest:
+    """`GET /v1/leases`: every live lease, by id."""
+    return _read_request(_LEASES_PATH, "GET /v1/leases")
+
+
 # ---------------------------------------------------------------------------------------
 # Response interpreters.
 
@@ -1245,6 +1387,85 @@ def interpret_transfer(response: HttpResponse) -> dict[str, Any]:
     `previous_leader_id`, as the server sent them (checked to be a JSON object)."""
     _raise_for_status(response, None)
     return _json_object(response)
+
+
+def _raise_for_lease(response: HttpResponse, lease_id: int | None) -> None:
+    """`LeaseNotFound` for a 404 `lease_not_found`, else as `_raise_for_status`."""
+    if response.status == 404:
+        code, message = _error_fields(response)
+        if code == LEASE_NOT_FOUND:
+            raise LeaseNotFound(lease_id or 0, message)
+    _raise_for_status(response, None)
+
+
+def _lease_id_field(body: Mapping[str, Any], status: int) -> int:
+    text = body.get("id")
+    if not isinstance(text, str) or not (text.isascii() and text.isdecimal()) or text == "0":
+        raise ProtocolError(f"HTTP {status}: 'id' is not a decimal lease id")
+    return int(text)
+
+
+def _ttl_field(body: Mapping[str, Any], status: int) -> int:
+    ttl_s = body.get("ttl_s")
+    if type(ttl_s) is not int or ttl_s < 1:
+        raise ProtocolError(f"HTTP {status}: 'ttl_s' is not a positive integer")
+    return ttl_s
+
+
+def _lease_info(body: object, status: int, with_keys: bool) -> LeaseInfo:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"HTTP {status}: a lease is not a JSON object")
+    remaining_s = body.get("remaining_s")
+    if not isinstance(remaining_s, int | float) or isinstance(remaining_s, bool):
+        raise ProtocolError(f"HTTP {status}: 'remaining_s' is not a number")
+    keys: tuple[str, ...] | None = None
+    if with_keys:
+        raw_keys = body.get("keys")
+        if not isinstance(raw_keys, list) or not all(isinstance(k, str) for k in raw_keys):
+            raise ProtocolError(f"HTTP {status}: 'keys' is not a list of strings")
+        keys = tuple(raw_keys)
+    return LeaseInfo(
+        _lease_id_field(body, status), _ttl_field(body, status), float(remaining_s), keys
+    )
+
+
+def interpret_lease_grant(response: HttpResponse) -> LeaseGrant:
+    """The granted lease; a TTL out of the server's bounds is a `ClientError` (`bad_ttl`)."""
+    _raise_for_status(response, None)
+    body = _json_object(response)
+    return LeaseGrant(_lease_id_field(body, 200), _ttl_field(body, 200))
+
+
+def interpret_lease_keepalive(response: HttpResponse, lease_id: int) -> int:
+    """The lease's TTL in seconds (its deadline is that far from the keepalive's arrival);
+    `LeaseNotFound` if it is gone."""
+    _raise_for_lease(response, lease_id)
+    return _ttl_field(_json_object(response), 200)
+
+
+def interpret_lease_revoke(response: HttpResponse, lease_id: int) -> tuple[int, int]:
+    """(revision, number of keys deleted) of a revoke; `LeaseNotFound` if it is gone."""
+    _raise_for_lease(response, lease_id)
+    body = _json_object(response)
+    deleted = body.get("deleted")
+    if type(deleted) is not int or deleted < 0:
+        raise ProtocolError("HTTP 200: 'deleted' is not a count")
+    return _revision_field(body, 200), deleted
+
+
+def interpret_lease_info(response: HttpResponse, lease_id: int) -> LeaseInfo:
+    """The lease with its keys; `LeaseNotFound` if it is gone."""
+    _raise_for_lease(response, lease_id)
+    return _lease_info(_json_object(response), 200, with_keys=True)
+
+
+def interpret_leases(response: HttpResponse) -> list[LeaseInfo]:
+    """Every live lease, by id (`keys` is None: the list does not carry them)."""
+    _raise_for_status(response, None)
+    leases = _json_object(response).get("leases")
+    if not isinstance(leases, list):
+        raise ProtocolError("HTTP 200: 'leases' is not a list")
+    return [_lease_info(one, 200, with_keys=False) for one in leases]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1745,6 +1966,7 @@ class _ClientCore:
         if_revision: int | None,
         if_absent: bool,
         idempotency_key: str | None,
+        lease: int | None = None,
     ) -> Steps[int]:
         request = build_put(
             key,
@@ -1752,8 +1974,43 @@ class _ClientCore:
             if_revision=if_revision,
             if_absent=if_absent,
             idempotency_key=self._write_key(idempotency_key),
+            lease=lease,
         )
-        return interpret_put((yield from self._plan(request)), key)
+        response = yield from self._plan(request)
+        if lease is not None and response.status == 404:
+            _raise_for_lease(response, lease)  # the lease is gone: nothing was written
+        return interpret_put(response, key)
+
+    def lease_grant(self, ttl_s: int) -> Steps[LeaseGrant]:
+        return interpret_lease_grant((yield from self._plan(build_lease_grant(ttl_s))))
+
+    def lease_keepalive(self, lease_id: int, policy: RetryPolicy | None = None) -> Steps[int]:
+        request = build_lease_keepalive(lease_id)
+        steps = plan_exchange(request, self.router, policy or self.policy, time.monotonic, self.rng)
+        return interpret_lease_keepalive((yield from steps), lease_id)
+
+    def lease_revoke(self, lease_id: int) -> Steps[tuple[int, int]]:
+        request = build_lease_revoke(lease_id)
+        return interpret_lease_revoke((yield from self._plan(request)), lease_id)
+
+    def lease_info(self, lease_id: int) -> Steps[LeaseInfo]:
+        request = build_lease_info(lease_id)
+        return interpret_lease_info((yield from self._plan(request)), lease_id)
+
+    def leases(self) -> Steps[list[LeaseInfo]]:
+        return interpret_leases((yield from self._plan(build_leases())))
+
+    def keepalive_policy(self, ttl_s: int) -> RetryPolicy:
+        """A background keepalive's timeouts: one call (all its retries) within one
+        keepalive period, so a lease's keeper never stalls past its next keepalive and
+        stops promptly when its lease is closed."""
+        period_s = ttl_s / KEEPALIVES_PER_TTL
+        return RetryPolicy(
+            period_s,
+            min(period_s, self.policy.attempt_timeout_s),
+            min(period_s, self.policy.connect_timeout_s),
+            None,
+        )
 
     def get(self, key: str, consistency: str) -> Steps[tuple[bytes, int] | None]:
         request = build_get(key, consistency=consistency)
@@ -1929,6 +2186,16 @@ class _ClientBase:
         watch_progress_s: float = WATCH_PROGRESS_S,
         unreachable_timeout_s: float | None = None,
     ) -> None:
+        # What a lease's keepalive thread needs to build its own client like this one
+        # (not the rng: a client is not shared between threads, nor its randomness).
+        self._options: dict[str, Any] = {
+            "timeout_s": timeout_s,
+            "attempt_timeout_s": attempt_timeout_s,
+            "connect_timeout_s": connect_timeout_s,
+            "auto_idempotency_keys": auto_idempotency_keys,
+            "response_bytes_max": response_bytes_max,
+            "unreachable_timeout_s": unreachable_timeout_s,
+        }
         self._core = _ClientCore(
             endpoints,
             timeout_s,
@@ -1988,9 +2255,51 @@ class KVClient(_ClientBase):
         if_revision: int | None = None,
         if_absent: bool = False,
         idempotency_key: str | None = None,
+        lease: int | None = None,
     ) -> int:
-        """Store `value` under `key`; return the write's revision."""
-        return self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key))
+        """Store `value` under `key`; return the write's revision. With `lease` (a lease
+        id) the key is deleted when that lease is revoked or expires."""
+        return self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key, lease))
+
+    def lease_grant(self, ttl_s: int) -> LeaseGrant:
+        """Grant a lease of `ttl_s` whole seconds (the server's bounds: `bad_ttl` outside
+        them). Retried after an ambiguous attempt (see `build_lease_grant`). To keep it
+        alive in the background, use `lease()` instead."""
+        return self._run(self._core.lease_grant(ttl_s))
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Restart the lease's TTL; returns the TTL. `LeaseNotFound` if it has expired or
+        was revoked."""
+        return self._run(self._core.lease_keepalive(lease_id))
+
+    def lease_revoke(self, lease_id: int) -> tuple[int, int]:
+        """Revoke the lease: it and its keys go in one revision. Returns (revision, keys
+        deleted); `LeaseNotFound` if it is already gone (see `build_lease_revoke`)."""
+        return self._run(self._core.lease_revoke(lease_id))
+
+    def lease_info(self, lease_id: int) -> LeaseInfo:
+        """The lease's TTL, the seconds it has left and its keys; `LeaseNotFound`."""
+        return self._run(self._core.lease_info(lease_id))
+
+    def leases(self) -> list[LeaseInfo]:
+        """Every live lease, by id (without their keys)."""
+        return self._run(self._core.leases())
+
+    def lease(self, ttl_s: int) -> Lease:
+        """A lease kept alive by a background thread while its `with` block runs:
+
+            with client.lease(10) as lease:
+                client.put("workers/w1", b"up", lease=lease.id)
+                while not lease.lost.is_set():
+                    ...
+
+        Entering grants it; the thread sends a keepalive every TTL / 3 (through its own
+        client over the same endpoints, so it fails over on its own); leaving revokes it,
+        deleting its keys at once. `lease.lost` is set if a keepalive found the lease gone
+        (it expired: no keepalive reached a leader for a whole TTL), so stop the work it
+        guards."""
+        _check_ttl(ttl_s)
+        return Lease(self, KVClient(self.endpoints, **self._options), ttl_s)
 
     def get(
         self,
@@ -2349,9 +2658,40 @@ class AsyncKVClient(_ClientBase):
         if_revision: int | None = None,
         if_absent: bool = False,
         idempotency_key: str | None = None,
+        lease: int | None = None,
     ) -> int:
-        """Store `value` under `key`; return the write's revision."""
-        return await self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key))
+        """Store `value` under `key`; return the write's revision. With `lease`, the key
+        goes when that lease does."""
+        return await self._run(
+            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease)
+        )
+
+    async def lease_grant(self, ttl_s: int) -> LeaseGrant:
+        """Grant a lease; see `KVClient.lease_grant`."""
+        return await self._run(self._core.lease_grant(ttl_s))
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Restart the lease's TTL; see `KVClient.lease_keepalive`."""
+        return await self._run(self._core.lease_keepalive(lease_id))
+
+    async def lease_revoke(self, lease_id: int) -> tuple[int, int]:
+        """Revoke the lease; see `KVClient.lease_revoke`."""
+        return await self._run(self._core.lease_revoke(lease_id))
+
+    async def lease_info(self, lease_id: int) -> LeaseInfo:
+        """The lease and its keys; see `KVClient.lease_info`."""
+        return await self._run(self._core.lease_info(lease_id))
+
+    async def leases(self) -> list[LeaseInfo]:
+        """Every live lease; see `KVClient.leases`."""
+        return await self._run(self._core.leases())
+
+    def lease(self, ttl_s: int) -> AsyncLease:
+        """A lease kept alive by a task while an `async with client.lease(10) as lease:`
+        block runs; the same contract as `KVClient.lease` (`lease.lost` is an
+        `asyncio.Event`). The task shares this client, so it is used on its event loop."""
+        _check_ttl(ttl_s)
+        return AsyncLease(self, ttl_s)
 
     async def get(
         self,
@@ -2655,3 +2995,157 @@ async def _read_async_stream(
             return await response.content.readany()
     except (aiohttp.ClientError, TimeoutError) as error:
         return TransportFailure(FailureKind.AFTER_SEND, _connection_failure(error))
+
+
+# ---------------------------------------------------------------------------------------
+# Leases kept alive in the background.
+
+
+def _check_ttl(ttl_s: object) -> None:
+    if type(ttl_s) is not int or ttl_s < 1:
+        raise ClientError("bad_ttl", "ttl_s must be a positive whole number of seconds")
+
+
+class Lease:
+    """A lease kept alive by a background thread; made by `KVClient.lease`, used as a
+    context manager. Fields: `id` and `ttl_s` (once entered); `lost`, a `threading.Event`
+    set when a keepalive found the lease gone; `last_error`, why the latest keepalive
+    failed (None after a success): a keepalive that reaches no node within one period is
+    tried again at once, and the lease is only known lost once a node says so.
+
+    Not restartable: one lease per `with`.
+    """
+
+    def __init__(self, client: KVClient, keeper: KVClient, ttl_s: int) -> None:
+        self._client = client
+        self._keeper = keeper
+        self.ttl_s = ttl_s
+        self._id: int | None = None
+        self.lost = threading.Event()
+        self.last_error: KVError | None = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def id(self) -> int:
+        """The lease's id, for `put(..., lease=)`; only inside the `with` block."""
+        if self._id is None:
+            raise ClientError("bad_lease", "the lease is granted when its with block starts")
+        return self._id
+
+    def __enter__(self) -> Lease:
+        if self._id is not None:
+            raise ClientError("bad_lease", "a Lease is entered once")
+        self._id = self._client.lease_grant(self.ttl_s).id
+        self._thread = threading.Thread(
+            target=self._keep_alive, name=f"kvraft-lease-{self._id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            # Within one keepalive period: each keepalive call is bounded by it.
+            self._thread.join()
+        if self.lost.is_set() or self._id is None:
+            return
+        try:
+            self._client.lease_revoke(self._id)
+        except LeaseNotFound:
+            pass  # expired just now, or an earlier attempt of this revoke applied: gone
+        except KVError:
+            if exc_type is None:
+                raise  # else the body's own error matters more; the lease expires anyway
+
+    def _keep_alive(self) -> None:
+        assert self._id is not None
+        lease_id = self._id
+        period_s = self.ttl_s / KEEPALIVES_PER_TTL
+        policy = self._keeper._core.keepalive_policy(self.ttl_s)
+        next_s = time.monotonic() + period_s
+        # The wait is the keepalive schedule itself, and the stop signal ends it at once.
+        while not self._stopped.wait(max(0.0, next_s - time.monotonic())):
+            try:
+                self._keeper._run(self._keeper._core.lease_keepalive(lease_id, policy))
+            except LeaseNotFound:
+                if not self._stopped.is_set():
+                    self.lost.set()
+                return
+            except KVError as error:
+                self.last_error = error
+                next_s = time.monotonic() + BACKOFF_S_MIN  # no node confirmed it: again
+                continue
+            self.last_error = None
+            next_s = time.monotonic() + period_s
+
+
+class AsyncLease:
+    """A lease kept alive by an asyncio task; made by `AsyncKVClient.lease`, used with
+    `async with`. The same fields as `Lease`, with `lost` an `asyncio.Event`."""
+
+    def __init__(self, client: AsyncKVClient, ttl_s: int) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+        self._id: int | None = None
+        self.lost = asyncio.Event()
+        self.last_error: KVError | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> int:
+        """The lease's id, for `put(..., lease=)`; only inside the `async with` block."""
+        if self._id is None:
+            raise ClientError("bad_lease", "the lease is granted when its with block starts")
+        return self._id
+
+    async def __aenter__(self) -> AsyncLease:
+        if self._id is not None:
+            raise ClientError("bad_lease", "an AsyncLease is entered once")
+        self._id = (await self._client.lease_grant(self.ttl_s)).id
+        self._task = asyncio.create_task(
+            self._keep_alive(self._id), name=f"kvraft-lease-{self._id}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.lost.is_set() or self._id is None:
+            return
+        try:
+            await self._client.lease_revoke(self._id)
+        except LeaseNotFound:
+            pass  # expired just now, or an earlier attempt of this revoke applied: gone
+        except KVError:
+            if exc_type is None:
+                raise  # else the body's own error matters more; the lease expires anyway
+
+    async def _keep_alive(self, lease_id: int) -> None:
+        period_s = self.ttl_s / KEEPALIVES_PER_TTL
+        policy = self._client._core.keepalive_policy(self.ttl_s)
+        delay_s = period_s
+        while True:
+            await asyncio.sleep(delay_s)  # the keepalive schedule itself
+            try:
+                await self._client._run(self._client._core.lease_keepalive(lease_id, policy))
+            except LeaseNotFound:
+                self.lost.set()
+                return
+            except KVError as error:
+                self.last_error = error
+                delay_s = BACKOFF_S_MIN  # no node confirmed it within a period: again
+                continue
+            self.last_error = None
+            delay_s = period_s

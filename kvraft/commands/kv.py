@@ -225,6 +225,13 @@ def _read_value(stream: IO[bytes], source: str) -> bytes:
     default=None,
     help="Makes retries of this write exactly-once (reuse it to retry the same write).",
 )
+@click.option(
+    "--lease",
+    "lease_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Attach the key to this lease: it is deleted when the lease is revoked or expires.",
+)
 @_client_options
 def put(
     key: str,
@@ -233,6 +240,7 @@ def put(
     if_revision: int | None,
     if_absent: bool,
     idempotency_key: str | None,
+    lease_id: int | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -257,6 +265,7 @@ def put(
             if_revision=if_revision,
             if_absent=if_absent,
             idempotency_key=idempotency_key,
+            lease=lease_id,
         )
     click.echo(f"revision {revision}")
 
