@@ -173,6 +173,9 @@ WRITE_BYTES_PENDING_PER_VALUE = 64
 requests (``value_bytes_max`` plus its key): a node admits a burst of 64 maximal writes at once,
 and sheds the rest with 503 rather than hold them all in memory."""
 
+_KEY_BYTES_MAX_DEFAULT = 1024
+_VALUE_BYTES_MAX_DEFAULT = 1024 * 1024
+
 WRITE_BYTES_PENDING_MAX_HIGHEST = 64 * 1024 * 1024 * 1024
 """The largest ``limits.write_bytes_pending_max`` (64 GiB)."""
 
@@ -306,14 +309,16 @@ class LimitSettings:
             (`kvraft.events`); a reader further behind gets a ``lagged`` event. Optional.
     """
 
-    key_bytes_max: int = 1024
-    value_bytes_max: int = 1024 * 1024
+    key_bytes_max: int = _KEY_BYTES_MAX_DEFAULT
+    value_bytes_max: int = _VALUE_BYTES_MAX_DEFAULT
     request_timeout_ms: int = 5000
     proposals_pending_max: int = 10_000
     watch_history_revisions_max: int = WATCH_HISTORY_REVISIONS_MAX_DEFAULT
     watch_history_bytes_max: int = WATCH_HISTORY_BYTES_MAX_DEFAULT
     watchers_max: int = WATCHERS_MAX_DEFAULT
-    write_bytes_pending_max: int = WRITE_BYTES_PENDING_PER_VALUE * (1024 * 1024 + 1024)
+    write_bytes_pending_max: int = WRITE_BYTES_PENDING_PER_VALUE * (
+        _VALUE_BYTES_MAX_DEFAULT + _KEY_BYTES_MAX_DEFAULT
+    )
     request_header_timeout_ms: int = 5000
     request_body_timeout_ms: int = 10_000
     http_connections_max: int = 10_000

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kvraft.chaos.checks import pair_operations
-from kvraft.chaos.client_threads import ClientThreads
+from kvraft.chaos.client_threads import ClientState, ClientThreads
 from kvraft.chaos.history import HistoryRecorder
 from kvraft.chaos.workload import (
     CLIENT_JOIN_TIMEOUT_S,
@@ -158,25 +157,10 @@ def _answer(
     return "info", None, text
 
 
-class _BankClient:
-    def __init__(self, slot: int, slots_total: int, seed: int) -> None:
-        self.slot = slot
-        self.slots_total = slots_total
-        self.generation = 0
-        self.counter = 0
-        self.rng = random.Random(f"kvraft-chaos-bank/{seed}/{slot}")
-
-    @property
-    def process(self) -> int:
-        return BANK_PROCESS_BASE + self.slot + self.generation * self.slots_total
-
-    def tag(self) -> str:
-        self.counter += 1
-        return f"{self.slot}-{self.counter}"
-
-    def crashed(self) -> None:
-        """The last operation's outcome is unknown: continue as a new process."""
-        self.generation += 1
+def _bank_client(slot: int, slots_total: int, seed: int) -> ClientState:
+    return ClientState(
+        slot, slots_total, seed, process_base=BANK_PROCESS_BASE, rng_name="kvraft-chaos-bank"
+    )
 
 
 class Bank:
@@ -203,13 +187,13 @@ class Bank:
         self._stop = threading.Event()
         slots_total = _SLOTS_TOTAL
         self._transfer_clients = [
-            _BankClient(slot, slots_total, seed) for slot in range(BANK_TRANSFER_CLIENTS)
+            _bank_client(slot, slots_total, seed) for slot in range(BANK_TRANSFER_CLIENTS)
         ]
         self._audit_clients = [
-            _BankClient(BANK_TRANSFER_CLIENTS + index, slots_total, seed)
+            _bank_client(BANK_TRANSFER_CLIENTS + index, slots_total, seed)
             for index in range(BANK_AUDIT_CLIENTS)
         ]
-        self._final = _BankClient(slots_total - 1, slots_total, seed)
+        self._final = _bank_client(slots_total - 1, slots_total, seed)
         self.errors: list[str] = []
         """Unexpected exceptions in client threads (harness bugs), as text."""
         self._clients = ClientThreads(
@@ -226,7 +210,7 @@ class Bank:
             with self._lock:
                 self.endpoints = list(endpoints)
 
-    def _endpoint(self, client: _BankClient, attempt: int | None = None) -> Endpoint:
+    def _endpoint(self, client: ClientState, attempt: int | None = None) -> Endpoint:
         with self._lock:
             if attempt is not None:
                 return self.endpoints[attempt % len(self.endpoints)]
@@ -234,7 +218,7 @@ class Bank:
 
     # --- operations ---------------------------------------------------------------------------
 
-    def _audit(self, client: _BankClient, endpoint: Endpoint) -> dict[str, tuple[str | None, int]]:
+    def _audit(self, client: ClientState, endpoint: Endpoint) -> dict[str, tuple[str | None, int]]:
         """Every balance in one transaction: {key: (value, revision)}, or {} if no answer."""
         process = client.process
         self.recorder.invoke(process, BANK_AUDIT, BANK_KEY_PREFIX, node=endpoint.node_id)
@@ -260,7 +244,7 @@ class Bank:
 
     def _transfer(
         self,
-        client: _BankClient,
+        client: ClientState,
         endpoint: Endpoint,
         compare: Txn,
         writes: dict[str, str],
@@ -298,7 +282,7 @@ class Bank:
         return kind
 
     def _split(
-        self, client: _BankClient, endpoint: Endpoint, compare: Txn, writes: dict[str, str]
+        self, client: ClientState, endpoint: Endpoint, compare: Txn, writes: dict[str, str]
     ) -> tuple[str, TxnAnswer | None, str | None]:
         """The broken mode: the source's put, a pause, then the target's put."""
         (source, source_value), (target, target_value) = writes.items()
@@ -357,10 +341,10 @@ class Bank:
         """Stop the clients and wait for them; the names of any that did not finish."""
         return self._clients.stop()
 
-    def _audit_step(self, client: _BankClient) -> None:
+    def _audit_step(self, client: ClientState) -> None:
         self._audit(client, self._endpoint(client))
 
-    def _transfer_step(self, client: _BankClient) -> None:
+    def _transfer_step(self, client: ClientState) -> None:
         seen = self._audit(client, self._endpoint(client))
         if len(seen) != len(self.keys):
             return
@@ -373,7 +357,7 @@ class Bank:
         if held < 1:
             return
         amount = client.rng.randint(1, min(held, TRANSFER_AMOUNT_MAX))
-        tag = client.tag()
+        tag = client.unique()
         writes = {
             source: f"{held - amount}|{tag}",
             target: f"{balance_of(target_value) + amount}|{tag}",

@@ -13,7 +13,44 @@ import random
 import threading
 from collections.abc import Callable
 
-__all__ = ["ClientThreads"]
+__all__ = ["ClientState", "ClientThreads"]
+
+
+class ClientState:
+    """A client's identity: its slot, its current logical process, and its randomness.
+
+    Processes are numbered from `process_base` (so two workloads of one run never share a
+    number); `rng_name` names the client's random stream, drawn from the run's seed."""
+
+    def __init__(
+        self,
+        slot: int,
+        slots_total: int,
+        seed: int,
+        *,
+        process_base: int = 0,
+        rng_name: str = "kvraft-chaos",
+    ) -> None:
+        self.slot = slot
+        self.slots_total = slots_total
+        self.process_base = process_base
+        self.generation = 0
+        self.counter = 0
+        # A string seed is hashed deterministically (random.seed's version 2).
+        self.rng = random.Random(f"{rng_name}/{seed}/{slot}")
+
+    @property
+    def process(self) -> int:
+        return self.process_base + self.slot + self.generation * self.slots_total
+
+    def crashed(self) -> None:
+        """The last operation's outcome is unknown: continue as a new process."""
+        self.generation += 1
+
+    def unique(self, prefix: str = "") -> str:
+        """`prefix` and a name no other operation of the run has: slot and counter."""
+        self.counter += 1
+        return f"{prefix}{self.slot}-{self.counter}"
 
 
 class ClientThreads:

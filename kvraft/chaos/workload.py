@@ -45,14 +45,13 @@ from __future__ import annotations
 
 import functools
 import http.client
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvraft.chaos.checks import SET_ADD, SET_LIST
-from kvraft.chaos.client_threads import ClientThreads
+from kvraft.chaos.client_threads import ClientState, ClientThreads
 from kvraft.chaos.history import HistoryRecorder
 from kvraft.client import (
     FailureKind,
@@ -283,30 +282,6 @@ def list_page_elements(
 # --- the clients ---------------------------------------------------------------------------
 
 
-class _ClientState:
-    """A client's identity: its slot, its current logical process, and its randomness."""
-
-    def __init__(self, slot: int, slots_total: int, seed: int) -> None:
-        self.slot = slot
-        self.slots_total = slots_total
-        self.generation = 0
-        self.counter = 0
-        # A string seed is hashed deterministically (random.seed's version 2).
-        self.rng = random.Random(f"kvraft-chaos/{seed}/{slot}")
-
-    @property
-    def process(self) -> int:
-        return self.slot + self.generation * self.slots_total
-
-    def crashed(self) -> None:
-        """The last operation's outcome is unknown: continue as a new process."""
-        self.generation += 1
-
-    def unique(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.slot}-{self.counter}"
-
-
 class Workload:
     """The register and set clients of one run, and the final reads.
 
@@ -344,13 +319,13 @@ class Workload:
         register_slots = len(self.keys) * clients_per_key
         slots_total = register_slots + set_clients + 1  # the last slot does the final reads
         self._register_clients = [
-            (_ClientState(slot, slots_total, seed), self.keys[slot % len(self.keys)])
+            (ClientState(slot, slots_total, seed), self.keys[slot % len(self.keys)])
             for slot in range(register_slots)
         ]
         self._set_clients = [
-            _ClientState(register_slots + index, slots_total, seed) for index in range(set_clients)
+            ClientState(register_slots + index, slots_total, seed) for index in range(set_clients)
         ]
-        self._final = _ClientState(slots_total - 1, slots_total, seed)
+        self._final = ClientState(slots_total - 1, slots_total, seed)
         self.errors: list[str] = []
         """Unexpected exceptions in client threads (harness bugs), as text."""
         self._clients = ClientThreads(
@@ -384,7 +359,7 @@ class Workload:
         """Stop the clients and wait for them; the names of any that did not finish."""
         return self._clients.stop()
 
-    def _endpoint(self, state: _ClientState) -> Endpoint:
+    def _endpoint(self, state: ClientState) -> Endpoint:
         with self._endpoints_lock:
             return state.rng.choice(self.endpoints)
 
@@ -430,7 +405,7 @@ class Workload:
 
     # --- operations ------------------------------------------------------------------------
 
-    def _read(self, state: _ClientState, key: str, endpoint: Endpoint) -> ReadOutcome:
+    def _read(self, state: ClientState, key: str, endpoint: Endpoint) -> ReadOutcome:
         consistency = "stale" if self.stale_reads else "linearizable"
         process = state.process
         self.recorder.invoke(process, "read", key, node=endpoint.node_id)
@@ -451,7 +426,7 @@ class Workload:
 
     def _put(
         self,
-        state: _ClientState,
+        state: ClientState,
         f: str,
         key: str,
         value: str,
@@ -485,7 +460,7 @@ class Workload:
             state.crashed()
         return outcome
 
-    def _register_step(self, state: _ClientState, key: str) -> None:
+    def _register_step(self, state: ClientState, key: str) -> None:
         choice = state.rng.random()
         if choice < 0.4:
             self._read(state, key, self._endpoint(state))
@@ -504,7 +479,7 @@ class Workload:
                     if_revision=seen.revision,
                 )
 
-    def _set_step(self, state: _ClientState) -> None:
+    def _set_step(self, state: ClientState) -> None:
         element = state.unique("e")
         self._put(state, SET_ADD, SET_KEY_PREFIX + element, element)
 
