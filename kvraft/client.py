@@ -103,6 +103,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import enum
 import http.client
 import json
@@ -145,6 +146,7 @@ __all__ = [
     "LEASE_NOT_FOUND",
     "LIST_LIMIT_MAX",
     "LIST_PAGE_SIZE_DEFAULT",
+    "LOCK_WAIT_S_MAX",
     "RESPONSE_BYTES_MAX",
     "RETRY_AFTER_S_MAX",
     "TIMEOUT_S_DEFAULT",
@@ -156,12 +158,15 @@ __all__ = [
     "WATCH_PROGRESS_S_MAX",
     "AsyncKVClient",
     "AsyncLease",
+    "AsyncLock",
     "BackupInfo",
     "ClientError",
     "CloseStream",
     "ConditionFailed",
     "EndpointRouter",
     "FailureKind",
+    "Fence",
+    "FenceFailed",
     "HttpRequest",
     "HttpResponse",
     "Item",
@@ -173,6 +178,11 @@ __all__ = [
     "LeaseInfo",
     "LeaseNotFound",
     "ListAnswer",
+    "Lock",
+    "LockHold",
+    "LockInfo",
+    "LockNotAcquired",
+    "LockNotHeld",
     "OpenStream",
     "OutcomeUnknown",
     "ProtocolError",
@@ -303,12 +313,19 @@ STREAM_CHUNK_BYTES = 64 * 1024
 LEASE_NOT_FOUND = "lease_not_found"
 """The server's error code for a lease that does not exist (`LeaseNotFound`)."""
 
+LOCK_WAIT_S_MAX = 600.0
+"""The longest one lock request waits on the server (its `LOCK_WAIT_S_MAX`); `lock()` waits
+longer by asking again, keeping its place in the queue (the same lease, the same token)."""
+
+FENCE_HEADER = "X-Kvraft-Fence"
+
 KEEPALIVES_PER_TTL = 3
 """A `lease()` sends a keepalive every TTL / this (etcd's client does the same): two may be
 lost, or a failover may take a third of the TTL, before the lease is at risk."""
 
 _KV_PREFIX = "/v1/kv"
 _LEASES_PATH = "/v1/leases"
+_LOCKS_PATH = "/v1/locks"
 _MEMBERS_PATH = "/v1/members"
 _TRANSFER_PATH = "/v1/leader/transfer"
 _TXN_PATH = "/v1/txn"
@@ -393,8 +410,64 @@ class LeaseNotFound(ClientError):
         self.lease_id = lease_id
 
 
+class LockNotAcquired(ClientError):
+    """409 `lock_not_acquired`: the lock was not acquired within the wait (the place in its
+    queue was given up), or the lease expired while it waited."""
+
+
+class LockNotHeld(ClientError):
+    """409 `lock_not_held`: a release named a fencing token that neither holds nor waits
+    for the lock (released already, or its lease is gone)."""
+
+
+class FenceFailed(ClientError):
+    """412 `fence_failed`: a fenced write's token no longer holds its lock (the lease
+    expired, or the lock was released, and maybe taken by another): nothing was written.
+    Stop acting as the holder."""
+
+
 # ---------------------------------------------------------------------------------------
 # Sans-IO values.
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A lock and the fencing token its holder got: pass it as `fence=` to a write, which
+    then applies only while that token holds that lock (`X-Kvraft-Fence`)."""
+
+    name: str
+    fencing_token: int
+
+    @property
+    def header(self) -> str:
+        return f"{self.name}:{self.fencing_token}"
+
+
+@dataclass(frozen=True, slots=True)
+class LockHold:
+    """A place in a lock's queue: `fencing_token` (greater than every token given for the
+    lock before), `lease` (the lease it lives as long as), `key` (``name/token``) and the
+    waiter's `value`."""
+
+    name: str
+    key: str
+    fencing_token: int
+    lease: int
+    value: str
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.name, self.fencing_token)
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """Who holds lock `name` (None: nobody) and who waits, in order, at `revision`."""
+
+    name: str
+    holder: LockHold | None
+    waiters: tuple[LockHold, ...]
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,8 +949,14 @@ def _check_consistency(consistency: str) -> None:
         )
 
 
-def _write_headers(if_revision: int | None, idempotency_key: str | None) -> list[tuple[str, str]]:
+def _write_headers(
+    if_revision: int | None, idempotency_key: str | None, fence: Fence | None = None
+) -> list[tuple[str, str]]:
     headers = list(_JSON_HEADERS)
+    if fence is not None:
+        if not isinstance(fence, Fence):
+            raise ClientError("bad_fence", "fence must be a kvraft.client.Fence")
+        headers.append((FENCE_HEADER, fence.header))
     if if_revision is not None:
         if type(if_revision) is not int or if_revision < 0:
             raise ClientError("bad_request", "if_revision must be a non-negative integer")
@@ -904,9 +983,11 @@ def build_put(
     if_absent: bool = False,
     idempotency_key: str | None = None,
     lease: int | None = None,
+    fence: Fence | None = None,
 ) -> HttpRequest:
     """`PUT /v1/kv/{key}[?lease=ID]`: store `value`; `if_revision` / `if_absent` make it
-    conditional; `lease` attaches the key to that lease (deleted when the lease goes)."""
+    conditional; `lease` attaches the key to that lease (deleted when the lease goes);
+    `fence` applies it only while that lock's token holds."""
     target = key_path(key)
     if lease is not None:
         target += f"?lease={_lease_id(lease)}"
@@ -914,7 +995,7 @@ def build_put(
         raise ClientError("bad_value", f"a value must be bytes, not {type(value).__name__}")
     if if_absent and if_revision is not None:
         raise ClientError("bad_request", "give if_revision or if_absent, not both")
-    headers = _write_headers(if_revision, idempotency_key)
+    headers = _write_headers(if_revision, idempotency_key, fence)
     if if_absent:
         headers.append(("If-None-Match", "*"))
     headers.append(("Content-Type", "application/octet-stream"))
@@ -930,14 +1011,18 @@ def build_put(
 
 
 def build_delete(
-    key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+    key: str,
+    *,
+    if_revision: int | None = None,
+    idempotency_key: str | None = None,
+    fence: Fence | None = None,
 ) -> HttpRequest:
-    """`DELETE /v1/kv/{key}`, conditional on `if_revision` if given."""
+    """`DELETE /v1/kv/{key}`, conditional on `if_revision` if given, fenced by `fence`."""
     target = key_path(key)
     return HttpRequest(
         method="DELETE",
         target=target,
-        headers=tuple(_write_headers(if_revision, idempotency_key)),
+        headers=tuple(_write_headers(if_revision, idempotency_key, fence)),
         body=b"",
         is_write=True,
         retry_after_send=idempotency_key is not None,
@@ -1008,7 +1093,9 @@ def build_list(
     return _read_request(f"{_KV_PREFIX}?{encoded}", f"LIST {prefix!r}")
 
 
-def build_delete_prefix(prefix: str, *, idempotency_key: str | None = None) -> HttpRequest:
+def build_delete_prefix(
+    prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
+) -> HttpRequest:
     """`DELETE /v1/kv?prefix=P`: every key under `prefix` in one revision ("" is every key,
     and is sent as an explicit empty `prefix=`, which the server requires)."""
     if not isinstance(prefix, str):
@@ -1017,7 +1104,7 @@ def build_delete_prefix(prefix: str, *, idempotency_key: str | None = None) -> H
     return HttpRequest(
         method="DELETE",
         target=f"{_KV_PREFIX}?{encoded}",
-        headers=tuple(_write_headers(None, idempotency_key)),
+        headers=tuple(_write_headers(None, idempotency_key, fence)),
         body=b"",
         is_write=True,
         retry_after_send=idempotency_key is not None,
@@ -1035,7 +1122,9 @@ def build_count(prefix: str = "", *, consistency: str = "linearizable") -> HttpR
     return _read_request(f"{_KV_PREFIX}?{encoded}", f"COUNT {prefix!r}")
 
 
-def build_txn(txn: Txn, *, idempotency_key: str | None = None) -> HttpRequest:
+def build_txn(
+    txn: Txn, *, idempotency_key: str | None = None, fence: Fence | None = None
+) -> HttpRequest:
     """`POST /v1/txn` with `txn`'s body. A transaction that only reads is repeated like a
     read; one that writes only with an idempotency key (like a put)."""
     if not isinstance(txn, Txn):
@@ -1043,7 +1132,10 @@ def build_txn(txn: Txn, *, idempotency_key: str | None = None) -> HttpRequest:
     return HttpRequest(
         method="POST",
         target=_TXN_PATH,
-        headers=(*_write_headers(None, idempotency_key), ("Content-Type", "application/json")),
+        headers=(
+            *_write_headers(None, idempotency_key, fence),
+            ("Content-Type", "application/json"),
+        ),
         body=json.dumps(txn.to_json()).encode(),
         is_write=True,
         retry_after_send=idempotency_key is not None or not txn.writes,
@@ -1202,6 +1294,59 @@ def build_leases() -> HttpRequest:
     return _read_request(_LEASES_PATH, "GET /v1/leases")
 
 
+def _lock_path(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ClientError("bad_lock", "a lock name is a non-empty string")
+    return f"{_LOCKS_PATH}/{urllib.parse.quote(name, safe='/')}"
+
+
+def build_lock_acquire(name: str, lease: int, *, wait_s: float, value: str = "") -> HttpRequest:
+    """`POST /v1/locks/{name} {"lease", "wait_s", "value"}`: wait up to `wait_s` for the lock.
+
+    Repeated after it may have reached a node: a lease has one place per lock, so a
+    repeat answers the same place and token."""
+    if not isinstance(wait_s, int | float) or not 0 <= wait_s <= LOCK_WAIT_S_MAX:
+        raise ClientError("bad_request", f"wait_s must be in 0..{LOCK_WAIT_S_MAX:g} seconds")
+    if not isinstance(value, str):
+        raise ClientError("bad_lock", "a lock waiter's value is a string")
+    body = {"lease": str(_lease_id(lease)), "wait_s": wait_s, "value": value}
+    return HttpRequest(
+        method="POST",
+        target=_lock_path(name),
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps(body).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"acquire lock {name!r}",
+    )
+
+
+def build_lock_release(name: str, fencing_token: int) -> HttpRequest:
+    """`DELETE /v1/locks/{name} {"fencing_token": T}`. Repeated after it may have reached a
+    node: a repeat can only find the place gone (`LockNotHeld`)."""
+    if type(fencing_token) is not int or fencing_token < 1:
+        raise ClientError("bad_lock", "a fencing token is a positive integer")
+    return HttpRequest(
+        method="DELETE",
+        target=_lock_path(name),
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps({"fencing_token": fencing_token}).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"release lock {name!r}",
+    )
+
+
+def build_lock_info(name: str) -> HttpRequest:
+    """`GET /v1/locks/{name}`: the holder and the waiters, linearizably."""
+    return _read_request(_lock_path(name), f"GET lock {name!r}")
+
+
+def build_locks() -> HttpRequest:
+    """`GET /v1/locks`: every held lock and its holder."""
+    return _read_request(_LOCKS_PATH, "GET /v1/locks")
+
+
 # ---------------------------------------------------------------------------------------
 # Response interpreters.
 
@@ -1249,12 +1394,22 @@ def _raise_for_status(response: HttpResponse, key: str | None) -> None:
     """Raise the typed error for any answer that is not a 200."""
     if response.status == 200:
         return
-    if response.status == 412:
-        raise ConditionFailed(key or "", _revision_field(_json_object(response), 412))
     if 400 <= response.status < 500:
         code, message = _error_fields(response)
+        error = _LOCK_ERRORS.get(code)
+        if error is not None:
+            raise error(code, message, response.status)
+        if response.status == 412:
+            raise ConditionFailed(key or "", _revision_field(_json_object(response), 412))
         raise ClientError(code, message, response.status)
     raise ProtocolError(f"unexpected {_error_text(response)}")
+
+
+_LOCK_ERRORS: dict[str, type[ClientError]] = {
+    "fence_failed": FenceFailed,
+    "lock_not_acquired": LockNotAcquired,
+    "lock_not_held": LockNotHeld,
+}
 
 
 def interpret_put(response: HttpResponse, key: str | None = None) -> int:
@@ -1466,6 +1621,55 @@ def interpret_leases(response: HttpResponse) -> list[LeaseInfo]:
     if not isinstance(leases, list):
         raise ProtocolError("HTTP 200: 'leases' is not a list")
     return [_lease_info(one, 200, with_keys=False) for one in leases]
+
+
+def _lock_hold(body: object, status: int) -> LockHold:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"HTTP {status}: a lock is not a JSON object")
+    name, key, token = body.get("name"), body.get("key"), body.get("fencing_token")
+    lease, value = body.get("lease"), body.get("value")
+    if not isinstance(name, str) or not isinstance(key, str) or not isinstance(value, str):
+        raise ProtocolError(f"HTTP {status}: a lock's name, key or value is not a string")
+    if type(token) is not int or token < 1:
+        raise ProtocolError(f"HTTP {status}: 'fencing_token' is not a positive integer")
+    return LockHold(name, key, token, _lease_id_field({"id": lease}, status), value)
+
+
+def interpret_lock_acquire(response: HttpResponse, lease: int) -> LockHold:
+    """The place held; `LockNotAcquired` (409) when out of time or the lease went while
+    waiting; `LeaseNotFound` when the lease was gone to begin with."""
+    _raise_for_lease(response, lease)
+    return _lock_hold(_json_object(response), 200)
+
+
+def interpret_lock_release(response: HttpResponse) -> int:
+    """The revision of the release; `LockNotHeld` (409) if the token had no place."""
+    _raise_for_status(response, None)
+    return _revision_field(_json_object(response), 200)
+
+
+def interpret_lock_info(response: HttpResponse) -> LockInfo:
+    """The holder (None: nobody) and waiters of one lock."""
+    _raise_for_status(response, None)
+    body = _json_object(response)
+    holder, waiters, name = body.get("holder"), body.get("waiters"), body.get("name")
+    if not isinstance(waiters, list) or not isinstance(name, str):
+        raise ProtocolError("HTTP 200: a lock's 'name' or 'waiters' is malformed")
+    return LockInfo(
+        name,
+        None if holder is None else _lock_hold(holder, 200),
+        tuple(_lock_hold(one, 200) for one in waiters),
+        _revision_field(body, 200),
+    )
+
+
+def interpret_locks(response: HttpResponse) -> list[LockHold]:
+    """The holder of every held lock, by name."""
+    _raise_for_status(response, None)
+    locks = _json_object(response).get("locks")
+    if not isinstance(locks, list) or not all(isinstance(one, dict) for one in locks):
+        raise ProtocolError("HTTP 200: 'locks' is not a list of objects")
+    return [_lock_hold(one.get("holder"), 200) for one in locks]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1967,6 +2171,7 @@ class _ClientCore:
         if_absent: bool,
         idempotency_key: str | None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> Steps[int]:
         request = build_put(
             key,
@@ -1975,6 +2180,7 @@ class _ClientCore:
             if_absent=if_absent,
             idempotency_key=self._write_key(idempotency_key),
             lease=lease,
+            fence=fence,
         )
         response = yield from self._plan(request)
         if lease is not None and response.status == 404:
@@ -1999,6 +2205,28 @@ class _ClientCore:
 
     def leases(self) -> Steps[list[LeaseInfo]]:
         return interpret_leases((yield from self._plan(build_leases())))
+
+    def lock_acquire(self, name: str, lease: int, wait_s: float, value: str) -> Steps[LockHold]:
+        request = build_lock_acquire(name, lease, wait_s=wait_s, value=value)
+        # Every attempt may legitimately take wait_s longer than an ordinary write.
+        policy = RetryPolicy(
+            self.policy.timeout_s + wait_s,
+            self.policy.attempt_timeout_s + wait_s,
+            self.policy.connect_timeout_s,
+            self.policy.unreachable_timeout_s,
+        )
+        steps = plan_exchange(request, self.router, policy, time.monotonic, self.rng)
+        return interpret_lock_acquire((yield from steps), lease)
+
+    def lock_release(self, name: str, fencing_token: int) -> Steps[int]:
+        request = build_lock_release(name, fencing_token)
+        return interpret_lock_release((yield from self._plan(request)))
+
+    def lock_info(self, name: str) -> Steps[LockInfo]:
+        return interpret_lock_info((yield from self._plan(build_lock_info(name))))
+
+    def locks(self) -> Steps[list[LockHold]]:
+        return interpret_locks((yield from self._plan(build_locks())))
 
     def keepalive_policy(self, ttl_s: int) -> RetryPolicy:
         """A background keepalive's timeouts: one call (all its retries) within one
@@ -2050,25 +2278,38 @@ class _ClientCore:
         )
 
     def delete(
-        self, key: str, if_revision: int | None, idempotency_key: str | None
+        self,
+        key: str,
+        if_revision: int | None,
+        idempotency_key: str | None,
+        fence: Fence | None = None,
     ) -> Steps[tuple[int, bool]]:
         request = build_delete(
-            key, if_revision=if_revision, idempotency_key=self._write_key(idempotency_key)
+            key,
+            if_revision=if_revision,
+            idempotency_key=self._write_key(idempotency_key),
+            fence=fence,
         )
         return interpret_delete((yield from self._plan(request)), key)
 
-    def delete_prefix(self, prefix: str, idempotency_key: str | None) -> Steps[tuple[int, int]]:
-        request = build_delete_prefix(prefix, idempotency_key=self._write_key(idempotency_key))
+    def delete_prefix(
+        self, prefix: str, idempotency_key: str | None, fence: Fence | None = None
+    ) -> Steps[tuple[int, int]]:
+        request = build_delete_prefix(
+            prefix, idempotency_key=self._write_key(idempotency_key), fence=fence
+        )
         return interpret_delete_prefix((yield from self._plan(request)))
 
     def count(self, prefix: str, consistency: str) -> Steps[int]:
         request = build_count(prefix, consistency=consistency)
         return interpret_count((yield from self._plan(request)))
 
-    def txn(self, txn: Txn, idempotency_key: str | None) -> Steps[TxnAnswer]:
+    def txn(
+        self, txn: Txn, idempotency_key: str | None, fence: Fence | None = None
+    ) -> Steps[TxnAnswer]:
         # An automatic key only where the server takes one: not on a transaction that reads.
         key = self._write_key(idempotency_key) if txn.writes and not txn.reads else idempotency_key
-        request = build_txn(txn, idempotency_key=key)
+        request = build_txn(txn, idempotency_key=key, fence=fence)
         return interpret_txn((yield from self._plan(request)), txn)
 
     def list_page(
@@ -2256,10 +2497,15 @@ class KVClient(_ClientBase):
         if_absent: bool = False,
         idempotency_key: str | None = None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Store `value` under `key`; return the write's revision. With `lease` (a lease
-        id) the key is deleted when that lease is revoked or expires."""
-        return self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key, lease))
+        id) the key is deleted when that lease is revoked or expires. With `fence` (a lock
+        hold's `fence`) it applies only while that token holds the lock, else
+        `FenceFailed`."""
+        return self._run(
+            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease, fence)
+        )
 
     def lease_grant(self, ttl_s: int) -> LeaseGrant:
         """Grant a lease of `ttl_s` whole seconds (the server's bounds: `bad_ttl` outside
@@ -2301,6 +2547,45 @@ class KVClient(_ClientBase):
         _check_ttl(ttl_s)
         return Lease(self, KVClient(self.endpoints, **self._options), ttl_s)
 
+    def lock_acquire(
+        self, name: str, lease: int, *, wait_s: float = 0.0, value: str = ""
+    ) -> LockHold:
+        """Queue `lease` for lock `name` and wait up to `wait_s` (at most `LOCK_WAIT_S_MAX`)
+        until it holds it; the hold with its fencing token. `LockNotAcquired` if it did not
+        (its place was given up). To hold a lock for a block of code, use `lock()`."""
+        return self._run(self._core.lock_acquire(name, lease, wait_s, value))
+
+    def lock_release(self, name: str, fencing_token: int) -> int:
+        """Release the lock (or give up a place in its queue); the revision. `LockNotHeld`
+        if the token has no place (released already, or its lease expired)."""
+        return self._run(self._core.lock_release(name, fencing_token))
+
+    def lock_info(self, name: str) -> LockInfo:
+        """Who holds lock `name` and who waits, in order."""
+        return self._run(self._core.lock_info(name))
+
+    def locks(self) -> list[LockHold]:
+        """The holder of every held lock, by name."""
+        return self._run(self._core.locks())
+
+    def lock(
+        self, name: str, *, ttl_s: int = 10, wait_s: float | None = None, value: str = ""
+    ) -> Lock:
+        """Lock `name` for a `with` block, with its own lease kept alive in the background:
+
+            with client.lock("jobs/nightly") as lock:
+                client.put("jobs/nightly/output", data, fence=lock.fence)
+
+        Waits first come, first served (forever unless `wait_s`; `LockNotAcquired` then),
+        across failovers: a repeated request keeps the place. `lock.fencing_token` grows
+        with every new holder: pass `lock.fence` to writes (or the token to whatever the
+        lock protects), so a holder paused past its lease cannot undo the next holder's
+        work. `lock.lost` is set if the lease expired: the lock is gone. Leaving releases
+        it and revokes the lease."""
+        _check_ttl(ttl_s)
+        _check_lock_wait(wait_s)
+        return Lock(self, self.lease(ttl_s), name, wait_s, value)
+
     def get(
         self,
         key: str,
@@ -2334,15 +2619,22 @@ class KVClient(_ClientBase):
         return self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     def delete(
-        self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+        self,
+        key: str,
+        *,
+        if_revision: int | None = None,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[int, bool]:
-        """Delete `key`; return (revision, deleted)."""
-        return self._run(self._core.delete(key, if_revision, idempotency_key))
+        """Delete `key`; return (revision, deleted). `fence` as in `put`."""
+        return self._run(self._core.delete(key, if_revision, idempotency_key, fence))
 
-    def delete_prefix(self, prefix: str, *, idempotency_key: str | None = None) -> tuple[int, int]:
+    def delete_prefix(
+        self, prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
+    ) -> tuple[int, int]:
         """Delete every key starting with `prefix` in one revision ("" deletes every key);
-        return (revision, how many were deleted)."""
-        return self._run(self._core.delete_prefix(prefix, idempotency_key))
+        return (revision, how many were deleted). `fence` as in `put`."""
+        return self._run(self._core.delete_prefix(prefix, idempotency_key, fence))
 
     def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
         """How many keys start with `prefix`."""
@@ -2356,12 +2648,14 @@ class KVClient(_ClientBase):
         success: Sequence[TxnOp] = (),
         failure: Sequence[TxnOp] = (),
         idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> TxnAnswer:
         """Run a transaction, given as a `kvraft.txn.Txn` or as its three parts (like
         python-etcd3's `transaction`): if every compare holds, `success` is applied, else
-        `failure`, as one write at one revision. A failed compare is not an error."""
+        `failure`, as one write at one revision. A failed compare is not an error. `fence`
+        as in `put`."""
         built = _txn_of(txn, compare, success, failure)
-        return self._run(self._core.txn(built, idempotency_key))
+        return self._run(self._core.txn(built, idempotency_key, fence))
 
     def list(
         self,
@@ -2659,11 +2953,12 @@ class AsyncKVClient(_ClientBase):
         if_absent: bool = False,
         idempotency_key: str | None = None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Store `value` under `key`; return the write's revision. With `lease`, the key
-        goes when that lease does."""
+        goes when that lease does; with `fence`, see `KVClient.put`."""
         return await self._run(
-            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease)
+            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease, fence)
         )
 
     async def lease_grant(self, ttl_s: int) -> LeaseGrant:
@@ -2692,6 +2987,33 @@ class AsyncKVClient(_ClientBase):
         `asyncio.Event`). The task shares this client, so it is used on its event loop."""
         _check_ttl(ttl_s)
         return AsyncLease(self, ttl_s)
+
+    async def lock_acquire(
+        self, name: str, lease: int, *, wait_s: float = 0.0, value: str = ""
+    ) -> LockHold:
+        """Wait up to `wait_s` for lock `name`; see `KVClient.lock_acquire`."""
+        return await self._run(self._core.lock_acquire(name, lease, wait_s, value))
+
+    async def lock_release(self, name: str, fencing_token: int) -> int:
+        """Release the lock; see `KVClient.lock_release`."""
+        return await self._run(self._core.lock_release(name, fencing_token))
+
+    async def lock_info(self, name: str) -> LockInfo:
+        """Who holds lock `name` and who waits, in order."""
+        return await self._run(self._core.lock_info(name))
+
+    async def locks(self) -> list[LockHold]:
+        """The holder of every held lock, by name."""
+        return await self._run(self._core.locks())
+
+    def lock(
+        self, name: str, *, ttl_s: int = 10, wait_s: float | None = None, value: str = ""
+    ) -> AsyncLock:
+        """`async with client.lock(name) as lock:`; the contract of `KVClient.lock`, with
+        `lock.lost` an `asyncio.Event`."""
+        _check_ttl(ttl_s)
+        _check_lock_wait(wait_s)
+        return AsyncLock(self, self.lease(ttl_s), name, wait_s, value)
 
     async def get(
         self,
@@ -2722,16 +3044,21 @@ class AsyncKVClient(_ClientBase):
         return await self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     async def delete(
-        self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+        self,
+        key: str,
+        *,
+        if_revision: int | None = None,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[int, bool]:
         """Delete `key`; return (revision, deleted)."""
-        return await self._run(self._core.delete(key, if_revision, idempotency_key))
+        return await self._run(self._core.delete(key, if_revision, idempotency_key, fence))
 
     async def delete_prefix(
-        self, prefix: str, *, idempotency_key: str | None = None
+        self, prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
     ) -> tuple[int, int]:
         """Delete every key starting with `prefix`; see `KVClient.delete_prefix`."""
-        return await self._run(self._core.delete_prefix(prefix, idempotency_key))
+        return await self._run(self._core.delete_prefix(prefix, idempotency_key, fence))
 
     async def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
         """How many keys start with `prefix`."""
@@ -2745,10 +3072,11 @@ class AsyncKVClient(_ClientBase):
         success: Sequence[TxnOp] = (),
         failure: Sequence[TxnOp] = (),
         idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> TxnAnswer:
         """Run a transaction; see `KVClient.txn`."""
         built = _txn_of(txn, compare, success, failure)
-        return await self._run(self._core.txn(built, idempotency_key))
+        return await self._run(self._core.txn(built, idempotency_key, fence))
 
     async def list(
         self,
@@ -3149,3 +3477,147 @@ class AsyncLease:
                 continue
             self.last_error = None
             delay_s = period_s
+
+
+# ---------------------------------------------------------------------------------------
+# Locks held for a block of code.
+
+
+def _check_lock_wait(wait_s: object) -> None:
+    if wait_s is not None and (not isinstance(wait_s, int | float) or wait_s < 0):
+        raise ClientError("bad_request", "wait_s must be a non-negative number or None")
+
+
+def _lock_wait_chunk_s(deadline_s: float | None) -> float:
+    """How long the next lock request may wait on the server: to the deadline, at most
+    `LOCK_WAIT_S_MAX` (a longer wait asks again)."""
+    if deadline_s is None:
+        return LOCK_WAIT_S_MAX
+    return min(max(0.0, deadline_s - time.monotonic()), LOCK_WAIT_S_MAX)
+
+
+class _LockBase:
+    """What `Lock` and `AsyncLock` share: the hold, once entered."""
+
+    def __init__(self, name: str, wait_s: float | None, value: str) -> None:
+        self.name = name
+        self._wait_s = wait_s
+        self._value = value
+        self._hold: LockHold | None = None
+
+    @property
+    def hold(self) -> LockHold:
+        """The place held: token, lease, key; only inside the `with` block."""
+        if self._hold is None:
+            raise ClientError("bad_lock", "the lock is held once its with block starts")
+        return self._hold
+
+    @property
+    def fencing_token(self) -> int:
+        """Greater than every token given for this lock before: pass it along to whatever
+        the lock protects, which should refuse a token smaller than one it has seen."""
+        return self.hold.fencing_token
+
+    @property
+    def fence(self) -> Fence:
+        """`fence=` for kvraft's own writes: they apply only while this hold lasts."""
+        return self.hold.fence
+
+    def _deadline_s(self) -> float | None:
+        return None if self._wait_s is None else time.monotonic() + self._wait_s
+
+
+class Lock(_LockBase):
+    """A lock held by a `with` block; made by `KVClient.lock`. `lost` (a `threading.Event`)
+    is set if the lease expired: the lock may be someone else's now."""
+
+    def __init__(
+        self, client: KVClient, lease: Lease, name: str, wait_s: float | None, value: str
+    ) -> None:
+        super().__init__(name, wait_s, value)
+        self._client = client
+        self._lease = lease
+        self.lost = lease.lost
+
+    def __enter__(self) -> Lock:
+        self._lease.__enter__()
+        try:
+            deadline_s = self._deadline_s()
+            while True:
+                try:
+                    self._hold = self._client.lock_acquire(
+                        self.name,
+                        self._lease.id,
+                        wait_s=_lock_wait_chunk_s(deadline_s),
+                        value=self._value,
+                    )
+                    return self
+                except LockNotAcquired:
+                    if self.lost.is_set() or _lock_wait_chunk_s(deadline_s) == 0:
+                        raise
+        except BaseException as error:
+            self._lease.__exit__(type(error), error, error.__traceback__)  # revoked: place gone
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._hold is not None and not self.lost.is_set():
+                with contextlib.suppress(LockNotHeld):  # released by an earlier attempt
+                    self._client.lock_release(self.name, self._hold.fencing_token)
+        finally:
+            self._lease.__exit__(exc_type, exc, traceback)
+
+
+class AsyncLock(_LockBase):
+    """A lock held by an `async with` block; made by `AsyncKVClient.lock`."""
+
+    def __init__(
+        self,
+        client: AsyncKVClient,
+        lease: AsyncLease,
+        name: str,
+        wait_s: float | None,
+        value: str,
+    ) -> None:
+        super().__init__(name, wait_s, value)
+        self._client = client
+        self._lease = lease
+        self.lost = lease.lost
+
+    async def __aenter__(self) -> AsyncLock:
+        await self._lease.__aenter__()
+        try:
+            deadline_s = self._deadline_s()
+            while True:
+                try:
+                    self._hold = await self._client.lock_acquire(
+                        self.name,
+                        self._lease.id,
+                        wait_s=_lock_wait_chunk_s(deadline_s),
+                        value=self._value,
+                    )
+                    return self
+                except LockNotAcquired:
+                    if self.lost.is_set() or _lock_wait_chunk_s(deadline_s) == 0:
+                        raise
+        except BaseException as error:
+            await self._lease.__aexit__(type(error), error, error.__traceback__)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._hold is not None and not self.lost.is_set():
+                with contextlib.suppress(LockNotHeld):
+                    await self._client.lock_release(self.name, self._hold.fencing_token)
+        finally:
+            await self._lease.__aexit__(exc_type, exc, traceback)

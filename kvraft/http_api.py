@@ -40,6 +40,7 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -95,6 +96,7 @@ from kvraft.statemachine import (
     ErrorCode,
     GetResult,
     ListResult,
+    LockWaiter,
     PutResult,
     TxnDelete,
     TxnDeletePrefix,
@@ -104,8 +106,11 @@ from kvraft.statemachine import (
     TxnPut,
     TxnResult,
     encode_delete,
+    encode_fenced,
     encode_lease_grant,
     encode_lease_revoke,
+    encode_lock_acquire,
+    encode_lock_release,
     encode_put,
     encode_txn,
 )
@@ -171,6 +176,26 @@ TXN_PATH = "/v1/txn"
 LEASES_PATH = "/v1/leases"
 LEASE_PATH_PREFIX = "/v1/leases/"
 LEASE_KEEPALIVE_SUFFIX = "/keepalive"
+LOCKS_PATH = "/v1/locks"
+LOCK_PATH_PREFIX = "/v1/locks/"
+
+FENCE_HEADER = "X-Kvraft-Fence"
+"""A write carrying ``X-Kvraft-Fence: <lock name>:<fencing token>`` applies only if that token
+holds that lock when the write applies (`kvraft.statemachine`'s fenced commands), else 412
+``fence_failed``."""
+
+LOCK_WAIT_S_DEFAULT = 60.0
+"""How long `POST /v1/locks/{name}` waits for the lock when the body names no ``wait_s``."""
+
+LOCK_WAIT_S_MAX = 600.0
+"""The longest ``wait_s`` of a lock request (as a blocking read's): a longer wait is a loop
+of shorter ones on the client's side, each renewing its place."""
+
+BROKEN_FENCE_ENV = "KVRAFT_TEST_BROKEN_FENCE"
+"""Test-only: when this variable is "1" in a node's environment, the node ignores
+`FENCE_HEADER` and applies fenced writes unconditionally, so that the chaos lock workload's
+checker can show it catches a store that lets a deposed lock holder write
+(`kvraft chaos --broken-fence`). Never set it on a real node."""
 
 TXN_REQUEST_BYTES_MAX = 8 * TXN_BYTES_MAX
 """The largest `POST /v1/txn` body. The transaction's own limits (`TXN_BYTES_MAX` of keys and
@@ -188,8 +213,9 @@ CONSUL_EQUIVALENTS = {
     "stale": "Consul's stale is kvraft's consistency=stale",
     "consistent": "Consul's consistent is kvraft's default, consistency=linearizable",
     "raw": "kvraft's GET /v1/kv/{key} answers the raw value already",
-    "acquire": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
-    "release": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
+    "acquire": "Consul's acquire is kvraft's POST /v1/locks/{name} with a lease, and a "
+    "fenced write (X-Kvraft-Fence: name:token)",
+    "release": "Consul's release is kvraft's DELETE /v1/locks/{name} with the fencing token",
     "x-consul-index": "Consul's blocking index is kvraft's wait_revision=N&wait_s=S",
     "x-consul-token": "kvraft has no ACL tokens",
 }
@@ -203,6 +229,7 @@ MEANINGFUL_HEADERS = frozenset(
         "if-unmodified-since",
         "if-range",
         "idempotency-key",
+        "x-kvraft-fence",
     )
 )
 """Headers that change what a request does: a route that does not know one refuses it (a
@@ -649,6 +676,54 @@ def _lease_path_id(request: web.BaseRequest, *, keepalive: bool = False) -> str:
     return tail[: -len(LEASE_KEEPALIVE_SUFFIX)] if keepalive else tail
 
 
+def _lease_field(body: dict[str, Any]) -> int:
+    """A body's ``lease``: a lease id as the API answers it (a decimal string), or an int."""
+    lease = body.get("lease")
+    if type(lease) is int:
+        lease = str(lease)
+    if not isinstance(lease, str):
+        raise ApiError(400, "bad_lease", "'lease' must be a lease id (the id POST /v1/leases gave)")
+    return _lease_id(lease)
+
+
+def _fencing_token_field(body: dict[str, Any]) -> int:
+    token = body.get("fencing_token")
+    if type(token) is not int or not 1 <= token <= REVISION_MAX:
+        raise ApiError(400, "bad_lock", f"'fencing_token' must be an integer in 1..{REVISION_MAX}")
+    return token
+
+
+def _fence(request: web.BaseRequest) -> tuple[str, int] | None:
+    """The (lock name, fencing token) of a write's `FENCE_HEADER`, or None without one."""
+    text = request.headers.get(FENCE_HEADER)
+    if text is None:
+        return None
+    name, _, token = text.rpartition(":")  # a lock name may hold ":", a token never does
+    if (
+        not name
+        or not token.isascii()
+        or not token.isdecimal()
+        or not 1 <= int(token) <= REVISION_MAX
+    ):
+        raise ApiError(
+            400,
+            "bad_fence",
+            f"{FENCE_HEADER} must be '<lock name>:<fencing token>', the token as POST "
+            "/v1/locks/{name} gave it",
+        )
+    return name, int(token)
+
+
+def _lock_json(name: str, waiter: LockWaiter) -> dict[str, Any]:
+    return {
+        "name": name,
+        "key": f"{name}/{waiter.fencing_token}",
+        "fencing_token": waiter.fencing_token,
+        "lease": str(waiter.lease_id),
+        "value": waiter.value,
+    }
+
+
 def _lease_not_found(lease_id: int) -> ApiError:
     return ApiError(
         404,
@@ -658,6 +733,14 @@ def _lease_not_found(lease_id: int) -> ApiError:
 
 
 # --- routes -------------------------------------------------------------------------------
+
+
+_ERROR_STATUS = {
+    ErrorCode.LEASE_NOT_FOUND: 404,
+    ErrorCode.LOCK_NOT_HELD: 409,
+    ErrorCode.FENCE_FAILED: 412,
+}
+"""The status of a command the machine refused, when it is not 400 (the client's mistake)."""
 
 
 class _LeaderRefused(Exception):
@@ -674,6 +757,11 @@ class _Routes:
         self.value_bytes_max = node.config.limits.value_bytes_max
         raft = node.config.raft
         self.lease_ttl_s_min, self.lease_ttl_s_max = ttl_bounds_s(raft.tick_ms, raft.election_ticks)
+        self.broken_fence = os.environ.get(BROKEN_FENCE_ENV) == "1"
+        if self.broken_fence:
+            log.warning(
+                "%s=1: fenced writes are NOT checked (a test-only broken mode)", BROKEN_FENCE_ENV
+            )
         metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
         self.count_proposal = {
             outcome: metrics.counter_child("kvraft_proposals", outcome).inc
@@ -698,15 +786,24 @@ class _Routes:
             self.count_proposal["overloaded" if isinstance(error, Overloaded) else "unavailable"]()
             raise _unavailable(error) from None
         self.count_proposal["ok" if result.ok else "condition_failed"]()
-        if result.error is ErrorCode.LEASE_NOT_FOUND:
-            raise ApiError(404, str(result.error), result.message)
         if result.error is not None:
-            raise ApiError(400, str(result.error), result.message)
+            status = _ERROR_STATUS.get(result.error, 400)
+            raise ApiError(status, str(result.error), result.message)
         if result.condition_failed:
             raise ApiError(
                 412, "condition_failed", "the condition did not hold", revision=result.revision
             )
         return result
+
+    def _fenced(self, request: web.BaseRequest, command: bytes) -> bytes:
+        """`command`, wrapped in the fence of the request's `FENCE_HEADER` if it has one."""
+        fence = _fence(request)
+        if fence is None or self.broken_fence:
+            return command
+        try:
+            return encode_fenced(fence[0], fence[1], command)
+        except CommandError as error:
+            raise _command_error(error) from None
 
     async def put(self, request: web.BaseRequest) -> web.Response:
         key = _key(request)
@@ -726,7 +823,7 @@ class _Routes:
         except CommandError as error:
             raise _command_error(error) from None
         prev = _query_bool(request, "prev")
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         if prev:
             return _json(200, self._with_prev({"revision": result.revision}, result))
         # The hot path's answer, formatted directly (the same JSON as _json would give).
@@ -755,7 +852,10 @@ class _Routes:
         except CommandError as error:
             raise _command_error(error) from None
         prev = _query_bool(request, "prev")
-        if await self._is_absent(key, idempotency_key):
+        fenced = self._fenced(request, command)
+        # A fenced delete goes to the log even for an absent key: only there is the fence
+        # checked, and a deposed holder must hear 412, not "deleted: false".
+        if fenced is command and await self._is_absent(key, idempotency_key):
             # Nothing to delete: answered at the current revision without a log entry, as
             # etcd does (a write that changes nothing need not cost a round of fsyncs).
             revision = self.node.state_machine.applied_index
@@ -765,7 +865,7 @@ class _Routes:
             if prev:
                 body["prev"] = None
             return _json(200, body)
-        result = await self._propose(command)
+        result = await self._propose(fenced)
         body = {"revision": result.revision, "deleted": result.deleted}
         return _json(200, self._with_prev(body, result) if prev else body)
 
@@ -807,7 +907,7 @@ class _Routes:
             )
         except CommandError as error:
             raise _command_error(error) from None
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         deleted = result.results[0] if result.results else None
         if not isinstance(deleted, DeletePrefixResult):
             raise ApiError(500, "internal_error", "a range delete answered without its count")
@@ -828,7 +928,7 @@ class _Routes:
             )
         except CommandError as error:
             raise _command_error(error) from None
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         return _json(
             200,
             {
@@ -863,6 +963,8 @@ class _Routes:
             ttl_s = await self.node.keepalive_lease(lease_id, self.timeout_s)
         except Unavailable as error:
             raise _unavailable(error) from None
+        except OutcomeUnknown as error:  # clearing a checkpoint timed out: not acknowledged
+            raise _unavailable(Unavailable(str(error))) from None
         if ttl_s is None:
             raise _lease_not_found(lease_id)
         return _json(200, {"id": str(lease_id), "ttl_s": ttl_s})
@@ -912,6 +1014,110 @@ class _Routes:
             200,
             {"id": str(lease_id), "revision": result.revision, "deleted": len(result.changes)},
         )
+
+    # --- locks (kvraft.locks) ------------------------------------------------------------
+
+    async def acquire_lock(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/locks/{name} {"lease", "wait_s", "value"}`: queue the lease for the lock
+        and wait (first come, first served) until it holds it: `{"name", "key",
+        "fencing_token", ...}`; after `wait_s` without it, give the place up and answer 409
+        `lock_not_acquired`. Served by the leader (the acquire is a write); the waiting
+        reads the applied queue, which only the log changes (`kvraft.locks`)."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request),
+            frozenset(("lease", "wait_s", "value")),
+            "body",
+            "bad_request",
+        )
+        lease_id = _lease_field(body)
+        wait_s = body.get("wait_s", LOCK_WAIT_S_DEFAULT)
+        if type(wait_s) not in (int, float) or not 0 <= wait_s <= LOCK_WAIT_S_MAX:
+            raise ApiError(
+                400, "bad_request", f"wait_s must be a number of seconds in 0..{LOCK_WAIT_S_MAX:g}"
+            )
+        value = body.get("value", "")
+        try:
+            command = encode_lock_acquire(name, lease_id, value)
+        except CommandError as error:
+            raise _command_error(error) from None
+        lock_waiting = self.node.lock_waiting
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + wait_s
+        with lock_waiting.waiting(name) as changed:
+            token = (await self._propose(command)).revision
+            while True:
+                changed.clear()
+                waiters = self.node.state_machine.lock_waiters(name)
+                if waiters and waiters[0].fencing_token == token:
+                    body = {**_lock_json(name, waiters[0]), "revision": token}
+                    return _json(200, body)
+                if all(waiter.fencing_token != token for waiter in waiters):
+                    raise ApiError(
+                        409,
+                        "lock_not_acquired",
+                        f"lease {lease_id} expired or was revoked while it waited for lock "
+                        f"{name!r}",
+                    )
+                remaining_s = deadline_s - loop.time()
+                if remaining_s <= 0 or self.node.stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining_s)
+        # Out of time: give the place up, so the lock does not pass to a caller who left.
+        # If it passed to us meanwhile, this releases it: we never said we held it.
+        with contextlib.suppress(ApiError):
+            await self._propose(encode_lock_release(name, token))
+        raise ApiError(
+            409,
+            "lock_not_acquired",
+            f"lock {name!r} is held by another (waited {wait_s:g} s); the place in its queue "
+            "was given up",
+        )
+
+    async def release_lock(self, request: web.BaseRequest) -> web.Response:
+        """`DELETE /v1/locks/{name} {"fencing_token": T}`: release the lock (or give up a
+        place in its queue); 409 `lock_not_held` if T neither holds nor waits."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request), frozenset(("fencing_token",)), "body", "bad_request"
+        )
+        try:
+            command = encode_lock_release(name, _fencing_token_field(body))
+        except CommandError as error:
+            raise _command_error(error) from None
+        result = await self._propose(command)
+        return _json(200, {"name": name, "released": True, "revision": result.revision})
+
+    async def get_lock(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/locks/{name}` -> `{"name", "holder", "waiters", "revision"}`: who holds
+        the lock (null: nobody) and who waits, in order; linearizable unless
+        ``consistency=stale``."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        await self._read_barrier(request)
+        machine = self.node.state_machine
+        waiters = machine.lock_waiters(name)
+        return _json(
+            200,
+            {
+                "name": name,
+                "holder": _lock_json(name, waiters[0]) if waiters else None,
+                "waiters": [_lock_json(name, waiter) for waiter in waiters[1:]],
+                "revision": machine.applied_index,
+            },
+        )
+
+    async def list_locks(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/locks` -> `{"locks": [{"name", "holder", "waiting"}, ...], "revision"}`."""
+        await self._read_barrier(request)
+        machine = self.node.state_machine
+        locks = []
+        for name in machine.lock_names():
+            waiters = machine.lock_waiters(name)
+            locks.append(
+                {"name": name, "holder": _lock_json(name, waiters[0]), "waiting": len(waiters) - 1}
+            )
+        return _json(200, {"locks": locks, "revision": machine.applied_index})
 
     async def _lease_read_barrier(self) -> None:
         try:
@@ -1446,7 +1652,9 @@ class HttpApi:
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
 
-        write_headers = frozenset(("if-match", "if-none-match", "idempotency-key"))
+        write_headers = frozenset(
+            ("if-match", "if-none-match", "idempotency-key", "x-kvraft-fence")
+        )
         self._key_route = _Route(
             KV_PATH_PREFIX + "{key}",
             {"PUT": routes.put, "DELETE": routes.delete, **read_only(routes.get)},
@@ -1468,6 +1676,15 @@ class HttpApi:
         self._member_route = _Route(
             MEMBER_PATH_PREFIX + "{node_id}", {"DELETE": routes.remove_member}
         )
+        self._lock_route = _Route(
+            LOCK_PATH_PREFIX + "{name}",
+            {
+                "POST": routes.acquire_lock,
+                "DELETE": routes.release_lock,
+                **read_only(routes.get_lock),
+            },
+            parameters={"GET": frozenset(("consistency",))},
+        )
         self._exact_routes = {
             route.name: route
             for route in (
@@ -1487,12 +1704,17 @@ class HttpApi:
                         ),
                         "DELETE": frozenset(("prefix",)),
                     },
-                    headers={"DELETE": frozenset(("idempotency-key",))},
+                    headers={"DELETE": frozenset(("idempotency-key", "x-kvraft-fence"))},
                 ),
                 _Route(
                     TXN_PATH,
                     {"POST": routes.txn},
-                    headers={"POST": frozenset(("idempotency-key",))},
+                    headers={"POST": frozenset(("idempotency-key", "x-kvraft-fence"))},
+                ),
+                _Route(
+                    LOCKS_PATH,
+                    read_only(routes.list_locks),
+                    parameters={"GET": frozenset(("consistency",))},
                 ),
                 _Route(LEASES_PATH, {"GET": routes.list_leases, "POST": routes.grant_lease}),
                 _Route("/v1/status", read_only(with_member_cors(member_addresses, routes.status))),
@@ -1565,6 +1787,8 @@ class HttpApi:
         if path.startswith(MEMBER_PATH_PREFIX):
             node_id = path[len(MEMBER_PATH_PREFIX) :]
             return self._member_route if node_id and "/" not in node_id else None
+        if path.startswith(LOCK_PATH_PREFIX):
+            return self._lock_route if len(path) > len(LOCK_PATH_PREFIX) else None
         if path.startswith(LEASE_PATH_PREFIX):
             tail = path[len(LEASE_PATH_PREFIX) :]
             if tail.endswith(LEASE_KEEPALIVE_SUFFIX):
@@ -1676,6 +1900,10 @@ class HttpApi:
             except ApiError:
                 wait_s = 0.0  # refused by the leader at once
             return self.routes.timeout_s + wait_s
+        if request.method == "POST" and request.path.startswith(LOCK_PATH_PREFIX):
+            # The leader waits for the lock up to the body's wait_s (not read here): the
+            # longest it may take, plus its two proposals.
+            return 2 * self.routes.timeout_s + LOCK_WAIT_S_MAX
         return self.routes.timeout_s
 
     async def _forward(
@@ -1691,12 +1919,14 @@ class HttpApi:
         leader = self.node.peer_addresses.get(leader_id) if leader_id else None
         if leader is None or leader_id == self.node.id:
             raise ApiError(503, "unavailable", "no leader is known right now")
-        has_body = request.method in ("PUT", "POST")
+        # A DELETE may carry a body too (a lock release names its fencing token).
+        has_body = request.method in ("PUT", "POST") or request.body_exists
         body = await _read_value(request, self._body_bytes_max(request)) if has_body else b""
         headers = {
             name: value
             for name, value in request.headers.items()
-            if name.lower() in ("if-match", "if-none-match", "idempotency-key", "content-type")
+            if name.lower()
+            in ("if-match", "if-none-match", "idempotency-key", "x-kvraft-fence", "content-type")
         }
         headers[FORWARDED_HEADER] = str(self.node.id)
         # The raw path, not a re-parsed one: yarl would resolve "." and ".." segments,

@@ -44,6 +44,7 @@ from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
 from kvraft.events import CoreEvents, EventLog
 from kvraft.leases import LeaseTimer
+from kvraft.locks import LockWaiting
 from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
@@ -61,7 +62,7 @@ from kvraft.raft.messages import (
 )
 from kvraft.reconfiguration import MEMBERSHIP_REQUEST_TIMEOUTS, Reconfiguration
 from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
-from kvraft.statemachine import ApplyResult, KVStateMachine
+from kvraft.statemachine import ApplyResult, KVStateMachine, encode_lease_checkpoint
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
 from kvraft.transport.tcp import PeerTransport
@@ -173,6 +174,8 @@ class RaftNode:
         self._state_machine_before_start = KVStateMachine()
         self.watch_hub = WatchHub(0)
         """The committed changes this node applied, for watchers (`kvraft.watch`)."""
+        self.lock_waiting = LockWaiting()
+        """The requests waiting for a lock to pass to them (`kvraft.locks`)."""
         self.transport: Transport | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
@@ -282,6 +285,7 @@ class RaftNode:
             watchers_max=limits.watchers_max,
         )
         self.watch_hub.follow(self.shell)
+        self.lock_waiting.follow(self.shell)
         self._core_events = CoreEvents(self.events, core, time.monotonic())
         self.events.emit(
             "node_started",
@@ -463,13 +467,21 @@ class RaftNode:
         assert shell is not None and shell.lease_timer is not None
         arrived_ticks = shell.lease_timer.now_ticks
         await self.read_barrier(timeout_s)
-        found = self.state_machine.lease(lease_id)
-        if found is None:
-            return None
-        timer = shell.leases_follow_leadership()
-        assert timer is not None
-        if timer.leader_term is None:
-            raise NotLeader(shell.core.leader_id)
+        while True:
+            found = self.state_machine.lease(lease_id)
+            if found is None:
+                return None
+            timer = shell.leases_follow_leadership()
+            assert timer is not None
+            if timer.leader_term is None:
+                raise NotLeader(shell.core.leader_id)
+            checkpointed_ms = self.state_machine.lease_checkpoint_ms(lease_id)
+            if not timer.needs_clear(lease_id, checkpointed_ms):
+                break
+            # A checkpoint would make a new leader forget this keepalive: clear it first
+            # (once per checkpoint interval; `kvraft.leases`). Checked again afterwards, with
+            # no await between the check and the refresh, so no checkpoint slips in between.
+            await self.propose(encode_lease_checkpoint([(lease_id, 0)]), timeout_s)
         return found[0] if timer.keepalive(lease_id, arrived_ticks) else None
 
     async def lease_remaining_s(self, lease_id: int) -> float | None:

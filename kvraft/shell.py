@@ -490,7 +490,8 @@ class NodeShell:
 
     def leases_follow_leadership(self) -> LeaseTimer | None:
         """Bring the lease timer in line with the core's role: a node that became leader gives
-        every lease a full TTL from now (etcd's Promote), one that stopped leading forgets
+        every lease a full TTL (or its checkpointed remainder) from now (etcd's Promote),
+        one that stopped leading forgets
         its deadlines. Called every tick, and by a keepalive before it refreshes a deadline
         (it may arrive before the new leader's first tick)."""
         timer = self.lease_timer
@@ -499,7 +500,7 @@ class NodeShell:
         core = self.core
         if core.role == Role.LEADER:
             if timer.leader_term != core.term:
-                timer.promote(core.term, self.state_machine.leases())  # type: ignore[attr-defined]
+                timer.promote(core.term, self.state_machine.lease_remaining_ms())  # type: ignore[attr-defined]
         elif timer.leader_term is not None:
             timer.demote()
         return timer
@@ -512,6 +513,8 @@ class NodeShell:
         # timer, and fed to the core in this same advance().
         for lease_id in timer.tick():
             self._proposals.append((timer.expire_command(lease_id), _NOBODY))
+        for command in timer.checkpoint_commands():
+            self._proposals.append((command, _NOBODY))
 
     def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
         answer = proposal.answer
@@ -598,7 +601,7 @@ class NodeShell:
         for index in [i for i in self._config_waiters if i <= meta.index]:
             _fail(self._config_waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
         if self.lease_timer is not None:
-            self.lease_timer.restored(state_machine.leases())  # type: ignore[attr-defined]
+            self.lease_timer.restored(state_machine.lease_remaining_ms())  # type: ignore[attr-defined]
         for restore_hook in self.on_restore:
             restore_hook(meta)
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from kvraft.leases import LeaseTimer, lease_ttl_s_min
-from kvraft.statemachine import KVStateMachine, encode_lease_grant, encode_lease_revoke
+from kvraft.statemachine import (
+    KVStateMachine,
+    decode_command,
+    encode_lease_checkpoint,
+    encode_lease_grant,
+    encode_lease_revoke,
+)
 
 __all__: list[str] = []
 
@@ -19,9 +25,10 @@ def ticks_until_expiry(timer: LeaseTimer, lease_id: int, ticks_max: int = 10_000
     raise AssertionError(f"lease {lease_id} never expired")
 
 
-def leading_timer(*leases: tuple[int, int]) -> LeaseTimer:
-    timer = LeaseTimer(TICK_MS, ELECTION_TICKS)
-    timer.promote(1, leases)
+def leading_timer(*leases: tuple[int, int], checkpoint_interval_ticks: int = 600) -> LeaseTimer:
+    """A timer leading term 1 with leases (id, ttl_s), none of them checkpointed."""
+    timer = LeaseTimer(TICK_MS, ELECTION_TICKS, checkpoint_interval_ticks)
+    timer.promote(1, [(lease_id, ttl_s, 0) for lease_id, ttl_s in leases])
     return timer
 
 
@@ -61,7 +68,7 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_from_its_election() -> None:
     new = LeaseTimer(TICK_MS, ELECTION_TICKS)
     for _ in range(50):
         assert new.tick() == []  # a follower keeps no deadlines
-    new.promote(2, [(7, 2)])
+    new.promote(2, [(7, 2, 0)])
     assert ticks_until_expiry(new, 7) == 20
 
 
@@ -99,3 +106,41 @@ def test_applied_grants_and_revokes_drive_the_timer() -> None:
 def test_the_shortest_ttl_is_three_of_the_longest_election_timeouts() -> None:
     assert lease_ttl_s_min(50, 8) == 3  # 3 x 800 ms, rounded up to whole seconds
     assert lease_ttl_s_min(1, 2) == 1
+
+
+def test_the_default_checkpoint_interval_is_a_minute() -> None:
+    assert LeaseTimer(TICK_MS, ELECTION_TICKS).checkpoint_interval_ticks == 600
+
+
+def test_long_leases_are_checkpointed_every_interval_with_their_remaining_ttl() -> None:
+    timer = leading_timer((7, 100), (8, 5), checkpoint_interval_ticks=300)
+    commands = []
+    for _ in range(300):
+        timer.tick()
+        commands += timer.checkpoint_commands()
+    assert [decode_command(c) for c in commands] == [
+        decode_command(encode_lease_checkpoint([(7, 70_000)]))
+    ]
+    assert timer.needs_clear(7, 0)  # proposed, not applied yet
+    assert not timer.needs_clear(8, 0)  # shorter than the interval: never checkpointed
+
+
+def test_a_new_leader_starts_a_checkpointed_lease_from_its_remainder() -> None:
+    new = LeaseTimer(TICK_MS, ELECTION_TICKS)
+    new.promote(2, [(7, 100, 30_000), (8, 100, 0)])
+    assert new.remaining_ticks(7) == 300
+    assert new.remaining_ticks(8) == 1000
+
+
+def test_a_cleared_checkpoint_gives_the_lease_a_full_ttl_from_when_it_applied() -> None:
+    # The old leader acknowledged a keepalive after clearing the checkpoint; this leader
+    # promoted before it applied the clear, from the older checkpoint.
+    new = LeaseTimer(TICK_MS, ELECTION_TICKS)
+    new.promote(2, [(7, 100, 30_000)])
+    for _ in range(10):
+        new.tick()
+    clear = encode_lease_checkpoint([(7, 0)])
+    new.applied(clear, 5, True)
+    assert new.remaining_ticks(7) == 1000
+    assert not new.needs_clear(7, 0)
+    assert new.needs_clear(7, 1)  # the machine still holds one: clear it

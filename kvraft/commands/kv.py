@@ -27,6 +27,7 @@ from kvraft.client import (
     TIMEOUT_S_DEFAULT,
     ClientError,
     ConditionFailed,
+    Fence,
     Item,
     KVClient,
     KVError,
@@ -122,6 +123,33 @@ def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
 
 
 _client_options = client_options(TIMEOUT_S_DEFAULT)
+
+
+def _parse_fence(
+    context: click.Context, parameter: click.Parameter, text: str | None
+) -> Fence | None:
+    if not text:
+        return None
+    name, _, token = text.rpartition(":")
+    if not name or not token.isascii() or not token.isdecimal() or int(token) < 1:
+        raise click.BadParameter("give LOCK:TOKEN, as `kvraft lock` passes it", param=parameter)
+    return Fence(name, int(token))
+
+
+FENCE_ENV = "KVRAFT_FENCE"
+"""Where `--fence` comes from when not given: `kvraft lock` sets it for its command."""
+
+fence_option = click.option(
+    "--fence",
+    type=str,
+    default=None,
+    envvar=FENCE_ENV,
+    callback=_parse_fence,
+    metavar="LOCK:TOKEN",
+    help="Apply only while TOKEN holds LOCK (412 fence_failed otherwise); default "
+    f"${FENCE_ENV}, which `kvraft lock` sets for its command.",
+)
+"""`--fence LOCK:TOKEN` of every write command."""
 
 
 def make_client(
@@ -232,6 +260,7 @@ def _read_value(stream: IO[bytes], source: str) -> bytes:
     default=None,
     help="Attach the key to this lease: it is deleted when the lease is revoked or expires.",
 )
+@fence_option
 @_client_options
 def put(
     key: str,
@@ -241,6 +270,7 @@ def put(
     if_absent: bool,
     idempotency_key: str | None,
     lease_id: int | None,
+    fence: Fence | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -266,6 +296,7 @@ def put(
             if_absent=if_absent,
             idempotency_key=idempotency_key,
             lease=lease_id,
+            fence=fence,
         )
     click.echo(f"revision {revision}")
 
@@ -320,12 +351,14 @@ def get(
     help="Delete only if the key is at this revision.",
 )
 @click.option("--idempotency-key", default=None, help="Makes retries of this delete exactly-once.")
+@fence_option
 @_client_options
 def delete(
     key: str | None,
     prefix: str | None,
     if_revision: int | None,
     idempotency_key: str | None,
+    fence: Fence | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -338,13 +371,15 @@ def delete(
         if if_revision is not None:
             raise click.UsageError("--if-revision is for one key; use `kvraft txn` for a range")
         with reported_errors():
-            revision, count = client.delete_prefix(prefix, idempotency_key=idempotency_key)
+            revision, count = client.delete_prefix(
+                prefix, idempotency_key=idempotency_key, fence=fence
+            )
         click.echo(f"deleted {count} keys under {display_text(prefix)!r} at revision {revision}")
         return
     assert key is not None
     with reported_errors():
         revision, deleted = client.delete(
-            key, if_revision=if_revision, idempotency_key=idempotency_key
+            key, if_revision=if_revision, idempotency_key=idempotency_key, fence=fence
         )
     shown = display_text(key)
     if deleted:
