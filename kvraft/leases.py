@@ -11,10 +11,10 @@ once per Raft tick, in the daemon and in the simulator alike.
 
 The rules, after etcd's lessor (server/lease/lessor.go):
 
-- A keepalive refreshes the leader's in-memory deadline to TTL ticks after the tick at which
-  the keepalive arrived; it writes nothing to the log. The lease expires (its expiry entry
-  is proposed) at the tick that reaches that deadline, exactly TTL ticks after the last
-  keepalive the leader acknowledged.
+- A keepalive refreshes the leader's in-memory deadline to TTL ticks after the first tick
+  that follows its arrival; it writes nothing to the log. The lease expires (its expiry
+  entry is proposed) at the tick that reaches that deadline: never less than TTL after the
+  last keepalive the leader acknowledged, since ticks never run ahead of the wall clock.
 - A lease granted while this node leads gets a full TTL from when its grant applied here.
 - A new leader gives every lease a full TTL from its first tick as leader (etcd's
   ``Promote``): it cannot know when the old leader last heard a keepalive, so nothing
@@ -127,6 +127,14 @@ class LeaseTimer:
         # Leases in a checkpoint this leader proposed that has not applied yet.
         self._checkpoints_pending: set[int] = set()
 
+    @staticmethod
+    def _deadline(from_ticks: int, ttl_ticks: int) -> int:
+        """The tick at which a lease whose TTL started at tick count `from_ticks` expires:
+        TTL ticks after the *next* tick. The count is up to one tick old when a keepalive or
+        a grant arrives (ticks only ever lag the wall clock), so counting from it would cut
+        the TTL short by up to a tick; counting from the next tick never does."""
+        return from_ticks + 1 + ttl_ticks
+
     def ttl_ticks(self, ttl_s: int) -> int:
         """A TTL in ticks, rounded up: a lease never lives shorter than asked."""
         return math.ceil(ttl_s * 1000 / self.tick_ms)
@@ -143,7 +151,7 @@ class LeaseTimer:
             ttl = self._ttl_ticks[lease_id] = self.ttl_ticks(ttl_s)
             if remaining_ms:
                 ttl = min(ttl, math.ceil(remaining_ms / self.tick_ms))
-            self._deadline_ticks[lease_id] = self.now_ticks + ttl
+            self._deadline_ticks[lease_id] = self._deadline(self.now_ticks, ttl)
         self._expiry_proposed_ticks = {}
         self._checkpoints_pending = set()
         self._next_checkpoint_ticks = self.now_ticks + self.checkpoint_interval_ticks
@@ -162,7 +170,7 @@ class LeaseTimer:
         """A grant applied here: while leading, the lease's TTL runs from now."""
         if self.leader_term is not None:
             ttl = self._ttl_ticks[lease_id] = self.ttl_ticks(ttl_s)
-            self._deadline_ticks[lease_id] = self.now_ticks + ttl
+            self._deadline_ticks[lease_id] = self._deadline(self.now_ticks, ttl)
 
     def revoked(self, lease_id: int) -> None:
         """A revoke or expiry applied here: the lease is gone."""
@@ -179,7 +187,7 @@ class LeaseTimer:
         deadline = self._deadline_ticks.get(lease_id)
         if remaining_ms == 0 and deadline is not None:
             self._deadline_ticks[lease_id] = max(
-                deadline, self.now_ticks + self._ttl_ticks[lease_id]
+                deadline, self._deadline(self.now_ticks, self._ttl_ticks[lease_id])
             )
 
     def applied(self, data: bytes, index: int, ok: bool) -> None:
@@ -246,7 +254,9 @@ class LeaseTimer:
         deadline = self._deadline_ticks.get(lease_id)
         if deadline is None or lease_id in self._expiry_proposed_ticks:
             return False
-        self._deadline_ticks[lease_id] = max(deadline, arrived_ticks + self._ttl_ticks[lease_id])
+        self._deadline_ticks[lease_id] = max(
+            deadline, self._deadline(arrived_ticks, self._ttl_ticks[lease_id])
+        )
         return True
 
     def remaining_ticks(self, lease_id: int) -> int | None:

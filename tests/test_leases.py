@@ -32,19 +32,19 @@ def leading_timer(*leases: tuple[int, int], checkpoint_interval_ticks: int = 600
     return timer
 
 
-def test_a_lease_expires_exactly_its_ttl_in_ticks_after_it_was_granted() -> None:
+def test_a_lease_expires_its_ttl_after_the_tick_that_followed_its_grant() -> None:
     timer = leading_timer()
-    timer.granted(7, 2)  # 2 s of 100 ms ticks
-    assert timer.remaining_ticks(7) == 20
-    assert ticks_until_expiry(timer, 7) == 20
+    timer.granted(7, 2)  # 2 s of 100 ms ticks, from the next tick (the count may be old)
+    assert timer.remaining_ticks(7) == 21
+    assert ticks_until_expiry(timer, 7) == 21
 
 
-def test_a_lease_expires_exactly_its_ttl_after_the_last_keepalive() -> None:
+def test_a_lease_expires_its_ttl_after_the_tick_that_followed_the_last_keepalive() -> None:
     timer = leading_timer((7, 2))
     for _ in range(15):
         assert timer.tick() == []
     assert timer.keepalive(7, timer.now_ticks)
-    assert ticks_until_expiry(timer, 7) == 20
+    assert ticks_until_expiry(timer, 7) == 21
 
 
 def test_a_keepalive_counts_from_when_it_arrived_not_when_it_was_confirmed() -> None:
@@ -53,7 +53,7 @@ def test_a_keepalive_counts_from_when_it_arrived_not_when_it_was_confirmed() -> 
     for _ in range(3):
         timer.tick()  # the ReadIndex round takes a few ticks
     assert timer.keepalive(7, arrived)
-    assert ticks_until_expiry(timer, 7) == 17
+    assert ticks_until_expiry(timer, 7) == 18
 
 
 def test_a_ttl_in_ticks_rounds_up() -> None:
@@ -69,7 +69,7 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_from_its_election() -> None:
     for _ in range(50):
         assert new.tick() == []  # a follower keeps no deadlines
     new.promote(2, [(7, 2, 0)])
-    assert ticks_until_expiry(new, 7) == 20
+    assert ticks_until_expiry(new, 7) == 21
 
 
 def test_a_deposed_leader_forgets_its_deadlines() -> None:
@@ -98,7 +98,7 @@ def test_applied_grants_and_revokes_drive_the_timer() -> None:
         timer.applied(command, index, machine.apply(index, command).ok)
     revoke = encode_lease_revoke(1)
     timer.applied(revoke, 3, machine.apply(3, revoke).ok)
-    assert timer.remaining_ticks(1) is None and timer.remaining_ticks(2) == 50
+    assert timer.remaining_ticks(1) is None and timer.remaining_ticks(2) == 51
     timer.restored([])
     assert timer.remaining_ticks(2) is None
 
@@ -119,7 +119,7 @@ def test_long_leases_are_checkpointed_every_interval_with_their_remaining_ttl() 
         timer.tick()
         commands += timer.checkpoint_commands()
     assert [decode_command(c) for c in commands] == [
-        decode_command(encode_lease_checkpoint([(7, 70_000)]))
+        decode_command(encode_lease_checkpoint([(7, 70_100)]))
     ]
     assert timer.needs_clear(7, 0)  # proposed, not applied yet
     assert not timer.needs_clear(8, 0)  # shorter than the interval: never checkpointed
@@ -128,8 +128,8 @@ def test_long_leases_are_checkpointed_every_interval_with_their_remaining_ttl() 
 def test_a_new_leader_starts_a_checkpointed_lease_from_its_remainder() -> None:
     new = LeaseTimer(TICK_MS, ELECTION_TICKS)
     new.promote(2, [(7, 100, 30_000), (8, 100, 0)])
-    assert new.remaining_ticks(7) == 300
-    assert new.remaining_ticks(8) == 1000
+    assert new.remaining_ticks(7) == 301
+    assert new.remaining_ticks(8) == 1001
 
 
 def test_a_cleared_checkpoint_gives_the_lease_a_full_ttl_from_when_it_applied() -> None:
@@ -141,6 +141,6 @@ def test_a_cleared_checkpoint_gives_the_lease_a_full_ttl_from_when_it_applied() 
         new.tick()
     clear = encode_lease_checkpoint([(7, 0)])
     new.applied(clear, 5, True)
-    assert new.remaining_ticks(7) == 1000
+    assert new.remaining_ticks(7) == 1001
     assert not new.needs_clear(7, 0)
     assert new.needs_clear(7, 1)  # the machine still holds one: clear it

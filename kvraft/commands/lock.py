@@ -16,7 +16,9 @@ Ctrl-C. `locks` shows who holds what.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+from types import FrameType
 
 import click
 
@@ -63,6 +65,17 @@ def hold_json(hold: LockHold) -> dict[str, object]:
         "lease": str(hold.lease),
         "value": hold.value,
     }
+
+
+def _interrupt(signal_number: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop, `kill`) ends `lock` and `elect` as Ctrl-C does:
+    the command is stopped, the lock released and the lease revoked, so the next holder
+    need not wait out a TTL."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _wait_until_lost_or_interrupted(held: Lock) -> bool:
@@ -112,6 +125,7 @@ def lock(
     lock is lost. Without COMMAND, hold it until Ctrl-C."""
     client = make_client(endpoints_text, timeout_s)
     shown = display_text(name)
+    _stop_on_sigterm()
     with reported_errors(), client.lock(name, ttl_s=ttl_s, wait_s=wait_s, value=value) as held:
         token = held.fencing_token
         click.echo(
@@ -134,8 +148,8 @@ def lock(
                     lost = True
                     _stop(process)
         except KeyboardInterrupt:
-            # The terminal sent SIGINT to the command as well: let it finish its way.
-            process.wait()
+            # Ctrl-C reached the command too; SIGTERM did not: stop it either way.
+            _stop(process)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     if lost:
         raise click.exceptions.Exit(_lost(shown))
@@ -159,9 +173,10 @@ def _lost(shown: str) -> int:
 @_TTL_OPTION
 @_client_options
 def elect(name: str, value: str, ttl_s: int, endpoints_text: str, timeout_s: float) -> None:
-    """Campaign to lead NAME as VALUE: wait until elected, print it, lead until Ctrl-C
-    (then resign). Exits 9 if leadership is lost (its lease expired)."""
+    """Campaign to lead NAME as VALUE: wait until elected, print it, lead until Ctrl-C or
+    SIGTERM (then resign). Exits 9 if leadership is lost (its lease expired)."""
     client = make_client(endpoints_text, timeout_s)
+    _stop_on_sigterm()
     shown = display_text(name)
     with reported_errors():
         current = client.lock_info(name).holder
