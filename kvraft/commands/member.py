@@ -25,6 +25,7 @@ from kvraft.commands.kv import (
     echo_json,
     output_option,
     reported_errors,
+    tls_client_options,
 )
 
 __all__ = [
@@ -101,9 +102,11 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
+            **tls_client_options(),
         )
     except ClientError as error:
-        raise click.BadParameter(error.message, param_hint="--endpoints") from None
+        hint = "--cacert/--cert/--key" if error.code == "bad_tls_file" else "--endpoints"
+        raise click.BadParameter(error.message, param_hint=hint) from None
 
 
 def _reported_errors() -> AbstractContextManager[None]:
