@@ -666,8 +666,7 @@ class _Outbound:
         except (OSError, ValueError) as error:  # ValueError: e.g. an unencodable host name
             if isinstance(error, ssl.SSLError):
                 # The listener's certificate is not from our CA, or it refused ours.
-                self._owner._counters["peer_auth_failures"] += 1
-                raise _ConnectFailed(f"TLS handshake failed: {_tls_reason(error)}") from None
+                raise self._auth_failed(f"TLS handshake failed: {_tls_reason(error)}") from None
             if is_exhaustion(error):
                 # Out of descriptors, not a peer problem: say so, even while the peer is
                 # already reported unreachable.
@@ -677,10 +676,9 @@ class _Outbound:
             named = certificate_node_ids(transport.get_extra_info("peercert"))
             if self._peer.node_id not in named:
                 # Whoever listens at this address is not the node we mean to reach.
-                self._owner._counters["peer_auth_failures"] += 1
                 protocol.abort("wrong certificate")
                 whose = ", ".join(str(n) for n in sorted(named)) or "no node"
-                raise _ConnectFailed(
+                raise self._auth_failed(
                     f"peer authentication failed: its certificate names {whose},"
                     f" not node {self._peer.node_id}"
                 )
@@ -698,6 +696,15 @@ class _Outbound:
             self._protocol = None
             raise _ConnectFailed(failure)
         return protocol
+
+    def _auth_failed(self, reason: str) -> _ConnectFailed:
+        """Count a peer that failed TLS authentication and log it once per address and
+        reason (the reachability log says only the first reason a peer went unreachable)."""
+        self._owner._counters["peer_auth_failures"] += 1
+        host, port = self._peer.address
+        level = self._owner._refusal_log_level(host, reason)
+        logger.log(level, "refused peer %d at %s:%d: %s", self._peer.node_id, host, port, reason)
+        return _ConnectFailed(reason)
 
     async def _pump(self, protocol: _OutboundProtocol, address: tuple[str, int]) -> str | None:
         """Write until the connection fails (return why) or the address changes (None)."""
