@@ -2929,8 +2929,16 @@ class AsyncKVClient(_ClientBase):
 
     def _session_for_use(self) -> aiohttp.ClientSession:
         if self._session is None:
+            connector = aiohttp.TCPConnector(
+                force_close=True,
+                ssl=self._ssl_context or True,
+                # A TLS connection closed on release finishes its shutdown later; before
+                # Python 3.12.8 one still shutting down when the loop ends leaks (CPython
+                # issue 118960), unless the connector aborts it when it closes.
+                enable_cleanup_closed=aiohttp.connector.NEEDS_CLEANUP_CLOSED,
+            )
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, ssl=self._ssl_context or True),
+                connector=connector,
                 auto_decompress=False,
             )
             # aiohttp silently repeats a PUT or DELETE once when the connection drops
