@@ -1072,6 +1072,11 @@ def read_peer_secret(path: pathlib.Path) -> bytes:
     try:
         with open(path, "rb") as file:
             data = file.read(PEER_SECRET_FILE_BYTES_MAX + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: no peer secret there; make one with `kvraft peer-secret init {path}`"
+            " and give every node of the cluster the same file"
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the peer secret: {exc.strerror or exc}") from exc
     if len(data) > PEER_SECRET_FILE_BYTES_MAX:
