@@ -67,8 +67,10 @@ PEER_TLS_VERSION_MIN = ssl.TLSVersion.TLSv1_3
 HTTPS_VERSION_MIN = ssl.TLSVersion.TLSv1_2
 """The oldest TLS an HTTPS client may use (1.0 and 1.1 are broken and deprecated)."""
 
-TLS_READ_BYTES = 256 * 1024
-"""How much plaintext `ServerTlsStream` takes out of the TLS layer per read call."""
+TLS_READ_BYTES = 16 * 1024
+"""How much plaintext `ServerTlsStream` asks the TLS layer for per read call: one TLS
+record's worth (2**14 bytes, the most a record carries), which is all one call returns, so a
+larger buffer would only be allocated and shrunk for nothing."""
 
 NODE_URI_PATTERN = re.compile(r"kvraft://node/([1-9][0-9]{0,9})")
 """The SAN URI that names a node in its certificate (`kvraft.certs.node_uri`)."""
