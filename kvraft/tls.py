@@ -80,49 +80,68 @@ NODE_COMMON_NAME_PATTERN = re.compile(r"node-([1-9][0-9]{0,9})")
 
 
 class TlsFileError(ValueError):
-    """A certificate, key or CA file cannot be used; the message names the file and the
-    setting it came from (the configuration's or the caller's fault)."""
+    """A certificate, key or CA file cannot be used (the configuration's or the caller's
+    fault). `setting` names where the file came from (``tls.cert``, ``cacert``, ...) and
+    `detail` what is wrong with it; the message is both."""
+
+    def __init__(self, setting: str, detail: str) -> None:
+        super().__init__(f"{setting}: {detail}")
+        self.setting = setting
+        self.detail = detail
 
 
 # --- contexts ------------------------------------------------------------------------------------
 
 
-def _load_chain(context: ssl.SSLContext, cert: Path, key: Path, what: str) -> None:
-    for path in (cert, key):
-        if not os.path.isfile(path):
-            raise TlsFileError(f"{what}: {path}: no such file")
+def _check_file(path: Path, setting: str) -> None:
+    if not os.path.exists(path):
+        raise TlsFileError(setting, f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise TlsFileError(setting, f"{path} is not a regular file")
+
+
+def _load_chain(
+    context: ssl.SSLContext, cert: Path, key: Path, cert_setting: str, key_setting: str
+) -> None:
+    _check_file(cert, cert_setting)
+    _check_file(key, key_setting)
     try:
         context.load_cert_chain(cert, key)
     except OSError as error:  # ssl.SSLError is an OSError too
         if isinstance(error, ssl.SSLError):
-            reason = error.reason or str(error)
             raise TlsFileError(
-                f"{what}: {cert} and {key} are not a PEM certificate and its matching,"
-                f" unencrypted private key ({reason})"
+                f"{cert_setting}/{key_setting}",
+                f"{cert} and {key} are not a PEM certificate and its matching, unencrypted"
+                f" private key ({error.reason or error})",
             ) from None
-        raise TlsFileError(f"{what}: cannot read {cert} or {key}: {error.strerror}") from None
+        raise TlsFileError(
+            f"{cert_setting}/{key_setting}", f"cannot read {cert} or {key}: {error.strerror}"
+        ) from None
 
 
-def _load_ca(context: ssl.SSLContext, ca: Path, what: str) -> None:
-    if not os.path.isfile(ca):
-        raise TlsFileError(f"{what}: {ca}: no such file")
+def _load_ca(context: ssl.SSLContext, ca: Path, setting: str) -> None:
+    _check_file(ca, setting)
     try:
         context.load_verify_locations(cafile=ca)
     except OSError as error:
         reason = error.reason if isinstance(error, ssl.SSLError) else error.strerror
-        raise TlsFileError(f"{what}: {ca} is not a PEM CA certificate ({reason})") from None
+        raise TlsFileError(setting, f"{ca} is not a PEM CA certificate ({reason})") from None
 
 
 def https_server_context(
-    cert: Path, key: Path, client_ca: Path | None = None, *, what: str = "tls"
+    cert: Path,
+    key: Path,
+    client_ca: Path | None = None,
+    *,
+    settings: tuple[str, str, str] = ("tls.cert", "tls.key", "tls.client_ca"),
 ) -> ssl.SSLContext:
     """A node's HTTPS context: its certificate, and with `client_ca` a required client
-    certificate signed by it. `what` names the setting in errors."""
+    certificate signed by it. `settings` name the three files in errors."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = HTTPS_VERSION_MIN
-    _load_chain(context, cert, key, f"{what}.cert/{what}.key")
+    _load_chain(context, cert, key, settings[0], settings[1])
     if client_ca is not None:
-        _load_ca(context, client_ca, f"{what}.client_ca")
+        _load_ca(context, client_ca, settings[2])
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -132,19 +151,23 @@ def https_client_context(
     cert: Path | None = None,
     key: Path | None = None,
     *,
-    what: str = "--cacert/--cert/--key",
+    settings: tuple[str, str, str] = ("cacert", "cert", "key"),
 ) -> ssl.SSLContext:
     """What an HTTPS client trusts and shows: `cacert` (default: the system's trust store)
     and, for a node that requires client certificates, `cert` with its `key`. The server's
-    name is checked against its certificate, as curl does."""
+    name is checked against its certificate, as curl does. `settings` name the three files
+    in errors."""
     if (cert is None) != (key is None):
-        raise TlsFileError(f"{what}: a client certificate needs its key, and a key its certificate")
+        raise TlsFileError(
+            f"{settings[1]}/{settings[2]}",
+            "a client certificate needs its key, and a key its certificate",
+        )
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = HTTPS_VERSION_MIN
     if cacert is not None:
-        _load_ca(context, cacert, what)
+        _load_ca(context, cacert, settings[0])
     if cert is not None and key is not None:
-        _load_chain(context, cert, key, what)
+        _load_chain(context, cert, key, settings[1], settings[2])
     return context
 
 
@@ -153,7 +176,7 @@ def peer_server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     signed by `ca`. Its node id is checked against the handshake by the transport."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = PEER_TLS_VERSION_MIN
-    _load_chain(context, cert, key, "peer_tls.cert/peer_tls.key")
+    _load_chain(context, cert, key, "peer_tls.cert", "peer_tls.key")
     _load_ca(context, ca, "peer_tls.ca")
     context.verify_mode = ssl.CERT_REQUIRED
     # Connections are long-lived and redone rarely: no session tickets to issue or keep.
@@ -170,7 +193,7 @@ def peer_client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     # handshake; an address may move (membership changes) while a node keeps its id.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
-    _load_chain(context, cert, key, "peer_tls.cert/peer_tls.key")
+    _load_chain(context, cert, key, "peer_tls.cert", "peer_tls.key")
     _load_ca(context, ca, "peer_tls.ca")
     return context
 
@@ -213,7 +236,7 @@ def node_tls(tls: TlsSettings | None, peer_tls: PeerTlsSettings | None, node_id:
         # As a client of the other nodes, the node shows its own certificate: accepted
         # wherever clients need one signed by the CA that signed the nodes'.
         https_client = https_client_context(
-            mine.ca, mine.cert, mine.key, what="tls.ca/tls.cert/tls.key"
+            mine.ca, mine.cert, mine.key, settings=("tls.ca", "tls.cert", "tls.key")
         )
         ca_file, cert_file, key_file = mine.ca, mine.cert, mine.key
     if peer_tls is not None:

@@ -628,7 +628,9 @@ def test_a_tls_option_naming_a_missing_file_is_a_usage_error(cluster: FakeCluste
     # A file that is not PEM is refused before anything is sent, naming the option.
     not_pem = run(cluster, kv.get, "k", "--cacert", __file__)
     assert not_pem.exit_code == 2
-    assert "--cacert/--cert/--key" in not_pem.stderr and "not a PEM CA" in not_pem.stderr
+    assert "'--cacert'" in not_pem.stderr and "not a PEM CA" in not_pem.stderr
+    not_a_file = run(cluster, kv.get, "k", "--cacert", "/dev/null")
+    assert not_a_file.exit_code == 2 and "/dev/null is not a regular file" in not_a_file.stderr
 
 
 def test_cluster_up_tls_writes_https_and_peer_tls_with_certificates_beside_the_config(

@@ -119,7 +119,8 @@ def _remember_tls_option(ctx: click.Context, param: click.Parameter, value: obje
 
 def tls_client_options() -> dict[str, Any]:
     """The `cacert`, `cert` and `key` given to the running command (flags or environment),
-    as keyword arguments for `KVClient`; empty outside a command or when none was given."""
+    as keyword arguments for `KVClient`; empty outside a command or when none was given.
+    (`tls_ssl_context` turns them into the context the client commands use.)"""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return {}
@@ -141,7 +142,9 @@ def tls_ssl_context() -> ssl.SSLContext | None:
     try:
         return https_client_context(options.get("cacert"), options.get("cert"), options.get("key"))
     except TlsFileError as error:
-        raise click.BadParameter(str(error), param_hint="--cacert/--cert/--key") from None
+        # The setting is the option's name: "cacert", or "cert/key" for a pair at odds.
+        hint = "/".join(f"'--{name}'" for name in error.setting.split("/"))
+        raise click.BadParameter(error.detail, param_hint=hint) from None
 
 
 def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
@@ -194,15 +197,10 @@ def make_client(
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
-            **tls_client_options(),
+            ssl_context=tls_ssl_context(),
         )
     except ClientError as error:
-        raise click.BadParameter(error.message, param_hint=_param_hint(error)) from None
-
-
-def _param_hint(error: ClientError) -> str:
-    """The options a client's refusal to start is about."""
-    return "--cacert/--cert/--key" if error.code == "bad_tls_file" else "--endpoints"
+        raise click.BadParameter(error.message, param_hint="--endpoints") from None
 
 
 @contextmanager

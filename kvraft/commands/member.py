@@ -25,7 +25,7 @@ from kvraft.commands.kv import (
     echo_json,
     output_option,
     reported_errors,
-    tls_client_options,
+    tls_ssl_context,
 )
 
 __all__ = [
@@ -102,11 +102,10 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
-            **tls_client_options(),
+            ssl_context=tls_ssl_context(),
         )
     except ClientError as error:
-        hint = "--cacert/--cert/--key" if error.code == "bad_tls_file" else "--endpoints"
-        raise click.BadParameter(error.message, param_hint=hint) from None
+        raise click.BadParameter(error.message, param_hint="--endpoints") from None
 
 
 def _reported_errors() -> AbstractContextManager[None]:
