@@ -612,10 +612,12 @@ def test_every_client_command_takes_the_ca_a_client_certificate_and_its_key() ->
             if isinstance(parameter, click.Option)
             for option in parameter.opts
         }
+        # `kvraft watch --key K` watches a key: its private key's option is --tls-key.
+        key_flag = "--tls-key" if path == "kvraft watch" else "--key"
         for option, variable in (
             ("--cacert", "KVRAFT_CACERT"),
             ("--cert", "KVRAFT_CERT"),
-            ("--key", "KVRAFT_KEY"),
+            (key_flag, "KVRAFT_KEY"),
         ):
             assert option in options, f"{path} has no {option}"
             assert options[option].envvar == variable, path

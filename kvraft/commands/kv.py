@@ -147,14 +147,16 @@ def tls_ssl_context() -> ssl.SSLContext | None:
         raise click.BadParameter(error.detail, param_hint=hint) from None
 
 
-def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
+def client_options(timeout_s_default: float, *, tls_key_flag: str = "--key") -> Callable[[_F], _F]:
     """The `--endpoints`, `--timeout`, `--cacert`, `--cert` and `--key` options every client
-    command takes (the last three are read with `tls_client_options`)."""
+    command takes (the last three are read with `tls_client_options`). A command whose own
+    `--key` means a key of the store (`kvraft watch --key K`) names the private key's option
+    `tls_key_flag` instead (`--tls-key`; the variable stays KVRAFT_KEY)."""
 
     def decorate(command: _F) -> _F:
         for name, variable, text in reversed(TLS_OPTIONS):
             command = click.option(
-                f"--{name}",
+                tls_key_flag if name == "key" else f"--{name}",
                 f"tls_{name}",
                 envvar=variable,
                 type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
