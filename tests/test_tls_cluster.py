@@ -32,7 +32,7 @@ import pytest
 from kvraft.certs import init_certificates
 from kvraft.client import AsyncKVClient, KVClient, KVError, Unavailable
 from kvraft.config import PeerTlsSettings, TlsSettings, render_config
-from kvraft.launcher import serve_command
+from kvraft.launcher import free_ports, serve_command
 from kvraft.raft.codec import encode_message
 from kvraft.raft.messages import AppendEntries, Entry, EntryKind, TimeoutNow
 from kvraft.tls import https_client_context, peer_client_context
@@ -59,7 +59,7 @@ CLI_TIMEOUT_S = 60.0
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cluster's CA and certificates, and beside them (`other`) another CA's."""
     directory = tmp_path_factory.mktemp("tls") / "certs"
-    init_certificates(directory, [1, 2, 3])
+    init_certificates(directory, [1, 2, 3, 4])  # 4: a node that joins
     init_certificates(directory.with_name("other"), [1, 2, 3])
     return directory
 
@@ -371,6 +371,40 @@ def test_a_node_with_another_nodes_certificate_is_cut_off_and_the_others_keep_co
         assert cluster.request(3, "GET", "/v1/kv/while-cut-off/4").body == b"x"
     finally:
         cluster.close()
+
+
+def test_a_node_joins_an_https_cluster_and_serves_what_it_replicated(
+    cluster3: Cluster, certs: Path
+) -> None:
+    # `serve --join https://...` asks for the cluster id and the members, and adds itself,
+    # over HTTPS with the config's [tls]; then peer mTLS with its own certificate (node 4's).
+    leader = cluster3.leader()
+    assert cluster3.request(leader, "PUT", "/v1/kv/before-join", b"replicated").status == 200
+    http_port, raft_port = free_ports(2)
+    cluster3.start_command(
+        4,
+        serve_command(
+            4,
+            cluster3.config_path,
+            raft_address=f"127.0.0.1:{raft_port}",
+            http_address=f"127.0.0.1:{http_port}",
+            data_dir=cluster3.root / "data" / "node4",
+            join=cluster3.url(next(n for n in (1, 2, 3) if n != leader)),  # via a follower
+        ),
+    )
+
+    def joined() -> bool | None:
+        members = cluster3.request(leader, "GET", "/v1/members").json()["members"]
+        return any(m["id"] == 4 and m["voter"] and m["caught_up"] for m in members) or None
+
+    wait_for(joined, timeout_s=60, what="node 4 to join as a caught-up voter")
+    url = f"https://127.0.0.1:{http_port}"
+    got = http("GET", f"{url}/v1/kv/before-join?consistency=stale", context=cluster3.client_context)
+    assert (got.status, got.body) == (200, b"replicated")
+    # Node 4 forwards a write to the leader over HTTPS, like any follower.
+    put = http("PUT", f"{url}/v1/kv/after-join", b"via node 4", context=cluster3.client_context)
+    assert put.status == 200, put
+    assert _metric(cluster3, leader, "kvraft_peer_auth_failures_total") == 0.0
 
 
 def test_a_bad_certificate_path_stops_the_node_with_one_line_and_the_config_exit_code(
