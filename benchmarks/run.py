@@ -22,6 +22,9 @@ benchmark itself failed (crashed, or the node under test never served).
   nodes): throughput and latency under wrk, failover time, elections under load, memory
   (about 20 minutes, 10 of them two 5-minute soaks; installs ``wrk`` and ``etcd-server``
   with apt-get if missing). Its tables also go to ``benchmarks/results/vs_etcd.md``.
+- ``tls``: `benchmarks.bench_tls`, what TLS costs: puts on two 3-node clusters at 1 and 64
+  connections under wrk, one plain, one with HTTPS and peer mutual TLS, in alternating turns
+  (about 2 minutes; installs ``wrk`` if missing).
 
 ``--quick`` (a few minutes) runs fewer seeds, shorter storage loops, 100,000 entries instead
 of 1,000,000, and short rows with one kill against etcd; its numbers are for smoke-testing,
@@ -183,6 +186,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("watch", "benchmarks.bench_watch", writes_json=True, takes_quick=True),
         Benchmark("overload", "benchmarks.bench_overload", writes_json=True, takes_quick=True),
         Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
+        Benchmark("tls", "benchmarks.bench_tls", writes_json=True, takes_quick=True),
     )
 }
 """Every benchmark, in the order they run."""

@@ -15,6 +15,8 @@ SUBCOMMANDS = (
     ("serve", "serve"),
     ("cluster", "cluster"),
     ("cluster", "dev"),
+    ("certs", "certs"),
+    ("certs", "peer_secret"),
     ("kv", "put"),
     ("kv", "get"),
     ("kv", "delete"),

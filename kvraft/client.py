@@ -94,6 +94,12 @@ manager that grants on entry, keeps the lease alive every TTL / 3 from a backgro
 (`KVClient`, with its own client) or task (`AsyncKVClient`), fails over like any call, sets
 `lease.lost` when a keepalive finds the lease gone, and revokes it on exit.
 
+TLS. An ``https://`` endpoint is verified against `cacert` (default: the system's trust
+store) and, for a cluster that requires client certificates (``[tls] client_ca``), the
+client presents `cert` with its `key`; or pass an `ssl_context` of your own. A certificate
+that does not verify is a failed connection like any other: the call tries the other
+endpoints and, if none can be reached, says why for each.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
@@ -112,6 +118,7 @@ import pathlib
 import random
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -2410,7 +2417,12 @@ class _ClientBase:
     bookmark intervals), `watch_line_bytes_max` the longest stream line accepted.
 
     `unreachable_timeout_s` (None: off): a call gives up when no endpoint has answered
-    over HTTP for that long (`RetryPolicy`), even though its `timeout_s` is longer."""
+    over HTTP for that long (`RetryPolicy`), even though its `timeout_s` is longer.
+
+    TLS, for ``https://`` endpoints: `cacert` (a PEM file; default: the system's trust
+    store), `cert` and `key` (a client certificate, for a cluster whose nodes require one),
+    or `ssl_context` instead of the three. A file that cannot be used is a `ClientError`
+    (``bad_tls_file``) naming it."""
 
     def __init__(
         self,
@@ -2426,10 +2438,28 @@ class _ClientBase:
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
         unreachable_timeout_s: float | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if ssl_context is None and (cacert is not None or cert is not None or key is not None):
+            from kvraft.tls import TlsFileError, https_client_context
+
+            try:
+                ssl_context = https_client_context(
+                    None if cacert is None else pathlib.Path(cacert),
+                    None if cert is None else pathlib.Path(cert),
+                    None if key is None else pathlib.Path(key),
+                )
+            except TlsFileError as error:
+                raise ClientError("bad_tls_file", str(error)) from None
+        self._ssl_context = ssl_context
+        """For https:// endpoints; None: the system's trust store, no client certificate."""
         # What a lease's keepalive thread needs to build its own client like this one
         # (not the rng: a client is not shared between threads, nor its randomness).
         self._options: dict[str, Any] = {
+            "ssl_context": ssl_context,
             "timeout_s": timeout_s,
             "attempt_timeout_s": attempt_timeout_s,
             "connect_timeout_s": connect_timeout_s,
@@ -2468,14 +2498,19 @@ class BackupInfo:
 
 
 def _save_backup(
-    endpoints: Sequence[str], path: str | os.PathLike[str], timeout_s: float
+    endpoints: Sequence[str],
+    path: str | os.PathLike[str],
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> BackupInfo:
     # Imported here: kvraft.backup imports the storage engine, which a client that never
     # takes a backup should not have to load.
     from kvraft.backup import BackupUnavailable, download_backup
 
     try:
-        summary = download_backup(endpoints, pathlib.Path(path), timeout_s=timeout_s)
+        summary = download_backup(
+            endpoints, pathlib.Path(path), timeout_s=timeout_s, ssl_context=ssl_context
+        )
     except BackupUnavailable as error:
         raise Unavailable(str(error)) from None
     return BackupInfo(summary.header.revision, summary.header.keys, summary.file_bytes)
@@ -2795,7 +2830,7 @@ class KVClient(_ClientBase):
         """Save a consistent backup of the whole cluster to `path` (`GET /v1/backup`, from
         the leader; written to a temporary file and renamed once its checksum matched).
         `Unavailable` if no endpoint gave a complete one within the call's timeout."""
-        return _save_backup(self.endpoints, path, self._core.policy.timeout_s)
+        return _save_backup(self.endpoints, path, self._core.policy.timeout_s, self._ssl_context)
 
     def status_all(self) -> StatusResults:
         """The status of every endpoint, asked concurrently: a dict, or the error."""
@@ -2827,16 +2862,8 @@ class KVClient(_ClientBase):
         self, step: OpenStream
     ) -> tuple[http.client.HTTPConnection | None, http.client.HTTPResponse | None, Outcome]:
         """Send a streaming request; keep the connection open on a 200."""
-        parts = urllib.parse.urlsplit(step.endpoint)
-        connection_type = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
         timeout_s = max(step.timeout_s, 0.001)
-        connection = connection_type(
-            parts.hostname or "",
-            parts.port,
-            timeout=min(timeout_s, self._core.policy.connect_timeout_s),
-        )
+        connection = self._connection(step.endpoint, timeout_s)
         try:
             connection.connect()
         except (OSError, http.client.HTTPException) as error:
@@ -2861,17 +2888,24 @@ class KVClient(_ClientBase):
             raise _too_large(step.endpoint, limit)
         return None, None, HttpResponse(response.status, headers, body)
 
+    def _connection(self, endpoint: str, timeout_s: float) -> http.client.HTTPConnection:
+        """A new (unconnected) connection to `endpoint`; over TLS for https://."""
+        parts = urllib.parse.urlsplit(endpoint)
+        connect_timeout_s = min(timeout_s, self._core.policy.connect_timeout_s)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                parts.hostname or "",
+                parts.port,
+                timeout=connect_timeout_s,
+                context=self._ssl_context,
+            )
+        return http.client.HTTPConnection(
+            parts.hostname or "", parts.port, timeout=connect_timeout_s
+        )
+
     def _send(self, step: Send) -> Outcome:
-        parts = urllib.parse.urlsplit(step.endpoint)
-        connection_type = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
         timeout_s = max(step.timeout_s, 0.001)
-        connection = connection_type(
-            parts.hostname or "",
-            parts.port,
-            timeout=min(timeout_s, self._core.policy.connect_timeout_s),
-        )
+        connection = self._connection(step.endpoint, timeout_s)
         try:
             try:
                 connection.connect()
@@ -3192,7 +3226,7 @@ class AsyncKVClient(_ClientBase):
         """Save a backup to `path`; see `KVClient.backup`. The download and the file writes
         run on a worker thread, so the event loop is never blocked by the disk."""
         return await asyncio.to_thread(
-            _save_backup, self.endpoints, path, self._core.policy.timeout_s
+            _save_backup, self.endpoints, path, self._core.policy.timeout_s, self._ssl_context
         )
 
     async def status_all(self) -> StatusResults:
@@ -3223,8 +3257,16 @@ class AsyncKVClient(_ClientBase):
 
     def _session_for_use(self) -> aiohttp.ClientSession:
         if self._session is None:
+            connector = aiohttp.TCPConnector(
+                force_close=True,
+                ssl=self._ssl_context or True,
+                # A TLS connection closed on release finishes its shutdown later; before
+                # Python 3.12.8 one still shutting down when the loop ends leaks (CPython
+                # issue 118960), unless the connector aborts it when it closes.
+                enable_cleanup_closed=aiohttp.connector.NEEDS_CLEANUP_CLOSED,
+            )
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True),
+                connector=connector,
                 auto_decompress=False,
             )
             # aiohttp silently repeats a PUT or DELETE once when the connection drops

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -171,8 +172,10 @@ async def member_endpoints(
                 body = await answer.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             continue
+        # The members serve the scheme this endpoint does (`[tls]` is the cluster's).
+        scheme = endpoint.partition("://")[0] if "://" in endpoint else "http"
         urls = [
-            "http://" + str(member["http_address"])
+            f"{scheme}://{member['http_address']}"
             for member in body.get("members", [])
             if isinstance(member, dict) and member.get("http_address")
         ]
@@ -223,11 +226,16 @@ async def read_member_events(
 
 
 async def merged_events(
-    endpoints: Sequence[str], *, follow: bool, timeout_s: float = 5.0
+    endpoints: Sequence[str],
+    *,
+    follow: bool,
+    timeout_s: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every member's events: sorted by wall time (then node) when not following; as they
-    arrive when following, until cancelled."""
-    async with aiohttp.ClientSession() as session:
+    arrive when following, until cancelled. `ssl_context`: for https:// endpoints."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context or True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         members = await member_endpoints(session, endpoints, timeout_s)
         if not follow:
             collected: list[dict[str, Any]] = []

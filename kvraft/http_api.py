@@ -1508,7 +1508,8 @@ TRANSPORT_METRICS = {
     "peer_auth_failures": (
         "kvraft_peer_auth_failures",
         "counter",
-        "Peer connections that failed to prove the cluster's peer secret, either way",
+        "Peer connections refused for failing authentication, either way: the peer secret,"
+        " or with peer TLS the certificate (another CA, none, another node's)",
     ),
     "refused_handshakes": (
         "kvraft_peer_refused_handshakes",
@@ -1519,6 +1520,11 @@ TRANSPORT_METRICS = {
         "kvraft_peer_auth_enabled",
         "gauge",
         "1 if peers must prove the cluster's secret, 0 if this node runs unauthenticated",
+    ),
+    "peer_tls_enabled": (
+        "kvraft_peer_tls_enabled",
+        "gauge",
+        "1 if peers must connect with mutual TLS and a certificate naming their node id",
     ),
     "pieces_buffered_bytes": (
         "kvraft_peer_pieces_buffered_bytes",
@@ -1743,7 +1749,9 @@ class HttpApi:
         # partition between two node addresses cuts forwarding too, as it would between
         # machines.
         connector = aiohttp.TCPConnector(
-            limit=FORWARD_CONNECTIONS_MAX, local_addr=_source_address(node.spec.http_host)
+            limit=FORWARD_CONNECTIONS_MAX,
+            local_addr=_source_address(node.spec.http_host),
+            ssl=node.tls.https_client or True,  # HTTPS to the leader when [tls] is on
         )
         self._session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently re-sends a request once when a kept-alive connection drops after
@@ -1933,7 +1941,7 @@ class HttpApi:
         headers[FORWARDED_HEADER] = str(self.node.id)
         # The raw path, not a re-parsed one: yarl would resolve "." and ".." segments,
         # which are legal inside keys.
-        url = yarl.URL(leader.http_url + request.raw_path, encoded=True)
+        url = yarl.URL(leader.base_url(self.node.tls.http_scheme) + request.raw_path, encoded=True)
         is_write = request.method in ("PUT", "DELETE", "POST")
         remaining_s = max(deadline_s - asyncio.get_running_loop().time(), 0.001)
         try:

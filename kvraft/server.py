@@ -65,6 +65,7 @@ from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
 from kvraft.statemachine import ApplyResult, KVStateMachine, encode_lease_checkpoint
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
+from kvraft.tls import NodeTls
 from kvraft.transport.tcp import PeerTransport
 from kvraft.watch import WatchHub
 
@@ -151,6 +152,7 @@ class RaftNode:
         transport: TransportFactory | None = None,
         rng: random.Random | None = None,
         peer_secret: bytes | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         """A node of `config`'s cluster. A node named in `config.nodes` is a founding member:
         it starts from the file's configuration. Any other node (a joining one) passes its own
@@ -158,7 +160,10 @@ class RaftNode:
 
         `storage` (default: a `DiskStorage` in the spec's data directory) and `transport`
         (default: a `PeerTransport` on the spec's raft port) are the node's seams: with
-        `MemoryStorage` and `MemoryTransport`, whole clusters run in one event loop."""
+        `MemoryStorage` and `MemoryTransport`, whole clusters run in one event loop.
+
+        `tls` (`kvraft.tls.node_tls`): the node's SSL contexts, for peer mTLS on the default
+        transport and for reaching other nodes' HTTPS API; default: none (plain)."""
         self.config = config
         self._founding = any(node.id == node_id for node in config.nodes)
         self.spec: NodeSpec = config.node(node_id) if spec is None else spec
@@ -169,6 +174,7 @@ class RaftNode:
         self._storage_override = storage
         self._transport_factory = transport
         self._peer_secret = peer_secret  # the default transport's; never logged (issue #20)
+        self.tls = tls or NodeTls()
         self.storage: Storage | None = None
         self.shell: NodeShell | None = None
         self._state_machine_before_start = KVStateMachine()
@@ -205,6 +211,7 @@ class RaftNode:
             {node.id: MemberAddress.of_spec(node) for node in config.nodes},
             founding=self._founding,
             is_stopping=lambda: self._stopping,
+            https_client=self.tls.https_client,
         )
         self.reconfiguration = Reconfiguration(self)
         self._state_changed = asyncio.Event()
@@ -318,6 +325,8 @@ class RaftNode:
                 self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
                 peer_secret=self._peer_secret,
+                tls_server_context=self.tls.peer_server,
+                tls_client_context=self.tls.peer_client,
             )
         if isinstance(self.transport, PeerTransport):
             self.transport.on_peer_reachability = self._on_peer_reachability

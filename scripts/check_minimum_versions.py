@@ -25,7 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CLIENT_TESTS = ["tests/test_client.py", "tests/test_watch_client.py", "tests/test_txn_client.py"]
+CLIENT_TESTS = [
+    "tests/test_client.py",
+    "tests/test_watch_client.py",
+    "tests/test_txn_client.py",
+    # `kvraft certs init` and kvraft.tls: the cryptography bound (certificates read back with
+    # the validity accessors it brought).
+    "tests/test_certs.py",
+]
 
 TEST_TOOLS = {"pytest", "pytest-asyncio", "hypothesis"}
 """The `dev` extras the client tests run with (the linters, hadolint, selenium are not)."""

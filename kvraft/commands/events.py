@@ -17,13 +17,14 @@ import contextlib
 import datetime
 import json
 import os
+import ssl
 import sys
 from typing import Any
 
 import click
 
 from kvraft.client import ClientError, normalize_endpoint
-from kvraft.commands.kv import client_options
+from kvraft.commands.kv import client_options, tls_ssl_context
 from kvraft.event_stream import merged_events
 
 __all__ = ["events", "format_event"]
@@ -44,9 +45,17 @@ def format_event(event: dict[str, Any], as_json: bool = False) -> str:
     ).rstrip()
 
 
-async def _print_events(endpoints: list[str], follow: bool, as_json: bool, timeout_s: float) -> int:
+async def _print_events(
+    endpoints: list[str],
+    follow: bool,
+    as_json: bool,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
     printed = 0
-    async for event in merged_events(endpoints, follow=follow, timeout_s=timeout_s):
+    async for event in merged_events(
+        endpoints, follow=follow, timeout_s=timeout_s, ssl_context=ssl_context
+    ):
         click.echo(format_event(event, as_json))
         printed += 1
     return printed
@@ -64,7 +73,9 @@ def events(follow: bool, as_json: bool, endpoints_text: str, timeout_s: float) -
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
     try:
-        printed = asyncio.run(_print_events(endpoints, follow, as_json, timeout_s))
+        printed = asyncio.run(
+            _print_events(endpoints, follow, as_json, timeout_s, tls_ssl_context())
+        )
     except KeyboardInterrupt:
         return
     except BrokenPipeError:

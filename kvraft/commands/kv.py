@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pathlib
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +44,7 @@ __all__ = [
     "LAG_ENTRIES_WARN",
     "LIST_SHOWN_MAX",
     "STATUS_ATTEMPT_TIMEOUT_S",
+    "TLS_OPTIONS",
     "UNREACHABLE_TIMEOUT_S",
     "VALUE_INPUT_BYTES_MAX",
     "VALUE_PREVIEW_CHARS_MAX",
@@ -57,10 +60,20 @@ __all__ = [
     "render_status_table",
     "status",
     "status_json",
+    "tls_client_options",
+    "tls_ssl_context",
 ]
 
 ENDPOINTS_ENV = "KVRAFT_ENDPOINTS"
 """Environment variable read when `--endpoints` is not given."""
+
+TLS_OPTIONS = (
+    ("cacert", "KVRAFT_CACERT", "CA certificate (PEM) to verify https:// endpoints with"),
+    ("cert", "KVRAFT_CERT", "Client certificate (PEM), for a cluster that requires one"),
+    ("key", "KVRAFT_KEY", "The client certificate's private key (PEM)"),
+)
+"""`--cacert`, `--cert`, `--key`: (name, environment variable, help) of each, taken by every
+client command (`client_options`) and read back with `tls_client_options`."""
 
 ENDPOINTS_DEFAULT = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
 """The local cluster that `kvraft cluster up` starts by default."""
@@ -97,10 +110,62 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # --- shared options and error handling ---------------------------------------------------------
 
 
-def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
-    """The `--endpoints` and `--timeout` options every client command takes."""
+def _remember_tls_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    # Kept in the context rather than passed to the command: every client command takes
+    # them, and `make_client` reads them, without each command's signature naming them
+    # (and `--key` without clashing with the commands' KEY argument).
+    if value is not None:
+        ctx.meta[f"kvraft.{param.name}"] = value
+
+
+def tls_client_options() -> dict[str, Any]:
+    """The `cacert`, `cert` and `key` given to the running command (flags or environment),
+    as keyword arguments for `KVClient`; empty outside a command or when none was given.
+    (`tls_ssl_context` turns them into the context the client commands use.)"""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {
+        name: ctx.meta[f"kvraft.tls_{name}"]
+        for name, _, _ in TLS_OPTIONS
+        if f"kvraft.tls_{name}" in ctx.meta
+    }
+
+
+def tls_ssl_context() -> ssl.SSLContext | None:
+    """The SSL context the TLS options describe (None: none given), for commands that speak
+    HTTP without `KVClient`; a file that cannot be used is a usage error."""
+    from kvraft.tls import TlsFileError, https_client_context
+
+    options = tls_client_options()
+    if not options:
+        return None
+    try:
+        return https_client_context(options.get("cacert"), options.get("cert"), options.get("key"))
+    except TlsFileError as error:
+        # The setting is the option's name: "cacert", or "cert/key" for a pair at odds.
+        hint = "/".join(f"'--{name}'" for name in error.setting.split("/"))
+        raise click.BadParameter(error.detail, param_hint=hint) from None
+
+
+def client_options(timeout_s_default: float, *, tls_key_flag: str = "--key") -> Callable[[_F], _F]:
+    """The `--endpoints`, `--timeout`, `--cacert`, `--cert` and `--key` options every client
+    command takes (the last three are read with `tls_client_options`). A command whose own
+    `--key` means a key of the store (`kvraft watch --key K`) names the private key's option
+    `tls_key_flag` instead (`--tls-key`; the variable stays KVRAFT_KEY)."""
 
     def decorate(command: _F) -> _F:
+        for name, variable, text in reversed(TLS_OPTIONS):
+            command = click.option(
+                tls_key_flag if name == "key" else f"--{name}",
+                f"tls_{name}",
+                envvar=variable,
+                type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+                default=None,
+                expose_value=False,
+                callback=_remember_tls_option,
+                help=f"{text}; env {variable}.",
+            )(command)
         command = click.option(
             "--timeout",
             "timeout_s",
@@ -162,6 +227,7 @@ def make_client(
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
+            ssl_context=tls_ssl_context(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None

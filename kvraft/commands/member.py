@@ -25,6 +25,7 @@ from kvraft.commands.kv import (
     echo_json,
     output_option,
     reported_errors,
+    tls_ssl_context,
 )
 
 __all__ = [
@@ -101,6 +102,7 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
+            ssl_context=tls_ssl_context(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None

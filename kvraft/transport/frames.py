@@ -90,6 +90,7 @@ __all__ = [
     "PeerAuthError",
     "PeerProtocolError",
     "PiecesBudget",
+    "certificate_mismatch",
     "check_handshake",
     "decode_handshake",
     "decode_handshake_reply",
@@ -551,6 +552,15 @@ def decode_handshake_reply(payload: bytes) -> HandshakeReply:
     return HandshakeReply(accepted=accepted, reason=reason[:REFUSAL_REASON_CHARS_MAX])
 
 
+def certificate_mismatch(claimed_node_id: int, named: frozenset[int]) -> str:
+    """Why a peer whose TLS certificate names `named` may not be node `claimed_node_id`."""
+    if not named:
+        whose = "names no node (a client's?)"
+    else:
+        whose = "is node " + ", ".join(str(node_id) for node_id in sorted(named)) + "'s"
+    return f"the peer's certificate {whose}, but it claims to be node {claimed_node_id}"
+
+
 class OutboundHandshake:
     """The dialer's side of the handshake, without IO.
 
@@ -660,6 +670,7 @@ class InboundConnection:
         "_pieces_budget",
         "_pieces_bytes",
         "accepted_now",
+        "certificate_node_ids",
         "handshake",
         "outgoing",
     )
@@ -692,6 +703,10 @@ class InboundConnection:
         """Frames to send the dialer (the challenge); the caller empties it."""
         self.accepted_now = False
         """Set by the `receive_data` call that accepted the handshake."""
+        self.certificate_node_ids: frozenset[int] | None = None
+        """With peer TLS: the node ids the dialer's verified certificate names (set by the
+        transport once the TLS handshake is done, before any handshake frame is read);
+        the handshake must claim one of them. None: no peer TLS."""
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Consume `data`; return the non-empty payloads completed so far, in order."""
@@ -737,6 +752,9 @@ class InboundConnection:
                 node_id=self._node_id,
                 is_known_peer=self._is_known_peer,
             )
+            named = self.certificate_node_ids
+            if named is not None and handshake.node_id not in named:
+                raise PeerAuthError(certificate_mismatch(handshake.node_id, named))
             secret = self._peer_secret
             if secret is None:
                 if handshake.nonce is not None:
