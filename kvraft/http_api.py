@@ -1733,7 +1733,7 @@ class _Authorizer:
         """The authenticated user, or None while auth is off."""
         return request.get(USER_KEY)
 
-    def authenticate(self, request: web.BaseRequest, auth: AuthState) -> str:
+    async def authenticate(self, request: web.BaseRequest, auth: AuthState) -> str:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
@@ -1749,13 +1749,26 @@ class _Authorizer:
             )
         except TokenError as error:
             raise _unauthenticated(str(error)) from None
+        if auth.generation_of(user) != generation and generation > self._applied_index():
+            # Signed by a node that has applied more of the log (the user is newer than what
+            # this node has applied: a generation is a log index): catch up, then judge.
+            await self.catch_up(generation)
+            auth = self.state
         if auth.generation_of(user) != generation:
             raise _unauthenticated(
                 "the token is no longer valid: its user was deleted or its password changed"
             )
         return user
 
-    def check(self, request: web.BaseRequest, route_name: str) -> None:
+    def _applied_index(self) -> int:
+        return self.node.state_machine.applied_index
+
+    async def catch_up(self, index: int) -> None:
+        """Wait (at most the request timeout) until this node has applied `index`."""
+        deadline_s = asyncio.get_running_loop().time() + self.routes.timeout_s
+        await self.node.wait_until(lambda: self._applied_index() >= index, deadline_s)
+
+    async def check(self, request: web.BaseRequest, route_name: str) -> None:
         """401 or 403 (`ApiError`) unless the request may go on; nothing while auth is off."""
         auth = self.state
         if not auth.enabled:
@@ -1763,7 +1776,7 @@ class _Authorizer:
         need = _need(route_name, request, self.metrics_require_auth)
         if need.kind == "open":
             return
-        user = self.authenticate(request, auth)
+        user = await self.authenticate(request, auth)
         request[USER_KEY] = user
         if need.kind == "admin":
             if not auth.is_admin(user):
@@ -2231,7 +2244,7 @@ class HttpApi:
                         headers={"Allow": allowed},
                     )
                 _refuse_unknown(request, route)
-                self.authorizer.check(request, route.name)
+                await self.authorizer.check(request, route.name)
                 hold_bytes = self._write_bytes(request)
                 if hold_bytes and not self.admission.try_hold(hold_bytes):
                     raise ApiError(
@@ -2377,6 +2390,16 @@ class HttpApi:
                     if name.lower() in ("etag", "retry-after", "content-type")
                     or name.lower().startswith("x-kvraft-")
                 }
+                if (
+                    is_write
+                    and upstream.status == 200
+                    and request.path.startswith(AUTH_PATH_PREFIX)
+                ):
+                    # Read your auth writes through this node: a token asked of it next must
+                    # see the user, the role or the switch the leader just applied.
+                    revision = upstream.headers.get(REVISION_HEADER, "")
+                    if revision.isdecimal():
+                        await self.authorizer.catch_up(int(revision))
                 return web.Response(status=upstream.status, body=payload, headers=passed)
         except aiohttp.ClientConnectorError as error:
             if is_exhaustion(error.os_error):

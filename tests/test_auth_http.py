@@ -433,3 +433,25 @@ async def test_auth_state_reaches_a_node_by_snapshot_install(
             http, "GET", f"{fresh.url}/v1/kv/secret?consistency=stale", token=alice
         )
         assert status == 403
+
+
+async def test_a_token_from_the_leader_works_at_once_on_a_follower_and_back(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    leader, follower = split(members)
+    await set_up_auth(http, follower)  # forwarded: the follower waited to apply each
+    assert follower.node.state_machine.auth.enabled
+    root = await token_for(http, follower, "root", ROOT_PASSWORD)
+    for n in range(5):
+        user = {"password": f"pw-{n}", "roles": ["app"]}
+        status, body, _ = await call(
+            http, "PUT", f"{leader.url}/v1/auth/users/u{n}", user, token=root
+        )
+        assert status == 200, body
+        # The follower may not have applied the user yet: it catches up to the token's
+        # generation (a log index) before judging.
+        token = await token_for(http, leader, f"u{n}", f"pw-{n}")
+        status, body, _ = await call(
+            http, "GET", f"{follower.url}/v1/kv/app/x?consistency=stale", token=token
+        )
+        assert status == 404, body
