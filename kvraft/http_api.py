@@ -2005,11 +2005,12 @@ class HttpApi:
         node: RaftNode,
         *,
         http_connections_max: int | None = None,
-        metrics_require_auth: bool = False,
+        metrics_require_auth: bool | None = None,
     ) -> None:
         """`http_connections_max`: client connections allowed, when less than the config's
         (`kvraft.http_guard.http_connections_allowed` under the descriptor limit);
-        `metrics_require_auth`: `/metrics` wants a token while auth is enabled."""
+        `metrics_require_auth`: `/metrics` wants a token while auth is enabled (default: the
+        config's ``[auth] metrics_require_auth``)."""
         self.node = node
         registry = CollectorRegistry()
         registry.register(_node_collector(node))
@@ -2034,6 +2035,8 @@ class HttpApi:
         loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
         node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
         self.routes = routes = _Routes(node, loop_metrics)
+        if metrics_require_auth is None:
+            metrics_require_auth = node.config.auth.metrics_require_auth
         self.authorizer = authorizer = _Authorizer(
             routes, metrics_require_auth=metrics_require_auth
         )

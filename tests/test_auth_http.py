@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from kvraft.config import AuthSettings, ConfigError, parse_config, render_config
 from kvraft.storage.memory import MemoryDisk
 from kvraft.transport.memory import MemoryNetwork
 from tests.in_process_cluster import (
@@ -455,3 +457,31 @@ async def test_a_token_from_the_leader_works_at_once_on_a_follower_and_back(
             http, "GET", f"{follower.url}/v1/kv/app/x?consistency=stale", token=token
         )
         assert status == 404, body
+
+
+def test_the_auth_table_is_optional_and_checked(tmp_path: Path) -> None:
+    base = cluster_config(tmp_path, 1)
+    text = render_config(base)
+    assert "[auth]" not in text  # an old config loads, and a default one renders the same
+    assert parse_config(text, tmp_path).auth == AuthSettings()
+    strict = replace(base, auth=AuthSettings(metrics_require_auth=True))
+    assert parse_config(render_config(strict), tmp_path) == strict
+    for bad in ("[auth]\nmetrics_require_auth = 1\n", "[auth]\nmetrics = true\n"):
+        with pytest.raises(ConfigError, match="auth"):
+            parse_config(text + bad, tmp_path)
+
+
+async def test_metrics_want_a_token_when_the_config_says_so(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    leader, follower = split(members)
+    follower.api.authorizer.metrics_require_auth = True
+    await set_up_auth(http, leader)
+    await all_applied(members)
+    status, _, _ = await call(http, "GET", f"{follower.url}/metrics")
+    assert status == 401
+    status, _, _ = await call(http, "GET", f"{leader.url}/metrics")
+    assert status == 200  # the default: open
+    bob = await token_for(http, follower, "bob", "bob-secret-pw")
+    status, _, _ = await call(http, "GET", f"{follower.url}/metrics", token=bob)
+    assert status == 200
