@@ -2637,6 +2637,7 @@ def _save_backup(
     path: str | os.PathLike[str],
     timeout_s: float,
     ssl_context: ssl.SSLContext | None = None,
+    authorization: str | None = None,
 ) -> BackupInfo:
     # Imported here: kvraft.backup imports the storage engine, which a client that never
     # takes a backup should not have to load.
@@ -2644,7 +2645,11 @@ def _save_backup(
 
     try:
         summary = download_backup(
-            endpoints, pathlib.Path(path), timeout_s=timeout_s, ssl_context=ssl_context
+            endpoints,
+            pathlib.Path(path),
+            timeout_s=timeout_s,
+            ssl_context=ssl_context,
+            authorization=authorization,
         )
     except BackupUnavailable as error:
         raise Unavailable(str(error)) from None
@@ -2965,7 +2970,24 @@ class KVClient(_ClientBase):
         """Save a consistent backup of the whole cluster to `path` (`GET /v1/backup`, from
         the leader; written to a temporary file and renamed once its checksum matched).
         `Unavailable` if no endpoint gave a complete one within the call's timeout."""
-        return _save_backup(self.endpoints, path, self._core.policy.timeout_s, self._ssl_context)
+        return _save_backup(
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            self.authorization(),
+        )
+
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value this client sends (``Bearer <token>``, a token
+        fetched first if due), for a request made outside the client; None without
+        credentials or while auth is off."""
+        credentials = self._core.credentials
+        if credentials is None:
+            return None
+        if credentials.can_login and time.monotonic() >= credentials.refresh_at_s:
+            self.auth_status()  # any call: the step wrapper logs in before it
+        return None if credentials.token is None else f"Bearer {credentials.token}"
 
     # --- users, roles and the auth switch (#20; admin only once auth is enabled) ---------
 
@@ -3413,8 +3435,23 @@ class AsyncKVClient(_ClientBase):
     async def backup(self, path: str | os.PathLike[str]) -> BackupInfo:
         """Save a backup to `path`; see `KVClient.backup`. The download and the file writes
         run on a worker thread, so the event loop is never blocked by the disk."""
+        credentials = self._core.credentials
+        if (
+            credentials is not None
+            and credentials.can_login
+            and time.monotonic() >= credentials.refresh_at_s
+        ):  # any call: the step wrapper logs in before it
+            await self._run(self._core.auth_call("GET", "/v1/auth/status", None, None))
+        authorization = None
+        if credentials is not None and credentials.token is not None:
+            authorization = f"Bearer {credentials.token}"
         return await asyncio.to_thread(
-            _save_backup, self.endpoints, path, self._core.policy.timeout_s, self._ssl_context
+            _save_backup,
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            authorization,
         )
 
     async def status_all(self) -> StatusResults:

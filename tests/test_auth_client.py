@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import pathlib
 
 import pytest
 
@@ -17,6 +18,7 @@ from kvraft.client import (
     HttpResponse,
     KVClient,
     Send,
+    Unavailable,
     build_get,
     plan_authenticated,
 )
@@ -119,3 +121,30 @@ async def test_the_async_client_sends_a_token(members: list[InProcessNode]) -> N
     async with AsyncKVClient(endpoints, timeout_s=10) as anonymous:
         with pytest.raises(ClientError):
             await anonymous.get("k")
+
+
+async def test_a_backup_needs_an_admin_token(
+    members: list[InProcessNode], tmp_path: pathlib.Path
+) -> None:
+    endpoints = [m.url for m in members]
+
+    def scenario() -> None:
+        admin = KVClient(endpoints, timeout_s=10)
+        admin.role_put("admin", admin=True)
+        admin.role_put("app", permissions=[("app/", "readwrite")])
+        admin.user_put("root", password="root-pw", roles=["admin"])
+        admin.user_put("alice", password="alice-pw", roles=["app"])
+        admin.auth_enable()
+        root = KVClient(endpoints, timeout_s=10, user="root", password="root-pw")
+        root.put("app/x", b"1")
+        info = root.backup(tmp_path / "root.kvbackup")
+        assert info.keys == 1
+        for client in (
+            KVClient(endpoints, timeout_s=2),
+            KVClient(endpoints, timeout_s=2, user="alice", password="alice-pw"),
+        ):
+            with pytest.raises(Unavailable, match=r"40[13]"):
+                client.backup(tmp_path / "refused.kvbackup")
+        assert not (tmp_path / "refused.kvbackup").exists()
+
+    await asyncio.to_thread(scenario)
