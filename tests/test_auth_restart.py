@@ -95,3 +95,8 @@ def test_auth_survives_a_restart_of_every_node(cluster: Cluster) -> None:
     # Writes go on through any node.
     answer = call(cluster, ids[-1], "PUT", "/v1/kv/app/after", b"v", token=alice)
     assert answer.status == 200, answer
+    # No password and no token in any node's log (nor in their data, but for the hashes).
+    for node_id in ids:
+        text = cluster.log_text(node_id)
+        for secret in ("root-pw", "alice-pw", alice, alice.split(".")[2]):
+            assert secret not in text
