@@ -50,6 +50,9 @@ async def test_set_up_enable_and_use_auth_from_the_command_line(
         assert run("user", "list", "--user", "alice", password="alice-pw").exit_code == 1
         wrong = run("get", "app/x", "--user", "alice", password="nope")
         assert wrong.exit_code == 1 and "wrong user name or password" in wrong.output
+        assert run("events").exit_code == 1  # every node refuses without a token
+        events = run("events", "--json", "--user", "root", password="root-pw")
+        assert events.exit_code == 0 and '"leader_elected"' in events.output, events.output
         assert run("auth", "disable", "--user", "root", password="root-pw").exit_code == 0
 
     await asyncio.to_thread(scenario)
