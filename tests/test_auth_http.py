@@ -485,3 +485,42 @@ async def test_metrics_want_a_token_when_the_config_says_so(
     bob = await token_for(http, follower, "bob", "bob-secret-pw")
     status, _, _ = await call(http, "GET", f"{follower.url}/metrics", token=bob)
     assert status == 200
+
+
+OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/ui", "/v1/auth/token", "/v1/auth/status"}
+
+
+async def test_every_route_but_the_open_ones_wants_a_token(
+    members: list[InProcessNode], http: aiohttp.ClientSession
+) -> None:
+    """Walks the API's own route table, so a route added later cannot be left open by
+    mistake: 401 for every method of every route, but the health, metrics, dashboard and
+    login routes."""
+    leader, follower = split(members)
+    await set_up_auth(http, leader)
+    await all_applied(members)
+    api = follower.api
+    samples = {
+        api._key_route.name: "/v1/kv/app/x",
+        api._lease_route.name: "/v1/leases/1",
+        api._lease_keepalive_route.name: "/v1/leases/1/keepalive",
+        api._member_route.name: "/v1/members/3",
+        api._lock_route.name: "/v1/locks/app/l",
+        api._auth_user_route.name: "/v1/auth/users/alice",
+        api._auth_role_route.name: "/v1/auth/roles/app",
+    }
+    routes = [
+        *((route, route.name) for route in api._exact_routes.values()),
+        *((api._route(path), path) for path in samples.values()),
+    ]
+    checked = 0
+    for route, path in routes:
+        assert route is not None, path
+        for method in route.handlers:
+            status, body, _ = await call(http, method, f"{follower.url}{path}")
+            if route.name in OPEN_ROUTES:
+                assert status != 401, (method, path, body)
+            else:
+                assert status == 401, (method, path, status, body)
+                checked += 1
+    assert checked >= 30
