@@ -1686,7 +1686,17 @@ def _need(route_name: str, request: web.BaseRequest, metrics_require_auth: bool)
         LEASE_KEEPALIVE_SUFFIX
     ):
         return WRITER
-    if route_name in ("/healthz", "/readyz", UI_PATH, AUTH_TOKEN_PATH, "/v1/auth/status"):
+    if route_name in (
+        "/healthz",
+        "/readyz",
+        "/v1/status",
+        UI_PATH,
+        AUTH_TOKEN_PATH,
+        "/v1/auth/status",
+    ):
+        # /v1/status stays open like the health checks: it holds no key, value or secret
+        # (roles, terms, indexes, member addresses), and what watches a cluster from outside
+        # reads it (`kvraft cluster up`'s narration, `kvraft status`, load balancers).
         return OPEN
     if route_name == "/metrics":
         return ANY_USER if metrics_require_auth else OPEN
@@ -1698,8 +1708,8 @@ def _need(route_name: str, request: web.BaseRequest, metrics_require_auth: bool)
         return ADMIN
     if route_name == "/v1/members":
         return ADMIN if write else ANY_USER
-    # TXN_PATH (its operations are checked once parsed), /v1/locks (filtered), /v1/status,
-    # /v1/events: any user.
+    # TXN_PATH (its operations are checked once parsed), /v1/locks (filtered), /v1/events:
+    # any user.
     return ANY_USER
 
 

@@ -137,7 +137,6 @@ async def test_rules_per_endpoint_and_prefix(
             ("PUT", "/v1/kv/app/x"),
             ("GET", "/v1/kv/app/x"),
             ("GET", "/v1/kv?prefix=app/"),
-            ("GET", "/v1/status"),
             ("GET", "/v1/members"),
             ("GET", "/v1/auth/users"),
             ("POST", "/v1/leases"),
@@ -146,7 +145,7 @@ async def test_rules_per_endpoint_and_prefix(
             status, body, headers = await call(http, method, url + path)
             assert status == 401 and body["error"] == "unauthenticated", (path, body)
             assert "Bearer" in headers["WWW-Authenticate"]
-        for path in ("/healthz", "/readyz", "/metrics", "/v1/auth/status"):
+        for path in ("/healthz", "/readyz", "/metrics", "/v1/status", "/v1/auth/status"):
             status, _, _ = await call(http, "GET", url + path)
             assert status == 200, path
         status, body, _ = await call(
@@ -198,8 +197,8 @@ async def test_rules_per_endpoint_and_prefix(
     ):
         status, body, _ = await call(http, method, f"{f}{path}", payload, token=alice)
         denied(status, body, "admin")
-    # Any user: status, member list.
-    for path in ("/v1/status", "/v1/members"):
+    # Any user: the member list.
+    for path in ("/v1/members",):
         status, body, _ = await call(http, "GET", f"{f}{path}", token=bob)
         assert status == 200, (path, body)
     # Transactions: every key of both branches, before proposing.
@@ -313,10 +312,10 @@ async def test_tokens_expire(members: list[InProcessNode], http: aiohttp.ClientS
     )
     assert status == 200 and body["expires_s"] == 1
     token = body["token"]
-    status, _, _ = await call(http, "GET", f"{leader.url}/v1/status", token=token)
+    status, _, _ = await call(http, "GET", f"{leader.url}/v1/members", token=token)
     assert status == 200
     await asyncio.sleep(1.1)
-    status, body, _ = await call(http, "GET", f"{leader.url}/v1/status", token=token)
+    status, body, _ = await call(http, "GET", f"{leader.url}/v1/members", token=token)
     assert status == 401 and "expired" in body["message"], body
 
 
@@ -487,7 +486,15 @@ async def test_metrics_want_a_token_when_the_config_says_so(
     assert status == 200
 
 
-OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/ui", "/v1/auth/token", "/v1/auth/status"}
+OPEN_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/status",
+    "/ui",
+    "/v1/auth/token",
+    "/v1/auth/status",
+}
 
 
 async def test_every_route_but_the_open_ones_wants_a_token(
