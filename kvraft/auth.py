@@ -58,6 +58,7 @@ __all__ = [
     "LOGIN_FAILURE_REFILL_S",
     "LOGIN_LIMITER_ENTRIES_MAX",
     "PASSWORD_BYTES_MAX",
+    "PASSWORD_HASHES_CONCURRENT_MAX",
     "ROLE_PERMISSIONS_MAX",
     "ROOT_USER",
     "SALT_BYTES",
@@ -115,6 +116,11 @@ LOGIN_FAILURES_BURST = 5
 
 LOGIN_FAILURE_REFILL_S = 2.0
 """After the burst, one more attempt per user name and per address every this many seconds."""
+
+PASSWORD_HASHES_CONCURRENT_MAX = 2
+"""scrypt hashes a node computes at once (logins and password changes); more wait their
+turn. Each takes 16 MiB and a core for about 50 ms: logins from many addresses at once must
+not take every core and the memory from the Raft work."""
 
 LOGIN_LIMITER_ENTRIES_MAX = 10_000
 """Buckets the limiter keeps (the least recently failed go first): memory stays bounded

@@ -59,6 +59,7 @@ from kvraft.admission import REQUEST_OVERHEAD_BYTES
 from kvraft.auth import (
     AUTH_NAME_BYTES_MAX,
     PASSWORD_BYTES_MAX,
+    PASSWORD_HASHES_CONCURRENT_MAX,
     ROOT_USER,
     SALT_BYTES,
     SIGNING_KEY_BYTES,
@@ -1734,6 +1735,7 @@ class _Authorizer:
         self.metrics_require_auth = metrics_require_auth
         self.limiter = LoginLimiter()
         self.token_ttl_s = TOKEN_TTL_S_DEFAULT
+        self.hashing = asyncio.Semaphore(PASSWORD_HASHES_CONCURRENT_MAX)
 
     @property
     def state(self) -> AuthState:
@@ -1872,9 +1874,10 @@ class _Authorizer:
             )
         found = auth.users.get(user)
         signing_key = auth.signing_key
-        verified = await asyncio.to_thread(
-            verify_password, None if found is None else found.password, password
-        )
+        async with self.hashing:
+            verified = await asyncio.to_thread(
+                verify_password, None if found is None else found.password, password
+            )
         if not verified or found is None:
             self.limiter.record_failure(user, address, loop.time())
             # The same answer for an unknown user and a wrong password.
@@ -1929,7 +1932,8 @@ class _Authorizer:
         hashed = None
         if password is not None:
             salt = secrets.token_bytes(SALT_BYTES)
-            hashed = await asyncio.to_thread(hash_password, password, salt)
+            async with self.hashing:
+                hashed = await asyncio.to_thread(hash_password, password, salt)
         result = await self._propose_auth(lambda: encode_auth_user_put(name, hashed, roles))
         return _json(200, {"name": name, "roles": sorted(roles), "revision": result.revision})
 
