@@ -29,6 +29,12 @@ calls them (`CONSUL_EQUIVALENTS`).
 Transactions (`POST /v1/txn`, see `_Routes.txn`) and range deletes (`DELETE /v1/kv?prefix=P`)
 are one log entry each (`kvraft.statemachine.TxnCommand`): whatever they change changes at one
 revision.
+
+Authentication (`_Authorizer`, rules in `kvraft.auth`): once enabled, every request is checked
+right after its route and parameters, before admission and before anything is read or
+proposed: 401 without a valid bearer token, 403 without the permission `_need` names for the
+route. Each node checks what it receives against its own applied state, and a follower
+forwards the Authorization header so that the leader checks again.
 """
 
 from __future__ import annotations
