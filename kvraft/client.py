@@ -108,8 +108,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import concurrent.futures
 import contextlib
+import dataclasses
 import enum
 import http.client
 import json
@@ -2126,6 +2128,99 @@ def plan_watch(
 # The shared, IO-free half of both clients.
 
 
+# ---------------------------------------------------------------------------------------
+# Authentication (#20): a user's token, fetched and refreshed around any plan's steps.
+
+TOKEN_PATH = "/v1/auth/token"
+TOKEN_REFRESH_FRACTION = 0.8
+"""A token is renewed once this fraction of its lifetime has passed, before it expires."""
+
+AUTH_DISABLED_RECHECK_S = 30.0
+"""How long a client that was told auth is off sends without a token before asking again."""
+
+
+class Credentials:
+    """Who a client is: a `user` and `password` (it fetches tokens itself, and a new one
+    after a 401, once per request: a 401 means nothing was done), or a fixed `token`."""
+
+    def __init__(
+        self, user: str | None = None, password: str | None = None, token: str | None = None
+    ) -> None:
+        if (user is None) != (password is None):
+            raise ClientError("bad_request", "give both user and password, or neither")
+        self.user = user
+        self.password = password
+        self.token = token
+        self.refresh_at_s = float("inf") if token is not None else 0.0
+
+    @property
+    def can_login(self) -> bool:
+        return self.user is not None
+
+    def build_token_request(self) -> HttpRequest:
+        body = json.dumps({"user": self.user, "password": self.password}).encode()
+        return HttpRequest(
+            "POST", TOKEN_PATH, _JSON_BODY_HEADERS, body, False, True, f"POST {TOKEN_PATH}"
+        )
+
+    def accept(self, response: HttpResponse, now_s: float) -> None:
+        """Take a token answer: the token, or auth being off; a typed error otherwise
+        (`ClientError` ``unauthenticated``: wrong user or password; ``too_many_attempts``)."""
+        if response.status == 409:  # auth_disabled: no token needed for now
+            self.token, self.refresh_at_s = None, now_s + AUTH_DISABLED_RECHECK_S
+            return
+        _raise_for_status(response, None)
+        body = _json_object(response)
+        token, expires_s = body.get("token"), body.get("expires_s")
+        if not isinstance(token, str) or type(expires_s) is not int or expires_s < 1:
+            raise ProtocolError("HTTP 200: a token answer without 'token' and 'expires_s'")
+        self.token = token
+        self.refresh_at_s = now_s + expires_s * TOKEN_REFRESH_FRACTION
+
+    def sign(self, step: Send | OpenStream) -> Send | OpenStream:
+        if self.token is None:
+            return step
+        headers = (*step.request.headers, ("Authorization", f"Bearer {self.token}"))
+        request = dataclasses.replace(step.request, headers=headers)
+        return dataclasses.replace(step, request=request)
+
+    def login(self, endpoint: str, timeout_s: float) -> Generator[Send, Outcome | None, None]:
+        outcome = yield Send(endpoint, self.build_token_request(), timeout_s)
+        if isinstance(outcome, HttpResponse):
+            self.accept(outcome, time.monotonic())
+        # A transport failure: go on without a token; the request itself fails the same way
+        # and its plan retries it elsewhere.
+
+
+def plan_authenticated(
+    steps: Generator[Any, Any, T], credentials: Credentials
+) -> Generator[Any, Any, T]:
+    """`steps` (any plan: `plan_exchange`, `plan_watch`, ...) with every request carrying
+    `Authorization: Bearer` when `credentials` have a token, fetching one first when due, and
+    after a 401 fetching a new one and sending that request once more."""
+    try:
+        reply: Any = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            if not isinstance(step, Send | OpenStream):
+                reply = yield step
+                continue
+            if credentials.can_login and time.monotonic() >= credentials.refresh_at_s:
+                yield from credentials.login(step.endpoint, step.timeout_s)
+            reply = yield credentials.sign(step)
+            if isinstance(reply, HttpResponse) and reply.status == 401 and credentials.can_login:
+                credentials.token, credentials.refresh_at_s = None, 0.0
+                yield from credentials.login(step.endpoint, step.timeout_s)
+                if credentials.token is not None:
+                    reply = yield credentials.sign(step)
+    finally:
+        steps.close()
+
+
 class _ClientCore:
     """Holds a client's router, policy and randomness and builds the step plan of every
     operation; the transports only execute `Send` and `Wait`."""
@@ -2143,8 +2238,10 @@ class _ClientCore:
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
         unreachable_timeout_s: float | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.router = EndpointRouter(endpoints)
+        self.credentials = credentials
         self.policy = RetryPolicy(
             timeout_s, attempt_timeout_s, connect_timeout_s, unreachable_timeout_s
         )
@@ -2161,6 +2258,32 @@ class _ClientCore:
         self.watch_line_bytes_max = watch_line_bytes_max
         build_watch(progress_s=watch_progress_s)  # the same checks as every watch
         self.watch_progress_s = watch_progress_s
+
+    def authenticated(self, steps: Generator[Any, Any, T]) -> Generator[Any, Any, T]:
+        """`steps` with the client's credentials (`plan_authenticated`), if it has any."""
+        if self.credentials is None:
+            return steps
+        return plan_authenticated(steps, self.credentials)
+
+    def auth_call(
+        self, method: str, path: str, body: Any, endpoint: str | None
+    ) -> Steps[dict[str, Any]]:
+        """One `/v1/auth/*` request (users, roles, the switch): its JSON answer."""
+        data = b"" if body is None else json.dumps(body).encode()
+        request = HttpRequest(
+            method,
+            path,
+            _JSON_BODY_HEADERS,
+            data,
+            method != "GET",
+            # Repeating a user, role or switch change gives the same state (a PUT, or a
+            # DELETE answering 404 the second time, which the caller sees).
+            method != "DELETE",
+            f"{method} {path}",
+        )
+        response = yield from self._exchange(request, endpoint)
+        _raise_for_status(response, None)
+        return _json_object(response)
 
     def _plan(self, request: HttpRequest) -> Steps[HttpResponse]:
         return plan_exchange(request, self.router, self.policy, time.monotonic, self.rng)
@@ -2272,16 +2395,18 @@ class _ClientCore:
     ) -> WatchSteps:
         build_watch(prefix, key=key, start_revision=start_revision)  # refuse bad calls now
         cursor = WatchCursor(prefix, key, start_revision)
-        return plan_watch(
-            cursor,
-            self.router,
-            self.policy,
-            time.monotonic,
-            self.rng,
-            progress=progress,
-            progress_s=self.watch_progress_s,
-            idle_timeout_s=self.watch_idle_timeout_s,
-            line_bytes_max=self.watch_line_bytes_max,
+        return self.authenticated(
+            plan_watch(
+                cursor,
+                self.router,
+                self.policy,
+                time.monotonic,
+                self.rng,
+                progress=progress,
+                progress_s=self.watch_progress_s,
+                idle_timeout_s=self.watch_idle_timeout_s,
+                line_bytes_max=self.watch_line_bytes_max,
+            )
         )
 
     def delete(
@@ -2442,6 +2567,9 @@ class _ClientBase:
         cert: str | os.PathLike[str] | None = None,
         key: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         if ssl_context is None and (cacert is not None or cert is not None or key is not None):
             from kvraft.tls import TlsFileError, https_client_context
@@ -2466,7 +2594,13 @@ class _ClientBase:
             "auto_idempotency_keys": auto_idempotency_keys,
             "response_bytes_max": response_bytes_max,
             "unreachable_timeout_s": unreachable_timeout_s,
+            "user": user,
+            "password": password,
+            "token": token,
         }
+        credentials = None
+        if user is not None or password is not None or token is not None:
+            credentials = Credentials(user, password, token)
         self._core = _ClientCore(
             endpoints,
             timeout_s,
@@ -2479,6 +2613,7 @@ class _ClientBase:
             watch_line_bytes_max,
             watch_progress_s,
             unreachable_timeout_s,
+            credentials,
         )
 
     @property
@@ -2502,6 +2637,7 @@ def _save_backup(
     path: str | os.PathLike[str],
     timeout_s: float,
     ssl_context: ssl.SSLContext | None = None,
+    authorization: str | None = None,
 ) -> BackupInfo:
     # Imported here: kvraft.backup imports the storage engine, which a client that never
     # takes a backup should not have to load.
@@ -2509,7 +2645,11 @@ def _save_backup(
 
     try:
         summary = download_backup(
-            endpoints, pathlib.Path(path), timeout_s=timeout_s, ssl_context=ssl_context
+            endpoints,
+            pathlib.Path(path),
+            timeout_s=timeout_s,
+            ssl_context=ssl_context,
+            authorization=authorization,
         )
     except BackupUnavailable as error:
         raise Unavailable(str(error)) from None
@@ -2830,7 +2970,76 @@ class KVClient(_ClientBase):
         """Save a consistent backup of the whole cluster to `path` (`GET /v1/backup`, from
         the leader; written to a temporary file and renamed once its checksum matched).
         `Unavailable` if no endpoint gave a complete one within the call's timeout."""
-        return _save_backup(self.endpoints, path, self._core.policy.timeout_s, self._ssl_context)
+        return _save_backup(
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            self.authorization(),
+        )
+
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value this client sends (``Bearer <token>``, a token
+        fetched first if due), for a request made outside the client; None without
+        credentials or while auth is off."""
+        credentials = self._core.credentials
+        if credentials is None:
+            return None
+        if credentials.can_login and time.monotonic() >= credentials.refresh_at_s:
+            self.auth_status()  # any call: the step wrapper logs in before it
+        return None if credentials.token is None else f"Bearer {credentials.token}"
+
+    # --- users, roles and the auth switch (#20; admin only once auth is enabled) ---------
+
+    def _auth(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return self._run(self._core.auth_call(method, path, body, None))
+
+    def auth_status(self) -> bool:
+        """Whether authentication is enabled."""
+        return bool(self._auth("GET", "/v1/auth/status").get("enabled"))
+
+    def auth_enable(self) -> int:
+        """Enable authentication (needs user root with an admin role); its revision."""
+        return _revision_field(self._auth("POST", "/v1/auth/enable"), 200)
+
+    def auth_disable(self) -> int:
+        """Disable authentication; its revision."""
+        return _revision_field(self._auth("POST", "/v1/auth/disable"), 200)
+
+    def users(self) -> builtins.list[dict[str, Any]]:
+        """Every user: ``{"name", "roles"}`` (never a password hash)."""
+        return builtins.list(self._auth("GET", "/v1/auth/users").get("users", []))
+
+    def roles(self) -> builtins.list[dict[str, Any]]:
+        """Every role: ``{"name", "admin", "permissions": [{"prefix", "access"}]}``."""
+        return builtins.list(self._auth("GET", "/v1/auth/roles").get("roles", []))
+
+    def user_put(
+        self, name: str, *, password: str | None = None, roles: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Create user `name` (a password needed) or change its password and/or roles."""
+        body: dict[str, Any] = {}
+        if password is not None:
+            body["password"] = password
+        if roles is not None:
+            body["roles"] = list(roles)
+        return self._auth("PUT", "/v1/auth/users/" + urllib.parse.quote(name, safe=""), body)
+
+    def user_delete(self, name: str) -> dict[str, Any]:
+        return self._auth("DELETE", "/v1/auth/users/" + urllib.parse.quote(name, safe=""))
+
+    def role_put(
+        self, name: str, *, permissions: Sequence[tuple[str, str]] = (), admin: bool = False
+    ) -> dict[str, Any]:
+        """Create or replace role `name`: `permissions` as ``(prefix, "read"|"readwrite")``."""
+        body = {
+            "admin": admin,
+            "permissions": [{"prefix": p, "access": a} for p, a in permissions],
+        }
+        return self._auth("PUT", "/v1/auth/roles/" + urllib.parse.quote(name, safe=""), body)
+
+    def role_delete(self, name: str) -> dict[str, Any]:
+        return self._auth("DELETE", "/v1/auth/roles/" + urllib.parse.quote(name, safe=""))
 
     def status_all(self) -> StatusResults:
         """The status of every endpoint, asked concurrently: a dict, or the error."""
@@ -2846,6 +3055,7 @@ class KVClient(_ClientBase):
             return dict(zip(endpoints, pool.map(one, endpoints), strict=True))
 
     def _run(self, steps: Steps[T]) -> T:
+        steps = self._core.authenticated(steps)
         try:
             step = next(steps)
             while True:
@@ -3225,8 +3435,23 @@ class AsyncKVClient(_ClientBase):
     async def backup(self, path: str | os.PathLike[str]) -> BackupInfo:
         """Save a backup to `path`; see `KVClient.backup`. The download and the file writes
         run on a worker thread, so the event loop is never blocked by the disk."""
+        credentials = self._core.credentials
+        if (
+            credentials is not None
+            and credentials.can_login
+            and time.monotonic() >= credentials.refresh_at_s
+        ):  # any call: the step wrapper logs in before it
+            await self._run(self._core.auth_call("GET", "/v1/auth/status", None, None))
+        authorization = None
+        if credentials is not None and credentials.token is not None:
+            authorization = f"Bearer {credentials.token}"
         return await asyncio.to_thread(
-            _save_backup, self.endpoints, path, self._core.policy.timeout_s, self._ssl_context
+            _save_backup,
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            authorization,
         )
 
     async def status_all(self) -> StatusResults:
@@ -3243,6 +3468,7 @@ class AsyncKVClient(_ClientBase):
         return collected
 
     async def _run(self, steps: Steps[T]) -> T:
+        steps = self._core.authenticated(steps)
         try:
             step = next(steps)
             while True:

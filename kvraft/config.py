@@ -21,6 +21,7 @@ Layout::
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
     [tls]      cert, key, client_ca (optional), ca (optional)      (optional table)
     [peer_tls] cert, key, ca                                       (optional table)
+    [auth]     metrics_require_auth                                (optional table)
 
 ``[tls]`` serves the HTTP API over HTTPS with ``cert``/``key``; with ``client_ca`` every
 client must present a certificate signed by it; ``ca`` is what a node trusts when it is the
@@ -97,6 +98,7 @@ __all__ = [
     "SNAPSHOT_THRESHOLD_ENTRIES_MAX",
     "TICK_MS_MAX",
     "VALUE_BYTES_MAX_HIGHEST",
+    "AuthSettings",
     "ClusterConfig",
     "ConfigError",
     "LimitSettings",
@@ -450,6 +452,19 @@ class PeerTlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """The ``[auth]`` table (issue #20; users and roles themselves are replicated state,
+    see `kvraft.auth`).
+
+    Fields:
+        metrics_require_auth: while authentication is enabled, ``/metrics`` wants a token
+            like any other route (default: it stays open, as ``/healthz`` and ``/readyz``).
+    """
+
+    metrics_require_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """A whole, validated cluster configuration.
 
@@ -474,6 +489,7 @@ class ClusterConfig:
     peer_secret_file: pathlib.Path | None = None
     tls: TlsSettings | None = None
     peer_tls: PeerTlsSettings | None = None
+    auth: AuthSettings = AuthSettings()
 
     @property
     def http_scheme(self) -> str:
@@ -560,6 +576,9 @@ def render_config(config: ClusterConfig) -> str:
             path = getattr(tls_settings, key)
             if path is not None:
                 lines.append(f"{key} = {_toml_string(str(path))}")
+    if config.auth != AuthSettings():
+        lines += ["", "[auth]"]
+        lines.append(f"metrics_require_auth = {_toml_scalar(config.auth.metrics_require_auth)}")
     for spec in config.nodes:
         lines += [
             "",
@@ -635,6 +654,7 @@ _TOP_LEVEL_KEYS = (
     "peer_secret_file",
     "tls",
     "peer_tls",
+    "auth",
 )
 _TLS_KEYS = ("cert", "key", "client_ca", "ca")
 _PEER_TLS_KEYS = ("cert", "key", "ca")
@@ -739,7 +759,21 @@ def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> Clus
     if "peer_tls" in table:
         paths = _tls_table(table["peer_tls"], "peer_tls", _PEER_TLS_KEYS, _PEER_TLS_KEYS, base_dir)
         peer_tls = PeerTlsSettings(**paths)
+    auth = AuthSettings()
+    if "auth" in table:
+        value = table["auth"]
+        if not isinstance(value, dict):
+            raise ConfigError(f"auth: expected a table, got {_type_name(value)}")
+        _check_keys(value, "auth.", ("metrics_require_auth",), ())
+        metrics_require_auth = value.get("metrics_require_auth", False)
+        if not isinstance(metrics_require_auth, bool):
+            raise ConfigError(
+                "auth.metrics_require_auth: expected a boolean,"
+                f" got {_type_name(metrics_require_auth)}"
+            )
+        auth = AuthSettings(metrics_require_auth)
     return ClusterConfig(
+        auth=auth,
         peer_secret_file=peer_secret_file,
         tls=tls,
         peer_tls=peer_tls,

@@ -29,6 +29,12 @@ calls them (`CONSUL_EQUIVALENTS`).
 Transactions (`POST /v1/txn`, see `_Routes.txn`) and range deletes (`DELETE /v1/kv?prefix=P`)
 are one log entry each (`kvraft.statemachine.TxnCommand`): whatever they change changes at one
 revision.
+
+Authentication (`_Authorizer`, rules in `kvraft.auth`): once enabled, every request is checked
+right after its route and parameters, before admission and before anything is read or
+proposed: 401 without a valid bearer token, 403 without the permission `_need` names for the
+route. Each node checks what it receives against its own applied state, and a follower
+forwards the Authorization header so that the leader checks again.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -54,6 +62,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from kvraft import __version__
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
+from kvraft.auth import (
+    AUTH_NAME_BYTES_MAX,
+    PASSWORD_BYTES_MAX,
+    PASSWORD_HASHES_CONCURRENT_MAX,
+    ROOT_USER,
+    SALT_BYTES,
+    SIGNING_KEY_BYTES,
+    TOKEN_TTL_S_DEFAULT,
+    AuthState,
+    LoginLimiter,
+    Permission,
+    TokenError,
+    hash_password,
+    sign_token,
+    verify_password,
+    verify_token,
+)
 from kvraft.backup_http import BACKUP_PATH, leader_redirect, stream_backup
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
@@ -105,6 +130,11 @@ from kvraft.statemachine import (
     TxnOperation,
     TxnPut,
     TxnResult,
+    encode_auth_enable,
+    encode_auth_role_delete,
+    encode_auth_role_put,
+    encode_auth_user_delete,
+    encode_auth_user_put,
     encode_delete,
     encode_fenced,
     encode_lease_grant,
@@ -739,6 +769,9 @@ _ERROR_STATUS = {
     ErrorCode.LEASE_NOT_FOUND: 404,
     ErrorCode.LOCK_NOT_HELD: 409,
     ErrorCode.FENCE_FAILED: 412,
+    ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.ROLE_NOT_FOUND: 404,
+    ErrorCode.ROOT_REQUIRED: 409,
 }
 """The status of a command the machine refused, when it is not 400 (the client's mistake)."""
 
@@ -758,6 +791,7 @@ class _Routes:
         raft = node.config.raft
         self.lease_ttl_s_min, self.lease_ttl_s_max = ttl_bounds_s(raft.tick_ms, raft.election_ticks)
         self.broken_fence = os.environ.get(BROKEN_FENCE_ENV) == "1"
+        self.authorizer: _Authorizer | None = None  # set by HttpApi
         if self.broken_fence:
             log.warning(
                 "%s=1: fenced writes are NOT checked (a test-only broken mode)", BROKEN_FENCE_ENV
@@ -922,6 +956,8 @@ class _Routes:
         one log entry (see `parse_txn` for the body and `_txn_result_json` for the answer)."""
         body = await _read_value(request, TXN_REQUEST_BYTES_MAX, "body")
         compare, success, failure = parse_txn(body, self.key_bytes_max, self.value_bytes_max)
+        if self.authorizer is not None:
+            self.authorizer.check_txn(request, compare, (success, failure))
         try:
             command = encode_txn(
                 compare, success, failure, idempotency_key=request.headers.get("Idempotency-Key")
@@ -978,6 +1014,8 @@ class _Routes:
         if found is None:
             raise _lease_not_found(lease_id)
         ttl_s, keys = found
+        if self.authorizer is not None:  # only the keys the caller may read
+            keys = [key for key in keys if self.authorizer.readable(request, key)]
         return _json(
             200,
             {
@@ -1011,6 +1049,12 @@ class _Routes:
     async def revoke_lease(self, request: web.BaseRequest) -> web.Response:
         """`DELETE /v1/leases/{id}`: the lease and its keys go, in one revision."""
         lease_id = _lease_id(_lease_path_id(request))
+        user = None if self.authorizer is None else self.authorizer.user_of(request)
+        found = self.node.state_machine.lease(lease_id)
+        if user is not None and self.authorizer is not None and found is not None:
+            # As etcd: revoking deletes the lease's keys, so it needs readwrite on each.
+            for key in found[1]:
+                self.authorizer.check_key(user, key, write=True)
         result = await self._propose(encode_lease_revoke(lease_id))
         return _json(
             200,
@@ -1115,6 +1159,8 @@ class _Routes:
         machine = self.node.state_machine
         locks = []
         for name in machine.lock_names():
+            if self.authorizer is not None and not self.authorizer.readable(request, name):
+                continue  # only the locks the caller may read
             waiters = machine.lock_waiters(name)
             locks.append(
                 {"name": name, "holder": _lock_json(name, waiters[0]), "waiting": len(waiters) - 1}
@@ -1601,6 +1647,368 @@ def _unknown(
     return ApiError(400, "unknown_parameter", message, parameter=name)
 
 
+# --- authentication and permissions (kvraft.auth) -------------------------------------------
+
+AUTH_PATH_PREFIX = "/v1/auth/"
+AUTH_USER_PATH_PREFIX = "/v1/auth/users/"
+AUTH_ROLE_PATH_PREFIX = "/v1/auth/roles/"
+AUTH_TOKEN_PATH = "/v1/auth/token"
+
+USER_KEY = web.RequestKey("kvraft_user", str)
+"""The user a request authenticated as (set only while auth is enabled)."""
+
+
+class Need(NamedTuple):
+    """What a request needs while auth is enabled: `kind` is "open" (nothing), "user" (any
+    authenticated user), "writer" (a user with some readwrite permission), "admin", "key"
+    (`write` or read access to the key `target`) or "range" (to every key under `target`)."""
+
+    kind: str
+    target: str = ""
+    write: bool = False
+
+
+OPEN = Need("open")
+ANY_USER = Need("user")
+ADMIN = Need("admin")
+WRITER = Need("writer")
+
+
+def _need(route_name: str, request: web.BaseRequest, metrics_require_auth: bool) -> Need:
+    """The rule of each route (README "Authentication")."""
+    method = request.method
+    write = method in WRITE_METHODS
+    if route_name == KV_PATH_PREFIX + "{key}":
+        return Need("key", _key(request), write)
+    if route_name == "/v1/kv":
+        return Need("range", request.query.get("prefix", ""), write)
+    if route_name == "/v1/watch":
+        key = request.query.get("key")
+        if key is not None:
+            return Need("key", key)
+        return Need("range", request.query.get("prefix", ""))
+    if route_name == LOCK_PATH_PREFIX + "{name}":
+        return Need("key", _path_tail(request, LOCK_PATH_PREFIX), write)
+    if route_name in (LEASES_PATH, LEASE_PATH_PREFIX + "{id}") or route_name.endswith(
+        LEASE_KEEPALIVE_SUFFIX
+    ):
+        return WRITER
+    if route_name in (
+        "/healthz",
+        "/readyz",
+        "/v1/status",
+        UI_PATH,
+        AUTH_TOKEN_PATH,
+        "/v1/auth/status",
+    ):
+        # /v1/status stays open like the health checks: it holds no key, value or secret
+        # (roles, terms, indexes, member addresses), and what watches a cluster from outside
+        # reads it (`kvraft cluster up`'s narration, `kvraft status`, load balancers).
+        return OPEN
+    if route_name == "/metrics":
+        return ANY_USER if metrics_require_auth else OPEN
+    if route_name.startswith(AUTH_PATH_PREFIX) or route_name in (
+        "/v1/leader/transfer",
+        BACKUP_PATH,
+        MEMBER_PATH_PREFIX + "{node_id}",
+    ):
+        return ADMIN
+    if route_name == "/v1/members":
+        return ADMIN if write else ANY_USER
+    # TXN_PATH (its operations are checked once parsed), /v1/locks (filtered), /v1/events:
+    # any user.
+    return ANY_USER
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError(
+        401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="kvraft"'}
+    )
+
+
+def _denied(user: str, what: str) -> ApiError:
+    return ApiError(403, "permission_denied", f"user {user!r} lacks {what}", user=user)
+
+
+class _Authorizer:
+    """Checks each request against the applied auth state of this node (every node checks
+    what it receives; a follower forwards the Authorization header and the leader checks
+    again), and serves `/v1/auth/*`."""
+
+    def __init__(self, routes: _Routes, *, metrics_require_auth: bool = False) -> None:
+        self.routes = routes
+        self.node = routes.node
+        self.metrics_require_auth = metrics_require_auth
+        self.limiter = LoginLimiter()
+        self.token_ttl_s = TOKEN_TTL_S_DEFAULT
+        self.hashing = asyncio.Semaphore(PASSWORD_HASHES_CONCURRENT_MAX)
+
+    @property
+    def state(self) -> AuthState:
+        return self.node.state_machine.auth
+
+    def user_of(self, request: web.BaseRequest) -> str | None:
+        """The authenticated user, or None while auth is off."""
+        return request.get(USER_KEY)
+
+    async def authenticate(self, request: web.BaseRequest, auth: AuthState) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise _unauthenticated(
+                "this cluster requires authentication: send 'Authorization: Bearer <token>' "
+                f"(get one from POST {AUTH_TOKEN_PATH})"
+            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("only 'Authorization: Bearer <token>' is understood")
+        try:
+            user, generation = verify_token(
+                auth.signing_key, token.strip(), int(time.time() * 1000)
+            )
+        except TokenError as error:
+            raise _unauthenticated(str(error)) from None
+        if auth.generation_of(user) != generation and generation > self._applied_index():
+            # Signed by a node that has applied more of the log (the user is newer than what
+            # this node has applied: a generation is a log index): catch up, then judge.
+            await self.catch_up(generation)
+            auth = self.state
+        if auth.generation_of(user) != generation:
+            raise _unauthenticated(
+                "the token is no longer valid: its user was deleted or its password changed"
+            )
+        return user
+
+    def _applied_index(self) -> int:
+        return self.node.state_machine.applied_index
+
+    async def catch_up(self, index: int) -> None:
+        """Wait (at most the request timeout) until this node has applied `index`."""
+        deadline_s = asyncio.get_running_loop().time() + self.routes.timeout_s
+        await self.node.wait_until(lambda: self._applied_index() >= index, deadline_s)
+
+    async def check(self, request: web.BaseRequest, route_name: str) -> None:
+        """401 or 403 (`ApiError`) unless the request may go on; nothing while auth is off."""
+        auth = self.state
+        if not auth.enabled:
+            return
+        need = _need(route_name, request, self.metrics_require_auth)
+        if need.kind == "open":
+            return
+        user = await self.authenticate(request, auth)
+        request[USER_KEY] = user
+        if need.kind == "admin":
+            if not auth.is_admin(user):
+                raise _denied(user, "the admin permission")
+        elif need.kind == "writer":
+            if not auth.may_write_somewhere(user):
+                raise _denied(user, "a readwrite permission on any prefix (leases need one)")
+        elif need.kind == "key":
+            self.check_key(user, need.target, write=need.write)
+        elif need.kind == "range":
+            self.check_range(user, need.target, write=need.write)
+
+    def check_key(self, user: str, key: str, *, write: bool) -> None:
+        if not self.state.allows_key(user, key, write=write):
+            access = "readwrite" if write else "read"
+            raise _denied(user, f"{access} permission on key {key!r}")
+
+    def check_range(self, user: str, prefix: str, *, write: bool) -> None:
+        if not self.state.allows_range(user, prefix, write=write):
+            access = "readwrite" if write else "read"
+            raise _denied(
+                user,
+                f"{access} permission on every key under prefix {prefix!r} (one permission "
+                "whose prefix starts the range; a narrower prefix is allowed)",
+            )
+
+    def check_txn(
+        self,
+        request: web.BaseRequest,
+        compare: list[Compare],
+        branches: tuple[list[TxnOperation], ...],
+    ) -> None:
+        """Every key a transaction compares, reads or writes, in both branches: 403 before
+        anything is proposed."""
+        user = self.user_of(request)
+        if user is None:
+            return
+        for one in compare:
+            self.check_key(user, one.key, write=False)
+        for branch in branches:
+            for operation in branch:
+                if isinstance(operation, TxnPut | TxnDelete):
+                    self.check_key(user, operation.key, write=True)
+                elif isinstance(operation, TxnGet):
+                    self.check_key(user, operation.key, write=False)
+                elif isinstance(operation, TxnDeletePrefix):
+                    self.check_range(user, operation.prefix, write=True)
+                elif isinstance(operation, TxnList):
+                    self.check_range(user, operation.prefix, write=False)
+
+    def readable(self, request: web.BaseRequest, key: str) -> bool:
+        user = self.user_of(request)
+        return user is None or self.state.allows_key(user, key, write=False)
+
+    # --- /v1/auth/* ---------------------------------------------------------------------
+
+    async def token(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/auth/token {"user", "password"}` -> `{"token", "expires_s"}`, from this
+        node's applied state (no leader contact: the login limits count per node)."""
+        body = _fields(
+            await _read_json(request), frozenset(("user", "password")), "body", "bad_request"
+        )
+        user = _text(body, "user", "body", "bad_request")
+        password = _text(body, "password", "body", "bad_request")
+        if len(password) > PASSWORD_BYTES_MAX or len(user) > AUTH_NAME_BYTES_MAX:
+            raise ApiError(400, "bad_request", "the user name or password is too long")
+        auth = self.state
+        if not auth.enabled:
+            raise ApiError(
+                409,
+                "auth_disabled",
+                "auth is not enabled: every request is allowed without a token",
+            )
+        address = request.remote or ""
+        loop = asyncio.get_running_loop()
+        retry_after_s = self.limiter.retry_after_s(user, address, loop.time())
+        if retry_after_s > 0:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                "too many failed logins for this user or from this address; retry later",
+                headers={"Retry-After": str(math.ceil(retry_after_s))},
+            )
+        found = auth.users.get(user)
+        signing_key = auth.signing_key
+        async with self.hashing:
+            verified = await asyncio.to_thread(
+                verify_password, None if found is None else found.password, password
+            )
+        if not verified or found is None:
+            self.limiter.record_failure(user, address, loop.time())
+            # The same answer for an unknown user and a wrong password.
+            raise _unauthenticated("wrong user name or password")
+        expires_ms = int(time.time() * 1000) + self.token_ttl_s * 1000
+        token = sign_token(signing_key, user, found.generation, expires_ms)
+        return _json(200, {"token": token, "expires_s": self.token_ttl_s})
+
+    async def status(self, request: web.BaseRequest) -> web.Response:
+        return _json(200, {"enabled": self.state.enabled})
+
+    async def list_users(self, request: web.BaseRequest) -> web.Response:
+        await self.routes._lease_read_barrier()
+        return _json(200, {"users": self.state.users_json()})
+
+    async def list_roles(self, request: web.BaseRequest) -> web.Response:
+        await self.routes._lease_read_barrier()
+        return _json(200, {"roles": self.state.roles_json()})
+
+    def _leader_only(self) -> None:
+        # Before hashing a password: a follower would hash it for nothing, then forward.
+        core = self.node.core
+        if core is not None and core.role != Role.LEADER:
+            raise NotLeader(core.leader_id)
+
+    async def _propose_auth(self, build: Callable[[], bytes]) -> ApplyResult:
+        try:
+            command = build()
+        except CommandError as error:
+            raise _command_error(error) from None
+        return await self.routes._propose(command)
+
+    async def put_user(self, request: web.BaseRequest) -> web.Response:
+        """`PUT /v1/auth/users/{name} {"password", "roles"}`: create (a password needed) or
+        change; a field left out keeps its value."""
+        name = _path_tail(request, AUTH_USER_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request) or {}, frozenset(("password", "roles")), "body", "bad_auth"
+        )
+        password = body.get("password")
+        if password is not None and (
+            not isinstance(password, str) or not password or len(password) > PASSWORD_BYTES_MAX
+        ):
+            raise ApiError(
+                400, "bad_auth", f"password must be a non-empty string of <= {PASSWORD_BYTES_MAX}"
+            )
+        existing = self.state.users.get(name)
+        roles = body.get("roles", list(existing.roles) if existing is not None else [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise ApiError(400, "bad_auth", "roles must be a list of role names")
+        self._leader_only()
+        hashed = None
+        if password is not None:
+            salt = secrets.token_bytes(SALT_BYTES)
+            async with self.hashing:
+                hashed = await asyncio.to_thread(hash_password, password, salt)
+        result = await self._propose_auth(lambda: encode_auth_user_put(name, hashed, roles))
+        return _json(200, {"name": name, "roles": sorted(roles), "revision": result.revision})
+
+    async def delete_user(self, request: web.BaseRequest) -> web.Response:
+        name = _path_tail(request, AUTH_USER_PATH_PREFIX)
+        result = await self._propose_auth(lambda: encode_auth_user_delete(name))
+        return _json(200, {"name": name, "deleted": True, "revision": result.revision})
+
+    async def put_role(self, request: web.BaseRequest) -> web.Response:
+        """`PUT /v1/auth/roles/{name} {"permissions": [{"prefix", "access"}], "admin"}`:
+        create or replace."""
+        name = _path_tail(request, AUTH_ROLE_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request) or {},
+            frozenset(("permissions", "admin")),
+            "body",
+            "bad_auth",
+        )
+        admin = body.get("admin", False)
+        raw = body.get("permissions", [])
+        if type(admin) is not bool or not isinstance(raw, list):
+            raise ApiError(400, "bad_auth", "admin must be a boolean and permissions a list")
+        permissions = []
+        for position, one in enumerate(raw):
+            fields = _fields(
+                one, frozenset(("prefix", "access")), f"permissions[{position}]", "bad_auth"
+            )
+            permissions.append(
+                Permission(
+                    _text(fields, "prefix", f"permissions[{position}]", "bad_auth"),
+                    _text(fields, "access", f"permissions[{position}]", "bad_auth"),
+                )
+            )
+        result = await self._propose_auth(lambda: encode_auth_role_put(name, admin, permissions))
+        return _json(
+            200,
+            {
+                "name": name,
+                "admin": admin,
+                "permissions": [p._asdict() for p in permissions],
+                "revision": result.revision,
+            },
+        )
+
+    async def delete_role(self, request: web.BaseRequest) -> web.Response:
+        name = _path_tail(request, AUTH_ROLE_PATH_PREFIX)
+        result = await self._propose_auth(lambda: encode_auth_role_delete(name))
+        return _json(200, {"name": name, "deleted": True, "revision": result.revision})
+
+    async def enable(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/auth/enable`: needs user root with an admin role. The signing key is
+        drawn here and travels in the entry (never shown anywhere)."""
+        if not self.state.enabled and not self.state.is_admin(ROOT_USER):
+            raise ApiError(
+                409,
+                str(ErrorCode.ROOT_REQUIRED),
+                "enabling auth needs a user 'root' with a role that has admin: "
+                'PUT /v1/auth/roles/NAME {"admin": true}, then '
+                'PUT /v1/auth/users/root {"password": ..., "roles": [NAME]}',
+            )
+        key = secrets.token_bytes(SIGNING_KEY_BYTES)
+        result = await self._propose_auth(lambda: encode_auth_enable(True, key))
+        return _json(200, {"enabled": True, "revision": result.revision})
+
+    async def disable(self, request: web.BaseRequest) -> web.Response:
+        result = await self._propose_auth(lambda: encode_auth_enable(False))
+        return _json(200, {"enabled": False, "revision": result.revision})
+
+
 class HttpApi:
     """The HTTP API of one node: `server` goes to a `web.ServerRunner`, `close` after it.
 
@@ -1612,9 +2020,17 @@ class HttpApi:
     put pays it on the leader's critical path (BENCHMARKS.md).
     """
 
-    def __init__(self, node: RaftNode, *, http_connections_max: int | None = None) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        *,
+        http_connections_max: int | None = None,
+        metrics_require_auth: bool | None = None,
+    ) -> None:
         """`http_connections_max`: client connections allowed, when less than the config's
-        (`kvraft.http_guard.http_connections_allowed` under the descriptor limit)."""
+        (`kvraft.http_guard.http_connections_allowed` under the descriptor limit);
+        `metrics_require_auth`: `/metrics` wants a token while auth is enabled (default: the
+        config's ``[auth] metrics_require_auth``)."""
         self.node = node
         registry = CollectorRegistry()
         registry.register(_node_collector(node))
@@ -1639,6 +2055,12 @@ class HttpApi:
         loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
         node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
         self.routes = routes = _Routes(node, loop_metrics)
+        if metrics_require_auth is None:
+            metrics_require_auth = node.config.auth.metrics_require_auth
+        self.authorizer = authorizer = _Authorizer(
+            routes, metrics_require_auth=metrics_require_auth
+        )
+        routes.authorizer = authorizer
         self.admission = node.write_admission
 
         async def metrics(request: web.BaseRequest) -> web.Response:
@@ -1683,6 +2105,14 @@ class HttpApi:
         )
         self._member_route = _Route(
             MEMBER_PATH_PREFIX + "{node_id}", {"DELETE": routes.remove_member}
+        )
+        self._auth_user_route = _Route(
+            AUTH_USER_PATH_PREFIX + "{name}",
+            {"PUT": authorizer.put_user, "DELETE": authorizer.delete_user},
+        )
+        self._auth_role_route = _Route(
+            AUTH_ROLE_PATH_PREFIX + "{name}",
+            {"PUT": authorizer.put_role, "DELETE": authorizer.delete_role},
         )
         self._lock_route = _Route(
             LOCK_PATH_PREFIX + "{name}",
@@ -1743,6 +2173,12 @@ class HttpApi:
                 # member's dashboard page reads status (above) and events across origins.
                 _Route(EVENTS_PATH, {"GET": events}, parameters={"GET": EVENTS_QUERY_PARAMETERS}),
                 _Route(UI_PATH, read_only(serve_ui)),
+                _Route(AUTH_TOKEN_PATH, {"POST": authorizer.token}),
+                _Route("/v1/auth/status", read_only(authorizer.status)),
+                _Route("/v1/auth/users", read_only(authorizer.list_users)),
+                _Route("/v1/auth/roles", read_only(authorizer.list_roles)),
+                _Route("/v1/auth/enable", {"POST": authorizer.enable}),
+                _Route("/v1/auth/disable", {"POST": authorizer.disable}),
             )
         }
         # Forwarded requests leave from this node's own address (when it has one), so a
@@ -1799,6 +2235,13 @@ class HttpApi:
             return self._member_route if node_id and "/" not in node_id else None
         if path.startswith(LOCK_PATH_PREFIX):
             return self._lock_route if len(path) > len(LOCK_PATH_PREFIX) else None
+        for prefix, route in (
+            (AUTH_USER_PATH_PREFIX, self._auth_user_route),
+            (AUTH_ROLE_PATH_PREFIX, self._auth_role_route),
+        ):
+            if path.startswith(prefix):
+                name = path[len(prefix) :]
+                return route if name and "/" not in name else None
         if path.startswith(LEASE_PATH_PREFIX):
             tail = path[len(LEASE_PATH_PREFIX) :]
             if tail.endswith(LEASE_KEEPALIVE_SUFFIX):
@@ -1824,6 +2267,7 @@ class HttpApi:
                         headers={"Allow": allowed},
                     )
                 _refuse_unknown(request, route)
+                await self.authorizer.check(request, route.name)
                 hold_bytes = self._write_bytes(request)
                 if hold_bytes and not self.admission.try_hold(hold_bytes):
                     raise ApiError(
@@ -1936,7 +2380,15 @@ class HttpApi:
             name: value
             for name, value in request.headers.items()
             if name.lower()
-            in ("if-match", "if-none-match", "idempotency-key", "x-kvraft-fence", "content-type")
+            in (
+                "if-match",
+                "if-none-match",
+                "idempotency-key",
+                "x-kvraft-fence",
+                "content-type",
+                # The leader checks the caller again, against its own state.
+                "authorization",
+            )
         }
         headers[FORWARDED_HEADER] = str(self.node.id)
         # The raw path, not a re-parsed one: yarl would resolve "." and ".." segments,
@@ -1961,6 +2413,16 @@ class HttpApi:
                     if name.lower() in ("etag", "retry-after", "content-type")
                     or name.lower().startswith("x-kvraft-")
                 }
+                if (
+                    is_write
+                    and upstream.status == 200
+                    and request.path.startswith(AUTH_PATH_PREFIX)
+                ):
+                    # Read your auth writes through this node: a token asked of it next must
+                    # see the user, the role or the switch the leader just applied.
+                    revision = upstream.headers.get(REVISION_HEADER, "")
+                    if revision.isdecimal():
+                        await self.authorizer.catch_up(int(revision))
                 return web.Response(status=upstream.status, body=payload, headers=passed)
         except aiohttp.ClientConnectorError as error:
             if is_exhaustion(error.os_error):

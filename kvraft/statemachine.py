@@ -43,6 +43,11 @@ Command wire format (msgpack arrays, one per command)::
     [OP_LOCK_RELEASE, name: str, fencing_token: int]
     [OP_FENCED, name: str, fencing_token: int, command: bin]
     [OP_LEASE_CHECKPOINT, [lease_id, remaining_ms, lease_id, remaining_ms, ...]]
+    [OP_AUTH_USER_PUT, name: str, password_hash: [n, r, p, salt, digest] | nil, roles: [str]]
+    [OP_AUTH_USER_DELETE, name: str]
+    [OP_AUTH_ROLE_PUT, name: str, admin: bool, [prefix, access, prefix, access, ...]]
+    [OP_AUTH_ROLE_DELETE, name: str]
+    [OP_AUTH_ENABLE, enabled: bool, signing_key: bin]
 
 A put may carry a seventh field, ``lease_id: int``, attaching its key to that lease (a put
 without it detaches the key from any lease, as in etcd); a put of six fields is one written
@@ -68,6 +73,12 @@ applies only if that token holds the lock when the entry applies, so a holder th
 paused past its lease cannot overwrite what the next holder wrote (Kleppmann, "How to do
 distributed locking").
 
+Users, roles and the auth switch (`kvraft.auth` holds their rules): the receiving node hashes
+the password and draws the signing key, the entry carries them, and apply only stores them,
+so the auth state is the same on every node at every index. An auth entry that cannot apply
+(an unknown role, root losing admin while auth is on, ...) changes nothing but
+`applied_index`. Auth entries change no key and are never in the idempotency table.
+
 where a transaction's operation is ``[1, key, value]`` (put), ``[2, key]`` (delete),
 ``[3, prefix]`` (delete_prefix), ``[4, key]`` (get) or ``[5, prefix, limit]`` (list); see
 `TxnCommand`. A transaction is one entry, so everything it changes has its revision, and
@@ -92,6 +103,8 @@ by the payload, and each payload is one msgpack value. In order:
   ``remaining_ms``; 0 means no checkpoint);
 - LOCKS frames (kind 5, version 4 on), none if no lock has a waiter: a flat array
   ``name, fencing_token, lease_id, value, ...`` ordered by name, then token;
+- one AUTH frame (kind 6, version 5 on, exactly one): `kvraft.auth.AuthState.to_wire`,
+  ``[enabled, signing_key, users, roles]`` (the limits in `kvraft.auth` keep it in one frame);
 - one END (kind 3) with an empty payload, and nothing after it.
 
 `snapshot_chunks` yields one frame per chunk, but `restore` reads the stream
@@ -118,6 +131,18 @@ from typing import Any, NamedTuple, TypeAlias
 
 import msgpack
 
+from kvraft.auth import (
+    AuthRefused,
+    AuthState,
+    PasswordHash,
+    Permission,
+    check_name,
+    check_password_hash,
+    check_permissions,
+    check_role_names,
+    permissions_wire,
+)
+
 __all__ = [
     "COMMAND_BYTES_MAX",
     "IDEMPOTENCY_KEYS_MAX",
@@ -128,6 +153,11 @@ __all__ = [
     "LIST_LIMIT_MAX",
     "LIST_PAGE_BYTES_MAX",
     "LOCK_VALUE_BYTES_MAX",
+    "OP_AUTH_ENABLE",
+    "OP_AUTH_ROLE_DELETE",
+    "OP_AUTH_ROLE_PUT",
+    "OP_AUTH_USER_DELETE",
+    "OP_AUTH_USER_PUT",
     "OP_DELETE",
     "OP_FENCED",
     "OP_LEASE_CHECKPOINT",
@@ -147,6 +177,11 @@ __all__ = [
     "VALUE_BYTES_MAX",
     "ApplyOrderError",
     "ApplyResult",
+    "AuthEnableCommand",
+    "AuthRoleDeleteCommand",
+    "AuthRolePutCommand",
+    "AuthUserDeleteCommand",
+    "AuthUserPutCommand",
     "Command",
     "CommandError",
     "Compare",
@@ -179,6 +214,11 @@ __all__ = [
     "TxnPut",
     "TxnResult",
     "decode_command",
+    "encode_auth_enable",
+    "encode_auth_role_delete",
+    "encode_auth_role_put",
+    "encode_auth_user_delete",
+    "encode_auth_user_put",
     "encode_delete",
     "encode_fenced",
     "encode_lease_checkpoint",
@@ -253,13 +293,15 @@ every snapshot, so it is kept small."""
 LEASE_CHECKPOINT_LEASES_MAX = 1000
 """The most leases one checkpoint entry records (the leader writes more entries for more)."""
 
-SNAPSHOT_FORMAT_VERSION = 4
+SNAPSHOT_FORMAT_VERSION = 5
 """The snapshot format this module writes. Version 2 added a transaction's results to its
 idempotency record, version 3 the leases (a LEASES frame, a lease id on every key record and
 a lease count in the header), version 4 the locks (a LOCKS frame, a waiter count in the
-header) and each lease's checkpointed remaining TTL; `restore` still reads versions 1-3."""
+header) and each lease's checkpointed remaining TTL, version 5 the users, roles and auth
+switch (exactly one AUTH frame; the header is as in version 4); `restore` still reads
+versions 1-4."""
 
-_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2, 3, 4)
+_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2, 3, 4, 5)
 
 SNAPSHOT_CHUNK_BYTES_DEFAULT = 1024 * 1024
 """The default target size of one snapshot chunk (one frame)."""
@@ -327,6 +369,21 @@ while a given fencing token holds a given lock."""
 OP_LEASE_CHECKPOINT = 9
 """The first element of a lease checkpoint: the leader's remaining TTL of some leases."""
 
+OP_AUTH_USER_PUT = 10
+"""The first element of a user's creation or change (password hash and/or roles)."""
+
+OP_AUTH_USER_DELETE = 11
+"""The first element of a user's deletion."""
+
+OP_AUTH_ROLE_PUT = 12
+"""The first element of a role's creation or replacement."""
+
+OP_AUTH_ROLE_DELETE = 13
+"""The first element of a role's deletion (users lose it too)."""
+
+OP_AUTH_ENABLE = 14
+"""The first element of the auth switch (enable, with the signing key, or disable)."""
+
 _PUT_FIELD_COUNT = 6
 _PUT_WITH_LEASE_FIELD_COUNT = 7
 _LEASE_GRANT_FIELD_COUNT = 2
@@ -335,6 +392,10 @@ _LOCK_ACQUIRE_FIELD_COUNT = 4
 _LOCK_RELEASE_FIELD_COUNT = 3
 _FENCED_FIELD_COUNT = 4
 _LEASE_CHECKPOINT_FIELD_COUNT = 2
+_AUTH_USER_PUT_FIELD_COUNT = 4
+_AUTH_ROLE_PUT_FIELD_COUNT = 4
+_AUTH_DELETE_FIELD_COUNT = 2
+_AUTH_ENABLE_FIELD_COUNT = 3
 _DELETE_FIELD_COUNT = 4
 _TXN_FIELD_COUNT = 5
 
@@ -401,6 +462,16 @@ class ErrorCode(enum.StrEnum):
     FENCE_FAILED = "fence_failed"
     """A fenced command's token does not hold the lock (any more) when it applies: nothing
     was written."""
+    BAD_AUTH = "bad_auth"
+    """A user, role, permission, password hash or signing key is malformed or over a limit
+    of `kvraft.auth`."""
+    USER_NOT_FOUND = "user_not_found"
+    """The user named does not exist."""
+    ROLE_NOT_FOUND = "role_not_found"
+    """The role named (to delete, or to give a user) does not exist."""
+    ROOT_REQUIRED = "root_required"
+    """Enabling auth needs a user `root` with an admin role; while auth is enabled, `root`
+    cannot be deleted or lose admin."""
 
 
 class CommandError(ValueError):
@@ -489,6 +560,56 @@ class LeaseCheckpointCommand(NamedTuple):
 
     remaining_ms: tuple[tuple[int, int], ...]
     idempotency_key: None = None
+
+
+class AuthUserPutCommand(NamedTuple):
+    """Create or change user `name`: `password` None keeps the current one (a new user needs
+    one); `roles` replaces its roles."""
+
+    name: str
+    password: PasswordHash | None
+    roles: tuple[str, ...]
+    idempotency_key: None = None
+
+
+class AuthUserDeleteCommand(NamedTuple):
+    """Delete user `name` (its tokens stop verifying)."""
+
+    name: str
+    idempotency_key: None = None
+
+
+class AuthRolePutCommand(NamedTuple):
+    """Create or replace role `name`."""
+
+    name: str
+    admin: bool
+    permissions: tuple[Permission, ...]
+    idempotency_key: None = None
+
+
+class AuthRoleDeleteCommand(NamedTuple):
+    """Delete role `name`; users that had it lose it."""
+
+    name: str
+    idempotency_key: None = None
+
+
+class AuthEnableCommand(NamedTuple):
+    """Switch auth on (with the cluster's token `signing_key`) or off (`signing_key` empty)."""
+
+    enabled: bool
+    signing_key: bytes
+    idempotency_key: None = None
+
+
+AuthCommand: TypeAlias = (
+    AuthUserPutCommand
+    | AuthUserDeleteCommand
+    | AuthRolePutCommand
+    | AuthRoleDeleteCommand
+    | AuthEnableCommand
+)
 
 
 class LockWaiter(NamedTuple):
@@ -622,6 +743,7 @@ Command: TypeAlias = (
     | LockReleaseCommand
     | FencedCommand
     | LeaseCheckpointCommand
+    | AuthCommand
 )
 
 ListItem: TypeAlias = tuple[str, bytes, int]
@@ -960,6 +1082,86 @@ def encode_lease_checkpoint(remaining_ms: Iterable[tuple[int, int]]) -> bytes:
     return _pack([OP_LEASE_CHECKPOINT, flat])
 
 
+def _auth_checked(check: Any, *args: Any) -> Any:
+    """`check(*args)` from `kvraft.auth`, its refusal as a `CommandError`."""
+    try:
+        return check(*args)
+    except AuthRefused as error:
+        raise CommandError(ErrorCode(error.code), str(error)) from None
+
+
+def encode_auth_user_put(
+    name: str, password: PasswordHash | None, roles: Iterable[str] = ()
+) -> bytes:
+    """The command bytes that create or change user `name` (`password`: its salted hash,
+    computed by the caller; None keeps the current one)."""
+    wire = [OP_AUTH_USER_PUT, name, None if password is None else password.wire(), [*roles]]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def encode_auth_user_delete(name: str) -> bytes:
+    """The command bytes that delete user `name`."""
+    _auth_checked(check_name, name, "user")
+    return _pack([OP_AUTH_USER_DELETE, name])
+
+
+def encode_auth_role_put(name: str, admin: bool, permissions: Iterable[Permission]) -> bytes:
+    """The command bytes that create or replace role `name`."""
+    wire = [OP_AUTH_ROLE_PUT, name, admin, permissions_wire(permissions)]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def encode_auth_role_delete(name: str) -> bytes:
+    """The command bytes that delete role `name`."""
+    _auth_checked(check_name, name, "role")
+    return _pack([OP_AUTH_ROLE_DELETE, name])
+
+
+def encode_auth_enable(enabled: bool, signing_key: bytes = b"") -> bytes:
+    """The command bytes that switch auth on (with the signing key the caller drew) or off."""
+    wire = [OP_AUTH_ENABLE, enabled, signing_key if enabled else b""]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def _decode_auth(obj: builtins.list[Any]) -> AuthCommand:
+    operation = obj[0]
+    if operation == OP_AUTH_USER_PUT:
+        if len(obj) != _AUTH_USER_PUT_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "user put: wrong number of fields")
+        return AuthUserPutCommand(
+            _auth_checked(check_name, obj[1], "user"),
+            None if obj[2] is None else _auth_checked(check_password_hash, obj[2]),
+            _auth_checked(check_role_names, obj[3]),
+        )
+    if operation == OP_AUTH_ROLE_PUT:
+        if len(obj) != _AUTH_ROLE_PUT_FIELD_COUNT or type(obj[2]) is not bool:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "role put: wrong fields")
+        return AuthRolePutCommand(
+            _auth_checked(check_name, obj[1], "role"),
+            obj[2],
+            _auth_checked(check_permissions, obj[3]),
+        )
+    if operation in (OP_AUTH_USER_DELETE, OP_AUTH_ROLE_DELETE):
+        if len(obj) != _AUTH_DELETE_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "auth delete: wrong number of fields")
+        if operation == OP_AUTH_USER_DELETE:
+            return AuthUserDeleteCommand(_auth_checked(check_name, obj[1], "user"))
+        return AuthRoleDeleteCommand(_auth_checked(check_name, obj[1], "role"))
+    if len(obj) != _AUTH_ENABLE_FIELD_COUNT or type(obj[1]) is not bool:
+        raise CommandError(ErrorCode.MALFORMED_COMMAND, "auth enable: wrong fields")
+    if not isinstance(obj[2], bytes) or len(obj[2]) > 64:
+        raise CommandError(ErrorCode.BAD_AUTH, "a signing key must be at most 64 bytes")
+    return AuthEnableCommand(obj[1], obj[2])
+
+
+_AUTH_OPERATIONS = frozenset(
+    (OP_AUTH_USER_PUT, OP_AUTH_USER_DELETE, OP_AUTH_ROLE_PUT, OP_AUTH_ROLE_DELETE, OP_AUTH_ENABLE)
+)
+
+
 def _check_remaining_ms(remaining_ms: object) -> int:
     if type(remaining_ms) is not int or not 0 <= remaining_ms <= LEASE_TTL_S_MAX * 1000:
         raise CommandError(
@@ -1243,6 +1445,8 @@ def decode_command(command: bytes) -> Command:
                 for position in range(0, len(flat), 2)
             )
         )
+    if operation in _AUTH_OPERATIONS:
+        return _decode_auth(obj)
     raise CommandError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {operation}")
 
 
@@ -1340,13 +1544,15 @@ _FRAME_IDEMPOTENCY = 2
 _FRAME_END = 3
 _FRAME_LEASES = 4
 _FRAME_LOCKS = 5
+_FRAME_AUTH = 6
 _FRAME_ORDER = {
     _FRAME_HEADER: 0,
     _FRAME_KEYS: 1,
     _FRAME_IDEMPOTENCY: 2,
     _FRAME_LEASES: 3,
     _FRAME_LOCKS: 4,
-    _FRAME_END: 5,
+    _FRAME_AUTH: 5,
+    _FRAME_END: 6,
 }
 """The order frames come in, by kind: LEASES (version 3) and LOCKS (version 4) came last but
 go before END."""
@@ -1358,6 +1564,7 @@ _LEASE_RECORD_FIELDS = 3
 _LOCK_RECORD_FIELDS = 4
 _SNAPSHOT_FORMAT_VERSION_LEASES = 3
 _SNAPSHOT_FORMAT_VERSION_LOCKS = 4
+_SNAPSHOT_FORMAT_VERSION_AUTH = 5
 
 
 def _frame_crc(kind: int, payload: bytes) -> int:
@@ -1516,6 +1723,7 @@ class KVStateMachine:
 
     __slots__ = (
         "_applied_index",
+        "_auth",
         "_idempotency",
         "_key_leases",
         "_keys",
@@ -1537,6 +1745,8 @@ class KVStateMachine:
         self._key_leases: dict[str, int] = {}
         # lock name -> its waiters in token order (the first holds it); no empty queues.
         self._locks: dict[str, builtins.list[LockWaiter]] = {}
+        # Users, roles, the auth switch and the token signing key (`kvraft.auth`).
+        self._auth = AuthState()
 
     # --- Reads (local, never through the log) -----------------------------------------------
 
@@ -1643,6 +1853,12 @@ class KVStateMachine:
         lease = self._leases.get(lease_id)
         return [] if lease is None else sorted(lease.locks)
 
+    @property
+    def auth(self) -> AuthState:
+        """Users, roles and the auth switch, as of `applied_index`. Read it, never change it:
+        it changes only by applied entries."""
+        return self._auth
+
     def remembers(self, idempotency_key: str) -> bool:
         """Whether a write with this idempotency key was applied (and is still remembered)."""
         return idempotency_key in self._idempotency
@@ -1710,6 +1926,8 @@ class KVStateMachine:
             return self._acquire(index, decoded)
         elif isinstance(decoded, LockReleaseCommand):
             return self._release(index, decoded)
+        elif isinstance(decoded, AuthCommand):
+            return self._apply_auth(index, decoded)
         else:
             return self._checkpoint(index, decoded)
         # A refusal (an unknown lease) is not remembered: its retry may find the lease, and
@@ -1723,6 +1941,29 @@ class KVStateMachine:
             if len(self._idempotency) > IDEMPOTENCY_KEYS_MAX:
                 self._idempotency.popitem(last=False)
         return result
+
+    def _apply_auth(self, index: int, command: AuthCommand) -> ApplyResult:
+        auth = self._auth
+        try:
+            if isinstance(command, AuthUserPutCommand):
+                auth.apply_user_put(index, command.name, command.password, command.roles)
+            elif isinstance(command, AuthUserDeleteCommand):
+                auth.apply_user_delete(command.name)
+            elif isinstance(command, AuthRolePutCommand):
+                auth.apply_role_put(command.name, command.admin, command.permissions)
+            elif isinstance(command, AuthRoleDeleteCommand):
+                auth.apply_role_delete(command.name)
+            else:
+                auth.apply_enable(command.enabled, command.signing_key)
+        except AuthRefused as refused:
+            return ApplyResult(
+                index=index,
+                ok=False,
+                revision=0,
+                error=ErrorCode(refused.code),
+                message=str(refused),
+            )
+        return ApplyResult(index=index, ok=True, revision=index)
 
     def _put(self, index: int, put: PutCommand) -> ApplyResult:
         record = self._records.get(put.key)
@@ -1971,6 +2212,9 @@ class KVStateMachine:
             self._key_leases.copy(),
             self.lease_remaining_ms(),
             [(name, tuple(self._locks[name])) for name in self.lock_names()],
+            # The auth state is small (bounded by kvraft.auth's limits): captured as its wire
+            # form now, so later entries cannot change what is streamed.
+            _pack(self._auth.to_wire()),
         )
 
     @staticmethod
@@ -1983,6 +2227,7 @@ class KVStateMachine:
         key_leases: dict[str, int],
         leases: builtins.list[tuple[int, int, int]],
         locks: builtins.list[tuple[str, tuple[LockWaiter, ...]]],
+        auth: bytes,
     ) -> Iterator[bytes]:
         yield _encode_frame(_FRAME_HEADER, _pack(header))
         flat: builtins.list[Any] = []
@@ -2035,6 +2280,7 @@ class KVStateMachine:
                     flat, payload_bytes = [], 0
         if flat:
             yield _encode_frame(_FRAME_LOCKS, _pack(flat))
+        yield _encode_frame(_FRAME_AUTH, auth)
         yield _encode_frame(_FRAME_END, b"")
 
     def snapshot(self) -> bytes:
@@ -2070,6 +2316,7 @@ class KVStateMachine:
         # Versions 1 and 2 have no lease count (and no leases), 3 no lock count (nor locks).
         with_leases = version >= _SNAPSHOT_FORMAT_VERSION_LEASES
         with_locks = version >= _SNAPSHOT_FORMAT_VERSION_LOCKS
+        with_auth = version >= _SNAPSHOT_FORMAT_VERSION_AUTH
         if len(header) != _HEADER_FIELD_COUNT - (not with_leases) - (not with_locks):
             raise SnapshotFormatError("snapshot header has the wrong number of fields")
         _, _, applied_index, key_count, idempotency_count = header[:5]
@@ -2090,6 +2337,7 @@ class KVStateMachine:
         machine._applied_index = applied_index
         keys: builtins.list[str] = []
         lock_waiters_restored = 0
+        auth_frames = 0
         last_rank = _FRAME_ORDER[_FRAME_HEADER]
         for kind, payload in frames:
             # Frames come in a fixed order, each kind repeatable except HEADER and END.
@@ -2100,6 +2348,7 @@ class KVStateMachine:
                 or last_rank == _FRAME_ORDER[_FRAME_END]
                 or (kind == _FRAME_LEASES and not with_leases)
                 or (kind == _FRAME_LOCKS and not with_locks)
+                or (kind == _FRAME_AUTH and (not with_auth or auth_frames))
             ):
                 raise SnapshotFormatError("snapshot frames are out of order")
             last_rank = rank
@@ -2113,8 +2362,18 @@ class KVStateMachine:
                 lock_waiters_restored += machine._restore_locks(
                     payload, lock_waiter_count - lock_waiters_restored
                 )
+            elif kind == _FRAME_AUTH:
+                auth_frames += 1
+                try:
+                    machine._auth = AuthState.from_wire(
+                        _decode_payload(payload, "auth frame"), applied_index
+                    )
+                except AuthRefused as error:
+                    raise SnapshotFormatError(f"snapshot auth frame: {error}") from None
         if last_rank != _FRAME_ORDER[_FRAME_END]:
             raise SnapshotFormatError("snapshot is truncated (no end frame)")
+        if with_auth and not auth_frames:
+            raise SnapshotFormatError("snapshot has no auth frame")
         if (
             len(keys) != key_count
             or len(machine._idempotency) != idempotency_count

@@ -49,6 +49,7 @@ __all__ = [
     "VALUE_INPUT_BYTES_MAX",
     "VALUE_PREVIEW_CHARS_MAX",
     "WATCH_INTERVAL_S_MIN",
+    "auth_client_options",
     "delete",
     "display_text",
     "echo_json",
@@ -148,6 +149,39 @@ def tls_ssl_context() -> ssl.SSLContext | None:
         raise click.BadParameter(error.detail, param_hint=hint) from None
 
 
+USER_ENV = "KVRAFT_USER"
+PASSWORD_ENV = "KVRAFT_PASSWORD"
+TOKEN_ENV = "KVRAFT_TOKEN"
+"""Who a client command is, on a cluster with authentication enabled (#20): `--user` (the
+password from $KVRAFT_PASSWORD, else asked for on the terminal) or `--token`."""
+
+
+def _remember_auth_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    if value:
+        ctx.meta[f"kvraft.{param.name}"] = value
+
+
+def auth_client_options() -> dict[str, Any]:
+    """`user` and `password`, or `token`, for `KVClient`, from the running command's
+    `--user` / `--token` (or their variables); the password from $KVRAFT_PASSWORD or a
+    prompt. Empty when neither was given (a cluster without auth)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    token = ctx.meta.get("kvraft.auth_token")
+    user = ctx.meta.get("kvraft.auth_user")
+    if user is None:
+        return {} if token is None else {"token": token}
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"--user {user}: set ${PASSWORD_ENV} (no terminal to ask the password on)"
+            )
+        password = click.prompt(f"password for {user}", hide_input=True, err=True)
+    return {"user": user, "password": password}
+
+
 def client_options(timeout_s_default: float, *, tls_key_flag: str = "--key") -> Callable[[_F], _F]:
     """The `--endpoints`, `--timeout`, `--cacert`, `--cert` and `--key` options every client
     command takes (the last three are read with `tls_client_options`). A command whose own
@@ -155,6 +189,25 @@ def client_options(timeout_s_default: float, *, tls_key_flag: str = "--key") -> 
     `tls_key_flag` instead (`--tls-key`; the variable stays KVRAFT_KEY)."""
 
     def decorate(command: _F) -> _F:
+        command = click.option(
+            "--token",
+            "auth_token",
+            envvar=TOKEN_ENV,
+            default=None,
+            expose_value=False,
+            callback=_remember_auth_option,
+            help=f"A bearer token (from POST /v1/auth/token) instead of --user; env {TOKEN_ENV}.",
+        )(command)
+        command = click.option(
+            "--user",
+            "auth_user",
+            envvar=USER_ENV,
+            default=None,
+            expose_value=False,
+            callback=_remember_auth_option,
+            help=f"Authenticate as this user (password: ${PASSWORD_ENV}, else asked); env "
+            f"{USER_ENV}.",
+        )(command)
         for name, variable, text in reversed(TLS_OPTIONS):
             command = click.option(
                 tls_key_flag if name == "key" else f"--{name}",
@@ -228,6 +281,7 @@ def make_client(
             attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
             ssl_context=tls_ssl_context(),
+            **auth_client_options(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None

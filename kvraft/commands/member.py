@@ -20,6 +20,7 @@ import click
 from kvraft.client import ClientError, KVClient
 from kvraft.commands.kv import (
     UNREACHABLE_TIMEOUT_S,
+    auth_client_options,
     client_options,
     display_text,
     echo_json,
@@ -103,6 +104,7 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
             ssl_context=tls_ssl_context(),
+            **auth_client_options(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
