@@ -656,6 +656,12 @@ class NodeShell:
         log = self.core.log
         if self._snapshot_in_progress:
             return
+        if log.commit_index - applied > self.core.config.apply_batch_max:
+            # More committed entries are waiting than one Ready applies (a restart replaying
+            # its log, a follower catching up): they are in memory already, and a snapshot
+            # now would be outdated within the next Readies. One is taken once they are
+            # applied; each taken during a replay copied and encoded the whole state again.
+            return
         bytes_threshold = self.snapshot_threshold_bytes
         if applied - log.snapshot.index < self.snapshot_threshold_entries and (
             bytes_threshold is None or log.applied_entry_bytes < bytes_threshold
