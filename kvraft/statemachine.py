@@ -128,7 +128,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import msgpack
 
@@ -868,9 +868,9 @@ def _put_builders() -> tuple[
     """Faster `Change("put", key, revision, prev_revision, value)` and `ApplyResult(index=i,
     ok=True, revision=i, changes=..., prev_record=...)` for `_put`, every write's apply: a
     frozen dataclass's `__init__` sets each field through `object.__setattr__`, about 2 µs for
-    ApplyResult's twelve; these set the slots through their descriptors (as
-    `kvraft.storage.wal` builds entries). Used only while the fields are exactly the ones
-    below (order, names, defaults); otherwise the constructors themselves."""
+    ApplyResult's twelve; these fill a draft of the same layout and turn it into the class
+    (half the time). Used only while the fields are exactly the ones below (order, names,
+    defaults); otherwise the constructors themselves."""
 
     def plain_change(key: str, revision: int, prev_revision: int | None, value: bytes) -> Change:
         return Change("put", key, revision, prev_revision, value)
@@ -903,36 +903,47 @@ def _put_builders() -> tuple[
         or hasattr(ApplyResult, "__post_init__")
     ):
         return plain_change, plain_result
-    new = object.__new__
-    c_kind, c_key, c_revision, c_prev, c_value = (
-        getattr(Change, name).__set__ for name in change_names
-    )
-    r_index, r_ok, r_revision, *r_defaults = (
-        getattr(ApplyResult, name).__set__ for name in result_fields
-    )
-    r_changes = getattr(ApplyResult, "changes").__set__  # noqa: B009
-    r_prev = getattr(ApplyResult, "prev_record").__set__  # noqa: B009
-    defaults = list(zip(r_defaults, expected_defaults.values(), strict=True))
+    # A draft: a plain class with the same slots, filled by ordinary attribute stores and
+    # then turned into the frozen class (`__class__` may change between classes of one
+    # layout; Python checks that, and a TypeError here keeps the constructors).
+    drafts = []
+    for cls in (Change, ApplyResult):
+        names = tuple(f.name for f in fields(cls))
+        draft = type(f"_{cls.__name__}Draft", (), {"__slots__": names})
+        try:
+            probe = draft()
+            probe.__class__ = cls
+        except TypeError:
+            return plain_change, plain_result
+        drafts.append(draft)
+    change_draft, result_draft = drafts
 
     def change(key: str, revision: int, prev_revision: int | None, value: bytes) -> Change:
-        built: Change = new(Change)
-        c_kind(built, "put")
-        c_key(built, key)
-        c_revision(built, revision)
-        c_prev(built, prev_revision)
-        c_value(built, value)
-        return built
+        built: Any = change_draft()
+        built.kind = "put"
+        built.key = key
+        built.revision = revision
+        built.prev_revision = prev_revision
+        built.value = value
+        built.__class__ = Change
+        return cast(Change, built)
 
     def result(index: int, changes: tuple[Change, ...], prev_record: bytes | None) -> ApplyResult:
-        built: ApplyResult = new(ApplyResult)
-        r_index(built, index)
-        r_ok(built, True)
-        r_revision(built, index)
-        for setter, default in defaults:
-            setter(built, default)
-        r_changes(built, changes)
-        r_prev(built, prev_record)
-        return built
+        built: Any = result_draft()
+        built.index = index
+        built.ok = True
+        built.revision = index
+        built.deleted = False
+        built.error = None
+        built.message = ""
+        built.changes = changes
+        built.succeeded = None
+        built.results = ()
+        built.prev_record = prev_record
+        built.remembered = False
+        built.locks_changed = ()
+        built.__class__ = ApplyResult
+        return cast(ApplyResult, built)
 
     return change, result
 
@@ -2003,7 +2014,7 @@ class KVStateMachine:
                 # key or value needs a closer look, takes the full path below.
                 key, value = obj[1], obj[2]
                 if _is_plain_put(key, value):
-                    return self._put(index, PutCommand(key, value, None, False, None, None))
+                    return self._put_plain(index, key, value)
             decoded = _command_of(obj)
         except CommandError as error:
             return ApplyResult(
@@ -2107,6 +2118,21 @@ class KVStateMachine:
         self._attach(put.key, lease_id)
         change = _put_change(put.key, index, current_revision or None, put.value)
         return _put_result(index, (change,), record)
+
+    def _put_plain(self, index: int, key: str, value: bytes) -> ApplyResult:
+        """`_put` of a put without conditions or lease, with its steps inlined: every
+        write's apply, a million of them when a restart replays its log."""
+        records = self._records
+        record = records.get(key)
+        records[key] = value + _REVISION_STRUCT.pack(index)  # _pack_record
+        if record is None:
+            self._keys.add(key)
+            prev_revision = None
+        else:
+            prev_revision = _record_revision(record) or None
+        if self._key_leases:
+            self._attach(key, None)
+        return _put_result(index, (_put_change(key, index, prev_revision, value),), record)
 
     def _delete(self, index: int, delete: DeleteCommand) -> ApplyResult:
         record = self._records.get(delete.key)
