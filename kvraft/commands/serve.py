@@ -470,6 +470,10 @@ async def run_node(
     node = RaftNode(
         config, node_id, spec=None if founding else spec, peer_secret=peer_secret, tls=tls
     )
+    # What a start recovers (up to millions of log entries) lives on and is frozen below: a
+    # collection meanwhile would only scan it, again and again as it grows (#22: 0.15 s of
+    # the 0.75 s a 1,000,000-entry WAL takes to open).
+    gc.disable()
     try:
         await node.start()
     except StorageCorruptionError as error:
@@ -508,6 +512,7 @@ async def run_node(
     # What the node loaded at start (its state machine, its log) lives on: collections need
     # not scan it again and again.
     gc.freeze()
+    gc.enable()
     api = HttpApi(node, http_connections_max=http_connections_max)
     runner = web.ServerRunner(api.server, handle_signals=False)
     await runner.setup()
