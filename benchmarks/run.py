@@ -323,6 +323,32 @@ def _print_storage(results: dict[str, Any]) -> None:
         )
 
 
+def _print_recovery(results: dict[str, Any]) -> None:
+    """The restart rows again, with the issue's targets, after the benchmark's own tables."""
+    rows = results.get("rows", [])
+    if not rows:
+        return
+    print_table(
+        "Restart (bench_recovery): seconds from spawn until linearizable reads are served",
+        ["case", "keys", "log entries", "serving s", "node CPU s", "RSS MiB", "peak RSS MiB"],
+        [
+            [
+                row["case"],
+                f"{row['keys']:,}",
+                f"{row['log_entries']:,}",
+                f"{row['serving_s']:.2f}",
+                f"{row['node_cpu_s'] or 0:.2f}",
+                f"{row['rss_mib']:,.0f}",
+                f"{row['rss_peak_mib']:,.0f}",
+            ]
+            for row in rows
+        ],
+    )
+    from benchmarks.bench_recovery import print_targets
+
+    print_targets(rows, results.get("entries", 0))
+
+
 def _print_linearizability(results: dict[str, Any]) -> None:
     rows = results.get("rows", [])
     if rows:
@@ -402,6 +428,8 @@ def main(argv: list[str] | None = None) -> None:
                 _print_storage(record.get("results", {}))
             elif benchmark.name == "linearizability":
                 _print_linearizability(record.get("results", {}))
+            elif benchmark.name == "recovery":
+                _print_recovery(record.get("results", {}))
     except KeyboardInterrupt:
         report["interrupted"] = True
         print("\ninterrupted; writing what was measured", flush=True)
