@@ -21,10 +21,12 @@ import pytest
 
 from kvraft.transport import MemoryNetwork, MemoryTransport, PeerTransport, Transport
 from kvraft.transport.frames import (
+    KEEPALIVE_FRAME,
     PIECE_MARKER,
     PROTOCOL_VERSION,
     Handshake,
     HandshakeReply,
+    OutboundHandshake,
     decode_handshake,
     decode_handshake_reply,
     encode_frame,
@@ -33,6 +35,7 @@ from kvraft.transport.frames import (
 from kvraft.transport.tcp import (
     REFUSAL_LOG_KEYS_MAX,
     TransportConfig,
+    _OutboundProtocol,
     reconnect_delay_s,
 )
 
@@ -776,6 +779,33 @@ def test_refused_hosts_are_remembered_up_to_a_bound() -> None:
     assert transport._refusal_log_level("10.0.0.1", "reason") == logging.DEBUG
     transport._refusal_log_level("10.0.2.1", "reason")  # one past the bound: forget all
     assert transport._refusal_log_level("10.0.0.1", "reason") == logging.WARNING
+
+
+class _ClosedUvloopTransport(asyncio.Transport):
+    """What uvloop's transport does once closed but before `connection_lost` has run: a
+    write raises RuntimeError ("the handler is closed")."""
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_a_write_to_a_closed_connection_is_dropped_quietly() -> None:
+    # The chaos seed 12 run: a keepalive written to a connection the peer had just closed
+    # raised from uvloop, and the writer task logged a traceback at ERROR and restarted.
+    protocol = _OutboundProtocol(
+        on_lost=lambda: None,
+        handshake=OutboundHandshake(
+            Handshake(protocol_version=1, cluster_id=CLUSTER_ID, node_id=1, target_node_id=2), None
+        ),
+    )
+    protocol.connection_made(_ClosedUvloopTransport())
+    protocol.write(KEEPALIVE_FRAME)  # no RuntimeError
 
 
 async def test_send_refuses_what_it_cannot_deliver(harness: Harness) -> None:

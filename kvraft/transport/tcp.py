@@ -339,8 +339,14 @@ class _OutboundProtocol(asyncio.Protocol):
         return self._write_paused
 
     def write(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
+        """Hand `data` to the connection; nothing if it is already closing (the peer or the
+        kernel closed it and `connection_lost` is on its way): uvloop raises RuntimeError
+        for a write to a closed handle, and the bytes are lost with the connection anyway."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark again."""
