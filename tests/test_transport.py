@@ -472,6 +472,40 @@ async def test_a_message_larger_than_a_frame_arrives_whole_and_in_order(
     assert b.server_stats()["frame_errors"] == 0
 
 
+async def test_a_message_sent_in_parts_arrives_whole_and_the_loop_runs_between_its_frames(
+    harness: Harness,
+) -> None:
+    # A leader's large snapshot: its head and its chunks, never joined into one payload, and
+    # the loop free between two frames (one copy of 200 MiB held it past the election
+    # timeout). While it is queued or in flight, `bulk_pending` says so.
+    config = dataclasses.replace(FAST, frame_bytes_max=1000, pieced_message_bytes_max=100_000)
+    a, _, _, b_inbox = await harness.started_pair(config)
+    parts = [b"head", bytes(range(256)) * 100, b"", b"tail" * 1000]  # 29,604 bytes
+    loop_turns = 0
+
+    async def count_loop_turns() -> None:
+        nonlocal loop_turns
+        while True:
+            loop_turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_loop_turns())
+    try:
+        assert not a.bulk_pending(2)
+        assert await a.send_parts(2, parts, bulk=True)
+        turns = loop_turns
+    finally:
+        counter.cancel()
+    assert turns >= 29  # one per frame, about
+    assert a.bulk_pending(2)
+    await b_inbox.wait_for_count(1)
+    assert b_inbox.payloads() == [b"".join(parts)]
+    assert not a.bulk_pending(2)
+    assert not await a.send_parts(9, parts)  # an unknown peer
+    with pytest.raises(ValueError):
+        await a.send_parts(2, [b"", b""])
+
+
 async def test_the_rest_of_a_message_cut_by_a_lost_connection_is_not_sent_on_the_next(
     harness: Harness,
 ) -> None:
