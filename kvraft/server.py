@@ -35,7 +35,14 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from typing import Any, Protocol, TypeVar
 
 from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
@@ -50,6 +57,7 @@ from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
     CodecError,
     decode_message,
+    encode_install_snapshot_head,
     encode_message,
 )
 from kvraft.raft.core import RaftConfig, RaftCore, Role
@@ -101,6 +109,12 @@ class Transport(Protocol):
     def remove_peer(self, node_id: int) -> None: ...
 
     def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool: ...
+
+    async def send_parts(
+        self, node_id: int, parts: Sequence[bytes], bulk: bool = False
+    ) -> bool: ...
+
+    def bulk_pending(self, node_id: int) -> bool: ...
 
     def flush(self, node_id: int | None = None) -> None: ...
 
@@ -194,7 +208,10 @@ class RaftNode:
         """No new work is taken: the node is stopping, or its storage failed."""
         self._stopped = False
         self.failed: asyncio.Future[BaseException] | None = None
-        self._snapshot_data_cache: tuple[int, bytes] | None = None
+        self._snapshot_data_cache: tuple[int, list[bytes]] | None = None
+        """The data of the last snapshot sent or installed (its index, its chunks)."""
+        self._snapshot_sending: set[int] = set()
+        """The peers a snapshot is being made ready for (`_send_snapshot` running)."""
         self._snapshot_too_large_logged = 0
         # Observability.
         self.leader_changes = 0
@@ -620,7 +637,7 @@ class RaftNode:
             await storage.install_snapshot(persist.snapshot.meta, data)
             # Decoding a large snapshot would hold the event loop: a thread does it.
             restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
-            self._snapshot_data_cache = (persist.snapshot.meta.index, data)
+            self._snapshot_data_cache = (persist.snapshot.meta.index, [data])
             log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
             self._emit("snapshot_installed", index=persist.snapshot.meta.index)
         if persist.entries or persist.hard_state is not None:
@@ -740,16 +757,33 @@ class RaftNode:
         storage = self.storage
         transport = self.transport
         assert storage is not None and transport is not None
+        target = message.target
+        if target in self._snapshot_sending or transport.bulk_pending(target):
+            # The core resends an unanswered InstallSnapshot every `snapshot_retry_ticks`;
+            # while the last one is still being made ready or on its way, another copy of
+            # a large snapshot would only cost the loop time and memory (and be dropped by
+            # the bulk lane's queue). The next retry after it is gone sends it again.
+            return
+        self._snapshot_sending.add(target)
+        try:
+            await self._send_snapshot_parts(message, storage, transport)
+        finally:
+            self._snapshot_sending.discard(target)
+
+    async def _send_snapshot_parts(
+        self, message: InstallSnapshot, storage: Storage, transport: Transport
+    ) -> None:
         cached = self._snapshot_data_cache
         if cached is not None and cached[0] == message.meta.index:
-            data = cached[1]
+            chunks = cached[1]
         else:
-            data = b"".join([c async for c in storage.open_snapshot_chunks(message.meta)])
-            self._snapshot_data_cache = (message.meta.index, data)
-        full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
-        # Data alone past the limit is not encoded (on the loop) at every retry.
-        payload = encode_message(full) if len(data) <= INSTALL_SNAPSHOT_BYTES_MAX else None
-        if payload is None or len(payload) > INSTALL_SNAPSHOT_BYTES_MAX:
+            # Kept as read, a chunk at a time: joined, a large snapshot held the loop.
+            chunks = [c async for c in storage.open_snapshot_chunks(message.meta)]
+            self._snapshot_data_cache = (message.meta.index, chunks)
+        data_bytes = sum(len(chunk) for chunk in chunks)
+        fits = data_bytes <= INSTALL_SNAPSHOT_BYTES_MAX
+        head = encode_install_snapshot_head(message, data_bytes) if fits else b""
+        if not fits or len(head) + data_bytes > INSTALL_SNAPSHOT_BYTES_MAX:
             # No peer accepts an InstallSnapshot past the limit: the follower cannot catch up
             # this way. Say so (once per snapshot) instead of failing at every retry.
             if self._snapshot_too_large_logged != message.meta.index:
@@ -761,12 +795,14 @@ class RaftNode:
                     self.id,
                     message.target,
                     message.meta.index,
-                    len(data),
+                    data_bytes,
                     INSTALL_SNAPSHOT_BYTES_MAX,
                 )
             return
-        # Larger than a frame, it goes in pieces on the bulk lane.
-        transport.send(message.target, payload, bulk=True)
+        # The encoded message is the head, then the data: never copied into one payload
+        # (the loop runs between two frames of it). Larger than a frame, it goes in pieces
+        # on the bulk lane.
+        await transport.send_parts(message.target, [head, *chunks], bulk=True)
         self._emit("snapshot_sent", to=message.target, index=message.meta.index)
 
     # --- membership ---------------------------------------------------------------------

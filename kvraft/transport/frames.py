@@ -52,7 +52,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,7 @@ __all__ = [
     "encode_handshake_reply",
     "encode_proof",
     "handshake_proof",
+    "iter_pieces",
     "split_into_pieces",
 ]
 
@@ -289,6 +290,43 @@ def split_into_pieces(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) ->
             )
             pieces.append(bytes((PIECE_MARKER, kind)) + view[start : start + share])
     return pieces
+
+
+def iter_pieces(parts: Sequence[bytes], frame_bytes_max: int = FRAME_BYTES_MAX) -> Iterator[bytes]:
+    """The frames of `split_into_pieces(b"".join(parts))`, one at a time, without joining
+    the parts first: a caller copying a large message (a snapshot) can let other work run
+    between two frames instead of copying all of it at once."""
+    total = sum(len(part) for part in parts)
+    if total <= frame_bytes_max:
+        yield b"".join(parts)
+        return
+    share = frame_bytes_max - PIECE_HEADER_BYTES
+    if share < 1:
+        raise ValueError(f"frame_bytes_max {frame_bytes_max} leaves no room for a piece")
+    position = 0  # of the next byte, in the whole message
+    part_index = offset = 0  # the part it is in, and where
+    while position < total:
+        kind = (
+            PIECE_FIRST
+            if position == 0
+            else PIECE_LAST
+            if position + share >= total
+            else PIECE_MIDDLE
+        )
+        pieces: list[bytes | memoryview] = [bytes((PIECE_MARKER, kind))]
+        wanted = min(share, total - position)
+        while wanted:
+            part = parts[part_index]
+            take = min(wanted, len(part) - offset)
+            if take:
+                pieces.append(memoryview(part)[offset : offset + take])
+            offset += take
+            wanted -= take
+            position += take
+            if offset == len(part):
+                part_index += 1
+                offset = 0
+        yield b"".join(pieces)
 
 
 class FrameDecoder:

@@ -90,6 +90,7 @@ from kvraft.transport.frames import (
     PiecesBudget,
     encode_frame,
     encode_handshake_reply,
+    iter_pieces,
     split_into_pieces,
 )
 
@@ -339,8 +340,14 @@ class _OutboundProtocol(asyncio.Protocol):
         return self._write_paused
 
     def write(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
+        """Hand `data` to the connection; nothing if it is already closing (the peer or the
+        kernel closed it and `connection_lost` is on its way): uvloop raises RuntimeError
+        for a write to a closed handle, and the bytes are lost with the connection anyway."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark again."""
@@ -513,6 +520,11 @@ class _Outbound:
         dial now (a restarted node is back within one round trip, not the backoff's seconds)."""
         if self._protocol is None:
             self._dial_now.set()
+
+    @property
+    def pending(self) -> bool:
+        """Payloads queued, or written but not yet confirmed drained to the kernel."""
+        return bool(self._queue) or self._unconfirmed_messages > 0
 
     def stats(self) -> dict[str, int]:
         """The lane's counters, keyed as in `STAT_KEYS`."""
@@ -1202,6 +1214,38 @@ class PeerTransport:
                 peer.bulk.start()  # the bulk lane connects on first use
             return peer.bulk.offer(frames)
         return peer.normal.offer(frames)
+
+    async def send_parts(self, node_id: int, parts: Sequence[bytes], bulk: bool = False) -> bool:
+        """`send(node_id, b"".join(parts), bulk)`, without the join: a payload larger than a
+        frame is cut into its pieces one frame at a time, letting the loop run between two
+        (a 200 MiB snapshot copied at once held the loop for most of a second, past the
+        election timeout). Queued all or none once every piece is made."""
+        size = sum(len(part) for part in parts)
+        limit = self.config.pieced_message_bytes_max
+        if not size or size > limit:
+            raise ValueError(f"payload of {size} bytes is not in 1..{limit}")
+        if node_id not in self._peers:
+            self._counters["unknown_peer_sends"] += 1
+            return False
+        frames: list[bytes] = []
+        for frame in iter_pieces(parts, self.config.frame_bytes_max):
+            frames.append(frame)
+            await asyncio.sleep(0)
+        peer = self._peers.get(node_id)  # it may have been removed meanwhile
+        if peer is None:
+            self._counters["unknown_peer_sends"] += 1
+            return False
+        if bulk:
+            if self.running:
+                peer.bulk.start()
+            return peer.bulk.offer(frames)
+        return peer.normal.offer(frames)
+
+    def bulk_pending(self, node_id: int) -> bool:
+        """Whether the peer's bulk lane still holds a payload not yet handed to the kernel
+        in full (queued, or written but waiting for the peer to read)."""
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.bulk.pending
 
     def flush(self, node_id: int | None = None) -> None:
         """See `kvraft.transport.Transport.flush` (normal lanes; bulk ones go at their pace)."""
