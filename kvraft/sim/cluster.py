@@ -25,7 +25,6 @@ from typing import Any
 
 from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
 from kvraft.events import CoreEvents, EventLog
-from kvraft.leases import LeaseTimer
 from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     Configuration,
@@ -38,6 +37,7 @@ from kvraft.raft.messages import (
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import SafetyCheckers, Violation
+from kvraft.sim.leases import LeaseCall, LeaseChecker, sim_lease_timer
 from kvraft.sim.network import SimNetwork
 from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
 from kvraft.watch import WatchHub, changes_of
@@ -95,7 +95,7 @@ class ClientOp:
     """One client operation, recorded for the linearizability checker."""
 
     process: int
-    kind: str  # read | write | cas | delete | txn
+    kind: str  # read | write | cas | delete | txn | lease (a lease client's write)
     key: str
     value: str | None = None
     expected: str | None = None
@@ -108,6 +108,10 @@ class ClientOp:
     revision_seen: int = 0
     txn: BankTxn | None = None
     """For a txn: the bank transaction (`kvraft.sim.bank`); its output is the ApplyResult."""
+    lease: LeaseCall | None = None
+    """For a lease client's operation (`kvraft.sim.leases`): kind "lease" for its writes
+    (their output is the ApplyResult), "read" for its reads and keepalives (ReadIndex rounds:
+    one that times out did not happen). Kept out of the linearizability check."""
 
 
 @dataclass(slots=True)
@@ -126,6 +130,10 @@ class SimNode:
     """(step the write completes at, the write), in the order they were issued."""
     core_events: CoreEvents = field(init=False)
     """The daemon's event derivation (`kvraft.events`), fed after every Ready as there."""
+    lease_no_promote_extension: bool = False
+    """Test-only bug in this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
+    ticks_before_start: int = 0
+    """The ticks this node's lease timers counted before its last (re)start."""
 
     def __post_init__(self) -> None:
         self.start()
@@ -140,8 +148,18 @@ class SimNode:
         assert isinstance(state_machine, KVStateMachine)
         return state_machine
 
+    def lease_clock(self) -> int:
+        """This node's clock for the lease checker: the ticks its shells processed, summed
+        over its restarts (a restart resets the lease timer's count, not this)."""
+        timer = self.shell.lease_timer
+        assert timer is not None
+        return self.ticks_before_start + timer.now_ticks
+
     def start(self) -> None:
         """(Re)start from what the disk kept."""
+        previous: NodeShell | None = getattr(self, "shell", None)  # None at the first start
+        if previous is not None and previous.lease_timer is not None:
+            self.ticks_before_start += previous.lease_timer.now_ticks
         core = RaftCore(
             self.config,
             self.rng,
@@ -154,8 +172,11 @@ class SimNode:
             KVStateMachine.restore_bytes(self.disk.snapshot_data),
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
-            # The simulator has no milliseconds: one tick stands for one.
-            lease_timer=LeaseTimer(1, self.config.election_ticks),
+            # One tick stands for the daemon's default (`kvraft.sim.leases.SIM_TICK_MS`).
+            lease_timer=sim_lease_timer(
+                self.config.election_ticks,
+                no_promote_extension=self.lease_no_promote_extension,
+            ),
         )
         # A byte budget per Ready as small as the seed's AppendEntries batches, so runs
         # split proposals and peer messages across Readies (what 1 MiB values do in the
@@ -185,15 +206,54 @@ def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[A
             found = node.state_machine.get(op.key)
             op.output = found[0].decode() if found else None
             op.revision_seen = found[1] if found else 0
+            if op.lease is not None:
+                op.lease.read_index = answer.result()
+                op.lease.read_revision = op.revision_seen
         elif op.kind == "cas":
             result = answer.result()
             assert isinstance(result, ApplyResult)
             op.output = result.ok
-        elif op.kind == "txn":
+        elif op.kind in ("txn", "lease"):
             op.output = answer.result()
         cluster._finish(op, "ok")
 
     answer: Future[Any] = Future()
+    answer.add_done_callback(answered)
+    return answer
+
+
+def _keepalive_answer(
+    cluster: SimCluster, shell: NodeShell, op: ClientOp, arrived_ticks: int
+) -> Future[int]:
+    """A lease keepalive after its ReadIndex round, exactly as the daemon's
+    (`kvraft.server.KVNode.keepalive_lease`): the lease must still exist once the read is
+    released, this node must still lead, and the deadline counts from `arrived_ticks`."""
+    call = op.lease
+    assert call is not None
+
+    def answered(answer: Future[int]) -> None:
+        if answer.exception() is not None:
+            cluster._finish(op, "fail")
+            return
+        call.read_index = answer.result()
+        found = shell.state_machine.lease(call.lease_id)  # type: ignore[attr-defined]
+        if found is None:
+            call.not_found = True
+            cluster._finish(op, "fail")
+            return
+        timer = shell.leases_follow_leadership()
+        assert timer is not None
+        if timer.leader_term is None:  # NotLeader
+            cluster._finish(op, "fail")
+            return
+        if not timer.keepalive(call.lease_id, arrived_ticks):
+            call.not_found = True
+            cluster._finish(op, "fail")
+            return
+        op.output = found[0]
+        cluster._finish(op, "ok")
+
+    answer: Future[int] = Future()
     answer.add_done_callback(answered)
     return answer
 
@@ -223,11 +283,13 @@ class SimCluster:
         make_config: Callable[[int], RaftConfig],
         trace: Callable[[str], None] | None = None,
         write_delay_steps_max: int = 3,
+        lease_no_promote_extension: bool = False,
     ) -> None:
         self.rng = rng
         self.network = network
         self.now = 0
         self.checkers = SafetyCheckers()
+        self.lease_checker = LeaseChecker(self.lease_clocks)
         self.trace = trace
         self.write_delay_steps_max = write_delay_steps_max
         """0: every write completes before the next Ready is built (no pipelining)."""
@@ -242,6 +304,7 @@ class SimCluster:
                 SimDisk(start),
                 random.Random(rng.getrandbits(64)),
                 tick_phase=rng.randrange(TICK_STEPS),
+                lease_no_promote_extension=lease_no_promote_extension,
             )
             self._watch_applies(node)
             self.nodes[node_id] = node
@@ -264,6 +327,7 @@ class SimCluster:
         """Advance one step: ticks and messages due now are fed to each node as one batch
         (the daemon's way), writes due now complete, then the checkers run."""
         self.now += 1
+        self.lease_checker.now = self.now
         changed = self._changed
         self._changed = False
         fed: dict[int, SimNode] = {}
@@ -291,6 +355,10 @@ class SimCluster:
             self.checkers.after_step(self.live_cores())
             self._trace_roles()
 
+    def lease_clocks(self) -> dict[int, int]:
+        """Every node's clock for the lease checker (`SimNode.lease_clock`), down or not."""
+        return {node.id: node.lease_clock() for node in self.nodes.values()}
+
     def live_cores(self) -> list[RaftCore]:
         return [node.core for node in self.nodes.values() if node.alive]
 
@@ -311,8 +379,11 @@ class SimCluster:
                         )
 
     def _watch_applies(self, node: SimNode) -> None:
+        shell = node.shell
+
         def applied(entry: Entry, result: object) -> None:
             self.checkers.on_apply(node.id, entry)
+            self.lease_checker.applied(node.id, shell.state_machine, entry, result)  # type: ignore[arg-type]
             if self.on_changes is not None:
                 self.on_changes(entry.index, changes_of(entry, result))
 
@@ -329,6 +400,9 @@ class SimCluster:
         self._changed = True
         while node.alive and shell.wants_advance:
             persist = shell.advance()
+            ready = shell.last_ready
+            if ready is not None and ready.entries:
+                self.lease_checker.appended(node.id, node.lease_clock, ready.entries)
             node.core_events.observe(node.core, float(self.now))
             self._send_all(node)
             if persist is not None:
@@ -417,6 +491,18 @@ class SimCluster:
         if not node.alive:
             self._finish(op, "fail")
             return
+        if op.lease is not None and op.lease.kind == "keepalive":
+            timer = node.shell.lease_timer
+            assert timer is not None
+            # The tick count before the ReadIndex round, as the daemon takes it.
+            arrived_ticks = timer.now_ticks
+            op.lease.clocks = self.lease_clocks()
+            op.lease.node_id = node_id
+            keepalive = _keepalive_answer(self, node.shell, op, arrived_ticks)
+            self._pending.append((op, keepalive))
+            node.shell.read(keepalive)
+            self._advance(node)
+            return
         answer = _client_answer(self, node, op)
         self._pending.append((op, answer))
         if op.kind == "read":
@@ -432,6 +518,8 @@ class SimCluster:
     def _command(self, op: ClientOp) -> bytes:
         if op.txn is not None:
             return op.txn.command()
+        if op.lease is not None:
+            return op.lease.command()
         if op.kind == "delete":
             return encode_delete(op.key)
         assert op.value is not None
