@@ -226,7 +226,7 @@ def _keepalive_answer(
     cluster: SimCluster, shell: NodeShell, op: ClientOp, arrived_ticks: int
 ) -> Future[int]:
     """A lease keepalive after its ReadIndex round, exactly as the daemon's
-    (`kvraft.server.KVNode.keepalive_lease`): the lease must still exist once the read is
+    (`kvraft.server.RaftNode.keepalive_lease`): the lease must still exist once the read is
     released, this node must still lead, and the deadline counts from `arrived_ticks`."""
     call = op.lease
     assert call is not None
@@ -236,7 +236,9 @@ def _keepalive_answer(
             cluster._finish(op, "fail")
             return
         call.read_index = answer.result()
-        found = shell.state_machine.lease(call.lease_id)  # type: ignore[attr-defined]
+        machine = shell.state_machine
+        assert isinstance(machine, KVStateMachine)
+        found = machine.lease(call.lease_id)
         if found is None:
             call.not_found = True
             cluster._finish(op, "fail")
@@ -383,7 +385,9 @@ class SimCluster:
 
         def applied(entry: Entry, result: object) -> None:
             self.checkers.on_apply(node.id, entry)
-            self.lease_checker.applied(node.id, shell.state_machine, entry, result)  # type: ignore[arg-type]
+            machine = shell.state_machine  # (replaced when a snapshot is restored)
+            assert isinstance(machine, KVStateMachine)
+            self.lease_checker.applied(node.id, machine, entry, result)
             if self.on_changes is not None:
                 self.on_changes(entry.index, changes_of(entry, result))
 

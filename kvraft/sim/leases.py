@@ -9,7 +9,7 @@ timeouts), attach `LEASE_KEYS` to them with puts, keep some alive every third of
 as the client library does, stop keeping others alive so that they expire, revoke some, read
 the lease keys, put to leases they know are gone, and detach keys with a plain put or a
 delete; all while the nemesis crashes, partitions and moves leadership. A keepalive goes
-through the node exactly as the daemon's does (`kvraft.server.KVNode.keepalive_lease`, done
+through the node exactly as the daemon's does (`kvraft.server.RaftNode.keepalive_lease`, done
 by `SimCluster`): the tick count taken before a ReadIndex round, then the lease looked up and
 `LeaseTimer.keepalive`. An expiry is the leader's own `LeaseTimer` at work inside the node's
 shell, as in the daemon.
@@ -39,9 +39,11 @@ Why a node's own ticks, and why the bound is exact
 --------------------------------------------------
 Each node's clock (`SimNode.lease_clock`) is the ticks its shell has processed, summed over
 its restarts: what its `LeaseTimer` counts, without the reset at a restart. Global simulated
-time would be looser and wrong at once: nodes tick at different phases of a tick, and a
-shell waiting on a term write skips a tick now and then, so a leader's ticks fall behind the
-global count (a lease then lives longer, which is allowed). In a node's own ticks a correct
+time would need a tick of slack, and so miss an expiry one tick early: nodes tick at their
+own phase of the `TICK_STEPS` cycle, so a keepalive that arrives just after its leader's
+tick expires TTL of the leader's ticks later but up to a tick sooner in global steps (and a
+shell waiting on a term write skips a tick now and then, which only makes a lease live
+longer, as the leader's clock says). In a node's own ticks a correct
 leader meets the bound with equality: a keepalive it acknowledged refreshes the deadline to
 the ticks at arrival plus the TTL, and it proposes the expiry at the tick that reaches it; a
 grant it applies gets the same from the tick of the apply. A later leader was elected after
