@@ -1,6 +1,6 @@
 """Leases in the simulator (`kvraft.sim.leases`, #19): clean seeds keep both lease properties
-while leases really expire through failovers; a new leader that gives no full-TTL grace is
-caught; and each rule of the checker bites on a history that breaks it."""
+while leases really expire through failovers; lease timers and keepalives that shorten a
+lease are caught; and each rule of the checker bites on a history that breaks it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from kvraft.raft.messages import Entry
 from kvraft.sim.checkers import Violation
+from kvraft.sim.cluster import TICK_STEPS
 from kvraft.sim.leases import LeaseCall, LeaseChecker, ttl_ticks
 from kvraft.sim.runner import SimOptions, SimResult, run_seed
 from kvraft.statemachine import (
@@ -21,18 +22,22 @@ from kvraft.statemachine import (
 )
 
 BUG_SEEDS_MAX = 10
-"""The broken lease timer must be caught within this many seeds."""
+"""A broken lease timer must be caught within this many short seeds."""
 
-BUG = "lease_no_promote_extension"
+CLEAR_BUG_SEEDS_MAX = 30
+"""A keepalive that leaves its lease's checkpoint needs a failover inside a checkpoint
+interval after it: caught in about one full-length 3-node seed in ten."""
 
 
-def _first_violation(bug: str, nodes: int) -> SimResult:
-    options = SimOptions(nodes=nodes, chaos_ticks=300, bugs=frozenset({bug}))
-    for seed in range(1, BUG_SEEDS_MAX + 1):
+def _first_violation(
+    bug: str, nodes: int, ticks: int = 300, seeds: int = BUG_SEEDS_MAX
+) -> SimResult:
+    options = SimOptions(nodes=nodes, chaos_ticks=ticks, bugs=frozenset({bug}))
+    for seed in range(1, seeds + 1):
         result = run_seed(seed, options)
         if result.violation is not None:
             return result
-    raise AssertionError(f"bug {bug} was not caught within {BUG_SEEDS_MAX} seeds")
+    raise AssertionError(f"bug {bug} was not caught within {seeds} seeds")
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -40,9 +45,24 @@ def test_a_new_leader_that_counts_ttls_from_the_grant_is_caught(nodes: int) -> N
     """The test-only timer gives a new leader no full-TTL grace: a lease its predecessor
     kept alive expires at the new leader's first tick, well within a TTL of the last
     acknowledged keepalive."""
-    result = _first_violation(BUG, nodes)
+    result = _first_violation("lease_no_promote_extension", nodes)
     assert result.property_name == "lease ttl", result
-    assert "keepalive answered by" in (result.violation or "")
+    assert "keepalive n" in (result.violation or ""), result
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_a_deadline_counted_from_a_tick_old_count_is_caught(nodes: int) -> None:
+    """A keepalive or grant arrives between two ticks: counting TTL ticks from the count
+    before it (as `LeaseTimer` once did) expires the lease up to a tick early."""
+    result = _first_violation("lease_deadline_from_last_tick", nodes)
+    assert result.property_name == "lease ttl", result
+
+
+def test_a_keepalive_that_leaves_its_checkpoint_in_the_log_is_caught() -> None:
+    """A new leader starts a checkpointed lease from the checkpoint's remainder: a
+    keepalive acknowledged without clearing it first is forgotten at the failover."""
+    result = _first_violation("lease_keepalive_no_clear", 3, 1500, CLEAR_BUG_SEEDS_MAX)
+    assert result.property_name == "lease ttl", result
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -53,23 +73,25 @@ def test_clean_seeds_keep_both_lease_properties_through_failovers(nodes: int) ->
         assert result.violation is None, (seed, result.violation)
         for name, count in result.leases.items():
             totals[name] = totals.get(name, 0) + count
-    # The checker had work: leases were revoked, kept alive and expired, some of them by a
-    # leader other than the one that acknowledged their last keepalive.
+    # The checker had work: leases were revoked, kept alive (clearing checkpoints) and
+    # expired, some by a leader other than the one that acknowledged their last keepalive.
     assert totals["revoked"] > 0 and totals["keepalives_acknowledged"] > 0, totals
     assert totals["expired"] > 0 and totals["expired_after_failover"] > 0, totals
+    assert totals["checkpoints"] > 0 and totals["checkpoint_clears"] > 0, totals
 
 
-def test_the_bug_switch_is_a_cli_flag_that_fails_the_run() -> None:
-    arguments = ["--seeds", "1-3", "--nodes", "5", "--ticks", "300", "--jobs", "1", "--bug", BUG]
+def test_a_lease_bug_is_a_cli_flag_that_fails_the_run() -> None:
+    bug = "lease_no_promote_extension"
+    arguments = ["--seeds", f"1-{BUG_SEEDS_MAX}", "--nodes", "5", "--ticks", "300", "--bug", bug]
     result = subprocess.run(
-        [sys.executable, "-m", "kvraft", "sim", *arguments],
+        [sys.executable, "-m", "kvraft", "sim", *arguments, "--jobs", "1"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "lease ttl" in result.stdout
-    assert f"--bug {BUG}" in result.stdout  # the replay command keeps it
+    assert f"--bug {bug}" in result.stdout  # the replay command keeps it
 
 
 # --- the checker's rules, one by one --------------------------------------------------------
@@ -95,7 +117,7 @@ class _Node:
 
 def _checker(clocks: dict[int, int] | None = None) -> LeaseChecker:
     now = clocks if clocks is not None else {1: 0}
-    return LeaseChecker(lambda: dict(now))
+    return LeaseChecker(lambda: dict(now), TICK_STEPS)
 
 
 def test_a_correct_revoke_passes_and_a_key_that_outlives_its_lease_is_caught() -> None:
@@ -149,29 +171,34 @@ def test_reads_and_keepalives_at_or_after_a_revoke_must_not_see_the_lease() -> N
         checker.check([(0, keepalive)])
 
 
-@pytest.mark.parametrize("extra", [-1, 0, 5])
-def test_an_expiry_is_checked_in_the_proposers_ticks_since_the_last_acknowledged_keepalive(
-    extra: int,
+@pytest.mark.parametrize(
+    "extra_steps, extra_ticks, caught",
+    [(0, 0, False), (5, 3, False), (-1, 0, True), (0, -1, True)],
+)
+def test_an_expiry_is_checked_in_steps_and_in_the_proposers_ticks_since_the_last_keepalive(
+    extra_steps: int, extra_ticks: int, caught: bool
 ) -> None:
-    """TTL ticks of the proposer's clock after the keepalive's arrival is the earliest a
-    correct leader expires a lease (`extra` 0); one tick earlier is a violation."""
+    """TTL after the acknowledged keepalive's arrival, in simulated steps and in the
+    proposing leader's own ticks, is the earliest a correct leader expires a lease; a step
+    or a tick earlier is a violation."""
     checker = _checker({1: 0, 2: 0})
     node = _Node(checker)
-    lease = node.apply(encode_lease_grant(3))
+    lease = node.apply(encode_lease_grant(3))  # at step 0
     ttl = ttl_ticks(3)
-    # A keepalive arrives at n2 at tick 40 of n1's clock (n2's: 35), and is acknowledged.
+    # A keepalive arrives at n2 at step 400, tick 40 of n1's clock (n2's: 35), and is
+    # acknowledged; n1, leading later, proposes the expiry.
     keepalive = LeaseCall("keepalive", lease_id=lease, clocks={1: 40, 2: 35}, node_id=2)
-    # n1, leading later, proposes the expiry at its own tick 40 + TTL + extra.
+    checker.now = 400 + ttl * TICK_STEPS + extra_steps
     expiry = Entry(2, 2, data=encode_lease_revoke(lease, expired=True))
-    checker.appended(1, lambda: 40 + ttl + extra, [expiry])
+    checker.appended(1, lambda: 40 + ttl + extra_ticks, [expiry])
     checker.applied(1, node.machine, expiry, node.machine.apply(2, expiry.data))
-    if extra < 0:
+    if caught:
         with pytest.raises(Violation) as found:
-            checker.check([(100, keepalive)])
+            checker.check([(400, keepalive)])
         assert found.value.property_name == "lease ttl"
-        assert f"{ttl - 1} of its ticks after the keepalive answered by n2" in str(found.value)
+        assert "after the keepalive n2 acknowledged, sent at step 400" in str(found.value)
     else:
-        counts = checker.check([(100, keepalive)])
+        counts = checker.check([(400, keepalive)])
         assert counts["expired"] == 1 and counts["expired_after_failover"] == 1
-    # Without that keepalive, the grant (at n1's tick 0) is the reference: no violation.
+    # Without that keepalive, the grant (at step 0, n1's tick 0) is the reference.
     assert checker.check([])["expired"] == 1

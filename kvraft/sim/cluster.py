@@ -37,9 +37,21 @@ from kvraft.raft.messages import (
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import SafetyCheckers, Violation
-from kvraft.sim.leases import LeaseCall, LeaseChecker, sim_lease_timer
+from kvraft.sim.leases import (
+    CHECKPOINT_INTERVAL_TICKS_CHOICES,
+    LeaseCall,
+    LeaseChecker,
+    sim_lease_timer,
+)
 from kvraft.sim.network import SimNetwork
-from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
+from kvraft.statemachine import (
+    ApplyResult,
+    Change,
+    KVStateMachine,
+    encode_delete,
+    encode_lease_checkpoint,
+    encode_put,
+)
 from kvraft.watch import WatchHub, changes_of
 
 __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
@@ -130,8 +142,10 @@ class SimNode:
     """(step the write completes at, the write), in the order they were issued."""
     core_events: CoreEvents = field(init=False)
     """The daemon's event derivation (`kvraft.events`), fed after every Ready as there."""
-    lease_no_promote_extension: bool = False
-    """Test-only bug in this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
+    lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0]
+    """How often this node, leading, checkpoints remaining TTLs (`kvraft.leases`)."""
+    lease_bugs: frozenset[str] = frozenset()
+    """Test-only bugs of this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
     ticks_before_start: int = 0
     """The ticks this node's lease timers counted before its last (re)start."""
 
@@ -175,7 +189,8 @@ class SimNode:
             # One tick stands for the daemon's default (`kvraft.sim.leases.SIM_TICK_MS`).
             lease_timer=sim_lease_timer(
                 self.config.election_ticks,
-                no_promote_extension=self.lease_no_promote_extension,
+                self.lease_checkpoint_interval_ticks,
+                self.lease_bugs,
             ),
         )
         # A byte budget per Ready as small as the seed's AppendEntries batches, so runs
@@ -226,37 +241,60 @@ def _keepalive_answer(
     cluster: SimCluster, shell: NodeShell, op: ClientOp, arrived_ticks: int
 ) -> Future[int]:
     """A lease keepalive after its ReadIndex round, exactly as the daemon's
-    (`kvraft.server.RaftNode.keepalive_lease`): the lease must still exist once the read is
-    released, this node must still lead, and the deadline counts from `arrived_ticks`."""
+    (`kvraft.server.RaftNode.keepalive_lease`): once the read is released, the lease must
+    still exist and this node still lead; a checkpoint of the lease in the log (or proposed)
+    is cleared first, through the log, and all of it is checked again once the clear
+    applied; then the deadline counts from `arrived_ticks`. (Each step waits within the
+    operation's one deadline, where the daemon gives each await its own timeout.)"""
     call = op.lease
     assert call is not None
 
-    def answered(answer: Future[int]) -> None:
-        if answer.exception() is not None:
-            cluster._finish(op, "fail")
-            return
-        call.read_index = answer.result()
+    def fail(not_found: bool = False) -> None:
+        call.not_found = not_found
+        cluster._finish(op, "fail")
+
+    def keepalive() -> None:
         machine = shell.state_machine
         assert isinstance(machine, KVStateMachine)
         found = machine.lease(call.lease_id)
         if found is None:
-            call.not_found = True
-            cluster._finish(op, "fail")
+            fail(not_found=True)
             return
         timer = shell.leases_follow_leadership()
         assert timer is not None
         if timer.leader_term is None:  # NotLeader
-            cluster._finish(op, "fail")
+            fail()
+            return
+        checkpointed_ms = machine.lease_checkpoint_ms(call.lease_id)
+        if cluster.lease_keepalive_clears and timer.needs_clear(call.lease_id, checkpointed_ms):
+            cleared: Future[Any] = Future()
+            cleared.add_done_callback(after(keepalive))
+            cluster._pending.append((op, cleared))
+            # Inside the shell's advance: the loop in SimCluster._advance feeds it.
+            shell.propose(encode_lease_checkpoint([(call.lease_id, 0)]), cleared)
             return
         if not timer.keepalive(call.lease_id, arrived_ticks):
-            call.not_found = True
-            cluster._finish(op, "fail")
+            fail(not_found=True)
             return
         op.output = found[0]
         cluster._finish(op, "ok")
 
+    def after(then: Callable[[], None]) -> Callable[[Future[Any]], None]:
+        def answered(answer: Future[Any]) -> None:
+            if answer.exception() is not None:
+                fail()
+            else:
+                then()
+
+        return answered
+
+    def read_released(answer: Future[int]) -> None:
+        if answer.exception() is None:
+            call.read_index = answer.result()
+        after(keepalive)(answer)
+
     answer: Future[int] = Future()
-    answer.add_done_callback(answered)
+    answer.add_done_callback(read_released)
     return answer
 
 
@@ -285,13 +323,16 @@ class SimCluster:
         make_config: Callable[[int], RaftConfig],
         trace: Callable[[str], None] | None = None,
         write_delay_steps_max: int = 3,
-        lease_no_promote_extension: bool = False,
+        lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0],
+        lease_bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.rng = rng
         self.network = network
         self.now = 0
         self.checkers = SafetyCheckers()
-        self.lease_checker = LeaseChecker(self.lease_clocks)
+        self.lease_checker = LeaseChecker(self.lease_clocks, TICK_STEPS)
+        self.lease_keepalive_clears = "lease_keepalive_no_clear" not in lease_bugs
+        """False: the test-only bug `lease_keepalive_no_clear` (`kvraft.sim.leases`)."""
         self.trace = trace
         self.write_delay_steps_max = write_delay_steps_max
         """0: every write completes before the next Ready is built (no pipelining)."""
@@ -306,7 +347,8 @@ class SimCluster:
                 SimDisk(start),
                 random.Random(rng.getrandbits(64)),
                 tick_phase=rng.randrange(TICK_STEPS),
-                lease_no_promote_extension=lease_no_promote_extension,
+                lease_checkpoint_interval_ticks=lease_checkpoint_interval_ticks,
+                lease_bugs=lease_bugs,
             )
             self._watch_applies(node)
             self.nodes[node_id] = node

@@ -5,14 +5,15 @@ The workload
 A few lease clients (processes of their own, apart from the register and bank clients) each
 hold up to `HELD_MAX` leases. They grant leases of a few seconds (`SIM_TICK_MS` says what a
 simulated tick stands for: the shortest TTL the daemon allows is 3 longest election
-timeouts), attach `LEASE_KEYS` to them with puts, keep some alive every third of their TTL
-as the client library does, stop keeping others alive so that they expire, revoke some, read
-the lease keys, put to leases they know are gone, and detach keys with a plain put or a
-delete; all while the nemesis crashes, partitions and moves leadership. A keepalive goes
-through the node exactly as the daemon's does (`kvraft.server.RaftNode.keepalive_lease`, done
-by `SimCluster`): the tick count taken before a ReadIndex round, then the lease looked up and
-`LeaseTimer.keepalive`. An expiry is the leader's own `LeaseTimer` at work inside the node's
-shell, as in the daemon.
+timeouts), attach `LEASE_KEYS` to them with puts, keep some alive (every third of their TTL
+as the client library does, or later), stop keeping others alive so that they expire, revoke
+some, read the lease keys, put to leases they know are gone, and detach keys with a plain
+put or a delete; all while the nemesis crashes, partitions and moves leadership. A keepalive
+goes through the node exactly as the daemon's does (`kvraft.server.RaftNode.keepalive_lease`,
+done by `SimCluster`): the tick count taken before a ReadIndex round, then the lease looked
+up, its checkpoint cleared through the log if it has one, and `LeaseTimer.keepalive`. Expiries
+and checkpoints are the leader's own `LeaseTimer` at work inside the node's shell, as in the
+daemon, with a checkpoint interval short enough (drawn per seed) to checkpoint sim leases.
 
 The checker
 -----------
@@ -30,30 +31,33 @@ Safety makes every node apply the same entries). Two properties, the issue's:
    - No read of a lease key answered at read index >= i returns a value written under a
      lease revoked at i, and no keepalive answered at read index >= i is acknowledged.
 2. No lease expires before its TTL. Every expiry that applied was proposed by a leader at
-   least the lease's TTL of that leader's ticks after the lease's last reference: the first
-   application of its grant (on any node), or the arrival of any keepalive a client got a
-   success answer for (arrival: where the node read its tick count, before the ReadIndex
-   round). Unanswered keepalives do not count: they promise the client nothing.
+   least the lease's TTL after the lease's last reference, in simulated time and in that
+   leader's own ticks (see below): the first application of its grant (on any node), or the
+   arrival of any keepalive a client got a success answer for (arrival: where the node read
+   its tick count, before the ReadIndex round). Unanswered keepalives do not count: they
+   promise the client nothing.
 
-Why a node's own ticks, and why the bound is exact
---------------------------------------------------
-Each node's clock (`SimNode.lease_clock`) is the ticks its shell has processed, summed over
-its restarts: what its `LeaseTimer` counts, without the reset at a restart. Global simulated
-time would need a tick of slack, and so miss an expiry one tick early: nodes tick at their
-own phase of the `TICK_STEPS` cycle, so a keepalive that arrives just after its leader's
-tick expires TTL of the leader's ticks later but up to a tick sooner in global steps (and a
-shell waiting on a term write skips a tick now and then, which only makes a lease live
-longer, as the leader's clock says). In a node's own ticks a correct
-leader meets the bound with equality: a keepalive it acknowledged refreshes the deadline to
-the ticks at arrival plus the TTL, and it proposes the expiry at the tick that reaches it; a
-grant it applies gets the same from the tick of the apply. A later leader was elected after
-the old leader's ReadIndex round confirmed it, so after the keepalive arrived, and gives
-every lease a full TTL from its first tick as leader; its own ticks since the arrival are
-then at least that TTL. So one tick early is a violation, and a run of correct code passes.
+Time, and why the bound is exact
+--------------------------------
+The simulator knows the true time, its step: the expiry must be proposed at least TTL x
+`TICK_STEPS` steps after the reference. A correct leader meets that within a tick: a
+keepalive arrives between two of its ticks and its deadline counts TTL ticks from the next
+one (`LeaseTimer._deadline`), a grant it applies likewise; a leader elected later was
+elected after the old leader's ReadIndex round confirmed it, so after the keepalive arrived,
+and gives the lease a full TTL from after its own election (or the remainder a checkpoint
+recorded, which a keepalive clears before it is acknowledged). A leader whose deadline
+counted from the tick before the arrival (as kvraft's did before it counted from the next
+one) expires a lease up to a tick early, and is caught. A shell waiting on a term write may
+skip a tick, which only makes its leases live longer, and a leader never waits so.
 
-A test-only bug (`lease_no_promote_extension`, `SimLeaseTimer`) makes a new leader count
-deadlines from when it applied each grant, forgetting the keepalives its predecessor
-acknowledged: the checker must catch it.
+The same is asked in the proposer's own ticks, the leader's clock the issue speaks of (at
+least TTL of them since the reference): `SimNode.lease_clock`, the ticks its shells
+processed, summed over its restarts (what its `LeaseTimer` counts, without the reset).
+
+Test-only bugs the checker must catch (`LEASE_BUGS`): a new leader that counts deadlines from
+when it applied each grant, forgetting the keepalives its predecessor acknowledged; deadlines
+counted from a tick count up to a tick old; a keepalive acknowledged without clearing its
+lease's checkpoint, so that a new leader starts the lease from a stale remainder.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from kvraft.leases import LeaseTimer, lease_ttl_s_min
 from kvraft.raft.messages import Entry, EntryKind
 from kvraft.sim.checkers import Violation
 from kvraft.statemachine import (
+    OP_LEASE_CHECKPOINT,
     OP_LEASE_GRANT,
     OP_LEASE_REVOKE,
     OP_PUT,
@@ -82,7 +87,9 @@ from kvraft.statemachine import (
 )
 
 __all__ = [
+    "CHECKPOINT_INTERVAL_TICKS_CHOICES",
     "HELD_MAX",
+    "LEASE_BUGS",
     "LEASE_KEYS",
     "SIM_TICK_MS",
     "LeaseCall",
@@ -111,13 +118,32 @@ TTL_EXTRA_S_MAX = 2
 """A grant asks for the shortest TTL plus 0..this many seconds."""
 
 KEEP_PROBABILITY = 0.6
-"""A granted lease is kept alive (every third of its TTL); the others are left to expire."""
+"""A granted lease is kept alive; the others are left to expire."""
+
+KEEPALIVE_PERIODS = (1 / 3, 2 / 3, 0.9)
+"""A kept lease's keepalives come every this much of its TTL, drawn per lease: a third, as
+the client library sends them, or late, so that an expiry often races the next keepalive
+(and a new leader that starts a lease from a stale checkpoint beats it)."""
 
 ABANDON_PROBABILITY = 0.03
 """Per operation that is not a due keepalive: the client stops keeping one lease alive."""
 
 GONE_KEPT_MAX = 4
 """Lease ids a client remembers as gone (or abandoned), to put to them now and then."""
+
+CHECKPOINT_INTERVAL_TICKS_CHOICES = (25, 50, 1000)
+"""How often a leader checkpoints remaining TTLs (`kvraft.leases`), drawn per seed: the
+daemon's interval (60 s) is longer than any run, so the simulator shortens it until every
+lease (25), the longer ones (50) or none (1000) are checkpointed, and a keepalive of a
+checkpointed lease writes its clear first."""
+
+TIMER_BUGS = frozenset({"lease_no_promote_extension", "lease_deadline_from_last_tick"})
+"""Test-only bugs of the lease timers (`SimLeaseTimer`)."""
+
+LEASE_BUGS = TIMER_BUGS | {"lease_keepalive_no_clear"}
+"""Every test-only lease bug; ``lease_keepalive_no_clear`` is the keepalive path's
+(`kvraft.sim.cluster`): a keepalive acknowledged with its lease's checkpoint left in the log,
+so a new leader starts the lease from a stale remainder."""
 
 _FIXARRAY_2 = 0x92
 _FIXARRAY_3 = 0x93
@@ -132,34 +158,52 @@ def ttl_ticks(ttl_s: int) -> int:
 
 
 class SimLeaseTimer(LeaseTimer):
-    """`LeaseTimer` with the test-only bug `lease_no_promote_extension`: a new leader gives
-    each lease its TTL from the tick at which this node applied the grant, not from its
-    first tick as leader, so the keepalives its predecessor acknowledged count for nothing.
-    Only built with the bug on: a clean run uses `LeaseTimer` itself."""
+    """`LeaseTimer` with test-only bugs (`LEASE_BUGS`), built only when one is on: a clean run
+    uses `LeaseTimer` itself.
 
-    def __init__(self, election_ticks: int) -> None:
-        super().__init__(SIM_TICK_MS, election_ticks)
+    - ``lease_no_promote_extension``: a new leader gives each lease its TTL from the tick at
+      which this node applied the grant, not from its first tick as leader, so the
+      keepalives its predecessor acknowledged count for nothing.
+    - ``lease_deadline_from_last_tick``: a deadline counts TTL ticks from the tick count at
+      the keepalive's arrival or the grant's apply, which may be most of a tick old (what
+      `LeaseTimer._deadline` once did), not from the next tick.
+    """
+
+    def __init__(
+        self, election_ticks: int, checkpoint_interval_ticks: int, bugs: frozenset[str]
+    ) -> None:
+        super().__init__(SIM_TICK_MS, election_ticks, checkpoint_interval_ticks)
+        self.bugs = bugs
         self._granted_ticks: dict[int, int] = {}
+
+    def _deadline(self, from_ticks: int, ttl_ticks: int) -> int:  # type: ignore[override]
+        if "lease_deadline_from_last_tick" in self.bugs:
+            return from_ticks + ttl_ticks
+        return LeaseTimer._deadline(from_ticks, ttl_ticks)
 
     def granted(self, lease_id: int, ttl_s: int) -> None:
         # Called for every grant applied here, leading or not.
         self._granted_ticks.setdefault(lease_id, self.now_ticks)
         super().granted(lease_id, ttl_s)
 
-    def promote(self, term: int, leases: Iterable[tuple[int, int]]) -> None:
+    def promote(self, term: int, leases: Iterable[tuple[int, int, int]]) -> None:
         super().promote(term, leases)
+        if "lease_no_promote_extension" not in self.bugs:
+            return
         # The bug reaches into the timer's deadlines: there is no public way to be wrong.
         for lease_id, ttl in self._ttl_ticks.items():
             granted = self._granted_ticks.get(lease_id)
             if granted is not None:
-                self._deadline_ticks[lease_id] = granted + ttl
+                self._deadline_ticks[lease_id] = self._deadline(granted, ttl)
 
 
-def sim_lease_timer(election_ticks: int, *, no_promote_extension: bool = False) -> LeaseTimer:
-    """A simulated node's lease timer (`SIM_TICK_MS`), with the test-only bug if asked."""
-    if no_promote_extension:
-        return SimLeaseTimer(election_ticks)
-    return LeaseTimer(SIM_TICK_MS, election_ticks)
+def sim_lease_timer(
+    election_ticks: int, checkpoint_interval_ticks: int, bugs: frozenset[str] = frozenset()
+) -> LeaseTimer:
+    """A simulated node's lease timer (`SIM_TICK_MS`), with the test-only `bugs` asked for."""
+    if bugs & TIMER_BUGS:
+        return SimLeaseTimer(election_ticks, checkpoint_interval_ticks, bugs)
+    return LeaseTimer(SIM_TICK_MS, election_ticks, checkpoint_interval_ticks)
 
 
 @dataclass(slots=True)
@@ -212,6 +256,8 @@ class _Held:
     keep: bool
     refreshed_at: int
     """The step at which the client sent the grant or the last keepalive that succeeded."""
+    period_steps: int
+    """How long after `refreshed_at` the next keepalive is due."""
 
 
 @dataclass(slots=True)
@@ -234,11 +280,10 @@ class LeaseWorkload:
     def next_call(self, process: int, now: int) -> LeaseCall:
         client = self.clients.setdefault(process, _LeaseClient())
         rng = self.rng
-        steps_per_tick = self.tick_steps
-        # A kept lease is refreshed every third of its TTL, as the client library does, and
-        # retried at once while that fails: nothing else comes first.
+        # A kept lease is refreshed every period, and retried at once while that fails:
+        # nothing else comes first.
         due = [
-            (now - held.refreshed_at - ttl_ticks(held.ttl_s) * steps_per_tick // 3, lease_id)
+            (now - held.refreshed_at - held.period_steps, lease_id)
             for lease_id, held in client.held.items()
             if held.keep
         ]
@@ -307,7 +352,8 @@ class LeaseWorkload:
             if not output.ok:
                 raise Violation("lease revoke", f"a grant was refused: {output.message}")
             keep = self.rng.random() < KEEP_PROBABILITY
-            client.held[output.revision] = _Held(call.ttl_s, keep, called_at)
+            period = self.rng.choice(KEEPALIVE_PERIODS) * ttl_ticks(call.ttl_s) * self.tick_steps
+            client.held[output.revision] = _Held(call.ttl_s, keep, called_at, int(period))
         elif call.kind == "revoke" or (
             call.kind == "put" and output.error == ErrorCode.LEASE_NOT_FOUND
         ):
@@ -338,15 +384,16 @@ class LeaseChecker:
     """The lease properties (see the module docstring), fed by `SimCluster` as nodes append
     and apply entries, and checked against the clients' answers at the end of a run."""
 
-    def __init__(self, clocks: Callable[[], dict[int, int]]) -> None:
+    def __init__(self, clocks: Callable[[], dict[int, int]], tick_steps: int) -> None:
         self._clocks = clocks
         """Every node's clock now (`SimNode.lease_clock`)."""
+        self.tick_steps = tick_steps
         self._truth_index = 0
         """The highest index applied anywhere: first applications come in index order."""
         self.ttl_ticks: dict[int, int] = {}
         """Every lease granted (applied), to its TTL in ticks."""
-        self.granted_clocks: dict[int, dict[int, int]] = {}
-        """Every node's clock when the lease's grant first applied anywhere."""
+        self.granted: dict[int, tuple[int, dict[int, int]]] = {}
+        """The step and every node's clock when the lease's grant first applied anywhere."""
         self.revoked_at: dict[int, int] = {}
         """A lease to the index of the revoke or expiry that removed it."""
         self.written_under: dict[int, int] = {}
@@ -356,6 +403,8 @@ class LeaseChecker:
         seen: in its leader's Ready, when the leader appended it (§5.3: one leader per term
         writes an index once; followers get it later, in a message)."""
         self.expiries: list[_Expiry] = []
+        self.counts = {"checkpoints": 0, "checkpoint_clears": 0}
+        """Checkpoint entries applied: with a remainder, and clears (a keepalive's)."""
         self._machines: dict[int, StateMachineView] = {}
         """Each node's state machine when its lease keys were last checked."""
         self.now = 0
@@ -400,6 +449,10 @@ class LeaseChecker:
                 assert isinstance(result, ApplyResult)
                 self._revoke(node_id, machine, entry, result, first)
                 op_changes_keys = True
+            elif op == OP_LEASE_CHECKPOINT and data[0] == _FIXARRAY_2 and first:
+                _, flat = msgpack.unpackb(data)
+                kind = "checkpoints" if any(flat[1::2]) else "checkpoint_clears"
+                self.counts[kind] += 1
         # Only an entry that names a lease key or revokes a lease changes the lease keys; a
         # snapshot restored replaces the machine (whatever it was, it is checked once).
         if (
@@ -416,7 +469,7 @@ class LeaseChecker:
         if first:
             _, ttl_s = msgpack.unpackb(entry.data)
             self.ttl_ticks[entry.index] = ttl_ticks(ttl_s)
-            self.granted_clocks[entry.index] = self._clocks()
+            self.granted[entry.index] = (self.now, self._clocks())
 
     def _leased_put(self, node_id: int, entry: Entry, result: ApplyResult, first: bool) -> None:
         fields = msgpack.unpackb(entry.data)
@@ -540,6 +593,7 @@ class LeaseChecker:
             "expired": len(self.expiries),
             "expired_after_failover": failovers,
             "keepalives_acknowledged": keepalives,
+            **self.counts,
         }
 
     def _check_read(self, call: LeaseCall) -> None:
@@ -559,21 +613,21 @@ class LeaseChecker:
         node acknowledged than the one that expired it (the bound held through a failover)."""
         lease_id, proposer = expiry.lease_id, expiry.proposer
         ttl = self.ttl_ticks[lease_id]
-        # Clocks only go forward, so the latest reference is the tightest on every clock.
-        what, clocks = f"the grant's first apply (index {lease_id})", self.granted_clocks[lease_id]
-        where = proposer
-        if keepalive is not None:
-            called_at, call = keepalive
+        # The latest reference is the tightest, in steps and on every node's clock alike.
+        since, clocks = self.granted[lease_id]
+        what, where = f"the first apply of its grant (step {since})", proposer
+        if keepalive is not None and keepalive[0] >= since:
+            since, call = keepalive
             assert call.clocks is not None
-            if call.clocks[proposer] >= clocks[proposer]:
-                what = f"the keepalive answered by n{call.node_id}, sent at step {called_at}"
-                clocks, where = call.clocks, call.node_id
-        elapsed = expiry.clock - clocks[proposer]
-        if elapsed < ttl:
+            clocks, where = call.clocks, call.node_id
+            what = f"the keepalive n{where} acknowledged, sent at step {since}"
+        steps = expiry.step - since
+        ticks = expiry.clock - clocks[proposer]
+        if steps < ttl * self.tick_steps or ticks < ttl:
             raise Violation(
                 "lease ttl",
                 f"lease {lease_id} (TTL {ttl} ticks) expired by entry {expiry.index}, which "
-                f"n{proposer} proposed at step {expiry.step}, {elapsed} of its ticks after "
-                f"{what}",
+                f"n{proposer} proposed at step {expiry.step}: {steps / self.tick_steps:g} "
+                f"ticks ({ticks} of its own) after {what}",
             )
         return int(where != proposer)

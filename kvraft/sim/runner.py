@@ -35,7 +35,7 @@ from kvraft.sim import bank
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
-from kvraft.sim.leases import LeaseWorkload
+from kvraft.sim.leases import CHECKPOINT_INTERVAL_TICKS_CHOICES, LEASE_BUGS, LeaseWorkload
 from kvraft.sim.network import NetworkFaults, SimNetwork
 from kvraft.sim.watchers import SimWatchers
 from kvraft.statemachine import ApplyResult
@@ -48,11 +48,11 @@ __all__ = [
     "run_seed",
 ]
 
-SIM_BUGS = frozenset({"watch_skip_after_resume", "lease_no_promote_extension"})
+SIM_BUGS = frozenset({"watch_skip_after_resume"}) | LEASE_BUGS
 """Test-only bug switches of the simulator itself: a watch client that drops the first change
-after each resume (the watch checker must see the gap); lease timers whose new leader counts
-each lease's TTL from its grant, not from its own election (the lease checker must see a
-lease expire less than a TTL after an acknowledged keepalive)."""
+after each resume (the watch checker must see the gap); lease timers and keepalives that
+shorten a lease (`kvraft.sim.leases.LEASE_BUGS`: the lease checker must see a lease expire
+less than a TTL after its grant or an acknowledged keepalive)."""
 
 WRITE_DELAY_STEPS_MAX_DEFAULT = 3
 """Writes stay in flight up to this many simulator steps by default: a Ready's write
@@ -162,6 +162,9 @@ class _Run:
         )
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), network_faults)
         spares = options.spares if "membership" in faults else 0
+        # The lease clients (numbered after the final reads' process) and the leases'
+        # checkpoint interval draw from a generator of their own (as the watchers do).
+        self.lease_rng = random.Random(f"{seed}/leases")
         # Flow-control settings vary by seed: one entry per AppendEntries and a window of
         # one reach interleavings (like Figure 8's) that large batches hide.
         batch_bytes_max = self.rng.choice((1, 256, 4096))
@@ -185,7 +188,10 @@ class _Run:
             make_config,
             trace,
             write_delay_steps_max=options.write_delay_steps_max,
-            lease_no_promote_extension="lease_no_promote_extension" in options.bugs,
+            lease_checkpoint_interval_ticks=self.lease_rng.choice(
+                CHECKPOINT_INTERVAL_TICKS_CHOICES
+            ),
+            lease_bugs=options.bugs & LEASE_BUGS,
         )
         # The watchers draw from a generator of their own, so adding them left every other
         # draw of a seed as it was.
@@ -200,8 +206,6 @@ class _Run:
         self.clients = [_Client(process) for process in range(options.clients)]
         # Bank transactions draw from a generator of their own (as the watchers do).
         self.bank_rng = random.Random(f"{seed}/bank")
-        # So do the lease clients (numbered after the final reads' process).
-        self.lease_rng = random.Random(f"{seed}/leases")
         self.lease_workload = LeaseWorkload(self.lease_rng, options.election_ticks, TICK_STEPS)
         self.lease_clients = [
             _Client(options.clients + 1 + number) for number in range(options.lease_clients)
