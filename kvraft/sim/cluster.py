@@ -146,8 +146,6 @@ class SimNode:
     """How often this node, leading, checkpoints remaining TTLs (`kvraft.leases`)."""
     lease_bugs: frozenset[str] = frozenset()
     """Test-only bugs of this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
-    ticks_before_start: int = 0
-    """The ticks this node's lease timers counted before its last (re)start."""
 
     def __post_init__(self) -> None:
         self.start()
@@ -162,18 +160,8 @@ class SimNode:
         assert isinstance(state_machine, KVStateMachine)
         return state_machine
 
-    def lease_clock(self) -> int:
-        """This node's clock for the lease checker: the ticks its shells processed, summed
-        over its restarts (a restart resets the lease timer's count, not this)."""
-        timer = self.shell.lease_timer
-        assert timer is not None
-        return self.ticks_before_start + timer.now_ticks
-
     def start(self) -> None:
         """(Re)start from what the disk kept."""
-        previous: NodeShell | None = getattr(self, "shell", None)  # None at the first start
-        if previous is not None and previous.lease_timer is not None:
-            self.ticks_before_start += previous.lease_timer.now_ticks
         core = RaftCore(
             self.config,
             self.rng,
@@ -330,7 +318,7 @@ class SimCluster:
         self.network = network
         self.now = 0
         self.checkers = SafetyCheckers()
-        self.lease_checker = LeaseChecker(self.lease_clocks, TICK_STEPS)
+        self.lease_checker = LeaseChecker(TICK_STEPS)
         self.lease_keepalive_clears = "lease_keepalive_no_clear" not in lease_bugs
         """False: the test-only bug `lease_keepalive_no_clear` (`kvraft.sim.leases`)."""
         self.trace = trace
@@ -399,10 +387,6 @@ class SimCluster:
             self.checkers.after_step(self.live_cores())
             self._trace_roles()
 
-    def lease_clocks(self) -> dict[int, int]:
-        """Every node's clock for the lease checker (`SimNode.lease_clock`), down or not."""
-        return {node.id: node.lease_clock() for node in self.nodes.values()}
-
     def live_cores(self) -> list[RaftCore]:
         return [node.core for node in self.nodes.values() if node.alive]
 
@@ -448,7 +432,7 @@ class SimCluster:
             persist = shell.advance()
             ready = shell.last_ready
             if ready is not None and ready.entries:
-                self.lease_checker.appended(node.id, node.lease_clock, ready.entries)
+                self.lease_checker.appended(node.id, ready.entries)
             node.core_events.observe(node.core, float(self.now))
             self._send_all(node)
             if persist is not None:
@@ -542,7 +526,6 @@ class SimCluster:
             assert timer is not None
             # The tick count before the ReadIndex round, as the daemon takes it.
             arrived_ticks = timer.now_ticks
-            op.lease.clocks = self.lease_clocks()
             op.lease.node_id = node_id
             keepalive = _keepalive_answer(self, node.shell, op, arrived_ticks)
             self._pending.append((op, keepalive))
