@@ -26,11 +26,11 @@ The rules, after etcd's lessor (server/lease/lessor.go):
   remainder instead of a full TTL, so a day-long lease of a dead holder does not live
   another day per failover. This is safe only if no keepalive acknowledged after a
   checkpoint is forgotten by it: so a keepalive of a lease with a checkpoint in the log (or
-  proposed and not yet applied: `needs_clear`) first writes a checkpoint of 0 (cleared: the
-  full TTL again) and is acknowledged only once that applied -- one log write per
-  checkpoint interval for a lease kept alive, none for the others. A clear applied while
-  leading gives the lease a full TTL from then, since it may be the old leader's, written
-  for a keepalive this leader never saw.
+  proposed by this leader and no clear of its own applied after it: `needs_clear`) first
+  writes a checkpoint of 0 (cleared: the full TTL again) and is acknowledged only once that
+  applied -- one log write per checkpoint interval for a lease kept alive, none for the
+  others. A clear applied while leading gives the lease a full TTL from then, since it may
+  be the old leader's, written for a keepalive this leader never saw.
 - The HTTP layer confirms leadership (a ReadIndex round, Raft §6.4) before it acknowledges
   a keepalive, and takes the tick count from before that round: a deposed leader cannot
   acknowledge a keepalive that the new leader, elected after the confirmation, would not
@@ -48,6 +48,7 @@ any leader to send a keepalive to (etcd's minimum is 1.5 election timeouts).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 
 import msgpack
@@ -124,8 +125,12 @@ class LeaseTimer:
         self._deadline_ticks: dict[int, int] = {}
         self._expiry_proposed_ticks: dict[int, int] = {}
         self._next_checkpoint_ticks = 0
-        # Leases in a checkpoint this leader proposed that has not applied yet.
-        self._checkpoints_pending: set[int] = set()
+        # Per lease, while leading: how many checkpoints of it this leader proposed, how many
+        # of those the clears applied so far cover, and what each clear proposed and not yet
+        # applied will cover, oldest first (`needs_clear`).
+        self._checkpoints_proposed: dict[int, int] = {}
+        self._checkpoints_cleared: dict[int, int] = {}
+        self._clears_pending: dict[int, deque[int]] = {}
 
     @staticmethod
     def _deadline(from_ticks: int, ttl_ticks: int) -> int:
@@ -153,7 +158,7 @@ class LeaseTimer:
                 ttl = min(ttl, math.ceil(remaining_ms / self.tick_ms))
             self._deadline_ticks[lease_id] = self._deadline(self.now_ticks, ttl)
         self._expiry_proposed_ticks = {}
-        self._checkpoints_pending = set()
+        self._forget_checkpoints()
         self._next_checkpoint_ticks = self.now_ticks + self.checkpoint_interval_ticks
 
     def demote(self) -> None:
@@ -162,7 +167,12 @@ class LeaseTimer:
         self._ttl_ticks = {}
         self._deadline_ticks = {}
         self._expiry_proposed_ticks = {}
-        self._checkpoints_pending = set()
+        self._forget_checkpoints()
+
+    def _forget_checkpoints(self) -> None:
+        self._checkpoints_proposed = {}
+        self._checkpoints_cleared = {}
+        self._clears_pending = {}
 
     # --- the log ----------------------------------------------------------------------------
 
@@ -177,15 +187,26 @@ class LeaseTimer:
         self._ttl_ticks.pop(lease_id, None)
         self._deadline_ticks.pop(lease_id, None)
         self._expiry_proposed_ticks.pop(lease_id, None)
-        self._checkpoints_pending.discard(lease_id)
+        self._checkpoints_proposed.pop(lease_id, None)
+        self._checkpoints_cleared.pop(lease_id, None)
+        self._clears_pending.pop(lease_id, None)
 
     def checkpointed(self, lease_id: int, remaining_ms: int) -> None:
         """A checkpoint of `lease_id` applied here. A clear (0) applied while leading gives
         the lease a full TTL from now: it may be the old leader's, for a keepalive this
         leader never heard (see the module docstring)."""
-        self._checkpoints_pending.discard(lease_id)
+        if remaining_ms != 0:
+            return
+        clears = self._clears_pending.get(lease_id)
+        if clears:
+            # This leader's oldest clear (log order is proposal order): every checkpoint it
+            # had proposed before it is behind it now. A clear proposed and dropped leaves
+            # its count here to be taken by the next one, which then covers less: safe.
+            covered = clears.popleft()
+            cleared = self._checkpoints_cleared.get(lease_id, 0)
+            self._checkpoints_cleared[lease_id] = max(cleared, covered)
         deadline = self._deadline_ticks.get(lease_id)
-        if remaining_ms == 0 and deadline is not None:
+        if deadline is not None:
             self._deadline_ticks[lease_id] = max(
                 deadline, self._deadline(self.now_ticks, self._ttl_ticks[lease_id])
             )
@@ -224,8 +245,17 @@ class LeaseTimer:
 
     def needs_clear(self, lease_id: int, checkpointed_ms: int) -> bool:
         """Whether a keepalive of `lease_id` must first write a cleared checkpoint: one is in
-        the log (`checkpointed_ms`, from the state machine) or proposed by this leader."""
-        return checkpointed_ms > 0 or lease_id in self._checkpoints_pending
+        the log (`checkpointed_ms`, from the state machine), or this leader proposed one that
+        no clear of its own has applied after. True obliges the caller to propose the clear
+        at once (no await between): it is counted as following every checkpoint proposed so
+        far. (A clear does not simply cover "the pending checkpoint": a keepalive's clear
+        proposed before the next checkpoint applies before it, and the checkpoint's older
+        remainder would then outlive a keepalive acknowledged in between.)"""
+        proposed = self._checkpoints_proposed.get(lease_id, 0)
+        if checkpointed_ms == 0 and proposed == self._checkpoints_cleared.get(lease_id, 0):
+            return False
+        self._clears_pending.setdefault(lease_id, deque()).append(proposed)
+        return True
 
     def checkpoint_commands(self) -> list[bytes]:
         """The checkpoint entries to propose now (every `checkpoint_interval_ticks` while
@@ -240,7 +270,8 @@ class LeaseTimer:
             and deadline > self.now_ticks
             and lease_id not in self._expiry_proposed_ticks
         ]
-        self._checkpoints_pending.update(lease_id for lease_id, _ in long_leases)
+        for lease_id, _ in long_leases:
+            self._checkpoints_proposed[lease_id] = self._checkpoints_proposed.get(lease_id, 0) + 1
         return [
             encode_lease_checkpoint(long_leases[start : start + LEASE_CHECKPOINT_LEASES_MAX])
             for start in range(0, len(long_leases), LEASE_CHECKPOINT_LEASES_MAX)

@@ -125,6 +125,38 @@ def test_long_leases_are_checkpointed_every_interval_with_their_remaining_ttl() 
     assert not timer.needs_clear(8, 0)  # shorter than the interval: never checkpointed
 
 
+def test_a_clear_proposed_before_a_checkpoint_does_not_cover_it() -> None:
+    """Found by the simulator's lease checker (`kvraft.sim.leases`): a keepalive's clear is
+    proposed, then the timer proposes a checkpoint (of the deadline before the keepalive),
+    then the clear applies. The checkpoint is still to come, with its older remainder: the
+    keepalive must clear again before it is acknowledged, or a new leader would start the
+    lease from that remainder and forget the keepalive."""
+    timer = leading_timer((7, 100), checkpoint_interval_ticks=300)
+    assert not timer.needs_clear(7, 0)
+    assert timer.needs_clear(7, 1)  # the machine holds an older checkpoint: clear it
+    for _ in range(300):
+        timer.tick()
+        commands = timer.checkpoint_commands()
+    [checkpoint] = commands  # proposed after the clear
+    clear = encode_lease_checkpoint([(7, 0)])
+    timer.applied(clear, 10, True)
+    assert timer.needs_clear(7, 0)  # the checkpoint is behind that clear, not before it
+    timer.applied(checkpoint, 11, True)
+    timer.applied(clear, 12, True)  # the second clear, proposed after the checkpoint
+    assert not timer.needs_clear(7, 0)
+
+
+def test_a_dropped_clear_costs_another_clear_never_a_stuck_keepalive() -> None:
+    timer = leading_timer((7, 100), checkpoint_interval_ticks=300)
+    for _ in range(300):
+        timer.tick()
+        timer.checkpoint_commands()
+    assert timer.needs_clear(7, 0)  # its clear is dropped (never in the log)
+    assert timer.needs_clear(7, 0)  # so the next keepalive proposes one
+    timer.applied(encode_lease_checkpoint([(7, 0)]), 10, True)
+    assert not timer.needs_clear(7, 0)
+
+
 def test_a_new_leader_starts_a_checkpointed_lease_from_its_remainder() -> None:
     new = LeaseTimer(TICK_MS, ELECTION_TICKS)
     new.promote(2, [(7, 100, 30_000), (8, 100, 0)])
