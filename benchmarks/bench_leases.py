@@ -33,7 +33,8 @@ Memory is VmRSS of each node process, read when every node has applied everythin
 committed; the growth divided by `LEASES` is the cost per lease. It includes the Raft log
 entries the node still holds in memory (a snapshot compacts the log every 10,000 applied
 entries by default), which the table lists next to it. The client processes share the 2 cores
-with the three nodes; their CPU use is in the output.
+with the three nodes; their CPU use is in the output, and so is the CPU that other work on the
+machine took during each row (all busy CPU time in /proc/stat, less the nodes' and clients').
 
 Prints numbers; asserts nothing about them. Every node, client process and temp directory is
 removed at the end, even on failure or Ctrl-C.
@@ -124,6 +125,15 @@ def _get_json(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
             return parsed
     except (OSError, ValueError):
         return None
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (not idle, not waiting on I/O) since
+    boot (/proc/stat): less what the nodes and clients used, it is what other work took."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    jiffies = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(jiffies) - jiffies[3] - jiffies[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _answers_status(url: str) -> bool:
@@ -382,6 +392,7 @@ class _ClientResult:
     started: float = 0.0
     ended: float = 0.0
     cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
 
 
 async def _load(
@@ -436,9 +447,11 @@ async def _load(
 
         loop = keepalives if operation == "keepalive" else gets
         cpu_before = time.process_time()
+        busy_before = _machine_busy_seconds()
         result.started = time.monotonic()
         await asyncio.gather(*(loop(result.started + seconds) for _ in range(connections)))
         result.ended = time.monotonic()
+        result.machine_busy_s = _machine_busy_seconds() - busy_before
         result.cpu_s = time.process_time() - cpu_before
     return result
 
@@ -523,6 +536,7 @@ def _row(
     )
     messages_after = cluster.peer_messages_sent(cluster.leader_id)
     cpu_after = cluster.cpu_seconds()
+    busy_s = sum(client.machine_busy_s for client in clients) / len(clients)
     node_cpu = {node_id: cpu_after[node_id] - cpu_before[node_id] for node_id in cpu_before}
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
@@ -551,6 +565,12 @@ def _row(
         "leader_peer_messages_per_op": messages,
         "followers_cpu_s": round(sum(node_cpu[n] for n in cluster.follower_ids), 2),
         "client_cpu_s": round(sum(c.cpu_s for c in clients), 2),
+        # Busy CPU of the whole machine while the clients ran, less the nodes' and clients'
+        # own (the nodes' is measured over a little longer, so this errs low).
+        "other_cpu_s": round(
+            max(0.0, busy_s - sum(node_cpu.values()) - sum(c.cpu_s for c in clients)), 2
+        ),
+        "cores_busy": round(busy_s / elapsed_s, 2),
     }
     return summary, clients
 
@@ -788,6 +808,7 @@ def _print(results: dict[str, Any]) -> None:
             "leader peer msgs/op",
             "followers CPU s",
             "client CPU s",
+            "other work CPU s",
         ],
         [
             [
@@ -805,6 +826,7 @@ def _print(results: dict[str, Any]) -> None:
                 row["leader_peer_messages_per_op"],
                 row["followers_cpu_s"],
                 row["client_cpu_s"],
+                row["other_cpu_s"],
             ]
             for row in [*part["rows"], part["reference_get"]]
         ],
