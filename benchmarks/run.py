@@ -14,6 +14,10 @@ benchmark itself failed (crashed, or the node under test never served).
 - ``linearizability``: `benchmarks.bench_linearizability`, the checker's speed.
 - ``watch``: `benchmarks.bench_watch`, put throughput with and without 1,000 watchers on one
   node, and how long a change takes to reach them.
+- ``leases``: `benchmarks.bench_leases`, a 3-node cluster's leader keeping 10,000 leases
+  alive as fast as client processes can ask (keepalives/s, latency, none may expire), the
+  memory of 10,000 leases with and without a key attached, grants per second (about 1.5
+  minutes).
 - ``overload``: `benchmarks.bench_overload`, a 3-node cluster (fsync on) offered 4x the
   writes it commits for a minute with 100 B, 64 KiB and 1 MiB values: throughput, latency,
   share shed, /healthz and /v1/status latency, RSS of each node, leader changes (about 5
@@ -184,6 +188,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             parse=parse_linearizability_output,
         ),
         Benchmark("watch", "benchmarks.bench_watch", writes_json=True, takes_quick=True),
+        Benchmark("leases", "benchmarks.bench_leases", writes_json=True, takes_quick=True),
         Benchmark("overload", "benchmarks.bench_overload", writes_json=True, takes_quick=True),
         Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
         Benchmark("tls", "benchmarks.bench_tls", writes_json=True, takes_quick=True),
