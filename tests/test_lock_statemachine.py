@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
-import msgpack
 import pytest
 
 from kvraft.statemachine import (
@@ -27,17 +25,9 @@ from kvraft.statemachine import (
     encode_put,
     encode_txn,
 )
+from tests.test_lease_statemachine import frame, pack
 
 __all__: list[str] = []
-
-
-def pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    return pack([kind, zlib.crc32(bytes([kind]) + payload), payload])
 
 
 def machine_with_two_leases() -> KVStateMachine:
