@@ -26,7 +26,7 @@ BUG_SEEDS_MAX = 10
 
 CLEAR_BUG_SEEDS_MAX = 40
 """A keepalive that leaves its lease's checkpoint needs a failover inside a checkpoint
-interval after it: caught in about one full-length 3-node seed in ten (seed 2 now)."""
+interval after it: caught in about one full-length 3-node seed in ten (seed 5 now)."""
 
 
 def _first_violation(

@@ -67,6 +67,8 @@ BANK_PROBABILITY = 0.2
 TRANSFER_PROBABILITY = 0.7
 """Of those, the part that are transfers (when the client has seen two accounts); the rest
 are audits."""
+LEASE_IDLE_STEPS_MAX = 6 * TICK_STEPS
+"""A lease client waits 1 tick to this long between operations."""
 FIGURE8_PHASE_TICKS_MAX = 60
 """How long the Figure 8 nemesis waits for the election or commit that ends a phase before
 it heals the network and gives up (several election timeouts)."""
@@ -263,7 +265,9 @@ class _Run:
                     client.process, op.lease, op.status, op.output, op.call
                 )
                 client.op = None
-                client.idle_until = cluster.now + rng.randint(1, 3 * TICK_STEPS)
+                # Slower than the register clients (1..6 ticks between operations), so the
+                # leases cost the run little; a due keepalive waits at most that long.
+                client.idle_until = cluster.now + rng.randint(TICK_STEPS, LEASE_IDLE_STEPS_MAX)
             if cluster.now < client.idle_until:
                 continue
             call = self.lease_workload.next_call(client.process, cluster.now)
