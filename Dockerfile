@@ -19,14 +19,17 @@ COPY kvraft /tmp/kvraft-src/kvraft
 RUN pip install --no-cache-dir "/tmp/kvraft-src[fast]" \
     && rm -rf /tmp/kvraft-src
 
-# Run as an unprivileged user that owns only its data directory (/etc/kvraft: where compose
-# mounts the cluster config). --no-log-init: a large UID
+# Run as an unprivileged user that owns only its data directory and its secrets directory
+# (/etc/kvraft: where compose mounts the cluster config; /var/lib/kvraft/secrets: the peer
+# secret and certificates compose's `init` service writes, 0700 so a named volume mounted
+# there starts owner-only). --no-log-init: a large UID
 # would otherwise make useradd write a huge sparse /var/log/faillog into the layer.
 RUN groupadd --system --gid 10001 kvraft \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --no-log-init \
         --shell /usr/sbin/nologin kvraft \
-    && mkdir -p /data /etc/kvraft \
-    && chown kvraft:kvraft /data
+    && mkdir -p /data /etc/kvraft /var/lib/kvraft/secrets \
+    && chown kvraft:kvraft /data /var/lib/kvraft/secrets \
+    && chmod 0700 /var/lib/kvraft/secrets
 
 # Numeric, so a host or orchestrator (runAsNonRoot) can tell it is not root without /etc/passwd.
 USER 10001:10001

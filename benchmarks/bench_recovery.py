@@ -95,6 +95,7 @@ __all__ = [
     "prepare_empty_case",
     "prepare_log_case",
     "prepare_snapshot_case",
+    "print_targets",
     "run",
     "value_for",
 ]
@@ -599,7 +600,62 @@ def run(
     finally:
         shutil.rmtree(base, ignore_errors=True)
     _print_rows(rows)
+    print_targets(rows, count)
     return {"rows": rows, "entries": count}
+
+
+TARGET_LOG_SERVING_S = 4.0
+"""Issue #22: a node with 1,000,000 log entries after its snapshot serves within this."""
+
+TARGET_SNAPSHOT_SERVING_S = 3.0
+"""Issue #22: a node with a 1,000,000-key snapshot serves within this."""
+
+TARGET_PEAK_RSS_RATIO = 1.3
+"""Issue #22: the peak RSS of a 1,000,000-key restore stays under this times the RSS once
+serving."""
+
+
+def print_targets(rows: list[dict[str, Any]], count: int) -> None:
+    """The issue's restart targets against `rows` (a run of `run`); also printed by
+    `benchmarks.run` at the end of `make bench`."""
+    by_case = {row["case"]: row for row in rows}
+    lines: list[list[str]] = []
+
+    def verdict(met: bool) -> str:
+        if count != ENTRIES_FULL:
+            return f"n/a ({count:,}, not {ENTRIES_FULL:,})"
+        return "met" if met else "NOT met"
+
+    if "log" in by_case:
+        row = by_case["log"]
+        lines.append(
+            [
+                f"{count:,}-entry log: serving <= {TARGET_LOG_SERVING_S:.0f} s",
+                f"{row['serving_s']:.2f} s (node CPU {row['node_cpu_s'] or 0:.2f} s, "
+                f"load {row['load_average_1m_before']:.1f})",
+                verdict(row["serving_s"] <= TARGET_LOG_SERVING_S),
+            ]
+        )
+    if "snapshot" in by_case:
+        row = by_case["snapshot"]
+        lines.append(
+            [
+                f"{count:,}-key snapshot: serving <= {TARGET_SNAPSHOT_SERVING_S:.0f} s",
+                f"{row['serving_s']:.2f} s (node CPU {row['node_cpu_s'] or 0:.2f} s, "
+                f"load {row['load_average_1m_before']:.1f})",
+                verdict(row["serving_s"] <= TARGET_SNAPSHOT_SERVING_S),
+            ]
+        )
+        ratio = row["rss_peak_mib"] / row["rss_mib"] if row["rss_mib"] else 0.0
+        lines.append(
+            [
+                f"{count:,}-key snapshot: peak RSS < {TARGET_PEAK_RSS_RATIO}x RSS serving",
+                f"{row['rss_peak_mib']:,.0f} / {row['rss_mib']:,.0f} MiB = {ratio:.2f}x",
+                verdict(ratio < TARGET_PEAK_RSS_RATIO),
+            ]
+        )
+    if lines:
+        print_table("Restart targets (issue #22)", ["target", "measured", "verdict"], lines)
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:

@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -416,10 +417,19 @@ class Processes:
 
 
 def _request(
-    port: int, method: str, path: str, body: bytes | None = None, timeout_s: float = 5.0
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    timeout_s: float = 5.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes] | None:
-    """(status, body), or None if nothing answered in time."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+    """(status, body), or None if nothing answered in time; over HTTPS with `context`."""
+    connection = (
+        http.client.HTTPSConnection(HOST, port, timeout=timeout_s, context=context)
+        if context is not None
+        else http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+    )
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         connection.request(method, path, body=body, headers=headers)
@@ -432,9 +442,13 @@ def _request(
 
 
 def _request_json(
-    port: int, method: str, path: str, body: bytes | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> dict[str, Any] | None:
-    answer = _request(port, method, path, body, STATUS_TIMEOUT_S)
+    answer = _request(port, method, path, body, STATUS_TIMEOUT_S, context)
     if answer is None or answer[0] != 200:
         return None
     try:
@@ -503,6 +517,7 @@ class Node:
         log_path: its stdout and stderr.
         process: the running (or last) process.
         expected_up: false while it is down on purpose (killed by the failover test).
+        scheme: ``https`` for a kvraft node serving HTTPS (`benchmarks.bench_tls`).
     """
 
     number: int
@@ -511,10 +526,11 @@ class Node:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     expected_up: bool = False
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
+        return f"{self.scheme}://{HOST}:{self.http_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -739,9 +755,11 @@ class KvraftCluster(Cluster):
     def __init__(self, processes: Processes, nodes: list[Node], data_dirs: dict[int, Path]):
         super().__init__(processes, nodes)
         self.data_dirs = data_dirs  # by node number
+        self.client_context: ssl.SSLContext | None = None
+        """For a cluster serving HTTPS (`benchmarks.bench_tls`): how to ask its status."""
 
     def status(self, node: Node) -> MemberStatus | None:
-        data = _request_json(node.http_port, "GET", "/v1/status")
+        data = _request_json(node.http_port, "GET", "/v1/status", context=self.client_context)
         if data is None:
             return None
         try:

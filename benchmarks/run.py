@@ -26,6 +26,9 @@ benchmark itself failed (crashed, or the node under test never served).
   nodes): throughput and latency under wrk, failover time, elections under load, memory
   (about 20 minutes, 10 of them two 5-minute soaks; installs ``wrk`` and ``etcd-server``
   with apt-get if missing). Its tables also go to ``benchmarks/results/vs_etcd.md``.
+- ``tls``: `benchmarks.bench_tls`, what TLS costs: puts on two 3-node clusters at 1 and 64
+  connections under wrk, one plain, one with HTTPS and peer mutual TLS, in alternating turns
+  (about 2 minutes; installs ``wrk`` if missing).
 
 ``--quick`` (a few minutes) runs fewer seeds, shorter storage loops, 100,000 entries instead
 of 1,000,000, and short rows with one kill against etcd; its numbers are for smoke-testing,
@@ -188,6 +191,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("leases", "benchmarks.bench_leases", writes_json=True, takes_quick=True),
         Benchmark("overload", "benchmarks.bench_overload", writes_json=True, takes_quick=True),
         Benchmark("vs_etcd", "benchmarks.bench_vs_etcd", writes_json=True, takes_quick=True),
+        Benchmark("tls", "benchmarks.bench_tls", writes_json=True, takes_quick=True),
     )
 }
 """Every benchmark, in the order they run."""
@@ -324,6 +328,32 @@ def _print_storage(results: dict[str, Any]) -> None:
         )
 
 
+def _print_recovery(results: dict[str, Any]) -> None:
+    """The restart rows again, with the issue's targets, after the benchmark's own tables."""
+    rows = results.get("rows", [])
+    if not rows:
+        return
+    print_table(
+        "Restart (bench_recovery): seconds from spawn until linearizable reads are served",
+        ["case", "keys", "log entries", "serving s", "node CPU s", "RSS MiB", "peak RSS MiB"],
+        [
+            [
+                row["case"],
+                f"{row['keys']:,}",
+                f"{row['log_entries']:,}",
+                f"{row['serving_s']:.2f}",
+                f"{row['node_cpu_s'] or 0:.2f}",
+                f"{row['rss_mib']:,.0f}",
+                f"{row['rss_peak_mib']:,.0f}",
+            ]
+            for row in rows
+        ],
+    )
+    from benchmarks.bench_recovery import print_targets
+
+    print_targets(rows, results.get("entries", 0))
+
+
 def _print_linearizability(results: dict[str, Any]) -> None:
     rows = results.get("rows", [])
     if rows:
@@ -403,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
                 _print_storage(record.get("results", {}))
             elif benchmark.name == "linearizability":
                 _print_linearizability(record.get("results", {}))
+            elif benchmark.name == "recovery":
+                _print_recovery(record.get("results", {}))
     except KeyboardInterrupt:
         report["interrupted"] = True
         print("\ninterrupted; writing what was measured", flush=True)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -81,11 +82,13 @@ class AddressBook:
         *,
         founding: bool,
         is_stopping: Callable[[], bool],
+        https_client: ssl.SSLContext | None = None,
     ) -> None:
         """The book of node `node_id` (at `own_address`), whose config file names the nodes
         of `file_book`. A `founding` node is one of them and starts from the file's
         configuration; any other starts knowing only where the cluster was. While
-        `is_stopping()` holds, no look-up starts."""
+        `is_stopping()` holds, no look-up starts. With `https_client` (the cluster serves
+        HTTPS), look-ups ask the members over HTTPS with that context."""
         self.node_id = node_id
         self._own_address = own_address
         self._is_stopping = is_stopping
@@ -100,6 +103,7 @@ class AddressBook:
         self._lookups = LookupThrottle()
         self._lookup_task: asyncio.Task[None] | None = None
         self._http_session: aiohttp.ClientSession | None = None
+        self._https_client = https_client
         self._transport: PeerDirectory | None = None
         self._transport_addresses: dict[int, tuple[str, int]] = {}
         self.addresses: dict[int, MemberAddress] = dict(self._file_book)
@@ -199,12 +203,14 @@ class AddressBook:
 
     async def _look_up(self, node_id: int) -> None:
         if self._http_session is None:
-            self._http_session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(ssl=self._https_client or True)
+            self._http_session = aiohttp.ClientSession(connector=connector)
+        scheme = "http" if self._https_client is None else "https"
         timeout = aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT_S)
         for asked in [a for i, a in sorted(self.addresses.items()) if i != self.node_id]:
             try:
                 async with self._http_session.get(
-                    asked.http_url + "/v1/members", timeout=timeout
+                    asked.base_url(scheme) + "/v1/members", timeout=timeout
                 ) as response:
                     if response.status != 200:
                         continue

@@ -50,6 +50,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import struct
 import time
 import urllib.error
@@ -423,18 +424,27 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _download_once(
-    url: str, path: Path, idle_timeout_s: float, progress: Callable[[int], None] | None
+    url: str,
+    path: Path,
+    idle_timeout_s: float,
+    progress: Callable[[int], None] | None,
+    ssl_context: ssl.SSLContext | None = None,
+    authorization: str | None = None,
 ) -> tuple[BackupHeader, int]:
     """One attempt: stream `url` into a temporary file next to `path`, checking it; rename it
     over `path` only once it is complete and fsynced."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     request = urllib.request.Request(url, method="GET")
+    if authorization is not None:  # a bearer token, once auth is enabled (#20)
+        request.add_header("Authorization", authorization)
     parser = BackupParser()
     file_bytes = 0
     try:
         # urllib follows the follower's 307 to the leader (a GET may be redirected as is).
         with (
-            urllib.request.urlopen(request, timeout=idle_timeout_s) as response,
+            urllib.request.urlopen(
+                request, timeout=idle_timeout_s, context=ssl_context
+            ) as response,
             open(temporary, "wb") as file,
         ):
             while piece := response.read(BACKUP_READ_BYTES):
@@ -483,6 +493,8 @@ def download_backup(
     timeout_s: float,
     idle_timeout_s: float = DOWNLOAD_IDLE_TIMEOUT_S,
     progress: Callable[[int], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    authorization: str | None = None,
 ) -> DownloadSummary:
     """Download a backup from the cluster into `path` (atomically: a temporary file renamed).
 
@@ -490,7 +502,9 @@ def download_backup(
     complete, checked backup, for up to `timeout_s` to *start* one; a started stream may take
     as long as it needs while bytes keep arriving within `idle_timeout_s`. A client's error
     (4xx) ends at once; anything else moves on to the next endpoint. `BackupUnavailable` if no
-    endpoint gave one, naming what each did.
+    endpoint gave one, naming what each did. `ssl_context`: for https:// endpoints;
+    `authorization`: an ``Authorization`` header value (``Bearer <token>``), kept across the
+    follower's redirect to the leader.
     """
     if not endpoints:
         raise ValueError("no endpoints")
@@ -500,7 +514,9 @@ def download_backup(
         for endpoint in endpoints:
             url = endpoint.rstrip("/") + "/v1/backup"
             try:
-                header, file_bytes = _download_once(url, path, idle_timeout_s, progress)
+                header, file_bytes = _download_once(
+                    url, path, idle_timeout_s, progress, ssl_context, authorization
+                )
                 return DownloadSummary(header, file_bytes, endpoint)
             except urllib.error.HTTPError as error:
                 failures[endpoint] = _http_error_text(error)

@@ -37,7 +37,10 @@ def leader_redirect(node: RaftNode, leader_id: int) -> web.Response | None:
         return None
     return web.Response(
         status=307,
-        headers={"Location": leader.http_url + BACKUP_PATH, "X-Kvraft-Leader-Id": str(leader_id)},
+        headers={
+            "Location": leader.base_url(node.tls.http_scheme) + BACKUP_PATH,
+            "X-Kvraft-Leader-Id": str(leader_id),
+        },
         content_type="application/json",
         text=f'{{"error": "not_leader", "message": "backups are served by the leader, node '
         f'{leader_id}", "leader_id": {leader_id}}}',

@@ -94,6 +94,12 @@ manager that grants on entry, keeps the lease alive every TTL / 3 from a backgro
 (`KVClient`, with its own client) or task (`AsyncKVClient`), fails over like any call, sets
 `lease.lost` when a keepalive finds the lease gone, and revokes it on exit.
 
+TLS. An ``https://`` endpoint is verified against `cacert` (default: the system's trust
+store) and, for a cluster that requires client certificates (``[tls] client_ca``), the
+client presents `cert` with its `key`; or pass an `ssl_context` of your own. A certificate
+that does not verify is a failed connection like any other: the call tries the other
+endpoints and, if none can be reached, says why for each.
+
 Neither client is safe to share between threads; use one per thread (or task group).
 """
 
@@ -102,7 +108,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import concurrent.futures
+import contextlib
+import dataclasses
 import enum
 import http.client
 import json
@@ -111,6 +120,7 @@ import pathlib
 import random
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -145,6 +155,7 @@ __all__ = [
     "LEASE_NOT_FOUND",
     "LIST_LIMIT_MAX",
     "LIST_PAGE_SIZE_DEFAULT",
+    "LOCK_WAIT_S_MAX",
     "RESPONSE_BYTES_MAX",
     "RETRY_AFTER_S_MAX",
     "TIMEOUT_S_DEFAULT",
@@ -156,12 +167,15 @@ __all__ = [
     "WATCH_PROGRESS_S_MAX",
     "AsyncKVClient",
     "AsyncLease",
+    "AsyncLock",
     "BackupInfo",
     "ClientError",
     "CloseStream",
     "ConditionFailed",
     "EndpointRouter",
     "FailureKind",
+    "Fence",
+    "FenceFailed",
     "HttpRequest",
     "HttpResponse",
     "Item",
@@ -173,6 +187,11 @@ __all__ = [
     "LeaseInfo",
     "LeaseNotFound",
     "ListAnswer",
+    "Lock",
+    "LockHold",
+    "LockInfo",
+    "LockNotAcquired",
+    "LockNotHeld",
     "OpenStream",
     "OutcomeUnknown",
     "ProtocolError",
@@ -303,12 +322,19 @@ STREAM_CHUNK_BYTES = 64 * 1024
 LEASE_NOT_FOUND = "lease_not_found"
 """The server's error code for a lease that does not exist (`LeaseNotFound`)."""
 
+LOCK_WAIT_S_MAX = 600.0
+"""The longest one lock request waits on the server (its `LOCK_WAIT_S_MAX`); `lock()` waits
+longer by asking again, keeping its place in the queue (the same lease, the same token)."""
+
+FENCE_HEADER = "X-Kvraft-Fence"
+
 KEEPALIVES_PER_TTL = 3
 """A `lease()` sends a keepalive every TTL / this (etcd's client does the same): two may be
 lost, or a failover may take a third of the TTL, before the lease is at risk."""
 
 _KV_PREFIX = "/v1/kv"
 _LEASES_PATH = "/v1/leases"
+_LOCKS_PATH = "/v1/locks"
 _MEMBERS_PATH = "/v1/members"
 _TRANSFER_PATH = "/v1/leader/transfer"
 _TXN_PATH = "/v1/txn"
@@ -393,8 +419,64 @@ class LeaseNotFound(ClientError):
         self.lease_id = lease_id
 
 
+class LockNotAcquired(ClientError):
+    """409 `lock_not_acquired`: the lock was not acquired within the wait (the place in its
+    queue was given up), or the lease expired while it waited."""
+
+
+class LockNotHeld(ClientError):
+    """409 `lock_not_held`: a release named a fencing token that neither holds nor waits
+    for the lock (released already, or its lease is gone)."""
+
+
+class FenceFailed(ClientError):
+    """412 `fence_failed`: a fenced write's token no longer holds its lock (the lease
+    expired, or the lock was released, and maybe taken by another): nothing was written.
+    Stop acting as the holder."""
+
+
 # ---------------------------------------------------------------------------------------
 # Sans-IO values.
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A lock and the fencing token its holder got: pass it as `fence=` to a write, which
+    then applies only while that token holds that lock (`X-Kvraft-Fence`)."""
+
+    name: str
+    fencing_token: int
+
+    @property
+    def header(self) -> str:
+        return f"{self.name}:{self.fencing_token}"
+
+
+@dataclass(frozen=True, slots=True)
+class LockHold:
+    """A place in a lock's queue: `fencing_token` (greater than every token given for the
+    lock before), `lease` (the lease it lives as long as), `key` (``name/token``) and the
+    waiter's `value`."""
+
+    name: str
+    key: str
+    fencing_token: int
+    lease: int
+    value: str
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.name, self.fencing_token)
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """Who holds lock `name` (None: nobody) and who waits, in order, at `revision`."""
+
+    name: str
+    holder: LockHold | None
+    waiters: tuple[LockHold, ...]
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,8 +958,14 @@ def _check_consistency(consistency: str) -> None:
         )
 
 
-def _write_headers(if_revision: int | None, idempotency_key: str | None) -> list[tuple[str, str]]:
+def _write_headers(
+    if_revision: int | None, idempotency_key: str | None, fence: Fence | None = None
+) -> list[tuple[str, str]]:
     headers = list(_JSON_HEADERS)
+    if fence is not None:
+        if not isinstance(fence, Fence):
+            raise ClientError("bad_fence", "fence must be a kvraft.client.Fence")
+        headers.append((FENCE_HEADER, fence.header))
     if if_revision is not None:
         if type(if_revision) is not int or if_revision < 0:
             raise ClientError("bad_request", "if_revision must be a non-negative integer")
@@ -904,9 +992,11 @@ def build_put(
     if_absent: bool = False,
     idempotency_key: str | None = None,
     lease: int | None = None,
+    fence: Fence | None = None,
 ) -> HttpRequest:
     """`PUT /v1/kv/{key}[?lease=ID]`: store `value`; `if_revision` / `if_absent` make it
-    conditional; `lease` attaches the key to that lease (deleted when the lease goes)."""
+    conditional; `lease` attaches the key to that lease (deleted when the lease goes);
+    `fence` applies it only while that lock's token holds."""
     target = key_path(key)
     if lease is not None:
         target += f"?lease={_lease_id(lease)}"
@@ -914,7 +1004,7 @@ def build_put(
         raise ClientError("bad_value", f"a value must be bytes, not {type(value).__name__}")
     if if_absent and if_revision is not None:
         raise ClientError("bad_request", "give if_revision or if_absent, not both")
-    headers = _write_headers(if_revision, idempotency_key)
+    headers = _write_headers(if_revision, idempotency_key, fence)
     if if_absent:
         headers.append(("If-None-Match", "*"))
     headers.append(("Content-Type", "application/octet-stream"))
@@ -930,14 +1020,18 @@ def build_put(
 
 
 def build_delete(
-    key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+    key: str,
+    *,
+    if_revision: int | None = None,
+    idempotency_key: str | None = None,
+    fence: Fence | None = None,
 ) -> HttpRequest:
-    """`DELETE /v1/kv/{key}`, conditional on `if_revision` if given."""
+    """`DELETE /v1/kv/{key}`, conditional on `if_revision` if given, fenced by `fence`."""
     target = key_path(key)
     return HttpRequest(
         method="DELETE",
         target=target,
-        headers=tuple(_write_headers(if_revision, idempotency_key)),
+        headers=tuple(_write_headers(if_revision, idempotency_key, fence)),
         body=b"",
         is_write=True,
         retry_after_send=idempotency_key is not None,
@@ -1008,7 +1102,9 @@ def build_list(
     return _read_request(f"{_KV_PREFIX}?{encoded}", f"LIST {prefix!r}")
 
 
-def build_delete_prefix(prefix: str, *, idempotency_key: str | None = None) -> HttpRequest:
+def build_delete_prefix(
+    prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
+) -> HttpRequest:
     """`DELETE /v1/kv?prefix=P`: every key under `prefix` in one revision ("" is every key,
     and is sent as an explicit empty `prefix=`, which the server requires)."""
     if not isinstance(prefix, str):
@@ -1017,7 +1113,7 @@ def build_delete_prefix(prefix: str, *, idempotency_key: str | None = None) -> H
     return HttpRequest(
         method="DELETE",
         target=f"{_KV_PREFIX}?{encoded}",
-        headers=tuple(_write_headers(None, idempotency_key)),
+        headers=tuple(_write_headers(None, idempotency_key, fence)),
         body=b"",
         is_write=True,
         retry_after_send=idempotency_key is not None,
@@ -1035,7 +1131,9 @@ def build_count(prefix: str = "", *, consistency: str = "linearizable") -> HttpR
     return _read_request(f"{_KV_PREFIX}?{encoded}", f"COUNT {prefix!r}")
 
 
-def build_txn(txn: Txn, *, idempotency_key: str | None = None) -> HttpRequest:
+def build_txn(
+    txn: Txn, *, idempotency_key: str | None = None, fence: Fence | None = None
+) -> HttpRequest:
     """`POST /v1/txn` with `txn`'s body. A transaction that only reads is repeated like a
     read; one that writes only with an idempotency key (like a put)."""
     if not isinstance(txn, Txn):
@@ -1043,7 +1141,10 @@ def build_txn(txn: Txn, *, idempotency_key: str | None = None) -> HttpRequest:
     return HttpRequest(
         method="POST",
         target=_TXN_PATH,
-        headers=(*_write_headers(None, idempotency_key), ("Content-Type", "application/json")),
+        headers=(
+            *_write_headers(None, idempotency_key, fence),
+            ("Content-Type", "application/json"),
+        ),
         body=json.dumps(txn.to_json()).encode(),
         is_write=True,
         retry_after_send=idempotency_key is not None or not txn.writes,
@@ -1202,6 +1303,59 @@ def build_leases() -> HttpRequest:
     return _read_request(_LEASES_PATH, "GET /v1/leases")
 
 
+def _lock_path(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ClientError("bad_lock", "a lock name is a non-empty string")
+    return f"{_LOCKS_PATH}/{urllib.parse.quote(name, safe='/')}"
+
+
+def build_lock_acquire(name: str, lease: int, *, wait_s: float, value: str = "") -> HttpRequest:
+    """`POST /v1/locks/{name} {"lease", "wait_s", "value"}`: wait up to `wait_s` for the lock.
+
+    Repeated after it may have reached a node: a lease has one place per lock, so a
+    repeat answers the same place and token."""
+    if not isinstance(wait_s, int | float) or not 0 <= wait_s <= LOCK_WAIT_S_MAX:
+        raise ClientError("bad_request", f"wait_s must be in 0..{LOCK_WAIT_S_MAX:g} seconds")
+    if not isinstance(value, str):
+        raise ClientError("bad_lock", "a lock waiter's value is a string")
+    body = {"lease": str(_lease_id(lease)), "wait_s": wait_s, "value": value}
+    return HttpRequest(
+        method="POST",
+        target=_lock_path(name),
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps(body).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"acquire lock {name!r}",
+    )
+
+
+def build_lock_release(name: str, fencing_token: int) -> HttpRequest:
+    """`DELETE /v1/locks/{name} {"fencing_token": T}`. Repeated after it may have reached a
+    node: a repeat can only find the place gone (`LockNotHeld`)."""
+    if type(fencing_token) is not int or fencing_token < 1:
+        raise ClientError("bad_lock", "a fencing token is a positive integer")
+    return HttpRequest(
+        method="DELETE",
+        target=_lock_path(name),
+        headers=_JSON_BODY_HEADERS,
+        body=json.dumps({"fencing_token": fencing_token}).encode(),
+        is_write=True,
+        retry_after_send=True,
+        description=f"release lock {name!r}",
+    )
+
+
+def build_lock_info(name: str) -> HttpRequest:
+    """`GET /v1/locks/{name}`: the holder and the waiters, linearizably."""
+    return _read_request(_lock_path(name), f"GET lock {name!r}")
+
+
+def build_locks() -> HttpRequest:
+    """`GET /v1/locks`: every held lock and its holder."""
+    return _read_request(_LOCKS_PATH, "GET /v1/locks")
+
+
 # ---------------------------------------------------------------------------------------
 # Response interpreters.
 
@@ -1249,12 +1403,22 @@ def _raise_for_status(response: HttpResponse, key: str | None) -> None:
     """Raise the typed error for any answer that is not a 200."""
     if response.status == 200:
         return
-    if response.status == 412:
-        raise ConditionFailed(key or "", _revision_field(_json_object(response), 412))
     if 400 <= response.status < 500:
         code, message = _error_fields(response)
+        error = _LOCK_ERRORS.get(code)
+        if error is not None:
+            raise error(code, message, response.status)
+        if response.status == 412:
+            raise ConditionFailed(key or "", _revision_field(_json_object(response), 412))
         raise ClientError(code, message, response.status)
     raise ProtocolError(f"unexpected {_error_text(response)}")
+
+
+_LOCK_ERRORS: dict[str, type[ClientError]] = {
+    "fence_failed": FenceFailed,
+    "lock_not_acquired": LockNotAcquired,
+    "lock_not_held": LockNotHeld,
+}
 
 
 def interpret_put(response: HttpResponse, key: str | None = None) -> int:
@@ -1466,6 +1630,55 @@ def interpret_leases(response: HttpResponse) -> list[LeaseInfo]:
     if not isinstance(leases, list):
         raise ProtocolError("HTTP 200: 'leases' is not a list")
     return [_lease_info(one, 200, with_keys=False) for one in leases]
+
+
+def _lock_hold(body: object, status: int) -> LockHold:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"HTTP {status}: a lock is not a JSON object")
+    name, key, token = body.get("name"), body.get("key"), body.get("fencing_token")
+    lease, value = body.get("lease"), body.get("value")
+    if not isinstance(name, str) or not isinstance(key, str) or not isinstance(value, str):
+        raise ProtocolError(f"HTTP {status}: a lock's name, key or value is not a string")
+    if type(token) is not int or token < 1:
+        raise ProtocolError(f"HTTP {status}: 'fencing_token' is not a positive integer")
+    return LockHold(name, key, token, _lease_id_field({"id": lease}, status), value)
+
+
+def interpret_lock_acquire(response: HttpResponse, lease: int) -> LockHold:
+    """The place held; `LockNotAcquired` (409) when out of time or the lease went while
+    waiting; `LeaseNotFound` when the lease was gone to begin with."""
+    _raise_for_lease(response, lease)
+    return _lock_hold(_json_object(response), 200)
+
+
+def interpret_lock_release(response: HttpResponse) -> int:
+    """The revision of the release; `LockNotHeld` (409) if the token had no place."""
+    _raise_for_status(response, None)
+    return _revision_field(_json_object(response), 200)
+
+
+def interpret_lock_info(response: HttpResponse) -> LockInfo:
+    """The holder (None: nobody) and waiters of one lock."""
+    _raise_for_status(response, None)
+    body = _json_object(response)
+    holder, waiters, name = body.get("holder"), body.get("waiters"), body.get("name")
+    if not isinstance(waiters, list) or not isinstance(name, str):
+        raise ProtocolError("HTTP 200: a lock's 'name' or 'waiters' is malformed")
+    return LockInfo(
+        name,
+        None if holder is None else _lock_hold(holder, 200),
+        tuple(_lock_hold(one, 200) for one in waiters),
+        _revision_field(body, 200),
+    )
+
+
+def interpret_locks(response: HttpResponse) -> list[LockHold]:
+    """The holder of every held lock, by name."""
+    _raise_for_status(response, None)
+    locks = _json_object(response).get("locks")
+    if not isinstance(locks, list) or not all(isinstance(one, dict) for one in locks):
+        raise ProtocolError("HTTP 200: 'locks' is not a list of objects")
+    return [_lock_hold(one.get("holder"), 200) for one in locks]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1915,6 +2128,99 @@ def plan_watch(
 # The shared, IO-free half of both clients.
 
 
+# ---------------------------------------------------------------------------------------
+# Authentication (#20): a user's token, fetched and refreshed around any plan's steps.
+
+TOKEN_PATH = "/v1/auth/token"
+TOKEN_REFRESH_FRACTION = 0.8
+"""A token is renewed once this fraction of its lifetime has passed, before it expires."""
+
+AUTH_DISABLED_RECHECK_S = 30.0
+"""How long a client that was told auth is off sends without a token before asking again."""
+
+
+class Credentials:
+    """Who a client is: a `user` and `password` (it fetches tokens itself, and a new one
+    after a 401, once per request: a 401 means nothing was done), or a fixed `token`."""
+
+    def __init__(
+        self, user: str | None = None, password: str | None = None, token: str | None = None
+    ) -> None:
+        if (user is None) != (password is None):
+            raise ClientError("bad_request", "give both user and password, or neither")
+        self.user = user
+        self.password = password
+        self.token = token
+        self.refresh_at_s = float("inf") if token is not None else 0.0
+
+    @property
+    def can_login(self) -> bool:
+        return self.user is not None
+
+    def build_token_request(self) -> HttpRequest:
+        body = json.dumps({"user": self.user, "password": self.password}).encode()
+        return HttpRequest(
+            "POST", TOKEN_PATH, _JSON_BODY_HEADERS, body, False, True, f"POST {TOKEN_PATH}"
+        )
+
+    def accept(self, response: HttpResponse, now_s: float) -> None:
+        """Take a token answer: the token, or auth being off; a typed error otherwise
+        (`ClientError` ``unauthenticated``: wrong user or password; ``too_many_attempts``)."""
+        if response.status == 409:  # auth_disabled: no token needed for now
+            self.token, self.refresh_at_s = None, now_s + AUTH_DISABLED_RECHECK_S
+            return
+        _raise_for_status(response, None)
+        body = _json_object(response)
+        token, expires_s = body.get("token"), body.get("expires_s")
+        if not isinstance(token, str) or type(expires_s) is not int or expires_s < 1:
+            raise ProtocolError("HTTP 200: a token answer without 'token' and 'expires_s'")
+        self.token = token
+        self.refresh_at_s = now_s + expires_s * TOKEN_REFRESH_FRACTION
+
+    def sign(self, step: Send | OpenStream) -> Send | OpenStream:
+        if self.token is None:
+            return step
+        headers = (*step.request.headers, ("Authorization", f"Bearer {self.token}"))
+        request = dataclasses.replace(step.request, headers=headers)
+        return dataclasses.replace(step, request=request)
+
+    def login(self, endpoint: str, timeout_s: float) -> Generator[Send, Outcome | None, None]:
+        outcome = yield Send(endpoint, self.build_token_request(), timeout_s)
+        if isinstance(outcome, HttpResponse):
+            self.accept(outcome, time.monotonic())
+        # A transport failure: go on without a token; the request itself fails the same way
+        # and its plan retries it elsewhere.
+
+
+def plan_authenticated(
+    steps: Generator[Any, Any, T], credentials: Credentials
+) -> Generator[Any, Any, T]:
+    """`steps` (any plan: `plan_exchange`, `plan_watch`, ...) with every request carrying
+    `Authorization: Bearer` when `credentials` have a token, fetching one first when due, and
+    after a 401 fetching a new one and sending that request once more."""
+    try:
+        reply: Any = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            if not isinstance(step, Send | OpenStream):
+                reply = yield step
+                continue
+            if credentials.can_login and time.monotonic() >= credentials.refresh_at_s:
+                yield from credentials.login(step.endpoint, step.timeout_s)
+            reply = yield credentials.sign(step)
+            if isinstance(reply, HttpResponse) and reply.status == 401 and credentials.can_login:
+                credentials.token, credentials.refresh_at_s = None, 0.0
+                yield from credentials.login(step.endpoint, step.timeout_s)
+                if credentials.token is not None:
+                    reply = yield credentials.sign(step)
+    finally:
+        steps.close()
+
+
 class _ClientCore:
     """Holds a client's router, policy and randomness and builds the step plan of every
     operation; the transports only execute `Send` and `Wait`."""
@@ -1932,8 +2238,10 @@ class _ClientCore:
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
         unreachable_timeout_s: float | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.router = EndpointRouter(endpoints)
+        self.credentials = credentials
         self.policy = RetryPolicy(
             timeout_s, attempt_timeout_s, connect_timeout_s, unreachable_timeout_s
         )
@@ -1951,6 +2259,32 @@ class _ClientCore:
         build_watch(progress_s=watch_progress_s)  # the same checks as every watch
         self.watch_progress_s = watch_progress_s
 
+    def authenticated(self, steps: Generator[Any, Any, T]) -> Generator[Any, Any, T]:
+        """`steps` with the client's credentials (`plan_authenticated`), if it has any."""
+        if self.credentials is None:
+            return steps
+        return plan_authenticated(steps, self.credentials)
+
+    def auth_call(
+        self, method: str, path: str, body: Any, endpoint: str | None
+    ) -> Steps[dict[str, Any]]:
+        """One `/v1/auth/*` request (users, roles, the switch): its JSON answer."""
+        data = b"" if body is None else json.dumps(body).encode()
+        request = HttpRequest(
+            method,
+            path,
+            _JSON_BODY_HEADERS,
+            data,
+            method != "GET",
+            # Repeating a user, role or switch change gives the same state (a PUT, or a
+            # DELETE answering 404 the second time, which the caller sees).
+            method != "DELETE",
+            f"{method} {path}",
+        )
+        response = yield from self._exchange(request, endpoint)
+        _raise_for_status(response, None)
+        return _json_object(response)
+
     def _plan(self, request: HttpRequest) -> Steps[HttpResponse]:
         return plan_exchange(request, self.router, self.policy, time.monotonic, self.rng)
 
@@ -1967,6 +2301,7 @@ class _ClientCore:
         if_absent: bool,
         idempotency_key: str | None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> Steps[int]:
         request = build_put(
             key,
@@ -1975,6 +2310,7 @@ class _ClientCore:
             if_absent=if_absent,
             idempotency_key=self._write_key(idempotency_key),
             lease=lease,
+            fence=fence,
         )
         response = yield from self._plan(request)
         if lease is not None and response.status == 404:
@@ -1999,6 +2335,28 @@ class _ClientCore:
 
     def leases(self) -> Steps[list[LeaseInfo]]:
         return interpret_leases((yield from self._plan(build_leases())))
+
+    def lock_acquire(self, name: str, lease: int, wait_s: float, value: str) -> Steps[LockHold]:
+        request = build_lock_acquire(name, lease, wait_s=wait_s, value=value)
+        # Every attempt may legitimately take wait_s longer than an ordinary write.
+        policy = RetryPolicy(
+            self.policy.timeout_s + wait_s,
+            self.policy.attempt_timeout_s + wait_s,
+            self.policy.connect_timeout_s,
+            self.policy.unreachable_timeout_s,
+        )
+        steps = plan_exchange(request, self.router, policy, time.monotonic, self.rng)
+        return interpret_lock_acquire((yield from steps), lease)
+
+    def lock_release(self, name: str, fencing_token: int) -> Steps[int]:
+        request = build_lock_release(name, fencing_token)
+        return interpret_lock_release((yield from self._plan(request)))
+
+    def lock_info(self, name: str) -> Steps[LockInfo]:
+        return interpret_lock_info((yield from self._plan(build_lock_info(name))))
+
+    def locks(self) -> Steps[list[LockHold]]:
+        return interpret_locks((yield from self._plan(build_locks())))
 
     def keepalive_policy(self, ttl_s: int) -> RetryPolicy:
         """A background keepalive's timeouts: one call (all its retries) within one
@@ -2037,38 +2395,53 @@ class _ClientCore:
     ) -> WatchSteps:
         build_watch(prefix, key=key, start_revision=start_revision)  # refuse bad calls now
         cursor = WatchCursor(prefix, key, start_revision)
-        return plan_watch(
-            cursor,
-            self.router,
-            self.policy,
-            time.monotonic,
-            self.rng,
-            progress=progress,
-            progress_s=self.watch_progress_s,
-            idle_timeout_s=self.watch_idle_timeout_s,
-            line_bytes_max=self.watch_line_bytes_max,
+        return self.authenticated(
+            plan_watch(
+                cursor,
+                self.router,
+                self.policy,
+                time.monotonic,
+                self.rng,
+                progress=progress,
+                progress_s=self.watch_progress_s,
+                idle_timeout_s=self.watch_idle_timeout_s,
+                line_bytes_max=self.watch_line_bytes_max,
+            )
         )
 
     def delete(
-        self, key: str, if_revision: int | None, idempotency_key: str | None
+        self,
+        key: str,
+        if_revision: int | None,
+        idempotency_key: str | None,
+        fence: Fence | None = None,
     ) -> Steps[tuple[int, bool]]:
         request = build_delete(
-            key, if_revision=if_revision, idempotency_key=self._write_key(idempotency_key)
+            key,
+            if_revision=if_revision,
+            idempotency_key=self._write_key(idempotency_key),
+            fence=fence,
         )
         return interpret_delete((yield from self._plan(request)), key)
 
-    def delete_prefix(self, prefix: str, idempotency_key: str | None) -> Steps[tuple[int, int]]:
-        request = build_delete_prefix(prefix, idempotency_key=self._write_key(idempotency_key))
+    def delete_prefix(
+        self, prefix: str, idempotency_key: str | None, fence: Fence | None = None
+    ) -> Steps[tuple[int, int]]:
+        request = build_delete_prefix(
+            prefix, idempotency_key=self._write_key(idempotency_key), fence=fence
+        )
         return interpret_delete_prefix((yield from self._plan(request)))
 
     def count(self, prefix: str, consistency: str) -> Steps[int]:
         request = build_count(prefix, consistency=consistency)
         return interpret_count((yield from self._plan(request)))
 
-    def txn(self, txn: Txn, idempotency_key: str | None) -> Steps[TxnAnswer]:
+    def txn(
+        self, txn: Txn, idempotency_key: str | None, fence: Fence | None = None
+    ) -> Steps[TxnAnswer]:
         # An automatic key only where the server takes one: not on a transaction that reads.
         key = self._write_key(idempotency_key) if txn.writes and not txn.reads else idempotency_key
-        request = build_txn(txn, idempotency_key=key)
+        request = build_txn(txn, idempotency_key=key, fence=fence)
         return interpret_txn((yield from self._plan(request)), txn)
 
     def list_page(
@@ -2169,7 +2542,12 @@ class _ClientBase:
     bookmark intervals), `watch_line_bytes_max` the longest stream line accepted.
 
     `unreachable_timeout_s` (None: off): a call gives up when no endpoint has answered
-    over HTTP for that long (`RetryPolicy`), even though its `timeout_s` is longer."""
+    over HTTP for that long (`RetryPolicy`), even though its `timeout_s` is longer.
+
+    TLS, for ``https://`` endpoints: `cacert` (a PEM file; default: the system's trust
+    store), `cert` and `key` (a client certificate, for a cluster whose nodes require one),
+    or `ssl_context` instead of the three. A file that cannot be used is a `ClientError`
+    (``bad_tls_file``) naming it."""
 
     def __init__(
         self,
@@ -2185,17 +2563,44 @@ class _ClientBase:
         watch_line_bytes_max: int = WATCH_LINE_BYTES_MAX,
         watch_progress_s: float = WATCH_PROGRESS_S,
         unreachable_timeout_s: float | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
+        if ssl_context is None and (cacert is not None or cert is not None or key is not None):
+            from kvraft.tls import TlsFileError, https_client_context
+
+            try:
+                ssl_context = https_client_context(
+                    None if cacert is None else pathlib.Path(cacert),
+                    None if cert is None else pathlib.Path(cert),
+                    None if key is None else pathlib.Path(key),
+                )
+            except TlsFileError as error:
+                raise ClientError("bad_tls_file", str(error)) from None
+        self._ssl_context = ssl_context
+        """For https:// endpoints; None: the system's trust store, no client certificate."""
         # What a lease's keepalive thread needs to build its own client like this one
         # (not the rng: a client is not shared between threads, nor its randomness).
         self._options: dict[str, Any] = {
+            "ssl_context": ssl_context,
             "timeout_s": timeout_s,
             "attempt_timeout_s": attempt_timeout_s,
             "connect_timeout_s": connect_timeout_s,
             "auto_idempotency_keys": auto_idempotency_keys,
             "response_bytes_max": response_bytes_max,
             "unreachable_timeout_s": unreachable_timeout_s,
+            "user": user,
+            "password": password,
+            "token": token,
         }
+        credentials = None
+        if user is not None or password is not None or token is not None:
+            credentials = Credentials(user, password, token)
         self._core = _ClientCore(
             endpoints,
             timeout_s,
@@ -2208,6 +2613,7 @@ class _ClientBase:
             watch_line_bytes_max,
             watch_progress_s,
             unreachable_timeout_s,
+            credentials,
         )
 
     @property
@@ -2227,14 +2633,24 @@ class BackupInfo:
 
 
 def _save_backup(
-    endpoints: Sequence[str], path: str | os.PathLike[str], timeout_s: float
+    endpoints: Sequence[str],
+    path: str | os.PathLike[str],
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    authorization: str | None = None,
 ) -> BackupInfo:
     # Imported here: kvraft.backup imports the storage engine, which a client that never
     # takes a backup should not have to load.
     from kvraft.backup import BackupUnavailable, download_backup
 
     try:
-        summary = download_backup(endpoints, pathlib.Path(path), timeout_s=timeout_s)
+        summary = download_backup(
+            endpoints,
+            pathlib.Path(path),
+            timeout_s=timeout_s,
+            ssl_context=ssl_context,
+            authorization=authorization,
+        )
     except BackupUnavailable as error:
         raise Unavailable(str(error)) from None
     return BackupInfo(summary.header.revision, summary.header.keys, summary.file_bytes)
@@ -2256,10 +2672,15 @@ class KVClient(_ClientBase):
         if_absent: bool = False,
         idempotency_key: str | None = None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Store `value` under `key`; return the write's revision. With `lease` (a lease
-        id) the key is deleted when that lease is revoked or expires."""
-        return self._run(self._core.put(key, value, if_revision, if_absent, idempotency_key, lease))
+        id) the key is deleted when that lease is revoked or expires. With `fence` (a lock
+        hold's `fence`) it applies only while that token holds the lock, else
+        `FenceFailed`."""
+        return self._run(
+            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease, fence)
+        )
 
     def lease_grant(self, ttl_s: int) -> LeaseGrant:
         """Grant a lease of `ttl_s` whole seconds (the server's bounds: `bad_ttl` outside
@@ -2301,6 +2722,45 @@ class KVClient(_ClientBase):
         _check_ttl(ttl_s)
         return Lease(self, KVClient(self.endpoints, **self._options), ttl_s)
 
+    def lock_acquire(
+        self, name: str, lease: int, *, wait_s: float = 0.0, value: str = ""
+    ) -> LockHold:
+        """Queue `lease` for lock `name` and wait up to `wait_s` (at most `LOCK_WAIT_S_MAX`)
+        until it holds it; the hold with its fencing token. `LockNotAcquired` if it did not
+        (its place was given up). To hold a lock for a block of code, use `lock()`."""
+        return self._run(self._core.lock_acquire(name, lease, wait_s, value))
+
+    def lock_release(self, name: str, fencing_token: int) -> int:
+        """Release the lock (or give up a place in its queue); the revision. `LockNotHeld`
+        if the token has no place (released already, or its lease expired)."""
+        return self._run(self._core.lock_release(name, fencing_token))
+
+    def lock_info(self, name: str) -> LockInfo:
+        """Who holds lock `name` and who waits, in order."""
+        return self._run(self._core.lock_info(name))
+
+    def locks(self) -> list[LockHold]:
+        """The holder of every held lock, by name."""
+        return self._run(self._core.locks())
+
+    def lock(
+        self, name: str, *, ttl_s: int = 10, wait_s: float | None = None, value: str = ""
+    ) -> Lock:
+        """Lock `name` for a `with` block, with its own lease kept alive in the background:
+
+            with client.lock("jobs/nightly") as lock:
+                client.put("jobs/nightly/output", data, fence=lock.fence)
+
+        Waits first come, first served (forever unless `wait_s`; `LockNotAcquired` then),
+        across failovers: a repeated request keeps the place. `lock.fencing_token` grows
+        with every new holder: pass `lock.fence` to writes (or the token to whatever the
+        lock protects), so a holder paused past its lease cannot undo the next holder's
+        work. `lock.lost` is set if the lease expired: the lock is gone. Leaving releases
+        it and revokes the lease."""
+        _check_ttl(ttl_s)
+        _check_lock_wait(wait_s)
+        return Lock(self, self.lease(ttl_s), name, wait_s, value)
+
     def get(
         self,
         key: str,
@@ -2334,15 +2794,22 @@ class KVClient(_ClientBase):
         return self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     def delete(
-        self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+        self,
+        key: str,
+        *,
+        if_revision: int | None = None,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[int, bool]:
-        """Delete `key`; return (revision, deleted)."""
-        return self._run(self._core.delete(key, if_revision, idempotency_key))
+        """Delete `key`; return (revision, deleted). `fence` as in `put`."""
+        return self._run(self._core.delete(key, if_revision, idempotency_key, fence))
 
-    def delete_prefix(self, prefix: str, *, idempotency_key: str | None = None) -> tuple[int, int]:
+    def delete_prefix(
+        self, prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
+    ) -> tuple[int, int]:
         """Delete every key starting with `prefix` in one revision ("" deletes every key);
-        return (revision, how many were deleted)."""
-        return self._run(self._core.delete_prefix(prefix, idempotency_key))
+        return (revision, how many were deleted). `fence` as in `put`."""
+        return self._run(self._core.delete_prefix(prefix, idempotency_key, fence))
 
     def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
         """How many keys start with `prefix`."""
@@ -2356,12 +2823,14 @@ class KVClient(_ClientBase):
         success: Sequence[TxnOp] = (),
         failure: Sequence[TxnOp] = (),
         idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> TxnAnswer:
         """Run a transaction, given as a `kvraft.txn.Txn` or as its three parts (like
         python-etcd3's `transaction`): if every compare holds, `success` is applied, else
-        `failure`, as one write at one revision. A failed compare is not an error."""
+        `failure`, as one write at one revision. A failed compare is not an error. `fence`
+        as in `put`."""
         built = _txn_of(txn, compare, success, failure)
-        return self._run(self._core.txn(built, idempotency_key))
+        return self._run(self._core.txn(built, idempotency_key, fence))
 
     def list(
         self,
@@ -2501,7 +2970,76 @@ class KVClient(_ClientBase):
         """Save a consistent backup of the whole cluster to `path` (`GET /v1/backup`, from
         the leader; written to a temporary file and renamed once its checksum matched).
         `Unavailable` if no endpoint gave a complete one within the call's timeout."""
-        return _save_backup(self.endpoints, path, self._core.policy.timeout_s)
+        return _save_backup(
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            self.authorization(),
+        )
+
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value this client sends (``Bearer <token>``, a token
+        fetched first if due), for a request made outside the client; None without
+        credentials or while auth is off."""
+        credentials = self._core.credentials
+        if credentials is None:
+            return None
+        if credentials.can_login and time.monotonic() >= credentials.refresh_at_s:
+            self.auth_status()  # any call: the step wrapper logs in before it
+        return None if credentials.token is None else f"Bearer {credentials.token}"
+
+    # --- users, roles and the auth switch (#20; admin only once auth is enabled) ---------
+
+    def _auth(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return self._run(self._core.auth_call(method, path, body, None))
+
+    def auth_status(self) -> bool:
+        """Whether authentication is enabled."""
+        return bool(self._auth("GET", "/v1/auth/status").get("enabled"))
+
+    def auth_enable(self) -> int:
+        """Enable authentication (needs user root with an admin role); its revision."""
+        return _revision_field(self._auth("POST", "/v1/auth/enable"), 200)
+
+    def auth_disable(self) -> int:
+        """Disable authentication; its revision."""
+        return _revision_field(self._auth("POST", "/v1/auth/disable"), 200)
+
+    def users(self) -> builtins.list[dict[str, Any]]:
+        """Every user: ``{"name", "roles"}`` (never a password hash)."""
+        return builtins.list(self._auth("GET", "/v1/auth/users").get("users", []))
+
+    def roles(self) -> builtins.list[dict[str, Any]]:
+        """Every role: ``{"name", "admin", "permissions": [{"prefix", "access"}]}``."""
+        return builtins.list(self._auth("GET", "/v1/auth/roles").get("roles", []))
+
+    def user_put(
+        self, name: str, *, password: str | None = None, roles: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Create user `name` (a password needed) or change its password and/or roles."""
+        body: dict[str, Any] = {}
+        if password is not None:
+            body["password"] = password
+        if roles is not None:
+            body["roles"] = list(roles)
+        return self._auth("PUT", "/v1/auth/users/" + urllib.parse.quote(name, safe=""), body)
+
+    def user_delete(self, name: str) -> dict[str, Any]:
+        return self._auth("DELETE", "/v1/auth/users/" + urllib.parse.quote(name, safe=""))
+
+    def role_put(
+        self, name: str, *, permissions: Sequence[tuple[str, str]] = (), admin: bool = False
+    ) -> dict[str, Any]:
+        """Create or replace role `name`: `permissions` as ``(prefix, "read"|"readwrite")``."""
+        body = {
+            "admin": admin,
+            "permissions": [{"prefix": p, "access": a} for p, a in permissions],
+        }
+        return self._auth("PUT", "/v1/auth/roles/" + urllib.parse.quote(name, safe=""), body)
+
+    def role_delete(self, name: str) -> dict[str, Any]:
+        return self._auth("DELETE", "/v1/auth/roles/" + urllib.parse.quote(name, safe=""))
 
     def status_all(self) -> StatusResults:
         """The status of every endpoint, asked concurrently: a dict, or the error."""
@@ -2517,6 +3055,7 @@ class KVClient(_ClientBase):
             return dict(zip(endpoints, pool.map(one, endpoints), strict=True))
 
     def _run(self, steps: Steps[T]) -> T:
+        steps = self._core.authenticated(steps)
         try:
             step = next(steps)
             while True:
@@ -2533,16 +3072,8 @@ class KVClient(_ClientBase):
         self, step: OpenStream
     ) -> tuple[http.client.HTTPConnection | None, http.client.HTTPResponse | None, Outcome]:
         """Send a streaming request; keep the connection open on a 200."""
-        parts = urllib.parse.urlsplit(step.endpoint)
-        connection_type = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
         timeout_s = max(step.timeout_s, 0.001)
-        connection = connection_type(
-            parts.hostname or "",
-            parts.port,
-            timeout=min(timeout_s, self._core.policy.connect_timeout_s),
-        )
+        connection = self._connection(step.endpoint, timeout_s)
         try:
             connection.connect()
         except (OSError, http.client.HTTPException) as error:
@@ -2567,17 +3098,24 @@ class KVClient(_ClientBase):
             raise _too_large(step.endpoint, limit)
         return None, None, HttpResponse(response.status, headers, body)
 
+    def _connection(self, endpoint: str, timeout_s: float) -> http.client.HTTPConnection:
+        """A new (unconnected) connection to `endpoint`; over TLS for https://."""
+        parts = urllib.parse.urlsplit(endpoint)
+        connect_timeout_s = min(timeout_s, self._core.policy.connect_timeout_s)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                parts.hostname or "",
+                parts.port,
+                timeout=connect_timeout_s,
+                context=self._ssl_context,
+            )
+        return http.client.HTTPConnection(
+            parts.hostname or "", parts.port, timeout=connect_timeout_s
+        )
+
     def _send(self, step: Send) -> Outcome:
-        parts = urllib.parse.urlsplit(step.endpoint)
-        connection_type = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
         timeout_s = max(step.timeout_s, 0.001)
-        connection = connection_type(
-            parts.hostname or "",
-            parts.port,
-            timeout=min(timeout_s, self._core.policy.connect_timeout_s),
-        )
+        connection = self._connection(step.endpoint, timeout_s)
         try:
             try:
                 connection.connect()
@@ -2659,11 +3197,12 @@ class AsyncKVClient(_ClientBase):
         if_absent: bool = False,
         idempotency_key: str | None = None,
         lease: int | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Store `value` under `key`; return the write's revision. With `lease`, the key
-        goes when that lease does."""
+        goes when that lease does; with `fence`, see `KVClient.put`."""
         return await self._run(
-            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease)
+            self._core.put(key, value, if_revision, if_absent, idempotency_key, lease, fence)
         )
 
     async def lease_grant(self, ttl_s: int) -> LeaseGrant:
@@ -2692,6 +3231,33 @@ class AsyncKVClient(_ClientBase):
         `asyncio.Event`). The task shares this client, so it is used on its event loop."""
         _check_ttl(ttl_s)
         return AsyncLease(self, ttl_s)
+
+    async def lock_acquire(
+        self, name: str, lease: int, *, wait_s: float = 0.0, value: str = ""
+    ) -> LockHold:
+        """Wait up to `wait_s` for lock `name`; see `KVClient.lock_acquire`."""
+        return await self._run(self._core.lock_acquire(name, lease, wait_s, value))
+
+    async def lock_release(self, name: str, fencing_token: int) -> int:
+        """Release the lock; see `KVClient.lock_release`."""
+        return await self._run(self._core.lock_release(name, fencing_token))
+
+    async def lock_info(self, name: str) -> LockInfo:
+        """Who holds lock `name` and who waits, in order."""
+        return await self._run(self._core.lock_info(name))
+
+    async def locks(self) -> list[LockHold]:
+        """The holder of every held lock, by name."""
+        return await self._run(self._core.locks())
+
+    def lock(
+        self, name: str, *, ttl_s: int = 10, wait_s: float | None = None, value: str = ""
+    ) -> AsyncLock:
+        """`async with client.lock(name) as lock:`; the contract of `KVClient.lock`, with
+        `lock.lost` an `asyncio.Event`."""
+        _check_ttl(ttl_s)
+        _check_lock_wait(wait_s)
+        return AsyncLock(self, self.lease(ttl_s), name, wait_s, value)
 
     async def get(
         self,
@@ -2722,16 +3288,21 @@ class AsyncKVClient(_ClientBase):
         return await self._run(self._core.wait_key(key, consistency, wait_revision, wait_s))
 
     async def delete(
-        self, key: str, *, if_revision: int | None = None, idempotency_key: str | None = None
+        self,
+        key: str,
+        *,
+        if_revision: int | None = None,
+        idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[int, bool]:
         """Delete `key`; return (revision, deleted)."""
-        return await self._run(self._core.delete(key, if_revision, idempotency_key))
+        return await self._run(self._core.delete(key, if_revision, idempotency_key, fence))
 
     async def delete_prefix(
-        self, prefix: str, *, idempotency_key: str | None = None
+        self, prefix: str, *, idempotency_key: str | None = None, fence: Fence | None = None
     ) -> tuple[int, int]:
         """Delete every key starting with `prefix`; see `KVClient.delete_prefix`."""
-        return await self._run(self._core.delete_prefix(prefix, idempotency_key))
+        return await self._run(self._core.delete_prefix(prefix, idempotency_key, fence))
 
     async def count(self, prefix: str = "", *, consistency: str = "linearizable") -> int:
         """How many keys start with `prefix`."""
@@ -2745,10 +3316,11 @@ class AsyncKVClient(_ClientBase):
         success: Sequence[TxnOp] = (),
         failure: Sequence[TxnOp] = (),
         idempotency_key: str | None = None,
+        fence: Fence | None = None,
     ) -> TxnAnswer:
         """Run a transaction; see `KVClient.txn`."""
         built = _txn_of(txn, compare, success, failure)
-        return await self._run(self._core.txn(built, idempotency_key))
+        return await self._run(self._core.txn(built, idempotency_key, fence))
 
     async def list(
         self,
@@ -2863,8 +3435,23 @@ class AsyncKVClient(_ClientBase):
     async def backup(self, path: str | os.PathLike[str]) -> BackupInfo:
         """Save a backup to `path`; see `KVClient.backup`. The download and the file writes
         run on a worker thread, so the event loop is never blocked by the disk."""
+        credentials = self._core.credentials
+        if (
+            credentials is not None
+            and credentials.can_login
+            and time.monotonic() >= credentials.refresh_at_s
+        ):  # any call: the step wrapper logs in before it
+            await self._run(self._core.auth_call("GET", "/v1/auth/status", None, None))
+        authorization = None
+        if credentials is not None and credentials.token is not None:
+            authorization = f"Bearer {credentials.token}"
         return await asyncio.to_thread(
-            _save_backup, self.endpoints, path, self._core.policy.timeout_s
+            _save_backup,
+            self.endpoints,
+            path,
+            self._core.policy.timeout_s,
+            self._ssl_context,
+            authorization,
         )
 
     async def status_all(self) -> StatusResults:
@@ -2881,6 +3468,7 @@ class AsyncKVClient(_ClientBase):
         return collected
 
     async def _run(self, steps: Steps[T]) -> T:
+        steps = self._core.authenticated(steps)
         try:
             step = next(steps)
             while True:
@@ -2895,8 +3483,16 @@ class AsyncKVClient(_ClientBase):
 
     def _session_for_use(self) -> aiohttp.ClientSession:
         if self._session is None:
+            connector = aiohttp.TCPConnector(
+                force_close=True,
+                ssl=self._ssl_context or True,
+                # A TLS connection closed on release finishes its shutdown later; before
+                # Python 3.12.8 one still shutting down when the loop ends leaks (CPython
+                # issue 118960), unless the connector aborts it when it closes.
+                enable_cleanup_closed=aiohttp.connector.NEEDS_CLEANUP_CLOSED,
+            )
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True),
+                connector=connector,
                 auto_decompress=False,
             )
             # aiohttp silently repeats a PUT or DELETE once when the connection drops
@@ -3149,3 +3745,147 @@ class AsyncLease:
                 continue
             self.last_error = None
             delay_s = period_s
+
+
+# ---------------------------------------------------------------------------------------
+# Locks held for a block of code.
+
+
+def _check_lock_wait(wait_s: object) -> None:
+    if wait_s is not None and (not isinstance(wait_s, int | float) or wait_s < 0):
+        raise ClientError("bad_request", "wait_s must be a non-negative number or None")
+
+
+def _lock_wait_chunk_s(deadline_s: float | None) -> float:
+    """How long the next lock request may wait on the server: to the deadline, at most
+    `LOCK_WAIT_S_MAX` (a longer wait asks again)."""
+    if deadline_s is None:
+        return LOCK_WAIT_S_MAX
+    return min(max(0.0, deadline_s - time.monotonic()), LOCK_WAIT_S_MAX)
+
+
+class _LockBase:
+    """What `Lock` and `AsyncLock` share: the hold, once entered."""
+
+    def __init__(self, name: str, wait_s: float | None, value: str) -> None:
+        self.name = name
+        self._wait_s = wait_s
+        self._value = value
+        self._hold: LockHold | None = None
+
+    @property
+    def hold(self) -> LockHold:
+        """The place held: token, lease, key; only inside the `with` block."""
+        if self._hold is None:
+            raise ClientError("bad_lock", "the lock is held once its with block starts")
+        return self._hold
+
+    @property
+    def fencing_token(self) -> int:
+        """Greater than every token given for this lock before: pass it along to whatever
+        the lock protects, which should refuse a token smaller than one it has seen."""
+        return self.hold.fencing_token
+
+    @property
+    def fence(self) -> Fence:
+        """`fence=` for kvraft's own writes: they apply only while this hold lasts."""
+        return self.hold.fence
+
+    def _deadline_s(self) -> float | None:
+        return None if self._wait_s is None else time.monotonic() + self._wait_s
+
+
+class Lock(_LockBase):
+    """A lock held by a `with` block; made by `KVClient.lock`. `lost` (a `threading.Event`)
+    is set if the lease expired: the lock may be someone else's now."""
+
+    def __init__(
+        self, client: KVClient, lease: Lease, name: str, wait_s: float | None, value: str
+    ) -> None:
+        super().__init__(name, wait_s, value)
+        self._client = client
+        self._lease = lease
+        self.lost = lease.lost
+
+    def __enter__(self) -> Lock:
+        self._lease.__enter__()
+        try:
+            deadline_s = self._deadline_s()
+            while True:
+                try:
+                    self._hold = self._client.lock_acquire(
+                        self.name,
+                        self._lease.id,
+                        wait_s=_lock_wait_chunk_s(deadline_s),
+                        value=self._value,
+                    )
+                    return self
+                except LockNotAcquired:
+                    if self.lost.is_set() or _lock_wait_chunk_s(deadline_s) == 0:
+                        raise
+        except BaseException as error:
+            self._lease.__exit__(type(error), error, error.__traceback__)  # revoked: place gone
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._hold is not None and not self.lost.is_set():
+                with contextlib.suppress(LockNotHeld):  # released by an earlier attempt
+                    self._client.lock_release(self.name, self._hold.fencing_token)
+        finally:
+            self._lease.__exit__(exc_type, exc, traceback)
+
+
+class AsyncLock(_LockBase):
+    """A lock held by an `async with` block; made by `AsyncKVClient.lock`."""
+
+    def __init__(
+        self,
+        client: AsyncKVClient,
+        lease: AsyncLease,
+        name: str,
+        wait_s: float | None,
+        value: str,
+    ) -> None:
+        super().__init__(name, wait_s, value)
+        self._client = client
+        self._lease = lease
+        self.lost = lease.lost
+
+    async def __aenter__(self) -> AsyncLock:
+        await self._lease.__aenter__()
+        try:
+            deadline_s = self._deadline_s()
+            while True:
+                try:
+                    self._hold = await self._client.lock_acquire(
+                        self.name,
+                        self._lease.id,
+                        wait_s=_lock_wait_chunk_s(deadline_s),
+                        value=self._value,
+                    )
+                    return self
+                except LockNotAcquired:
+                    if self.lost.is_set() or _lock_wait_chunk_s(deadline_s) == 0:
+                        raise
+        except BaseException as error:
+            await self._lease.__aexit__(type(error), error, error.__traceback__)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._hold is not None and not self.lost.is_set():
+                with contextlib.suppress(LockNotHeld):
+                    await self._client.lock_release(self.name, self._hold.fencing_token)
+        finally:
+            await self._lease.__aexit__(exc_type, exc, traceback)

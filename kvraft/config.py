@@ -19,6 +19,19 @@ Layout::
                write_bytes_pending_max, request_header_timeout_ms, request_body_timeout_ms,
                http_connections_max, events_kept_max (optional)
     [[nodes]]  id, raft_address, http_address, data_dir, voter (optional, default true)
+    [tls]      cert, key, client_ca (optional), ca (optional)      (optional table)
+    [peer_tls] cert, key, ca                                       (optional table)
+    [auth]     metrics_require_auth                                (optional table)
+
+``[tls]`` serves the HTTP API over HTTPS with ``cert``/``key``; with ``client_ca`` every
+client must present a certificate signed by it; ``ca`` is what a node trusts when it is the
+client of another node's HTTPS API (a follower forwarding to the leader; default: the
+system's trust store). ``[peer_tls]`` is mutual TLS between peers: each node presents
+``cert`` (which must name its node id, see `kvraft.tls`) and accepts only peers whose
+certificate ``ca`` signed and names the node id they claim. Every node reads the same file,
+so ``{id}`` in these paths is replaced by the node's id (``certs/node{id}.crt``); relative
+paths are relative to the config file's directory. Both tables are optional: a file without
+them serves plain HTTP and plain TCP (issue #20's TLS slice).
 
 ``peer_secret_file`` names the file (relative to the config file's directory) holding the
 cluster's peer secret, hex (issue #20; `read_peer_secret`). Peers prove they know it at every
@@ -85,12 +98,15 @@ __all__ = [
     "SNAPSHOT_THRESHOLD_ENTRIES_MAX",
     "TICK_MS_MAX",
     "VALUE_BYTES_MAX_HIGHEST",
+    "AuthSettings",
     "ClusterConfig",
     "ConfigError",
     "LimitSettings",
     "NodeSpec",
+    "PeerTlsSettings",
     "RaftSettings",
     "StorageSettings",
+    "TlsSettings",
     "load_config",
     "local_cluster_config",
     "new_peer_secret",
@@ -380,6 +396,74 @@ class NodeSpec:
         return self.raft_host if _is_ip_literal(self.raft_host) else None
 
 
+def _for_node(path: pathlib.Path, node_id: int) -> pathlib.Path:
+    return pathlib.Path(str(path).replace(NODE_ID_PLACEHOLDER, str(node_id)))
+
+
+NODE_ID_PLACEHOLDER = "{id}"
+"""Replaced by the node's id in the paths of ``[tls]`` and ``[peer_tls]``: every node reads
+the same file but presents its own certificate."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The ``[tls]`` table: HTTPS for the HTTP API (issue #20).
+
+    Fields (absolute paths, possibly holding ``{id}``; `for_node` replaces it):
+        cert, key: the node's certificate (PEM, chain allowed) and its private key.
+        client_ca: clients must present a certificate signed by this CA; None: any client.
+        ca: what the node trusts as a client of the other nodes' HTTPS (forwarding);
+            None: the system's trust store.
+    """
+
+    cert: pathlib.Path
+    key: pathlib.Path
+    client_ca: pathlib.Path | None = None
+    ca: pathlib.Path | None = None
+
+    def for_node(self, node_id: int) -> TlsSettings:
+        """These settings with ``{id}`` replaced by `node_id`."""
+        return TlsSettings(
+            _for_node(self.cert, node_id),
+            _for_node(self.key, node_id),
+            None if self.client_ca is None else _for_node(self.client_ca, node_id),
+            None if self.ca is None else _for_node(self.ca, node_id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTlsSettings:
+    """The ``[peer_tls]`` table: mutual TLS between peers (issue #20).
+
+    Fields (absolute paths, possibly holding ``{id}``):
+        cert, key: the node's certificate, which names its node id, and its private key.
+        ca: the CA that signed every member's certificate; peers it did not sign are refused.
+    """
+
+    cert: pathlib.Path
+    key: pathlib.Path
+    ca: pathlib.Path
+
+    def for_node(self, node_id: int) -> PeerTlsSettings:
+        """These settings with ``{id}`` replaced by `node_id`."""
+        return PeerTlsSettings(
+            _for_node(self.cert, node_id), _for_node(self.key, node_id), _for_node(self.ca, node_id)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """The ``[auth]`` table (issue #20; users and roles themselves are replicated state,
+    see `kvraft.auth`).
+
+    Fields:
+        metrics_require_auth: while authentication is enabled, ``/metrics`` wants a token
+            like any other route (default: it stays open, as ``/healthz`` and ``/readyz``).
+    """
+
+    metrics_require_auth: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """A whole, validated cluster configuration.
@@ -389,6 +473,8 @@ class ClusterConfig:
         nodes: the members, in file order.
         peer_secret_file: the file holding the peers' shared secret (absolute), or None:
             peers are then not authenticated.
+        tls: HTTPS for the HTTP API, or None (plain HTTP).
+        peer_tls: mutual TLS between peers, or None (plain TCP).
         raft, storage, limits: the settings tables.
         path: the file it was loaded from (absolute), or None; not part of equality, so a
             config rendered and parsed back compares equal to the original.
@@ -401,6 +487,19 @@ class ClusterConfig:
     limits: LimitSettings
     path: pathlib.Path | None = field(default=None, compare=False)
     peer_secret_file: pathlib.Path | None = None
+    tls: TlsSettings | None = None
+    peer_tls: PeerTlsSettings | None = None
+    auth: AuthSettings = AuthSettings()
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when the nodes serve HTTPS (``[tls]``), else ``http``."""
+        return "http" if self.tls is None else "https"
+
+    def url(self, spec: NodeSpec) -> str:
+        """The base URL of a node's HTTP API in this cluster, e.g.
+        ``https://127.0.0.1:8001`` (`NodeSpec.http_url` is always plain HTTP)."""
+        return f"{self.http_scheme}://{spec.http_address}"
 
     def node(self, node_id: int) -> NodeSpec:
         """The node with this id; ConfigError if the cluster has none."""
@@ -466,6 +565,20 @@ def render_config(config: ClusterConfig) -> str:
         lines += ["", f"[{table_name}]"]
         for key in _SETTINGS_KEYS[table_name]:
             lines.append(f"{key} = {_toml_scalar(getattr(settings, key))}")
+    for table_name, tls_settings, keys in (
+        ("tls", config.tls, _TLS_KEYS),
+        ("peer_tls", config.peer_tls, _PEER_TLS_KEYS),
+    ):
+        if tls_settings is None:
+            continue
+        lines += ["", f"[{table_name}]"]
+        for key in keys:
+            path = getattr(tls_settings, key)
+            if path is not None:
+                lines.append(f"{key} = {_toml_string(str(path))}")
+    if config.auth != AuthSettings():
+        lines += ["", "[auth]"]
+        lines.append(f"metrics_require_auth = {_toml_scalar(config.auth.metrics_require_auth)}")
     for spec in config.nodes:
         lines += [
             "",
@@ -488,10 +601,13 @@ def local_cluster_config(
     host: str = "127.0.0.1",
     cluster_id: str = "kvraft-local",
     peer_secret_file: pathlib.Path | None = None,
+    tls: TlsSettings | None = None,
+    peer_tls: PeerTlsSettings | None = None,
 ) -> ClusterConfig:
     """A cluster of `nodes` voters (ids 1..nodes) on one host: node i gets http port
     ``http_port_base + i - 1``, raft port ``raft_port_base + i - 1`` and data dir
-    ``data_dir/node{i}``; default settings. Validated like a file (ConfigError)."""
+    ``data_dir/node{i}``; default settings, and `tls`/`peer_tls` as given. Validated like a
+    file (ConfigError)."""
     if isinstance(nodes, bool) or not isinstance(nodes, int):
         raise ConfigError(f"nodes: expected an integer node count, got {_type_name(nodes)}")
     if not 1 <= nodes <= NODES_MAX:
@@ -517,12 +633,31 @@ def local_cluster_config(
         }
         for node_id in range(1, nodes + 1)
     ]
+    for table_name, tls_settings in (("tls", tls), ("peer_tls", peer_tls)):
+        if tls_settings is not None:
+            table[table_name] = {
+                item.name: str(getattr(tls_settings, item.name))
+                for item in dataclasses.fields(tls_settings)
+                if getattr(tls_settings, item.name) is not None
+            }
     return _config_from_table(table, base_dir)
 
 
 # --- Validation -----------------------------------------------------------------------------
 
-_TOP_LEVEL_KEYS = ("cluster_id", "raft", "storage", "limits", "nodes", "peer_secret_file")
+_TOP_LEVEL_KEYS = (
+    "cluster_id",
+    "raft",
+    "storage",
+    "limits",
+    "nodes",
+    "peer_secret_file",
+    "tls",
+    "peer_tls",
+    "auth",
+)
+_TLS_KEYS = ("cert", "key", "client_ca", "ca")
+_PEER_TLS_KEYS = ("cert", "key", "ca")
 _TOP_LEVEL_REQUIRED_KEYS = ("cluster_id", "raft", "storage", "limits", "nodes")
 
 # Each settings key with (minimum, maximum) for ints, or None for booleans. The order is the
@@ -616,14 +751,75 @@ def _config_from_table(table: Mapping[str, Any], base_dir: pathlib.Path) -> Clus
                 f" got {_type_name(name)}"
             )
         peer_secret_file = pathlib.Path(os.path.abspath(pathlib.Path(base_dir) / name))
+    tls: TlsSettings | None = None
+    if "tls" in table:
+        paths = _tls_table(table["tls"], "tls", _TLS_KEYS, ("cert", "key"), base_dir)
+        tls = TlsSettings(**paths)
+    peer_tls: PeerTlsSettings | None = None
+    if "peer_tls" in table:
+        paths = _tls_table(table["peer_tls"], "peer_tls", _PEER_TLS_KEYS, _PEER_TLS_KEYS, base_dir)
+        peer_tls = PeerTlsSettings(**paths)
+    auth = AuthSettings()
+    if "auth" in table:
+        value = table["auth"]
+        if not isinstance(value, dict):
+            raise ConfigError(f"auth: expected a table, got {_type_name(value)}")
+        _check_keys(value, "auth.", ("metrics_require_auth",), ())
+        metrics_require_auth = value.get("metrics_require_auth", False)
+        if not isinstance(metrics_require_auth, bool):
+            raise ConfigError(
+                "auth.metrics_require_auth: expected a boolean,"
+                f" got {_type_name(metrics_require_auth)}"
+            )
+        auth = AuthSettings(metrics_require_auth)
     return ClusterConfig(
+        auth=auth,
         peer_secret_file=peer_secret_file,
+        tls=tls,
+        peer_tls=peer_tls,
         cluster_id=cluster_id,
         nodes=nodes,
         raft=RaftSettings(**settings["raft"]),
         storage=StorageSettings(**settings["storage"]),
         limits=LimitSettings(**settings["limits"]),
     )
+
+
+def _tls_table(
+    value: object,
+    name: str,
+    keys: tuple[str, ...],
+    required: tuple[str, ...],
+    base_dir: pathlib.Path,
+) -> dict[str, pathlib.Path]:
+    """Check a ``[tls]``/``[peer_tls]`` table: every value a path, resolved against the
+    config's directory (``{id}`` kept for `TlsSettings.for_node`)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table, got {_type_name(value)}")
+    _check_keys(value, f"{name}.", keys, required)
+    paths: dict[str, pathlib.Path] = {}
+    for key in keys:
+        if key not in value:
+            continue
+        text = value[key]
+        if (
+            not isinstance(text, str)
+            or not text
+            or "\x00" in text
+            or len(text.encode("utf-8", "surrogatepass")) > DATA_DIR_BYTES_MAX
+        ):
+            raise ConfigError(
+                f"{name}.{key}: expected a file path of 1..{DATA_DIR_BYTES_MAX} bytes,"
+                f" got {_type_name(text)}"
+            )
+        braces = text.replace(NODE_ID_PLACEHOLDER, "")
+        if "{" in braces or "}" in braces:
+            raise ConfigError(
+                f"{name}.{key}: the only placeholder is {NODE_ID_PLACEHOLDER} (the node's id),"
+                f" got {text!r}"
+            )
+        paths[key] = pathlib.Path(os.path.normpath(os.path.join(base_dir, text)))
+    return paths
 
 
 def _check_keys(
@@ -910,6 +1106,11 @@ def read_peer_secret(path: pathlib.Path) -> bytes:
     try:
         with open(path, "rb") as file:
             data = file.read(PEER_SECRET_FILE_BYTES_MAX + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: no peer secret there; make one with `kvraft peer-secret init {path}`"
+            " and give every node of the cluster the same file"
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the peer secret: {exc.strerror or exc}") from exc
     if len(data) > PEER_SECRET_FILE_BYTES_MAX:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -156,23 +157,32 @@ def _frame(body: dict[str, Any], ndjson: bool) -> bytes:
 
 
 async def member_endpoints(
-    session: aiohttp.ClientSession, endpoints: Sequence[str], timeout_s: float
+    session: aiohttp.ClientSession,
+    endpoints: Sequence[str],
+    timeout_s: float,
+    authorization: Callable[[], Awaitable[str | None]] | None = None,
 ) -> list[str]:
     """The HTTP base URL of every member, from the first endpoint whose `GET /v1/status`
     answers (any member answers it, with or without a leader); the endpoints themselves if
     none does."""
     for endpoint in endpoints:
+        value = None if authorization is None else await authorization()
+        headers = {} if value is None else {"Authorization": value}
         try:
             async with session.get(
-                endpoint + "/v1/status", timeout=aiohttp.ClientTimeout(total=timeout_s)
+                endpoint + "/v1/status",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as answer:
                 if answer.status != 200:
                     continue
                 body = await answer.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             continue
+        # The members serve the scheme this endpoint does (`[tls]` is the cluster's).
+        scheme = endpoint.partition("://")[0] if "://" in endpoint else "http"
         urls = [
-            "http://" + str(member["http_address"])
+            f"{scheme}://{member['http_address']}"
             for member in body.get("members", [])
             if isinstance(member, dict) and member.get("http_address")
         ]
@@ -188,17 +198,24 @@ async def read_member_events(
     follow: bool,
     since: int = 0,
     timeout_s: float = 5.0,
+    authorization: Callable[[], Awaitable[str | None]] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """One member's events as JSON objects. Following, it reconnects (resuming after the last
     sequence number seen) until cancelled; otherwise it ends after what the node kept, or at
-    once if the node cannot be reached."""
+    once if the node cannot be reached. `authorization`: gives the ``Authorization`` header
+    of each connection (a token, renewed when due, once auth is enabled: #20)."""
     params = {"since": str(since), "follow": "1" if follow else "0"}
     while True:
+        headers = {"Accept": _NDJSON}
+        if authorization is not None:
+            value = await authorization()
+            if value is not None:
+                headers["Authorization"] = value
         try:
             async with session.get(
                 endpoint + "/v1/events",
                 params=params,
-                headers={"Accept": _NDJSON},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None if follow else timeout_s,
                     sock_connect=timeout_s,
@@ -223,17 +240,28 @@ async def read_member_events(
 
 
 async def merged_events(
-    endpoints: Sequence[str], *, follow: bool, timeout_s: float = 5.0
+    endpoints: Sequence[str],
+    *,
+    follow: bool,
+    timeout_s: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+    authorization: Callable[[], Awaitable[str | None]] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every member's events: sorted by wall time (then node) when not following; as they
-    arrive when following, until cancelled."""
-    async with aiohttp.ClientSession() as session:
-        members = await member_endpoints(session, endpoints, timeout_s)
+    arrive when following, until cancelled. `ssl_context`: for https:// endpoints;
+    `authorization`: see `read_member_events`."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context or True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        members = await member_endpoints(session, endpoints, timeout_s, authorization)
         if not follow:
             collected: list[dict[str, Any]] = []
             for endpoint in members:
                 async for event in read_member_events(
-                    session, endpoint, follow=False, timeout_s=timeout_s
+                    session,
+                    endpoint,
+                    follow=False,
+                    timeout_s=timeout_s,
+                    authorization=authorization,
                 ):
                     collected.append(event)
             collected.sort(key=lambda e: (e.get("time", 0), e.get("node_id", 0), e.get("seq", 0)))
@@ -244,7 +272,7 @@ async def merged_events(
 
         async def pump(endpoint: str) -> None:
             async for event in read_member_events(
-                session, endpoint, follow=True, timeout_s=timeout_s
+                session, endpoint, follow=True, timeout_s=timeout_s, authorization=authorization
             ):
                 await queue.put(event)
 

@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_JOIN_REFUSED",
+    "EXIT_LOCK_LOST",
     "EXIT_OK",
     "EXIT_STORAGE_CORRUPT",
     "EXIT_STORAGE_FAILED",
@@ -32,6 +33,7 @@ EXIT_JOIN_REFUSED = 5
 EXIT_STORAGE_CORRUPT = 6
 EXIT_ADDRESS_UNAVAILABLE = 7
 EXIT_CHAOS_HARNESS_ERROR = 8
+EXIT_LOCK_LOST = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, tuple[str, str]] = {
@@ -74,6 +76,11 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     EXIT_CHAOS_HARNESS_ERROR: (
         "chaos",
         "the harness itself failed (could not start the cluster, ...): nothing was checked",
+    ),
+    EXIT_LOCK_LOST: (
+        "lock, elect",
+        "the lock's lease expired while it was held (no keepalive reached the cluster for a "
+        "whole TTL): `lock` stopped its command; another holder may have the lock now",
     ),
     EXIT_INTERRUPTED: ("any", "interrupted (Ctrl-C, SIGINT)"),
 }

@@ -29,6 +29,12 @@ calls them (`CONSUL_EQUIVALENTS`).
 Transactions (`POST /v1/txn`, see `_Routes.txn`) and range deletes (`DELETE /v1/kv?prefix=P`)
 are one log entry each (`kvraft.statemachine.TxnCommand`): whatever they change changes at one
 revision.
+
+Authentication (`_Authorizer`, rules in `kvraft.auth`): once enabled, every request is checked
+right after its route and parameters, before admission and before anything is read or
+proposed: 401 without a valid bearer token, 403 without the permission `_need` names for the
+route. Each node checks what it receives against its own applied state, and a follower
+forwards the Authorization header so that the leader checks again.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ import functools
 import ipaddress
 import json
 import logging
+import math
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -53,6 +62,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from kvraft import __version__
 from kvraft.admission import REQUEST_OVERHEAD_BYTES
+from kvraft.auth import (
+    AUTH_NAME_BYTES_MAX,
+    PASSWORD_BYTES_MAX,
+    PASSWORD_HASHES_CONCURRENT_MAX,
+    ROOT_USER,
+    SALT_BYTES,
+    SIGNING_KEY_BYTES,
+    TOKEN_TTL_S_DEFAULT,
+    AuthState,
+    LoginLimiter,
+    Permission,
+    TokenError,
+    hash_password,
+    sign_token,
+    verify_password,
+    verify_token,
+)
 from kvraft.backup_http import BACKUP_PATH, leader_redirect, stream_backup
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
 from kvraft.errors import (
@@ -95,6 +121,7 @@ from kvraft.statemachine import (
     ErrorCode,
     GetResult,
     ListResult,
+    LockWaiter,
     PutResult,
     TxnDelete,
     TxnDeletePrefix,
@@ -103,9 +130,17 @@ from kvraft.statemachine import (
     TxnOperation,
     TxnPut,
     TxnResult,
+    encode_auth_enable,
+    encode_auth_role_delete,
+    encode_auth_role_put,
+    encode_auth_user_delete,
+    encode_auth_user_put,
     encode_delete,
+    encode_fenced,
     encode_lease_grant,
     encode_lease_revoke,
+    encode_lock_acquire,
+    encode_lock_release,
     encode_put,
     encode_txn,
 )
@@ -171,6 +206,26 @@ TXN_PATH = "/v1/txn"
 LEASES_PATH = "/v1/leases"
 LEASE_PATH_PREFIX = "/v1/leases/"
 LEASE_KEEPALIVE_SUFFIX = "/keepalive"
+LOCKS_PATH = "/v1/locks"
+LOCK_PATH_PREFIX = "/v1/locks/"
+
+FENCE_HEADER = "X-Kvraft-Fence"
+"""A write carrying ``X-Kvraft-Fence: <lock name>:<fencing token>`` applies only if that token
+holds that lock when the write applies (`kvraft.statemachine`'s fenced commands), else 412
+``fence_failed``."""
+
+LOCK_WAIT_S_DEFAULT = 60.0
+"""How long `POST /v1/locks/{name}` waits for the lock when the body names no ``wait_s``."""
+
+LOCK_WAIT_S_MAX = 600.0
+"""The longest ``wait_s`` of a lock request (as a blocking read's): a longer wait is a loop
+of shorter ones on the client's side, each renewing its place."""
+
+BROKEN_FENCE_ENV = "KVRAFT_TEST_BROKEN_FENCE"
+"""Test-only: when this variable is "1" in a node's environment, the node ignores
+`FENCE_HEADER` and applies fenced writes unconditionally, so that the chaos lock workload's
+checker can show it catches a store that lets a deposed lock holder write
+(`kvraft chaos --broken-fence`). Never set it on a real node."""
 
 TXN_REQUEST_BYTES_MAX = 8 * TXN_BYTES_MAX
 """The largest `POST /v1/txn` body. The transaction's own limits (`TXN_BYTES_MAX` of keys and
@@ -188,8 +243,9 @@ CONSUL_EQUIVALENTS = {
     "stale": "Consul's stale is kvraft's consistency=stale",
     "consistent": "Consul's consistent is kvraft's default, consistency=linearizable",
     "raw": "kvraft's GET /v1/kv/{key} answers the raw value already",
-    "acquire": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
-    "release": "kvraft has no sessions or locks; use a compare in POST /v1/txn",
+    "acquire": "Consul's acquire is kvraft's POST /v1/locks/{name} with a lease, and a "
+    "fenced write (X-Kvraft-Fence: name:token)",
+    "release": "Consul's release is kvraft's DELETE /v1/locks/{name} with the fencing token",
     "x-consul-index": "Consul's blocking index is kvraft's wait_revision=N&wait_s=S",
     "x-consul-token": "kvraft has no ACL tokens",
 }
@@ -203,6 +259,7 @@ MEANINGFUL_HEADERS = frozenset(
         "if-unmodified-since",
         "if-range",
         "idempotency-key",
+        "x-kvraft-fence",
     )
 )
 """Headers that change what a request does: a route that does not know one refuses it (a
@@ -649,6 +706,54 @@ def _lease_path_id(request: web.BaseRequest, *, keepalive: bool = False) -> str:
     return tail[: -len(LEASE_KEEPALIVE_SUFFIX)] if keepalive else tail
 
 
+def _lease_field(body: dict[str, Any]) -> int:
+    """A body's ``lease``: a lease id as the API answers it (a decimal string), or an int."""
+    lease = body.get("lease")
+    if type(lease) is int:
+        lease = str(lease)
+    if not isinstance(lease, str):
+        raise ApiError(400, "bad_lease", "'lease' must be a lease id (the id POST /v1/leases gave)")
+    return _lease_id(lease)
+
+
+def _fencing_token_field(body: dict[str, Any]) -> int:
+    token = body.get("fencing_token")
+    if type(token) is not int or not 1 <= token <= REVISION_MAX:
+        raise ApiError(400, "bad_lock", f"'fencing_token' must be an integer in 1..{REVISION_MAX}")
+    return token
+
+
+def _fence(request: web.BaseRequest) -> tuple[str, int] | None:
+    """The (lock name, fencing token) of a write's `FENCE_HEADER`, or None without one."""
+    text = request.headers.get(FENCE_HEADER)
+    if text is None:
+        return None
+    name, _, token = text.rpartition(":")  # a lock name may hold ":", a token never does
+    if (
+        not name
+        or not token.isascii()
+        or not token.isdecimal()
+        or not 1 <= int(token) <= REVISION_MAX
+    ):
+        raise ApiError(
+            400,
+            "bad_fence",
+            f"{FENCE_HEADER} must be '<lock name>:<fencing token>', the token as POST "
+            "/v1/locks/{name} gave it",
+        )
+    return name, int(token)
+
+
+def _lock_json(name: str, waiter: LockWaiter) -> dict[str, Any]:
+    return {
+        "name": name,
+        "key": f"{name}/{waiter.fencing_token}",
+        "fencing_token": waiter.fencing_token,
+        "lease": str(waiter.lease_id),
+        "value": waiter.value,
+    }
+
+
 def _lease_not_found(lease_id: int) -> ApiError:
     return ApiError(
         404,
@@ -658,6 +763,17 @@ def _lease_not_found(lease_id: int) -> ApiError:
 
 
 # --- routes -------------------------------------------------------------------------------
+
+
+_ERROR_STATUS = {
+    ErrorCode.LEASE_NOT_FOUND: 404,
+    ErrorCode.LOCK_NOT_HELD: 409,
+    ErrorCode.FENCE_FAILED: 412,
+    ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.ROLE_NOT_FOUND: 404,
+    ErrorCode.ROOT_REQUIRED: 409,
+}
+"""The status of a command the machine refused, when it is not 400 (the client's mistake)."""
 
 
 class _LeaderRefused(Exception):
@@ -674,6 +790,12 @@ class _Routes:
         self.value_bytes_max = node.config.limits.value_bytes_max
         raft = node.config.raft
         self.lease_ttl_s_min, self.lease_ttl_s_max = ttl_bounds_s(raft.tick_ms, raft.election_ticks)
+        self.broken_fence = os.environ.get(BROKEN_FENCE_ENV) == "1"
+        self.authorizer: _Authorizer | None = None  # set by HttpApi
+        if self.broken_fence:
+            log.warning(
+                "%s=1: fenced writes are NOT checked (a test-only broken mode)", BROKEN_FENCE_ENV
+            )
         metrics.counter("kvraft_proposals", "Client writes proposed", ("outcome",))
         self.count_proposal = {
             outcome: metrics.counter_child("kvraft_proposals", outcome).inc
@@ -698,15 +820,24 @@ class _Routes:
             self.count_proposal["overloaded" if isinstance(error, Overloaded) else "unavailable"]()
             raise _unavailable(error) from None
         self.count_proposal["ok" if result.ok else "condition_failed"]()
-        if result.error is ErrorCode.LEASE_NOT_FOUND:
-            raise ApiError(404, str(result.error), result.message)
         if result.error is not None:
-            raise ApiError(400, str(result.error), result.message)
+            status = _ERROR_STATUS.get(result.error, 400)
+            raise ApiError(status, str(result.error), result.message)
         if result.condition_failed:
             raise ApiError(
                 412, "condition_failed", "the condition did not hold", revision=result.revision
             )
         return result
+
+    def _fenced(self, request: web.BaseRequest, command: bytes) -> bytes:
+        """`command`, wrapped in the fence of the request's `FENCE_HEADER` if it has one."""
+        fence = _fence(request)
+        if fence is None or self.broken_fence:
+            return command
+        try:
+            return encode_fenced(fence[0], fence[1], command)
+        except CommandError as error:
+            raise _command_error(error) from None
 
     async def put(self, request: web.BaseRequest) -> web.Response:
         key = _key(request)
@@ -726,7 +857,7 @@ class _Routes:
         except CommandError as error:
             raise _command_error(error) from None
         prev = _query_bool(request, "prev")
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         if prev:
             return _json(200, self._with_prev({"revision": result.revision}, result))
         # The hot path's answer, formatted directly (the same JSON as _json would give).
@@ -755,7 +886,10 @@ class _Routes:
         except CommandError as error:
             raise _command_error(error) from None
         prev = _query_bool(request, "prev")
-        if await self._is_absent(key, idempotency_key):
+        fenced = self._fenced(request, command)
+        # A fenced delete goes to the log even for an absent key: only there is the fence
+        # checked, and a deposed holder must hear 412, not "deleted: false".
+        if fenced is command and await self._is_absent(key, idempotency_key):
             # Nothing to delete: answered at the current revision without a log entry, as
             # etcd does (a write that changes nothing need not cost a round of fsyncs).
             revision = self.node.state_machine.applied_index
@@ -765,7 +899,7 @@ class _Routes:
             if prev:
                 body["prev"] = None
             return _json(200, body)
-        result = await self._propose(command)
+        result = await self._propose(fenced)
         body = {"revision": result.revision, "deleted": result.deleted}
         return _json(200, self._with_prev(body, result) if prev else body)
 
@@ -807,7 +941,7 @@ class _Routes:
             )
         except CommandError as error:
             raise _command_error(error) from None
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         deleted = result.results[0] if result.results else None
         if not isinstance(deleted, DeletePrefixResult):
             raise ApiError(500, "internal_error", "a range delete answered without its count")
@@ -822,13 +956,15 @@ class _Routes:
         one log entry (see `parse_txn` for the body and `_txn_result_json` for the answer)."""
         body = await _read_value(request, TXN_REQUEST_BYTES_MAX, "body")
         compare, success, failure = parse_txn(body, self.key_bytes_max, self.value_bytes_max)
+        if self.authorizer is not None:
+            self.authorizer.check_txn(request, compare, (success, failure))
         try:
             command = encode_txn(
                 compare, success, failure, idempotency_key=request.headers.get("Idempotency-Key")
             )
         except CommandError as error:
             raise _command_error(error) from None
-        result = await self._propose(command)
+        result = await self._propose(self._fenced(request, command))
         return _json(
             200,
             {
@@ -863,6 +999,8 @@ class _Routes:
             ttl_s = await self.node.keepalive_lease(lease_id, self.timeout_s)
         except Unavailable as error:
             raise _unavailable(error) from None
+        except OutcomeUnknown as error:  # clearing a checkpoint timed out: not acknowledged
+            raise _unavailable(Unavailable(str(error))) from None
         if ttl_s is None:
             raise _lease_not_found(lease_id)
         return _json(200, {"id": str(lease_id), "ttl_s": ttl_s})
@@ -876,6 +1014,8 @@ class _Routes:
         if found is None:
             raise _lease_not_found(lease_id)
         ttl_s, keys = found
+        if self.authorizer is not None:  # only the keys the caller may read
+            keys = [key for key in keys if self.authorizer.readable(request, key)]
         return _json(
             200,
             {
@@ -889,7 +1029,9 @@ class _Routes:
     async def _remaining_s(self, lease_id: int, ttl_s: int) -> float:
         remaining_s = await self.node.lease_remaining_s(lease_id)
         # No deadline yet: granted in this term and not yet applied here, a full TTL ahead.
-        return float(ttl_s) if remaining_s is None else remaining_s
+        # A deadline may lie a tick more than the TTL ahead (`kvraft.leases`): shown as the
+        # TTL, which is what the holder asked for and may count on.
+        return float(ttl_s) if remaining_s is None else min(remaining_s, float(ttl_s))
 
     async def list_leases(self, request: web.BaseRequest) -> web.Response:
         """`GET /v1/leases` -> `{"leases": [{"id", "ttl_s", "remaining_s"}, ...]}`, by id."""
@@ -907,11 +1049,123 @@ class _Routes:
     async def revoke_lease(self, request: web.BaseRequest) -> web.Response:
         """`DELETE /v1/leases/{id}`: the lease and its keys go, in one revision."""
         lease_id = _lease_id(_lease_path_id(request))
+        user = None if self.authorizer is None else self.authorizer.user_of(request)
+        found = self.node.state_machine.lease(lease_id)
+        if user is not None and self.authorizer is not None and found is not None:
+            # As etcd: revoking deletes the lease's keys, so it needs readwrite on each.
+            for key in found[1]:
+                self.authorizer.check_key(user, key, write=True)
         result = await self._propose(encode_lease_revoke(lease_id))
         return _json(
             200,
             {"id": str(lease_id), "revision": result.revision, "deleted": len(result.changes)},
         )
+
+    # --- locks (kvraft.locks) ------------------------------------------------------------
+
+    async def acquire_lock(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/locks/{name} {"lease", "wait_s", "value"}`: queue the lease for the lock
+        and wait (first come, first served) until it holds it: `{"name", "key",
+        "fencing_token", ...}`; after `wait_s` without it, give the place up and answer 409
+        `lock_not_acquired`. Served by the leader (the acquire is a write); the waiting
+        reads the applied queue, which only the log changes (`kvraft.locks`)."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request),
+            frozenset(("lease", "wait_s", "value")),
+            "body",
+            "bad_request",
+        )
+        lease_id = _lease_field(body)
+        wait_s = body.get("wait_s", LOCK_WAIT_S_DEFAULT)
+        if type(wait_s) not in (int, float) or not 0 <= wait_s <= LOCK_WAIT_S_MAX:
+            raise ApiError(
+                400, "bad_request", f"wait_s must be a number of seconds in 0..{LOCK_WAIT_S_MAX:g}"
+            )
+        value = body.get("value", "")
+        try:
+            command = encode_lock_acquire(name, lease_id, value)
+        except CommandError as error:
+            raise _command_error(error) from None
+        lock_waiting = self.node.lock_waiting
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + wait_s
+        with lock_waiting.waiting(name) as changed:
+            token = (await self._propose(command)).revision
+            while True:
+                changed.clear()
+                waiters = self.node.state_machine.lock_waiters(name)
+                if waiters and waiters[0].fencing_token == token:
+                    body = {**_lock_json(name, waiters[0]), "revision": token}
+                    return _json(200, body)
+                if all(waiter.fencing_token != token for waiter in waiters):
+                    raise ApiError(
+                        409,
+                        "lock_not_acquired",
+                        f"lease {lease_id} expired or was revoked while it waited for lock "
+                        f"{name!r}",
+                    )
+                remaining_s = deadline_s - loop.time()
+                if remaining_s <= 0 or self.node.stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining_s)
+        # Out of time: give the place up, so the lock does not pass to a caller who left.
+        # If it passed to us meanwhile, this releases it: we never said we held it.
+        with contextlib.suppress(ApiError):
+            await self._propose(encode_lock_release(name, token))
+        raise ApiError(
+            409,
+            "lock_not_acquired",
+            f"lock {name!r} is held by another (waited {wait_s:g} s); the place in its queue "
+            "was given up",
+        )
+
+    async def release_lock(self, request: web.BaseRequest) -> web.Response:
+        """`DELETE /v1/locks/{name} {"fencing_token": T}`: release the lock (or give up a
+        place in its queue); 409 `lock_not_held` if T neither holds nor waits."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request), frozenset(("fencing_token",)), "body", "bad_request"
+        )
+        try:
+            command = encode_lock_release(name, _fencing_token_field(body))
+        except CommandError as error:
+            raise _command_error(error) from None
+        result = await self._propose(command)
+        return _json(200, {"name": name, "released": True, "revision": result.revision})
+
+    async def get_lock(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/locks/{name}` -> `{"name", "holder", "waiters", "revision"}`: who holds
+        the lock (null: nobody) and who waits, in order; linearizable unless
+        ``consistency=stale``."""
+        name = _path_tail(request, LOCK_PATH_PREFIX)
+        await self._read_barrier(request)
+        machine = self.node.state_machine
+        waiters = machine.lock_waiters(name)
+        return _json(
+            200,
+            {
+                "name": name,
+                "holder": _lock_json(name, waiters[0]) if waiters else None,
+                "waiters": [_lock_json(name, waiter) for waiter in waiters[1:]],
+                "revision": machine.applied_index,
+            },
+        )
+
+    async def list_locks(self, request: web.BaseRequest) -> web.Response:
+        """`GET /v1/locks` -> `{"locks": [{"name", "holder", "waiting"}, ...], "revision"}`."""
+        await self._read_barrier(request)
+        machine = self.node.state_machine
+        locks = []
+        for name in machine.lock_names():
+            if self.authorizer is not None and not self.authorizer.readable(request, name):
+                continue  # only the locks the caller may read
+            waiters = machine.lock_waiters(name)
+            locks.append(
+                {"name": name, "holder": _lock_json(name, waiters[0]), "waiting": len(waiters) - 1}
+            )
+        return _json(200, {"locks": locks, "revision": machine.applied_index})
 
     async def _lease_read_barrier(self) -> None:
         try:
@@ -1300,7 +1554,8 @@ TRANSPORT_METRICS = {
     "peer_auth_failures": (
         "kvraft_peer_auth_failures",
         "counter",
-        "Peer connections that failed to prove the cluster's peer secret, either way",
+        "Peer connections refused for failing authentication, either way: the peer secret,"
+        " or with peer TLS the certificate (another CA, none, another node's)",
     ),
     "refused_handshakes": (
         "kvraft_peer_refused_handshakes",
@@ -1311,6 +1566,11 @@ TRANSPORT_METRICS = {
         "kvraft_peer_auth_enabled",
         "gauge",
         "1 if peers must prove the cluster's secret, 0 if this node runs unauthenticated",
+    ),
+    "peer_tls_enabled": (
+        "kvraft_peer_tls_enabled",
+        "gauge",
+        "1 if peers must connect with mutual TLS and a certificate naming their node id",
     ),
     "pieces_buffered_bytes": (
         "kvraft_peer_pieces_buffered_bytes",
@@ -1387,6 +1647,368 @@ def _unknown(
     return ApiError(400, "unknown_parameter", message, parameter=name)
 
 
+# --- authentication and permissions (kvraft.auth) -------------------------------------------
+
+AUTH_PATH_PREFIX = "/v1/auth/"
+AUTH_USER_PATH_PREFIX = "/v1/auth/users/"
+AUTH_ROLE_PATH_PREFIX = "/v1/auth/roles/"
+AUTH_TOKEN_PATH = "/v1/auth/token"
+
+USER_KEY = web.RequestKey("kvraft_user", str)
+"""The user a request authenticated as (set only while auth is enabled)."""
+
+
+class Need(NamedTuple):
+    """What a request needs while auth is enabled: `kind` is "open" (nothing), "user" (any
+    authenticated user), "writer" (a user with some readwrite permission), "admin", "key"
+    (`write` or read access to the key `target`) or "range" (to every key under `target`)."""
+
+    kind: str
+    target: str = ""
+    write: bool = False
+
+
+OPEN = Need("open")
+ANY_USER = Need("user")
+ADMIN = Need("admin")
+WRITER = Need("writer")
+
+
+def _need(route_name: str, request: web.BaseRequest, metrics_require_auth: bool) -> Need:
+    """The rule of each route (README "Authentication")."""
+    method = request.method
+    write = method in WRITE_METHODS
+    if route_name == KV_PATH_PREFIX + "{key}":
+        return Need("key", _key(request), write)
+    if route_name == "/v1/kv":
+        return Need("range", request.query.get("prefix", ""), write)
+    if route_name == "/v1/watch":
+        key = request.query.get("key")
+        if key is not None:
+            return Need("key", key)
+        return Need("range", request.query.get("prefix", ""))
+    if route_name == LOCK_PATH_PREFIX + "{name}":
+        return Need("key", _path_tail(request, LOCK_PATH_PREFIX), write)
+    if route_name in (LEASES_PATH, LEASE_PATH_PREFIX + "{id}") or route_name.endswith(
+        LEASE_KEEPALIVE_SUFFIX
+    ):
+        return WRITER
+    if route_name in (
+        "/healthz",
+        "/readyz",
+        "/v1/status",
+        UI_PATH,
+        AUTH_TOKEN_PATH,
+        "/v1/auth/status",
+    ):
+        # /v1/status stays open like the health checks: it holds no key, value or secret
+        # (roles, terms, indexes, member addresses), and what watches a cluster from outside
+        # reads it (`kvraft cluster up`'s narration, `kvraft status`, load balancers).
+        return OPEN
+    if route_name == "/metrics":
+        return ANY_USER if metrics_require_auth else OPEN
+    if route_name.startswith(AUTH_PATH_PREFIX) or route_name in (
+        "/v1/leader/transfer",
+        BACKUP_PATH,
+        MEMBER_PATH_PREFIX + "{node_id}",
+    ):
+        return ADMIN
+    if route_name == "/v1/members":
+        return ADMIN if write else ANY_USER
+    # TXN_PATH (its operations are checked once parsed), /v1/locks (filtered), /v1/events:
+    # any user.
+    return ANY_USER
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError(
+        401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="kvraft"'}
+    )
+
+
+def _denied(user: str, what: str) -> ApiError:
+    return ApiError(403, "permission_denied", f"user {user!r} lacks {what}", user=user)
+
+
+class _Authorizer:
+    """Checks each request against the applied auth state of this node (every node checks
+    what it receives; a follower forwards the Authorization header and the leader checks
+    again), and serves `/v1/auth/*`."""
+
+    def __init__(self, routes: _Routes, *, metrics_require_auth: bool = False) -> None:
+        self.routes = routes
+        self.node = routes.node
+        self.metrics_require_auth = metrics_require_auth
+        self.limiter = LoginLimiter()
+        self.token_ttl_s = TOKEN_TTL_S_DEFAULT
+        self.hashing = asyncio.Semaphore(PASSWORD_HASHES_CONCURRENT_MAX)
+
+    @property
+    def state(self) -> AuthState:
+        return self.node.state_machine.auth
+
+    def user_of(self, request: web.BaseRequest) -> str | None:
+        """The authenticated user, or None while auth is off."""
+        return request.get(USER_KEY)
+
+    async def authenticate(self, request: web.BaseRequest, auth: AuthState) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise _unauthenticated(
+                "this cluster requires authentication: send 'Authorization: Bearer <token>' "
+                f"(get one from POST {AUTH_TOKEN_PATH})"
+            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("only 'Authorization: Bearer <token>' is understood")
+        try:
+            user, generation = verify_token(
+                auth.signing_key, token.strip(), int(time.time() * 1000)
+            )
+        except TokenError as error:
+            raise _unauthenticated(str(error)) from None
+        if auth.generation_of(user) != generation and generation > self._applied_index():
+            # Signed by a node that has applied more of the log (the user is newer than what
+            # this node has applied: a generation is a log index): catch up, then judge.
+            await self.catch_up(generation)
+            auth = self.state
+        if auth.generation_of(user) != generation:
+            raise _unauthenticated(
+                "the token is no longer valid: its user was deleted or its password changed"
+            )
+        return user
+
+    def _applied_index(self) -> int:
+        return self.node.state_machine.applied_index
+
+    async def catch_up(self, index: int) -> None:
+        """Wait (at most the request timeout) until this node has applied `index`."""
+        deadline_s = asyncio.get_running_loop().time() + self.routes.timeout_s
+        await self.node.wait_until(lambda: self._applied_index() >= index, deadline_s)
+
+    async def check(self, request: web.BaseRequest, route_name: str) -> None:
+        """401 or 403 (`ApiError`) unless the request may go on; nothing while auth is off."""
+        auth = self.state
+        if not auth.enabled:
+            return
+        need = _need(route_name, request, self.metrics_require_auth)
+        if need.kind == "open":
+            return
+        user = await self.authenticate(request, auth)
+        request[USER_KEY] = user
+        if need.kind == "admin":
+            if not auth.is_admin(user):
+                raise _denied(user, "the admin permission")
+        elif need.kind == "writer":
+            if not auth.may_write_somewhere(user):
+                raise _denied(user, "a readwrite permission on any prefix (leases need one)")
+        elif need.kind == "key":
+            self.check_key(user, need.target, write=need.write)
+        elif need.kind == "range":
+            self.check_range(user, need.target, write=need.write)
+
+    def check_key(self, user: str, key: str, *, write: bool) -> None:
+        if not self.state.allows_key(user, key, write=write):
+            access = "readwrite" if write else "read"
+            raise _denied(user, f"{access} permission on key {key!r}")
+
+    def check_range(self, user: str, prefix: str, *, write: bool) -> None:
+        if not self.state.allows_range(user, prefix, write=write):
+            access = "readwrite" if write else "read"
+            raise _denied(
+                user,
+                f"{access} permission on every key under prefix {prefix!r} (one permission "
+                "whose prefix starts the range; a narrower prefix is allowed)",
+            )
+
+    def check_txn(
+        self,
+        request: web.BaseRequest,
+        compare: list[Compare],
+        branches: tuple[list[TxnOperation], ...],
+    ) -> None:
+        """Every key a transaction compares, reads or writes, in both branches: 403 before
+        anything is proposed."""
+        user = self.user_of(request)
+        if user is None:
+            return
+        for one in compare:
+            self.check_key(user, one.key, write=False)
+        for branch in branches:
+            for operation in branch:
+                if isinstance(operation, TxnPut | TxnDelete):
+                    self.check_key(user, operation.key, write=True)
+                elif isinstance(operation, TxnGet):
+                    self.check_key(user, operation.key, write=False)
+                elif isinstance(operation, TxnDeletePrefix):
+                    self.check_range(user, operation.prefix, write=True)
+                elif isinstance(operation, TxnList):
+                    self.check_range(user, operation.prefix, write=False)
+
+    def readable(self, request: web.BaseRequest, key: str) -> bool:
+        user = self.user_of(request)
+        return user is None or self.state.allows_key(user, key, write=False)
+
+    # --- /v1/auth/* ---------------------------------------------------------------------
+
+    async def token(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/auth/token {"user", "password"}` -> `{"token", "expires_s"}`, from this
+        node's applied state (no leader contact: the login limits count per node)."""
+        body = _fields(
+            await _read_json(request), frozenset(("user", "password")), "body", "bad_request"
+        )
+        user = _text(body, "user", "body", "bad_request")
+        password = _text(body, "password", "body", "bad_request")
+        if len(password) > PASSWORD_BYTES_MAX or len(user) > AUTH_NAME_BYTES_MAX:
+            raise ApiError(400, "bad_request", "the user name or password is too long")
+        auth = self.state
+        if not auth.enabled:
+            raise ApiError(
+                409,
+                "auth_disabled",
+                "auth is not enabled: every request is allowed without a token",
+            )
+        address = request.remote or ""
+        loop = asyncio.get_running_loop()
+        retry_after_s = self.limiter.retry_after_s(user, address, loop.time())
+        if retry_after_s > 0:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                "too many failed logins for this user or from this address; retry later",
+                headers={"Retry-After": str(math.ceil(retry_after_s))},
+            )
+        found = auth.users.get(user)
+        signing_key = auth.signing_key
+        async with self.hashing:
+            verified = await asyncio.to_thread(
+                verify_password, None if found is None else found.password, password
+            )
+        if not verified or found is None:
+            self.limiter.record_failure(user, address, loop.time())
+            # The same answer for an unknown user and a wrong password.
+            raise _unauthenticated("wrong user name or password")
+        expires_ms = int(time.time() * 1000) + self.token_ttl_s * 1000
+        token = sign_token(signing_key, user, found.generation, expires_ms)
+        return _json(200, {"token": token, "expires_s": self.token_ttl_s})
+
+    async def status(self, request: web.BaseRequest) -> web.Response:
+        return _json(200, {"enabled": self.state.enabled})
+
+    async def list_users(self, request: web.BaseRequest) -> web.Response:
+        await self.routes._lease_read_barrier()
+        return _json(200, {"users": self.state.users_json()})
+
+    async def list_roles(self, request: web.BaseRequest) -> web.Response:
+        await self.routes._lease_read_barrier()
+        return _json(200, {"roles": self.state.roles_json()})
+
+    def _leader_only(self) -> None:
+        # Before hashing a password: a follower would hash it for nothing, then forward.
+        core = self.node.core
+        if core is not None and core.role != Role.LEADER:
+            raise NotLeader(core.leader_id)
+
+    async def _propose_auth(self, build: Callable[[], bytes]) -> ApplyResult:
+        try:
+            command = build()
+        except CommandError as error:
+            raise _command_error(error) from None
+        return await self.routes._propose(command)
+
+    async def put_user(self, request: web.BaseRequest) -> web.Response:
+        """`PUT /v1/auth/users/{name} {"password", "roles"}`: create (a password needed) or
+        change; a field left out keeps its value."""
+        name = _path_tail(request, AUTH_USER_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request) or {}, frozenset(("password", "roles")), "body", "bad_auth"
+        )
+        password = body.get("password")
+        if password is not None and (
+            not isinstance(password, str) or not password or len(password) > PASSWORD_BYTES_MAX
+        ):
+            raise ApiError(
+                400, "bad_auth", f"password must be a non-empty string of <= {PASSWORD_BYTES_MAX}"
+            )
+        existing = self.state.users.get(name)
+        roles = body.get("roles", list(existing.roles) if existing is not None else [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise ApiError(400, "bad_auth", "roles must be a list of role names")
+        self._leader_only()
+        hashed = None
+        if password is not None:
+            salt = secrets.token_bytes(SALT_BYTES)
+            async with self.hashing:
+                hashed = await asyncio.to_thread(hash_password, password, salt)
+        result = await self._propose_auth(lambda: encode_auth_user_put(name, hashed, roles))
+        return _json(200, {"name": name, "roles": sorted(roles), "revision": result.revision})
+
+    async def delete_user(self, request: web.BaseRequest) -> web.Response:
+        name = _path_tail(request, AUTH_USER_PATH_PREFIX)
+        result = await self._propose_auth(lambda: encode_auth_user_delete(name))
+        return _json(200, {"name": name, "deleted": True, "revision": result.revision})
+
+    async def put_role(self, request: web.BaseRequest) -> web.Response:
+        """`PUT /v1/auth/roles/{name} {"permissions": [{"prefix", "access"}], "admin"}`:
+        create or replace."""
+        name = _path_tail(request, AUTH_ROLE_PATH_PREFIX)
+        body = _fields(
+            await _read_json(request) or {},
+            frozenset(("permissions", "admin")),
+            "body",
+            "bad_auth",
+        )
+        admin = body.get("admin", False)
+        raw = body.get("permissions", [])
+        if type(admin) is not bool or not isinstance(raw, list):
+            raise ApiError(400, "bad_auth", "admin must be a boolean and permissions a list")
+        permissions = []
+        for position, one in enumerate(raw):
+            fields = _fields(
+                one, frozenset(("prefix", "access")), f"permissions[{position}]", "bad_auth"
+            )
+            permissions.append(
+                Permission(
+                    _text(fields, "prefix", f"permissions[{position}]", "bad_auth"),
+                    _text(fields, "access", f"permissions[{position}]", "bad_auth"),
+                )
+            )
+        result = await self._propose_auth(lambda: encode_auth_role_put(name, admin, permissions))
+        return _json(
+            200,
+            {
+                "name": name,
+                "admin": admin,
+                "permissions": [p._asdict() for p in permissions],
+                "revision": result.revision,
+            },
+        )
+
+    async def delete_role(self, request: web.BaseRequest) -> web.Response:
+        name = _path_tail(request, AUTH_ROLE_PATH_PREFIX)
+        result = await self._propose_auth(lambda: encode_auth_role_delete(name))
+        return _json(200, {"name": name, "deleted": True, "revision": result.revision})
+
+    async def enable(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/auth/enable`: needs user root with an admin role. The signing key is
+        drawn here and travels in the entry (never shown anywhere)."""
+        if not self.state.enabled and not self.state.is_admin(ROOT_USER):
+            raise ApiError(
+                409,
+                str(ErrorCode.ROOT_REQUIRED),
+                "enabling auth needs a user 'root' with a role that has admin: "
+                'PUT /v1/auth/roles/NAME {"admin": true}, then '
+                'PUT /v1/auth/users/root {"password": ..., "roles": [NAME]}',
+            )
+        key = secrets.token_bytes(SIGNING_KEY_BYTES)
+        result = await self._propose_auth(lambda: encode_auth_enable(True, key))
+        return _json(200, {"enabled": True, "revision": result.revision})
+
+    async def disable(self, request: web.BaseRequest) -> web.Response:
+        result = await self._propose_auth(lambda: encode_auth_enable(False))
+        return _json(200, {"enabled": False, "revision": result.revision})
+
+
 class HttpApi:
     """The HTTP API of one node: `server` goes to a `web.ServerRunner`, `close` after it.
 
@@ -1398,9 +2020,17 @@ class HttpApi:
     put pays it on the leader's critical path (BENCHMARKS.md).
     """
 
-    def __init__(self, node: RaftNode, *, http_connections_max: int | None = None) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        *,
+        http_connections_max: int | None = None,
+        metrics_require_auth: bool | None = None,
+    ) -> None:
         """`http_connections_max`: client connections allowed, when less than the config's
-        (`kvraft.http_guard.http_connections_allowed` under the descriptor limit)."""
+        (`kvraft.http_guard.http_connections_allowed` under the descriptor limit);
+        `metrics_require_auth`: `/metrics` wants a token while auth is enabled (default: the
+        config's ``[auth] metrics_require_auth``)."""
         self.node = node
         registry = CollectorRegistry()
         registry.register(_node_collector(node))
@@ -1425,6 +2055,12 @@ class HttpApi:
         loop_metrics.histogram("kvraft_fsync_seconds", "Durable log write latency")
         node.fsync_observer = loop_metrics.histogram_child("kvraft_fsync_seconds").observe
         self.routes = routes = _Routes(node, loop_metrics)
+        if metrics_require_auth is None:
+            metrics_require_auth = node.config.auth.metrics_require_auth
+        self.authorizer = authorizer = _Authorizer(
+            routes, metrics_require_auth=metrics_require_auth
+        )
+        routes.authorizer = authorizer
         self.admission = node.write_admission
 
         async def metrics(request: web.BaseRequest) -> web.Response:
@@ -1446,7 +2082,9 @@ class HttpApi:
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
 
-        write_headers = frozenset(("if-match", "if-none-match", "idempotency-key"))
+        write_headers = frozenset(
+            ("if-match", "if-none-match", "idempotency-key", "x-kvraft-fence")
+        )
         self._key_route = _Route(
             KV_PATH_PREFIX + "{key}",
             {"PUT": routes.put, "DELETE": routes.delete, **read_only(routes.get)},
@@ -1468,6 +2106,23 @@ class HttpApi:
         self._member_route = _Route(
             MEMBER_PATH_PREFIX + "{node_id}", {"DELETE": routes.remove_member}
         )
+        self._auth_user_route = _Route(
+            AUTH_USER_PATH_PREFIX + "{name}",
+            {"PUT": authorizer.put_user, "DELETE": authorizer.delete_user},
+        )
+        self._auth_role_route = _Route(
+            AUTH_ROLE_PATH_PREFIX + "{name}",
+            {"PUT": authorizer.put_role, "DELETE": authorizer.delete_role},
+        )
+        self._lock_route = _Route(
+            LOCK_PATH_PREFIX + "{name}",
+            {
+                "POST": routes.acquire_lock,
+                "DELETE": routes.release_lock,
+                **read_only(routes.get_lock),
+            },
+            parameters={"GET": frozenset(("consistency",))},
+        )
         self._exact_routes = {
             route.name: route
             for route in (
@@ -1487,12 +2142,17 @@ class HttpApi:
                         ),
                         "DELETE": frozenset(("prefix",)),
                     },
-                    headers={"DELETE": frozenset(("idempotency-key",))},
+                    headers={"DELETE": frozenset(("idempotency-key", "x-kvraft-fence"))},
                 ),
                 _Route(
                     TXN_PATH,
                     {"POST": routes.txn},
-                    headers={"POST": frozenset(("idempotency-key",))},
+                    headers={"POST": frozenset(("idempotency-key", "x-kvraft-fence"))},
+                ),
+                _Route(
+                    LOCKS_PATH,
+                    read_only(routes.list_locks),
+                    parameters={"GET": frozenset(("consistency",))},
                 ),
                 _Route(LEASES_PATH, {"GET": routes.list_leases, "POST": routes.grant_lease}),
                 _Route("/v1/status", read_only(with_member_cors(member_addresses, routes.status))),
@@ -1513,13 +2173,21 @@ class HttpApi:
                 # member's dashboard page reads status (above) and events across origins.
                 _Route(EVENTS_PATH, {"GET": events}, parameters={"GET": EVENTS_QUERY_PARAMETERS}),
                 _Route(UI_PATH, read_only(serve_ui)),
+                _Route(AUTH_TOKEN_PATH, {"POST": authorizer.token}),
+                _Route("/v1/auth/status", read_only(authorizer.status)),
+                _Route("/v1/auth/users", read_only(authorizer.list_users)),
+                _Route("/v1/auth/roles", read_only(authorizer.list_roles)),
+                _Route("/v1/auth/enable", {"POST": authorizer.enable}),
+                _Route("/v1/auth/disable", {"POST": authorizer.disable}),
             )
         }
         # Forwarded requests leave from this node's own address (when it has one), so a
         # partition between two node addresses cuts forwarding too, as it would between
         # machines.
         connector = aiohttp.TCPConnector(
-            limit=FORWARD_CONNECTIONS_MAX, local_addr=_source_address(node.spec.http_host)
+            limit=FORWARD_CONNECTIONS_MAX,
+            local_addr=_source_address(node.spec.http_host),
+            ssl=node.tls.https_client or True,  # HTTPS to the leader when [tls] is on
         )
         self._session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently re-sends a request once when a kept-alive connection drops after
@@ -1565,6 +2233,15 @@ class HttpApi:
         if path.startswith(MEMBER_PATH_PREFIX):
             node_id = path[len(MEMBER_PATH_PREFIX) :]
             return self._member_route if node_id and "/" not in node_id else None
+        if path.startswith(LOCK_PATH_PREFIX):
+            return self._lock_route if len(path) > len(LOCK_PATH_PREFIX) else None
+        for prefix, route in (
+            (AUTH_USER_PATH_PREFIX, self._auth_user_route),
+            (AUTH_ROLE_PATH_PREFIX, self._auth_role_route),
+        ):
+            if path.startswith(prefix):
+                name = path[len(prefix) :]
+                return route if name and "/" not in name else None
         if path.startswith(LEASE_PATH_PREFIX):
             tail = path[len(LEASE_PATH_PREFIX) :]
             if tail.endswith(LEASE_KEEPALIVE_SUFFIX):
@@ -1590,6 +2267,7 @@ class HttpApi:
                         headers={"Allow": allowed},
                     )
                 _refuse_unknown(request, route)
+                await self.authorizer.check(request, route.name)
                 hold_bytes = self._write_bytes(request)
                 if hold_bytes and not self.admission.try_hold(hold_bytes):
                     raise ApiError(
@@ -1676,6 +2354,10 @@ class HttpApi:
             except ApiError:
                 wait_s = 0.0  # refused by the leader at once
             return self.routes.timeout_s + wait_s
+        if request.method == "POST" and request.path.startswith(LOCK_PATH_PREFIX):
+            # The leader waits for the lock up to the body's wait_s (not read here): the
+            # longest it may take, plus its two proposals.
+            return 2 * self.routes.timeout_s + LOCK_WAIT_S_MAX
         return self.routes.timeout_s
 
     async def _forward(
@@ -1691,17 +2373,27 @@ class HttpApi:
         leader = self.node.peer_addresses.get(leader_id) if leader_id else None
         if leader is None or leader_id == self.node.id:
             raise ApiError(503, "unavailable", "no leader is known right now")
-        has_body = request.method in ("PUT", "POST")
+        # A DELETE may carry a body too (a lock release names its fencing token).
+        has_body = request.method in ("PUT", "POST") or request.body_exists
         body = await _read_value(request, self._body_bytes_max(request)) if has_body else b""
         headers = {
             name: value
             for name, value in request.headers.items()
-            if name.lower() in ("if-match", "if-none-match", "idempotency-key", "content-type")
+            if name.lower()
+            in (
+                "if-match",
+                "if-none-match",
+                "idempotency-key",
+                "x-kvraft-fence",
+                "content-type",
+                # The leader checks the caller again, against its own state.
+                "authorization",
+            )
         }
         headers[FORWARDED_HEADER] = str(self.node.id)
         # The raw path, not a re-parsed one: yarl would resolve "." and ".." segments,
         # which are legal inside keys.
-        url = yarl.URL(leader.http_url + request.raw_path, encoded=True)
+        url = yarl.URL(leader.base_url(self.node.tls.http_scheme) + request.raw_path, encoded=True)
         is_write = request.method in ("PUT", "DELETE", "POST")
         remaining_s = max(deadline_s - asyncio.get_running_loop().time(), 0.001)
         try:
@@ -1721,6 +2413,16 @@ class HttpApi:
                     if name.lower() in ("etag", "retry-after", "content-type")
                     or name.lower().startswith("x-kvraft-")
                 }
+                if (
+                    is_write
+                    and upstream.status == 200
+                    and request.path.startswith(AUTH_PATH_PREFIX)
+                ):
+                    # Read your auth writes through this node: a token asked of it next must
+                    # see the user, the role or the switch the leader just applied.
+                    revision = upstream.headers.get(REVISION_HEADER, "")
+                    if revision.isdecimal():
+                        await self.authorizer.catch_up(int(revision))
                 return web.Response(status=upstream.status, body=payload, headers=passed)
         except aiohttp.ClientConnectorError as error:
             if is_exhaustion(error.os_error):

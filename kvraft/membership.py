@@ -133,6 +133,10 @@ class MemberAddress:
         """The base URL of the member's HTTP API, e.g. ``http://127.0.0.1:8001``."""
         return f"http://{self.http_address}"
 
+    def base_url(self, scheme: str) -> str:
+        """The member's base URL with `scheme` (``https`` in a cluster with ``[tls]``)."""
+        return f"{scheme}://{self.http_address}"
+
     @classmethod
     def of_spec(cls, spec: NodeSpec) -> MemberAddress:
         """The addresses of a config file's node entry."""

@@ -35,7 +35,14 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from typing import Any, Protocol, TypeVar
 
 from kvraft.address_book import LOOKUP_TIMEOUT_S, AddressBook
@@ -44,11 +51,13 @@ from kvraft.config import ClusterConfig, NodeSpec
 from kvraft.errors import NodeStoppedError, NotLeader, OutcomeUnknown, Overloaded, Unavailable
 from kvraft.events import CoreEvents, EventLog
 from kvraft.leases import LeaseTimer
+from kvraft.locks import LockWaiting
 from kvraft.membership import MemberAddress, pick_transfer_target
 from kvraft.raft.codec import (
     INSTALL_SNAPSHOT_BYTES_MAX,
     CodecError,
     decode_message,
+    encode_install_snapshot_head,
     encode_message,
 )
 from kvraft.raft.core import RaftConfig, RaftCore, Role
@@ -61,9 +70,10 @@ from kvraft.raft.messages import (
 )
 from kvraft.reconfiguration import MEMBERSHIP_REQUEST_TIMEOUTS, Reconfiguration
 from kvraft.shell import NodeShell, Persist, SnapshotToSave, StateMachine
-from kvraft.statemachine import ApplyResult, KVStateMachine
+from kvraft.statemachine import ApplyResult, KVStateMachine, encode_lease_checkpoint
 from kvraft.storage.api import Storage, StorageError
 from kvraft.storage.disk import DiskStorage
+from kvraft.tls import NodeTls
 from kvraft.transport.tcp import PeerTransport
 from kvraft.watch import WatchHub
 
@@ -99,6 +109,12 @@ class Transport(Protocol):
     def remove_peer(self, node_id: int) -> None: ...
 
     def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool: ...
+
+    async def send_parts(
+        self, node_id: int, parts: Sequence[bytes], bulk: bool = False
+    ) -> bool: ...
+
+    def bulk_pending(self, node_id: int) -> bool: ...
 
     def flush(self, node_id: int | None = None) -> None: ...
 
@@ -150,6 +166,7 @@ class RaftNode:
         transport: TransportFactory | None = None,
         rng: random.Random | None = None,
         peer_secret: bytes | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         """A node of `config`'s cluster. A node named in `config.nodes` is a founding member:
         it starts from the file's configuration. Any other node (a joining one) passes its own
@@ -157,7 +174,10 @@ class RaftNode:
 
         `storage` (default: a `DiskStorage` in the spec's data directory) and `transport`
         (default: a `PeerTransport` on the spec's raft port) are the node's seams: with
-        `MemoryStorage` and `MemoryTransport`, whole clusters run in one event loop."""
+        `MemoryStorage` and `MemoryTransport`, whole clusters run in one event loop.
+
+        `tls` (`kvraft.tls.node_tls`): the node's SSL contexts, for peer mTLS on the default
+        transport and for reaching other nodes' HTTPS API; default: none (plain)."""
         self.config = config
         self._founding = any(node.id == node_id for node in config.nodes)
         self.spec: NodeSpec = config.node(node_id) if spec is None else spec
@@ -168,11 +188,14 @@ class RaftNode:
         self._storage_override = storage
         self._transport_factory = transport
         self._peer_secret = peer_secret  # the default transport's; never logged (issue #20)
+        self.tls = tls or NodeTls()
         self.storage: Storage | None = None
         self.shell: NodeShell | None = None
         self._state_machine_before_start = KVStateMachine()
         self.watch_hub = WatchHub(0)
         """The committed changes this node applied, for watchers (`kvraft.watch`)."""
+        self.lock_waiting = LockWaiting()
+        """The requests waiting for a lock to pass to them (`kvraft.locks`)."""
         self.transport: Transport | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
@@ -185,7 +208,10 @@ class RaftNode:
         """No new work is taken: the node is stopping, or its storage failed."""
         self._stopped = False
         self.failed: asyncio.Future[BaseException] | None = None
-        self._snapshot_data_cache: tuple[int, bytes] | None = None
+        self._snapshot_data_cache: tuple[int, list[bytes]] | None = None
+        """The data of the last snapshot sent or installed (its index, its chunks)."""
+        self._snapshot_sending: set[int] = set()
+        """The peers a snapshot is being made ready for (`_send_snapshot` running)."""
         self._snapshot_too_large_logged = 0
         # Observability.
         self.leader_changes = 0
@@ -202,6 +228,7 @@ class RaftNode:
             {node.id: MemberAddress.of_spec(node) for node in config.nodes},
             founding=self._founding,
             is_stopping=lambda: self._stopping,
+            https_client=self.tls.https_client,
         )
         self.reconfiguration = Reconfiguration(self)
         self._state_changed = asyncio.Event()
@@ -282,6 +309,7 @@ class RaftNode:
             watchers_max=limits.watchers_max,
         )
         self.watch_hub.follow(self.shell)
+        self.lock_waiting.follow(self.shell)
         self._core_events = CoreEvents(self.events, core, time.monotonic())
         self.events.emit(
             "node_started",
@@ -314,6 +342,8 @@ class RaftNode:
                 self.address_book.is_known_peer,
                 rng=random.Random(self._rng.getrandbits(64)),
                 peer_secret=self._peer_secret,
+                tls_server_context=self.tls.peer_server,
+                tls_client_context=self.tls.peer_client,
             )
         if isinstance(self.transport, PeerTransport):
             self.transport.on_peer_reachability = self._on_peer_reachability
@@ -463,13 +493,21 @@ class RaftNode:
         assert shell is not None and shell.lease_timer is not None
         arrived_ticks = shell.lease_timer.now_ticks
         await self.read_barrier(timeout_s)
-        found = self.state_machine.lease(lease_id)
-        if found is None:
-            return None
-        timer = shell.leases_follow_leadership()
-        assert timer is not None
-        if timer.leader_term is None:
-            raise NotLeader(shell.core.leader_id)
+        while True:
+            found = self.state_machine.lease(lease_id)
+            if found is None:
+                return None
+            timer = shell.leases_follow_leadership()
+            assert timer is not None
+            if timer.leader_term is None:
+                raise NotLeader(shell.core.leader_id)
+            checkpointed_ms = self.state_machine.lease_checkpoint_ms(lease_id)
+            if not timer.needs_clear(lease_id, checkpointed_ms):
+                break
+            # A checkpoint would make a new leader forget this keepalive: clear it first
+            # (once per checkpoint interval; `kvraft.leases`). Checked again afterwards, with
+            # no await between the check and the refresh, so no checkpoint slips in between.
+            await self.propose(encode_lease_checkpoint([(lease_id, 0)]), timeout_s)
         return found[0] if timer.keepalive(lease_id, arrived_ticks) else None
 
     async def lease_remaining_s(self, lease_id: int) -> float | None:
@@ -599,7 +637,7 @@ class RaftNode:
             await storage.install_snapshot(persist.snapshot.meta, data)
             # Decoding a large snapshot would hold the event loop: a thread does it.
             restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
-            self._snapshot_data_cache = (persist.snapshot.meta.index, data)
+            self._snapshot_data_cache = (persist.snapshot.meta.index, [data])
             log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
             self._emit("snapshot_installed", index=persist.snapshot.meta.index)
         if persist.entries or persist.hard_state is not None:
@@ -719,16 +757,33 @@ class RaftNode:
         storage = self.storage
         transport = self.transport
         assert storage is not None and transport is not None
+        target = message.target
+        if target in self._snapshot_sending or transport.bulk_pending(target):
+            # The core resends an unanswered InstallSnapshot every `snapshot_retry_ticks`;
+            # while the last one is still being made ready or on its way, another copy of
+            # a large snapshot would only cost the loop time and memory (and be dropped by
+            # the bulk lane's queue). The next retry after it is gone sends it again.
+            return
+        self._snapshot_sending.add(target)
+        try:
+            await self._send_snapshot_parts(message, storage, transport)
+        finally:
+            self._snapshot_sending.discard(target)
+
+    async def _send_snapshot_parts(
+        self, message: InstallSnapshot, storage: Storage, transport: Transport
+    ) -> None:
         cached = self._snapshot_data_cache
         if cached is not None and cached[0] == message.meta.index:
-            data = cached[1]
+            chunks = cached[1]
         else:
-            data = b"".join([c async for c in storage.open_snapshot_chunks(message.meta)])
-            self._snapshot_data_cache = (message.meta.index, data)
-        full = InstallSnapshot(message.term, message.source, message.target, message.meta, data)
-        # Data alone past the limit is not encoded (on the loop) at every retry.
-        payload = encode_message(full) if len(data) <= INSTALL_SNAPSHOT_BYTES_MAX else None
-        if payload is None or len(payload) > INSTALL_SNAPSHOT_BYTES_MAX:
+            # Kept as read, a chunk at a time: joined, a large snapshot held the loop.
+            chunks = [c async for c in storage.open_snapshot_chunks(message.meta)]
+            self._snapshot_data_cache = (message.meta.index, chunks)
+        data_bytes = sum(len(chunk) for chunk in chunks)
+        fits = data_bytes <= INSTALL_SNAPSHOT_BYTES_MAX
+        head = encode_install_snapshot_head(message, data_bytes) if fits else b""
+        if not fits or len(head) + data_bytes > INSTALL_SNAPSHOT_BYTES_MAX:
             # No peer accepts an InstallSnapshot past the limit: the follower cannot catch up
             # this way. Say so (once per snapshot) instead of failing at every retry.
             if self._snapshot_too_large_logged != message.meta.index:
@@ -740,12 +795,14 @@ class RaftNode:
                     self.id,
                     message.target,
                     message.meta.index,
-                    len(data),
+                    data_bytes,
                     INSTALL_SNAPSHOT_BYTES_MAX,
                 )
             return
-        # Larger than a frame, it goes in pieces on the bulk lane.
-        transport.send(message.target, payload, bulk=True)
+        # The encoded message is the head, then the data: never copied into one payload
+        # (the loop runs between two frames of it). Larger than a frame, it goes in pieces
+        # on the bulk lane.
+        await transport.send_parts(message.target, [head, *chunks], bulk=True)
         self._emit("snapshot_sent", to=message.target, index=message.meta.index)
 
     # --- membership ---------------------------------------------------------------------

@@ -490,7 +490,8 @@ class NodeShell:
 
     def leases_follow_leadership(self) -> LeaseTimer | None:
         """Bring the lease timer in line with the core's role: a node that became leader gives
-        every lease a full TTL from now (etcd's Promote), one that stopped leading forgets
+        every lease a full TTL (or its checkpointed remainder) from now (etcd's Promote),
+        one that stopped leading forgets
         its deadlines. Called every tick, and by a keepalive before it refreshes a deadline
         (it may arrive before the new leader's first tick)."""
         timer = self.lease_timer
@@ -499,7 +500,7 @@ class NodeShell:
         core = self.core
         if core.role == Role.LEADER:
             if timer.leader_term != core.term:
-                timer.promote(core.term, self.state_machine.leases())  # type: ignore[attr-defined]
+                timer.promote(core.term, self.state_machine.lease_remaining_ms())  # type: ignore[attr-defined]
         elif timer.leader_term is not None:
             timer.demote()
         return timer
@@ -512,6 +513,8 @@ class NodeShell:
         # timer, and fed to the core in this same advance().
         for lease_id in timer.tick():
             self._proposals.append((timer.expire_command(lease_id), _NOBODY))
+        for command in timer.checkpoint_commands():
+            self._proposals.append((command, _NOBODY))
 
     def _propose_configuration(self, core: RaftCore, proposal: _ConfigProposal) -> None:
         answer = proposal.answer
@@ -567,8 +570,7 @@ class NodeShell:
             if restored is None:  # (not `or`: an empty state machine is falsy)
                 restored = self._restore(ready.snapshot.data)
             self._restored(ready.snapshot.meta, restored)
-        for entry in ready.committed_entries:
-            self._apply(entry)
+        self._apply_all(ready.committed_entries)
         for read_state in ready.read_states:
             answer = self._read_answers.pop(read_state.read_id, None)
             if answer is not None and not answer.done():
@@ -598,20 +600,46 @@ class NodeShell:
         for index in [i for i in self._config_waiters if i <= meta.index]:
             _fail(self._config_waiters.pop(index)[1], OutcomeUnknown("replaced by a snapshot"))
         if self.lease_timer is not None:
-            self.lease_timer.restored(state_machine.leases())  # type: ignore[attr-defined]
+            self.lease_timer.restored(state_machine.lease_remaining_ms())  # type: ignore[attr-defined]
         for restore_hook in self.on_restore:
             restore_hook(meta)
 
-    def _apply(self, entry: Entry) -> None:
-        if entry.kind == EntryKind.NORMAL:
-            result = self.state_machine.apply(entry.index, entry.data)
-            if self.lease_timer is not None:
-                self.lease_timer.applied(entry.data, entry.index, bool(result.ok))
-        else:
-            self.state_machine.mark_applied(entry.index)
-            result = None
-        for hook in self.on_apply:
-            hook(entry, result)
+    def _apply_all(self, entries: list[Entry]) -> None:
+        """Apply committed entries in order: the state machine, the lease timer, the hooks,
+        then whoever waits on each index. One loop for a whole Ready (up to
+        `apply_batch_max` entries, a million at a restart) with its lookups done once."""
+        state_machine = self.state_machine
+        apply = state_machine.apply
+        lease_timer = self.lease_timer
+        hooks = self.on_apply
+        waiters = self._waiters
+        config_waiters = self._config_waiters
+        normal = EntryKind.NORMAL
+        for entry in entries:
+            if entry.kind == normal:
+                result = apply(entry.index, entry.data)
+                if lease_timer is not None:
+                    lease_timer.applied(entry.data, entry.index, bool(result.ok))
+            else:
+                state_machine.mark_applied(entry.index)
+                result = None
+            for hook in hooks:
+                hook(entry, result)
+            if config_waiters:
+                self._answer_config_waiter(entry)
+            if waiters:
+                waiter = waiters.pop(entry.index, None)
+                if waiter is None or waiter[1].done():
+                    continue
+                term, answer = waiter
+                if term != entry.term or result is None:
+                    answer.set_exception(
+                        ProposalLost("leadership changed; the write was not applied")
+                    )
+                else:
+                    answer.set_result(result)
+
+    def _answer_config_waiter(self, entry: Entry) -> None:
         config_waiter = self._config_waiters.pop(entry.index, None)
         if config_waiter is not None:
             # Whatever entry holds our index is ours only if it has our term (§5.3: one
@@ -625,14 +653,6 @@ class NodeShell:
                     config_answer,
                     ProposalLost("leadership changed; the membership change was not applied"),
                 )
-        waiter = self._waiters.pop(entry.index, None)
-        if waiter is None or waiter[1].done():
-            return
-        term, answer = waiter
-        if term != entry.term or result is None:
-            answer.set_exception(ProposalLost("leadership changed; the write was not applied"))
-        else:
-            answer.set_result(result)
 
     def _release_reads(self) -> None:
         if not self._reads_waiting_apply:
@@ -652,6 +672,12 @@ class NodeShell:
         applied = self.state_machine.applied_index
         log = self.core.log
         if self._snapshot_in_progress:
+            return
+        if log.commit_index - applied > self.core.config.apply_batch_max:
+            # More committed entries are waiting than one Ready applies (a restart replaying
+            # its log, a follower catching up): they are in memory already, and a snapshot
+            # now would be outdated within the next Readies. One is taken once they are
+            # applied; each taken during a replay copied and encoded the whole state again.
             return
         bytes_threshold = self.snapshot_threshold_bytes
         if applied - log.snapshot.index < self.snapshot_threshold_entries and (

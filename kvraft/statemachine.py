@@ -39,6 +39,15 @@ Command wire format (msgpack arrays, one per command)::
         failure: [operation...], idempotency_key: str | nil]
     [OP_LEASE_GRANT, ttl_s: int]
     [OP_LEASE_REVOKE, lease_id: int, expired: bool]
+    [OP_LOCK_ACQUIRE, name: str, lease_id: int, value: str]
+    [OP_LOCK_RELEASE, name: str, fencing_token: int]
+    [OP_FENCED, name: str, fencing_token: int, command: bin]
+    [OP_LEASE_CHECKPOINT, [lease_id, remaining_ms, lease_id, remaining_ms, ...]]
+    [OP_AUTH_USER_PUT, name: str, password_hash: [n, r, p, salt, digest] | nil, roles: [str]]
+    [OP_AUTH_USER_DELETE, name: str]
+    [OP_AUTH_ROLE_PUT, name: str, admin: bool, [prefix, access, prefix, access, ...]]
+    [OP_AUTH_ROLE_DELETE, name: str]
+    [OP_AUTH_ENABLE, enabled: bool, signing_key: bin]
 
 A put may carry a seventh field, ``lease_id: int``, attaching its key to that lease (a put
 without it detaches the key from any lease, as in etcd); a put of six fields is one written
@@ -48,7 +57,27 @@ Leases (`kvraft.leases` keeps their timers): a grant's log index is the lease's 
 node names it alike. A revoke (the client's, or the leader's expiry: ``expired=True``)
 removes the lease and deletes its keys, in key order, as ordinary deletes at the revoke's
 revision, so watchers see them. The machine knows no clock: it holds each lease's TTL, and
-only the leader decides when one expires.
+only the leader decides when one expires. A checkpoint records, for long leases, how much of
+their TTL was left in the leader's clock (`kvraft.leases` says when it is written and why a
+keepalive clears it); a new leader starts them from there rather than from the full TTL.
+
+Locks, after etcd's concurrency recipe but held by the machine itself rather than as keys: a
+lock is a queue of waiters, each a lease and the *fencing token* it was given, which is the
+log index of its acquire: strictly greater than every token given for that lock before,
+on every node alike. The waiter with the smallest token holds the lock (first come, first
+served); a release, or the revoke or expiry of its lease, removes a waiter and so passes the
+lock on to the next at that entry's index. A lease waits at most once per lock: acquiring
+again answers the token it already has, so a client that lost an answer can simply retry.
+A *fenced* command wraps a put, delete or transaction with a lock's name and a token: it
+applies only if that token holds the lock when the entry applies, so a holder that was
+paused past its lease cannot overwrite what the next holder wrote (Kleppmann, "How to do
+distributed locking").
+
+Users, roles and the auth switch (`kvraft.auth` holds their rules): the receiving node hashes
+the password and draws the signing key, the entry carries them, and apply only stores them,
+so the auth state is the same on every node at every index. An auth entry that cannot apply
+(an unknown role, root losing admin while auth is on, ...) changes nothing but
+`applied_index`. Auth entries change no key and are never in the idempotency table.
 
 where a transaction's operation is ``[1, key, value]`` (put), ``[2, key]`` (delete),
 ``[3, prefix]`` (delete_prefix), ``[4, key]`` (get) or ``[5, prefix, limit]`` (list); see
@@ -60,8 +89,8 @@ payload: bin]``, where the CRC-32 (zlib's) covers the kind as one byte followed
 by the payload, and each payload is one msgpack value. In order:
 
 - one HEADER (kind 0): ``["kvraft-kv-snapshot", SNAPSHOT_FORMAT_VERSION,
-  applied_index, key_count, idempotency_key_count, lease_count]`` (versions 1 and 2 have no
-  ``lease_count``);
+  applied_index, key_count, idempotency_key_count, lease_count, lock_waiter_count]``
+  (versions 1 and 2 have no ``lease_count``, version 3 no ``lock_waiter_count``);
 - KEYS frames (kind 1), none if there are no keys: a flat array ``key, value,
   revision, lease_id, key, value, revision, lease_id, ...`` in strictly increasing key order,
   ``lease_id`` 0 for a key without a lease (versions 1 and 2 have no ``lease_id``);
@@ -70,7 +99,12 @@ by the payload, and each payload is one msgpack value. In order:
   ``txn`` is nil for a put or delete and ``[succeeded, results]`` for a transaction (see
   `_txn_record`; version 1 snapshots have no ``txn`` field);
 - LEASES frames (kind 4, version 3 on), none if there are no leases: a flat array
-  ``lease_id, ttl_s, ...`` in strictly increasing id order;
+  ``lease_id, ttl_s, remaining_ms, ...`` in strictly increasing id order (version 3 has no
+  ``remaining_ms``; 0 means no checkpoint);
+- LOCKS frames (kind 5, version 4 on), none if no lock has a waiter: a flat array
+  ``name, fencing_token, lease_id, value, ...`` ordered by name, then token;
+- one AUTH frame (kind 6, version 5 on, exactly one): `kvraft.auth.AuthState.to_wire`,
+  ``[enabled, signing_key, users, roles]`` (the limits in `kvraft.auth` keep it in one frame);
 - one END (kind 3) with an empty payload, and nothing after it.
 
 `snapshot_chunks` yields one frame per chunk, but `restore` reads the stream
@@ -87,27 +121,51 @@ from __future__ import annotations
 import builtins
 import enum
 import itertools
+import operator
 import struct
 import zlib
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, TypeAlias
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import msgpack
+
+from kvraft.auth import (
+    AuthRefused,
+    AuthState,
+    PasswordHash,
+    Permission,
+    check_name,
+    check_password_hash,
+    check_permissions,
+    check_role_names,
+    permissions_wire,
+)
 
 __all__ = [
     "COMMAND_BYTES_MAX",
     "IDEMPOTENCY_KEYS_MAX",
     "IDEMPOTENCY_KEY_BYTES_MAX",
     "KEY_BYTES_MAX",
+    "LEASE_CHECKPOINT_LEASES_MAX",
     "LEASE_TTL_S_MAX",
     "LIST_LIMIT_MAX",
     "LIST_PAGE_BYTES_MAX",
+    "LOCK_VALUE_BYTES_MAX",
+    "OP_AUTH_ENABLE",
+    "OP_AUTH_ROLE_DELETE",
+    "OP_AUTH_ROLE_PUT",
+    "OP_AUTH_USER_DELETE",
+    "OP_AUTH_USER_PUT",
     "OP_DELETE",
+    "OP_FENCED",
+    "OP_LEASE_CHECKPOINT",
     "OP_LEASE_GRANT",
     "OP_LEASE_REVOKE",
+    "OP_LOCK_ACQUIRE",
+    "OP_LOCK_RELEASE",
     "OP_PUT",
     "OP_TXN",
     "REVISION_MAX",
@@ -120,6 +178,11 @@ __all__ = [
     "VALUE_BYTES_MAX",
     "ApplyOrderError",
     "ApplyResult",
+    "AuthEnableCommand",
+    "AuthRoleDeleteCommand",
+    "AuthRolePutCommand",
+    "AuthUserDeleteCommand",
+    "AuthUserPutCommand",
     "Command",
     "CommandError",
     "Compare",
@@ -129,12 +192,17 @@ __all__ = [
     "DeletePrefixResult",
     "DeleteResult",
     "ErrorCode",
+    "FencedCommand",
     "GetResult",
     "KVStateMachine",
+    "LeaseCheckpointCommand",
     "LeaseGrantCommand",
     "LeaseRevokeCommand",
     "ListItem",
     "ListResult",
+    "LockAcquireCommand",
+    "LockReleaseCommand",
+    "LockWaiter",
     "PutCommand",
     "PutResult",
     "SnapshotFormatError",
@@ -147,9 +215,18 @@ __all__ = [
     "TxnPut",
     "TxnResult",
     "decode_command",
+    "encode_auth_enable",
+    "encode_auth_role_delete",
+    "encode_auth_role_put",
+    "encode_auth_user_delete",
+    "encode_auth_user_put",
     "encode_delete",
+    "encode_fenced",
+    "encode_lease_checkpoint",
     "encode_lease_grant",
     "encode_lease_revoke",
+    "encode_lock_acquire",
+    "encode_lock_release",
     "encode_put",
     "encode_txn",
 ]
@@ -209,12 +286,23 @@ is not alive; the bound also keeps a TTL in ticks far from any integer limit. Th
 TTL depends on the election timeout and is the HTTP layer's to enforce
 (`kvraft.leases.lease_ttl_s_min`): the machine accepts 1 s and up."""
 
-SNAPSHOT_FORMAT_VERSION = 3
+LOCK_VALUE_BYTES_MAX = 4096
+"""The largest value a lock waiter carries (an election candidate's address or name, shown to
+whoever asks who holds the lock), in UTF-8 bytes: every waiter's value sits in memory and in
+every snapshot, so it is kept small."""
+
+LEASE_CHECKPOINT_LEASES_MAX = 1000
+"""The most leases one checkpoint entry records (the leader writes more entries for more)."""
+
+SNAPSHOT_FORMAT_VERSION = 5
 """The snapshot format this module writes. Version 2 added a transaction's results to its
 idempotency record, version 3 the leases (a LEASES frame, a lease id on every key record and
-a lease count in the header); `restore` still reads versions 1 and 2."""
+a lease count in the header), version 4 the locks (a LOCKS frame, a waiter count in the
+header) and each lease's checkpointed remaining TTL, version 5 the users, roles and auth
+switch (exactly one AUTH frame; the header is as in version 4); `restore` still reads
+versions 1-4."""
 
-_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2, 3)
+_SNAPSHOT_FORMAT_VERSIONS_READ = (1, 2, 3, 4, 5)
 
 SNAPSHOT_CHUNK_BYTES_DEFAULT = 1024 * 1024
 """The default target size of one snapshot chunk (one frame)."""
@@ -269,10 +357,46 @@ OP_LEASE_GRANT = 4
 OP_LEASE_REVOKE = 5
 """The first element of a lease revoke (by a client, or by the leader's expiry)."""
 
+OP_LOCK_ACQUIRE = 6
+"""The first element of a lock acquire: queue a lease as a waiter for a lock."""
+
+OP_LOCK_RELEASE = 7
+"""The first element of a lock release: remove a waiter (the holder or one still waiting)."""
+
+OP_FENCED = 8
+"""The first element of a fenced command: a put, delete or transaction that applies only
+while a given fencing token holds a given lock."""
+
+OP_LEASE_CHECKPOINT = 9
+"""The first element of a lease checkpoint: the leader's remaining TTL of some leases."""
+
+OP_AUTH_USER_PUT = 10
+"""The first element of a user's creation or change (password hash and/or roles)."""
+
+OP_AUTH_USER_DELETE = 11
+"""The first element of a user's deletion."""
+
+OP_AUTH_ROLE_PUT = 12
+"""The first element of a role's creation or replacement."""
+
+OP_AUTH_ROLE_DELETE = 13
+"""The first element of a role's deletion (users lose it too)."""
+
+OP_AUTH_ENABLE = 14
+"""The first element of the auth switch (enable, with the signing key, or disable)."""
+
 _PUT_FIELD_COUNT = 6
 _PUT_WITH_LEASE_FIELD_COUNT = 7
 _LEASE_GRANT_FIELD_COUNT = 2
 _LEASE_REVOKE_FIELD_COUNT = 3
+_LOCK_ACQUIRE_FIELD_COUNT = 4
+_LOCK_RELEASE_FIELD_COUNT = 3
+_FENCED_FIELD_COUNT = 4
+_LEASE_CHECKPOINT_FIELD_COUNT = 2
+_AUTH_USER_PUT_FIELD_COUNT = 4
+_AUTH_ROLE_PUT_FIELD_COUNT = 4
+_AUTH_DELETE_FIELD_COUNT = 2
+_AUTH_ENABLE_FIELD_COUNT = 3
 _DELETE_FIELD_COUNT = 4
 _TXN_FIELD_COUNT = 5
 
@@ -329,6 +453,26 @@ class ErrorCode(enum.StrEnum):
     1..`LEASE_TTL_S_MAX`."""
     LEASE_NOT_FOUND = "lease_not_found"
     """The lease named does not exist (never granted, revoked or expired)."""
+    BAD_LOCK = "bad_lock"
+    """A lock name is not a valid key, a fencing token not an int in 1..`REVISION_MAX`, a
+    waiter's value not a str of at most `LOCK_VALUE_BYTES_MAX` bytes, or a fenced command
+    wraps something other than a put, delete or transaction."""
+    LOCK_NOT_HELD = "lock_not_held"
+    """A release names a fencing token that neither holds nor waits for the lock (released
+    already, or its lease is gone)."""
+    FENCE_FAILED = "fence_failed"
+    """A fenced command's token does not hold the lock (any more) when it applies: nothing
+    was written."""
+    BAD_AUTH = "bad_auth"
+    """A user, role, permission, password hash or signing key is malformed or over a limit
+    of `kvraft.auth`."""
+    USER_NOT_FOUND = "user_not_found"
+    """The user named does not exist."""
+    ROLE_NOT_FOUND = "role_not_found"
+    """The role named (to delete, or to give a user) does not exist."""
+    ROOT_REQUIRED = "root_required"
+    """Enabling auth needs a user `root` with an admin role; while auth is enabled, `root`
+    cannot be deleted or lose admin."""
 
 
 class CommandError(ValueError):
@@ -390,6 +534,97 @@ class LeaseRevokeCommand(NamedTuple):
     lease_id: int
     expired: bool = False
     idempotency_key: None = None
+
+
+class LockAcquireCommand(NamedTuple):
+    """Queue lease `lease_id` for lock `name` (its token: this entry's index), or answer the
+    token it already has; `value` is shown to whoever asks who holds the lock."""
+
+    name: str
+    lease_id: int
+    value: str
+    idempotency_key: None = None
+
+
+class LockReleaseCommand(NamedTuple):
+    """Remove the waiter of lock `name` with `fencing_token` (releasing the lock if it holds
+    it, giving up its place if not)."""
+
+    name: str
+    fencing_token: int
+    idempotency_key: None = None
+
+
+class LeaseCheckpointCommand(NamedTuple):
+    """Record the leader's remaining TTL of some leases: ``((lease_id, remaining_ms), ...)``,
+    ``remaining_ms`` 0 clearing a lease's checkpoint."""
+
+    remaining_ms: tuple[tuple[int, int], ...]
+    idempotency_key: None = None
+
+
+class AuthUserPutCommand(NamedTuple):
+    """Create or change user `name`: `password` None keeps the current one (a new user needs
+    one); `roles` replaces its roles."""
+
+    name: str
+    password: PasswordHash | None
+    roles: tuple[str, ...]
+    idempotency_key: None = None
+
+
+class AuthUserDeleteCommand(NamedTuple):
+    """Delete user `name` (its tokens stop verifying)."""
+
+    name: str
+    idempotency_key: None = None
+
+
+class AuthRolePutCommand(NamedTuple):
+    """Create or replace role `name`."""
+
+    name: str
+    admin: bool
+    permissions: tuple[Permission, ...]
+    idempotency_key: None = None
+
+
+class AuthRoleDeleteCommand(NamedTuple):
+    """Delete role `name`; users that had it lose it."""
+
+    name: str
+    idempotency_key: None = None
+
+
+class AuthEnableCommand(NamedTuple):
+    """Switch auth on (with the cluster's token `signing_key`) or off (`signing_key` empty)."""
+
+    enabled: bool
+    signing_key: bytes
+    idempotency_key: None = None
+
+
+AuthCommand: TypeAlias = (
+    AuthUserPutCommand
+    | AuthUserDeleteCommand
+    | AuthRolePutCommand
+    | AuthRoleDeleteCommand
+    | AuthEnableCommand
+)
+
+
+class LockWaiter(NamedTuple):
+    """One place in a lock's queue.
+
+    Fields:
+        fencing_token: the log index of the acquire that queued it.
+        lease_id: the lease it lives as long as.
+        value: what the waiter told the others (an election's candidate value).
+    """
+
+    fencing_token: int
+    lease_id: int
+    value: str
 
 
 class DeleteCommand(NamedTuple):
@@ -486,8 +721,30 @@ class TxnCommand(NamedTuple):
     idempotency_key: str | None = None
 
 
+class FencedCommand(NamedTuple):
+    """Apply `command` (a put, delete or transaction) only if `fencing_token` holds lock
+    `name` when it applies; otherwise nothing is written (`ErrorCode.FENCE_FAILED`)."""
+
+    name: str
+    fencing_token: int
+    command: PutCommand | DeleteCommand | TxnCommand
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.command.idempotency_key
+
+
 Command: TypeAlias = (
-    PutCommand | DeleteCommand | TxnCommand | LeaseGrantCommand | LeaseRevokeCommand
+    PutCommand
+    | DeleteCommand
+    | TxnCommand
+    | LeaseGrantCommand
+    | LeaseRevokeCommand
+    | LockAcquireCommand
+    | LockReleaseCommand
+    | FencedCommand
+    | LeaseCheckpointCommand
+    | AuthCommand
 )
 
 ListItem: TypeAlias = tuple[str, bytes, int]
@@ -576,6 +833,8 @@ class ApplyResult:
             idempotent retry (the table keeps no values).
         remembered: this is an idempotent retry's answer, from the table (so `prev_record`
             says nothing about the key).
+        locks_changed: the locks whose queue of waiters this command changed, in name order
+            (whoever waits for one may now hold it).
     """
 
     index: int
@@ -589,6 +848,7 @@ class ApplyResult:
     results: tuple[TxnResult, ...] = ()
     prev_record: bytes | None = field(default=None, compare=False)
     remembered: bool = field(default=False, compare=False)
+    locks_changed: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def prev(self) -> tuple[bytes, int] | None:
@@ -599,6 +859,96 @@ class ApplyResult:
     def condition_failed(self) -> bool:
         """The command was valid but its `if_revision`/`if_absent` condition did not hold."""
         return not self.ok and self.error is None
+
+
+def _put_builders() -> tuple[
+    Callable[[str, int, int | None, bytes], Change],
+    Callable[[int, tuple[Change, ...], bytes | None], ApplyResult],
+]:
+    """Faster `Change("put", key, revision, prev_revision, value)` and `ApplyResult(index=i,
+    ok=True, revision=i, changes=..., prev_record=...)` for `_put`, every write's apply: a
+    frozen dataclass's `__init__` sets each field through `object.__setattr__`, about 2 µs for
+    ApplyResult's twelve; these fill a draft of the same layout and turn it into the class
+    (half the time). Used only while the fields are exactly the ones below (order, names,
+    defaults); otherwise the constructors themselves."""
+
+    def plain_change(key: str, revision: int, prev_revision: int | None, value: bytes) -> Change:
+        return Change("put", key, revision, prev_revision, value)
+
+    def plain_result(
+        index: int, changes: tuple[Change, ...], prev_record: bytes | None
+    ) -> ApplyResult:
+        return ApplyResult(
+            index=index, ok=True, revision=index, changes=changes, prev_record=prev_record
+        )
+
+    change_names = tuple(f.name for f in fields(Change))
+    result_fields = {f.name: f.default for f in fields(ApplyResult)}
+    expected_defaults = {
+        "deleted": False,
+        "error": None,
+        "message": "",
+        "changes": (),
+        "succeeded": None,
+        "results": (),
+        "prev_record": None,
+        "remembered": False,
+        "locks_changed": (),
+    }
+    if (
+        change_names != ("kind", "key", "revision", "prev_revision", "value")
+        or list(result_fields) != ["index", "ok", "revision", *expected_defaults]
+        or any(result_fields[name] != value for name, value in expected_defaults.items())
+        or hasattr(Change, "__post_init__")
+        or hasattr(ApplyResult, "__post_init__")
+    ):
+        return plain_change, plain_result
+    # A draft: a plain class with the same slots, filled by ordinary attribute stores and
+    # then turned into the frozen class (`__class__` may change between classes of one
+    # layout; Python checks that, and a TypeError here keeps the constructors).
+    drafts = []
+    for cls in (Change, ApplyResult):
+        names = tuple(f.name for f in fields(cls))
+        draft = type(f"_{cls.__name__}Draft", (), {"__slots__": names})
+        try:
+            probe = draft()
+            probe.__class__ = cls
+        except TypeError:
+            return plain_change, plain_result
+        drafts.append(draft)
+    change_draft, result_draft = drafts
+
+    def change(key: str, revision: int, prev_revision: int | None, value: bytes) -> Change:
+        built: Any = change_draft()
+        built.kind = "put"
+        built.key = key
+        built.revision = revision
+        built.prev_revision = prev_revision
+        built.value = value
+        built.__class__ = Change
+        return cast(Change, built)
+
+    def result(index: int, changes: tuple[Change, ...], prev_record: bytes | None) -> ApplyResult:
+        built: Any = result_draft()
+        built.index = index
+        built.ok = True
+        built.revision = index
+        built.deleted = False
+        built.error = None
+        built.message = ""
+        built.changes = changes
+        built.succeeded = None
+        built.results = ()
+        built.prev_record = prev_record
+        built.remembered = False
+        built.locks_changed = ()
+        built.__class__ = ApplyResult
+        return cast(ApplyResult, built)
+
+    return change, result
+
+
+_put_change, _put_result = _put_builders()
 
 
 # --- Validation (shared by encoding, decoding, reads and restore) ----------------------------
@@ -637,6 +987,19 @@ def _check_value(value: object) -> bytes:
             f"value is {len(value)} bytes; the limit is {VALUE_BYTES_MAX}",
         )
     return value
+
+
+def _is_plain_put(key: object, value: object) -> bool:
+    """Whether `_check_key(key)` and `_check_value(value)` pass, for the common case only
+    (False says nothing): an ASCII key has as many UTF-8 bytes as characters."""
+    return (
+        type(key) is str
+        and type(value) is bytes
+        and 0 < len(key) <= KEY_BYTES_MAX
+        and len(value) <= VALUE_BYTES_MAX
+        and key.isascii()
+        and "\x00" not in key
+    )
 
 
 def _check_if_revision(if_revision: object) -> int | None:
@@ -696,6 +1059,38 @@ def _check_ttl_s(ttl_s: object) -> int:
     return ttl_s
 
 
+def _check_fencing_token(fencing_token: object) -> int:
+    if type(fencing_token) is not int or not 1 <= fencing_token <= REVISION_MAX:
+        raise CommandError(
+            ErrorCode.BAD_LOCK, f"a fencing token must be an int in 1..{REVISION_MAX}"
+        )
+    return fencing_token
+
+
+def _check_lock_name(name: object) -> str:
+    try:
+        return _check_key(name, "lock name")
+    except CommandError as error:
+        raise CommandError(ErrorCode.BAD_LOCK, str(error)) from None
+
+
+def _check_lock_value(value: object) -> str:
+    if not isinstance(value, str):
+        raise CommandError(ErrorCode.BAD_LOCK, "a lock waiter's value must be a str")
+    try:
+        value_bytes = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise CommandError(
+            ErrorCode.BAD_LOCK, "a lock waiter's value is not valid Unicode"
+        ) from None
+    if value_bytes > LOCK_VALUE_BYTES_MAX:
+        raise CommandError(
+            ErrorCode.BAD_LOCK,
+            f"a lock waiter's value is {value_bytes} bytes; the limit is {LOCK_VALUE_BYTES_MAX}",
+        )
+    return value
+
+
 def _check_limit(limit: object) -> int:
     if type(limit) is not int or not 1 <= limit <= LIST_LIMIT_MAX:
         raise CommandError(ErrorCode.BAD_LIMIT, f"limit must be an int in 1..{LIST_LIMIT_MAX}")
@@ -752,6 +1147,132 @@ def encode_lease_revoke(lease_id: int, *, expired: bool = False) -> bytes:
     """The command bytes that revoke lease `lease_id` (`expired`: the leader's expiry)."""
     _check_lease_id(lease_id)
     return _pack([OP_LEASE_REVOKE, lease_id, bool(expired)])
+
+
+def encode_lock_acquire(name: str, lease_id: int, value: str = "") -> bytes:
+    """The command bytes that queue lease `lease_id` for lock `name`; `CommandError` if
+    invalid."""
+    _check_lock_name(name)
+    _check_lease_id(lease_id)
+    _check_lock_value(value)
+    return _pack([OP_LOCK_ACQUIRE, name, lease_id, value])
+
+
+def encode_lock_release(name: str, fencing_token: int) -> bytes:
+    """The command bytes that remove the waiter of lock `name` holding `fencing_token`."""
+    _check_lock_name(name)
+    _check_fencing_token(fencing_token)
+    return _pack([OP_LOCK_RELEASE, name, fencing_token])
+
+
+def encode_fenced(name: str, fencing_token: int, command: bytes) -> bytes:
+    """Wrap the bytes of a put, delete or transaction so that they apply only while
+    `fencing_token` holds lock `name`; `CommandError` if invalid."""
+    _check_lock_name(name)
+    _check_fencing_token(fencing_token)
+    _decode_fenceable(command)
+    return _pack([OP_FENCED, name, fencing_token, command])
+
+
+def encode_lease_checkpoint(remaining_ms: Iterable[tuple[int, int]]) -> bytes:
+    """The command bytes that record leases' remaining TTL (at most
+    `LEASE_CHECKPOINT_LEASES_MAX` of them)."""
+    pairs = builtins.list(remaining_ms)
+    flat: builtins.list[int] = []
+    for lease_id, remaining in pairs:
+        flat.extend((_check_lease_id(lease_id), _check_remaining_ms(remaining)))
+    if len(pairs) > LEASE_CHECKPOINT_LEASES_MAX:
+        raise CommandError(ErrorCode.BAD_LEASE, "too many leases in one checkpoint")
+    return _pack([OP_LEASE_CHECKPOINT, flat])
+
+
+def _auth_checked(check: Any, *args: Any) -> Any:
+    """`check(*args)` from `kvraft.auth`, its refusal as a `CommandError`."""
+    try:
+        return check(*args)
+    except AuthRefused as error:
+        raise CommandError(ErrorCode(error.code), str(error)) from None
+
+
+def encode_auth_user_put(
+    name: str, password: PasswordHash | None, roles: Iterable[str] = ()
+) -> bytes:
+    """The command bytes that create or change user `name` (`password`: its salted hash,
+    computed by the caller; None keeps the current one)."""
+    wire = [OP_AUTH_USER_PUT, name, None if password is None else password.wire(), [*roles]]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def encode_auth_user_delete(name: str) -> bytes:
+    """The command bytes that delete user `name`."""
+    _auth_checked(check_name, name, "user")
+    return _pack([OP_AUTH_USER_DELETE, name])
+
+
+def encode_auth_role_put(name: str, admin: bool, permissions: Iterable[Permission]) -> bytes:
+    """The command bytes that create or replace role `name`."""
+    wire = [OP_AUTH_ROLE_PUT, name, admin, permissions_wire(permissions)]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def encode_auth_role_delete(name: str) -> bytes:
+    """The command bytes that delete role `name`."""
+    _auth_checked(check_name, name, "role")
+    return _pack([OP_AUTH_ROLE_DELETE, name])
+
+
+def encode_auth_enable(enabled: bool, signing_key: bytes = b"") -> bytes:
+    """The command bytes that switch auth on (with the signing key the caller drew) or off."""
+    wire = [OP_AUTH_ENABLE, enabled, signing_key if enabled else b""]
+    _decode_auth(wire)
+    return _pack(wire)
+
+
+def _decode_auth(obj: builtins.list[Any]) -> AuthCommand:
+    operation = obj[0]
+    if operation == OP_AUTH_USER_PUT:
+        if len(obj) != _AUTH_USER_PUT_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "user put: wrong number of fields")
+        return AuthUserPutCommand(
+            _auth_checked(check_name, obj[1], "user"),
+            None if obj[2] is None else _auth_checked(check_password_hash, obj[2]),
+            _auth_checked(check_role_names, obj[3]),
+        )
+    if operation == OP_AUTH_ROLE_PUT:
+        if len(obj) != _AUTH_ROLE_PUT_FIELD_COUNT or type(obj[2]) is not bool:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "role put: wrong fields")
+        return AuthRolePutCommand(
+            _auth_checked(check_name, obj[1], "role"),
+            obj[2],
+            _auth_checked(check_permissions, obj[3]),
+        )
+    if operation in (OP_AUTH_USER_DELETE, OP_AUTH_ROLE_DELETE):
+        if len(obj) != _AUTH_DELETE_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "auth delete: wrong number of fields")
+        if operation == OP_AUTH_USER_DELETE:
+            return AuthUserDeleteCommand(_auth_checked(check_name, obj[1], "user"))
+        return AuthRoleDeleteCommand(_auth_checked(check_name, obj[1], "role"))
+    if len(obj) != _AUTH_ENABLE_FIELD_COUNT or type(obj[1]) is not bool:
+        raise CommandError(ErrorCode.MALFORMED_COMMAND, "auth enable: wrong fields")
+    if not isinstance(obj[2], bytes) or len(obj[2]) > 64:
+        raise CommandError(ErrorCode.BAD_AUTH, "a signing key must be at most 64 bytes")
+    return AuthEnableCommand(obj[1], obj[2])
+
+
+_AUTH_OPERATIONS = frozenset(
+    (OP_AUTH_USER_PUT, OP_AUTH_USER_DELETE, OP_AUTH_ROLE_PUT, OP_AUTH_ROLE_DELETE, OP_AUTH_ENABLE)
+)
+
+
+def _check_remaining_ms(remaining_ms: object) -> int:
+    if type(remaining_ms) is not int or not 0 <= remaining_ms <= LEASE_TTL_S_MAX * 1000:
+        raise CommandError(
+            ErrorCode.BAD_LEASE,
+            f"a remaining TTL must be an int in 0..{LEASE_TTL_S_MAX * 1000} milliseconds",
+        )
+    return remaining_ms
 
 
 def encode_delete(
@@ -939,6 +1460,12 @@ _TXN_OPERATION_FIELD_COUNTS = {
 def decode_command(command: bytes) -> Command:
     """Read command bytes made by `encode_put`/`encode_delete`/`encode_txn`; `CommandError` on
     anything else."""
+    return _command_of(_unpack_command(command))
+
+
+def _unpack_command(command: bytes) -> object:
+    """The msgpack object in command bytes (checked for type and size first); `CommandError`
+    if there is none."""
     if not isinstance(command, bytes | bytearray):
         raise CommandError(ErrorCode.MALFORMED_COMMAND, "a command must be bytes")
     if len(command) > COMMAND_BYTES_MAX:
@@ -947,9 +1474,13 @@ def decode_command(command: bytes) -> Command:
             f"command is {len(command)} bytes; the limit is {COMMAND_BYTES_MAX}",
         )
     try:
-        obj = msgpack.unpackb(command, raw=False, strict_map_key=True)
+        return msgpack.unpackb(command, raw=False, strict_map_key=True)
     except Exception:  # msgpack raises many types on garbage, including UnicodeDecodeError
         raise CommandError(ErrorCode.MALFORMED_COMMAND, "command is not valid msgpack") from None
+
+
+def _command_of(obj: Any) -> Command:
+    """The command an unpacked msgpack object describes; `CommandError` if it is none."""
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise CommandError(
             ErrorCode.MALFORMED_COMMAND, "command must be an array starting with an operation"
@@ -996,7 +1527,52 @@ def decode_command(command: bytes) -> Command:
         if len(obj) != _LEASE_REVOKE_FIELD_COUNT or type(obj[2]) is not bool:
             raise CommandError(ErrorCode.MALFORMED_COMMAND, "lease revoke: wrong fields")
         return LeaseRevokeCommand(_check_lease_id(obj[1]), obj[2])
+    if operation == OP_LOCK_ACQUIRE:
+        if len(obj) != _LOCK_ACQUIRE_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "lock acquire: wrong number of fields")
+        return LockAcquireCommand(
+            _check_lock_name(obj[1]), _check_lease_id(obj[2]), _check_lock_value(obj[3])
+        )
+    if operation == OP_LOCK_RELEASE:
+        if len(obj) != _LOCK_RELEASE_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "lock release: wrong number of fields")
+        return LockReleaseCommand(_check_lock_name(obj[1]), _check_fencing_token(obj[2]))
+    if operation == OP_FENCED:
+        if len(obj) != _FENCED_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "fenced: wrong number of fields")
+        return FencedCommand(
+            _check_lock_name(obj[1]), _check_fencing_token(obj[2]), _decode_fenceable(obj[3])
+        )
+    if operation == OP_LEASE_CHECKPOINT:
+        if len(obj) != _LEASE_CHECKPOINT_FIELD_COUNT:
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "checkpoint: wrong number of fields")
+        flat = obj[1]
+        if (
+            not isinstance(flat, list)
+            or len(flat) % 2
+            or len(flat) > 2 * LEASE_CHECKPOINT_LEASES_MAX
+        ):
+            raise CommandError(ErrorCode.MALFORMED_COMMAND, "checkpoint: malformed leases")
+        return LeaseCheckpointCommand(
+            tuple(
+                (_check_lease_id(flat[position]), _check_remaining_ms(flat[position + 1]))
+                for position in range(0, len(flat), 2)
+            )
+        )
+    if operation in _AUTH_OPERATIONS:
+        return _decode_auth(obj)
     raise CommandError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {operation}")
+
+
+def _decode_fenceable(command: object) -> PutCommand | DeleteCommand | TxnCommand:
+    """The put, delete or transaction a fenced command wraps (nothing else may be fenced: a
+    fenced lock operation or lease grant has no meaning, and fences do not nest)."""
+    if not isinstance(command, bytes):
+        raise CommandError(ErrorCode.BAD_LOCK, "a fenced command must wrap command bytes")
+    inner = decode_command(command)
+    if not isinstance(inner, PutCommand | DeleteCommand | TxnCommand):
+        raise CommandError(ErrorCode.BAD_LOCK, "only a put, delete or transaction can be fenced")
+    return inner
 
 
 # --- The sorted key index -------------------------------------------------------------------
@@ -1081,20 +1657,28 @@ _FRAME_KEYS = 1
 _FRAME_IDEMPOTENCY = 2
 _FRAME_END = 3
 _FRAME_LEASES = 4
+_FRAME_LOCKS = 5
+_FRAME_AUTH = 6
 _FRAME_ORDER = {
     _FRAME_HEADER: 0,
     _FRAME_KEYS: 1,
     _FRAME_IDEMPOTENCY: 2,
     _FRAME_LEASES: 3,
-    _FRAME_END: 4,
+    _FRAME_LOCKS: 4,
+    _FRAME_AUTH: 5,
+    _FRAME_END: 6,
 }
-"""The order frames come in, by kind: LEASES came last (version 3) but goes before END."""
+"""The order frames come in, by kind: LEASES (version 3) and LOCKS (version 4) came last but
+go before END."""
 _FRAME_FIELD_COUNT = 3
-_HEADER_FIELD_COUNT = 6
+_HEADER_FIELD_COUNT = 7
 _KEY_RECORD_FIELDS = 4
 _IDEMPOTENCY_RECORD_FIELDS = 6
-_LEASE_RECORD_FIELDS = 2
+_LEASE_RECORD_FIELDS = 3
+_LOCK_RECORD_FIELDS = 4
 _SNAPSHOT_FORMAT_VERSION_LEASES = 3
+_SNAPSHOT_FORMAT_VERSION_LOCKS = 4
+_SNAPSHOT_FORMAT_VERSION_AUTH = 5
 
 
 def _frame_crc(kind: int, payload: bytes) -> int:
@@ -1232,11 +1816,15 @@ class Lease:
         lease_id: the grant's log index.
         ttl_s: the time to live the client asked for, in seconds.
         keys: the keys attached to it (deleted when it is revoked or expires).
+        locks: the names of the locks it holds or waits for (one place in each).
+        remaining_ms: the remaining TTL the leader last checkpointed; 0 if none.
     """
 
     lease_id: int
     ttl_s: int
     keys: set[str] = field(default_factory=set)
+    locks: set[str] = field(default_factory=set)
+    remaining_ms: int = 0
 
 
 class KVStateMachine:
@@ -1247,7 +1835,16 @@ class KVStateMachine:
     10**6 keys with 100-byte values measured about 245 MB of RSS.
     """
 
-    __slots__ = ("_applied_index", "_idempotency", "_key_leases", "_keys", "_leases", "_records")
+    __slots__ = (
+        "_applied_index",
+        "_auth",
+        "_idempotency",
+        "_key_leases",
+        "_keys",
+        "_leases",
+        "_locks",
+        "_records",
+    )
 
     def __init__(self) -> None:
         self._applied_index = 0
@@ -1260,6 +1857,10 @@ class KVStateMachine:
         # lease id -> Lease, and key -> the id of the lease it is attached to.
         self._leases: dict[int, Lease] = {}
         self._key_leases: dict[str, int] = {}
+        # lock name -> its waiters in token order (the first holds it); no empty queues.
+        self._locks: dict[str, builtins.list[LockWaiter]] = {}
+        # Users, roles, the auth switch and the token signing key (`kvraft.auth`).
+        self._auth = AuthState()
 
     # --- Reads (local, never through the log) -----------------------------------------------
 
@@ -1336,6 +1937,42 @@ class KVStateMachine:
         """The id of the lease `key` is attached to, or None."""
         return self._key_leases.get(key)
 
+    def lease_remaining_ms(self) -> builtins.list[tuple[int, int, int]]:
+        """(lease_id, ttl_s, checkpointed remaining_ms or 0) of every lease, in id order."""
+        return sorted(
+            (lease_id, lease.ttl_s, lease.remaining_ms) for lease_id, lease in self._leases.items()
+        )
+
+    def lease_checkpoint_ms(self, lease_id: int) -> int:
+        """The remaining TTL last checkpointed for lease `lease_id`; 0 if none (or no lease)."""
+        lease = self._leases.get(lease_id)
+        return 0 if lease is None else lease.remaining_ms
+
+    def lock_waiters(self, name: str) -> builtins.list[LockWaiter]:
+        """The waiters of lock `name` in token order; the first holds the lock. Empty if
+        nobody holds it."""
+        return builtins.list(self._locks.get(name, ()))
+
+    def lock_holder(self, name: str) -> LockWaiter | None:
+        """Who holds lock `name`, or None."""
+        waiters = self._locks.get(name)
+        return waiters[0] if waiters else None
+
+    def lock_names(self) -> builtins.list[str]:
+        """The names of the locks someone holds, in order."""
+        return sorted(self._locks)
+
+    def locks_of(self, lease_id: int) -> builtins.list[str]:
+        """The names of the locks lease `lease_id` holds or waits for, in order."""
+        lease = self._leases.get(lease_id)
+        return [] if lease is None else sorted(lease.locks)
+
+    @property
+    def auth(self) -> AuthState:
+        """Users, roles and the auth switch, as of `applied_index`. Read it, never change it:
+        it changes only by applied entries."""
+        return self._auth
+
     def remembers(self, idempotency_key: str) -> bool:
         """Whether a write with this idempotency key was applied (and is still remembered)."""
         return idempotency_key in self._idempotency
@@ -1361,16 +1998,50 @@ class KVStateMachine:
         """
         self._advance(index)
         try:
-            decoded = decode_command(command)
+            obj = _unpack_command(command)
+            if (
+                type(obj) is list
+                and len(obj) == _PUT_FIELD_COUNT
+                and obj[0] == OP_PUT
+                and type(obj[0]) is int
+                and obj[3] is None
+                and obj[4] is False
+                and obj[5] is None
+            ):
+                # The common write, a put without conditions, idempotency key or lease
+                # (`_is_plain_put`): what `decode_command` then `apply` would do, less the
+                # checks its key and value are known to pass. Anything else, or a put whose
+                # key or value needs a closer look, takes the full path below.
+                key, value = obj[1], obj[2]
+                if _is_plain_put(key, value):
+                    return self._put_plain(index, key, value)
+            decoded = _command_of(obj)
         except CommandError as error:
             return ApplyResult(
                 index=index, ok=False, revision=0, error=error.code, message=str(error)
             )
+        fence = None
+        if isinstance(decoded, FencedCommand):
+            fence, decoded = decoded, decoded.command
         idempotency_key = decoded.idempotency_key
         if idempotency_key is not None:
+            # Before the fence: a retry of a fenced write that applied gets its first answer
+            # even if the lock has moved on since.
             original = self._idempotency.get(idempotency_key)
             if original is not None:
                 return original
+        if fence is not None:
+            holder = self.lock_holder(fence.name)
+            if holder is None or holder.fencing_token != fence.fencing_token:
+                held = "nobody" if holder is None else f"token {holder.fencing_token}"
+                return ApplyResult(
+                    index=index,
+                    ok=False,
+                    revision=0,
+                    error=ErrorCode.FENCE_FAILED,
+                    message=f"fencing token {fence.fencing_token} does not hold lock "
+                    f"{fence.name!r} ({held} does)",
+                )
         if isinstance(decoded, PutCommand):
             result = self._put(index, decoded)
         elif isinstance(decoded, DeleteCommand):
@@ -1380,8 +2051,16 @@ class KVStateMachine:
         elif isinstance(decoded, LeaseGrantCommand):
             self._leases[index] = Lease(index, decoded.ttl_s)
             return ApplyResult(index=index, ok=True, revision=index)
-        else:
+        elif isinstance(decoded, LeaseRevokeCommand):
             return self._revoke(index, decoded.lease_id)
+        elif isinstance(decoded, LockAcquireCommand):
+            return self._acquire(index, decoded)
+        elif isinstance(decoded, LockReleaseCommand):
+            return self._release(index, decoded)
+        elif isinstance(decoded, AuthCommand):
+            return self._apply_auth(index, decoded)
+        else:
+            return self._checkpoint(index, decoded)
         # A refusal (an unknown lease) is not remembered: its retry may find the lease, and
         # the snapshot keeps no error codes.
         if idempotency_key is not None and result.error is None:
@@ -1393,6 +2072,29 @@ class KVStateMachine:
             if len(self._idempotency) > IDEMPOTENCY_KEYS_MAX:
                 self._idempotency.popitem(last=False)
         return result
+
+    def _apply_auth(self, index: int, command: AuthCommand) -> ApplyResult:
+        auth = self._auth
+        try:
+            if isinstance(command, AuthUserPutCommand):
+                auth.apply_user_put(index, command.name, command.password, command.roles)
+            elif isinstance(command, AuthUserDeleteCommand):
+                auth.apply_user_delete(command.name)
+            elif isinstance(command, AuthRolePutCommand):
+                auth.apply_role_put(command.name, command.admin, command.permissions)
+            elif isinstance(command, AuthRoleDeleteCommand):
+                auth.apply_role_delete(command.name)
+            else:
+                auth.apply_enable(command.enabled, command.signing_key)
+        except AuthRefused as refused:
+            return ApplyResult(
+                index=index,
+                ok=False,
+                revision=0,
+                error=ErrorCode(refused.code),
+                message=str(refused),
+            )
+        return ApplyResult(index=index, ok=True, revision=index)
 
     def _put(self, index: int, put: PutCommand) -> ApplyResult:
         record = self._records.get(put.key)
@@ -1414,10 +2116,23 @@ class KVStateMachine:
         if record is None:
             self._keys.add(put.key)
         self._attach(put.key, lease_id)
-        change = Change("put", put.key, index, current_revision or None, put.value)
-        return ApplyResult(
-            index=index, ok=True, revision=index, changes=(change,), prev_record=record
-        )
+        change = _put_change(put.key, index, current_revision or None, put.value)
+        return _put_result(index, (change,), record)
+
+    def _put_plain(self, index: int, key: str, value: bytes) -> ApplyResult:
+        """`_put` of a put without conditions or lease, with its steps inlined: every
+        write's apply, a million of them when a restart replays its log."""
+        records = self._records
+        record = records.get(key)
+        records[key] = value + _REVISION_STRUCT.pack(index)  # _pack_record
+        if record is None:
+            self._keys.add(key)
+            prev_revision = None
+        else:
+            prev_revision = _record_revision(record) or None
+        if self._key_leases:
+            self._attach(key, None)
+        return _put_result(index, (_put_change(key, index, prev_revision, value),), record)
 
     def _delete(self, index: int, delete: DeleteCommand) -> ApplyResult:
         record = self._records.get(delete.key)
@@ -1501,9 +2216,68 @@ class KVStateMachine:
         for key in sorted(lease.keys):
             del self._key_leases[key]  # detached first: the lease is gone already
             self._remove(key, index, changes)
+        locks_changed = tuple(sorted(lease.locks))
+        for name in locks_changed:
+            waiters = [w for w in self._locks[name] if w.lease_id != lease_id]
+            if waiters:
+                self._locks[name] = waiters
+            else:
+                del self._locks[name]
         return ApplyResult(
-            index=index, ok=True, revision=index, deleted=True, changes=tuple(changes)
+            index=index,
+            ok=True,
+            revision=index,
+            deleted=True,
+            changes=tuple(changes),
+            locks_changed=locks_changed,
         )
+
+    def _acquire(self, index: int, acquire: LockAcquireCommand) -> ApplyResult:
+        lease = self._leases.get(acquire.lease_id)
+        if lease is None:
+            return ApplyResult(
+                index=index,
+                ok=False,
+                revision=0,
+                error=ErrorCode.LEASE_NOT_FOUND,
+                message=f"lease {acquire.lease_id} does not exist (never granted, revoked or "
+                "expired)",
+            )
+        name = acquire.name
+        if name in lease.locks:  # a retry: the place this lease already has
+            for waiter in self._locks[name]:
+                if waiter.lease_id == acquire.lease_id:
+                    return ApplyResult(index=index, ok=True, revision=waiter.fencing_token)
+        self._locks.setdefault(name, []).append(LockWaiter(index, acquire.lease_id, acquire.value))
+        lease.locks.add(name)
+        return ApplyResult(index=index, ok=True, revision=index, locks_changed=(name,))
+
+    def _release(self, index: int, release: LockReleaseCommand) -> ApplyResult:
+        name = release.name
+        waiters = self._locks.get(name, [])
+        for position, waiter in enumerate(waiters):
+            if waiter.fencing_token == release.fencing_token:
+                del waiters[position]
+                if not waiters:
+                    del self._locks[name]
+                self._leases[waiter.lease_id].locks.discard(name)
+                return ApplyResult(index=index, ok=True, revision=index, locks_changed=(name,))
+        return ApplyResult(
+            index=index,
+            ok=False,
+            revision=0,
+            error=ErrorCode.LOCK_NOT_HELD,
+            message=f"fencing token {release.fencing_token} neither holds nor waits for lock "
+            f"{name!r} (released already, or its lease is gone)",
+        )
+
+    def _checkpoint(self, index: int, checkpoint: LeaseCheckpointCommand) -> ApplyResult:
+        leases = self._leases
+        for lease_id, remaining_ms in checkpoint.remaining_ms:
+            lease = leases.get(lease_id)
+            if lease is not None:  # revoked since the leader wrote it: nothing to record
+                lease.remaining_ms = remaining_ms
+        return ApplyResult(index=index, ok=True, revision=index)
 
     def _txn(self, index: int, txn: TxnCommand) -> ApplyResult:
         succeeded = all(self._holds(c) for c in txn.compare)
@@ -1571,6 +2345,7 @@ class KVStateMachine:
             len(self._records),
             len(self._idempotency),
             len(self._leases),
+            sum(len(waiters) for waiters in self._locks.values()),
         ]
         return self._stream_snapshot(
             chunk_bytes,
@@ -1579,7 +2354,11 @@ class KVStateMachine:
             self._records.copy(),
             builtins.list(self._idempotency.items()),
             self._key_leases.copy(),
-            self.leases(),
+            self.lease_remaining_ms(),
+            [(name, tuple(self._locks[name])) for name in self.lock_names()],
+            # The auth state is small (bounded by kvraft.auth's limits): captured as its wire
+            # form now, so later entries cannot change what is streamed.
+            _pack(self._auth.to_wire()),
         )
 
     @staticmethod
@@ -1590,7 +2369,9 @@ class KVStateMachine:
         records: dict[str, bytes],
         idempotency: builtins.list[tuple[str, ApplyResult]],
         key_leases: dict[str, int],
-        leases: builtins.list[tuple[int, int]],
+        leases: builtins.list[tuple[int, int, int]],
+        locks: builtins.list[tuple[str, tuple[LockWaiter, ...]]],
+        auth: bytes,
     ) -> Iterator[bytes]:
         yield _encode_frame(_FRAME_HEADER, _pack(header))
         flat: builtins.list[Any] = []
@@ -1625,14 +2406,25 @@ class KVStateMachine:
         if flat:
             yield _encode_frame(_FRAME_IDEMPOTENCY, _pack(flat))
         flat, payload_bytes = [], 0
-        for lease_id, ttl_s in leases:
-            flat.extend((lease_id, ttl_s))
+        for lease_id, ttl_s, remaining_ms in leases:
+            flat.extend((lease_id, ttl_s, remaining_ms))
             payload_bytes += _RECORD_OVERHEAD_BYTES
             if payload_bytes >= chunk_bytes:
                 yield _encode_frame(_FRAME_LEASES, _pack(flat))
                 flat, payload_bytes = [], 0
         if flat:
             yield _encode_frame(_FRAME_LEASES, _pack(flat))
+        flat, payload_bytes = [], 0
+        for name, waiters in locks:
+            for waiter in waiters:
+                flat.extend((name, waiter.fencing_token, waiter.lease_id, waiter.value))
+                payload_bytes += 4 * (len(name) + len(waiter.value)) + _RECORD_OVERHEAD_BYTES
+                if payload_bytes >= chunk_bytes:
+                    yield _encode_frame(_FRAME_LOCKS, _pack(flat))
+                    flat, payload_bytes = [], 0
+        if flat:
+            yield _encode_frame(_FRAME_LOCKS, _pack(flat))
+        yield _encode_frame(_FRAME_AUTH, auth)
         yield _encode_frame(_FRAME_END, b"")
 
     def snapshot(self) -> bytes:
@@ -1665,14 +2457,19 @@ class KVStateMachine:
         version = header[1]
         if type(version) is not int or version not in _SNAPSHOT_FORMAT_VERSIONS_READ:
             raise SnapshotFormatError(f"snapshot format version {version!r} is not supported")
-        # Versions 1 and 2 have no lease count (and no leases).
+        # Versions 1 and 2 have no lease count (and no leases), 3 no lock count (nor locks).
         with_leases = version >= _SNAPSHOT_FORMAT_VERSION_LEASES
-        if len(header) != _HEADER_FIELD_COUNT - (0 if with_leases else 1):
+        with_locks = version >= _SNAPSHOT_FORMAT_VERSION_LOCKS
+        with_auth = version >= _SNAPSHOT_FORMAT_VERSION_AUTH
+        if len(header) != _HEADER_FIELD_COUNT - (not with_leases) - (not with_locks):
             raise SnapshotFormatError("snapshot header has the wrong number of fields")
         _, _, applied_index, key_count, idempotency_count = header[:5]
         lease_count = header[5] if with_leases else 0
+        lock_waiter_count = header[6] if with_locks else 0
         if not _is_int_in(lease_count, 0, REVISION_MAX):
             raise SnapshotFormatError("snapshot lease count is out of range")
+        if not _is_int_in(lock_waiter_count, 0, REVISION_MAX):
+            raise SnapshotFormatError("snapshot lock waiter count is out of range")
         if not _is_int_in(applied_index, 0, REVISION_MAX):
             raise SnapshotFormatError("snapshot applied index is out of range")
         if not _is_int_in(key_count, 0, REVISION_MAX):
@@ -1683,6 +2480,8 @@ class KVStateMachine:
         machine = cls()
         machine._applied_index = applied_index
         keys: builtins.list[str] = []
+        lock_waiters_restored = 0
+        auth_frames = 0
         last_rank = _FRAME_ORDER[_FRAME_HEADER]
         for kind, payload in frames:
             # Frames come in a fixed order, each kind repeatable except HEADER and END.
@@ -1692,6 +2491,8 @@ class KVStateMachine:
                 or kind == _FRAME_HEADER
                 or last_rank == _FRAME_ORDER[_FRAME_END]
                 or (kind == _FRAME_LEASES and not with_leases)
+                or (kind == _FRAME_LOCKS and not with_locks)
+                or (kind == _FRAME_AUTH and (not with_auth or auth_frames))
             ):
                 raise SnapshotFormatError("snapshot frames are out of order")
             last_rank = rank
@@ -1700,13 +2501,28 @@ class KVStateMachine:
             elif kind == _FRAME_IDEMPOTENCY:
                 machine._restore_idempotency(payload, idempotency_count, version)
             elif kind == _FRAME_LEASES:
-                machine._restore_leases(payload, lease_count)
+                machine._restore_leases(payload, lease_count, with_locks)
+            elif kind == _FRAME_LOCKS:
+                lock_waiters_restored += machine._restore_locks(
+                    payload, lock_waiter_count - lock_waiters_restored
+                )
+            elif kind == _FRAME_AUTH:
+                auth_frames += 1
+                try:
+                    machine._auth = AuthState.from_wire(
+                        _decode_payload(payload, "auth frame"), applied_index
+                    )
+                except AuthRefused as error:
+                    raise SnapshotFormatError(f"snapshot auth frame: {error}") from None
         if last_rank != _FRAME_ORDER[_FRAME_END]:
             raise SnapshotFormatError("snapshot is truncated (no end frame)")
+        if with_auth and not auth_frames:
+            raise SnapshotFormatError("snapshot has no auth frame")
         if (
             len(keys) != key_count
             or len(machine._idempotency) != idempotency_count
             or len(machine._leases) != lease_count
+            or lock_waiters_restored != lock_waiter_count
         ):
             raise SnapshotFormatError("snapshot holds fewer records than its header says")
         leases = machine._leases
@@ -1718,23 +2534,63 @@ class KVStateMachine:
         machine._keys = _SortedKeys(keys)
         return machine
 
-    def _restore_leases(self, payload: bytes, lease_count: int) -> None:
+    def _restore_leases(self, payload: bytes, lease_count: int, with_remaining: bool) -> None:
         flat = _decode_payload(payload, "leases frame")
-        if not flat or len(flat) % _LEASE_RECORD_FIELDS:
+        # Version 3 records have no checkpointed remaining TTL.
+        fields = _LEASE_RECORD_FIELDS if with_remaining else _LEASE_RECORD_FIELDS - 1
+        if not flat or len(flat) % fields:
             raise SnapshotFormatError("snapshot leases frame must hold whole lease records")
         leases = self._leases
-        if len(leases) + len(flat) // _LEASE_RECORD_FIELDS > lease_count:
+        if len(leases) + len(flat) // fields > lease_count:
             raise SnapshotFormatError("snapshot holds more leases than its header says")
         previous_id = max(leases, default=0)
-        for position in range(0, len(flat), _LEASE_RECORD_FIELDS):
-            lease_id, ttl_s = flat[position : position + _LEASE_RECORD_FIELDS]
+        for position in range(0, len(flat), fields):
+            lease_id, ttl_s = flat[position : position + 2]
+            remaining_ms = flat[position + 2] if with_remaining else 0
             # A lease's id is its grant's index: at most the applied index.
             if not _is_int_in(lease_id, previous_id + 1, self._applied_index):
                 raise SnapshotFormatError("snapshot lease ids must increase within range")
             if not _is_int_in(ttl_s, 1, LEASE_TTL_S_MAX):
                 raise SnapshotFormatError(f"snapshot lease TTL {ttl_s!r} is out of range")
-            leases[lease_id] = Lease(lease_id, ttl_s)
+            if not _is_int_in(remaining_ms, 0, LEASE_TTL_S_MAX * 1000):
+                raise SnapshotFormatError(f"snapshot lease remaining {remaining_ms!r} is bad")
+            leases[lease_id] = Lease(lease_id, ttl_s, remaining_ms=remaining_ms)
             previous_id = lease_id
+
+    def _restore_locks(self, payload: bytes, lock_waiters_left: int) -> int:
+        """Restore one LOCKS frame (after every LEASES frame); returns its waiter count."""
+        flat = _decode_payload(payload, "locks frame")
+        if not flat or len(flat) % _LOCK_RECORD_FIELDS:
+            raise SnapshotFormatError("snapshot locks frame must hold whole lock records")
+        count = len(flat) // _LOCK_RECORD_FIELDS
+        if count > lock_waiters_left:
+            raise SnapshotFormatError("snapshot holds more lock waiters than its header says")
+        locks = self._locks
+        for position in range(0, len(flat), _LOCK_RECORD_FIELDS):
+            name, fencing_token, lease_id, value = flat[position : position + _LOCK_RECORD_FIELDS]
+            try:
+                _check_lock_name(name)
+                _check_lock_value(value)
+            except CommandError as error:
+                raise SnapshotFormatError(f"snapshot lock record: {error}") from None
+            if not _is_int_in(fencing_token, 1, self._applied_index):
+                raise SnapshotFormatError(f"snapshot fencing token {fencing_token!r} is bad")
+            lease = self._leases.get(lease_id) if type(lease_id) is int else None
+            if lease is None or name in lease.locks:
+                raise SnapshotFormatError(
+                    f"snapshot lock {name!r} names lease {lease_id!r}: absent or twice"
+                )
+            waiters = locks.get(name)
+            if waiters is None:
+                # Names in order, each name's waiters together: a new name follows the last.
+                if locks and name <= next(reversed(locks)):
+                    raise SnapshotFormatError("snapshot lock names are not in order")
+                waiters = locks[name] = []
+            elif name != next(reversed(locks)) or fencing_token <= waiters[-1].fencing_token:
+                raise SnapshotFormatError("snapshot lock waiters are not in token order")
+            waiters.append(LockWaiter(fencing_token, lease_id, value))
+            lease.locks.add(name)
+        return count
 
     def _restore_keys(
         self, payload: bytes, keys: builtins.list[str], key_count: int, with_leases: bool
@@ -1748,8 +2604,9 @@ class KVStateMachine:
         records = self._records
         key_leases = self._key_leases
         applied_index = self._applied_index
+        start = self._restore_plain_keys(flat, fields, keys)
         previous_key = keys[-1] if keys else None
-        for position in range(0, len(flat), fields):
+        for position in range(start, len(flat), fields):
             key, value, revision = flat[position : position + 3]
             if with_leases:
                 lease_id = flat[position + 3]
@@ -1769,6 +2626,45 @@ class KVStateMachine:
             records[key] = _pack_record(value, revision)
             keys.append(key)
             previous_key = key
+
+    def _restore_plain_keys(
+        self, flat: builtins.list[Any], fields: int, keys: builtins.list[str]
+    ) -> int:
+        """Restore a keys frame whose every record passes the checks of `_restore_keys` in
+        their common case (ASCII keys, no lease), checked a column at a time with builtins
+        instead of record by record; returns the position `_restore_keys` goes on from: the
+        end of `flat`, or 0 if any record needs its full checks (which then raise exactly
+        its error, if it has one)."""
+        names: builtins.list[Any] = flat[0::fields]
+        values: builtins.list[Any] = flat[1::fields]
+        revisions: builtins.list[Any] = flat[2::fields]
+        lease_ids: builtins.list[Any] = flat[3::fields] if fields == _KEY_RECORD_FIELDS else []
+        joined_names = "".join(names) if set(map(type, names)) == {str} else None
+        if not (
+            joined_names is not None
+            and joined_names.isascii()  # then a key has as many UTF-8 bytes as characters
+            and "\x00" not in joined_names
+            and set(map(type, values)) == {bytes}
+            and set(map(type, revisions)) == {int}
+            and (not lease_ids or (set(map(type, lease_ids)) == {int} and not any(lease_ids)))
+            and min(revisions) >= 1
+            and max(revisions) <= self._applied_index
+            and min(map(len, names)) >= 1
+            and max(map(len, names)) <= KEY_BYTES_MAX
+            and max(map(len, values)) <= VALUE_BYTES_MAX
+            and (not keys or names[0] > keys[-1])
+            and all(map(operator.lt, names, itertools.islice(names, 1, None)))
+        ):
+            return 0
+        self._records.update(
+            zip(
+                names,
+                map(operator.add, values, map(_REVISION_STRUCT.pack, revisions)),
+                strict=True,
+            )
+        )
+        keys.extend(names)
+        return len(flat)
 
     def _restore_idempotency(self, payload: bytes, idempotency_count: int, version: int) -> None:
         flat = _decode_payload(payload, "idempotency frame")

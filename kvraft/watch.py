@@ -225,14 +225,23 @@ class WatchHub:
         self.applied_revision = revision
         if not changes:
             return
-        size_bytes = sum(
-            _CHANGE_OVERHEAD_BYTES + len(c.key) + (len(c.value) if c.value else 0) for c in changes
-        )
+        if len(changes) == 1:  # most entries: one put or delete (no generator to set up)
+            value = changes[0].value
+            size_bytes = _CHANGE_OVERHEAD_BYTES + len(changes[0].key) + (len(value) if value else 0)
+        else:
+            size_bytes = sum(
+                _CHANGE_OVERHEAD_BYTES + len(c.key) + (len(c.value) if c.value else 0)
+                for c in changes
+            )
         self._revisions.append(revision)
         self._changes.append(changes)
         self._sizes_bytes.append(size_bytes)
         self.history_bytes += size_bytes
-        self._evict()
+        if (
+            len(self._revisions) - self._first > self.history_revisions_max
+            or self.history_bytes > self.history_bytes_max
+        ):
+            self._evict()
         for watcher in self._watchers:
             if watcher.on_change is not None and any(watcher.matches(c.key) for c in changes):
                 watcher.on_change()

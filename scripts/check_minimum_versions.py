@@ -25,10 +25,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CLIENT_TESTS = ["tests/test_client.py", "tests/test_watch_client.py", "tests/test_txn_client.py"]
+CLIENT_TESTS = [
+    "tests/test_client.py",
+    "tests/test_watch_client.py",
+    "tests/test_txn_client.py",
+    # `kvraft certs init` and kvraft.tls: the cryptography bound (certificates read back with
+    # the validity accessors it brought).
+    "tests/test_certs.py",
+]
 
 TEST_TOOLS = {"pytest", "pytest-asyncio", "hypothesis"}
 """The `dev` extras the client tests run with (the linters, hadolint, selenium are not)."""
+
+UNRAISABLE_IGNORED = ["-W", "ignore::pytest.PytestUnraisableExceptionWarning"]
+"""Here, and only here, a resource garbage-collected unclosed is not a failure: pytest-asyncio
+0.24 (the declared minimum) leaves an event loop and its socket pair unclosed at teardown, and
+whichever later test the garbage collector happens to run in failed for it, about one run in
+ten. This check is about whether the oldest versions *work*; leaks are the main suite's to
+catch, where every warning is an error (pyproject.toml's filterwarnings) with current tools."""
 
 _LOWER_BOUND = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][A-Za-z0-9.]*)\s*$")
 
@@ -85,7 +99,16 @@ def main() -> int:
             print("check_minimum_versions: the declared minimums cannot be installed", flush=True)
             return 1
         tests = subprocess.run(
-            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CLIENT_TESTS],
+            [
+                python,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                *UNRAISABLE_IGNORED,
+                *CLIENT_TESTS,
+            ],
             cwd=ROOT,
             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": scratch},
             check=False,

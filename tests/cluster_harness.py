@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -26,6 +27,8 @@ from kvraft import launcher
 from kvraft.config import (
     PEER_SECRET_FILE_NAME,
     ClusterConfig,
+    PeerTlsSettings,
+    TlsSettings,
     local_cluster_config,
     render_config,
     write_peer_secret,
@@ -73,10 +76,13 @@ def http(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> HttpAnswer:
+    """One request; `context` for an https:// URL (what to trust, what client certificate
+    to show)."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
             return HttpAnswer(
                 response.status, response.read(), CIMultiDict(response.headers.items())
             )
@@ -109,7 +115,12 @@ class Cluster:
         fsync: bool = False,
         extra_env: dict[str, str] | None = None,
         peer_secret: bytes | None = None,
+        tls: TlsSettings | None = None,
+        peer_tls: PeerTlsSettings | None = None,
+        client_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`/`peer_tls`: the config's tables; `client_context`: how the harness's own
+        requests reach an HTTPS cluster."""
         self.root = root
         http_ports = free_ports(nodes)
         raft_ports = free_ports(nodes)
@@ -117,12 +128,15 @@ class Cluster:
         if peer_secret is not None:
             secret_path = root / PEER_SECRET_FILE_NAME
             write_peer_secret(secret_path, peer_secret)
-        base = local_cluster_config(nodes, root / "data", peer_secret_file=secret_path)
+        base = local_cluster_config(
+            nodes, root / "data", peer_secret_file=secret_path, tls=tls, peer_tls=peer_tls
+        )
         self.config: ClusterConfig = _with_ports(base, http_ports, raft_ports, fsync=fsync)
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(render_config(self.config))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.extra_env = extra_env or {}
+        self.client_context = client_context
 
     # --- processes ----------------------------------------------------------------------
 
@@ -170,7 +184,7 @@ class Cluster:
     # --- HTTP ---------------------------------------------------------------------------
 
     def url(self, node_id: int) -> str:
-        return self.config.node(node_id).http_url
+        return self.config.url(self.config.node(node_id))
 
     def request(
         self,
@@ -180,7 +194,7 @@ class Cluster:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> HttpAnswer:
-        return http(method, self.url(node_id) + path, body, headers)
+        return http(method, self.url(node_id) + path, body, headers, context=self.client_context)
 
     def status(self, node_id: int) -> dict[str, Any]:
         answer = self.request(node_id, "GET", "/v1/status")

@@ -1419,6 +1419,9 @@ def test_a_short_run_with_every_fault_is_linearizable_and_loses_no_write(
     assert "bank: ok" in done.stdout
     bank = summary["bank"]
     assert bank["passed"] and bank["transfers"]["applied"] > 1 and bank["audits"] > 1
+    assert "lock: ok" in done.stdout  # the lock workload made progress through every fault
+    lock = summary["lock"]
+    assert lock["passed"] and lock["held"] > 1 and lock["accepted"] > 1
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
 
 

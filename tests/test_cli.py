@@ -583,3 +583,87 @@ def test_cluster_down_skips_pids_that_are_not_our_nodes(tmp_path: pathlib.Path) 
     result = CliRunner().invoke(cluster_module.cluster, ["down", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0
     assert "skipped" in result.stdout
+
+
+# --- TLS (issue #20) -----------------------------------------------------------------------------
+
+
+def _commands(group: click.Group, path: str = "kvraft") -> Iterator[tuple[str, click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{path} {name}")
+        else:
+            yield f"{path} {name}", command
+
+
+def test_every_client_command_takes_the_ca_a_client_certificate_and_its_key() -> None:
+    from kvraft.cli import main
+
+    client_commands = [
+        (path, command)
+        for path, command in _commands(main)
+        if any(parameter.name == "endpoints_text" for parameter in command.params)
+    ]
+    assert len(client_commands) >= 15  # put, get, ..., member, leader, backup, bench, events
+    for path, command in client_commands:
+        options = {
+            option: parameter
+            for parameter in command.params
+            if isinstance(parameter, click.Option)
+            for option in parameter.opts
+        }
+        # `kvraft watch --key K` watches a key: its private key's option is --tls-key.
+        key_flag = "--tls-key" if path == "kvraft watch" else "--key"
+        for option, variable in (
+            ("--cacert", "KVRAFT_CACERT"),
+            ("--cert", "KVRAFT_CERT"),
+            (key_flag, "KVRAFT_KEY"),
+        ):
+            assert option in options, f"{path} has no {option}"
+            assert options[option].envvar == variable, path
+
+
+def test_a_tls_option_naming_a_missing_file_is_a_usage_error(cluster: FakeCluster) -> None:
+    result = run(cluster, kv.get, "k", "--cacert", "/nonexistent/ca.crt")
+    assert result.exit_code == 2
+    assert "--cacert" in result.stderr
+    # A file that is not PEM is refused before anything is sent, naming the option.
+    not_pem = run(cluster, kv.get, "k", "--cacert", __file__)
+    assert not_pem.exit_code == 2
+    assert "'--cacert'" in not_pem.stderr and "not a PEM CA" in not_pem.stderr
+    not_a_file = run(cluster, kv.get, "k", "--cacert", "/dev/null")
+    assert not_a_file.exit_code == 2 and "/dev/null is not a regular file" in not_a_file.stderr
+
+
+def test_cluster_up_tls_writes_https_and_peer_tls_with_certificates_beside_the_config(
+    tmp_path: pathlib.Path,
+) -> None:
+    data_dir = tmp_path / "cluster"
+    config, created = prepare_config(
+        data_dir, nodes=3, http_port_base=9101, raft_port_base=9201, host=None, tls=True
+    )
+    assert created and config.tls is not None and config.peer_tls is not None
+    certs = data_dir.resolve() / cluster_module.CERTS_DIR_NAME
+    assert config.tls.for_node(2).cert == certs / "node2.crt"
+    assert config.tls.client_ca is None  # clients need the CA, not a certificate
+    assert config.peer_tls.ca == certs / "ca.crt"
+    for name in ("ca.crt", "node1.crt", "node3.key", "client.crt"):
+        assert (certs / name).exists(), name
+    assert config.url(config.nodes[0]) == "https://127.0.0.1:9101"
+    # Resumed, with or without --tls, it is the same TLS cluster; a plain one refuses --tls.
+    assert (
+        prepare_config(data_dir, nodes=None, http_port_base=None, raft_port_base=None, host=None)[0]
+        == config
+    )
+    (certs / "node3.crt").unlink()
+    (certs / "node3.key").unlink()
+    again, _ = prepare_config(
+        data_dir, nodes=None, http_port_base=None, raft_port_base=None, host=None, tls=True
+    )
+    assert again == config and (certs / "node3.crt").exists()  # missing ones made again
+    plain = tmp_path / "plain"
+    _prepare(plain)
+    with pytest.raises(click.UsageError, match="without TLS"):
+        prepare_config(
+            plain, nodes=None, http_port_base=None, raft_port_base=None, host=None, tls=True
+        )

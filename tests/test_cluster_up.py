@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kvraft.client import KVClient
 from kvraft.launcher import free_ports
 from tests.cluster_harness import Cluster, http, wait_for
 
@@ -21,15 +23,16 @@ pytestmark = pytest.mark.slow
 class ClusterUp:
     """A `kvraft cluster up` process whose output is collected line by line."""
 
-    def __init__(self, data_dir: Path, nodes: int) -> None:
+    def __init__(self, data_dir: Path, nodes: int, *options: str) -> None:
         http_base = _consecutive_free_ports(nodes)
         raft_base = _consecutive_free_ports(nodes, avoid=range(http_base, http_base + nodes))
-        self.urls = [f"http://127.0.0.1:{http_base + i}" for i in range(nodes)]
+        scheme = "https" if "--tls" in options else "http"
+        self.urls = [f"{scheme}://127.0.0.1:{http_base + i}" for i in range(nodes)]
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "kvraft", "cluster", "up", "--nodes", str(nodes),
                 "--data-dir", str(data_dir), "--http-port-base", str(http_base),
-                "--raft-port-base", str(raft_base),
+                "--raft-port-base", str(raft_base), *options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -149,6 +152,53 @@ def test_a_second_cluster_up_on_the_same_data_dir_resumes_with_the_data(tmp_path
         except subprocess.TimeoutExpired:
             second.kill()
             second.wait(timeout=10)
+
+
+def test_cluster_up_tls_serves_https_its_curl_commands_work_and_cluster_down_stops_it(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "cluster"
+    up = ClusterUp(data_dir, 3, "--tls")
+    try:
+        wait_for(lambda: up.count("leader elected") >= 1, what="the first leader")
+        assert up.count("peers use mutual TLS") == 1
+        # The banner's curl commands, run as printed (from the directory it was started in).
+        curls = [line.strip() for line in up.lines if line.strip().startswith("curl ")]
+        assert len(curls) == 3 and all("--cacert" in line for line in curls), up.output()
+        for line in curls:
+            run = subprocess.run(
+                shlex.split(line), capture_output=True, text=True, timeout=30, check=False
+            )
+            assert run.returncode == 0, run.stderr
+        ca = data_dir / "certs" / "ca.crt"
+        client = KVClient(up.urls[1:], cacert=ca)
+        written = client.get("greeting")  # what the banner's first curl wrote
+        assert written is not None and written[0] == b"hello"
+        revision = client.put("tls/key", b"value")
+        assert client.get("tls/key") == (b"value", revision)
+        status = subprocess.run(
+            [sys.executable, "-m", "kvraft", "status", "--endpoints", ",".join(up.urls)],
+            env={**os.environ, "KVRAFT_CACERT": str(ca)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0 and status.stdout.count("https://") == 3, status.stderr
+        pids = [KVClient([url], cacert=ca).status_all()[url]["pid"] for url in up.urls]
+        down = subprocess.run(
+            [sys.executable, "-m", "kvraft", "cluster", "down", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert down.returncode == 0, down.stderr
+        for pid in pids:
+            wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), what=f"node pid {pid} to exit")
+        assert up.interrupt() == 0
+    finally:
+        up.close()
 
 
 def test_five_nodes_survive_losing_the_leader_and_one_more(tmp_path: Path) -> None:

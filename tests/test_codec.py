@@ -33,6 +33,7 @@ from kvraft.raft.codec import (
     decode_message,
     encode_configuration,
     encode_entry,
+    encode_install_snapshot_head,
     encode_message,
     entry_from_obj,
     entry_to_obj,
@@ -882,6 +883,23 @@ def install_snapshot(
     *, term: int = 5, meta: SnapshotMeta | None = None, data: object = b""
 ) -> InstallSnapshot:
     return InstallSnapshot(term, 1, 2, meta or SnapshotMeta(9, 4, CONFIGURATION), unchecked(data))
+
+
+@given(install_snapshots())
+def test_the_head_of_an_install_snapshot_then_its_data_is_the_message(
+    message: InstallSnapshot,
+) -> None:
+    # The leader sends a large snapshot as head + data chunks, never joined into one payload.
+    head = encode_install_snapshot_head(message, len(message.data))
+    assert decode_message(head + message.data) == message
+
+
+def test_the_head_and_data_of_a_large_snapshot_are_the_bytes_encode_message_makes() -> None:
+    message = install_snapshot(data=bytes(range(256)) * 256)  # 65,536 bytes: bin 32
+    head = encode_install_snapshot_head(dataclasses.replace(message, data=b""), 65_536)
+    assert head + message.data == encode_message(message)
+    with pytest.raises(ValueError, match="InstallSnapshot data"):
+        encode_install_snapshot_head(message, INSTALL_SNAPSHOT_BYTES_MAX + 1)
 
 
 def test_a_snapshot_term_may_equal_the_message_term_but_not_exceed_it() -> None:

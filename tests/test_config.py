@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,8 +35,10 @@ from kvraft.config import (
     ConfigError,
     LimitSettings,
     NodeSpec,
+    PeerTlsSettings,
     RaftSettings,
     StorageSettings,
+    TlsSettings,
     load_config,
     local_cluster_config,
     parse_config,
@@ -764,7 +767,15 @@ def test_local_cluster_config_accepts_the_largest_cluster(tmp_path: pathlib.Path
 
 
 @pytest.mark.parametrize(
-    "name", ["cluster-3.toml", "cluster-5.toml", "docker-3.toml", "docker-5.toml"]
+    "name",
+    [
+        "cluster-3.toml",
+        "cluster-5.toml",
+        "docker-3.toml",
+        "docker-5.toml",
+        "docker-3-tls.toml",
+        "docker-5-tls.toml",
+    ],
 )
 def test_shipped_configs_render_and_parse_back_equal(name: str, tmp_path: pathlib.Path) -> None:
     config = load_config(CONFIGS / name)
@@ -918,3 +929,107 @@ def test_the_peer_secret_file_is_relative_to_the_config_and_read_as_hex(
     config.peer_secret_file.write_text("not hex")
     with pytest.raises(ConfigError, match="not hex"):
         read_peer_secret(config.peer_secret_file)
+    config.peer_secret_file.unlink()
+    with pytest.raises(ConfigError, match="kvraft peer-secret init"):
+        read_peer_secret(config.peer_secret_file)  # a fresh machine: it says how to make one
+
+
+# --- Peer authentication and TLS in the shipped configs (issue #20) -----------------------------
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_shipped_configs_authenticate_peers_by_default(size: int) -> None:
+    local = load_config(CONFIGS / f"cluster-{size}.toml")
+    # Beside the nodes' data, where `kvraft peer-secret init` is told to write it.
+    assert local.peer_secret_file == REPO / "data" / f"cluster-{size}" / "peer-secret"
+    assert local.tls is None and local.peer_tls is None  # TLS is documented, commented out
+    for name in (f"docker-{size}.toml", f"docker-{size}-tls.toml"):
+        docker = load_config(CONFIGS / name)
+        # In the `secrets` volume compose's init service fills.
+        assert docker.peer_secret_file == pathlib.Path("/var/lib/kvraft/secrets/peer-secret")
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_the_docker_tls_configs_are_the_docker_configs_with_https_and_peer_tls(size: int) -> None:
+    plain = load_config(CONFIGS / f"docker-{size}.toml")
+    tls = load_config(CONFIGS / f"docker-{size}-tls.toml")
+    assert tls.tls is not None and tls.peer_tls is not None
+    assert (tls.tls.client_ca, tls.url(tls.nodes[0])) == (None, "https://node1:8001")
+    certs = pathlib.Path("/var/lib/kvraft/secrets/certs")
+    assert tls.tls == TlsSettings(
+        certs / "node{id}.crt", certs / "node{id}.key", ca=certs / "ca.crt"
+    )
+    assert tls.peer_tls == PeerTlsSettings(tls.tls.cert, tls.tls.key, certs / "ca.crt")
+    assert (tls.cluster_id, tls.nodes, tls.raft, tls.storage, tls.limits) == (
+        plain.cluster_id,
+        plain.nodes,
+        plain.raft,
+        plain.storage,
+        plain.limits,
+    )
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_the_tls_tables_commented_in_the_local_configs_load_once_uncommented(size: int) -> None:
+    text = (CONFIGS / f"cluster-{size}.toml").read_text(encoding="utf-8")
+    uncommented = re.sub(r"^# (\[(?:peer_)?tls\]|\w+ = \"\.\./data/.*)$", r"\1", text, flags=re.M)
+    config = parse_config(uncommented, CONFIGS)
+    assert config.tls is not None and config.peer_tls is not None
+    certs = REPO / "data" / f"cluster-{size}" / "certs"
+    assert config.tls.for_node(2) == TlsSettings(
+        certs / "node2.crt", certs / "node2.key", client_ca=certs / "ca.crt", ca=certs / "ca.crt"
+    )
+
+
+TLS_TABLES = """
+[tls]
+cert = "certs/node{id}.crt"
+key = "certs/node{id}.key"
+
+[peer_tls]
+cert = "/etc/kvraft/node{id}.pem"
+key = "/etc/kvraft/node{id}-key.pem"
+ca = "/etc/kvraft/ca.pem"
+"""
+
+
+def test_tls_tables_resolve_their_paths_and_replace_id_for_each_node() -> None:
+    config = parse_config(VALID + TLS_TABLES, BASE_DIR)
+    assert config.tls == TlsSettings(
+        BASE_DIR / "certs/node{id}.crt", BASE_DIR / "certs/node{id}.key"
+    )
+    assert config.tls.for_node(3).key == BASE_DIR / "certs" / "node3.key"
+    assert config.peer_tls is not None
+    assert config.peer_tls.for_node(12).cert == pathlib.Path("/etc/kvraft/node12.pem")
+    assert config.http_scheme == "https"
+    assert config.url(config.node(2)) == "https://127.0.0.1:8002"
+    assert config.node(2).http_url == "http://127.0.0.1:8002"  # a spec alone knows no TLS
+    assert parse_config(render_config(config), pathlib.Path("/elsewhere")) == config
+    plain = parse_config(VALID, BASE_DIR)  # a file from before TLS
+    assert (plain.tls, plain.peer_tls, plain.http_scheme) == (None, None, "http")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('key = "certs/node{id}.key"\n', "", "tls.key: missing required key"),
+        ('ca = "/etc/kvraft/ca.pem"\n', "", "peer_tls.ca: missing required key"),
+        (
+            'key = "certs/node{id}.key"',
+            'key = "x"\nclient_cert = "y"',
+            "unknown key 'tls.client_cert'",
+        ),
+        (
+            'cert = "certs/node{id}.crt"',
+            'cert = "certs/{name}.crt"',
+            "the only placeholder is {id}",
+        ),
+        ('cert = "certs/node{id}.crt"', "cert = 7", "tls.cert: expected a file path"),
+        ('cert = "certs/node{id}.crt"', 'cert = ""', "tls.cert: expected a file path"),
+    ],
+)
+def test_tls_tables_refuse_what_they_do_not_understand(old: str, new: str, message: str) -> None:
+    text = VALID + TLS_TABLES
+    assert text.count(old) == 1, old
+    assert message in refusal(text.replace(old, new))
+    assert "peer_tls: expected a table" in refusal("peer_tls = 1\n" + VALID)

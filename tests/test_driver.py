@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -195,6 +195,64 @@ async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_rep
         assert core.role == Role.LEADER and not leader.failed.done()
 
         monkeypatch.undo()
+        await wait_until(lambda: late.state_machine.applied_index >= snapshot_index, "catch-up")
+        found = late.state_machine.get("key-0")
+        assert found is not None and found[0] == b"value"
+
+
+async def test_a_snapshot_still_on_its_way_to_a_peer_is_not_made_and_queued_again(
+    tmp_path: Path,
+) -> None:
+    # The chaos seed 12 run: with a 200 MiB snapshot, every retry (each `snapshot_retry_ticks`)
+    # copied it again on the leader's loop and queued another one while the first was still
+    # being written to the learner; the loop missed heartbeats and the voters elected a new
+    # leader about every second. While a send to the peer is still queued or in flight on
+    # the bulk lane, the retries send nothing; once it is gone, the next retry sends again.
+    config = snapshotting_config(tmp_path)
+    async with running_cluster(config, started={1, 2}) as nodes:
+        leader = await leader_with_compacted_log(nodes)
+        assert leader.core is not None and leader.transport is not None
+        core = leader.core
+        transport = leader.transport
+        sent: list[int] = []  # the bulk payloads offered to node 3, none delivered
+        stuck = True  # node 3 reads nothing: what was sent stays on the bulk lane
+        real_send, real_send_parts = transport.send, transport.send_parts
+
+        def send(node_id: int, payload: bytes, bulk: bool = False) -> bool:
+            if node_id == 3 and bulk and stuck:
+                sent.append(len(payload))
+                return True
+            return real_send(node_id, payload, bulk)
+
+        async def send_parts(node_id: int, parts: Sequence[bytes], bulk: bool = False) -> bool:
+            if node_id == 3 and bulk and stuck:
+                sent.append(sum(len(part) for part in parts))
+                return True
+            return await real_send_parts(node_id, parts, bulk)
+
+        real_pending = transport.bulk_pending
+        transport.send = send  # type: ignore[method-assign]
+        transport.send_parts = send_parts  # type: ignore[method-assign]
+        transport.bulk_pending = lambda node_id: (  # type: ignore[method-assign]
+            (node_id == 3 and stuck and bool(sent)) or real_pending(node_id)
+        )
+        late = await start_node(config, 3, nodes)
+        retries = 0
+        ticks_seen = 0
+
+        def retried_three_times() -> bool:
+            nonlocal retries, ticks_seen
+            progress = core.progress.get(3)
+            ticks = progress.snapshot_ticks if progress is not None else 0
+            if ticks < ticks_seen:
+                retries += 1
+            ticks_seen = ticks
+            return retries >= 3
+
+        await wait_until(retried_three_times, "three snapshot retries")
+        assert len(sent) == 1, sent
+        stuck = False  # the first send is gone: the next retry sends it again, for real
+        snapshot_index = core.log.snapshot.index
         await wait_until(lambda: late.state_machine.applied_index >= snapshot_index, "catch-up")
         found = late.state_machine.get("key-0")
         assert found is not None and found[0] == b"value"

@@ -175,3 +175,15 @@ def test_kvraft_events_prints_every_members_events_merged(cluster: Cluster) -> N
         command[:4] + command[5:], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert f"leader_elected leader_id={leader}" in text
+
+
+def test_a_members_dashboard_page_may_read_the_others_over_http_or_https() -> None:
+    # A cluster with [tls] serves its dashboard over HTTPS, and the page asks every member.
+    from kvraft.ui import origin_allowed
+
+    members = ["127.0.0.1:8001", "node2:8002"]
+    assert origin_allowed("http://127.0.0.1:8001", members)
+    assert origin_allowed("https://localhost:8001", members)
+    assert origin_allowed("https://node2:8002", members)
+    assert not origin_allowed("https://127.0.0.1:9001", members)  # not a member's port
+    assert not origin_allowed("ftp://127.0.0.1:8001", members)

@@ -43,6 +43,7 @@ from kvraft.transport.frames import (
     encode_handshake_reply,
     encode_proof,
     handshake_proof,
+    iter_pieces,
     split_into_pieces,
 )
 
@@ -380,6 +381,19 @@ def test_a_large_message_goes_in_pieces_that_fit_frames_and_arrives_whole() -> N
         connection = receiver(frame_bytes_max=1000)
         got = connection.receive_data(stream[:split]) + connection.receive_data(stream[split:])
         assert got == [b"before", message, b"after"], f"split at {split}"
+
+
+@pytest.mark.parametrize("frame_bytes_max", [3, 7, 100, 1000, 5000])
+def test_pieces_made_from_parts_are_those_of_the_joined_message(frame_bytes_max: int) -> None:
+    # The leader hands a snapshot over as its encoded head and its chunks, never joined.
+    parts = [b"head", b"", bytes(range(256)) * 3, b"x" * 1500, b"", b"y", b"z" * 2000]
+    joined = b"".join(parts)
+    assert list(iter_pieces(parts, frame_bytes_max)) == split_into_pieces(joined, frame_bytes_max)
+    assert list(iter_pieces([joined], frame_bytes_max)) == split_into_pieces(
+        joined, frame_bytes_max
+    )
+    with pytest.raises(ValueError, match="no room"):
+        list(iter_pieces(parts, 2))
 
 
 def test_pieces_past_the_limit_are_refused_before_the_message_is_whole() -> None:

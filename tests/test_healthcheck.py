@@ -108,3 +108,25 @@ def test_the_image_default_dev_listens_everywhere_and_its_check_follows_its_port
             dev.wait()
         if node_pid is not None and Path(f"/proc/{node_pid}").exists():
             os.kill(node_pid, signal.SIGKILL)  # the node `dev` started, if it outlived it
+
+
+def test_over_https_the_url_file_names_the_tls_files_and_the_check_says_when_it_cannot_use_them(
+    tmp_path: Path,
+) -> None:
+    from kvraft.healthcheck import remove_url_file, write_url_file
+
+    url_file = tmp_path / "http-url"
+    url = "https://127.0.0.1:8001"
+    write_url_file(url_file, url, cacert=tmp_path / "ca.crt", cert=tmp_path / "node1.crt")
+    assert url_file.read_text().splitlines() == [
+        url,
+        f"cacert {tmp_path / 'ca.crt'}",
+        f"cert {tmp_path / 'node1.crt'}",
+    ]
+    result = run_check(url_file)
+    assert result.returncode == 1
+    assert "cannot use the TLS files" in result.stderr  # ca.crt does not exist
+    remove_url_file(url_file, "https://127.0.0.1:8002")  # another node's: kept
+    assert url_file.exists()
+    remove_url_file(url_file, url)
+    assert not url_file.exists()

@@ -48,6 +48,7 @@ from kvraft.membership import (
 )
 from kvraft.raft.codec import NODE_ID_MAX, decode_configuration, encode_configuration
 from kvraft.raft.messages import Configuration
+from kvraft.tls import NodeTls
 from tests.kv_fake_server import FakeCluster, Fault
 
 
@@ -383,12 +384,13 @@ def test_the_identity_file_size_is_limited(tmp_path: Path) -> None:
 
 
 class _JoiningNode:
-    """What `join_cluster` uses of a node: its id, its addresses, and where to put what it
-    learns about the cluster."""
+    """What `join_cluster` uses of a node: its id, its addresses, its TLS contexts (none:
+    plain HTTP), and where to put what it learns about the cluster."""
 
     def __init__(self) -> None:
         self.id = 4
         self.spec = NodeSpec(4, "127.0.0.1", 7004, "127.0.0.1", 8004, Path("/unused"))
+        self.tls = NodeTls()
         self.learned: dict[int, MemberAddress] = {}
 
     def learn_addresses(self, book: dict[int, MemberAddress]) -> None:

@@ -64,7 +64,9 @@ def compose_command() -> list[str]:
     pytest.fail(f"neither docker-compose nor 'docker compose' is available; {INSTALL_HINT}")
 
 
-def compose_config(*profiles: str, cluster_size: str | None = None) -> dict[str, Any]:
+def compose_config(
+    *profiles: str, cluster_size: str | None = None, tls: bool = False
+) -> dict[str, Any]:
     """The compose file as compose resolves it (variables, absolute bind paths), keeping only
     the services that `up` with these profiles would start."""
     try:
@@ -80,6 +82,8 @@ def compose_config(*profiles: str, cluster_size: str | None = None) -> dict[str,
     }
     if cluster_size is not None:
         environment["KVRAFT_CLUSTER_SIZE"] = cluster_size
+    if tls:
+        environment["KVRAFT_TLS"] = "-tls"
     profile_options = [option for profile in profiles for option in ("--profile", profile)]
     result = subprocess.run(
         [*compose_command(), "-f", str(COMPOSE_FILE), *profile_options, "config"],
@@ -110,6 +114,23 @@ def compose_default() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def compose_five() -> dict[str, Any]:
     return compose_config("five", cluster_size="5")
+
+
+@pytest.fixture(scope="module")
+def compose_tls() -> dict[str, Any]:
+    return compose_config(tls=True)
+
+
+INIT_SERVICE = "init"
+"""The one-shot service that writes the peer secret and the certificates before the nodes."""
+
+SECRETS_MOUNT = "/var/lib/kvraft/secrets"
+"""Where `init` writes them and every node reads them: the `secrets` named volume."""
+
+
+def node_services(resolved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run a node (every one but `init`)."""
+    return {name: service for name, service in resolved["services"].items() if name != INIT_SERVICE}
 
 
 # --- What a service runs ----------------------------------------------------------------------
@@ -238,6 +259,13 @@ def test_the_image_runs_unprivileged_keeps_data_in_a_volume_and_stops_on_sigterm
     user = instruction("USER").split(":")[0]
     assert user.isdigit() and int(user) != 0
     assert json.loads(instruction("VOLUME")) == ["/data"]
+    # The directory compose's secrets volume is mounted at: the image's user owns it, alone,
+    # so the volume it seeds is writable by `init` and readable by nobody else.
+    setup = " ".join(
+        arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"
+    )
+    assert "chown kvraft:kvraft /data /var/lib/kvraft/secrets" in setup
+    assert "chmod 0700 /var/lib/kvraft/secrets" in setup
     assert instruction("STOPSIGNAL") == "SIGTERM"
     assert instruction("FROM").startswith("python:3.11-slim")
 
@@ -291,42 +319,45 @@ def test_the_image_exposes_every_port_of_the_five_node_cluster() -> None:
 
 
 def test_compose_starts_three_nodes_by_default(compose_default: dict[str, Any]) -> None:
-    assert sorted(compose_default["services"]) == ["node1", "node2", "node3"]
+    assert sorted(compose_default["services"]) == [INIT_SERVICE, "node1", "node2", "node3"]
 
 
 def test_the_five_profile_with_its_variable_starts_five_nodes(
     compose_five: dict[str, Any],
 ) -> None:
-    assert sorted(compose_five["services"]) == [f"node{n}" for n in range(1, 6)]
+    assert sorted(node_services(compose_five)) == [f"node{n}" for n in range(1, 6)]
 
 
-@pytest.mark.parametrize(("fixture", "size"), [("compose_default", 3), ("compose_five", 5)])
+@pytest.mark.parametrize(
+    ("fixture", "size", "suffix"),
+    [("compose_default", 3, ""), ("compose_five", 5, ""), ("compose_tls", 3, "-tls")],
+)
 def test_every_service_runs_its_own_node_of_one_shared_cluster_config(
-    fixture: str, size: int, request: pytest.FixtureRequest
+    fixture: str, size: int, suffix: str, request: pytest.FixtureRequest
 ) -> None:
     resolved: dict[str, Any] = request.getfixturevalue(fixture)
     configs = []
-    for name, service in sorted(resolved["services"].items()):
+    for name, service in sorted(node_services(resolved).items()):
         node_id, config = service_node(name, service)
         assert name == f"node{node_id}"
         node = config.node(node_id)
         # Peers dial the service name, which compose's network resolves.
         assert node.raft_host == name
         assert node.http_host == name
-        assert config.path == REPO / "configs" / f"docker-{size}.toml"
+        assert config.path == REPO / "configs" / f"docker-{size}{suffix}.toml"
         configs.append(config)
     assert len(configs) == size
     assert all(config == configs[0] for config in configs), "every node reads the same cluster"
     assert [node.id for node in configs[0].nodes] == list(range(1, size + 1))
 
 
-@pytest.mark.parametrize("fixture", ["compose_default", "compose_five"])
+@pytest.mark.parametrize("fixture", ["compose_default", "compose_five", "compose_tls"])
 def test_each_service_publishes_its_http_port_checks_readiness_and_keeps_data_in_a_volume(
     fixture: str, request: pytest.FixtureRequest
 ) -> None:
     resolved: dict[str, Any] = request.getfixturevalue(fixture)
     volume_sources = []
-    for name, service in resolved["services"].items():
+    for name, service in node_services(resolved).items():
         node_id, config = service_node(name, service)
         node = config.node(node_id)
         assert published_ports(service) == {(node.http_port, node.http_port)}
@@ -336,7 +367,9 @@ def test_each_service_publishes_its_http_port_checks_readiness_and_keeps_data_in
         volumes = [
             volume
             for volume in service["volumes"]
-            if isinstance(volume, dict) and volume.get("type") == "volume"
+            if isinstance(volume, dict)
+            and volume.get("type") == "volume"
+            and volume["target"] != SECRETS_MOUNT
         ]
         assert [volume["target"] for volume in volumes] == [str(node.data_dir)]
         volume_sources.append(volumes[0]["source"])
@@ -351,3 +384,48 @@ def test_the_five_profile_without_its_variable_leaves_node4_out_of_the_cluster()
     node_id, config = service_node("node4", resolved["services"]["node4"])
     with pytest.raises(ConfigError, match="no node with id 4"):
         config.node(node_id)
+
+
+@pytest.mark.parametrize("fixture", ["compose_default", "compose_five", "compose_tls"])
+def test_init_writes_the_peer_secret_and_certificates_every_node_reads_before_it_starts(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    # Peer authentication is on by default in compose (issue #20): every node's config names
+    # a secret inside the volume `init` fills, and no node starts before `init` succeeded.
+    resolved: dict[str, Any] = request.getfixturevalue(fixture)
+    init = resolved["services"][INIT_SERVICE]
+    assert not init.get("profiles"), "it runs whatever the profiles"
+    script = " ".join(init["command"])
+    assert init["entrypoint"] == ["sh", "-ec"]
+    words = script.split()
+    secret_path = words[words.index("peer-secret") + 2]  # `kvraft peer-secret init PATH`
+    assert secret_path.startswith(SECRETS_MOUNT + "/")
+    certs_dir = option_value(words, "--dir")
+    assert certs_dir.startswith(SECRETS_MOUNT + "/")
+    assert option_value(words, "--config") == "/etc/kvraft/cluster.toml"
+    assert init["environment"]["KVRAFT_PEER_SECRET"] == ""  # passed through when set
+    secrets_volume = next(v for v in init["volumes"] if v.get("target") == SECRETS_MOUNT)
+    assert not secrets_volume.get("read_only")
+    init_config = bind_mounts(init)["/etc/kvraft/cluster.toml"]
+    for name, service in node_services(resolved).items():
+        node_id, config = service_node(name, service)
+        # `init` makes the certificates of the very config the nodes read.
+        assert bind_mounts(service)["/etc/kvraft/cluster.toml"] == init_config
+        assert service["depends_on"][INIT_SERVICE]["condition"] == (
+            "service_completed_successfully"
+        )
+        mounted = next(v for v in service["volumes"] if v.get("target") == SECRETS_MOUNT)
+        assert mounted["source"] == secrets_volume["source"] and mounted["read_only"]
+        assert str(config.peer_secret_file) == secret_path
+        if config.tls is not None:
+            assert config.peer_tls is not None
+            mine = config.tls.for_node(node_id)
+            assert (mine.cert, mine.key) == (
+                pathlib.Path(certs_dir) / f"node{node_id}.crt",
+                pathlib.Path(certs_dir) / f"node{node_id}.key",
+            )
+            assert mine.ca == config.peer_tls.ca == pathlib.Path(certs_dir) / "ca.crt"
+    assert (fixture == "compose_tls") == all(
+        service_node(name, service)[1].tls is not None
+        for name, service in node_services(resolved).items()
+    )

@@ -21,10 +21,12 @@ import pytest
 
 from kvraft.transport import MemoryNetwork, MemoryTransport, PeerTransport, Transport
 from kvraft.transport.frames import (
+    KEEPALIVE_FRAME,
     PIECE_MARKER,
     PROTOCOL_VERSION,
     Handshake,
     HandshakeReply,
+    OutboundHandshake,
     decode_handshake,
     decode_handshake_reply,
     encode_frame,
@@ -33,6 +35,7 @@ from kvraft.transport.frames import (
 from kvraft.transport.tcp import (
     REFUSAL_LOG_KEYS_MAX,
     TransportConfig,
+    _OutboundProtocol,
     reconnect_delay_s,
 )
 
@@ -469,6 +472,40 @@ async def test_a_message_larger_than_a_frame_arrives_whole_and_in_order(
     assert b.server_stats()["frame_errors"] == 0
 
 
+async def test_a_message_sent_in_parts_arrives_whole_and_the_loop_runs_between_its_frames(
+    harness: Harness,
+) -> None:
+    # A leader's large snapshot: its head and its chunks, never joined into one payload, and
+    # the loop free between two frames (one copy of 200 MiB held it past the election
+    # timeout). While it is queued or in flight, `bulk_pending` says so.
+    config = dataclasses.replace(FAST, frame_bytes_max=1000, pieced_message_bytes_max=100_000)
+    a, _, _, b_inbox = await harness.started_pair(config)
+    parts = [b"head", bytes(range(256)) * 100, b"", b"tail" * 1000]  # 29,604 bytes
+    loop_turns = 0
+
+    async def count_loop_turns() -> None:
+        nonlocal loop_turns
+        while True:
+            loop_turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_loop_turns())
+    try:
+        assert not a.bulk_pending(2)
+        assert await a.send_parts(2, parts, bulk=True)
+        turns = loop_turns
+    finally:
+        counter.cancel()
+    assert turns >= 29  # one per frame, about
+    assert a.bulk_pending(2)
+    await b_inbox.wait_for_count(1)
+    assert b_inbox.payloads() == [b"".join(parts)]
+    assert not a.bulk_pending(2)
+    assert not await a.send_parts(9, parts)  # an unknown peer
+    with pytest.raises(ValueError):
+        await a.send_parts(2, [b"", b""])
+
+
 async def test_the_rest_of_a_message_cut_by_a_lost_connection_is_not_sent_on_the_next(
     harness: Harness,
 ) -> None:
@@ -776,6 +813,33 @@ def test_refused_hosts_are_remembered_up_to_a_bound() -> None:
     assert transport._refusal_log_level("10.0.0.1", "reason") == logging.DEBUG
     transport._refusal_log_level("10.0.2.1", "reason")  # one past the bound: forget all
     assert transport._refusal_log_level("10.0.0.1", "reason") == logging.WARNING
+
+
+class _ClosedUvloopTransport(asyncio.Transport):
+    """What uvloop's transport does once closed but before `connection_lost` has run: a
+    write raises RuntimeError ("the handler is closed")."""
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_a_write_to_a_closed_connection_is_dropped_quietly() -> None:
+    # The chaos seed 12 run: a keepalive written to a connection the peer had just closed
+    # raised from uvloop, and the writer task logged a traceback at ERROR and restarted.
+    protocol = _OutboundProtocol(
+        on_lost=lambda: None,
+        handshake=OutboundHandshake(
+            Handshake(protocol_version=1, cluster_id=CLUSTER_ID, node_id=1, target_node_id=2), None
+        ),
+    )
+    protocol.connection_made(_ClosedUvloopTransport())
+    protocol.write(KEEPALIVE_FRAME)  # no RuntimeError
 
 
 async def test_send_refuses_what_it_cannot_deliver(harness: Harness) -> None:

@@ -49,6 +49,15 @@ Reading the report (``DIR/report.txt``, also printed; ``DIR/report.json``)
   one transaction (`bank`): every audit must total 500, and each account's transfers
   and audits must be linearizable (acknowledged transfers all there, in real-time
   order; unknown ones in or out). ``--no-bank`` leaves it out.
+* ``lock: ok|violated``: four clients take one lock with 3 s leases kept alive in the
+  background, write a register with transactions fenced by the lock's token
+  (``X-Kvraft-Fence``), release and revoke; some holders stall past their lease first (a
+  paused client) and write anyway (`locks`). The register's history (a journal key per
+  accepted write, listed after healing) must show tokens that never decrease and no two
+  holders' writes interleaving, agree with every lock read of who held the lock, and hold
+  every acknowledged write and nothing refused (`lock_check`). The line counts the rounds
+  that held the lock and the stalled holders' writes refused with 412. ``--no-lock`` leaves
+  it out.
 
 ``DIR/history.jsonl`` (one JSON object per client call and answer) and
 ``DIR/nemesis.jsonl`` keep the raw record, ``DIR/watch.jsonl`` every line the watchers
@@ -62,6 +71,8 @@ The parts
 * `workload`   register and set clients, and how an HTTP answer maps to an outcome;
 * `watchers`   the watch streams held open for the run, recorded line by line;
 * `bank`       the bank's transfer and audit clients, and the bank check;
+* `locks`      the lock clients: leases, keepalives, a fenced register, stalling holders;
+* `lock_check` the lock check: token order, exclusive holders, lock reads, durability;
 * `history`    the JSON-lines history and nemesis logs, written and read back;
 * `checks`     the set check and the linearizability check of the registers;
 * `watch_check` the watch streams' properties, against the history and each other;

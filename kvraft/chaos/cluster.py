@@ -45,7 +45,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from kvraft import launcher
@@ -259,8 +259,11 @@ class ChaosCluster:
         config_path: pathlib.Path,
         log_dir: pathlib.Path,
         spares: Sequence[NodeSpec] = (),
+        env: Mapping[str, str] | None = None,
     ):
+        """`env`: variables added to every node's environment (the test-only broken modes)."""
         self.config = config
+        self.env = dict(env or {})
         self.config_path = config_path
         self.log_dir = log_dir
         self.founding_ids = [spec.id for spec in config.nodes]
@@ -327,6 +330,7 @@ class ChaosCluster:
                 self._command(node_id, join_url),
                 self.log_path(node_id),
                 header=f"--- kvraft chaos: starting node {node_id} at {stamp} ---",
+                env=self.env,
             )
             self._processes[node_id] = process
             self._exit_expected.discard(node_id)

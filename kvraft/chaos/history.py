@@ -125,22 +125,25 @@ class HistoryRecorder:
         value: object = None,
         expected: object = None,
         node: int | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record that `process` is about to send `f` on `key`."""
+        """Record that `process` is about to send `f` on `key`; `extra` adds fields (e.g.
+        the lock workload's ``client`` and ``round``)."""
         moment = time.monotonic_ns()
-        self.log.append(
-            {
-                "process": process,
-                "type": "invoke",
-                "f": f,
-                "key": key,
-                "value": value,
-                "expected": expected,
-                "output": None,
-                "time": moment,
-                "node": node,
-            }
-        )
+        event: dict[str, Any] = {
+            "process": process,
+            "type": "invoke",
+            "f": f,
+            "key": key,
+            "value": value,
+            "expected": expected,
+            "output": None,
+            "time": moment,
+            "node": node,
+        }
+        if extra:
+            event.update(extra)
+        self.log.append(event)
 
     def complete(
         self,

@@ -36,6 +36,7 @@ from typing import Any
 
 from kvraft.chaos.bank import BankCheck
 from kvraft.chaos.checks import REGISTER_FUNCTIONS, SET_ADD, SetCheck, pair_operations
+from kvraft.chaos.lock_check import LockCheck
 from kvraft.chaos.watch_check import WatchCheck
 from kvraft.linearizability import CheckResult, Operation, format_operation
 
@@ -112,6 +113,7 @@ class RunFacts:
         burst_waves: one line per wave of the burst nemesis (its answers).
         burst_failures: what the burst check found wrong (`kvraft.chaos.burst`).
         broken_bank: the deliberately broken bank mode, if any.
+        broken_fence: the nodes ran with fences unchecked (the test-only broken mode).
     """
 
     nodes: int
@@ -145,6 +147,7 @@ class RunFacts:
     burst_waves: tuple[str, ...] = ()
     burst_failures: tuple[str, ...] = ()
     broken_bank: str | None = None
+    broken_fence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,8 @@ class ChaosReport:
     """Everything the report shows; `passed` is the exit status's source. `witness_nodes`
     maps each witness operation's (process, call time) to the node it was sent to;
     `watch` is the watch check (None: the watchers did not run), `bank` the bank check
-    (None: the bank did not run)."""
+    (None: the bank did not run), `lock` the lock check (None: the lock workload did not
+    run)."""
 
     facts: RunFacts
     counts: Mapping[str, Mapping[str, int]]
@@ -191,6 +195,7 @@ class ChaosReport:
     membership_gaps: tuple[LeaderFault, ...] = ()
     watch: WatchCheck | None = None
     bank: BankCheck | None = None
+    lock: LockCheck | None = None
 
     @property
     def passed(self) -> bool:
@@ -363,6 +368,7 @@ def build_report(
     linearizability: CheckResult,
     watch: WatchCheck | None = None,
     bank: BankCheck | None = None,
+    lock: LockCheck | None = None,
 ) -> ChaosReport:
     """Compute every number of the report and decide whether the run passed."""
     origin, end = facts.origin_ns, facts.workload_end_ns
@@ -410,6 +416,8 @@ def build_report(
         )
     if bank is not None:
         failures += bank.failures()
+    if lock is not None:
+        failures += lock.failures()
     if facts.client_errors:
         failures.append(
             f"{len(facts.client_errors)} client errors (a harness bug), first: "
@@ -438,6 +446,7 @@ def build_report(
         membership_gaps=membership_gaps(events, nemesis_events, origin, end),
         watch=watch,
         bank=bank,
+        lock=lock,
     )
 
 
@@ -501,6 +510,11 @@ def render_text(report: ChaosReport) -> str:
             f"BROKEN MODE: the bank's transfers are not atomic ({facts.broken_bank}); the "
             "bank check is expected to fail"
         )
+    if facts.broken_fence:
+        lines.append(
+            "BROKEN MODE: the nodes ignore X-Kvraft-Fence (fenced writes always apply); the "
+            "lock check is expected to fail"
+        )
     if facts.partitions_skipped:
         lines.append(f"partitions skipped: {facts.partitions_skipped}")
     lines += ["", "operations (ok / fail / info):"]
@@ -563,6 +577,7 @@ def render_text(report: ChaosReport) -> str:
         lines += [f"  {wave}" for wave in facts.burst_waves]
         lines += [f"  violation: {failure}" for failure in facts.burst_failures[:10]]
     lines += _bank_lines(report.bank)
+    lines += _lock_lines(report.lock)
     lines.append("")
     if report.passed:
         lines.append("verdict: PASS")
@@ -670,6 +685,60 @@ def _bank_lines(bank: BankCheck | None) -> list[str]:
     return lines
 
 
+def _counts_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{outcome} {count}" for outcome, count in counts.items() if count) or "none"
+
+
+def _lock_lines(lock: LockCheck | None) -> list[str]:
+    if lock is None:
+        return []
+    ttl = f"{lock.ttl_s} s" if lock.ttl_s is not None else "?"
+    writes = lock.operations.get("write", {})
+    lines = [
+        f"lock: {'ok' if lock.passed else 'violated'} ({lock.clients} clients, lease TTL {ttl}: "
+        f"{lock.rounds} rounds, {lock.held} held the lock, {lock.completed} completed; "
+        f"fenced writes: {_counts_text(writes)}; {lock.stalls} holders stalled past their "
+        f"lease, their later writes: {_counts_text(lock.stale_writes)}; register history: "
+        f"{lock.accepted} accepted writes by {lock.holders} holders, {lock.holder_reads} "
+        "lock reads; checked: order, exclusive, holder, durable)"
+    ]
+    for name in ("grant", "acquire", "release", "revoke", "keepalive"):
+        lines.append(f"  {name:<9} {_counts_text(lock.operations.get(name, {}))}")
+    lines += [f"  - {failure}" for failure in lock.failures()]
+    lines += [f"  violation: {v.describe()}" for v in lock.violations[1:10]]
+    return lines
+
+
+def _lock_json(lock: LockCheck | None) -> dict[str, Any] | None:
+    if lock is None:
+        return None
+    return {
+        "passed": lock.passed,
+        "clients": lock.clients,
+        "ttl_s": lock.ttl_s,
+        "rounds": lock.rounds,
+        "held": lock.held,
+        "completed": lock.completed,
+        "operations": {name: dict(row) for name, row in lock.operations.items()},
+        "stalls": lock.stalls,
+        "stale_writes": dict(lock.stale_writes),
+        "accepted": lock.accepted,
+        "holders": lock.holders,
+        "holder_reads": lock.holder_reads,
+        "journal_complete": lock.journal_complete,
+        "final_register": (
+            {"value": lock.final_register[0], "revision": lock.final_register[1]}
+            if lock.final_register is not None
+            else None
+        ),
+        "violation_counts": dict(lock.counts),
+        "violations": [
+            {"property": v.property, "revision": v.revision, "detail": v.detail}
+            for v in lock.violations
+        ],
+    }
+
+
 def _bank_json(bank: BankCheck | None) -> dict[str, Any] | None:
     if bank is None:
         return None
@@ -739,6 +808,8 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
             "broken_watch": facts.broken_watch,
             "bank": report.bank is not None,
             "broken_bank": facts.broken_bank,
+            "lock": report.lock is not None,
+            "broken_fence": facts.broken_fence,
         },
         "started_at": facts.started_at,
         "partitions_skipped": facts.partitions_skipped,
@@ -793,6 +864,7 @@ def report_json(report: ChaosReport) -> dict[str, Any]:
         "replay": facts.replay,
         "watch": _watch_json(report.watch),
         "bank": _bank_json(report.bank),
+        "lock": _lock_json(report.lock),
         "membership": {
             "calls": [
                 {

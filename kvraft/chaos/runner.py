@@ -8,17 +8,18 @@ Theory of operation
    config; decide whether partitions are possible (root and a working
    iptables) and say so when they are not;
 2. start the nodes, wait until they agree on a leader;
-3. run the clients (`Workload`, and the bank's `Bank`, unless ``--no-bank``, whose
-   accounts are opened first) and the nemesis (`run_schedule`) for the requested
-   time, then stop both; the watchers (`Watchers`, unless ``--no-watch``) start with
-   the clients and stream on through steps 3 and 4;
+3. run the clients (`Workload`, the bank's `Bank`, unless ``--no-bank``, whose
+   accounts are opened first, and the lock clients, `LockWorkload`, unless
+   ``--no-lock``) and the nemesis (`run_schedule`) for the requested time, then stop
+   both; the watchers (`Watchers`, unless ``--no-watch``) start with the clients and
+   stream on through steps 3 and 4;
 4. heal everything (flush the rules, SIGCONT, restart what is down), wait until
    every *current* member (``GET /v1/members``) follows one leader and has
    applied everything committed, with no membership change pending (members
    that are down are restarted, removed nodes still running are stopped), then
    read every register key and every set element through the current members, audit
-   the bank once more, and give the watchers a moment to see the last acknowledged
-   write, then stop them;
+   the bank once more, read the lock's register and its journal, and give the watchers
+   a moment to see the last acknowledged write, then stop them;
 5. stop the nodes (SIGTERM), remove the iptables chain, and only then check the
    history (and the watch log, `kvraft.chaos.watch_check`) as written to disk and write
    the report.
@@ -73,6 +74,8 @@ from kvraft.chaos.history import (
     HistoryRecorder,
     load_events,
 )
+from kvraft.chaos.lock_check import LockCheck, check_locks
+from kvraft.chaos.locks import LockWorkload
 from kvraft.chaos.nemesis import (
     NEMESIS_KINDS,
     SPARE_SLOTS,
@@ -121,6 +124,7 @@ from kvraft.config import (
     render_config,
     write_peer_secret,
 )
+from kvraft.leases import lease_ttl_s_min
 
 __all__ = [
     "FINAL_READ_TIMEOUT_S",
@@ -183,6 +187,10 @@ class ChaosOptions:
         bank: run the bank (`kvraft.chaos.bank`: transfers as transactions) and its check.
         broken_bank: a deliberately wrong bank mode the bank check must catch (one of
             `kvraft.chaos.bank.BROKEN_BANK_MODES`), or None.
+        lock: run the lock workload (`kvraft.chaos.locks`: leases, a lock, a fenced
+            register, holders stalling past their lease) and its check.
+        broken_fence: start the nodes with `kvraft.http_api.BROKEN_FENCE_ENV` set, so that
+            they ignore fences; the lock check must catch it.
     """
 
     nodes: int
@@ -197,6 +205,8 @@ class ChaosOptions:
     broken_burst: bool = False
     bank: bool = True
     broken_bank: str | None = None
+    lock: bool = True
+    broken_fence: bool = False
 
 
 def replay_command(options: ChaosOptions) -> str:
@@ -210,6 +220,8 @@ def replay_command(options: ChaosOptions) -> str:
     command += "" if options.watch else " --no-watch"
     command += "" if options.bank else " --no-bank"
     command += f" --broken-bank {options.broken_bank}" if options.broken_bank else ""
+    command += "" if options.lock else " --no-lock"
+    command += " --broken-fence" if options.broken_fence else ""
     command += f" --broken-watch {options.broken_watch}" if options.broken_watch else ""
     return command + (" --broken-burst" if options.broken_burst else "")
 
@@ -244,6 +256,7 @@ class _Controls:
         log: Callable[[dict[str, Any]], None],
         watchers: Watchers | None = None,
         bank: Bank | None = None,
+        lock: LockWorkload | None = None,
     ) -> None:
         self.cluster = cluster
         self.monitor = monitor
@@ -251,6 +264,7 @@ class _Controls:
         self.workload = workload
         self.watchers = watchers
         self.bank = bank
+        self.lock = lock
         self._log = log
         self._lock = threading.Lock()
         self._members: tuple[int, ...] = tuple(cluster.founding_ids)
@@ -295,6 +309,8 @@ class _Controls:
                 self.watchers.follow_membership(endpoints)
             if self.bank is not None:
                 self.bank.follow_membership(endpoints)
+            if self.lock is not None:
+                self.lock.follow_membership(endpoints)
         return view
 
     def membership(self) -> MemberState | None:
@@ -511,6 +527,7 @@ class _Run:
     progress: _Progress
     watchers: Watchers | None = None
     bank: Bank | None = None
+    lock: LockWorkload | None = None
 
 
 def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> ChaosReport:
@@ -585,7 +602,13 @@ def _run_cluster(
     def log_nemesis(event: dict[str, Any]) -> None:
         nemesis_log.append({"time": time.monotonic_ns(), **event})
 
-    cluster = ChaosCluster(config, config_path, report_dir / "nodes", spares)
+    env: dict[str, str] = {}
+    if options.lock:
+        from kvraft.http_api import BROKEN_FENCE_ENV  # the node's module: only its name here
+
+        # Set either way: a value inherited from the harness's environment must not decide.
+        env[BROKEN_FENCE_ENV] = "1" if options.broken_fence else "0"
+    cluster = ChaosCluster(config, config_path, report_dir / "nodes", spares, env=env)
     monitor = ClusterMonitor(cluster, log_nemesis)
     workload = Workload(
         cluster.endpoints(),
@@ -609,7 +632,17 @@ def _run_cluster(
         if options.bank
         else None
     )
-    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers, bank)
+    lock = (
+        LockWorkload(
+            cluster.endpoints(),
+            HistoryRecorder(history_log),
+            options.seed,
+            ttl_s=lease_ttl_s_min(config.raft.tick_ms, config.raft.election_ticks),
+        )
+        if options.lock
+        else None
+    )
+    controls = _Controls(cluster, monitor, firewall, workload, log_nemesis, watchers, bank, lock)
     controls.broken_burst = options.broken_burst
     stop = threading.Event()
     progress = _Progress()
@@ -627,8 +660,8 @@ def _run_cluster(
     )
     try:
         _run(
-            options, cluster, monitor, workload, watchers, bank, controls, nemesis_thread,
-            stop, progress, echo,
+            options, cluster, monitor, workload, watchers, bank, lock, controls,
+            nemesis_thread, stop, progress, echo,
         )  # fmt: skip
     finally:
         with _signals_blocked():
@@ -640,6 +673,8 @@ def _run_cluster(
                 progress.stragglers += tuple(watchers.stop())
             if bank is not None:
                 progress.stragglers += tuple(bank.stop())
+            if lock is not None:
+                progress.stragglers += tuple(lock.stop())
             monitor.stop()
             codes = cluster.teardown(graceful=False)
             if progress.teardown_codes is None:
@@ -648,7 +683,7 @@ def _run_cluster(
             nemesis_log.close()
             if watch_log is not None:
                 watch_log.close()
-    return _Run(schedule, cluster, monitor, workload, progress, watchers, bank)
+    return _Run(schedule, cluster, monitor, workload, progress, watchers, bank, lock)
 
 
 def _membership_facts(progress: _Progress) -> tuple[int, ...]:
@@ -686,6 +721,7 @@ def _check_and_report(
         if run.bank is not None
         else None
     )
+    lock_result: LockCheck | None = check_locks(events) if run.lock is not None else None
     nemesis_errors = tuple(
         str(event.get("detail")) for event in nemesis_events if event.get("type") == "error"
     )
@@ -721,7 +757,8 @@ def _check_and_report(
         nemesis_errors=nemesis_errors,
         client_errors=tuple(run.workload.errors)
         + (tuple(run.watchers.errors) if run.watchers is not None else ())
-        + (tuple(run.bank.errors) if run.bank is not None else ()),
+        + (tuple(run.bank.errors) if run.bank is not None else ())
+        + (tuple(run.lock.errors) if run.lock is not None else ()),
         log_paths={node_id: str(path) for node_id, path in log_paths.items()},
         replay=replay_command(options),
         final_members=_membership_facts(progress),
@@ -734,10 +771,12 @@ def _check_and_report(
         ),
         burst_failures=burst_failures,
         broken_bank=options.broken_bank,
+        broken_fence=options.broken_fence,
     )
     report = build_report(
-        facts, events, nemesis_events, set_result, linearizability, watch_result, bank_result
-    )
+        facts, events, nemesis_events, set_result, linearizability, watch_result, bank_result,
+        lock_result,
+    )  # fmt: skip
     if not report.passed:
         tails = {node_id: _log_tail(path) for node_id, path in log_paths.items()}
         report = build_report(
@@ -748,6 +787,7 @@ def _check_and_report(
             linearizability,
             watch_result,
             bank_result,
+            lock_result,
         )
     _write_report(report, report_dir)
     return report
@@ -760,6 +800,7 @@ def _run(
     workload: Workload,
     watchers: Watchers | None,
     bank: Bank | None,
+    lock: LockWorkload | None,
     controls: _Controls,
     nemesis_thread: threading.Thread,
     stop: threading.Event,
@@ -785,6 +826,8 @@ def _run(
     workload.start()
     if bank is not None:
         bank.start()
+    if lock is not None:
+        lock.start()
     nemesis_thread.start()
     stop.wait(options.time_s)  # the run's length: the clients and the nemesis work meanwhile
     stop.set()
@@ -792,6 +835,8 @@ def _run(
     progress.stragglers = tuple(workload.stop())
     if bank is not None:
         progress.stragglers += tuple(bank.stop())
+    if lock is not None:
+        progress.stragglers += tuple(lock.stop())
     progress.workload_end_ns = time.monotonic_ns()
 
     echo("healing: removing partitions, resuming and restarting nodes")
@@ -820,6 +865,9 @@ def _run(
     if bank is not None:
         bank.final_audit(deadline)  # the bank check fails the run if it never answered
         highest_revision = max(highest_revision, bank.highest_revision)
+    if lock is not None:
+        lock.final_reads(deadline)  # the lock check fails the run if they never completed
+        highest_revision = max(highest_revision, lock.highest_revision)
     if watchers is not None:
         # The watchers stream on through healing: each must now reach the last write.
         watchers.wait_caught_up(highest_revision, _deadline(WATCH_CATCH_UP_TIMEOUT_S))

@@ -59,6 +59,7 @@ from typing import Any
 
 from kvraft.chaos.bank import BANK_TRANSFER
 from kvraft.chaos.checks import SET_ADD, pair_operations
+from kvraft.chaos.locks import LOCK_WRITE
 from kvraft.linearizability import HistoryError
 
 __all__ = [
@@ -366,8 +367,9 @@ def streams_from_events(events: Iterable[Mapping[str, Any]]) -> tuple[list[Watch
 
 
 def writes_from_history(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord]:
-    """The client writes of a chaos history (`WRITE_FUNCTIONS`, and each put of a bank
-    transfer, `kvraft.chaos.bank`), with their outcomes."""
+    """The client writes of a chaos history (`WRITE_FUNCTIONS`, each put of a bank transfer,
+    `kvraft.chaos.bank`, and of a fenced lock write, `kvraft.chaos.locks`), with their
+    outcomes."""
     events = list(events)
     writes = _bank_writes(events)
     for invoke, completion in pair_operations(events, WRITE_FUNCTIONS):
@@ -387,9 +389,11 @@ def writes_from_history(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord
 
 def _bank_writes(events: Iterable[Mapping[str, Any]]) -> list[WriteRecord]:
     """A transfer writes its keys at one revision (one transaction); one whose compare
-    failed wrote nothing (``fail``)."""
+    failed wrote nothing (``fail``). A fenced lock write is a transaction of the same shape
+    (its value maps the register and its journal key to the value; refused, 412, is
+    ``fail``)."""
     writes = []
-    for invoke, completion in pair_operations(events, frozenset({BANK_TRANSFER})):
+    for invoke, completion in pair_operations(events, frozenset({BANK_TRANSFER, LOCK_WRITE})):
         values = invoke.get("value")
         if not isinstance(values, dict):
             raise HistoryError(f"a transfer needs its writes, got {values!r}")

@@ -12,7 +12,7 @@ import click
 
 from kvraft.backup import BackupUnavailable, RestoreError, download_backup, restore_backup
 from kvraft.commands.cluster import CLUSTER_NODES_MAX
-from kvraft.commands.kv import client_options, make_client
+from kvraft.commands.kv import client_options, make_client, reported_errors, tls_ssl_context
 
 __all__ = ["BACKUP_TIMEOUT_S_DEFAULT", "PROGRESS_INTERVAL_S", "backup", "restore"]
 
@@ -53,10 +53,20 @@ class _Progress:
 def backup(file: pathlib.Path, endpoints_text: str, timeout_s: float) -> None:
     """Save a consistent backup of the whole cluster to FILE (from the leader, checksummed;
     FILE appears only once complete)."""
-    endpoints = make_client(endpoints_text, timeout_s).endpoints  # validated, normalized
+    client = make_client(endpoints_text, timeout_s)
+    endpoints = client.endpoints  # validated, normalized
+    with reported_errors():
+        authorization = client.authorization()  # a token, with --user or --token (#20)
     progress = _Progress()
     try:
-        summary = download_backup(endpoints, file, timeout_s=timeout_s, progress=progress)
+        summary = download_backup(
+            endpoints,
+            file,
+            timeout_s=timeout_s,
+            progress=progress,
+            ssl_context=tls_ssl_context(),
+            authorization=authorization,
+        )
     except BackupUnavailable as error:
         progress.done()
         raise click.ClickException(f"unavailable: {error}") from None

@@ -39,6 +39,7 @@ import os
 import pathlib
 import random
 import signal
+import ssl
 import sys
 import time
 import urllib.parse
@@ -67,6 +68,7 @@ from kvraft.commands.kv import (
     client_options,
     display_text,
     make_client,
+    tls_ssl_context,
 )
 
 __all__ = [
@@ -511,9 +513,13 @@ async def _with_progress(
 
 
 async def _run_load(
-    plan: BenchPlan, router: EndpointRouter, leader_id: int, progress: _Progress
+    plan: BenchPlan,
+    router: EndpointRouter,
+    leader_id: int,
+    progress: _Progress,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> BenchSummary:
-    connector = aiohttp.TCPConnector(limit=plan.clients)
+    connector = aiohttp.TCPConnector(limit=plan.clients, ssl=ssl_context or True)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S_DEFAULT)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False
@@ -800,7 +806,7 @@ def bench(
         f"kvraft bench: {workload}, {clients} clients, {keys:,} keys, {value_bytes:,}-byte "
         f"values; {_describe_target(router, leader_id)}"
     )
-    summary = _run_async(_run_load(plan, router, leader_id, progress))
+    summary = _run_async(_run_load(plan, router, leader_id, progress, tls_ssl_context()))
     click.echo(render_summary(summary))
     if json_path is not None:
         try:

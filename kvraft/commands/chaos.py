@@ -136,6 +136,20 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     hidden=True,
     help="Tests only: send a transfer's two puts as two transactions; the bank check must notice.",
 )
+@click.option(
+    "--lock/--no-lock",
+    default=True,
+    show_default=True,
+    help="Take a lock with short leases, write a register fenced with the lock's token, and "
+    "stall some holders past their lease; check that the register's accepted writes carry "
+    "tokens that never decrease and that no two holders' writes interleave.",
+)
+@click.option(
+    "--broken-fence",
+    is_flag=True,
+    hidden=True,
+    help="Tests only: start the nodes with fenced writes unchecked; the lock check must notice.",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -149,12 +163,15 @@ def chaos(
     broken_burst: bool,
     bank: bool,
     broken_bank: str | None,
+    lock: bool,
+    broken_fence: bool,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
     changes, leadership transfers, bursts of large writes) and check that what the clients
     saw was linearizable, that no acknowledged write was lost, that watch streams missed
-    nothing, that the bank's transfers were atomic and kept the total, and that a burst was
-    shed (503) without a node dying or a shed write applying.
+    nothing, that the bank's transfers were atomic and kept the total, that a lock's fenced
+    register only took writes of its current holder, and that a burst was shed (503) without
+    a node dying or a shed write applying.
 
     Exits 0 only when every check passed; the report is printed and written to DIR.
     """
@@ -180,6 +197,8 @@ def chaos(
         broken_burst=broken_burst,
         bank=bank or broken_bank is not None,
         broken_bank=broken_bank,
+        lock=lock or broken_fence,
+        broken_fence=broken_fence,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))

@@ -7,6 +7,11 @@ order), and polls every node's `/v1/status` about ten times a second, printing w
 changed: elections, nodes becoming unreachable or coming back, processes exiting. It
 never restarts a node: killing nodes and watching the cluster cope is the point.
 
+`cluster up --tls` makes the cluster's certificates in `DIR/certs` (`kvraft.certs`: a CA,
+one per node, one for clients) and writes `[tls]` (HTTPS, no client certificate required)
+and `[peer_tls]` (mutual TLS between peers) into the config; the banner's curl commands then
+carry `--cacert`. A resumed cluster keeps whatever its config says.
+
 The narration is sans-IO: `observe(state, snapshot)` is a pure function from the previous
 watch state and one poll's observations to the new state and the event lines, so every
 rule is tested without processes or sockets.
@@ -37,6 +42,8 @@ from kvraft.config import (
     PEER_SECRET_FILE_NAME,
     ClusterConfig,
     ConfigError,
+    PeerTlsSettings,
+    TlsSettings,
     load_config,
     local_cluster_config,
     new_peer_secret,
@@ -47,6 +54,7 @@ from kvraft.healthcheck import HTTP_URL_FILE_VARIABLE
 from kvraft.pidfile import process_start_ticks, running_pid
 
 __all__ = [
+    "CERTS_DIR_NAME",
     "CLUSTER_NODES_MAX",
     "CONFIG_FILE_NAME",
     "PIDS_FILE_BYTES_MAX",
@@ -70,6 +78,8 @@ CLUSTER_NODES_MAX = 9
 """The most nodes `cluster up` starts: a local demo; each node is a Python process."""
 
 CONFIG_FILE_NAME = "cluster.toml"
+CERTS_DIR_NAME = "certs"
+"""`cluster up --tls` keeps the cluster's CA, node and client certificates in `DIR/certs`."""
 PIDS_FILE_NAME = "pids"
 """`DIR/pids` lists `node_id pid` per running node, for `cluster down`."""
 
@@ -309,12 +319,16 @@ def prepare_config(
     http_port_base: int | None,
     raft_port_base: int | None,
     host: str | None,
+    tls: bool = False,
 ) -> tuple[ClusterConfig, bool]:
     """Load `data_dir/cluster.toml`, or write a new one; return (config, created).
 
     Options left None take the file's values (or the defaults for a new file); an option
     given explicitly that contradicts an existing file raises click.UsageError, so a
     second `cluster up` on the same directory resumes the same cluster with its data.
+    With `tls`, a new config serves HTTPS and peer mTLS with certificates made in
+    `data_dir/certs` (an existing one must already have ``[tls]``; missing certificates
+    are made again).
     """
     path = data_dir / CONFIG_FILE_NAME
     wanted_nodes = nodes if nodes is not None else 3
@@ -322,6 +336,13 @@ def prepare_config(
         if path.exists():
             existing = load_config(path)
             _check_agrees(existing, path, nodes, http_port_base, raft_port_base, host)
+            if tls and existing.tls is None:
+                raise click.UsageError(
+                    f"{path} describes a cluster without TLS: drop --tls, or use another"
+                    f" --data-dir, or delete {path} (and its data)"
+                )
+            if tls:
+                _make_certificates(data_dir, existing)
             return existing, False
         # Every new cluster gets its own random peer secret (issue #20), in a file only its
         # owner reads, beside the config; it is never printed or logged.
@@ -333,9 +354,12 @@ def prepare_config(
             raft_port_base=raft_port_base or _RAFT_PORT_BASE_DEFAULT,
             host=host or _HOST_DEFAULT,
             peer_secret_file=secret_path.resolve(),
+            **(_tls_settings(data_dir) if tls else {}),
         )
         data_dir.mkdir(parents=True, exist_ok=True)
         write_peer_secret(secret_path, new_peer_secret())
+        if tls:
+            _make_certificates(data_dir, config)
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(render_config(config), encoding="utf-8")
         os.replace(temporary, path)  # never leave a half-written config behind
@@ -344,6 +368,41 @@ def prepare_config(
         raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"{path}: {error.strerror or error}") from None
+
+
+def _tls_settings(data_dir: pathlib.Path) -> dict[str, Any]:
+    """`local_cluster_config`'s `tls` and `peer_tls` for certificates in `data_dir/certs`:
+    HTTPS without client certificates, and peer mTLS, each node with its own certificate."""
+    certs = data_dir.resolve() / CERTS_DIR_NAME
+    cert, key, ca = certs / "node{id}.crt", certs / "node{id}.key", certs / "ca.crt"
+    return {"tls": TlsSettings(cert, key, ca=ca), "peer_tls": PeerTlsSettings(cert, key, ca)}
+
+
+def _make_certificates(data_dir: pathlib.Path, config: ClusterConfig) -> None:
+    """The CA, node and client certificates of `config` in `data_dir/certs`, naming each
+    node's hosts; what exists is kept (`kvraft.certs`)."""
+    from kvraft.certs import CertificatesError, init_certificates
+
+    try:
+        init_certificates(
+            data_dir / CERTS_DIR_NAME,
+            [spec.id for spec in config.nodes],
+            hosts_of_node={spec.id: [spec.http_host, spec.raft_host] for spec in config.nodes},
+        )
+    except CertificatesError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _client_tls(config: ClusterConfig) -> dict[str, Any]:
+    """How `cluster up` itself reaches its nodes: the cluster's CA and, where the nodes
+    require client certificates, the first node's own (node certificates may connect)."""
+    if config.tls is None:
+        return {}
+    first = config.tls.for_node(config.nodes[0].id)
+    options: dict[str, Any] = {"cacert": first.ca}
+    if first.client_ca is not None:
+        options.update(cert=first.cert, key=first.key)
+    return options
 
 
 def _check_agrees(
@@ -515,12 +574,13 @@ async def _narrate(
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
-    endpoint_of = {spec.id: normalize_endpoint(spec.http_url) for spec in config.nodes}
+    endpoint_of = {spec.id: normalize_endpoint(config.url(spec)) for spec in config.nodes}
     async with AsyncKVClient(
         list(endpoint_of.values()),
         timeout_s=POLL_TIMEOUT_S,
         attempt_timeout_s=POLL_TIMEOUT_S,
         connect_timeout_s=POLL_TIMEOUT_S,
+        **_client_tls(config),
     ) as client:
         state = WatchState.initial()
         while not stop.is_set():
@@ -571,7 +631,7 @@ def _banner(
         rows.append(
             (
                 str(spec.id),
-                spec.http_url,
+                config.url(spec),
                 spec.raft_address,
                 str(processes[spec.id].pid),
                 str(log_paths[spec.id]),
@@ -584,6 +644,28 @@ def _banner(
         for row in rows
     ]
     first, second = config.nodes[0], config.nodes[-1]
+    endpoints = ",".join(config.url(spec) for spec in config.nodes)
+    curl = "curl"
+    client_flags = ""
+    tls_lines: list[str] = []
+    if config.tls is not None:
+        mine = config.tls.for_node(first.id)
+        if mine.ca is not None:
+            client_flags += f" --cacert {_shown_path(mine.ca)}"
+        if mine.client_ca is not None:
+            # The client certificate `--tls` makes sits beside the node certificates.
+            client_cert = _shown_path(mine.cert.with_name("client.crt"))
+            client_key = _shown_path(mine.key.with_name("client.key"))
+            client_flags += f" --cert {client_cert} --key {client_key}"
+        curl += client_flags
+        what = "clients use HTTPS"
+        if mine.client_ca is not None:
+            what += " with a client certificate"
+        if config.peer_tls is not None:
+            what += "; peers use mutual TLS, each with a certificate naming its node id"
+        tls_lines.append(what)
+    elif config.peer_tls is not None:
+        tls_lines.append("peers use mutual TLS, each with a certificate naming its node id")
     return [
         f"kvraft cluster {config.cluster_id!r}: {len(config.nodes)} nodes, config {action} "
         f"{config_shown}",
@@ -592,17 +674,26 @@ def _banner(
             if config.peer_secret_file is not None
             else "peers are NOT authenticated: this config names no peer_secret_file"
         ),
+        *tls_lines,
         *table,
         "",
         f"restart a killed node:  kvraft serve --config {config_shown} --id N",
         "try:",
-        f"  curl -X PUT --data-binary hello {first.http_url}/v1/kv/greeting",
-        f"  curl {second.http_url}/v1/kv/greeting",
-        f"  curl {first.http_url}/v1/status",
-        f"  kvraft status --endpoints {','.join(spec.http_url for spec in config.nodes)}",
+        f"  {curl} -X PUT --data-binary hello {config.url(first)}/v1/kv/greeting",
+        f"  {curl} {config.url(second)}/v1/kv/greeting",
+        f"  {curl} {config.url(first)}/v1/status",
+        f"  kvraft status --endpoints {endpoints}{client_flags}",
         "Ctrl-C stops every node.",
         "",
     ]
+
+
+def _shown_path(path: pathlib.Path) -> str:
+    """`path` relative to the working directory when it is under it (shorter to copy)."""
+    try:
+        return str(path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -640,12 +731,19 @@ def cluster() -> None:
     help=f"Node N talks Raft on this + N - 1 (default {_RAFT_PORT_BASE_DEFAULT}).",
 )
 @click.option("--host", default=None, help=f"Address every node binds (default {_HOST_DEFAULT}).")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help=f"A new cluster serves HTTPS and its peers use mutual TLS, with certificates made in"
+    f" DIR/{CERTS_DIR_NAME} (curl --cacert DIR/{CERTS_DIR_NAME}/ca.crt).",
+)
 def up(
     nodes: int | None,
     data_dir: pathlib.Path,
     http_port_base: int | None,
     raft_port_base: int | None,
     host: str | None,
+    tls: bool = False,
 ) -> None:
     """Start a local cluster and narrate its events until Ctrl-C, then stop it."""
     config, created = prepare_config(
@@ -654,6 +752,7 @@ def up(
         http_port_base=http_port_base,
         raft_port_base=raft_port_base,
         host=host,
+        tls=tls,
     )
     config_path = data_dir.resolve() / CONFIG_FILE_NAME
     config_shown = str(data_dir / CONFIG_FILE_NAME)

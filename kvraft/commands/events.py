@@ -17,13 +17,14 @@ import contextlib
 import datetime
 import json
 import os
+import ssl
 import sys
 from typing import Any
 
 import click
 
-from kvraft.client import ClientError, normalize_endpoint
-from kvraft.commands.kv import client_options
+from kvraft.client import ClientError, KVClient, normalize_endpoint
+from kvraft.commands.kv import client_options, make_client, reported_errors, tls_ssl_context
 from kvraft.event_stream import merged_events
 
 __all__ = ["events", "format_event"]
@@ -44,9 +45,27 @@ def format_event(event: dict[str, Any], as_json: bool = False) -> str:
     ).rstrip()
 
 
-async def _print_events(endpoints: list[str], follow: bool, as_json: bool, timeout_s: float) -> int:
+async def _print_events(
+    endpoints: list[str],
+    follow: bool,
+    as_json: bool,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    client: KVClient | None = None,
+) -> int:
     printed = 0
-    async for event in merged_events(endpoints, follow=follow, timeout_s=timeout_s):
+
+    async def authorization() -> str | None:
+        # The client fetches (and renews) a token when --user or --token was given (#20).
+        return None if client is None else await asyncio.to_thread(client.authorization)
+
+    async for event in merged_events(
+        endpoints,
+        follow=follow,
+        timeout_s=timeout_s,
+        ssl_context=ssl_context,
+        authorization=authorization,
+    ):
         click.echo(format_event(event, as_json))
         printed += 1
     return printed
@@ -63,8 +82,12 @@ def events(follow: bool, as_json: bool, endpoints_text: str, timeout_s: float) -
         endpoints = [normalize_endpoint(part) for part in endpoints_text.split(",") if part.strip()]
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
+    client = make_client(endpoints_text, timeout_s)
     try:
-        printed = asyncio.run(_print_events(endpoints, follow, as_json, timeout_s))
+        with reported_errors():  # a wrong --user password, say
+            printed = asyncio.run(
+                _print_events(endpoints, follow, as_json, timeout_s, tls_ssl_context(), client)
+            )
     except KeyboardInterrupt:
         return
     except BrokenPipeError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pathlib
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +29,7 @@ from kvraft.client import (
     TIMEOUT_S_DEFAULT,
     ClientError,
     ConditionFailed,
+    Fence,
     Item,
     KVClient,
     KVError,
@@ -41,10 +44,12 @@ __all__ = [
     "LAG_ENTRIES_WARN",
     "LIST_SHOWN_MAX",
     "STATUS_ATTEMPT_TIMEOUT_S",
+    "TLS_OPTIONS",
     "UNREACHABLE_TIMEOUT_S",
     "VALUE_INPUT_BYTES_MAX",
     "VALUE_PREVIEW_CHARS_MAX",
     "WATCH_INTERVAL_S_MIN",
+    "auth_client_options",
     "delete",
     "display_text",
     "echo_json",
@@ -56,10 +61,20 @@ __all__ = [
     "render_status_table",
     "status",
     "status_json",
+    "tls_client_options",
+    "tls_ssl_context",
 ]
 
 ENDPOINTS_ENV = "KVRAFT_ENDPOINTS"
 """Environment variable read when `--endpoints` is not given."""
+
+TLS_OPTIONS = (
+    ("cacert", "KVRAFT_CACERT", "CA certificate (PEM) to verify https:// endpoints with"),
+    ("cert", "KVRAFT_CERT", "Client certificate (PEM), for a cluster that requires one"),
+    ("key", "KVRAFT_KEY", "The client certificate's private key (PEM)"),
+)
+"""`--cacert`, `--cert`, `--key`: (name, environment variable, help) of each, taken by every
+client command (`client_options`) and read back with `tls_client_options`."""
 
 ENDPOINTS_DEFAULT = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
 """The local cluster that `kvraft cluster up` starts by default."""
@@ -96,10 +111,114 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # --- shared options and error handling ---------------------------------------------------------
 
 
-def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
-    """The `--endpoints` and `--timeout` options every client command takes."""
+def _remember_tls_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    # Kept in the context rather than passed to the command: every client command takes
+    # them, and `make_client` reads them, without each command's signature naming them
+    # (and `--key` without clashing with the commands' KEY argument).
+    if value is not None:
+        ctx.meta[f"kvraft.{param.name}"] = value
+
+
+def tls_client_options() -> dict[str, Any]:
+    """The `cacert`, `cert` and `key` given to the running command (flags or environment),
+    as keyword arguments for `KVClient`; empty outside a command or when none was given.
+    (`tls_ssl_context` turns them into the context the client commands use.)"""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {
+        name: ctx.meta[f"kvraft.tls_{name}"]
+        for name, _, _ in TLS_OPTIONS
+        if f"kvraft.tls_{name}" in ctx.meta
+    }
+
+
+def tls_ssl_context() -> ssl.SSLContext | None:
+    """The SSL context the TLS options describe (None: none given), for commands that speak
+    HTTP without `KVClient`; a file that cannot be used is a usage error."""
+    from kvraft.tls import TlsFileError, https_client_context
+
+    options = tls_client_options()
+    if not options:
+        return None
+    try:
+        return https_client_context(options.get("cacert"), options.get("cert"), options.get("key"))
+    except TlsFileError as error:
+        # The setting is the option's name: "cacert", or "cert/key" for a pair at odds.
+        hint = "/".join(f"'--{name}'" for name in error.setting.split("/"))
+        raise click.BadParameter(error.detail, param_hint=hint) from None
+
+
+USER_ENV = "KVRAFT_USER"
+PASSWORD_ENV = "KVRAFT_PASSWORD"
+TOKEN_ENV = "KVRAFT_TOKEN"
+"""Who a client command is, on a cluster with authentication enabled (#20): `--user` (the
+password from $KVRAFT_PASSWORD, else asked for on the terminal) or `--token`."""
+
+
+def _remember_auth_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    if value:
+        ctx.meta[f"kvraft.{param.name}"] = value
+
+
+def auth_client_options() -> dict[str, Any]:
+    """`user` and `password`, or `token`, for `KVClient`, from the running command's
+    `--user` / `--token` (or their variables); the password from $KVRAFT_PASSWORD or a
+    prompt. Empty when neither was given (a cluster without auth)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    token = ctx.meta.get("kvraft.auth_token")
+    user = ctx.meta.get("kvraft.auth_user")
+    if user is None:
+        return {} if token is None else {"token": token}
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"--user {user}: set ${PASSWORD_ENV} (no terminal to ask the password on)"
+            )
+        password = click.prompt(f"password for {user}", hide_input=True, err=True)
+    return {"user": user, "password": password}
+
+
+def client_options(timeout_s_default: float, *, tls_key_flag: str = "--key") -> Callable[[_F], _F]:
+    """The `--endpoints`, `--timeout`, `--cacert`, `--cert` and `--key` options every client
+    command takes (the last three are read with `tls_client_options`). A command whose own
+    `--key` means a key of the store (`kvraft watch --key K`) names the private key's option
+    `tls_key_flag` instead (`--tls-key`; the variable stays KVRAFT_KEY)."""
 
     def decorate(command: _F) -> _F:
+        command = click.option(
+            "--token",
+            "auth_token",
+            envvar=TOKEN_ENV,
+            default=None,
+            expose_value=False,
+            callback=_remember_auth_option,
+            help=f"A bearer token (from POST /v1/auth/token) instead of --user; env {TOKEN_ENV}.",
+        )(command)
+        command = click.option(
+            "--user",
+            "auth_user",
+            envvar=USER_ENV,
+            default=None,
+            expose_value=False,
+            callback=_remember_auth_option,
+            help=f"Authenticate as this user (password: ${PASSWORD_ENV}, else asked); env "
+            f"{USER_ENV}.",
+        )(command)
+        for name, variable, text in reversed(TLS_OPTIONS):
+            command = click.option(
+                tls_key_flag if name == "key" else f"--{name}",
+                f"tls_{name}",
+                envvar=variable,
+                type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+                default=None,
+                expose_value=False,
+                callback=_remember_tls_option,
+                help=f"{text}; env {variable}.",
+            )(command)
         command = click.option(
             "--timeout",
             "timeout_s",
@@ -124,6 +243,33 @@ def client_options(timeout_s_default: float) -> Callable[[_F], _F]:
 _client_options = client_options(TIMEOUT_S_DEFAULT)
 
 
+def _parse_fence(
+    context: click.Context, parameter: click.Parameter, text: str | None
+) -> Fence | None:
+    if not text:
+        return None
+    name, _, token = text.rpartition(":")
+    if not name or not token.isascii() or not token.isdecimal() or int(token) < 1:
+        raise click.BadParameter("give LOCK:TOKEN, as `kvraft lock` passes it", param=parameter)
+    return Fence(name, int(token))
+
+
+FENCE_ENV = "KVRAFT_FENCE"
+"""Where `--fence` comes from when not given: `kvraft lock` sets it for its command."""
+
+fence_option = click.option(
+    "--fence",
+    type=str,
+    default=None,
+    envvar=FENCE_ENV,
+    callback=_parse_fence,
+    metavar="LOCK:TOKEN",
+    help="Apply only while TOKEN holds LOCK (412 fence_failed otherwise); default "
+    f"${FENCE_ENV}, which `kvraft lock` sets for its command.",
+)
+"""`--fence LOCK:TOKEN` of every write command."""
+
+
 def make_client(
     endpoints_text: str, timeout_s: float, attempt_timeout_s: float | None = None
 ) -> KVClient:
@@ -134,6 +280,8 @@ def make_client(
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, attempt_timeout_s or ATTEMPT_TIMEOUT_S_DEFAULT),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
+            ssl_context=tls_ssl_context(),
+            **auth_client_options(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None
@@ -232,6 +380,7 @@ def _read_value(stream: IO[bytes], source: str) -> bytes:
     default=None,
     help="Attach the key to this lease: it is deleted when the lease is revoked or expires.",
 )
+@fence_option
 @_client_options
 def put(
     key: str,
@@ -241,6 +390,7 @@ def put(
     if_absent: bool,
     idempotency_key: str | None,
     lease_id: int | None,
+    fence: Fence | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -266,6 +416,7 @@ def put(
             if_absent=if_absent,
             idempotency_key=idempotency_key,
             lease=lease_id,
+            fence=fence,
         )
     click.echo(f"revision {revision}")
 
@@ -320,12 +471,14 @@ def get(
     help="Delete only if the key is at this revision.",
 )
 @click.option("--idempotency-key", default=None, help="Makes retries of this delete exactly-once.")
+@fence_option
 @_client_options
 def delete(
     key: str | None,
     prefix: str | None,
     if_revision: int | None,
     idempotency_key: str | None,
+    fence: Fence | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -338,13 +491,15 @@ def delete(
         if if_revision is not None:
             raise click.UsageError("--if-revision is for one key; use `kvraft txn` for a range")
         with reported_errors():
-            revision, count = client.delete_prefix(prefix, idempotency_key=idempotency_key)
+            revision, count = client.delete_prefix(
+                prefix, idempotency_key=idempotency_key, fence=fence
+            )
         click.echo(f"deleted {count} keys under {display_text(prefix)!r} at revision {revision}")
         return
     assert key is not None
     with reported_errors():
         revision, deleted = client.delete(
-            key, if_revision=if_revision, idempotency_key=idempotency_key
+            key, if_revision=if_revision, idempotency_key=idempotency_key, fence=fence
         )
     shown = display_text(key)
     if deleted:

@@ -20,11 +20,13 @@ import click
 from kvraft.client import ClientError, KVClient
 from kvraft.commands.kv import (
     UNREACHABLE_TIMEOUT_S,
+    auth_client_options,
     client_options,
     display_text,
     echo_json,
     output_option,
     reported_errors,
+    tls_ssl_context,
 )
 
 __all__ = [
@@ -101,6 +103,8 @@ def _client(endpoints_text: str, timeout_s: float) -> KVClient:
             timeout_s=timeout_s,
             attempt_timeout_s=min(timeout_s, MEMBER_ATTEMPT_TIMEOUT_S),
             unreachable_timeout_s=UNREACHABLE_TIMEOUT_S,
+            ssl_context=tls_ssl_context(),
+            **auth_client_options(),
         )
     except ClientError as error:
         raise click.BadParameter(error.message, param_hint="--endpoints") from None

@@ -10,7 +10,14 @@ from typing import IO, Any
 
 import click
 
-from kvraft.commands.kv import VALUE_INPUT_BYTES_MAX, _client_options, make_client, reported_errors
+from kvraft.client import Fence
+from kvraft.commands.kv import (
+    VALUE_INPUT_BYTES_MAX,
+    _client_options,
+    fence_option,
+    make_client,
+    reported_errors,
+)
 from kvraft.txn import (
     Txn,
     TxnAnswer,
@@ -91,6 +98,7 @@ def answer_json(answer: TxnAnswer) -> dict[str, Any]:
 @click.option(
     "--idempotency-key", default=None, help="Makes retries of this transaction exactly-once."
 )
+@fence_option
 @_client_options
 def txn(
     body_file: IO[bytes] | None,
@@ -98,6 +106,7 @@ def txn(
     then: tuple[str, ...],
     otherwise: tuple[str, ...],
     idempotency_key: str | None,
+    fence: Fence | None,
     endpoints_text: str,
     timeout_s: float,
 ) -> None:
@@ -106,6 +115,6 @@ def txn(
     built = build_txn_from_options(body_file, compares, then, otherwise)
     client = make_client(endpoints_text, timeout_s)
     with reported_errors():
-        answer = client.txn(built, idempotency_key=idempotency_key)
+        answer = client.txn(built, idempotency_key=idempotency_key, fence=fence)
     json.dump(answer_json(answer), sys.stdout)
     sys.stdout.write("\n")

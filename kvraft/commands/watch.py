@@ -60,7 +60,7 @@ def format_event(event: WatchEvent, as_json: bool = False) -> str:
     help="Start at this revision (default: changes from now on).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON object.")
-@client_options(WATCH_TIMEOUT_S_DEFAULT)
+@client_options(WATCH_TIMEOUT_S_DEFAULT, tls_key_flag="--tls-key")  # --key: the key to watch
 def watch(
     prefix: str,
     key: str | None,

@@ -78,6 +78,7 @@ __all__ = [
     "decode_message",
     "encode_configuration",
     "encode_entry",
+    "encode_install_snapshot_head",
     "encode_message",
     "entry_from_obj",
     "entry_to_obj",
@@ -462,6 +463,20 @@ def encode_message(message: Message) -> bytes:
         raise TypeError(f"not a Raft message: {type(message).__name__}")
     data: bytes = msgpack.packb(to_obj(message), use_bin_type=True)
     return data
+
+
+def encode_install_snapshot_head(message: InstallSnapshot, data_bytes: int) -> bytes:
+    """The encoding of `message` up to its data: followed by `data_bytes` bytes of data, it
+    is the encoding of `message` carrying that data (the bytes `encode_message` makes for
+    data of 65,536 bytes or more). The leader sends a large snapshot this way, in parts,
+    instead of copying all of it into one encoded message. `message.data` is not used."""
+    if not 0 <= data_bytes <= INSTALL_SNAPSHOT_BYTES_MAX:
+        raise ValueError(f"InstallSnapshot data of {data_bytes} bytes")
+    empty = dataclasses.replace(message, data=b"")
+    head: bytes = msgpack.packb(_install_snapshot_to_obj(empty), use_bin_type=True)
+    # The data is the last field, here an empty bin 8 (0xc4 0x00): a bin 32 instead.
+    assert head.endswith(b"\xc4\x00"), head
+    return head[:-2] + b"\xc6" + data_bytes.to_bytes(4, "big")
 
 
 # --- messages: decoding --------------------------------------------------------------------

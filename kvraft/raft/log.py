@@ -8,6 +8,8 @@ entries have not yet been handed to the shell for persistence (`unstable`).
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from kvraft.raft.codec import decode_configuration
 from kvraft.raft.messages import Configuration, Entry, EntryKind, SnapshotMeta
 
@@ -16,6 +18,11 @@ __all__ = ["ENTRY_OVERHEAD_BYTES", "LogInvariantError", "RaftLog"]
 ENTRY_OVERHEAD_BYTES = 32
 """What an entry costs beyond its data when batches are sized by bytes (its index, term and
 kind, encoded): it keeps a batch of many tiny entries bounded too."""
+
+
+_index_of = attrgetter("index")
+_data_of = attrgetter("data")
+_kind_of = attrgetter("kind")
 
 
 class LogInvariantError(AssertionError):
@@ -38,12 +45,26 @@ class RaftLog:
         self.unstable_index = snapshot.index + 1
         # (index, configuration) of every CONFIG entry still in the log, in order.
         self.configurations: list[tuple[int, Configuration]] = []
-        for entry in entries:
-            if entry.index <= snapshot.index:
-                continue
-            if entry.index != self.last_index() + 1:
-                raise LogInvariantError(f"entry {entry.index} follows {self.last_index()}")
-            self._append_one(entry)
+        kept = entries
+        if entries and entries[0].index <= snapshot.index:
+            kept = [entry for entry in entries if entry.index > snapshot.index]
+        first = snapshot.index + 1
+        if list(map(_index_of, kept)) == list(range(first, first + len(kept))):
+            # The common case (a restart recovering its log, up to a million entries) with
+            # builtins instead of a call per entry.
+            self.entries = list(kept)
+            self.entry_bytes = sum(map(len, map(_data_of, kept)))
+            if EntryKind.CONFIG in map(_kind_of, kept):
+                for entry in kept:
+                    if entry.kind == EntryKind.CONFIG:
+                        self.configurations.append((entry.index, decode_configuration(entry.data)))
+        else:
+            for entry in entries:
+                if entry.index <= snapshot.index:
+                    continue
+                if entry.index != self.last_index() + 1:
+                    raise LogInvariantError(f"entry {entry.index} follows {self.last_index()}")
+                self._append_one(entry)
         self.unstable_index = self.last_index() + 1
         # The last index the shell reported durable (`RaftCore.persisted`). A leader counts
         # itself for commit only up to here (§10.2.1).

@@ -25,7 +25,6 @@ from typing import Any
 
 from kvraft.errors import NodeStoppedError, OutcomeUnknown, Unavailable
 from kvraft.events import CoreEvents, EventLog
-from kvraft.leases import LeaseTimer
 from kvraft.raft.core import RaftConfig, RaftCore, Role
 from kvraft.raft.messages import (
     Configuration,
@@ -38,8 +37,21 @@ from kvraft.raft.messages import (
 from kvraft.shell import NodeShell, Persist
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import SafetyCheckers, Violation
+from kvraft.sim.leases import (
+    CHECKPOINT_INTERVAL_TICKS_CHOICES,
+    LeaseCall,
+    LeaseChecker,
+    sim_lease_timer,
+)
 from kvraft.sim.network import SimNetwork
-from kvraft.statemachine import ApplyResult, Change, KVStateMachine, encode_delete, encode_put
+from kvraft.statemachine import (
+    ApplyResult,
+    Change,
+    KVStateMachine,
+    encode_delete,
+    encode_lease_checkpoint,
+    encode_put,
+)
 from kvraft.watch import WatchHub, changes_of
 
 __all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
@@ -95,7 +107,7 @@ class ClientOp:
     """One client operation, recorded for the linearizability checker."""
 
     process: int
-    kind: str  # read | write | cas | delete | txn
+    kind: str  # read | write | cas | delete | txn | lease (a lease client's write)
     key: str
     value: str | None = None
     expected: str | None = None
@@ -108,6 +120,10 @@ class ClientOp:
     revision_seen: int = 0
     txn: BankTxn | None = None
     """For a txn: the bank transaction (`kvraft.sim.bank`); its output is the ApplyResult."""
+    lease: LeaseCall | None = None
+    """For a lease client's operation (`kvraft.sim.leases`): kind "lease" for its writes
+    (their output is the ApplyResult), "read" for its reads and keepalives (ReadIndex rounds:
+    one that times out did not happen). Kept out of the linearizability check."""
 
 
 @dataclass(slots=True)
@@ -126,6 +142,10 @@ class SimNode:
     """(step the write completes at, the write), in the order they were issued."""
     core_events: CoreEvents = field(init=False)
     """The daemon's event derivation (`kvraft.events`), fed after every Ready as there."""
+    lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0]
+    """How often this node, leading, checkpoints remaining TTLs (`kvraft.leases`)."""
+    lease_bugs: frozenset[str] = frozenset()
+    """Test-only bugs of this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
 
     def __post_init__(self) -> None:
         self.start()
@@ -154,8 +174,12 @@ class SimNode:
             KVStateMachine.restore_bytes(self.disk.snapshot_data),
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
-            # The simulator has no milliseconds: one tick stands for one.
-            lease_timer=LeaseTimer(1, self.config.election_ticks),
+            # One tick stands for the daemon's default (`kvraft.sim.leases.SIM_TICK_MS`).
+            lease_timer=sim_lease_timer(
+                self.config.election_ticks,
+                self.lease_checkpoint_interval_ticks,
+                self.lease_bugs,
+            ),
         )
         # A byte budget per Ready as small as the seed's AppendEntries batches, so runs
         # split proposals and peer messages across Readies (what 1 MiB values do in the
@@ -185,16 +209,80 @@ def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[A
             found = node.state_machine.get(op.key)
             op.output = found[0].decode() if found else None
             op.revision_seen = found[1] if found else 0
+            if op.lease is not None:
+                op.lease.read_index = answer.result()
+                op.lease.read_revision = op.revision_seen
         elif op.kind == "cas":
             result = answer.result()
             assert isinstance(result, ApplyResult)
             op.output = result.ok
-        elif op.kind == "txn":
+        elif op.kind in ("txn", "lease"):
             op.output = answer.result()
         cluster._finish(op, "ok")
 
     answer: Future[Any] = Future()
     answer.add_done_callback(answered)
+    return answer
+
+
+def _keepalive_answer(
+    cluster: SimCluster, shell: NodeShell, op: ClientOp, arrived_ticks: int
+) -> Future[int]:
+    """A lease keepalive after its ReadIndex round, exactly as the daemon's
+    (`kvraft.server.RaftNode.keepalive_lease`): once the read is released, the lease must
+    still exist and this node still lead; a checkpoint of the lease in the log (or proposed)
+    is cleared first, through the log, and all of it is checked again once the clear
+    applied; then the deadline counts from `arrived_ticks`. (Each step waits within the
+    operation's one deadline, where the daemon gives each await its own timeout.)"""
+    call = op.lease
+    assert call is not None
+
+    def fail(not_found: bool = False) -> None:
+        call.not_found = not_found
+        cluster._finish(op, "fail")
+
+    def keepalive() -> None:
+        machine = shell.state_machine
+        assert isinstance(machine, KVStateMachine)
+        found = machine.lease(call.lease_id)
+        if found is None:
+            fail(not_found=True)
+            return
+        timer = shell.leases_follow_leadership()
+        assert timer is not None
+        if timer.leader_term is None:  # NotLeader
+            fail()
+            return
+        checkpointed_ms = machine.lease_checkpoint_ms(call.lease_id)
+        if cluster.lease_keepalive_clears and timer.needs_clear(call.lease_id, checkpointed_ms):
+            cleared: Future[Any] = Future()
+            cleared.add_done_callback(after(keepalive))
+            cluster._pending.append((op, cleared))
+            # Inside the shell's advance: the loop in SimCluster._advance feeds it.
+            shell.propose(encode_lease_checkpoint([(call.lease_id, 0)]), cleared)
+            return
+        if not timer.keepalive(call.lease_id, arrived_ticks):
+            fail(not_found=True)
+            return
+        op.output = found[0]
+        cluster._finish(op, "ok")
+
+    def after(then: Callable[[], None]) -> Callable[[Future[Any]], None]:
+        def answered(answer: Future[Any]) -> None:
+            if answer.exception() is not None:
+                fail()
+            else:
+                then()
+
+        return answered
+
+    def read_released(answer: Future[int]) -> None:
+        if answer.exception() is None:
+            call.read_index = answer.result()
+        after(keepalive)(answer)
+
+    answer: Future[int] = Future()
+    answer.add_done_callback(read_released)
     return answer
 
 
@@ -223,11 +311,16 @@ class SimCluster:
         make_config: Callable[[int], RaftConfig],
         trace: Callable[[str], None] | None = None,
         write_delay_steps_max: int = 3,
+        lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0],
+        lease_bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.rng = rng
         self.network = network
         self.now = 0
         self.checkers = SafetyCheckers()
+        self.lease_checker = LeaseChecker(TICK_STEPS)
+        self.lease_keepalive_clears = "lease_keepalive_no_clear" not in lease_bugs
+        """False: the test-only bug `lease_keepalive_no_clear` (`kvraft.sim.leases`)."""
         self.trace = trace
         self.write_delay_steps_max = write_delay_steps_max
         """0: every write completes before the next Ready is built (no pipelining)."""
@@ -242,6 +335,8 @@ class SimCluster:
                 SimDisk(start),
                 random.Random(rng.getrandbits(64)),
                 tick_phase=rng.randrange(TICK_STEPS),
+                lease_checkpoint_interval_ticks=lease_checkpoint_interval_ticks,
+                lease_bugs=lease_bugs,
             )
             self._watch_applies(node)
             self.nodes[node_id] = node
@@ -264,6 +359,7 @@ class SimCluster:
         """Advance one step: ticks and messages due now are fed to each node as one batch
         (the daemon's way), writes due now complete, then the checkers run."""
         self.now += 1
+        self.lease_checker.now = self.now
         changed = self._changed
         self._changed = False
         fed: dict[int, SimNode] = {}
@@ -311,8 +407,13 @@ class SimCluster:
                         )
 
     def _watch_applies(self, node: SimNode) -> None:
+        shell = node.shell
+
         def applied(entry: Entry, result: object) -> None:
             self.checkers.on_apply(node.id, entry)
+            machine = shell.state_machine  # (replaced when a snapshot is restored)
+            assert isinstance(machine, KVStateMachine)
+            self.lease_checker.applied(node.id, machine, entry, result)
             if self.on_changes is not None:
                 self.on_changes(entry.index, changes_of(entry, result))
 
@@ -329,6 +430,9 @@ class SimCluster:
         self._changed = True
         while node.alive and shell.wants_advance:
             persist = shell.advance()
+            ready = shell.last_ready
+            if ready is not None and ready.entries:
+                self.lease_checker.appended(node.id, ready.entries)
             node.core_events.observe(node.core, float(self.now))
             self._send_all(node)
             if persist is not None:
@@ -417,6 +521,17 @@ class SimCluster:
         if not node.alive:
             self._finish(op, "fail")
             return
+        if op.lease is not None and op.lease.kind == "keepalive":
+            timer = node.shell.lease_timer
+            assert timer is not None
+            # The tick count before the ReadIndex round, as the daemon takes it.
+            arrived_ticks = timer.now_ticks
+            op.lease.node_id = node_id
+            keepalive = _keepalive_answer(self, node.shell, op, arrived_ticks)
+            self._pending.append((op, keepalive))
+            node.shell.read(keepalive)
+            self._advance(node)
+            return
         answer = _client_answer(self, node, op)
         self._pending.append((op, answer))
         if op.kind == "read":
@@ -432,6 +547,8 @@ class SimCluster:
     def _command(self, op: ClientOp) -> bytes:
         if op.txn is not None:
             return op.txn.command()
+        if op.lease is not None:
+            return op.lease.command()
         if op.kind == "delete":
             return encode_delete(op.key)
         assert op.value is not None

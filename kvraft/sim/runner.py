@@ -3,16 +3,18 @@
 A run has two phases:
 
 1. Chaos: clients issue reads, writes, compare-and-sets, deletes and bank transactions
-   (`kvraft.sim.bank`: transfers and audits, each one log entry) while the
-   nemesis partitions the network, crashes and restarts nodes (sometimes in the
+   (`kvraft.sim.bank`: transfers and audits, each one log entry), and lease clients
+   grant, keep alive, attach keys to, revoke and abandon leases (`kvraft.sim.leases`),
+   while the nemesis partitions the network, crashes and restarts nodes (sometimes in the
    middle of a write), changes membership and transfers leadership, and the
    network drops, duplicates and reorders messages. The safety checkers run
    after every step.
 2. Liveness: every fault is healed and every node restarted. Within a bounded
    number of ticks a leader must emerge, every member must catch up, and a
    read of every key and an audit of the bank must succeed. Then the whole client
-   history is checked for linearizability (transactions projected per key) and every
-   audit for the bank's total (`kvraft.sim.bank` says why this way).
+   history is checked for linearizability (transactions projected per key), every
+   audit for the bank's total (`kvraft.sim.bank` says why this way), and every lease
+   expiry against the keepalives acknowledged before it (`kvraft.sim.leases`).
 
 `run_seed` never raises for a finding: it returns a `SimResult` naming the
 violated property, so the caller can print the seed and a replay command.
@@ -33,6 +35,7 @@ from kvraft.sim import bank
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
+from kvraft.sim.leases import CHECKPOINT_INTERVAL_TICKS_CHOICES, LEASE_BUGS, LeaseWorkload
 from kvraft.sim.network import NetworkFaults, SimNetwork
 from kvraft.sim.watchers import SimWatchers
 from kvraft.statemachine import ApplyResult
@@ -45,9 +48,11 @@ __all__ = [
     "run_seed",
 ]
 
-SIM_BUGS = frozenset({"watch_skip_after_resume"})
+SIM_BUGS = frozenset({"watch_skip_after_resume"}) | LEASE_BUGS
 """Test-only bug switches of the simulator itself: a watch client that drops the first change
-after each resume (the watch checker must see the gap)."""
+after each resume (the watch checker must see the gap); lease timers and keepalives that
+shorten a lease (`kvraft.sim.leases.LEASE_BUGS`: the lease checker must see a lease expire
+less than a TTL after its grant or an acknowledged keepalive)."""
 
 WRITE_DELAY_STEPS_MAX_DEFAULT = 3
 """Writes stay in flight up to this many simulator steps by default: a Ready's write
@@ -81,6 +86,8 @@ class SimOptions:
         bugs: test-only switches that inject known bugs, to prove the checkers bite: the
             core's (`RaftConfig.bugs`) and the simulator's own (SIM_BUGS).
         watchers: watch clients that move between nodes (`kvraft.sim.watchers`).
+        lease_clients: clients that grant, keep alive, use and revoke leases
+            (`kvraft.sim.leases`), besides `clients`.
         write_delay_steps_max: each write completes 0..this many steps after it is issued,
             while the node keeps building Readies (0: every write completes at once).
     """
@@ -96,6 +103,7 @@ class SimOptions:
     heartbeat_ticks: int = 2
     write_delay_steps_max: int = WRITE_DELAY_STEPS_MAX_DEFAULT
     watchers: int = 3
+    lease_clients: int = 2
 
 
 @dataclass(slots=True)
@@ -108,6 +116,8 @@ class SimResult:
     operations: dict[str, int] = field(default_factory=dict)
     elections: int = 0
     messages: int = 0
+    leases: dict[str, int] = field(default_factory=dict)
+    """What the lease checker checked (`LeaseChecker.check`): granted, expired, ..."""
 
 
 @dataclass(slots=True)
@@ -152,6 +162,9 @@ class _Run:
         )
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), network_faults)
         spares = options.spares if "membership" in faults else 0
+        # The lease clients (numbered after the final reads' process) and the leases'
+        # checkpoint interval draw from a generator of their own (as the watchers do).
+        self.lease_rng = random.Random(f"{seed}/leases")
         # Flow-control settings vary by seed: one entry per AppendEntries and a window of
         # one reach interleavings (like Figure 8's) that large batches hide.
         batch_bytes_max = self.rng.choice((1, 256, 4096))
@@ -175,6 +188,10 @@ class _Run:
             make_config,
             trace,
             write_delay_steps_max=options.write_delay_steps_max,
+            lease_checkpoint_interval_ticks=self.lease_rng.choice(
+                CHECKPOINT_INTERVAL_TICKS_CHOICES
+            ),
+            lease_bugs=options.bugs & LEASE_BUGS,
         )
         # The watchers draw from a generator of their own, so adding them left every other
         # draw of a seed as it was.
@@ -189,6 +206,11 @@ class _Run:
         self.clients = [_Client(process) for process in range(options.clients)]
         # Bank transactions draw from a generator of their own (as the watchers do).
         self.bank_rng = random.Random(f"{seed}/bank")
+        self.lease_workload = LeaseWorkload(self.lease_rng, options.election_ticks, TICK_STEPS)
+        self.lease_clients = [
+            _Client(options.clients + 1 + number) for number in range(options.lease_clients)
+        ]
+        self.lease_counts: dict[str, int] = {}
         self.next_nemesis = TICK_STEPS * self.rng.randint(20, 60)
         self.heal_at: int | None = None
         self.leaders_seen: set[tuple[int, int]] = set()
@@ -226,6 +248,36 @@ class _Run:
             else:
                 target = self.rng.choice(list(cluster.nodes))
             cluster.submit(client.op, target, timeout_steps=40 * TICK_STEPS)
+        self._drive_lease_clients()
+
+    def _drive_lease_clients(self) -> None:
+        cluster = self.cluster
+        rng = self.lease_rng
+        for client in self.lease_clients:
+            op = client.op
+            if op is not None:
+                if op.status == "pending":
+                    continue
+                assert op.lease is not None
+                self.lease_workload.answered(
+                    client.process, op.lease, op.status, op.output, op.call
+                )
+                client.op = None
+                client.idle_until = cluster.now + rng.randint(1, 3 * TICK_STEPS)
+            if cluster.now < client.idle_until:
+                continue
+            call = self.lease_workload.next_call(client.process, cluster.now)
+            # Reads and keepalives are ReadIndex rounds: a timed-out one did not happen.
+            kind = "read" if call.kind in ("read", "keepalive") else "lease"
+            client.op = ClientOp(client.process, kind, call.key, lease=call)
+            leader = cluster.leader()
+            if leader is not None and rng.random() < 0.85:
+                target = leader.id
+            else:
+                target = rng.choice(list(cluster.nodes))
+            # A keepalive gives up sooner: the client library sends one every third of a TTL.
+            ticks = 10 if call.kind == "keepalive" else 40
+            cluster.submit(client.op, target, timeout_steps=ticks * TICK_STEPS)
 
     def _next_op(self, client: _Client) -> ClientOp:
         if self.bank_rng.random() < BANK_PROBABILITY:
@@ -505,6 +557,11 @@ class _Run:
         cluster.checkers.check_log_matching(cluster.live_cores())
         self.watchers.drain(cluster.watch_hubs())
         self.watchers.check()
+        self.lease_counts = cluster.lease_checker.check(
+            (op.call, op.lease)
+            for op in cluster.completed
+            if op.lease is not None and op.status == "ok"
+        )
         self._check_linearizable()
         return self._result()
 
@@ -522,7 +579,9 @@ class _Run:
             cluster.restart(node_id)
         deadline = cluster.now + self.options.liveness_ticks_max * TICK_STEPS
         # Let the clients' last operations finish (they time out at worst).
-        while any(c.op is not None and c.op.status == "pending" for c in self.clients):
+        while any(
+            c.op is not None and c.op.status == "pending" for c in self.clients + self.lease_clients
+        ):
             if cluster.now >= deadline:
                 raise Violation("liveness", "client operations still pending after healing")
             self.step()
@@ -567,6 +626,8 @@ class _Run:
     def _check_linearizable(self) -> None:
         operations: list[Operation] = []
         for op in self.cluster.completed:
+            if op.lease is not None:
+                continue  # lease keys are checked by the lease checker (`kvraft.sim.leases`)
             if op.txn is not None:
                 operations += bank.project(
                     op.process, op.txn, op.call, op.ret, op.status, op.output
@@ -600,6 +661,7 @@ class _Run:
             operations=counts,
             elections=len(self.leaders_seen),
             messages=self.network.sent,
+            leases=dict(self.lease_counts),
         )
 
 

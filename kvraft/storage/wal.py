@@ -137,7 +137,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, pairwise, repeat
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import msgpack
 
@@ -246,22 +246,28 @@ _ARRAY_HEADER_BYTES_MAX = 5
 
 def _entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
     """A faster `Entry(term, index, kind, data)` for replay, where a million entries may be
-    built: it sets the four slots through their descriptors and skips the frozen dataclass's
-    `__init__` (half the cost). Used only while Entry is exactly those four fields with no
-    `__post_init__`; otherwise the constructor itself."""
+    built: it fills a plain draft with the same slots and turns it into an Entry (`__class__`
+    may change between classes of one layout; Python checks that), skipping the frozen
+    dataclass's `__init__` and its `object.__setattr__` per field (0.35 -> 0.21 s per million;
+    setting the slots through their descriptors was in between). Used only while Entry is
+    exactly those four fields with no `__post_init__`; otherwise the constructor itself."""
     names = tuple(field.name for field in dataclasses.fields(Entry))
     if names != ("term", "index", "kind", "data") or hasattr(Entry, "__post_init__"):
         return Entry
-    new = object.__new__
-    set_term, set_index, set_kind, set_data = (getattr(Entry, name).__set__ for name in names)
+    draft_class = type("_EntryDraft", (), {"__slots__": names})
+    try:
+        draft_class().__class__ = Entry
+    except TypeError:
+        return Entry
 
     def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
-        entry: Entry = new(Entry)
-        set_term(entry, term)
-        set_index(entry, index)
-        set_kind(entry, kind)
-        set_data(entry, data)
-        return entry
+        draft: Any = draft_class()
+        draft.term = term
+        draft.index = index
+        draft.kind = kind
+        draft.data = data
+        draft.__class__ = Entry
+        return cast(Entry, draft)
 
     return build
 

@@ -11,6 +11,7 @@ message's `source`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from kvraft.transport.frames import FRAME_BYTES_MAX, FrameError, HandshakeError, PeerProtocolError
@@ -47,6 +48,13 @@ class Transport(Protocol):
 
     def send(self, node_id: int, payload: bytes, bulk: bool = False) -> bool:
         """Queue a payload without waiting; False if dropped (queue full, peer unknown)."""
+
+    async def send_parts(self, node_id: int, parts: Sequence[bytes], bulk: bool = False) -> bool:
+        """`send` of the payload `b"".join(parts)`, made without holding the loop for long:
+        for a large payload (a snapshot)."""
+
+    def bulk_pending(self, node_id: int) -> bool:
+        """Whether a payload on the bulk lane to `node_id` is still queued or in flight."""
 
     def flush(self, node_id: int | None = None) -> None:
         """Hand what is queued (for `node_id`, or for every peer) to the connections now

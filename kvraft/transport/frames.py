@@ -52,7 +52,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,7 @@ __all__ = [
     "PeerAuthError",
     "PeerProtocolError",
     "PiecesBudget",
+    "certificate_mismatch",
     "check_handshake",
     "decode_handshake",
     "decode_handshake_reply",
@@ -101,6 +102,7 @@ __all__ = [
     "encode_handshake_reply",
     "encode_proof",
     "handshake_proof",
+    "iter_pieces",
     "split_into_pieces",
 ]
 
@@ -288,6 +290,43 @@ def split_into_pieces(payload: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) ->
             )
             pieces.append(bytes((PIECE_MARKER, kind)) + view[start : start + share])
     return pieces
+
+
+def iter_pieces(parts: Sequence[bytes], frame_bytes_max: int = FRAME_BYTES_MAX) -> Iterator[bytes]:
+    """The frames of `split_into_pieces(b"".join(parts))`, one at a time, without joining
+    the parts first: a caller copying a large message (a snapshot) can let other work run
+    between two frames instead of copying all of it at once."""
+    total = sum(len(part) for part in parts)
+    if total <= frame_bytes_max:
+        yield b"".join(parts)
+        return
+    share = frame_bytes_max - PIECE_HEADER_BYTES
+    if share < 1:
+        raise ValueError(f"frame_bytes_max {frame_bytes_max} leaves no room for a piece")
+    position = 0  # of the next byte, in the whole message
+    part_index = offset = 0  # the part it is in, and where
+    while position < total:
+        kind = (
+            PIECE_FIRST
+            if position == 0
+            else PIECE_LAST
+            if position + share >= total
+            else PIECE_MIDDLE
+        )
+        pieces: list[bytes | memoryview] = [bytes((PIECE_MARKER, kind))]
+        wanted = min(share, total - position)
+        while wanted:
+            part = parts[part_index]
+            take = min(wanted, len(part) - offset)
+            if take:
+                pieces.append(memoryview(part)[offset : offset + take])
+            offset += take
+            wanted -= take
+            position += take
+            if offset == len(part):
+                part_index += 1
+                offset = 0
+        yield b"".join(pieces)
 
 
 class FrameDecoder:
@@ -551,6 +590,15 @@ def decode_handshake_reply(payload: bytes) -> HandshakeReply:
     return HandshakeReply(accepted=accepted, reason=reason[:REFUSAL_REASON_CHARS_MAX])
 
 
+def certificate_mismatch(claimed_node_id: int, named: frozenset[int]) -> str:
+    """Why a peer whose TLS certificate names `named` may not be node `claimed_node_id`."""
+    if not named:
+        whose = "names no node (a client's?)"
+    else:
+        whose = "is node " + ", ".join(str(node_id) for node_id in sorted(named)) + "'s"
+    return f"the peer's certificate {whose}, but it claims to be node {claimed_node_id}"
+
+
 class OutboundHandshake:
     """The dialer's side of the handshake, without IO.
 
@@ -660,6 +708,7 @@ class InboundConnection:
         "_pieces_budget",
         "_pieces_bytes",
         "accepted_now",
+        "certificate_node_ids",
         "handshake",
         "outgoing",
     )
@@ -692,6 +741,10 @@ class InboundConnection:
         """Frames to send the dialer (the challenge); the caller empties it."""
         self.accepted_now = False
         """Set by the `receive_data` call that accepted the handshake."""
+        self.certificate_node_ids: frozenset[int] | None = None
+        """With peer TLS: the node ids the dialer's verified certificate names (set by the
+        transport once the TLS handshake is done, before any handshake frame is read);
+        the handshake must claim one of them. None: no peer TLS."""
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Consume `data`; return the non-empty payloads completed so far, in order."""
@@ -737,6 +790,9 @@ class InboundConnection:
                 node_id=self._node_id,
                 is_known_peer=self._is_known_peer,
             )
+            named = self.certificate_node_ids
+            if named is not None and handshake.node_id not in named:
+                raise PeerAuthError(certificate_mismatch(handshake.node_id, named))
             secret = self._peer_secret
             if secret is None:
                 if handshake.nonce is not None:

@@ -14,7 +14,7 @@ flight on a link that is cut are lost, as they would be on a real network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kvraft.transport.frames import PIECED_MESSAGE_BYTES_MAX
 from kvraft.transport.tcp import BULK_QUEUE_MESSAGES_MAX, PEER_QUEUE_MESSAGES_MAX
@@ -148,6 +148,14 @@ class MemoryTransport:
         stats["sent_bytes"] += len(payload)
         loop.call_soon(self._network._deliver, self.node_id, node_id, payload, bulk)
         return True
+
+    async def send_parts(self, node_id: int, parts: Sequence[bytes], bulk: bool = False) -> bool:
+        """`send(node_id, b"".join(parts), bulk)`."""
+        return self.send(node_id, b"".join(parts), bulk)
+
+    def bulk_pending(self, node_id: int) -> bool:
+        """Whether a bulk payload to `node_id` is still in flight."""
+        return self._in_flight.get((node_id, True), 0) > 0
 
     def flush(self, node_id: int | None = None) -> None:
         """Nothing to do: every send is already scheduled for delivery."""

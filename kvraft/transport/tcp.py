@@ -30,8 +30,16 @@ before any of its messages is read, logged once per address and reason, and coun
 (`peer_auth_failures`, exported as `kvraft_peer_auth_failures_total`). A connection that
 claims a node id already connected is not a replacement: connections are never replaced,
 each one is only ever an extra receive path, and with a secret its claim is proven. The
-secret is shared by the cluster, so it proves membership, not which member (per-node
-identity comes with peer TLS, a later slice of #20).
+secret is shared by the cluster, so it proves membership, not which member.
+
+Peer TLS (issue #20, `kvraft.tls`). With TLS contexts every connection is mutual TLS 1.3
+first, then the handshake above inside it. The dialer requires the listener's certificate to
+name the node it dialled; the listener requires the dialer's certificate to name the node id
+its handshake claims (`InboundConnection.certificate_node_ids`). The listener runs TLS over
+memory buffers (`kvraft.tls.ServerTlsStream`) inside its own protocol rather than asyncio's
+TLS, so a peer failing the TLS handshake (no certificate, another CA, plain TCP) is refused,
+logged once and counted here like any other; asyncio would drop it without a word. Every
+refusal for want of the right certificate counts in `peer_auth_failures` too.
 
 Receiving. The listener feeds each connection's bytes to a sans-IO
 `InboundConnection` (see `frames`): the peer must send its handshake within
@@ -52,11 +60,13 @@ import collections
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
 from kvraft.descriptors import EXHAUSTION, is_exhaustion
+from kvraft.tls import ServerTlsStream, certificate_node_ids
 from kvraft.transport.frames import (
     CLUSTER_ID_BYTES_MAX,
     FRAME_BYTES_MAX,
@@ -80,6 +90,7 @@ from kvraft.transport.frames import (
     PiecesBudget,
     encode_frame,
     encode_handshake_reply,
+    iter_pieces,
     split_into_pieces,
 )
 
@@ -238,6 +249,14 @@ class _ConnectFailed(Exception):
     """A connection attempt failed; the message says why, for the reachability log."""
 
 
+def _tls_reason(error: ssl.SSLError) -> str:
+    """A TLS failure in a few words: what OpenSSL found (and, for a certificate that did
+    not verify, why), without the library and file names around it."""
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        return f"certificate verify failed: {error.verify_message}"
+    return str(error.reason or error).lower().replace("_", " ")
+
+
 # --- outbound ------------------------------------------------------------------------------
 
 
@@ -293,6 +312,10 @@ class _OutboundProtocol(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError) and not self.reply.done():
+            # TLS 1.3: the listener checks our certificate after our side of the TLS
+            # handshake is done, so its refusal arrives here, as an alert.
+            self.auth_failed = True
         if self.lost_reason is None:
             self.lost_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
         if not self.reply.done():
@@ -317,8 +340,14 @@ class _OutboundProtocol(asyncio.Protocol):
         return self._write_paused
 
     def write(self, data: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
+        """Hand `data` to the connection; nothing if it is already closing (the peer or the
+        kernel closed it and `connection_lost` is on its way): uvloop raises RuntimeError
+        for a write to a closed handle, and the bytes are lost with the connection anyway."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark again."""
@@ -492,6 +521,11 @@ class _Outbound:
         if self._protocol is None:
             self._dial_now.set()
 
+    @property
+    def pending(self) -> bool:
+        """Payloads queued, or written but not yet confirmed drained to the kernel."""
+        return bool(self._queue) or self._unconfirmed_messages > 0
+
     def stats(self) -> dict[str, int]:
         """The lane's counters, keyed as in `STAT_KEYS`."""
         return {
@@ -626,22 +660,40 @@ class _Outbound:
             ),
             self._owner.peer_secret,
         )
+        tls = self._owner.tls_client_context
         try:
-            async with asyncio.timeout(config.connect_timeout_s):
-                _, protocol = await loop.create_connection(
+            # The TLS handshake, if any, is part of connecting, with its own time.
+            tls_handshake_timeout_s = config.handshake_timeout_s if tls is not None else 0.0
+            async with asyncio.timeout(config.connect_timeout_s + tls_handshake_timeout_s):
+                transport, protocol = await loop.create_connection(
                     lambda: _OutboundProtocol(on_lost=wake, handshake=handshake),
                     host,
                     port,
                     local_addr=(local_host, 0) if bind else None,
+                    ssl=tls,
+                    ssl_handshake_timeout=config.handshake_timeout_s if tls else None,
                 )
         except TimeoutError:
             raise _ConnectFailed(f"connect timed out after {config.connect_timeout_s} s") from None
         except (OSError, ValueError) as error:  # ValueError: e.g. an unencodable host name
+            if isinstance(error, ssl.SSLError):
+                # The listener's certificate is not from our CA, or it refused ours.
+                raise self._auth_failed(f"TLS handshake failed: {_tls_reason(error)}") from None
             if is_exhaustion(error):
                 # Out of descriptors, not a peer problem: say so, even while the peer is
                 # already reported unreachable.
                 EXHAUSTION.record("peer_connect", error)
             raise _ConnectFailed(f"connect failed: {error}") from None
+        if tls is not None:
+            named = certificate_node_ids(transport.get_extra_info("peercert"))
+            if self._peer.node_id not in named:
+                # Whoever listens at this address is not the node we mean to reach.
+                protocol.abort("wrong certificate")
+                whose = ", ".join(str(n) for n in sorted(named)) or "no node"
+                raise self._auth_failed(
+                    f"peer authentication failed: its certificate names {whose},"
+                    f" not node {self._peer.node_id}"
+                )
         self._protocol = protocol  # from here on, stop() can abort it
         protocol.write(handshake.first_frame())
         try:
@@ -656,6 +708,15 @@ class _Outbound:
             self._protocol = None
             raise _ConnectFailed(failure)
         return protocol
+
+    def _auth_failed(self, reason: str) -> _ConnectFailed:
+        """Count a peer that failed TLS authentication and log it once per address and
+        reason (the reachability log says only the first reason a peer went unreachable)."""
+        self._owner._counters["peer_auth_failures"] += 1
+        host, port = self._peer.address
+        level = self._owner._refusal_log_level(host, reason)
+        logger.log(level, "refused peer %d at %s:%d: %s", self._peer.node_id, host, port, reason)
+        return _ConnectFailed(reason)
 
     async def _pump(self, protocol: _OutboundProtocol, address: tuple[str, int]) -> str | None:
         """Write until the connection fails (return why) or the address changes (None)."""
@@ -744,6 +805,8 @@ class _InboundProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_receive_time = 0.0
         self._closed = False
+        tls = owner.tls_server_context
+        self._tls = ServerTlsStream(tls) if tls is not None else None
 
     @property
     def peer_node_id(self) -> int | None:
@@ -781,6 +844,11 @@ class _InboundProtocol(asyncio.Protocol):
             return
         self._last_receive_time = self._loop.time()
         receiver = self._receiver
+        tls = self._tls
+        if tls is not None:
+            data = self._decrypt(tls, data)
+            if self._closed or not data:
+                return
         try:
             payloads = receiver.receive_data(data)
         except PeerAuthError as error:
@@ -795,8 +863,7 @@ class _InboundProtocol(asyncio.Protocol):
             self._close(logging.WARNING, f"bad frame: {error}")
             return
         if receiver.outgoing:
-            assert self._transport is not None
-            self._transport.write(b"".join(receiver.outgoing))  # the challenge
+            self._write(b"".join(receiver.outgoing))  # the challenge
             receiver.outgoing.clear()
         handshake = receiver.handshake
         if handshake is None:
@@ -827,6 +894,50 @@ class _InboundProtocol(asyncio.Protocol):
                 return
             if self._closed:  # the handler stopped the transport
                 return
+        if tls is not None and tls.closed:
+            self._close(logging.DEBUG, "the peer ended the TLS session")
+
+    def _decrypt(self, tls: ServerTlsStream, data: bytes) -> bytes:
+        """The plaintext in `data` (b"" during the TLS handshake); refuses the connection
+        and returns b"" if the peer fails the handshake or breaks the stream."""
+        was_done = tls.handshake_done
+        try:
+            plaintext = tls.receive(data)
+        except ssl.SSLError as error:
+            if was_done:
+                self._owner._counters["frame_errors"] += 1
+                self._close(logging.WARNING, f"broken TLS stream: {_tls_reason(error)}")
+                return b""
+            # No certificate, one from another CA, or not TLS at all: an outsider, or a
+            # member configured without peer TLS. Refused before it can say anything.
+            self._owner._counters["peer_auth_failures"] += 1
+            self._owner._counters["refused_handshakes"] += 1
+            reason = f"TLS handshake failed: {_tls_reason(error)}"
+            level = self._owner._refusal_log_level(self._peer_address.rpartition(":")[0], reason)
+            logger.log(level, "refused connection from %s: %s", self._peer_address, reason)
+            self._closed = True
+            assert self._transport is not None
+            self._transport.write(tls.outgoing())  # the alert, so the dialer knows why
+            self._transport.close()
+            return b""
+        self._flush_tls(tls)
+        if tls.handshake_done and not was_done:
+            self._receiver.certificate_node_ids = certificate_node_ids(tls.peer_certificate)
+        return plaintext
+
+    def _flush_tls(self, tls: ServerTlsStream) -> None:
+        outgoing = tls.outgoing()
+        if outgoing and self._transport is not None:
+            self._transport.write(outgoing)
+
+    def _write(self, data: bytes) -> None:
+        """Send `data` to the dialer (only ever handshake frames), through TLS if on."""
+        assert self._transport is not None
+        if self._tls is None:
+            self._transport.write(data)
+            return
+        self._tls.send(data)
+        self._flush_tls(self._tls)
 
     def eof_received(self) -> bool:
         return False
@@ -858,7 +969,7 @@ class _InboundProtocol(asyncio.Protocol):
     def _accept(self, node_id: int) -> None:
         assert self._transport is not None
         self._owner._counters["accepted_handshakes"] += 1
-        self._transport.write(encode_frame(encode_handshake_reply(HandshakeReply(accepted=True))))
+        self._write(encode_frame(encode_handshake_reply(HandshakeReply(accepted=True))))
         logger.debug("accepted connection from node %d at %s", node_id, self._peer_address)
         peer = self._owner._peers.get(node_id)
         if peer is not None:
@@ -876,7 +987,7 @@ class _InboundProtocol(asyncio.Protocol):
         # Tell the dialer why, so the misconfigured side can log it too; then close after
         # the reply is flushed (the peer's further bytes are ignored).
         reply = HandshakeReply(accepted=False, reason=reason)
-        self._transport.write(encode_frame(encode_handshake_reply(reply)))
+        self._write(encode_frame(encode_handshake_reply(reply)))
         self._closed = True
         self._transport.close()
 
@@ -936,6 +1047,9 @@ class PeerTransport:
         peer_secret: the cluster's shared secret: every connection, both ways, must prove
             it (issue #20). None runs unauthenticated, and such a node and one with a
             secret refuse each other.
+        tls_server_context, tls_client_context: peer mutual TLS (`kvraft.tls`
+            `peer_server_context` / `peer_client_context`), both or neither: every
+            connection is TLS and each side's certificate must name its node id.
     """
 
     def __init__(
@@ -950,7 +1064,11 @@ class PeerTransport:
         config: TransportConfig | None = None,
         rng: random.Random | None = None,
         peer_secret: bytes | None = None,
+        tls_server_context: ssl.SSLContext | None = None,
+        tls_client_context: ssl.SSLContext | None = None,
     ) -> None:
+        if (tls_server_context is None) != (tls_client_context is None):
+            raise ValueError("peer TLS needs both the server and the client context")
         if not 1 <= node_id <= NODE_ID_MAX:
             raise ValueError(f"node_id {node_id} is not in 1..{NODE_ID_MAX}")
         if not cluster_id or len(cluster_id.encode()) > CLUSTER_ID_BYTES_MAX:
@@ -966,6 +1084,8 @@ class PeerTransport:
         if peer_secret is not None and len(peer_secret) < PEER_SECRET_BYTES_MIN:
             raise ValueError(f"peer_secret must be at least {PEER_SECRET_BYTES_MIN} bytes")
         self.peer_secret = peer_secret
+        self.tls_server_context = tls_server_context
+        self.tls_client_context = tls_client_context
         self._pieces_budget = PiecesBudget(self.config.pieces_buffered_bytes_max)
         self.on_peer_reachability: Callable[[int, bool, str, str], None] | None = None
         """Told `(peer_id, reachable, "host:port", reason)` once per change of a peer's
@@ -1095,6 +1215,38 @@ class PeerTransport:
             return peer.bulk.offer(frames)
         return peer.normal.offer(frames)
 
+    async def send_parts(self, node_id: int, parts: Sequence[bytes], bulk: bool = False) -> bool:
+        """`send(node_id, b"".join(parts), bulk)`, without the join: a payload larger than a
+        frame is cut into its pieces one frame at a time, letting the loop run between two
+        (a 200 MiB snapshot copied at once held the loop for most of a second, past the
+        election timeout). Queued all or none once every piece is made."""
+        size = sum(len(part) for part in parts)
+        limit = self.config.pieced_message_bytes_max
+        if not size or size > limit:
+            raise ValueError(f"payload of {size} bytes is not in 1..{limit}")
+        if node_id not in self._peers:
+            self._counters["unknown_peer_sends"] += 1
+            return False
+        frames: list[bytes] = []
+        for frame in iter_pieces(parts, self.config.frame_bytes_max):
+            frames.append(frame)
+            await asyncio.sleep(0)
+        peer = self._peers.get(node_id)  # it may have been removed meanwhile
+        if peer is None:
+            self._counters["unknown_peer_sends"] += 1
+            return False
+        if bulk:
+            if self.running:
+                peer.bulk.start()
+            return peer.bulk.offer(frames)
+        return peer.normal.offer(frames)
+
+    def bulk_pending(self, node_id: int) -> bool:
+        """Whether the peer's bulk lane still holds a payload not yet handed to the kernel
+        in full (queued, or written but waiting for the peer to read)."""
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.bulk.pending
+
     def flush(self, node_id: int | None = None) -> None:
         """See `kvraft.transport.Transport.flush` (normal lanes; bulk ones go at their pace)."""
         if node_id is not None:
@@ -1135,6 +1287,7 @@ class PeerTransport:
             "inbound_connections": len(self._inbound),
             "pieces_buffered_bytes": self._pieces_budget.bytes_held,
             "peer_auth_enabled": int(self.peer_secret is not None),
+            "peer_tls_enabled": int(self.tls_server_context is not None),
         }
 
     def _refusal_log_level(self, host: str, reason: str) -> int:

@@ -72,11 +72,12 @@ def _loopback(host: str) -> bool:
 
 
 def origin_allowed(origin: str, member_http_addresses: list[str]) -> bool:
-    """Whether a page from `origin` (``http://host:port``) was served by one of the members
+    """Whether a page from `origin` (``http(s)://host:port``) was served by one of the members
     (`member_http_addresses`: ``host:port`` each). ``localhost`` and loopback addresses are
     one host: a page opened as ``http://localhost:8001`` is node 127.0.0.1:8001's."""
     parts = urlsplit(origin)
-    if parts.scheme != "http" or parts.hostname is None or parts.port is None:
+    # https: a cluster with [tls] serves its dashboard over HTTPS too.
+    if parts.scheme not in ("http", "https") or parts.hostname is None or parts.port is None:
         return False
     for address in member_http_addresses:
         member = urlsplit("http://" + address)

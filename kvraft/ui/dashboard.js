@@ -38,7 +38,8 @@ function learnMembers(status, servedBy) {
     if (!member) {
       // The page's own node is reached the way the page was: its http_address may be one
       // the browser cannot use (0.0.0.0, a container's name).
-      const base = servedBy && item.id === status.id ? location.origin : "http://" + item.http_address;
+      // Every member serves the scheme this page came by (a cluster's [tls] is all or none).
+      const base = servedBy && item.id === status.id ? location.origin : location.protocol + "//" + item.http_address;
       member = {id: item.id, base, voter: item.voter, status: null, up: null, streams: null, spark: []};
       members.set(item.id, member);
       follow(member);
