@@ -731,7 +731,8 @@ def _tick_cost(counts: Sequence[int]) -> list[dict[str, Any]]:
     rows = []
     for count in counts:
         timer = LeaseTimer(settings.tick_ms, settings.election_ticks)
-        timer.promote(1, ((lease_id, MEMORY_TTL_S) for lease_id in range(1, count + 1)))
+        # (id, TTL, no checkpointed remainder): every lease gets a full TTL.
+        timer.promote(1, ((lease_id, MEMORY_TTL_S, 0) for lease_id in range(1, count + 1)))
         repeats = max(5, TICK_REPEATS_LEASES // count)
         started = time.perf_counter()
         for _ in range(repeats):
