@@ -47,7 +47,7 @@ sim: $(STAMP)
 
 chaos: $(STAMP)
 	bash scripts/ensure-iptables.sh
-	$(BIN)/kvraft chaos --nodes 5 --time 60 --nemesis kill,pause,partition,member --seed 1 --report chaos-report
+	$(BIN)/kvraft chaos --nodes 5 --time 60 --nemesis kill,pause,partition,member,transfer,burst --seed 1 --report chaos-report
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
