@@ -17,8 +17,10 @@ The rules, after etcd's lessor (server/lease/lessor.go):
   last keepalive the leader acknowledged, since ticks never run ahead of the wall clock.
 - A lease granted while this node leads gets a full TTL from when its grant applied here.
 - A new leader gives every lease a full TTL from its first tick as leader (etcd's
-  ``Promote``): it cannot know when the old leader last heard a keepalive, so nothing
-  expires early because leadership changed. The price is that a lease whose holder died
+  ``Promote``), once it has applied an entry of its own term (so its state machine holds
+  every checkpoint and clear its predecessors committed; `NodeShell.leases_follow_leadership`):
+  it cannot know when the old leader last heard a keepalive, so nothing expires early
+  because leadership changed. The price is that a lease whose holder died
   lives up to one TTL longer per failover -- except for long leases, which are checkpointed.
 - Checkpoints (etcd's ``LeaseCheckpoint``): every `LEASE_CHECKPOINT_INTERVAL_S`, the leader
   writes the remaining TTL of every lease longer than that interval into the log

@@ -493,12 +493,20 @@ class NodeShell:
         every lease a full TTL (or its checkpointed remainder) from now (etcd's Promote),
         one that stopped leading forgets
         its deadlines. Called every tick, and by a keepalive before it refreshes a deadline
-        (it may arrive before the new leader's first tick)."""
+        (it may arrive before the new leader's first tick).
+
+        A new leader promotes only once it has applied an entry of its own term: until then
+        its state machine may lack entries its predecessors committed, such as the clear of
+        a checkpoint written for a keepalive they acknowledged, and a deadline taken from
+        the older checkpoint would expire the lease early (found by the simulator's lease
+        checker, `kvraft.sim.leases`). Its leases do not count down meanwhile."""
         timer = self.lease_timer
         if timer is None:
             return None
         core = self.core
-        if core.role == Role.LEADER:
+        if core.role == Role.LEADER and (
+            core.log.term_at(self.state_machine.applied_index) == core.term
+        ):
             if timer.leader_term != core.term:
                 timer.promote(core.term, self.state_machine.lease_remaining_ms())  # type: ignore[attr-defined]
         elif timer.leader_term is not None:

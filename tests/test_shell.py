@@ -461,3 +461,55 @@ def test_a_log_twice_past_its_snapshot_threshold_takes_no_new_entries_until_comp
     run_until_idle_keeping_snapshots(shell)  # it commits, applies and snapshots
     assert not shell.log_full
     assert shell.receive(AppendEntries(1, 1, 2, index, 1, (more,), index))
+
+
+def test_a_new_leader_counts_no_lease_down_before_it_applied_an_entry_of_its_term() -> None:
+    """Found by the simulator's lease checker (`kvraft.sim.leases`): the old leader wrote a
+    lease's checkpoint, then its clear for a keepalive it acknowledged; the new leader
+    holds the clear in its log but had not applied it when it promoted, and started the
+    lease from the checkpoint's older remainder (350 ms), expiring it early."""
+    from kvraft.leases import LeaseTimer
+    from kvraft.raft.core import RaftConfig, RaftCore
+    from kvraft.raft.messages import AppendEntriesResponse, HardState, RequestVote
+    from kvraft.statemachine import encode_lease_checkpoint, encode_lease_grant
+
+    commands = [
+        encode_lease_grant(3),
+        encode_lease_checkpoint([(1, 350)]),
+        encode_lease_checkpoint([(1, 0)]),  # committed, but node 1 does not know it yet
+    ]
+    core = RaftCore(
+        RaftConfig(node_id=1),
+        random.Random(1),
+        hard_state=HardState(1, 0, 2),
+        snapshot=SnapshotMeta(configuration=Configuration(voters=frozenset({1, 2, 3}))),
+        entries=[Entry(1, index, EntryKind.NORMAL, data) for index, data in enumerate(commands, 1)],
+    )
+    timer = LeaseTimer(100, core.config.election_ticks, checkpoint_interval_ticks=10)
+    shell = NodeShell(
+        core,
+        KVStateMachine(),
+        restore=KVStateMachine.restore_bytes,
+        snapshot_threshold_entries=1_000,
+        lease_timer=timer,
+    )
+    for _ in range(4 * core.config.election_ticks):  # node 2 grants every (pre-)vote
+        shell.tick()
+        for message in run_until_idle(shell):
+            if isinstance(message, RequestVote) and message.target == 2:
+                shell.receive(RequestVoteResponse(message.term, 2, 1, True, message.pre_vote))
+        if core.role == Role.LEADER:
+            break
+    assert core.role == Role.LEADER and shell.state_machine.applied_index == 2
+    for _ in range(10):
+        shell.tick()
+        run_until_idle(shell)
+    assert timer.leader_term is None and timer.remaining_ticks(1) is None
+    # Node 2 acknowledges the no-op: the clear applies before it, then the lease's TTL runs.
+    last = core.log.last_index()
+    shell.receive(AppendEntriesResponse(core.term, 2, 1, True, match_index=last))
+    run_until_idle(shell)
+    assert shell.state_machine.applied_index == last
+    shell.tick()
+    run_until_idle(shell)
+    assert timer.leader_term == core.term and timer.remaining_ticks(1) == 30  # a full TTL
