@@ -71,6 +71,7 @@ from benchmarks.bench_recovery import key_for as memory_key_for
 from benchmarks.bench_recovery import value_for as memory_value_for
 from benchmarks.common import (
     RESULTS_DIRECTORY,
+    fdatasync_latency_us,
     format_table,
     machine_info,
     process_cpu_seconds,
@@ -80,7 +81,7 @@ from benchmarks.common import (
 from kvraft import launcher
 from kvraft.config import local_cluster_config, render_config
 from kvraft.raft.messages import NO_NODE, Configuration, HardState, SnapshotMeta
-from kvraft.statemachine import KVStateMachine, encode_put
+from kvraft.statemachine import TXN_OPERATIONS_MAX, KVStateMachine, encode_put
 from kvraft.storage.engine import StorageEngine
 
 __all__ = [
@@ -109,8 +110,54 @@ KEYS = 1_000
 VALUE_BYTES = 100
 """The size of every value written."""
 
-OPERATIONS = ("put", "get")
-"""What each throughput row does; ``get`` is a linearizable read on both systems."""
+OPERATIONS = ("put", "get", "mixed")
+"""What a throughput row does; ``get`` is a linearizable read on both systems, ``mixed``
+makes each request a put or a get at random (`Shape.put_percent` puts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One shape of load: the throughput rows of one kind (``--shapes``).
+
+    Fields:
+        name: what ``--shapes`` takes.
+        operations: its rows' operations, in order (`OPERATIONS`).
+        keys: how many keys the requests draw from, uniformly; all of them are written
+            before the shape's first row, so that every get finds its key.
+        value_bytes: the size of every value written.
+        connections: the connection counts it runs at, those of them in ``--connections``;
+            None: every one of ``--connections``.
+        put_percent: a mixed row's share of puts, in percent.
+    """
+
+    name: str
+    operations: tuple[str, ...]
+    keys: int = KEYS
+    value_bytes: int = VALUE_BYTES
+    connections: tuple[int, ...] | None = None
+    put_percent: int = 50
+
+    def connections_in(self, chosen: Sequence[int]) -> tuple[int, ...]:
+        """The connection counts of its rows, given ``--connections``."""
+        if self.connections is None:
+            return tuple(chosen)
+        return tuple(count for count in chosen if count in self.connections)
+
+
+BASE_SHAPE = Shape("base", ("put", "get"))
+"""Puts, then linearizable gets, of 100-byte values on 1,000 keys (the issue-7 rows)."""
+
+SHAPES = {
+    shape.name: shape
+    for shape in (
+        BASE_SHAPE,
+        Shape("mixed", ("mixed",), connections=(16, 64)),
+        Shape("1k", ("put",), value_bytes=1024),
+        Shape("100k", ("put", "get"), keys=100_000, connections=(64,)),
+    )
+}
+"""Every shape, in the order a run measures them: the 1,000-key shapes first (the mixed
+row's gets still read 100-byte values), then the 100,000 keys, which stay in the store."""
 
 CONNECTIONS_DEFAULT = (1, 16, 64)
 """wrk connections per row (each a closed loop: one request at a time)."""
@@ -173,6 +220,9 @@ SOAK_SAMPLE_INTERVAL_S = 1.0
 
 PREPOPULATE_CONCURRENCY = 32
 PREPOPULATE_ATTEMPTS = 5
+PREPOPULATE_BATCH = TXN_OPERATIONS_MAX
+"""Keys written per request before the rows: one transaction of this many puts (kvraft's
+limit, 64; etcd's default ``--max-txn-ops`` is 128), one Raft entry on either system."""
 
 START_TIMEOUT_S = 120.0
 """How long a cluster may take to elect a leader and serve (a 1,000,000-key snapshot takes
@@ -274,6 +324,8 @@ class WrkResult:
             answer, whatever its status).
         histogram_us: every latency seen, as (microseconds, count) pairs in increasing
             order, so that runs can be merged into exact percentiles (`merge_wrk_results`).
+        puts_sent, gets_sent: the requests the script sent of each kind (a mixed run's mix;
+            the latencies are those of all requests together).
     """
 
     requests: int
@@ -282,6 +334,8 @@ class WrkResult:
     socket_errors: int
     latency_us: dict[str, float]
     histogram_us: tuple[tuple[int, int], ...] = ()
+    puts_sent: int = 0
+    gets_sent: int = 0
 
     @property
     def ok_per_s(self) -> float:
@@ -292,6 +346,11 @@ class WrkResult:
     def errors(self) -> int:
         return self.status_errors + self.socket_errors
 
+    @property
+    def put_share(self) -> float | None:
+        """The share of puts among the requests sent, or None if the script counted none."""
+        return ratio(self.puts_sent, self.puts_sent + self.gets_sent)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
@@ -299,6 +358,9 @@ class WrkResult:
             "ok_per_s": self.ok_per_s,
             "status_errors": self.status_errors,
             "socket_errors": self.socket_errors,
+            "puts_sent": self.puts_sent,
+            "gets_sent": self.gets_sent,
+            "put_share": self.put_share,
             "latency_us": self.latency_us,
         }
 
@@ -321,8 +383,10 @@ def parse_wrk_output(output: str) -> WrkResult:
             ),
             latency_us={name: float(value) for name, value in data["latency_us"].items()},
             histogram_us=tuple((int(us), int(count)) for us, count in data.get("histogram_us", ())),
+            puts_sent=int(data.get("sent", {}).get("put", 0)),
+            gets_sent=int(data.get("sent", {}).get("get", 0)),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"malformed WRK_JSON line: {lines[-1]!r}") from error
 
 
@@ -372,6 +436,8 @@ def merge_wrk_results(results: Sequence[WrkResult]) -> WrkResult:
         socket_errors=sum(result.socket_errors for result in results),
         latency_us=latency_us,
         histogram_us=histogram,
+        puts_sent=sum(result.puts_sent for result in results),
+        gets_sent=sum(result.gets_sent for result in results),
     )
 
 
@@ -561,6 +627,11 @@ class Cluster:
     def write_request(self, key: str, value: bytes) -> WriteRequest:
         raise NotImplementedError
 
+    def batch_write_request(self, items: Sequence[tuple[str, bytes]]) -> WriteRequest:
+        """One transaction that puts every (key, value) of `items` (at most
+        `PREPOPULATE_BATCH`)."""
+        raise NotImplementedError
+
     # Lifecycle:
     def start(self) -> None:
         for node in self.nodes:
@@ -718,6 +789,19 @@ class EtcdCluster(Cluster):
         ).encode()
         return WriteRequest("POST", "/v3/kv/put", body, "application/json")
 
+    def batch_write_request(self, items: Sequence[tuple[str, bytes]]) -> WriteRequest:
+        operations = [
+            {
+                "requestPut": {
+                    "key": base64.b64encode(key.encode()).decode(),
+                    "value": base64.b64encode(value).decode(),
+                }
+            }
+            for key, value in items
+        ]
+        body = json.dumps({"success": operations}).encode()
+        return WriteRequest("POST", "/v3/kv/txn", body, "application/json")
+
 
 class KvraftCluster(Cluster):
     """kvraft with its default settings (fsync on) from a generated cluster file."""
@@ -777,6 +861,14 @@ class KvraftCluster(Cluster):
     def write_request(self, key: str, value: bytes) -> WriteRequest:
         return WriteRequest("PUT", f"/v1/kv/{key}", value, "application/octet-stream")
 
+    def batch_write_request(self, items: Sequence[tuple[str, bytes]]) -> WriteRequest:
+        operations = [
+            {"op": "put", "key": key, "value_b64": base64.b64encode(value).decode()}
+            for key, value in items
+        ]
+        body = json.dumps({"success": operations}).encode()
+        return WriteRequest("POST", "/v1/txn", body, "application/json")
+
 
 @contextlib.contextmanager
 def _running(clusters: Sequence[Cluster]) -> Iterator[None]:
@@ -810,7 +902,18 @@ class Settings:
     memory_keys: int = MEMORY_KEYS_DEFAULT
     soak_seconds: int = 0
     sections: tuple[str, ...] = SECTIONS
+    shapes: tuple[Shape, ...] = tuple(SHAPES.values())
     quick: bool = False
+
+
+def wrk_script_arguments(operation: str, shape: Shape = BASE_SHAPE) -> list[str]:
+    """What the Lua scripts take after wrk's ``--`` (common.lua's options())."""
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown operation {operation!r}")
+    arguments = [operation, str(shape.keys), str(shape.value_bytes)]
+    if operation == "mixed":
+        arguments.append(str(shape.put_percent))
+    return arguments
 
 
 def _wrk_command(
@@ -821,6 +924,7 @@ def _wrk_command(
     connections: int,
     seconds: int,
     threads: int,
+    shape: Shape = BASE_SHAPE,
 ) -> list[str]:
     return [
         wrk,
@@ -831,9 +935,7 @@ def _wrk_command(
         f"--script={cluster.lua_script}",
         url,
         "--",
-        operation,
-        str(KEYS),
-        str(VALUE_BYTES),
+        *wrk_script_arguments(operation, shape),
     ]
 
 
@@ -862,8 +964,9 @@ def _run_wrk(
     connections: int,
     seconds: int,
     threads: int,
+    shape: Shape = BASE_SHAPE,
 ) -> WrkResult:
-    command = _wrk_command(wrk, cluster, url, operation, connections, seconds, threads)
+    command = _wrk_command(wrk, cluster, url, operation, connections, seconds, threads, shape)
     return _finish_wrk(processes, processes.spawn_piped(command), seconds)
 
 
@@ -888,6 +991,7 @@ def _measure_segment(
     warmup_seconds: int,
     seconds: int,
     settings: Settings,
+    shape: Shape = BASE_SHAPE,
 ) -> _Segment:
     leader, before = cluster.leader()
     if warmup_seconds > 0:
@@ -900,18 +1004,49 @@ def _measure_segment(
             connections,
             warmup_seconds,
             settings.wrk_threads,
+            shape,
         )
     cpu_before_s = cluster.cpu_seconds()
     result = _run_wrk(
-        processes, wrk, cluster, leader.url, operation, connections, seconds, settings.wrk_threads
+        processes,
+        wrk,
+        cluster,
+        leader.url,
+        operation,
+        connections,
+        seconds,
+        settings.wrk_threads,
+        shape,
     )
     cpu_s = cluster.cpu_seconds() - cpu_before_s
     leader_after, after = cluster.leader()
     return _Segment(result, cpu_s, leader.number, leader_after.number, before.term, after.term)
 
 
+def operation_label(operation: str, put_percent: int = 50) -> str:
+    """How a row's operation reads in the tables: put, get, or the mix."""
+    if operation == "mixed":
+        return f"{put_percent}/{100 - put_percent} put/get"
+    return operation
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A throughput row's first column: nodes, operation (the mix, for a mixed row),
+    connections, value size and key count (rows written before shapes have neither: 100 B,
+    1,000 keys)."""
+    operation = operation_label(row["operation"], row.get("put_percent", 50))
+    return (
+        f"{row['nodes']} / {operation} / {row['connections']} / "
+        f"{row.get('value_bytes', VALUE_BYTES):,} B, {row.get('keys', KEYS):,} keys"
+    )
+
+
 def _row_of_segments(
-    cluster: Cluster, operation: str, connections: int, segments: Sequence[_Segment]
+    cluster: Cluster,
+    operation: str,
+    connections: int,
+    segments: Sequence[_Segment],
+    shape: Shape = BASE_SHAPE,
 ) -> dict[str, Any]:
     """One system's row: its segments merged as if they had been one run."""
     result = merge_wrk_results([segment.result for segment in segments])
@@ -928,22 +1063,44 @@ def _row_of_segments(
         node_cpu_s=cpu_s,
         cpu_us_per_op=cpu_s * 1e6 / ok_requests if ok_requests else None,
     )
+    label = row_label(
+        {
+            "nodes": len(cluster.nodes),
+            "operation": operation,
+            "connections": connections,
+            "keys": shape.keys,
+            "value_bytes": shape.value_bytes,
+            "put_percent": shape.put_percent,
+        }
+    )
+    mix = (
+        f"  puts {result.put_share:.1%} of sent"
+        if operation == "mixed" and result.put_share is not None
+        else ""
+    )
     print(
-        f"  {cluster.system:>6} {len(cluster.nodes)} nodes {operation} c={connections:<3} "
+        f"  {cluster.system:>6} {label:<36} "
         f"{result.ok_per_s:8,.0f} ops/s  p50 {result.latency_us['p50'] / 1000:7.2f} ms  "
         f"p99 {result.latency_us['p99'] / 1000:7.2f} ms  errors {result.errors}  "
-        f"new terms {row['new_terms']}  CPU {row['cpu_us_per_op'] or 0:,.0f} us/op",
+        f"new terms {row['new_terms']}  CPU {row['cpu_us_per_op'] or 0:,.0f} us/op{mix}",
         flush=True,
     )
     return row
 
 
-async def _prepopulate_async(cluster: Cluster, leader: Node) -> None:
+def key_batches(keys: int, batch: int = PREPOPULATE_BATCH) -> list[range]:
+    """The key numbers 0..keys-1 in consecutive batches of at most `batch`."""
+    return [range(start, min(start + batch, keys)) for start in range(0, keys, batch)]
+
+
+async def _prepopulate_async(cluster: Cluster, leader: Node, keys: int, value_bytes: int) -> None:
     semaphore = asyncio.Semaphore(PREPOPULATE_CONCURRENCY)
     timeout = aiohttp.ClientTimeout(total=30)
 
-    async def put(session: aiohttp.ClientSession, number: int) -> None:
-        request = cluster.write_request(benchmark_key(number), benchmark_value(number))
+    async def put(session: aiohttp.ClientSession, numbers: range) -> None:
+        request = cluster.batch_write_request(
+            [(benchmark_key(number), benchmark_value(number, value_bytes)) for number in numbers]
+        )
         answer: object = None
         for _ in range(PREPOPULATE_ATTEMPTS):
             try:
@@ -961,17 +1118,23 @@ async def _prepopulate_async(cluster: Cluster, leader: Node) -> None:
                         return
             except (aiohttp.ClientError, TimeoutError) as error:
                 answer = error
-        raise BenchmarkError(f"{cluster.system}: writing {benchmark_key(number)} failed: {answer}")
+        raise BenchmarkError(
+            f"{cluster.system}: writing {benchmark_key(numbers[0])}..."
+            f"{benchmark_key(numbers[-1])} failed: {answer}"
+        )
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(*(put(session, number) for number in range(KEYS)))
+        await asyncio.gather(*(put(session, numbers) for numbers in key_batches(keys)))
 
 
-def _prepopulate(cluster: Cluster) -> None:
+def _prepopulate(cluster: Cluster, keys: int = KEYS, value_bytes: int = VALUE_BYTES) -> float:
     """Write every key once, so that every linearizable get finds its key (kvraft answers a
-    missing key with 404, which wrk would count as an error)."""
+    missing key with 404, which wrk would count as an error): `PREPOPULATE_BATCH` keys per
+    transaction, `PREPOPULATE_CONCURRENCY` transactions at a time. How long it took."""
     leader, _ = cluster.leader()
-    asyncio.run(_prepopulate_async(cluster, leader))
+    started = time.perf_counter()
+    asyncio.run(_prepopulate_async(cluster, leader, keys, value_bytes))
+    return time.perf_counter() - started
 
 
 def _throughput(
@@ -980,7 +1143,9 @@ def _throughput(
     clusters: Sequence[Cluster],
     settings: Settings,
     first_row_index: int,
+    shape: Shape = BASE_SHAPE,
 ) -> list[dict[str, Any]]:
+    """The rows of one shape, each system's turns alternating."""
     rows: list[dict[str, Any]] = []
     segment_seconds = max(1, round(settings.row_seconds / settings.rounds))
 
@@ -990,16 +1155,21 @@ def _throughput(
         flip = (row_index + round_index) % 2
         return list(clusters) if flip == 0 else list(reversed(clusters))
 
-    for operation in OPERATIONS:
-        for connections in settings.connections:
+    for operation in shape.operations:
+        for connections in shape.connections_in(settings.connections):
             row_index = first_row_index + len(rows)
             row: dict[str, Any] = {
                 "nodes": len(clusters[0].nodes),
+                "shape": shape.name,
                 "operation": operation,
                 "connections": connections,
+                "keys": shape.keys,
+                "value_bytes": shape.value_bytes,
                 "first": order(row_index, 0)[0].system,
                 "load_average_1m_before": os.getloadavg()[0],
             }
+            if operation == "mixed":
+                row["put_percent"] = shape.put_percent
             segments: dict[str, list[_Segment]] = {cluster.system: [] for cluster in clusters}
             for round_index in range(settings.rounds):
                 warmup_seconds = (
@@ -1018,11 +1188,12 @@ def _throughput(
                             warmup_seconds,
                             segment_seconds,
                             settings,
+                            shape,
                         )
                     )
             for cluster in clusters:
                 row[cluster.system] = _row_of_segments(
-                    cluster, operation, connections, segments[cluster.system]
+                    cluster, operation, connections, segments[cluster.system], shape
                 )
             etcd, kvraft = row["etcd"], row["kvraft"]
             row["ratio_ops"] = ratio(kvraft["ok_per_s"], etcd["ok_per_s"])
@@ -1337,7 +1508,7 @@ def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         return []
     main = format_table(
         [
-            "nodes / op / conns",
+            "nodes / op / conns / values, keys",
             "etcd ops/s",
             "etcd p50 ms",
             "etcd p99 ms",
@@ -1352,7 +1523,7 @@ def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         ],
         [
             [
-                f"{row['nodes']} / {row['operation']} / {row['connections']}",
+                row_label(row),
                 f"{row['etcd']['ok_per_s']:,.0f}",
                 _ms(row["etcd"]["latency_us"]["p50"]),
                 _ms(row["etcd"]["latency_us"]["p99"]),
@@ -1380,7 +1551,7 @@ def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
     extra = format_table(
         [
-            "nodes / op / conns",
+            "nodes / op / conns / values, keys",
             "first",
             "etcd new terms",
             "etcd leader",
@@ -1392,7 +1563,7 @@ def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         ],
         [
             [
-                f"{row['nodes']} / {row['operation']} / {row['connections']}",
+                row_label(row),
                 row["first"],
                 row["etcd"]["new_terms"],
                 leaders(row["etcd"]),
@@ -1407,8 +1578,9 @@ def _throughput_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     )
     return [
         (
-            f"Throughput and latency, leader driven by wrk ({KEYS:,} keys, {VALUE_BYTES}-byte "
-            "values; get = linearizable read; ops/s counts 2xx answers)",
+            "Throughput and latency, leader driven by wrk (keys drawn uniformly, all written "
+            "beforehand; get = linearizable read; put/get = each request a put or a get at "
+            "random, latencies of all requests together; ops/s counts 2xx answers)",
             main,
         ),
         (
@@ -1513,8 +1685,22 @@ def _memory_table(results: dict[str, Any]) -> list[tuple[str, str]]:
             for node in per_node:
                 rows.append(
                     [
-                        f"{system} node {node['node']} of {nodes}, after the load rows",
+                        f"{system} node {node['node']} of {nodes}, after the {KEYS:,}-key rows",
                         f"{KEYS:,}",
+                        f"{node['rss_mib']:,.0f}",
+                        f"{node['rss_peak_mib']:,.0f}",
+                    ]
+                )
+    for nodes, by_system in results.get("rss_after_preload", {}).items():
+        for system, per_node in by_system.items():
+            if system == "keys":
+                continue
+            for node in per_node:
+                rows.append(
+                    [
+                        f"{system} node {node['node']} of {nodes}, after the "
+                        f"{by_system['keys']:,}-key rows",
+                        f"{by_system['keys']:,}",
                         f"{node['rss_mib']:,.0f}",
                         f"{node['rss_peak_mib']:,.0f}",
                     ]
@@ -1522,15 +1708,56 @@ def _memory_table(results: dict[str, Any]) -> list[tuple[str, str]]:
     if not rows:
         return []
     table = format_table(["node", "keys", "RSS MiB", "peak RSS MiB"], rows)
-    return [(f"Memory (VmRSS; {VALUE_BYTES}-byte values)", table)]
+    return [
+        (
+            f"Memory (VmRSS; the snapshot and the many keys hold {VALUE_BYTES}-byte values, the "
+            f"{KEYS:,} keys what the load rows wrote last)",
+            table,
+        )
+    ]
+
+
+def _preload_table(preloads: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    if not preloads:
+        return []
+    table = format_table(
+        ["nodes / system", "keys", "seconds", "keys/s"],
+        [
+            [
+                f"{preload['nodes']} / {preload['system']}",
+                f"{preload['keys']:,}",
+                f"{preload['seconds']:.1f}",
+                f"{preload['keys_per_s'] or 0:,.0f}",
+            ]
+            for preload in preloads
+        ],
+    )
+    return [
+        (
+            f"Writing the keys before the many-key rows ({VALUE_BYTES}-byte values, "
+            f"{PREPOPULATE_BATCH} puts per transaction, {PREPOPULATE_CONCURRENCY} transactions "
+            "at a time)",
+            table,
+        )
+    ]
 
 
 def _tables(results: dict[str, Any]) -> list[tuple[str, str]]:
     return (
         _throughput_tables(results["throughput"])
+        + _preload_table(results.get("preload", []))
         + _failover_table(results["failover"])
         + _soak_table(results["soak"])
         + _memory_table(results)
+    )
+
+
+def _fdatasync_line(fdatasync: dict[str, Any]) -> str:
+    return (
+        f"raw fdatasync on the data directories' disk: p50 {fdatasync['p50']:,.0f} us, "
+        f"p99 {fdatasync['p99']:,.0f} us ({fdatasync['syncs']:,} appends of "
+        f"{fdatasync['record_bytes']} bytes, each followed by fdatasync, before the clusters "
+        "started)"
     )
 
 
@@ -1548,6 +1775,8 @@ def _write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{SEGMENT_WARMUP_SECONDS} s warm-up before every later turn), "
         f"{settings['wrk_threads']} wrk thread(s); durable settings on both (fsync)",
     ]
+    if results.get("fdatasync_us"):
+        lines.append(f"- {_fdatasync_line(results['fdatasync_us'])}")
     for title, table in _tables(results):
         lines += ["", f"## {title}", "", table]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1555,6 +1784,26 @@ def _write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 # --- The run ----------------------------------------------------------------------------------
+
+
+def _preload(cluster: Cluster, keys: int) -> dict[str, Any]:
+    """Write keys 0..keys-1 before the rows that draw from them; how long that took."""
+    print(f"  {cluster.system:>6} {len(cluster.nodes)} nodes: writing {keys:,} keys", flush=True)
+    seconds = _prepopulate(cluster, keys)
+    print(
+        f"  {cluster.system:>6} {len(cluster.nodes)} nodes: {keys:,} keys written in "
+        f"{seconds:.1f} s ({keys / seconds:,.0f} keys/s, {PREPOPULATE_BATCH} per transaction, "
+        f"{PREPOPULATE_CONCURRENCY} transactions at a time)",
+        flush=True,
+    )
+    return {
+        "system": cluster.system,
+        "nodes": len(cluster.nodes),
+        "keys": keys,
+        "value_bytes": VALUE_BYTES,
+        "seconds": seconds,
+        "keys_per_s": keys / seconds if seconds else None,
+    }
 
 
 def _measure_size(
@@ -1590,12 +1839,27 @@ def _measure_size(
         for cluster in clusters:
             _prepopulate(cluster)
         if "throughput" in settings.sections:
-            results["throughput"] += _throughput(
-                processes, wrk, clusters, settings, len(results["throughput"])
-            )
-            results["rss_after_load"][str(node_count)] = {
-                cluster.system: _rss_after_load(cluster) for cluster in clusters
-            }
+            loaded_keys = KEYS
+            rows_before = len(results["throughput"])
+            for shape in settings.shapes:
+                if not shape.connections_in(settings.connections):
+                    continue
+                if shape.keys > loaded_keys:
+                    if loaded_keys == KEYS and len(results["throughput"]) > rows_before:
+                        results["rss_after_load"][str(node_count)] = {
+                            cluster.system: _rss_after_load(cluster) for cluster in clusters
+                        }
+                    for cluster in clusters:
+                        results["preload"].append(_preload(cluster, shape.keys))
+                    loaded_keys = shape.keys
+                results["throughput"] += _throughput(
+                    processes, wrk, clusters, settings, len(results["throughput"]), shape
+                )
+            rss = {cluster.system: _rss_after_load(cluster) for cluster in clusters}
+            if loaded_keys == KEYS:
+                results["rss_after_load"][str(node_count)] = rss
+            else:
+                results["rss_after_preload"][str(node_count)] = {"keys": loaded_keys, **rss}
         if "failover" in settings.sections and settings.failover_kills > 0:
             kills: dict[str, list[dict[str, Any]]] = {cluster.system: [] for cluster in clusters}
             record: dict[str, Any] = {"kills": kills}
@@ -1628,6 +1892,7 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
             "memory_keys": settings.memory_keys,
             "soak_seconds": settings.soak_seconds,
             "sections": list(settings.sections),
+            "shapes": [shape.name for shape in settings.shapes],
             "keys": KEYS,
             "value_bytes": VALUE_BYTES,
             "quick": settings.quick,
@@ -1637,16 +1902,24 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
             "wrk": _version_line([wrk, "-v"]).split(" Copyright")[0],
         },
         "machine": machine_info(),
+        "fdatasync_us": None,
         "throughput": [],
+        "preload": [],
         "failover": {},
         "soak": [],
         "rss_after_load": {},
+        "rss_after_preload": {},
         "memory": None,
     }
     print(
         f"kvraft vs etcd: {results['versions']['etcd']}, {results['versions']['wrk']}; "
         f"nodes {', '.join(map(str, settings.node_counts))}; sections "
         f"{', '.join(settings.sections)}"
+        + (
+            f" (shapes {', '.join(shape.name for shape in settings.shapes)})"
+            if "throughput" in settings.sections
+            else ""
+        )
         + (f" (soak {settings.soak_seconds} s)" if "soak" in settings.sections else ""),
         flush=True,
     )
@@ -1655,6 +1928,9 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
         directory.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="kvraft-bench-vs-etcd-", dir=directory))
     try:
+        # The disk's own figure, on the disk of the data directories, before any node runs.
+        results["fdatasync_us"] = fdatasync_latency_us(base)
+        print(_fdatasync_line(results["fdatasync_us"]), flush=True)
         if {"throughput", "failover", "soak"} & set(settings.sections):
             for node_count in settings.node_counts:
                 _measure_size(processes, wrk, etcd, base, node_count, settings, results)
@@ -1666,6 +1942,8 @@ def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
     finally:
         processes.stop_all()
         shutil.rmtree(base, ignore_errors=True)
+        if results["fdatasync_us"] is not None:
+            print(f"\n{_fdatasync_line(results['fdatasync_us'])}", flush=True)
         for title, table in _tables(results):
             print(f"\n### {title}\n\n{table}", flush=True)
         write_json(RESULTS_JSON_PATH, results)
@@ -1694,6 +1972,28 @@ def _sections(text: str) -> tuple[str, ...]:
             f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
         )
     return names
+
+
+def _shapes(text: str) -> tuple[Shape, ...]:
+    """The shapes named, in the order a run measures them (`SHAPES`)."""
+    names = {item.strip() for item in text.split(",") if item.strip()}
+    unknown = sorted(names - set(SHAPES))
+    if unknown or not names:
+        what = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown shape {what}; choose from {', '.join(SHAPES)}")
+    return tuple(shape for name, shape in SHAPES.items() if name in names)
+
+
+def quick_shapes(shapes: Sequence[Shape], connections: Sequence[int]) -> tuple[Shape, ...]:
+    """What --quick measures of `shapes`: the base shape as it is, every other shape only
+    at the largest of its connection counts (one row per operation)."""
+    quick = []
+    for shape in shapes:
+        counts = shape.connections_in(connections)
+        if shape is not BASE_SHAPE and counts:
+            shape = replace(shape, connections=(max(counts),))
+        quick.append(shape)
+    return tuple(quick)
 
 
 def _exit_on_sigterm(signal_number: int, frame: FrameType | None) -> None:
@@ -1736,6 +2036,17 @@ def main(argv: list[str] | None = None) -> None:
         default=SECTIONS,
         help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
     )
+    parser.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=tuple(SHAPES.values()),
+        help="the throughput rows' shapes of load, comma-separated (default: all): base = "
+        f"puts and gets, {VALUE_BYTES}-byte values, {KEYS:,} keys, at every --connections; "
+        "mixed = 50/50 random puts and gets at 16 and 64; 1k = puts of 1,024-byte values at "
+        "every --connections; 100k = puts and gets over 100,000 keys at 64 (each shape "
+        "only at those of its counts in --connections; with --quick the shapes other than "
+        "base only at the largest)",
+    )
     parser.add_argument("--directory", type=Path, default=None, help="where to put the data")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     arguments = parser.parse_args(argv)
@@ -1759,6 +2070,9 @@ def main(argv: list[str] | None = None) -> None:
         memory_keys=chosen(arguments.memory_keys, MEMORY_KEYS_DEFAULT, MEMORY_KEYS_QUICK),
         soak_seconds=max(0, chosen(arguments.soak_seconds, SOAK_SECONDS_DEFAULT, 0)),
         sections=arguments.sections,
+        shapes=(
+            quick_shapes(arguments.shapes, arguments.connections) if quick else arguments.shapes
+        ),
         quick=quick,
     )
     if settings.row_seconds < 1:

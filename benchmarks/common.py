@@ -11,14 +11,18 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "RESULTS_DIRECTORY",
+    "fdatasync_latency_us",
     "format_table",
     "machine_info",
+    "nearest_rank_percentile",
     "print_table",
     "process_cpu_seconds",
     "process_memory_kib",
@@ -71,6 +75,52 @@ def machine_info() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info
+
+
+FDATASYNC_PROBE_SYNCS = 1_000
+FDATASYNC_PROBE_RECORD_BYTES = 300
+"""The raw fdatasync probe: this many appends of this many bytes, each followed by an
+fdatasync (about what one small put costs a WAL)."""
+
+
+def nearest_rank_percentile(sorted_values: Sequence[float], percent: float) -> float:
+    """The smallest value with at least `percent` % of `sorted_values` at or below it
+    (0 for no values)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, -(-len(sorted_values) * percent // 100))  # ceil, at least the first
+    return float(sorted_values[int(rank) - 1])
+
+
+def fdatasync_latency_us(
+    directory: Path,
+    syncs: int = FDATASYNC_PROBE_SYNCS,
+    record_bytes: int = FDATASYNC_PROBE_RECORD_BYTES,
+) -> dict[str, float]:
+    """The disk's own durable-write latency under `directory`: `syncs` appends of
+    `record_bytes` bytes to a temporary file there, each followed by os.fdatasync, timed one
+    by one. p50, p99, mean and max in microseconds, with the counts; the file is removed."""
+    record = b"x" * record_bytes
+    latencies: list[float] = []
+    descriptor, name = tempfile.mkstemp(prefix="fdatasync-probe-", dir=directory)
+    try:
+        for _ in range(syncs):
+            started = time.perf_counter()
+            os.write(descriptor, record)
+            os.fdatasync(descriptor)
+            latencies.append((time.perf_counter() - started) * 1e6)
+    finally:
+        os.close(descriptor)
+        os.unlink(name)
+    latencies.sort()
+    return {
+        "syncs": syncs,
+        "record_bytes": record_bytes,
+        "p50": nearest_rank_percentile(latencies, 50),
+        "p99": nearest_rank_percentile(latencies, 99),
+        "mean": sum(latencies) / len(latencies) if latencies else 0.0,
+        "max": latencies[-1] if latencies else 0.0,
+    }
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,8 +1,11 @@
 -- Shared by kvraft.lua and etcd.lua (wrk scripts for benchmarks/bench_vs_etcd.py).
 --
--- Script arguments (after wrk's "--"): OPERATION KEYS VALUE_BYTES, e.g. "-- put 1000 100".
--- Both systems get the same keys ("bench/000000" .. "bench/000999") and the same values, so
--- the only difference between their requests is each system's HTTP encoding.
+-- Script arguments (after wrk's "--"): OPERATION KEYS VALUE_BYTES [PUT_PERCENT], e.g.
+-- "-- put 1000 100" or "-- mixed 1000 100 50". OPERATION is put, get or mixed: a mixed run
+-- makes each request a put with probability PUT_PERCENT / 100 (50 if not given) and a get
+-- otherwise, each on its own uniformly drawn key.
+-- Both systems get the same keys ("bench/000000" .. "bench/<KEYS - 1>") and the same values,
+-- so the only difference between their requests is each system's HTTP encoding.
 -- done() prints one line "WRK_JSON {...}" that the benchmark parses instead of wrk's text.
 
 local common = {}
@@ -29,13 +32,20 @@ end
 
 function common.options(args)
     local operation = args[1] or "put"
-    if operation ~= "put" and operation ~= "get" then
-        error("operation must be put or get, got " .. operation)
+    if operation ~= "put" and operation ~= "get" and operation ~= "mixed" then
+        error("operation must be put, get or mixed, got " .. operation)
+    end
+    local put_percent = 100
+    if operation == "get" then
+        put_percent = 0
+    elseif operation == "mixed" then
+        put_percent = tonumber(args[4] or "50")
     end
     return {
         operation = operation,
         keys = tonumber(args[2] or "1000"),
         value_bytes = tonumber(args[3] or "100"),
+        put_percent = put_percent,
     }
 end
 
@@ -50,16 +60,48 @@ function common.value(number, value_bytes)
 end
 
 -- Seeds each thread's generator differently (setup numbers the threads), so that threads do
--- not replay the same key sequence.
-local threads_created = 0
+-- not replay the same key sequence. setup runs in the main Lua state, once per thread; done()
+-- reads each thread's counters through the threads kept here.
+local threads = {}
 
 function common.setup(thread)
-    threads_created = threads_created + 1
-    thread:set("thread_number", threads_created)
+    threads[#threads + 1] = thread
+    thread:set("thread_number", #threads)
 end
 
 function common.seed()
     math.randomseed(os.time() * 1000 + (thread_number or 0))
+end
+
+-- Each thread's requests, formatted once in init: puts[n] and gets[n] for key n - 1.
+local puts, gets = {}, {}
+local put_percent = 100
+
+-- How many puts and gets this thread sent (globals, so that done() can read them).
+puts_sent, gets_sent = 0, 0
+
+-- put(number, value_bytes) and get(number) format one request in the system's encoding.
+function common.init(args, put, get)
+    common.seed()
+    local options = common.options(args)
+    put_percent = options.put_percent
+    for number = 0, options.keys - 1 do
+        if put_percent > 0 then
+            puts[number + 1] = put(number, options.value_bytes)
+        end
+        if put_percent < 100 then
+            gets[number + 1] = get(number)
+        end
+    end
+end
+
+function common.request()
+    if put_percent >= 100 or (put_percent > 0 and math.random(100) <= put_percent) then
+        puts_sent = puts_sent + 1
+        return puts[math.random(#puts)]
+    end
+    gets_sent = gets_sent + 1
+    return gets[math.random(#gets)]
 end
 
 -- Every latency seen, as "[microseconds, count]" pairs in increasing order, so that runs
@@ -74,17 +116,24 @@ local function histogram(latency)
     return "[" .. table.concat(pairs_seen, ", ") .. "]"
 end
 
--- Latency in microseconds, as wrk records it.
+-- Latency in microseconds, as wrk records it (every request, puts and gets together).
 function common.done(summary, latency, requests)
     local errors = summary.errors
+    local put_count, get_count = 0, 0
+    for _, thread in ipairs(threads) do
+        put_count = put_count + (thread:get("puts_sent") or 0)
+        get_count = get_count + (thread:get("gets_sent") or 0)
+    end
     io.write(string.format(
         "WRK_JSON {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, "
             .. "\"errors\": {\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, "
-            .. "\"timeout\": %d}, \"latency_us\": {\"min\": %d, \"mean\": %.1f, \"max\": %d, "
+            .. "\"timeout\": %d}, \"sent\": {\"put\": %d, \"get\": %d}, "
+            .. "\"latency_us\": {\"min\": %d, \"mean\": %.1f, \"max\": %d, "
             .. "\"stdev\": %.1f, \"p50\": %d, \"p90\": %d, \"p99\": %d, \"p99_9\": %d}, "
             .. "\"histogram_us\": %s}\n",
         summary.requests, summary.duration, summary.bytes,
         errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+        put_count, get_count,
         latency.min, latency.mean, latency.max, latency.stdev,
         latency:percentile(50), latency:percentile(90), latency:percentile(99),
         latency:percentile(99.9), histogram(latency)

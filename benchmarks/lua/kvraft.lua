@@ -1,30 +1,24 @@
 -- wrk script for kvraft: PUT /v1/kv/{key} with the raw value, or a linearizable
--- GET /v1/kv/{key} (the default consistency), on a key drawn uniformly from the key space.
--- Arguments and output: see common.lua.
+-- GET /v1/kv/{key} (the default consistency), or a random mix of the two, on a key drawn
+-- uniformly from the key space. Arguments and output: see common.lua.
 
 local script_directory = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$")
 local common = dofile(script_directory .. "common.lua")
 
-local requests = {}
-
 setup = common.setup
 done = common.done
+request = common.request
 
-function init(args)
-    common.seed()
-    local options = common.options(args)
-    for number = 0, options.keys - 1 do
-        local path = "/v1/kv/" .. common.key(number)
-        if options.operation == "put" then
-            local headers = { ["Content-Type"] = "application/octet-stream" }
-            requests[number + 1] =
-                wrk.format("PUT", path, headers, common.value(number, options.value_bytes))
-        else
-            requests[number + 1] = wrk.format("GET", path, {})
-        end
-    end
+local function put(number, value_bytes)
+    local headers = { ["Content-Type"] = "application/octet-stream" }
+    return wrk.format("PUT", "/v1/kv/" .. common.key(number), headers,
+        common.value(number, value_bytes))
 end
 
-function request()
-    return requests[math.random(#requests)]
+local function get(number)
+    return wrk.format("GET", "/v1/kv/" .. common.key(number), {})
+end
+
+function init(args)
+    common.init(args, put, get)
 end
