@@ -1,24 +1,38 @@
 """kvraft against etcd, side by side, in one run on this machine (issue 7).
 
 Run as ``python -m benchmarks.bench_vs_etcd [--quick] [--nodes 3,5] [--row-seconds 10]
-[--warmup-seconds 3] [--rounds 5] [--connections 1,16,64] [--failover-kills 10] [--memory-keys N]
-[--soak-seconds N] [--sections throughput,failover,soak,memory] [--json PATH]``.
+[--warmup-seconds 3] [--rounds 5] [--connections 1,16,64] [--shapes base,mixed,1k,100k]
+[--failover-kills 10] [--memory-keys N] [--soak-seconds N]
+[--sections throughput,failover,soak,memory] [--json PATH]``.
 
 For each cluster size (3, then 5 nodes) it starts an etcd cluster (Debian's ``etcd-server``,
 default settings: it fsyncs its WAL) and a kvraft cluster (``kvraft serve`` per node,
 default settings: fsync on), every node on 127.0.0.1 with its data on disk, and then:
 
-- **throughput**: wrk (``benchmarks/lua/``) drives each system's leader with puts, then
+- **throughput**: wrk (``benchmarks/lua/``) drives each system's leader with puts and
   linearizable gets (kvraft ``GET /v1/kv/{key}``, ReadIndex; etcd ``POST /v3/kv/range``,
-  not serializable) at each connection count: 100-byte values, keys drawn uniformly from
-  1,000 (all written beforehand, so every get finds its key). One wrk thread. Each row is a
-  warm-up (excluded) and a measured run per system, split into `ROUNDS_DEFAULT` short turns
-  that alternate between etcd and kvraft (who goes first alternating too), so that drift on
-  the machine hits both alike; each system's turns are merged (their latency histograms too)
-  into its row. Only one system is under load at a time (the other idles). ops/s counts 2xx
-  answers only; "errors" are non-2xx answers plus socket errors and timeouts. Each system's
-  term and leader are read before and after each row: "new terms" is how many elections
-  happened meanwhile.
+  not serializable), keys drawn uniformly (all written beforehand, so every get finds its
+  key), in four shapes of load (``--shapes``, all by default; `SHAPES`):
+
+  - ``base``: 100-byte values on 1,000 keys, puts and then gets at each of ``--connections``;
+  - ``mixed``: each request a put or a get at random, half and half (the scripts count
+    what they sent), 100-byte values on 1,000 keys, at 16 and 64 connections; ops/s, p50 and
+    p99 are those of all requests together;
+  - ``1k``: puts of 1,024-byte values on 1,000 keys at each of ``--connections``;
+  - ``100k``: puts and gets of 100-byte values on 100,000 keys at 64 connections; the keys
+    are written first, `PREPOPULATE_BATCH` puts per transaction (one Raft entry),
+    `PREPOPULATE_CONCURRENCY` transactions at a time, and how long that takes is shown.
+
+  A shape runs only at those of its connection counts that ``--connections`` has; with
+  ``--quick`` the shapes but base run only at the largest (one row per operation). Each row's
+  label says its operation (or mix), connections, value size and key count. One wrk thread.
+  Each row is a warm-up (excluded) and a measured run per system, split into
+  `ROUNDS_DEFAULT` short turns that alternate between etcd and kvraft (who goes first
+  alternating too), so that drift on the machine hits both alike; each system's turns are
+  merged (their latency histograms too) into its row. Only one system is under load at a
+  time (the other idles). ops/s counts 2xx answers only; "errors" are non-2xx answers plus
+  socket errors and timeouts. Each system's term and leader are read before and after each
+  row: "new terms" is how many elections happened meanwhile.
 - **failover**: the benchmark itself writes at a constant `FAILOVER_WRITES_PER_S` (open loop:
   a new PUT every 20 ms whatever the others do, each to the next live node in turn, followers
   forwarding), then ``kill -9``s the leader. The failover time is from the kill until the
@@ -31,12 +45,19 @@ default settings: fsync on), every node on 127.0.0.1 with its data on disk, and 
 - **memory**: a kvraft cluster (the smallest size) started on a prepared 1,000,000-key
   snapshot (100-byte values; built directly through `kvraft.storage`, as
   `benchmarks.bench_recovery` does), VmRSS of every node once it serves. The RSS of both
-  systems' nodes after the throughput rows (1,000 keys) is shown next to it.
+  systems' nodes after the 1,000-key rows, and after the 100,000-key rows, is shown next to
+  it.
+
+Before any node starts, a probe times the disk's raw fdatasync where the data directories
+are (1,000 appends of 300 bytes, each followed by fdatasync): its p50 and p99 head the
+tables and go into the JSON (``fdatasync_us``), so that a run's numbers can be read against
+the disk they had.
 
 ``wrk`` and ``etcd`` are installed with apt-get when missing (as root only). Prints the
 tables and writes them to ``benchmarks/results/vs_etcd.md`` and ``vs_etcd.json``
 (git-ignored). Prints, asserts nothing. Every process and temp directory is cleaned up, even
-on failure and Ctrl-C. A full run takes about 25 minutes, --quick about 2.
+on failure and Ctrl-C. A full run takes about 36 minutes (26 throughput rows of about 40 s,
+two 5-minute soaks, 40 kills, the memory run), --quick about 4.
 
 The nodes run this working tree's kvraft (``python -m kvraft serve``) with this interpreter.
 """

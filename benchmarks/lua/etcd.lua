@@ -12,9 +12,24 @@ request = common.request
 
 local headers = { ["Content-Type"] = "application/json" }
 
+-- base64 encodes 3-byte groups, so a value's encoding is that of its first 12 bytes (which
+-- name the key) followed by that of the rest, the same for every key: that is encoded once
+-- (formatting 100,000 puts took seconds of pure-Lua base64 otherwise).
+local encoded_tails = {}
+
+local function base64_value(value)
+    local tail = value:sub(13)
+    local encoded_tail = encoded_tails[tail]
+    if encoded_tail == nil then
+        encoded_tail = common.base64(tail)
+        encoded_tails[tail] = encoded_tail
+    end
+    return common.base64(value:sub(1, 12)) .. encoded_tail
+end
+
 local function put(number, value_bytes)
     local body = string.format('{"key": "%s", "value": "%s"}',
-        common.base64(common.key(number)), common.base64(common.value(number, value_bytes)))
+        common.base64(common.key(number)), base64_value(common.value(number, value_bytes)))
     return wrk.format("POST", "/v3/kv/put", headers, body)
 end
 
