@@ -1100,7 +1100,7 @@ def _row_of_segments(
         else ""
     )
     print(
-        f"  {cluster.system:>6} {label:<36} "
+        f"  {cluster.system:>6} {label:<42} "
         f"{result.ok_per_s:8,.0f} ops/s  p50 {result.latency_us['p50'] / 1000:7.2f} ms  "
         f"p99 {result.latency_us['p99'] / 1000:7.2f} ms  errors {result.errors}  "
         f"new terms {row['new_terms']}  CPU {row['cpu_us_per_op'] or 0:,.0f} us/op{mix}",
