@@ -22,6 +22,8 @@ default settings: fsync on), every node on 127.0.0.1 with its data on disk, and 
   - ``100k``: puts and gets of 100-byte values on 100,000 keys at 64 connections; the keys
     are written first, `PREPOPULATE_BATCH` puts per transaction (one Raft entry),
     `PREPOPULATE_CONCURRENCY` transactions at a time, and how long that takes is shown.
+    These rows come last for each cluster size, after the failover and the soak, so that
+    those run on the 1,000-key store they always had.
 
   A shape runs only at those of its connection counts that ``--connections`` has; with
   ``--quick`` the shapes but base run only at the largest (one row per operation). Each row's
@@ -178,7 +180,8 @@ SHAPES = {
     )
 }
 """Every shape, in the order a run measures them: the 1,000-key shapes first (the mixed
-row's gets still read 100-byte values), then the 100,000 keys, which stay in the store."""
+row's gets still read 100-byte values), then, after the failover and the soak, the 100,000
+keys, which stay in the store."""
 
 CONNECTIONS_DEFAULT = (1, 16, 64)
 """wrk connections per row (each a closed loop: one request at a time)."""
@@ -1856,31 +1859,26 @@ def _measure_size(
         f"\n{node_count} nodes: starting {' and '.join(cluster.system for cluster in clusters)}",
         flush=True,
     )
+    # The shapes on more keys than `KEYS` come last, after the failover and the soak, so that
+    # those run on the small store they always had (and the many keys stay once written).
+    shapes = [
+        shape
+        for shape in settings.shapes
+        if "throughput" in settings.sections and shape.connections_in(settings.connections)
+    ]
+    few_keys = [shape for shape in shapes if shape.keys <= KEYS]
+    many_keys = [shape for shape in shapes if shape.keys > KEYS]
     with _running(clusters):
         for cluster in clusters:
             _prepopulate(cluster)
-        if "throughput" in settings.sections:
-            loaded_keys = KEYS
-            rows_before = len(results["throughput"])
-            for shape in settings.shapes:
-                if not shape.connections_in(settings.connections):
-                    continue
-                if shape.keys > loaded_keys:
-                    if loaded_keys == KEYS and len(results["throughput"]) > rows_before:
-                        results["rss_after_load"][str(node_count)] = {
-                            cluster.system: _rss_after_load(cluster) for cluster in clusters
-                        }
-                    for cluster in clusters:
-                        results["preload"].append(_preload(cluster, shape.keys))
-                    loaded_keys = shape.keys
-                results["throughput"] += _throughput(
-                    processes, wrk, clusters, settings, len(results["throughput"]), shape
-                )
-            rss = {cluster.system: _rss_after_load(cluster) for cluster in clusters}
-            if loaded_keys == KEYS:
-                results["rss_after_load"][str(node_count)] = rss
-            else:
-                results["rss_after_preload"][str(node_count)] = {"keys": loaded_keys, **rss}
+        for shape in few_keys:
+            results["throughput"] += _throughput(
+                processes, wrk, clusters, settings, len(results["throughput"]), shape
+            )
+        if few_keys:
+            results["rss_after_load"][str(node_count)] = {
+                cluster.system: _rss_after_load(cluster) for cluster in clusters
+            }
         if "failover" in settings.sections and settings.failover_kills > 0:
             kills: dict[str, list[dict[str, Any]]] = {cluster.system: [] for cluster in clusters}
             record: dict[str, Any] = {"kills": kills}
@@ -1893,6 +1891,20 @@ def _measure_size(
                         record[f"{system}_summary"] = _summarise_failovers(per_system)
         if "soak" in settings.sections and settings.soak_seconds > 0:
             results["soak"].append(_soak(processes, wrk, kvraft_cluster, settings))
+        loaded_keys = KEYS
+        for shape in many_keys:
+            if shape.keys > loaded_keys:
+                for cluster in clusters:
+                    results["preload"].append(_preload(cluster, shape.keys))
+                loaded_keys = shape.keys
+            results["throughput"] += _throughput(
+                processes, wrk, clusters, settings, len(results["throughput"]), shape
+            )
+        if many_keys:
+            results["rss_after_preload"][str(node_count)] = {
+                "keys": loaded_keys,
+                **{cluster.system: _rss_after_load(cluster) for cluster in clusters},
+            }
 
 
 def run(settings: Settings, directory: Path | None = None) -> dict[str, Any]:
