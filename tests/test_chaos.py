@@ -1468,6 +1468,11 @@ def test_a_burst_of_large_writes_is_shed_and_leaves_every_acknowledged_one(
     assert summary["burst"]["waves"] and summary["burst"]["violations"] == []
     assert summary["linearizable"] == "yes" and summary["watch"]["verdict"] == "ok"
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+    # A passing run's WALs and snapshots (a gigabyte after a long burst run) are removed;
+    # its history, node logs and report stay.
+    assert not (report_dir / "data").exists()
+    assert (report_dir / "history.jsonl").stat().st_size > 0
+    assert any((report_dir / "nodes").iterdir())
 
 
 @pytest.mark.slow
@@ -1485,6 +1490,7 @@ def test_a_burst_client_that_calls_an_acknowledged_write_shed_is_caught(
     assert "answered 503 (shed)" in summary["burst"]["violations"][0]
     assert summary["linearizable"] == "yes"
     assert_nothing_left_behind(report_dir, summary["firewall_chain"])
+    assert any((report_dir / "data").iterdir())  # a failing run's data stays, to examine
 
 
 @pytest.mark.slow

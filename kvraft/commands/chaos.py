@@ -150,6 +150,12 @@ _DEFAULT_REPORT_ROOT = pathlib.Path("data/chaos")
     hidden=True,
     help="Tests only: start the nodes with fenced writes unchecked; the lock check must notice.",
 )
+@click.option(
+    "--keep-data",
+    is_flag=True,
+    help="Keep the nodes' data directories in DIR after a passing run (a failing run's "
+    "are always kept).",
+)
 def chaos(
     nodes: str,
     time_s: int,
@@ -165,6 +171,7 @@ def chaos(
     broken_bank: str | None,
     lock: bool,
     broken_fence: bool,
+    keep_data: bool,
 ) -> None:
     """Fault-test a real local cluster (kill -9, SIGSTOP, iptables partitions, membership
     changes, leadership transfers, bursts of large writes) and check that what the clients
@@ -199,6 +206,7 @@ def chaos(
         broken_bank=broken_bank,
         lock=lock or broken_fence,
         broken_fence=broken_fence,
+        keep_data=keep_data,
     )
     try:
         report = run_chaos(options, echo=lambda line: click.echo(line, err=True))
