@@ -144,7 +144,7 @@ from kvraft.statemachine import (
     encode_put,
     encode_txn,
 )
-from kvraft.ui import UI_PATH, cors_headers, serve_ui, with_member_cors
+from kvraft.ui import UI_PATH, cors_headers, preflight_headers, serve_ui, with_member_cors
 from kvraft.watch import (
     CompactedError,
     Lagged,
@@ -1677,6 +1677,10 @@ WRITER = Need("writer")
 def _need(route_name: str, request: web.BaseRequest, metrics_require_auth: bool) -> Need:
     """The rule of each route (README "Authentication")."""
     method = request.method
+    if method == "OPTIONS":
+        # A browser's CORS preflight (the dashboard's, before it sends its token to another
+        # member's /v1/events): it never carries credentials, and it reads and changes nothing.
+        return OPEN
     write = method in WRITE_METHODS
     if route_name == KV_PATH_PREFIX + "{key}":
         return Need("key", _key(request), write)
@@ -2074,10 +2078,15 @@ class HttpApi:
         def member_addresses() -> list[str]:
             return [address.http_address for address in node.peer_addresses.values()]
 
+        self._member_addresses = member_addresses
+
         async def events(request: web.BaseRequest) -> web.StreamResponse:
             return await serve_events(
                 request, node.events, cors_headers(request, member_addresses())
             )
+
+        async def events_preflight(request: web.BaseRequest) -> web.Response:
+            return web.Response(status=204, headers=preflight_headers(request, member_addresses()))
 
         def read_only(handler: Handler) -> dict[str, Handler]:
             return {"GET": handler, "HEAD": handler}
@@ -2171,7 +2180,15 @@ class HttpApi:
                 _Route("/metrics", read_only(metrics)),
                 # The event stream and the dashboard (`kvraft.events`, `kvraft.ui`); a
                 # member's dashboard page reads status (above) and events across origins.
-                _Route(EVENTS_PATH, {"GET": events}, parameters={"GET": EVENTS_QUERY_PARAMETERS}),
+                # OPTIONS: the preflight of a dashboard that sends its token (`kvraft.ui`).
+                _Route(
+                    EVENTS_PATH,
+                    {"GET": events, "OPTIONS": events_preflight},
+                    parameters={
+                        "GET": EVENTS_QUERY_PARAMETERS,
+                        "OPTIONS": EVENTS_QUERY_PARAMETERS,
+                    },
+                ),
                 _Route(UI_PATH, read_only(serve_ui)),
                 _Route(AUTH_TOKEN_PATH, {"POST": authorizer.token}),
                 _Route("/v1/auth/status", read_only(authorizer.status)),
@@ -2287,6 +2304,10 @@ class HttpApi:
                 response = _error_response(error)
         except web.HTTPException as error:
             response = _json(error.status, {"error": "bad_request", "message": error.reason})
+        if route is not None and route.name == EVENTS_PATH and not response.prepared:
+            # A refusal (401 above all) readable by a member's dashboard page, which then
+            # asks its user to sign in; the stream itself carries these headers already.
+            response.headers.update(cors_headers(request, self._member_addresses()))
         node = self.node
         core = node.core
         if not response.prepared:  # a stream sent its headers already

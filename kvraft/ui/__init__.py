@@ -10,6 +10,10 @@ Those are cross-origin requests (each member is its own origin), so `with_member
 a page served by a member of this cluster read a node's status and events: the
 ``Access-Control-Allow-Origin`` answer names the page's origin only when that origin is a
 member's HTTP address, never ``*`` (any web site the user visits could read the cluster).
+
+While auth is enabled the page follows events with ``fetch()`` and an ``Authorization:
+Bearer`` header (an `EventSource` cannot send one), which makes the browser ask first with a
+CORS preflight (``OPTIONS``): `preflight_headers` answers it, for a member's page only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "cors_headers",
     "dashboard_html",
     "origin_allowed",
+    "preflight_headers",
     "serve_ui",
     "with_member_cors",
 ]
@@ -97,6 +102,21 @@ def cors_headers(request: web.BaseRequest, member_http_addresses: list[str]) -> 
     if origin is None or not origin_allowed(origin, member_http_addresses):
         return {}
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def preflight_headers(request: web.BaseRequest, member_http_addresses: list[str]) -> dict[str, str]:
+    """The answer to a CORS preflight from a member's dashboard page: it may send a GET with
+    an ``Authorization`` header (its bearer token). None for any other origin, whose browser
+    then refuses to send the request."""
+    allowed = cors_headers(request, member_http_addresses)
+    if not allowed:
+        return {}
+    return {
+        **allowed,
+        "Access-Control-Allow-Methods": "GET",
+        "Access-Control-Allow-Headers": "Authorization",
+        "Access-Control-Max-Age": "600",
+    }
 
 
 def with_member_cors(member_http_addresses: Callable[[], list[str]], handler: Handler) -> Handler:
