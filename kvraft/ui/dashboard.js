@@ -2,6 +2,11 @@
 // (its /v1/status polled, its /v1/events followed), so the page outlives the node that
 // served it. Each node card carries data-node-id and data-role (leader, follower, candidate,
 // learner, down) for tests and scripts.
+//
+// While the cluster has auth enabled, /v1/events answers 401 without a bearer token (its
+// /v1/status stays open): the page then shows a sign-in form, gets a token from the node
+// that served it (POST /v1/auth/token) and sends it to every member. EventSource cannot send
+// an Authorization header, so events are read with fetch() and a small SSE parser instead.
 "use strict";
 
 const POLL_INTERVAL_MS = 500;      // how often each member's status is asked for
@@ -11,7 +16,7 @@ const RECENT_EVENTS_MAX = 200;     // events listed under "Recent events"
 const SPARK_POINTS_MAX = 40;       // commit-rate samples per node's sparkline
 const SEEN_EVENTS_MAX = 5000;      // event keys remembered to drop duplicates after reconnects
 
-const members = new Map();  // id -> {id, base, voter, status, up, streams, spark}
+const members = new Map();  // id -> {id, base, voter, status, up, streams, lastEventId, spark}
 const terms = new Map();    // term -> {term, leaderId, time, noLeaderMs, reporter}
 const marks = [];           // {kind: "down"|"up", nodeId, time}: what this page saw
 const causes = [];          // {time, text}: events that can explain a failover
@@ -40,7 +45,7 @@ function learnMembers(status, servedBy) {
       // the browser cannot use (0.0.0.0, a container's name).
       // Every member serves the scheme this page came by (a cluster's [tls] is all or none).
       const base = servedBy && item.id === status.id ? location.origin : location.protocol + "//" + item.http_address;
-      member = {id: item.id, base, voter: item.voter, status: null, up: null, streams: null, spark: []};
+      member = {id: item.id, base, voter: item.voter, status: null, up: null, streams: null, lastEventId: 0, spark: []};
       members.set(item.id, member);
       follow(member);
     }
@@ -101,23 +106,192 @@ async function poll() {
   render();
 }
 
+// --- Following each member's events ---------------------------------------------------
+
 function follow(member) {
-  const source = new EventSource(member.base + "/v1/events?since=0");
-  member.streams = source;
-  source.onmessage = (message) => {
-    try { onEvent(JSON.parse(message.data)); } catch (error) { /* a malformed line: skip */ }
-  };
-  source.onerror = () => {
-    // The browser reconnects by itself unless the stream was closed for good.
-    if (source.readyState === EventSource.CLOSED && members.get(member.id) === member) {
-      setTimeout(() => { if (members.get(member.id) === member) follow(member); }, EVENTS_REOPEN_MS);
-    }
-  };
+  const controller = new AbortController();
+  member.streams = controller;
+  readEvents(member, controller.signal);
 }
 
 function unfollow(member) {
-  if (member && member.streams) member.streams.close();
+  if (member && member.streams) member.streams.abort();
 }
+
+// Waits `ms`, or less when `signal` aborts.
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, {once: true});
+  });
+}
+
+// Follows one member's /v1/events until `signal` aborts (the member left, or the page signed
+// out and starts again): reconnects every EVENTS_REOPEN_MS while the member is down, resuming
+// after the last event id it sent (?since=, as EventSource's Last-Event-ID would; a node that
+// restarted numbers from 1 again and sends everything it has, and `seen` drops repeats).
+async function readEvents(member, signal) {
+  while (!signal.aborted) {
+    const token = currentToken();
+    const headers = {Accept: "text/event-stream"};
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const answer = await fetch(`${member.base}/v1/events?since=${member.lastEventId}`, {headers, signal, cache: "no-store"});
+      if (answer.status === 401) {
+        const body = await answer.json().catch(() => ({}));
+        needSignIn(token, body.message);
+        await untilTokenChanges(token, signal);  // not every second: the user has to act
+        continue;
+      }
+      if (answer.ok && answer.body) {
+        await readSse(answer.body, (data, id) => {
+          try { onEvent(JSON.parse(data)); } catch (error) { /* a malformed event: skip */ }
+          if (/^\d+$/.test(id)) member.lastEventId = Number(id);
+        });
+      }
+    } catch (error) {
+      // Unreachable (down, restarting), the connection cut, or aborted: the loop decides.
+    }
+    await pause(EVENTS_REOPEN_MS, signal);
+  }
+}
+
+// Reads a Server-Sent Events body until it ends, calling onMessage(data, id) per event: the
+// part of the format /v1/events uses ("data:" and "id:" fields, ":" comments, "retry:"
+// ignored: the reconnect delay is ours), where a blank line ends an event.
+async function readSse(body, onMessage) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let data = [];
+  let id = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer += value;
+    const lines = buffer.split("\n");
+    buffer = lines.pop();  // an unfinished line waits for the next chunk
+    for (let line of lines) {
+      if (line.endsWith("\r")) line = line.slice(0, -1);
+      if (line === "") {
+        if (data.length) onMessage(data.join("\n"), id);
+        data = [];
+        continue;
+      }
+      if (line.startsWith(":")) continue;  // a keepalive comment
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "data") data.push(text);
+      else if (field === "id") id = text;
+    }
+  }
+}
+
+// --- Signing in ------------------------------------------------------------------------
+// The token is kept in sessionStorage only: it goes when the tab closes, it is never put in
+// a URL (where history and access logs would keep it), and never logged.
+
+const TOKEN_KEY = "kvraft-dashboard-token";
+const USER_KEY = "kvraft-dashboard-user";
+let tokenWaiters = [];  // streams paused on a 401 until the token changes
+
+const currentToken = () => sessionStorage.getItem(TOKEN_KEY);
+
+// Resolves when the token is no longer `token` (signed in, out, or dropped), or on abort.
+function untilTokenChanges(token, signal) {
+  if (currentToken() !== token || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    tokenWaiters.push(resolve);
+    signal.addEventListener("abort", resolve, {once: true});
+  });
+}
+
+function tokenChanged() {
+  const waiting = tokenWaiters;
+  tokenWaiters = [];
+  for (const resolve of waiting) resolve();
+}
+
+function showSignIn(error) {
+  $("signin").hidden = false;
+  $("signed-in").hidden = true;
+  $("signin-error").textContent = error || "";
+}
+
+function showSignedIn() {
+  $("signin").hidden = true;
+  $("signin-error").textContent = "";
+  $("signed-in-as").textContent = `Signed in as ${sessionStorage.getItem(USER_KEY) || "?"}.`;
+  $("signed-in").hidden = false;
+}
+
+// A member refused the stream with 401 after it was sent `token` (null: none).
+function needSignIn(token, message) {
+  if (token === null) {
+    if (currentToken() === null && $("signin").hidden) showSignIn("");
+    return;
+  }
+  if (currentToken() !== token) return;  // an older token: the new one is tried next
+  // Expired, or its user was deleted or changed password: of no more use anywhere.
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(USER_KEY);
+  showSignIn(`Signed out: ${message || "the cluster no longer accepts this sign-in"}. Sign in again.`);
+  tokenChanged();
+}
+
+// Every stream starts again, with the current token or without: one signed out must not
+// keep reading through connections opened with the old token.
+function restartStreams() {
+  for (const member of members.values()) {
+    unfollow(member);
+    follow(member);
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const user = $("signin-user").value;
+  const password = $("signin-password").value;
+  $("signin-submit").disabled = true;
+  $("signin-error").textContent = "";
+  try {
+    // The node that served this page: the page's own origin, no CORS.
+    const answer = await fetch(location.origin + "/v1/auth/token", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({user, password}), cache: "no-store"});
+    const body = await answer.json().catch(() => ({}));
+    if (answer.ok && typeof body.token === "string") {
+      sessionStorage.setItem(TOKEN_KEY, body.token);
+      sessionStorage.setItem(USER_KEY, user);
+      showSignedIn();
+      $("signout").focus();  // the focused button was hidden with the form
+      tokenChanged();
+    } else {
+      // 401 wrong user name or password, 429 too many attempts, 409 auth disabled: the
+      // server's own words.
+      $("signin-error").textContent = body.message || `Sign-in failed (HTTP ${answer.status}).`;
+      $("signin-password").focus();
+    }
+  } catch (error) {
+    $("signin-error").textContent = "Cannot reach the node that served this page; try again.";
+  } finally {
+    $("signin-password").value = "";
+    $("signin-submit").disabled = false;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(USER_KEY);
+  showSignIn("");
+  $("signin-user").focus();
+  restartStreams();
+}
+
+$("signin-form").addEventListener("submit", signIn);
+$("signout").addEventListener("click", signOut);
+if (currentToken() !== null) showSignedIn();  // a reload in the same tab keeps the sign-in
 
 function onEvent(event) {
   const key = event.node_id + ":" + event.seq + ":" + event.time;
