@@ -16,7 +16,7 @@ const RECENT_EVENTS_MAX = 200;     // events listed under "Recent events"
 const SPARK_POINTS_MAX = 40;       // commit-rate samples per node's sparkline
 const SEEN_EVENTS_MAX = 5000;      // event keys remembered to drop duplicates after reconnects
 
-const members = new Map();  // id -> {id, base, voter, status, up, streams, lastEventId, spark}
+const members = new Map();  // id -> {id, base, voter, status, up, stream, lastEventId, spark}; stream: its AbortController
 const terms = new Map();    // term -> {term, leaderId, time, noLeaderMs, reporter}
 const marks = [];           // {kind: "down"|"up", nodeId, time}: what this page saw
 const causes = [];          // {time, text}: events that can explain a failover
@@ -45,7 +45,7 @@ function learnMembers(status, servedBy) {
       // the browser cannot use (0.0.0.0, a container's name).
       // Every member serves the scheme this page came by (a cluster's [tls] is all or none).
       const base = servedBy && item.id === status.id ? location.origin : location.protocol + "//" + item.http_address;
-      member = {id: item.id, base, voter: item.voter, status: null, up: null, streams: null, lastEventId: 0, spark: []};
+      member = {id: item.id, base, voter: item.voter, status: null, up: null, stream: null, lastEventId: 0, spark: []};
       members.set(item.id, member);
       follow(member);
     }
@@ -110,12 +110,12 @@ async function poll() {
 
 function follow(member) {
   const controller = new AbortController();
-  member.streams = controller;
+  member.stream = controller;
   readEvents(member, controller.signal);
 }
 
 function unfollow(member) {
-  if (member && member.streams) member.streams.abort();
+  if (member && member.stream) member.stream.abort();
 }
 
 // Waits `ms`, or less when `signal` aborts.
