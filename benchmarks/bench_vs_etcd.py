@@ -1018,30 +1018,24 @@ def _measure_segment(
     shape: Shape = BASE_SHAPE,
 ) -> _Segment:
     leader, before = cluster.leader()
-    if warmup_seconds > 0:
-        _run_wrk(
+
+    def run_for(run_seconds: int) -> WrkResult:
+        return _run_wrk(
             processes,
             wrk,
             cluster,
             leader.url,
             operation,
             connections,
-            warmup_seconds,
+            run_seconds,
             settings.wrk_threads,
             shape,
         )
+
+    if warmup_seconds > 0:
+        run_for(warmup_seconds)
     cpu_before_s = cluster.cpu_seconds()
-    result = _run_wrk(
-        processes,
-        wrk,
-        cluster,
-        leader.url,
-        operation,
-        connections,
-        seconds,
-        settings.wrk_threads,
-        shape,
-    )
+    result = run_for(seconds)
     cpu_s = cluster.cpu_seconds() - cpu_before_s
     leader_after, after = cluster.leader()
     return _Segment(result, cpu_s, leader.number, leader_after.number, before.term, after.term)
