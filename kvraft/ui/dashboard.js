@@ -118,11 +118,17 @@ function unfollow(member) {
   if (member && member.stream) member.stream.abort();
 }
 
-// Waits `ms`, or less when `signal` aborts.
+// Waits `ms`, or less when `signal` aborts. The abort listener goes when the wait ends: a
+// member down for hours is retried every second on the same signal.
 function pause(ms, signal) {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, {once: true});
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, {once: true});
   });
 }
 
