@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from kvraft import server as server_module
 from kvraft.config import ClusterConfig, local_cluster_config
 from kvraft.errors import OutcomeUnknown, Unavailable
 from kvraft.launcher import free_ports
-from kvraft.raft.core import Role
+from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import AppendEntries, Heartbeat, SnapshotMeta
 from kvraft.server import RaftNode
 from kvraft.statemachine import encode_put
@@ -153,6 +153,25 @@ async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_
     await asyncio.gather(write, return_exceptions=True)
 
 
+def snapshot_retries(core: RaftCore, node_id: int, count: int) -> Callable[[], bool]:
+    """A condition for `wait_until`: the leader `core` has started sending `node_id` its
+    snapshot again at least `count` times (each retry starts the snapshot's clock again).
+    Call it often enough to see every restart of the clock."""
+    retries = 0
+    ticks_seen = 0
+
+    def retried() -> bool:
+        nonlocal retries, ticks_seen
+        progress = core.progress.get(node_id)
+        ticks = progress.snapshot_ticks if progress is not None else 0
+        if ticks < ticks_seen:
+            retries += 1
+        ticks_seen = ticks
+        return retries >= count
+
+    return retried
+
+
 async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_reported_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,20 +188,7 @@ async def test_a_snapshot_over_the_install_snapshot_limit_is_not_sent_and_is_rep
         assert leader.core is not None and leader.failed is not None
         core = leader.core
         late = await start_node(config, 3, nodes)
-        retries = 0
-        ticks_seen = 0
-
-        def retried_twice() -> bool:
-            # Each retry starts the snapshot's clock again.
-            nonlocal retries, ticks_seen
-            progress = core.progress.get(3)
-            ticks = progress.snapshot_ticks if progress is not None else 0
-            if ticks < ticks_seen:
-                retries += 1
-            ticks_seen = ticks
-            return retries >= 2
-
-        await wait_until(retried_twice, "two snapshot retries")
+        await wait_until(snapshot_retries(core, 3, 2), "two snapshot retries")
         refusals = [
             r.message for r in caplog.records if "over the InstallSnapshot limit" in r.message
         ]
@@ -237,19 +243,7 @@ async def test_a_snapshot_still_on_its_way_to_a_peer_is_not_made_and_queued_agai
             (node_id == 3 and stuck and bool(sent)) or real_pending(node_id)
         )
         late = await start_node(config, 3, nodes)
-        retries = 0
-        ticks_seen = 0
-
-        def retried_three_times() -> bool:
-            nonlocal retries, ticks_seen
-            progress = core.progress.get(3)
-            ticks = progress.snapshot_ticks if progress is not None else 0
-            if ticks < ticks_seen:
-                retries += 1
-            ticks_seen = ticks
-            return retries >= 3
-
-        await wait_until(retried_three_times, "three snapshot retries")
+        await wait_until(snapshot_retries(core, 3, 3), "three snapshot retries")
         assert len(sent) == 1, sent
         stuck = False  # the first send is gone: the next retry sends it again, for real
         snapshot_index = core.log.snapshot.index
