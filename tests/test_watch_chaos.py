@@ -139,6 +139,13 @@ def test_resumable_a_resume_gets_exactly_the_first_event_after_it() -> None:
     assert_violates(verdict([first, early]), "resumable", 2)
     # A progress line first may not vouch past an event it never sent.
     assert_violates(verdict([first, stream(progress(4), number=1, start=3)]), "resumable", 3)
+    # Nor may a resume begin partway into a multi-key revision: that is the skip, not a split.
+    writes = [*WRITES, acked(4, "r/1", "p"), acked(4, "r/2", "q")]
+    whole = stream(*CLEAN[:2], put(4, "r/1", "p"), put(4, "r/2", "q"), progress(4), watcher=1)
+    through_3 = stream(*CLEAN[:2], progress(3), end="error")
+    partway = stream(put(4, "r/2", "q"), progress(4), number=1, start=4)
+    result = check_watch([through_3, partway, whole], writes)
+    assert [(v.property, v.revision) for v in result.violations] == [("resumable", 4)]
 
 
 def test_reliable_no_acknowledged_write_is_missing_from_a_stream_that_covered_it() -> None:

@@ -20,7 +20,8 @@ kvraft's NDJSON stream (``GET /v1/watch?prefix=P&start_revision=R&progress_s=S``
 * ``bookmarkable``: after ``{"type": "progress", "revision": P}`` no event at or below P
   arrives on that stream;
 * ``resumable``: a watch from revision S starts with the first matching event at or after
-  S: nothing below S, and no known event skipped before the first one it delivers;
+  S: nothing below S, and no known event skipped before the first one it delivers (nor
+  one of the first revision's own events, when the stream covered that revision);
 * ``reliable``: no gap: every known event (an acknowledged write, or an event another
   watcher received) on a watched key whose revision a stream *covered* is in that stream;
   and every event agrees with the client history: a put carries the value a client wrote
@@ -705,7 +706,13 @@ def _check_stream(
         missing = sorted(expected - got.get(revision, set()))
         if not missing:
             continue
-        if got.get(revision):
+        if got.get(revision) and first is not None and first.revision == revision:
+            # The stream's first revision came without some of its events: the resume
+            # skipped them, the stream did not split a revision it began whole.
+            found.add("resumable", stream, revision,
+                      f"a watch from revision {start} began partway into revision "
+                      f"{revision}: {missing[0]} is missing")  # fmt: skip
+        elif got.get(revision):
             found.add("atomic", stream, revision,
                       f"got only part of revision {revision}: {missing[0]} is missing")  # fmt: skip
         else:
