@@ -13,7 +13,7 @@ Layout::
     [raft]     tick_ms, election_ticks, heartbeat_ticks, inflight_max, batch_bytes_max,
                pre_vote, check_quorum
     [storage]  fsync, segment_bytes_max, snapshot_threshold_entries, snapshots_kept,
-               snapshot_threshold_bytes (optional)
+               snapshot_threshold_bytes (optional), snapshot_entries_per_record (optional)
     [limits]   key_bytes_max, value_bytes_max, request_timeout_ms, proposals_pending_max,
                watch_history_revisions_max, watch_history_bytes_max, watchers_max,
                write_bytes_pending_max, request_header_timeout_ms, request_body_timeout_ms,
@@ -173,6 +173,10 @@ SNAPSHOT_THRESHOLD_ENTRIES_MAX = 100_000_000
 """The largest ``storage.snapshot_threshold_entries``: beyond it the log (and recovery time)
 grows without bound in practice."""
 
+SNAPSHOT_ENTRIES_PER_RECORD_MAX = 1000
+"""The largest ``storage.snapshot_entries_per_record``: beyond it the log since the last
+snapshot (and the replay at restart) would be a thousand times the state."""
+
 SNAPSHOT_THRESHOLD_BYTES_DEFAULT = 128 * 1024 * 1024
 """``storage.snapshot_threshold_bytes`` when not given: every entry since the last snapshot is
 kept in memory, so with large values the log is bounded by bytes as well as by entries."""
@@ -281,10 +285,17 @@ class StorageSettings:
         fsync: fsync the WAL before acknowledging; false is unsafe (benchmarks and tests).
         segment_bytes_max: a WAL segment file is closed and a new one started past this size.
         snapshot_threshold_entries: snapshot and compact the log once this many entries have
-            been applied since the last snapshot.
+            been applied since the last snapshot (or more: see
+            `snapshot_entries_per_record`).
         snapshots_kept: how many snapshots to keep on disk.
         snapshot_threshold_bytes: also snapshot once the entries applied since the last
             snapshot hold this many bytes of data. Optional.
+        snapshot_entries_per_record: snapshot no sooner than this many applied entries per
+            record in the state (keys, leases, idempotency records): a snapshot copies the
+            whole state, so a large state is snapshotted less often and the cost per entry
+            stays bounded, as does the log replayed at restart (at most this many entries
+            per record, or `snapshot_threshold_entries`). 0: every
+            `snapshot_threshold_entries`, whatever the state's size. Optional.
     """
 
     fsync: bool = True
@@ -292,6 +303,7 @@ class StorageSettings:
     snapshot_threshold_entries: int = 10_000
     snapshots_kept: int = 2
     snapshot_threshold_bytes: int = SNAPSHOT_THRESHOLD_BYTES_DEFAULT
+    snapshot_entries_per_record: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,6 +693,7 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
             SNAPSHOT_THRESHOLD_BYTES_LOWEST,
             SNAPSHOT_THRESHOLD_BYTES_HIGHEST,
         ),
+        "snapshot_entries_per_record": (0, SNAPSHOT_ENTRIES_PER_RECORD_MAX),
     },
     "limits": {
         "key_bytes_max": (1, KEY_BYTES_MAX_HIGHEST),
@@ -698,7 +711,7 @@ _SETTINGS_RANGES: dict[str, dict[str, tuple[int, int] | None]] = {
     },
 }
 _SETTINGS_OPTIONAL = {
-    "storage": frozenset({"snapshot_threshold_bytes"}),
+    "storage": frozenset({"snapshot_threshold_bytes", "snapshot_entries_per_record"}),
     "limits": frozenset(
         {
             "watch_history_revisions_max",

@@ -297,6 +297,7 @@ class RaftNode:
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=settings.snapshot_threshold_entries,
             snapshot_threshold_bytes=settings.snapshot_threshold_bytes,
+            snapshot_entries_per_record=settings.snapshot_entries_per_record,
             lease_timer=LeaseTimer(raft.tick_ms, raft.election_ticks),
         )
         # Watchers can go back as far as the state this node starts from; the log replayed

@@ -1877,6 +1877,12 @@ class KVStateMachine:
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def snapshot_records(self) -> int:
+        """How many records a snapshot of this state holds (keys, idempotency records,
+        leases): what its cost grows with."""
+        return len(self._records) + len(self._idempotency) + len(self._leases)
+
     def get(self, key: str) -> tuple[bytes, int] | None:
         """(value, revision) of `key` (the value a fresh copy), or None if it does not exist."""
         record = self._records.get(key)

@@ -216,6 +216,10 @@ class CommandList:
     def snapshot_chunks(self) -> Iterator[bytes]:
         yield encode_state(self.applied_index, self.state)
 
+    @property
+    def snapshot_records(self) -> int:
+        return len(self.state)
+
 
 class SimNode:
     """One node: the daemon's shell around its core and state machine, its disk, and what

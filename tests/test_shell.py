@@ -436,6 +436,31 @@ def test_a_log_of_large_entries_is_snapshotted_by_bytes_before_its_entry_count()
     assert shell.core.log.applied_entry_bytes < 4 * VALUE_BYTES_MAX
 
 
+def test_a_large_state_is_snapshotted_once_per_entry_per_record_not_every_threshold() -> None:
+    # Each snapshot copies the whole state: with 40 keys and 2 entries per record, one comes
+    # every 80 entries, not every 10 (the fixed threshold), and one per 10 with the rule off.
+    def snapshot_indexes(entries_per_record: int) -> list[int]:
+        core = make_core(1, voters=(1,))
+        shell = NodeShell(
+            core,
+            KVStateMachine(),
+            restore=KVStateMachine.restore_bytes,
+            snapshot_threshold_entries=10,
+            snapshot_entries_per_record=entries_per_record,
+        )
+        campaign(shell)
+        run_until_idle(shell)
+        taken: list[int] = []
+        for index in range(200):
+            shell.propose(encode_put(f"key{index % 40}", b"v"), Recorded())
+            taken += [meta.index for meta in run_until_idle_keeping_snapshots(shell)]
+        assert shell.state_machine.snapshot_records == 40
+        return taken
+
+    assert snapshot_indexes(2) == [80, 160]  # once 40 keys exist, every 2 x 40 entries
+    assert snapshot_indexes(0) == list(range(10, 201, 10))
+
+
 def test_a_log_twice_past_its_snapshot_threshold_takes_no_new_entries_until_compacted() -> None:
     # A snapshot slower than the writes must not let the log in memory grow without bound:
     # a follower drops AppendEntries that carry entries (the leader resends them later).

@@ -66,6 +66,11 @@ SNAPSHOT_THRESHOLD_ENTRIES = 64
 """Entries applied beyond the last snapshot before a node takes a new one (small, so runs
 exercise snapshots and InstallSnapshot often)."""
 
+SNAPSHOT_ENTRIES_PER_RECORD_CHOICES = (0, 1, 16)
+"""`NodeShell.snapshot_entries_per_record` values a seed picks from: snapshots every
+`SNAPSHOT_THRESHOLD_ENTRIES` entries whatever the state (0), or later as the state grows (the
+daemon's default 1, and a longer log: the seeds' states hold a few dozen records)."""
+
 
 class SimDisk:
     """What survives a crash: only completed writes."""
@@ -146,6 +151,8 @@ class SimNode:
     """How often this node, leading, checkpoints remaining TTLs (`kvraft.leases`)."""
     lease_bugs: frozenset[str] = frozenset()
     """Test-only bugs of this node's lease timer (`kvraft.sim.leases.SimLeaseTimer`)."""
+    snapshot_entries_per_record: int = 0
+    """This node's `NodeShell.snapshot_entries_per_record`."""
 
     def __post_init__(self) -> None:
         self.start()
@@ -174,6 +181,7 @@ class SimNode:
             KVStateMachine.restore_bytes(self.disk.snapshot_data),
             restore=KVStateMachine.restore_bytes,
             snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
+            snapshot_entries_per_record=self.snapshot_entries_per_record,
             # One tick stands for the daemon's default (`kvraft.sim.leases.SIM_TICK_MS`).
             lease_timer=sim_lease_timer(
                 self.config.election_ticks,
@@ -313,6 +321,7 @@ class SimCluster:
         write_delay_steps_max: int = 3,
         lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0],
         lease_bugs: frozenset[str] = frozenset(),
+        snapshot_entries_per_record: int = 0,
     ) -> None:
         self.rng = rng
         self.network = network
@@ -337,6 +346,7 @@ class SimCluster:
                 tick_phase=rng.randrange(TICK_STEPS),
                 lease_checkpoint_interval_ticks=lease_checkpoint_interval_ticks,
                 lease_bugs=lease_bugs,
+                snapshot_entries_per_record=snapshot_entries_per_record,
             )
             self._watch_applies(node)
             self.nodes[node_id] = node

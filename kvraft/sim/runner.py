@@ -34,7 +34,13 @@ from kvraft.raft.messages import Configuration
 from kvraft.sim import bank
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import Violation
-from kvraft.sim.cluster import TICK_STEPS, ClientOp, SimCluster, SimNode
+from kvraft.sim.cluster import (
+    SNAPSHOT_ENTRIES_PER_RECORD_CHOICES,
+    TICK_STEPS,
+    ClientOp,
+    SimCluster,
+    SimNode,
+)
 from kvraft.sim.leases import CHECKPOINT_INTERVAL_TICKS_CHOICES, LEASE_BUGS, LeaseWorkload
 from kvraft.sim.network import NetworkFaults, SimNetwork
 from kvraft.sim.watchers import SimWatchers
@@ -194,6 +200,10 @@ class _Run:
                 CHECKPOINT_INTERVAL_TICKS_CHOICES
             ),
             lease_bugs=options.bugs & LEASE_BUGS,
+            # From a generator of its own too, so the choice left every other draw as it was.
+            snapshot_entries_per_record=random.Random(f"{seed}/snapshots").choice(
+                SNAPSHOT_ENTRIES_PER_RECORD_CHOICES
+            ),
         )
         # The watchers draw from a generator of their own, so adding them left every other
         # draw of a seed as it was.
