@@ -242,7 +242,10 @@ function needSignIn(token, message) {
   // Expired, or its user was deleted or changed password: of no more use anywhere.
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(USER_KEY);
-  showSignIn(`Signed out: ${message || "the cluster no longer accepts this sign-in"}. Sign in again.`);
+  // The server's message ends with what an API client should do ("get a new one from
+  // POST /v1/auth/token"): the form below is this page's way, so that clause is left out.
+  const reason = (message || "").split(": ").filter((part) => !part.includes("/v1/")).join(": ");
+  showSignIn(`Signed out: ${reason || "the cluster no longer accepts this sign-in"}. Sign in again.`);
   tokenChanged();
 }
 
