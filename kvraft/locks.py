@@ -23,12 +23,12 @@ the waiter on the loop that waits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kvraft.raft.messages import Entry, SnapshotMeta
-from kvraft.statemachine import ApplyResult
+from kvraft.statemachine import ApplyResult, PlainPut
 
 if TYPE_CHECKING:  # the shell is what feeds the waiting; nothing of it is needed at run time
     from kvraft.shell import NodeShell
@@ -44,7 +44,7 @@ class LockWaiting:
 
     def follow(self, shell: NodeShell) -> None:
         """Wake waiters as `shell` applies entries and installs snapshots."""
-        shell.on_apply.append(self._applied)
+        shell.followers.append(self)
         shell.on_restore.append(self._restored)
 
     @property
@@ -67,7 +67,11 @@ class LockWaiting:
             if not events:
                 del self._waiting[name]
 
-    def _applied(self, entry: Entry, result: Any) -> None:
+    def applied_plain_puts(self, puts: Sequence[PlainPut]) -> None:
+        """Plain puts were applied (`kvraft.shell.ApplyFollower`): they change no lock."""
+
+    def applied(self, entry: Entry, result: Any) -> None:
+        """The shell applied `entry` with `result` (`kvraft.shell.ApplyFollower`)."""
         if not isinstance(result, ApplyResult) or not result.locks_changed or not self._waiting:
             return
         for name in result.locks_changed:

@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import base64
 import bisect
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvraft.raft.messages import Entry, SnapshotMeta
-from kvraft.statemachine import ApplyResult, Change
+from kvraft.statemachine import ApplyResult, Change, PlainPut, plain_put_change
 
 if TYPE_CHECKING:  # the shell is what feeds a hub; the hub needs none of it at run time
     from kvraft.shell import NodeShell
@@ -194,8 +195,10 @@ class WatchHub:
         """Changes at or below this revision are not kept (a watch must start above it)."""
         # The history: revisions in increasing order, each with its changes. A list with a
         # moving start (`_first`) rather than a deque, so a position is found by bisection.
+        # A plain put's changes may be its bare `PlainPut` (`record_plain_puts`), turned into
+        # its `Change` when a watcher first reads it (`_changes_at`).
         self._revisions: list[int] = []
-        self._changes: list[tuple[Change, ...]] = []
+        self._changes: list[tuple[Change, ...] | PlainPut] = []
         self._sizes_bytes: list[int] = []
         self._first = 0
         self.history_bytes = 0
@@ -208,10 +211,16 @@ class WatchHub:
     def follow(self, shell: NodeShell) -> None:
         """Record every entry `shell` applies from now on, and restart at every snapshot it
         installs from the leader (the daemon and the simulator wire a node this way)."""
-        shell.on_apply.append(
-            lambda entry, result: self.record(entry.index, changes_of(entry, result))
-        )
+        shell.followers.append(self)
         shell.on_restore.append(self._restarted)
+
+    def applied(self, entry: Entry, result: object) -> None:
+        """The shell applied `entry` with `result` (`kvraft.shell.ApplyFollower`)."""
+        self.record(entry.index, changes_of(entry, result))
+
+    def applied_plain_puts(self, puts: Sequence[PlainPut]) -> None:
+        """The shell applied these plain puts, in order (`kvraft.shell.ApplyFollower`)."""
+        self.record_plain_puts(puts)
 
     def _restarted(self, meta: SnapshotMeta) -> None:
         self.restart(meta.index)
@@ -245,6 +254,42 @@ class WatchHub:
         for watcher in self._watchers:
             if watcher.on_change is not None and any(watcher.matches(c.key) for c in changes):
                 watcher.on_change()
+
+    def record_plain_puts(self, puts: Sequence[PlainPut]) -> None:
+        """Plain puts were applied, in this order (`KVStateMachine.apply_plain_puts`): exactly
+        `record(revision, (plain_put_change(put),))` of each, in one step. Their `Change`s
+        are built only if a watcher reads them: replaying a million entries at a restart, the
+        history keeps the newest `history_revisions_max` of them and nobody reads them."""
+        if not puts:
+            return
+        if self._watchers:
+            # A watcher is told of each matching revision as it is recorded, as always.
+            for put in puts:
+                self.record(put[0], (plain_put_change(put),))
+            return
+        revisions = [put[0] for put in puts]
+        # Checked before anything changes, as `record` checks each revision.
+        if revisions[0] <= self.applied_revision or not all(
+            map(operator.lt, revisions, revisions[1:])
+        ):
+            raise ValueError(
+                f"revisions {revisions[0]}..{revisions[-1]} are not increasing from above "
+                f"{self.applied_revision}"
+            )
+        sizes_bytes = [_CHANGE_OVERHEAD_BYTES + len(put[1]) + len(put[3]) for put in puts]
+        self.applied_revision = revisions[-1]
+        self._revisions += revisions
+        self._changes += puts
+        self._sizes_bytes += sizes_bytes
+        self.history_bytes += sum(sizes_bytes)
+        if (
+            len(self._revisions) - self._first > self.history_revisions_max
+            or self.history_bytes > self.history_bytes_max
+        ):
+            # Once for all of them: the oldest revisions beyond the bounds are the same
+            # whether they were evicted after each record or after the last (a shorter
+            # history never holds more than a longer one that ends later).
+            self._evict()
 
     def restart(self, revision: int) -> None:
         """The state was replaced by a snapshot at `revision` (installed from the leader):
@@ -289,7 +334,7 @@ class WatchHub:
         at = bisect.bisect_left(revisions, watcher.position, lo=self._first)
         taken: list[Change] = []
         while at < len(revisions) and len(taken) < changes_max:
-            taken.extend(c for c in self._changes[at] if watcher.matches(c.key))
+            taken.extend(c for c in self._changes_at(at) if watcher.matches(c.key))
             watcher.position = revisions[at] + 1
             at += 1
         if at == len(revisions):
@@ -297,18 +342,37 @@ class WatchHub:
             watcher.position = max(watcher.position, self.applied_revision + 1)
         return taken
 
+    def _changes_at(self, at: int) -> tuple[Change, ...]:
+        """The changes of the history's revision at position `at`; a `PlainPut` recorded by
+        `record_plain_puts` becomes its `Change` here, once."""
+        changes = self._changes[at]
+        if changes and isinstance(changes[0], int):
+            built = (plain_put_change(changes),)
+            self._changes[at] = built
+            return built
+        return changes
+
     def _evict(self) -> None:
-        while self._first < len(self._revisions) and (
-            len(self._revisions) - self._first > self.history_revisions_max
-            or self.history_bytes > self.history_bytes_max
-        ):
-            self.history_bytes -= self._sizes_bytes[self._first]
-            self.compact_revision = self._revisions[self._first]
+        """Evict the oldest revisions until the history is within both bounds."""
+        first = self._first
+        revisions = self._revisions
+        # Beyond the count bound, all at once (a replay of many puts evicts one per put).
+        over = len(revisions) - first - self.history_revisions_max
+        if over > 0:
+            end = first + over
+            self.history_bytes -= sum(self._sizes_bytes[first:end])
+            self.compact_revision = revisions[end - 1]
             # Let go of the evicted values now (nothing reads below compact_revision); only
             # the small bookkeeping waits for the amortised trim below. Keeping them until
             # then held up to 1,024 evicted revisions: with 1 MiB values, a gibibyte.
-            self._changes[self._first] = ()
-            self._first += 1
+            self._changes[first:end] = [()] * over
+            first = end
+        while first < len(revisions) and self.history_bytes > self.history_bytes_max:
+            self.history_bytes -= self._sizes_bytes[first]
+            self.compact_revision = revisions[first]
+            self._changes[first] = ()
+            first += 1
+        self._first = first
         if self._first > 1024 and self._first * 2 > len(self._revisions):
             # Drop the evicted front now and then: amortised O(1) per revision.
             del self._revisions[: self._first]
