@@ -701,7 +701,7 @@ class NodeShell:
         waiters = self._waiters
         config_waiters = self._config_waiters
         normal = EntryKind.NORMAL
-        for entry in itertools.islice(entries, start, stop):
+        for entry in entries[start:stop]:
             if entry.kind == normal:
                 result = apply(entry.index, entry.data)
                 if lease_timer is not None:
