@@ -2183,11 +2183,13 @@ class KVStateMachine:
         revision_of = _REVISION_STRUCT.unpack_from
         pack_revision = _REVISION_STRUCT.pack
         revision_bytes = _REVISION_STRUCT.size
-        append = puts.append
+        command_bytes_max = COMMAND_BYTES_MAX
+        key_bytes_max = KEY_BYTES_MAX
+        value_bytes_max = VALUE_BYTES_MAX
         normal = EntryKind.NORMAL
-        position = start
-        while position < stop:
-            entry = entries[position]
+        append = puts.append
+        puts_before = len(puts)
+        for entry in entries[start:stop]:
             index = entry.index
             command = entry.data
             if (
@@ -2195,25 +2197,30 @@ class KVStateMachine:
                 or type(index) is not int
                 or not self._applied_index < index <= REVISION_MAX
                 or type(command) is not bytes
-                or len(command) > COMMAND_BYTES_MAX
+                or len(command) > command_bytes_max
             ):
                 break  # `apply` raises or refuses it, or it carries no command
             try:
                 obj = unpack(command, raw=False, strict_map_key=True)
             except Exception:  # garbage: `apply` answers MALFORMED_COMMAND
                 break
-            if not (
-                type(obj) is list
-                and len(obj) == _PUT_FIELD_COUNT
-                and obj[0] == OP_PUT
-                and type(obj[0]) is int
-                and obj[3] is None
-                and obj[4] is False
-                and obj[5] is None
-            ):
+            if type(obj) is not list or len(obj) != _PUT_FIELD_COUNT:
                 break
-            key, value = obj[1], obj[2]
-            if not _is_plain_put(key, value):
+            operation, key, value, if_revision, if_absent, idempotency_key = obj
+            if not (
+                type(operation) is int
+                and operation == OP_PUT
+                and if_revision is None
+                and if_absent is False
+                and idempotency_key is None
+                # `_is_plain_put(key, value)`:
+                and type(key) is str
+                and type(value) is bytes
+                and 0 < len(key) <= key_bytes_max
+                and len(value) <= value_bytes_max
+                and key.isascii()
+                and "\x00" not in key
+            ):
                 break
             self._applied_index = index
             record = records.get(key)
@@ -2226,8 +2233,8 @@ class KVStateMachine:
             if self._key_leases:
                 self._attach(key, None)
             append((index, key, prev_revision, value))
-            position += 1
-        return position
+        # One put appended per entry applied.
+        return start + len(puts) - puts_before
 
     def _delete(self, index: int, delete: DeleteCommand) -> ApplyResult:
         record = self._records.get(delete.key)
