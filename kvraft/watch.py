@@ -6,8 +6,9 @@ Every node applies the same committed log, so every node can serve a watch from 
 applied state: the stream of changes is the state machine's output, and a change's
 revision is the log index of the command that made it. `WatchHub` sits beside the state
 machine and is told, for every applied entry in order, which keys it changed
-(`record`). It keeps the most recent changes (the *history*, bounded by revisions and by
-bytes) and its watchers.
+(`record`; a run of plain puts nobody waited on at once, `record_plain_puts`, whose
+`Change`s are built only when a watcher reads them). It keeps the most recent changes
+(the *history*, bounded by revisions and by bytes) and its watchers.
 
 A `Watcher` is only a position in that history: the first revision it has not examined
 yet, and a filter (a key, or a prefix). `take()` walks the history from the position and

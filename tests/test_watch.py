@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from kvraft.statemachine import Change, KVStateMachine, encode_delete, encode_put
+from kvraft.statemachine import (
+    Change,
+    KVStateMachine,
+    PlainPut,
+    encode_delete,
+    encode_put,
+    plain_put_change,
+)
 from kvraft.watch import CompactedError, Lagged, TooManyWatchersError, WatchHub, change_json
 
 
@@ -170,3 +177,93 @@ def test_the_history_lets_go_of_evicted_values_at_once() -> None:
         tracemalloc.stop()
     assert hub.history_bytes <= 10 * value_bytes
     assert held_bytes < 20 * value_bytes  # the kept history and some bookkeeping, not 500
+
+
+def _plain_puts(first_revision: int, count: int) -> list[PlainPut]:
+    return [
+        (revision, f"key/{revision % 5}", None if revision % 3 else revision - 2, b"v" * revision)
+        for revision in range(first_revision, first_revision + count)
+    ]
+
+
+def _everything(hub: WatchHub) -> list[Change] | Lagged:
+    watcher = hub.watch(start_revision=hub.compact_revision + 1)
+    history: list[Change] = []
+    while True:
+        taken = watcher.take(changes_max=3)
+        if not isinstance(taken, list):
+            return taken
+        if not taken:
+            return history
+        history += taken
+
+
+@pytest.mark.parametrize(
+    ("revisions_max", "bytes_max"), [(100, 1 << 20), (4, 1 << 20), (100, 300), (2, 150), (1, 1)]
+)
+@pytest.mark.parametrize("watching", [False, True])
+def test_plain_puts_recorded_at_once_make_the_history_one_by_one_makes(
+    revisions_max: int, bytes_max: int, watching: bool
+) -> None:
+    hubs = [
+        WatchHub(10, history_revisions_max=revisions_max, history_bytes_max=bytes_max)
+        for _ in range(2)
+    ]
+    woken = [0, 0]
+    watchers = [
+        hub.watch(prefix="key/1", on_change=lambda at=at: woken.__setitem__(at, woken[at] + 1))
+        for at, hub in enumerate(hubs)
+        if watching
+    ]
+    runs = [_plain_puts(11, 7), [], _plain_puts(18, 1), _plain_puts(25, 9)]
+    for run in runs:
+        hubs[0].record_plain_puts(run)
+        for put in run:
+            hubs[1].record(put[0], (plain_put_change(put),))
+        if run is runs[2]:
+            for hub in hubs:  # a revision with a delete between the runs
+                hub.record(20, (Change("delete", "key/1", 20, 16),))
+                hub.record(24, ())  # and one that changed nothing
+    for hub in hubs:
+        assert hub.applied_revision == 33
+    assert hubs[0].compact_revision == hubs[1].compact_revision
+    assert hubs[0].history_bytes == hubs[1].history_bytes
+    assert _everything(hubs[0]) == _everything(hubs[1])
+    assert woken[0] == woken[1]
+    if watching:
+        assert woken[0] > 0
+        # The watchers from before the puts see the same changes, or lag alike.
+        assert watchers[0].take() == watchers[1].take()
+
+
+def test_plain_puts_are_refused_unless_their_revisions_increase() -> None:
+    hub = WatchHub(10)
+    with pytest.raises(ValueError, match="not increasing"):
+        hub.record_plain_puts(_plain_puts(10, 2))
+    with pytest.raises(ValueError, match="not increasing"):
+        hub.record_plain_puts([*_plain_puts(11, 2), *_plain_puts(12, 1)])
+    assert hub.applied_revision == 10
+    assert hub.history_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("revisions_max", "bytes_max"), [(100, 1 << 20), (4, 1 << 20), (100, 300), (2, 150), (1, 1)]
+)
+def test_the_history_is_what_evicting_after_every_record_leaves(
+    revisions_max: int, bytes_max: int
+) -> None:
+    """The model: after each revision recorded, the oldest go while either bound is passed."""
+    kept: list[tuple[int, int]] = []  # (revision, size in bytes)
+    compact_revision = 0
+    hub = WatchHub(0, history_revisions_max=revisions_max, history_bytes_max=bytes_max)
+    for run in (_plain_puts(1, 40), _plain_puts(41, 3), _plain_puts(44, 70)):
+        hub.record_plain_puts(run)
+        for revision, key, _, value in run:
+            kept.append((revision, 64 + len(key) + len(value)))
+            while kept and (len(kept) > revisions_max or sum(s for _, s in kept) > bytes_max):
+                compact_revision = kept.pop(0)[0]
+    assert hub.compact_revision == compact_revision
+    assert hub.history_bytes == sum(size for _, size in kept)
+    history = _everything(hub)
+    assert isinstance(history, list)
+    assert [change.revision for change in history] == [revision for revision, _ in kept]
