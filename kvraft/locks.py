@@ -67,7 +67,7 @@ class LockWaiting:
             if not events:
                 del self._waiting[name]
 
-    def applied_plain_puts(self, puts: Sequence[PlainPut]) -> None:
+    def applied_plain_puts(self, puts: Sequence[PlainPut], entries: Sequence[Entry]) -> None:
         """Plain puts were applied (`kvraft.shell.ApplyFollower`): they change no lock."""
 
     def applied(self, entry: Entry, result: Any) -> None:

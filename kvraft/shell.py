@@ -153,8 +153,11 @@ class ApplyFollower(Protocol):
         """`entry` was applied with `result` (None for an entry that carries no command)."""
         ...
 
-    def applied_plain_puts(self, puts: Sequence[PlainPut]) -> None:
-        """These plain puts were applied, in order, and nothing else between them."""
+    def applied_plain_puts(self, puts: Sequence[PlainPut], entries: Sequence[Entry]) -> None:
+        """These plain puts were applied, in order, and nothing else between them; `puts[i]`
+        is what `entries[i]` changed. The entries are there for whoever checks each applied
+        entry itself (the simulator's State Machine Safety checker): the watch hub and the
+        lock waiting need only the puts."""
         ...
 
 
@@ -679,10 +682,13 @@ class NodeShell:
         position = 0
         while position < unwaited_count:
             puts: list[PlainPut] = []
+            run_start = position
             position = apply_plain_puts(entries, position, unwaited_count, puts)
             if puts:
+                # A copy of the run's references: about 2 ms per million entries replayed.
+                run = entries[run_start:position]
                 for follower in followers:
-                    follower.applied_plain_puts(puts)
+                    follower.applied_plain_puts(puts, run)
             if position < unwaited_count:  # an entry that is not a plain put
                 self._apply_each(entries, position, position + 1)
                 position += 1

@@ -219,8 +219,9 @@ class WatchHub:
         """The shell applied `entry` with `result` (`kvraft.shell.ApplyFollower`)."""
         self.record(entry.index, changes_of(entry, result))
 
-    def applied_plain_puts(self, puts: Sequence[PlainPut]) -> None:
-        """The shell applied these plain puts, in order (`kvraft.shell.ApplyFollower`)."""
+    def applied_plain_puts(self, puts: Sequence[PlainPut], entries: Sequence[Entry]) -> None:
+        """The shell applied these plain puts, in order (`kvraft.shell.ApplyFollower`); the
+        puts say all the history keeps of them."""
         self.record_plain_puts(puts)
 
     def _restarted(self, meta: SnapshotMeta) -> None:
