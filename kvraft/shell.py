@@ -250,8 +250,10 @@ class NodeShell:
         self.on_apply: list[Callable[[Entry, Any], None]] = []
         """Called with every entry applied and the state machine's result (None for an
         entry that carries no command), after the state machine and the followers took it.
-        While one is registered (the simulator's checkers, tests), every entry gets its
-        result object: nothing takes the plain puts' batch path."""
+        While one is registered (tests; the simulator's checks on seeds that draw the hook
+        path, `kvraft.sim.cluster.APPLY_PATHS`), every entry gets its result object: nothing
+        takes the plain puts' batch path. Whoever can take runs of plain puts at once is an
+        `ApplyFollower` instead (the simulator's checks on its other seeds)."""
         self.on_restore: list[Callable[[SnapshotMeta], None]] = []
         """Called when a snapshot from the leader replaced the state machine."""
         # Inputs, fed to the core by advance().

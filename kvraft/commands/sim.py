@@ -177,6 +177,11 @@ def _print_summary(
     for result in results:
         for status, count in result.operations.items():
             ops[status] = ops.get(status, 0) + count
+    applies: dict[str, int] = {}
+    for result in results:
+        for kind, count in result.applies.items():
+            applies[kind] = applies.get(kind, 0) + count
+    hook_seeds = sum(r.apply_path == "hook" for r in results)
     rate = f", {ticks / elapsed_s:,.0f} ticks/s" if elapsed_s else ""
     timing = f" in {elapsed_s:.1f}s" if elapsed_s is not None else ""
     click.echo(
@@ -184,5 +189,8 @@ def _print_summary(
         f"writes in flight up to {options.write_delay_steps_max} steps: "
         f"{len(violations)} violations; {ticks:,} ticks{timing}{rate}; "
         f"ops ok={ops.get('ok', 0):,} fail={ops.get('fail', 0):,} info={ops.get('info', 0):,}; "
-        f"elections={sum(r.elections for r in results):,}"
+        f"elections={sum(r.elections for r in results):,}; "
+        f"applied one by one={applies.get('one_by_one', 0):,}, "
+        f"as plain puts in runs={applies.get('plain_puts', 0):,} "
+        f"({applies.get('plain_put_runs', 0):,} runs; {hook_seeds} seeds by on_apply hook)"
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,13 +48,15 @@ from kvraft.statemachine import (
     ApplyResult,
     Change,
     KVStateMachine,
+    PlainPut,
     encode_delete,
     encode_lease_checkpoint,
     encode_put,
+    plain_put_change,
 )
 from kvraft.watch import WatchHub, changes_of
 
-__all__ = ["TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
+__all__ = ["APPLY_PATHS", "TICK_STEPS", "ClientOp", "SimCluster", "SimDisk", "SimNode"]
 
 TICK_STEPS = 10
 """Simulator steps per Raft tick: messages take a few steps, so many fit in one tick."""
@@ -70,6 +72,15 @@ SNAPSHOT_ENTRIES_PER_RECORD_CHOICES = (0, 1, 16)
 """`NodeShell.snapshot_entries_per_record` values a seed picks from: snapshots every
 `SNAPSHOT_THRESHOLD_ENTRIES` entries whatever the state (0), or later as the state grows (the
 daemon's default 1, and a longer log: the seeds' states hold a few dozen records)."""
+
+
+APPLY_PATHS = ("followers", "hook")
+"""How the simulator's checks see what each node applies, drawn per seed. "followers": as a
+`kvraft.shell.ApplyFollower`, as the daemon's watch hub and lock waiting do, so that runs of
+plain puts nobody waits on (a follower's apply, a restart's replay) take the shell's batch path
+(`KVStateMachine.apply_plain_puts`), as in the daemon. "hook": as an `on_apply` hook, which
+makes the shell apply every entry one by one with its result. Either way a node ends in the
+same state and a seed runs the same (the same trace): only the shell's path differs."""
 
 
 class SimDisk:
@@ -202,6 +213,54 @@ class SimNode:
         self.core_events = CoreEvents(events, core, 0.0)
 
 
+class _ApplyChecks:
+    """The simulator's checks of every entry one node's shell applies: State Machine Safety,
+    the lease checker, the watchers' truth (`SimCluster.on_changes`). A
+    `kvraft.shell.ApplyFollower`, or its `applied` alone as an `on_apply` hook (`APPLY_PATHS`);
+    counts what came which way in `SimCluster.apply_counts`."""
+
+    def __init__(self, cluster: SimCluster, node_id: int, shell: NodeShell) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.shell = shell
+
+    def _machine(self) -> KVStateMachine:
+        machine = self.shell.state_machine  # (replaced when a snapshot is restored)
+        assert isinstance(machine, KVStateMachine)
+        return machine
+
+    def applied(self, entry: Entry, result: object) -> None:
+        cluster = self.cluster
+        cluster.checkers.on_apply(self.node_id, entry)
+        cluster.lease_checker.applied(self.node_id, self._machine(), entry, result)
+        if cluster.on_changes is not None:
+            cluster.on_changes(entry.index, changes_of(entry, result))
+        cluster.apply_counts["one_by_one"] += 1
+
+    def applied_plain_puts(self, puts: Sequence[PlainPut], entries: Sequence[Entry]) -> None:
+        """What `applied` of each entry with its result would check: the same Entry to State
+        Machine Safety, the same change to the watchers (`plain_put_change` is the change of
+        a plain put's result), the run to the lease checker at once (its state is after the
+        run's last entry, see `LeaseChecker.applied_plain_puts`)."""
+        cluster = self.cluster
+        on_apply = cluster.checkers.on_apply
+        for put, entry in zip(puts, entries, strict=True):
+            if put[0] != entry.index:
+                raise Violation(
+                    "plain puts",
+                    f"n{self.node_id} reported the plain put of entry {entry.index} at "
+                    f"revision {put[0]}",
+                )
+            on_apply(self.node_id, entry)
+        cluster.lease_checker.applied_plain_puts(self.node_id, self._machine(), entries)
+        on_changes = cluster.on_changes
+        if on_changes is not None:
+            for put in puts:
+                on_changes(put[0], (plain_put_change(put),))
+        cluster.apply_counts["plain_put_runs"] += 1
+        cluster.apply_counts["plain_puts"] += len(puts)
+
+
 def _client_answer(cluster: SimCluster, node: SimNode, op: ClientOp) -> Future[Any]:
     """Where the shell answers one client operation: it finishes the op in the history. A
     `concurrent.futures.Future` runs its callback at once, inside the shell's step."""
@@ -322,7 +381,15 @@ class SimCluster:
         lease_checkpoint_interval_ticks: int = CHECKPOINT_INTERVAL_TICKS_CHOICES[0],
         lease_bugs: frozenset[str] = frozenset(),
         snapshot_entries_per_record: int = 0,
+        apply_path: str = APPLY_PATHS[0],
     ) -> None:
+        if apply_path not in APPLY_PATHS:
+            raise ValueError(f"apply_path {apply_path!r} is not one of {APPLY_PATHS}")
+        self.apply_path = apply_path
+        """How the checks see what each node applies (`APPLY_PATHS`)."""
+        self.apply_counts = {"one_by_one": 0, "plain_put_runs": 0, "plain_puts": 0}
+        """Entries the checks saw applied one by one, and runs of plain puts (and the puts in
+        them) applied in one step by the shell's batch path, summed over the nodes."""
         self.rng = rng
         self.network = network
         self.now = 0
@@ -417,17 +484,11 @@ class SimCluster:
                         )
 
     def _watch_applies(self, node: SimNode) -> None:
-        shell = node.shell
-
-        def applied(entry: Entry, result: object) -> None:
-            self.checkers.on_apply(node.id, entry)
-            machine = shell.state_machine  # (replaced when a snapshot is restored)
-            assert isinstance(machine, KVStateMachine)
-            self.lease_checker.applied(node.id, machine, entry, result)
-            if self.on_changes is not None:
-                self.on_changes(entry.index, changes_of(entry, result))
-
-        node.shell.on_apply.append(applied)
+        checks = _ApplyChecks(self, node.id, node.shell)
+        if self.apply_path == "hook":
+            node.shell.on_apply.append(checks.applied)
+        else:
+            node.shell.followers.append(checks)
 
     def watch_hubs(self) -> dict[int, WatchHub | None]:
         """Each node's watch hub; None for a node that is down."""

@@ -22,7 +22,8 @@ Safety makes every node apply the same entries). Two properties, the issue's:
 
 1. A lease's keys go with it.
    - After every entry any node applies that may change a lease key (one that names a lease
-     key, a revoke or expiry, the first after a snapshot replaced the node's state): each
+     key, a revoke or expiry, the first after a snapshot replaced the node's state; after
+     the last of a run of plain puts the shell applied in one step): each
      lease key it holds is attached to exactly the lease its last write named (none for a
      plain write), that lease exists, and the key holds no value written under a lease whose
      revoke or expiry applied at or before that index.
@@ -66,7 +67,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -455,6 +456,25 @@ class LeaseChecker:
         ):
             self._machines[node_id] = machine
             self._check_keys(node_id, machine, index)
+
+    def applied_plain_puts(
+        self, node_id: int, machine: StateMachineView, entries: Sequence[Entry]
+    ) -> None:
+        """`node_id` applied `entries`, a run of plain puts, in one step (the shell's batch
+        path, `kvraft.shell.NodeShell._apply_all`); `machine` is its state after the last.
+        What `applied` of each would check: a plain put grants, revokes and checkpoints no
+        lease, and only a lease key it writes changes (detached from its lease: the "detach"
+        call). Those keys are checked once, on the state after the run, at its last index:
+        nothing but these puts applied in between, so a lease key the run does not write
+        holds there what it held after each of them, and one it writes must be detached."""
+        last = entries[-1].index
+        if last > self._truth_index:
+            self._truth_index = last
+        if self._machines.get(node_id) is not machine or any(
+            _LEASE_KEY_PREFIX_BYTES in entry.data for entry in entries
+        ):
+            self._machines[node_id] = machine
+            self._check_keys(node_id, machine, last)
 
     def _grant(self, entry: Entry, result: ApplyResult, first: bool) -> None:
         if not result.ok:

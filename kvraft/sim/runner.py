@@ -35,6 +35,7 @@ from kvraft.sim import bank
 from kvraft.sim.bank import BankTxn
 from kvraft.sim.checkers import Violation
 from kvraft.sim.cluster import (
+    APPLY_PATHS,
     SNAPSHOT_ENTRIES_PER_RECORD_CHOICES,
     TICK_STEPS,
     ClientOp,
@@ -98,6 +99,8 @@ class SimOptions:
             (`kvraft.sim.leases`), besides `clients`.
         write_delay_steps_max: each write completes 0..this many steps after it is issued,
             while the node keeps building Readies (0: every write completes at once).
+        apply_path: how the checks see what the nodes apply (`kvraft.sim.cluster.APPLY_PATHS`);
+            None: each seed draws one.
     """
 
     nodes: int = 5
@@ -112,6 +115,7 @@ class SimOptions:
     write_delay_steps_max: int = WRITE_DELAY_STEPS_MAX_DEFAULT
     watchers: int = 3
     lease_clients: int = 2
+    apply_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -126,6 +130,11 @@ class SimResult:
     messages: int = 0
     leases: dict[str, int] = field(default_factory=dict)
     """What the lease checker checked (`LeaseChecker.check`): granted, expired, ..."""
+    apply_path: str = ""
+    """How the checks saw the nodes apply (`kvraft.sim.cluster.APPLY_PATHS`)."""
+    applies: dict[str, int] = field(default_factory=dict)
+    """`SimCluster.apply_counts`: entries applied one by one, and runs of plain puts applied
+    in one step (the shell's batch path) with the puts in them, over all nodes."""
 
 
 @dataclass(slots=True)
@@ -204,6 +213,8 @@ class _Run:
             snapshot_entries_per_record=random.Random(f"{seed}/snapshots").choice(
                 SNAPSHOT_ENTRIES_PER_RECORD_CHOICES
             ),
+            # Both paths leave the same run; each seed checks one, from a generator of its own.
+            apply_path=options.apply_path or random.Random(f"{seed}/apply").choice(APPLY_PATHS),
         )
         # The watchers draw from a generator of their own, so adding them left every other
         # draw of a seed as it was.
@@ -676,6 +687,8 @@ class _Run:
             elections=len(self.leaders_seen),
             messages=self.network.sent,
             leases=dict(self.lease_counts),
+            apply_path=self.cluster.apply_path,
+            applies=dict(self.cluster.apply_counts),
         )
 
 
