@@ -11,7 +11,8 @@ A run has two phases:
    after every step.
 2. Liveness: every fault is healed and every node restarted. Within a bounded
    number of ticks a leader must emerge, every member must catch up, and a
-   read of every key and an audit of the bank must succeed. Then the whole client
+   read of every key and an audit of the bank must succeed, and every node that applied
+   the same prefix of the log must hold the same state, byte for byte. Then the whole client
    history is checked for linearizability (transactions projected per key), every
    audit for the bank's total (`kvraft.sim.bank` says why this way), and every lease
    expiry against the keepalives acknowledged before it (`kvraft.sim.leases`).
@@ -637,6 +638,25 @@ class _Run:
         audit = answered["audit"].output
         assert isinstance(audit, ApplyResult)
         bank.check_audit(audit, "the final audit")
+        self._check_states_agree()
+
+    def _check_states_agree(self) -> None:
+        """Nodes that applied the same prefix of the log hold the same state, byte for byte
+        (a snapshot's encoding is canonical): a node whose state machine went wrong on its
+        own, in a way no read happened to show, is caught here."""
+        by_index: dict[int, tuple[int, bytes]] = {}
+        for node in self.cluster.nodes.values():
+            if not node.alive:
+                continue
+            machine = node.state_machine
+            state = b"".join(machine.snapshot_chunks())
+            first = by_index.setdefault(machine.applied_index, (node.id, state))
+            if first[1] != state:
+                raise Violation(
+                    "state agreement",
+                    f"n{node.id} and n{first[0]} applied the log through index "
+                    f"{machine.applied_index} and hold different states",
+                )
 
     def _caught_up(self) -> bool:
         leader = self.cluster.leader()
