@@ -379,7 +379,12 @@ async def snapshotting_cluster(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[MemoryNetwork, list[InProcessNode]]]:
     config = cluster_config(tmp_path, 3)
-    config = replace(config, storage=replace(config.storage, snapshot_threshold_entries=20))
+    config = replace(
+        config,
+        storage=replace(
+            config.storage, snapshot_threshold_entries=20, snapshot_entries_per_record=0
+        ),
+    )
     network = MemoryNetwork()
     members: list[InProcessNode] = []
     try:

@@ -23,7 +23,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     built = Cluster(tmp_path, 3)
     # Snapshot every 20 entries: the restart recovers from a snapshot plus a log tail.
     built.config = replace(
-        built.config, storage=replace(built.config.storage, snapshot_threshold_entries=20)
+        built.config,
+        storage=replace(
+            built.config.storage, snapshot_threshold_entries=20, snapshot_entries_per_record=0
+        ),
     )
     built.config_path.write_text(render_config(built.config))
     yield from running(built)

@@ -397,7 +397,11 @@ def snapshotting_cluster3(tmp_path: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path, 3)
     cluster.config = replace(
         cluster.config,
-        storage=replace(cluster.config.storage, snapshot_threshold_entries=SNAPSHOT_VALUES - 2),
+        storage=replace(
+            cluster.config.storage,
+            snapshot_threshold_entries=SNAPSHOT_VALUES - 2,
+            snapshot_entries_per_record=0,
+        ),
     )
     cluster.config_path.write_text(render_config(cluster.config))
     yield from running(cluster)

@@ -89,7 +89,9 @@ def snapshotting_config(tmp_path: Path) -> ClusterConfig:
     return replace(
         config,
         raft=replace(config.raft, tick_ms=10),
-        storage=replace(config.storage, snapshot_threshold_entries=5),
+        storage=replace(
+            config.storage, snapshot_threshold_entries=5, snapshot_entries_per_record=0
+        ),
     )
 
 
@@ -281,7 +283,12 @@ async def test_a_snapshot_that_fails_to_save_for_any_reason_stops_the_node(
     # Not only a StorageError: whatever breaks while saving a snapshot leaves the node's
     # storage in a state nobody checked, so the node stops rather than serve on.
     config = local_cluster_config(1, tmp_path)
-    config = replace(config, storage=replace(config.storage, snapshot_threshold_entries=3))
+    config = replace(
+        config,
+        storage=replace(
+            config.storage, snapshot_threshold_entries=3, snapshot_entries_per_record=0
+        ),
+    )
     storage = await MemoryStorage.open()
 
     async def save_snapshot(meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:

@@ -40,7 +40,9 @@ class MemberCluster(Cluster):
         self.config = replace(
             self.config,
             storage=replace(
-                self.config.storage, snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES
+                self.config.storage,
+                snapshot_threshold_entries=SNAPSHOT_THRESHOLD_ENTRIES,
+                snapshot_entries_per_record=0,
             ),
             limits=replace(self.config.limits, request_timeout_ms=REQUEST_TIMEOUT_MS),
         )
