@@ -146,6 +146,17 @@ def test_resumable_a_resume_gets_exactly_the_first_event_after_it() -> None:
     partway = stream(put(4, "r/2", "q"), progress(4), number=1, start=4)
     result = check_watch([through_3, partway, whole], writes)
     assert [(v.property, v.revision) for v in result.violations] == [("resumable", 4)]
+    # The same when nobody else saw that event and no write of it was acknowledged (a
+    # transfer of unknown outcome): the key's next event names it in its prev_revision.
+    unknown = [
+        *WRITES,
+        *(WriteRecord(k, v, "info") for k, v in [("r/1", "p"), ("r/2", "q"), ("r/1", "s")]),
+    ]
+    later = stream(put(4, "r/2", "q"), CLEAN[2], put(7, "r/1", "s", 4), progress(7),
+                   number=1, start=4)  # fmt: skip
+    result = check_watch([through_3, later], unknown)
+    assert result.first is not None, result
+    assert (result.first.property, result.first.revision) == ("resumable", 4), result.violations
 
 
 def test_reliable_no_acknowledged_write_is_missing_from_a_stream_that_covered_it() -> None:

@@ -473,12 +473,21 @@ def check_watch(
                 known.setdefault(
                     (revision, write.key), WatchItem("put", revision, write.key, write.value)
                 )
-    known_revisions = sorted({revision for revision, _ in known})
     keys_at: dict[int, set[str]] = defaultdict(set)
     per_key: dict[str, list[int]] = defaultdict(list)
     for revision, key in known:
         keys_at[revision].add(key)
         per_key[key].append(revision)
+    # An event's prev_revision names a put of its key at that revision: a change that every
+    # stream covering it must deliver, even one no watcher recorded and no client saw
+    # acknowledged (a transaction of unknown outcome, whose one key a skipping watcher
+    # missed: the stream then began partway into that revision).
+    for stream in streams:
+        for item in stream.events:
+            prev = item.prev_revision
+            if item.key is not None and prev is not None and 0 < prev < item.revision:
+                keys_at[prev].add(item.key)
+    known_revisions = sorted(keys_at)
     for revisions in per_key.values():
         revisions.sort()
 
