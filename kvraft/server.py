@@ -6,7 +6,8 @@ The flow of a write, as this module runs it (`kvraft.shell` keeps the order, whi
 
     propose() queues the command in the shell -> the driver feeds every queued input at once
     shell.advance(): core.propose_batch()     -> Ready: messages (AppendEntries) go out now
-    storage.save() (writer thread, fsync)     -> shell.persisted(): messages_after_persist
+    storage.start_save() (writer thread)      -> shell.persisted(): messages_after_persist
+      (the driver goes on stepping meanwhile: WRITES_IN_FLIGHT_MAX)
     committed_entries -> state machine         -> the future for that index resolves
     core.persisted()                           -> the leader counts its own copy (§10.2.1)
 
@@ -35,6 +36,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -95,6 +97,18 @@ PROPOSAL_WAIT_S_MAX = 1.0
 has waited longer than this (`kvraft.admission.WaitingProposals`): under overload, what is
 admitted is answered in about a second and the rest is shed at once, instead of everything
 queueing until it times out with an unknown outcome."""
+
+WRITES_IN_FLIGHT_MAX = 4
+"""Readies whose disk writes a node lets run at once. While a write is in flight the driver
+goes on stepping what arrives (the followers' acknowledgements, new proposals) and builds
+the next Readies: a leader commits with two followers' durable copies without waiting for
+its own (§10.2.1), and a follower writes the next AppendEntries while the last is syncing.
+The shell keeps the order (`NodeShell.persisted`: Readies finish in the order they were
+started); past this many, the driver waits for the oldest write.
+
+A write still running after one tick holds the driver as well, until it is done: a node
+whose disk hangs must stop heartbeating, so that the others elect a leader that can
+commit, instead of leading on and applying nothing."""
 
 
 class Transport(Protocol):
@@ -199,6 +213,12 @@ class RaftNode:
         self.transport: Transport | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
+        self._writes: deque[tuple[int, asyncio.Future[Any], float]] = deque()
+        """The Readies' writes started and not yet reported to the shell, oldest first, with
+        their tokens and start times on the loop's clock (`WRITES_IN_FLIGHT_MAX`)."""
+        self.write_hold_s = config.raft.tick_ms / 1000
+        """A write running longer than this holds the driver until it is done (one tick:
+        see `WRITES_IN_FLIGHT_MAX`)."""
         self._pending_client_requests = 0
         self.write_admission = WriteAdmission(config.limits.write_bytes_pending_max)
         self.waiting_proposals = WaitingProposals(PROPOSAL_WAIT_S_MAX)
@@ -587,11 +607,22 @@ class RaftNode:
         shell = self.shell
         assert shell is not None
         core = shell.core
+        writes = self._writes
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
-                while shell.wants_advance and not self._stopping:
+                while not self._stopping:
+                    self._finish_writes(shell, writes)
+                    if not shell.wants_advance:
+                        break
+                    if writes and (
+                        len(writes) >= WRITES_IN_FLIGHT_MAX
+                        or loop.time() - writes[0][2] > self.write_hold_s
+                    ):
+                        await asyncio.wait((writes[0][1],))
+                        continue
                     persist = shell.advance()
                     # Configurations in force are the latest in the log (§4.1), including
                     # the entries of this Ready and an accepted snapshot's: the new peers
@@ -599,20 +630,15 @@ class RaftNode:
                     self.address_book.follow_configuration(core.log.configuration())
                     self._send_messages(shell.take_messages())
                     self._observe_events(core)
-                    if persist is None:
-                        # Let HTTP, ticks and peers in between Readies: a long backlog of
-                        # committed entries (a restart) must not starve them. A Ready that
-                        # waited on the disk has let them in already.
-                        await asyncio.sleep(0)
-                    else:
-                        restored = await self._write(persist)
-                        shell.persisted(persist.token, restored)
-                        after_persist = shell.take_messages()
-                        if after_persist:
-                            self._send_messages(after_persist)
-                            # Acknowledge now: applying comes next and may take a while,
-                            # and the leader's commit waits on this answer.
-                            self._flush()
+                    if persist is not None:
+                        # The write runs while the loop goes on: the next Readies step what
+                        # arrives meanwhile (WRITES_IN_FLIGHT_MAX).
+                        write = self._start_write(persist)
+                        writes.append((persist.token, write, loop.time()))
+                        write.add_done_callback(self._write_done)
+                    # Let HTTP, ticks and peers in between Readies: a long backlog of
+                    # committed entries (a restart) must not starve them.
+                    await asyncio.sleep(0)
                     self._maybe_snapshot(shell)
                     # Waiters (a transfer, a catch-up, a new leader) cannot wait for a quiet
                     # moment: under steady load this loop may not end for a long time.
@@ -627,6 +653,63 @@ class RaftNode:
         except Exception as error:  # a bug: never keep serving in an unknown state
             log.exception("node %d: driver crashed", self.id)
             self._fail(error)
+        finally:
+            for _, write, _ in writes:
+                write.cancel()
+            writes.clear()
+
+    def _write_done(self, _: object) -> None:
+        """A write finished: the shell hears of it (and the peers get its acknowledgements)
+        now, from this callback, as soon as the loop learns of it, not at the driver's next
+        turn; the driver then applies what it released."""
+        shell = self.shell
+        assert shell is not None
+        try:
+            self._finish_writes(shell, self._writes)
+        except asyncio.CancelledError:
+            return  # the node is stopping
+        except StorageError as error:
+            self._fail(error)
+        except Exception as error:  # a bug: never keep serving in an unknown state
+            log.exception("node %d: finishing a write failed", self.id)
+            self._fail(error)
+        self._wake.set()
+
+    def _finish_writes(
+        self, shell: NodeShell, writes: deque[tuple[int, asyncio.Future[Any], float]]
+    ) -> None:
+        """Report the writes that are done to the shell, oldest first (a write's error, such
+        as `StorageError`, is raised here), and send what they release at once."""
+        while writes and writes[0][1].done():
+            token, write, _ = writes.popleft()
+            shell.persisted(token, write.result())
+            after_persist = shell.take_messages()
+            if after_persist:
+                self._send_messages(after_persist)
+                # Acknowledge now: applying comes next and may take a while, and the
+                # leader's commit waits on this answer.
+                self._flush()
+
+    def _start_write(self, persist: Persist) -> asyncio.Future[Any]:
+        """Step 2 of a Ready, started: the future's result is the state machine rebuilt from
+        the Ready's snapshot, if it had one (else None), once the write is done. A log write
+        is the storage writer's own future, so that its acknowledgement leaves as soon as the
+        loop learns of it, with no task in between."""
+        storage = self.storage
+        assert storage is not None
+        if persist.snapshot is not None:
+            return asyncio.ensure_future(self._write(persist))
+        saved = storage.start_save(persist.entries, persist.hard_state, sync=persist.sync)
+        observer = self.fsync_observer
+        if observer is not None and persist.sync:
+            started = time.perf_counter()
+
+            def observe(saved: asyncio.Future[None]) -> None:
+                if not saved.cancelled() and saved.exception() is None:
+                    observer(time.perf_counter() - started)
+
+            saved.add_done_callback(observe)  # (callbacks run in the order added)
+        return saved
 
     async def _write(self, persist: Persist) -> StateMachine | None:
         """Step 2 of a Ready on the disk; the state machine rebuilt from its snapshot, if any."""

@@ -1,8 +1,9 @@
 """The driver loop of `RaftNode`, in-process: three real nodes on one event loop, talking
 over TCP on 127.0.0.1, each on a real `DiskStorage` whose writes a test can hold.
 
-Holding a node's disk holds its driver inside a Ready, as a slow disk or a paused process
-would, while its peers, its timers and its clients carry on. What a node relies on: whatever
+Holding a node's disk holds its driver once the held write has run for a tick (before
+that the driver goes on stepping: `WRITES_IN_FLIGHT_MAX`), as a slow disk or a paused
+process would, while its peers, its timers and its clients carry on. What a node relies on: whatever
 piled up meanwhile (answers that already timed out, messages from a newer term) is handled
 when the driver resumes, and the node keeps running. The same cluster, with a small
 InstallSnapshot limit, shows what a leader does with a snapshot no peer would accept.
@@ -153,6 +154,31 @@ async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_
     )
     assert not failed.done()
     await asyncio.gather(write, return_exceptions=True)
+
+
+async def test_a_leader_commits_with_its_followers_copies_while_its_own_write_is_held(
+    cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
+) -> None:
+    # §10.2.1: the leader writes its log in parallel with its followers, and an entry on a
+    # majority of disks is committed, the leader's own or not. Its driver steps the
+    # followers' answers while its own write is in flight.
+    await wait_until(lambda: leader_of(cluster) is not None, "a leader")
+    leader = leader_of(cluster)
+    assert leader is not None and leader.core is not None
+    core = leader.core
+    leader.write_hold_s = DEADLINE_S  # keep stepping however long the write is held
+    held = cluster[leader.id][1]
+    held.release.clear()
+    write = asyncio.create_task(leader.propose(encode_put("k", b"v"), timeout_s=DEADLINE_S))
+    await wait_until(held.holding.is_set, "the leader's own write held")
+    index = core.log.last_index()
+    await wait_until(lambda: core.log.commit_index >= index, "committed by the followers")
+    assert core.log.persisted_index < index  # not on the leader's disk yet
+    # It answers once its own write is done too (Readies finish in the order they started).
+    assert not write.done()
+    held.release.set()
+    result = await write
+    assert result.ok and result.revision == index
 
 
 def snapshot_retries(core: RaftCore, node_id: int, count: int) -> Callable[[], bool]:

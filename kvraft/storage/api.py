@@ -15,6 +15,7 @@ simulator). Errors say whose fault it was:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,13 @@ class Storage(Protocol):
         `entries[0].index`, append `entries`, then record `hard_state` if given. With `sync`
         the writes are on stable storage when this returns. `save([], None, True)` is a
         barrier that makes every earlier unsynced save durable."""
+        ...
+
+    def start_save(
+        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+    ) -> asyncio.Future[None]:
+        """`save`, started now: the future completes when `save` would have returned (with
+        its error, if any). Saves complete in the order they were started."""
         ...
 
     async def save_snapshot(

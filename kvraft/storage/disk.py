@@ -267,12 +267,19 @@ class DiskStorage:
         self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
     ) -> None:
         """See `kvraft.storage.api.Storage.save`."""
+        await self.start_save(entries, hard_state, sync)
+
+    def start_save(
+        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+    ) -> asyncio.Future[None]:
+        """See `kvraft.storage.api.Storage.start_save`: the writer thread takes operations in
+        the order they are submitted."""
         self._check_usable()
         batch = prepare_batch(entries, hard_state)
         self._log.check_batch(batch, self._newest.index if self._newest else 0)
         future = self._submit(_Operation(None, batch=batch, sync=sync))
         self._log.apply_batch(batch)
-        await future
+        return future
 
     async def save_snapshot(
         self, meta: SnapshotMeta, chunks: Iterable[bytes | bytearray | memoryview]

@@ -10,6 +10,7 @@ every operation raises `StorageFailedError`, like `DiskStorage` after an `OSErro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from kvraft.raft.messages import Entry, HardState, SnapshotMeta
@@ -86,6 +87,22 @@ class MemoryStorage:
     async def save(
         self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
     ) -> None:
+        self._save(entries, hard_state)
+
+    def start_save(
+        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+    ) -> asyncio.Future[None]:
+        """Done at once, as `save`: memory has nothing to wait for."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._save(entries, hard_state)
+        except Exception as error:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+        return future
+
+    def _save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         self._check_usable()
         batch = prepare_batch(entries, hard_state)
         self.disk.log.check_batch(batch, self._newest_index())
