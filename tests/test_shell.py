@@ -11,12 +11,13 @@ import asyncio
 import inspect
 import random
 from pathlib import Path
+from typing import Any
 
 from raft_harness import RaftCluster, make_core
 
 from kvraft.config import BATCH_BYTES_MAX_HIGHEST
 from kvraft.errors import NotLeader, OutcomeUnknown, ProposalLost
-from kvraft.raft.core import Role
+from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import (
     AppendEntries,
     Configuration,
@@ -45,13 +46,14 @@ ADVANCES_MAX = 100
 
 
 def shell_of(core_node_id: int = 1, **core_arguments: object) -> NodeShell:
-    core = make_core(core_node_id, **core_arguments)  # type: ignore[arg-type]
-    return NodeShell(
-        core,
-        KVStateMachine(),
-        restore=KVStateMachine.restore_bytes,
-        snapshot_threshold_entries=1_000,
-    )
+    return kv_shell(make_core(core_node_id, **core_arguments))  # type: ignore[arg-type]
+
+
+def kv_shell(core: RaftCore, **settings: Any) -> NodeShell:
+    """A shell around `core` and an empty `KVStateMachine`; `settings` for `NodeShell`
+    (snapshots every 1,000 entries unless they say otherwise)."""
+    settings.setdefault("snapshot_threshold_entries", 1_000)
+    return NodeShell(core, KVStateMachine(), restore=KVStateMachine.restore_bytes, **settings)
 
 
 def run_until_idle(shell: NodeShell) -> list[Message]:
@@ -419,13 +421,7 @@ def test_nothing_is_fed_to_the_core_while_a_term_write_is_pending() -> None:
 
 def test_a_log_of_large_entries_is_snapshotted_by_bytes_before_its_entry_count() -> None:
     core = make_core(1, voters=(1,))
-    shell = NodeShell(
-        core,
-        KVStateMachine(),
-        restore=KVStateMachine.restore_bytes,
-        snapshot_threshold_entries=1_000,
-        snapshot_threshold_bytes=4 * VALUE_BYTES_MAX,
-    )
+    shell = kv_shell(core, snapshot_threshold_bytes=4 * VALUE_BYTES_MAX)
     campaign(shell)
     run_until_idle(shell)
     snapshots = []
@@ -441,12 +437,8 @@ def test_a_large_state_is_snapshotted_once_per_entry_per_record_not_every_thresh
     # every 80 entries, not every 10 (the fixed threshold), and one per 10 with the rule off.
     def snapshot_indexes(entries_per_record: int) -> list[int]:
         core = make_core(1, voters=(1,))
-        shell = NodeShell(
-            core,
-            KVStateMachine(),
-            restore=KVStateMachine.restore_bytes,
-            snapshot_threshold_entries=10,
-            snapshot_entries_per_record=entries_per_record,
+        shell = kv_shell(
+            core, snapshot_threshold_entries=10, snapshot_entries_per_record=entries_per_record
         )
         campaign(shell)
         run_until_idle(shell)
@@ -466,13 +458,7 @@ def test_a_log_twice_past_its_snapshot_threshold_takes_no_new_entries_until_comp
     # a follower drops AppendEntries that carry entries (the leader resends them later).
     core = make_core(2, log_terms=(), term=1)
     threshold = 2 * VALUE_BYTES_MAX
-    shell = NodeShell(
-        core,
-        KVStateMachine(),
-        restore=KVStateMachine.restore_bytes,
-        snapshot_threshold_entries=1_000,
-        snapshot_threshold_bytes=threshold,
-    )
+    shell = kv_shell(core, snapshot_threshold_bytes=threshold)
     index = 0
     while not shell.log_full:
         index += 1
@@ -511,13 +497,7 @@ def test_a_new_leader_counts_no_lease_down_before_it_applied_an_entry_of_its_ter
         entries=[Entry(1, index, EntryKind.NORMAL, data) for index, data in enumerate(commands, 1)],
     )
     timer = LeaseTimer(100, core.config.election_ticks, checkpoint_interval_ticks=10)
-    shell = NodeShell(
-        core,
-        KVStateMachine(),
-        restore=KVStateMachine.restore_bytes,
-        snapshot_threshold_entries=1_000,
-        lease_timer=timer,
-    )
+    shell = kv_shell(core, lease_timer=timer)
     for _ in range(4 * core.config.election_ticks):  # node 2 grants every (pre-)vote
         shell.tick()
         for message in run_until_idle(shell):
