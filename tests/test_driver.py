@@ -181,6 +181,32 @@ async def test_a_leader_commits_with_its_followers_copies_while_its_own_write_is
     assert result.ok and result.revision == index
 
 
+async def test_a_node_keeps_at_most_writes_in_flight_max_disk_writes_running(
+    cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
+) -> None:
+    await wait_until(lambda: leader_of(cluster) is not None, "a leader")
+    leader = leader_of(cluster)
+    assert leader is not None and leader.shell is not None
+    shell = leader.shell
+    leader.write_hold_s = DEADLINE_S
+    held = cluster[leader.id][1]
+    held.release.clear()
+    most = server_module.WRITES_IN_FLIGHT_MAX
+    writes = []
+    for number in range(3 * most):
+        put = encode_put(f"k{number}", b"v")
+        writes.append(asyncio.create_task(leader.propose(put, timeout_s=DEADLINE_S)))
+        # Each proposal its own Ready (and write), until the driver waits for the oldest.
+        expected = min(number + 1, most)
+        await wait_until(lambda n=expected: shell.writes_in_flight >= n, f"{expected} writes")
+    await wait_until(lambda: shell.wants_advance, "the last proposals queued in the shell")
+    assert shell.writes_in_flight == most  # the rest wait for the oldest write
+    held.release.set()
+    results = await asyncio.gather(*writes)
+    assert all(result.ok for result in results)
+    assert [result.revision for result in results] == sorted(r.revision for r in results)
+
+
 def snapshot_retries(core: RaftCore, node_id: int, count: int) -> Callable[[], bool]:
     """A condition for `wait_until`: the leader `core` has started sending `node_id` its
     snapshot again at least `count` times (each retry starts the snapshot's clock again).
