@@ -699,6 +699,10 @@ class RaftNode:
         assert storage is not None
         if persist.snapshot is not None:
             return asyncio.ensure_future(self._write(persist))
+        if not persist.entries and persist.hard_state is None:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)  # nothing to write: done, as `_write` would be
+            return done
         saved = storage.start_save(persist.entries, persist.hard_state, sync=persist.sync)
         observer = self.fsync_observer
         if observer is not None and persist.sync:
