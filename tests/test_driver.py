@@ -156,19 +156,29 @@ async def test_a_read_that_timed_out_while_the_leader_was_held_is_skipped_after_
     await asyncio.gather(write, return_exceptions=True)
 
 
+async def leader_with_its_disk_held(
+    cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
+) -> tuple[RaftNode, HoldingFileOps]:
+    """The leader, with its next disk writes held (release them with `.release.set()`) and
+    its driver stepping on however long they are held."""
+    await wait_until(lambda: leader_of(cluster) is not None, "a leader")
+    leader = leader_of(cluster)
+    assert leader is not None
+    leader.write_hold_s = DEADLINE_S
+    held = cluster[leader.id][1]
+    held.release.clear()
+    return leader, held
+
+
 async def test_a_leader_commits_with_its_followers_copies_while_its_own_write_is_held(
     cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
 ) -> None:
     # §10.2.1: the leader writes its log in parallel with its followers, and an entry on a
     # majority of disks is committed, the leader's own or not. Its driver steps the
     # followers' answers while its own write is in flight.
-    await wait_until(lambda: leader_of(cluster) is not None, "a leader")
-    leader = leader_of(cluster)
-    assert leader is not None and leader.core is not None
+    leader, held = await leader_with_its_disk_held(cluster)
+    assert leader.core is not None
     core = leader.core
-    leader.write_hold_s = DEADLINE_S  # keep stepping however long the write is held
-    held = cluster[leader.id][1]
-    held.release.clear()
     write = asyncio.create_task(leader.propose(encode_put("k", b"v"), timeout_s=DEADLINE_S))
     await wait_until(held.holding.is_set, "the leader's own write held")
     index = core.log.last_index()
@@ -184,13 +194,9 @@ async def test_a_leader_commits_with_its_followers_copies_while_its_own_write_is
 async def test_a_node_keeps_at_most_writes_in_flight_max_disk_writes_running(
     cluster: dict[int, tuple[RaftNode, HoldingFileOps]],
 ) -> None:
-    await wait_until(lambda: leader_of(cluster) is not None, "a leader")
-    leader = leader_of(cluster)
-    assert leader is not None and leader.shell is not None
+    leader, held = await leader_with_its_disk_held(cluster)
+    assert leader.shell is not None
     shell = leader.shell
-    leader.write_hold_s = DEADLINE_S
-    held = cluster[leader.id][1]
-    held.release.clear()
     most = server_module.WRITES_IN_FLIGHT_MAX
     writes = []
     for number in range(3 * most):
