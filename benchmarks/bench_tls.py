@@ -110,7 +110,8 @@ def _cluster(processes: Processes, base: Path, *, tls: bool) -> KvraftCluster:
         tls=tls_settings,
         peer_tls=peer_tls,
     )
-    http_ports, raft_ports = launcher.free_ports(NODES), launcher.free_ports(NODES)
+    ports = launcher.free_ports(2 * NODES)  # one call: two calls' ports may repeat
+    http_ports, raft_ports = ports[:NODES], ports[NODES:]
     config = replace(
         config,
         nodes=tuple(

@@ -82,7 +82,8 @@ K = TypeVar("K")
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     """`count` distinct TCP ports on `host` that were free a moment ago (bound together,
-    so the kernel gives distinct ones, then closed)."""
+    so the kernel gives distinct ones, then closed). Take every port a cluster needs in one
+    call: two calls may return the same port, since the first call's are closed again."""
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):

@@ -122,8 +122,9 @@ class Cluster:
         """`tls`/`peer_tls`: the config's tables; `client_context`: how the harness's own
         requests reach an HTTPS cluster."""
         self.root = root
-        http_ports = free_ports(nodes)
-        raft_ports = free_ports(nodes)
+        # One call: ports from two calls may repeat (each call's are closed before it returns).
+        ports = free_ports(2 * nodes)
+        http_ports, raft_ports = ports[:nodes], ports[nodes:]
         secret_path: Path | None = None
         if peer_secret is not None:
             secret_path = root / PEER_SECRET_FILE_NAME

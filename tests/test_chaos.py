@@ -741,6 +741,15 @@ def test_chaos_config_puts_each_node_on_its_own_address_with_fsync(tmp_path: pat
     assert len({n.data_dir for n in config.nodes}) == 5
 
 
+def test_chaos_config_never_gives_a_node_one_port_twice(tmp_path: pathlib.Path) -> None:
+    # A port found free and closed can be found free again: each answer comes twice here.
+    answers = iter(port for port in range(20000, 20100) for _ in range(2))
+    config = chaos_config(3, tmp_path, "127.5.6", port_for=lambda host: next(answers))
+    spares = spare_specs(config, 2, "127.5.6", port_for=lambda host: next(answers))
+    for spec in (*config.nodes, *spares):
+        assert spec.raft_port != spec.http_port, spec
+
+
 def test_convergence_needs_every_node_on_one_leader_and_caught_up() -> None:
     def status(node: int, role: str, applied: int, leader: int = 1, term: int = 2) -> Any:
         return {

@@ -47,8 +47,8 @@ def test_cluster_down_stops_nodes_started_by_hand_and_never_a_stranger(
 ) -> None:
     data_dir = tmp_path / "cluster"
     data_dir.mkdir()
-    http_ports = launcher.free_ports(3)
-    raft_ports = launcher.free_ports(3)
+    ports = launcher.free_ports(6)  # one call: two calls' ports may repeat
+    http_ports, raft_ports = ports[:3], ports[3:]
     config = local_cluster_config(3, data_dir)
     config = replace(
         config,

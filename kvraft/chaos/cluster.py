@@ -139,6 +139,26 @@ def _free_port(host: str) -> int:
     return port
 
 
+PORT_TRIES_MAX = 100
+"""How many ports `_distinct_ports` asks for before it gives up on finding an unused one."""
+
+
+def _distinct_ports(port_for: Callable[[str], int]) -> Callable[[str], int]:
+    """`port_for`, never giving one host the same port twice: a port found free and closed
+    again may be found free once more (a node's Raft and HTTP ports once collided)."""
+    given: set[tuple[str, int]] = set()
+
+    def next_port(host: str) -> int:
+        for _ in range(PORT_TRIES_MAX):
+            port = port_for(host)
+            if (host, port) not in given:
+                given.add((host, port))
+                return port
+        raise RuntimeError(f"no unused port found on {host} in {PORT_TRIES_MAX} tries")
+
+    return next_port
+
+
 def chaos_config(
     nodes: int,
     data_dir: pathlib.Path,
@@ -150,6 +170,7 @@ def chaos_config(
     """A cluster of `nodes` voters, node i on ``block.i`` (Raft and HTTP), durable (fsync on),
     with the chaos settings above; validated by a render-and-parse round trip."""
     base = local_cluster_config(nodes, data_dir, cluster_id=cluster_id)
+    port_for = _distinct_ports(port_for)
     specs = []
     for spec in base.nodes:
         host = node_host(block, spec.id)
@@ -183,6 +204,7 @@ def spare_specs(
     address ``block.id`` with its own ports and a data directory next to the others'."""
     first = max(spec.id for spec in config.nodes) + 1
     data_root = config.nodes[0].data_dir.parent
+    port_for = _distinct_ports(port_for)
     specs = []
     for node_id in range(first, first + count):
         host = node_host(block, node_id)
