@@ -692,16 +692,20 @@ class RaftNode:
 
     def _start_write(self, persist: Persist) -> asyncio.Future[Any]:
         """Step 2 of a Ready, started: the future's result is the state machine rebuilt from
-        the Ready's snapshot, if it had one (else None), once the write is done. A log write
-        is the storage writer's own future, so that its acknowledgement leaves as soon as the
-        loop learns of it, with no task in between."""
+        the Ready's snapshot, if it had one (else None), once the write is done."""
+        if persist.snapshot is not None:
+            return asyncio.ensure_future(self._install_and_write(persist))
+        return self._start_log_write(persist)
+
+    def _start_log_write(self, persist: Persist) -> asyncio.Future[Any]:
+        """The Ready's log entries and HardState, started: the storage writer's own future
+        (result None), so that its acknowledgement leaves as soon as the loop learns of it,
+        with no task in between."""
         storage = self.storage
         assert storage is not None
-        if persist.snapshot is not None:
-            return asyncio.ensure_future(self._write(persist))
         if not persist.entries and persist.hard_state is None:
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            done.set_result(None)  # nothing to write: done, as `_write` would be
+            done.set_result(None)  # nothing to write
             return done
         saved = storage.start_save(persist.entries, persist.hard_state, sync=persist.sync)
         observer = self.fsync_observer
@@ -715,24 +719,19 @@ class RaftNode:
             saved.add_done_callback(observe)  # (callbacks run in the order added)
         return saved
 
-    async def _write(self, persist: Persist) -> StateMachine | None:
-        """Step 2 of a Ready on the disk; the state machine rebuilt from its snapshot, if any."""
+    async def _install_and_write(self, persist: Persist) -> StateMachine:
+        """Step 2 of a Ready that carries a snapshot from the leader: install it, rebuild the
+        state machine from it, then write the Ready's log entries and HardState."""
         storage = self.storage
-        assert storage is not None
-        restored: StateMachine | None = None
-        if persist.snapshot is not None:
-            data = persist.snapshot.data
-            await storage.install_snapshot(persist.snapshot.meta, data)
-            # Decoding a large snapshot would hold the event loop: a thread does it.
-            restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
-            self._snapshot_data_cache = (persist.snapshot.meta.index, [data])
-            log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
-            self._emit("snapshot_installed", index=persist.snapshot.meta.index)
-        if persist.entries or persist.hard_state is not None:
-            started = time.perf_counter()
-            await storage.save(persist.entries, persist.hard_state, sync=persist.sync)
-            if self.fsync_observer is not None and persist.sync:
-                self.fsync_observer(time.perf_counter() - started)
+        assert storage is not None and persist.snapshot is not None
+        data = persist.snapshot.data
+        await storage.install_snapshot(persist.snapshot.meta, data)
+        # Decoding a large snapshot would hold the event loop: a thread does it.
+        restored = await asyncio.to_thread(KVStateMachine.restore_bytes, data)
+        self._snapshot_data_cache = (persist.snapshot.meta.index, [data])
+        log.info("node %d: installed snapshot at %d", self.id, persist.snapshot.meta.index)
+        self._emit("snapshot_installed", index=persist.snapshot.meta.index)
+        await self._start_log_write(persist)
         return restored
 
     def _send_messages(self, messages: list[Message]) -> None:
