@@ -269,7 +269,7 @@ class RaftSettings:
     """
 
     tick_ms: int = 50
-    election_ticks: int = 8
+    election_ticks: int = 6
     heartbeat_ticks: int = 2
     inflight_max: int = 64
     batch_bytes_max: int = 1024 * 1024

@@ -153,7 +153,7 @@ def test_ranges_stated_in_the_shipped_comments_are_the_ranges_enforced(name: str
     # either end must be refused, so the documentation cannot drift from the validator.
     text = (CONFIGS / name).read_text(encoding="utf-8")
     # Make room for the cross-rule heartbeat_ticks < election_ticks at both ends of each.
-    text = text.replace("election_ticks = 8", f"election_ticks = {ELECTION_TICKS_MAX}")
+    text = text.replace("election_ticks = 6", f"election_ticks = {ELECTION_TICKS_MAX}")
     text = text.replace("heartbeat_ticks = 2", "heartbeat_ticks = 1")
     lines = text.splitlines()
     section = ""
@@ -717,7 +717,7 @@ def test_local_cluster_config_defaults_match_the_contract(tmp_path: pathlib.Path
     assert [n.http_port for n in config.nodes] == [8001, 8002, 8003]
     assert [n.raft_port for n in config.nodes] == [7001, 7002, 7003]
     assert config.cluster_id == "kvraft-local"
-    assert config.raft == RaftSettings(50, 8, 2, 64, 1048576, True, True)
+    assert config.raft == RaftSettings(50, 6, 2, 64, 1048576, True, True)
     assert config.storage == StorageSettings(True, 67108864, 10000, 2)
     assert config.limits == LimitSettings(1024, 1048576, 5000, 10000)
 

@@ -6,7 +6,7 @@ Theory of operation
 `LOCK_CLIENTS` clients share one lock, `LOCK_NAME`. Each repeats a *round*:
 
 1. grant a lease of ``ttl_s``, the shortest the chaos cluster allows
-   (`kvraft.leases.lease_ttl_s_min` of its tick and election settings: 3 s), which a
+   (`kvraft.leases.lease_ttl_s_min` of its tick and election settings: 2 s), which a
    keepalive thread of the client's own keeps alive from then on: a ``POST
    /v1/leases/{id}/keepalive`` every TTL / `KEEPALIVES_PER_TTL`, to a node drawn at random,
    with that interval as its timeout (a keepalive stuck on a paused node must not cost the

@@ -148,7 +148,7 @@ WARMUP_S = 2.0
 throughput to compare the unavailability with."""
 
 FAULT_HOLD_S_MIN = 2.0
-"""The shortest a fault is held: several election timeouts (400-800 ms by default), so a
+"""The shortest a fault is held: several election timeouts (300-600 ms by default), so a
 leader fault always forces an election."""
 
 FAULT_HOLD_S_MAX = 5.0
