@@ -21,8 +21,9 @@ from tests.cluster_harness import Cluster, running, wait_for
 __all__: list[str] = []
 
 TTL_S = 3
-"""The shortest TTL the default config allows (kvraft.leases.lease_ttl_s_min: 3 of the
-longest election timeouts, 2 x 8 ticks x 50 ms, rounded up)."""
+"""A short TTL the default config allows: one more second than the shortest
+(kvraft.leases.lease_ttl_s_min: 3 of the longest election timeouts, 2 x 6 ticks x 50 ms,
+rounded up: 2 s), which leaves room for a failover on a slow host."""
 
 EXPIRY_WAIT_S = TTL_S + 10.0
 """How long a key of an abandoned lease may take to go: its TTL plus slack for a slow host."""
