@@ -23,7 +23,8 @@ from tests.in_process_cluster import DEADLINE_S, InProcessNode
 __all__: list[str] = []
 
 TTL_S = 3
-"""The shortest TTL the default config allows (3 of the longest election timeouts)."""
+"""A short TTL the default config allows (the shortest is `kvraft.leases.lease_ttl_s_min`,
+3 of the longest election timeouts: 2 s)."""
 
 
 def test_lease_requests_follow_the_contract_and_say_what_may_be_repeated() -> None:

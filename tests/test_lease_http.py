@@ -8,13 +8,14 @@ from typing import Any
 
 import aiohttp
 
+from kvraft.leases import lease_ttl_s_min
 from kvraft.statemachine import LEASE_TTL_S_MAX
 from tests.in_process_cluster import DEADLINE_S, InProcessNode, leader_of
 
 __all__: list[str] = []
 
 TTL_S = 3
-"""The shortest TTL the default config allows (3 of the longest election timeouts)."""
+"""A short TTL the default config allows (the shortest is `lease_ttl_s_min`: 2 s)."""
 
 
 async def call(
@@ -89,11 +90,15 @@ async def test_ttls_outside_the_bounds_are_refused(
     members: list[InProcessNode], http: aiohttp.ClientSession
 ) -> None:
     leader, _ = leader_and_follower(members)
-    for ttl_s in (TTL_S - 1, LEASE_TTL_S_MAX + 1, 2.5, "10", None):
+    raft = leader.node.config.raft
+    ttl_s_min = lease_ttl_s_min(raft.tick_ms, raft.election_ticks)
+    for ttl_s in (ttl_s_min - 1, LEASE_TTL_S_MAX + 1, 2.5, "10", None):
         status, body = await call(http, "POST", f"{leader.url}/v1/leases", {"ttl_s": ttl_s})
         assert (status, body["error"]) == (400, "bad_ttl"), ttl_s
     status, body = await call(http, "POST", f"{leader.url}/v1/leases", {"ttl": 10})
     assert status == 400
+    status, body = await call(http, "POST", f"{leader.url}/v1/leases", {"ttl_s": ttl_s_min})
+    assert (status, body["ttl_s"]) == (200, ttl_s_min)
 
 
 async def test_lease_routes_refuse_query_parameters_they_do_not_know(

@@ -24,7 +24,8 @@ from tests.cluster_harness import Cluster, running, wait_for
 __all__: list[str] = []
 
 TTL_S = 3
-"""The shortest TTL the default config allows (3 of the longest election timeouts)."""
+"""A short TTL the default config allows (the shortest is `kvraft.leases.lease_ttl_s_min`,
+3 of the longest election timeouts: 2 s)."""
 
 WAIT_S = 30.0
 """How long a step of a test may take on a slow host."""
