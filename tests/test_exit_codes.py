@@ -140,8 +140,9 @@ def test_a_config_file_that_does_not_exist_is_a_config_error(tmp_path: Path) -> 
 def test_an_invalid_config_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     node = _write_config(tmp_path)
     text = node.config_path.read_text()
-    assert "election_ticks = 6" in text
-    node.config_path.write_text(text.replace("election_ticks = 6", "election_ticks = 1"))
+    invalid, replaced = re.subn(r"(?m)^election_ticks = \d+$", "election_ticks = 1", text)
+    assert replaced == 1
+    node.config_path.write_text(invalid)
     result = _run(["serve", "--config", str(node.config_path), "--id", "1"])
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "raft.election_ticks" in _the_error_line(result.stderr)
