@@ -82,7 +82,10 @@ def node_url(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_node_exports_its_metrics_by_the_prometheus_conventions(node_url: str) -> None:
-    assert _http("GET", f"{node_url}/v1/kv/absent")[0] == 404
+    for _ in range(3):  # one series, counted on every request (the node keeps it at hand)
+        assert _http("GET", f"{node_url}/v1/kv/absent")[0] == 404
+    for _ in range(2):  # a made-up method is counted as "other", not as a series of its own
+        assert _http("PROPFIND", f"{node_url}/v1/kv/absent")[0] == 405
     status, body = _http("GET", f"{node_url}/metrics")
     assert status == 200
     families = {family.name: family for family in text_string_to_metric_families(body.decode())}
@@ -132,7 +135,9 @@ def test_a_node_exports_its_metrics_by_the_prometheus_conventions(node_url: str)
         for sample in families["kvraft_request_seconds"].samples
         if sample.name.endswith("_count")
     }
-    assert counts[("GET", "/v1/kv/{key}", "404")] == 1
+    assert counts[("GET", "/v1/kv/{key}", "404")] == 3
+    assert counts[("other", "/v1/kv/{key}", "405")] == 2
+    assert not any(method == "PROPFIND" for method, _, _ in counts)
     assert counts[("PUT", "/v1/kv/{key}", "200")] >= 1
 
     # prometheus_client's default collectors: process, platform and garbage collector.
