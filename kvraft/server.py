@@ -635,14 +635,16 @@ class RaftNode:
                         # arrives meanwhile (WRITES_IN_FLIGHT_MAX).
                         write = self._start_write(persist)
                         writes.append((persist.token, write, loop.time()))
-                        write.add_done_callback(self._write_done)
-                    # Let HTTP, ticks and peers in between Readies: a long backlog of
-                    # committed entries (a restart) must not starve them.
-                    await asyncio.sleep(0)
                     self._maybe_snapshot(shell)
                     # Waiters (a transfer, a catch-up, a new leader) cannot wait for a quiet
                     # moment: under steady load this loop may not end for a long time.
                     self._notify_state_changed()
+                    if shell.wants_advance:
+                        # Let HTTP, ticks and peers in between Readies: a long backlog of
+                        # committed entries (a restart) must not starve them. (With nothing
+                        # more to do the loop goes idle at once, below: the writer thread
+                        # needs the GIL that this thread holds until then.)
+                        await asyncio.sleep(0)
                 self.address_book.follow_configuration(core.log.configuration())
                 self._observe_leader(core)
                 self._notify_state_changed()
@@ -658,7 +660,7 @@ class RaftNode:
                 write.cancel()
             writes.clear()
 
-    def _write_done(self, _: object) -> None:
+    def _write_done(self, _: object = None) -> None:
         """A write finished: the shell hears of it (and the peers get its acknowledgements)
         now, from this callback, as soon as the loop learns of it, not at the driver's next
         turn; the driver then applies what it released."""
@@ -692,31 +694,46 @@ class RaftNode:
 
     def _start_write(self, persist: Persist) -> asyncio.Future[Any]:
         """Step 2 of a Ready, started: the future's result is the state machine rebuilt from
-        the Ready's snapshot, if it had one (else None), once the write is done."""
+        the Ready's snapshot, if it had one (else None), once the write is done; then
+        `_write_done` runs."""
         if persist.snapshot is not None:
-            return asyncio.ensure_future(self._install_and_write(persist))
-        return self._start_log_write(persist)
+            installing = asyncio.ensure_future(self._install_and_write(persist))
+            installing.add_done_callback(self._write_done)
+            return installing
+        return self._start_log_write(persist, on_done=self._write_done)
 
-    def _start_log_write(self, persist: Persist) -> asyncio.Future[Any]:
+    def _start_log_write(
+        self, persist: Persist, on_done: Callable[[], object] | None = None
+    ) -> asyncio.Future[Any]:
         """The Ready's log entries and HardState, started: the storage writer's own future
-        (result None), so that its acknowledgement leaves as soon as the loop learns of it,
-        with no task in between."""
+        (result None). `on_done` runs in the loop turn that learns the write is done, with
+        no task and no future callback in between: a follower's acknowledgement leaves
+        then, a loop turn sooner than from the future's callbacks."""
         storage = self.storage
         assert storage is not None
         if not persist.entries and persist.hard_state is None:
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Any] = loop.create_future()
             done.set_result(None)  # nothing to write
+            if on_done is not None:
+                loop.call_soon(on_done)
             return done
-        saved = storage.start_save(persist.entries, persist.hard_state, sync=persist.sync)
         observer = self.fsync_observer
-        if observer is not None and persist.sync:
-            started = time.perf_counter()
+        if observer is None or not persist.sync:
+            return storage.start_save(
+                persist.entries, persist.hard_state, sync=persist.sync, on_done=on_done
+            )
+        started = time.perf_counter()
 
-            def observe(saved: asyncio.Future[None]) -> None:
-                if not saved.cancelled() and saved.exception() is None:
-                    observer(time.perf_counter() - started)
+        def observed() -> None:
+            if saved.exception() is None:  # (never called for a cancelled write)
+                observer(time.perf_counter() - started)
+            if on_done is not None:
+                on_done()
 
-            saved.add_done_callback(observe)  # (callbacks run in the order added)
+        saved = storage.start_save(
+            persist.entries, persist.hard_state, sync=persist.sync, on_done=observed
+        )
         return saved
 
     async def _install_and_write(self, persist: Persist) -> StateMachine:

@@ -16,7 +16,7 @@ simulator). Errors say whose fault it was:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -99,10 +99,19 @@ class Storage(Protocol):
         ...
 
     def start_save(
-        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+        self,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+        sync: bool = True,
+        on_done: Callable[[], object] | None = None,
     ) -> asyncio.Future[None]:
         """`save`, started now: the future completes when `save` would have returned (with
-        its error, if any). Saves complete in the order they were started."""
+        its error, if any). Saves complete in the order they were started.
+
+        `on_done`, if given, is called on the loop as soon as the future is done (not if it
+        was cancelled), never from inside this call: in the same loop turn that settles the
+        future, one turn before the future's own callbacks run. The daemon's driver sends a
+        follower's acknowledgement from it, so the turn saved is on every commit's path."""
         ...
 
     async def save_snapshot(

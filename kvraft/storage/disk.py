@@ -70,15 +70,24 @@ class _Operation:
     """Errors of `work` that go to the caller without failing the storage."""
     stops: bool = False
     """The close operation: it runs even after a failure, and the thread ends after it."""
+    on_done: Callable[[], object] | None = None
+    """Called on the loop right after `future` is settled (see `Storage.start_save`)."""
 
 
-def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any],
+    result: object,
+    error: BaseException | None,
+    on_done: Callable[[], object] | None = None,
+) -> None:
     if future.done():  # the caller was cancelled; the work happened anyway
         return
     if error is not None:
         future.set_exception(error)
     else:
         future.set_result(result)
+    if on_done is not None:
+        on_done()
 
 
 def _failed_error(cause: BaseException) -> StorageFailedError:
@@ -184,7 +193,9 @@ class _Writer:
         if operation.future is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self._loop.call_soon_threadsafe(_settle, operation.future, result, error)
+            self._loop.call_soon_threadsafe(
+                _settle, operation.future, result, error, operation.on_done
+            )
 
 
 class DiskStorage:
@@ -270,14 +281,18 @@ class DiskStorage:
         await self.start_save(entries, hard_state, sync)
 
     def start_save(
-        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+        self,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+        sync: bool = True,
+        on_done: Callable[[], object] | None = None,
     ) -> asyncio.Future[None]:
         """See `kvraft.storage.api.Storage.start_save`: the writer thread takes operations in
         the order they are submitted."""
         self._check_usable()
         batch = prepare_batch(entries, hard_state)
         self._log.check_batch(batch, self._newest.index if self._newest else 0)
-        future = self._submit(_Operation(None, batch=batch, sync=sync))
+        future = self._submit(_Operation(None, batch=batch, sync=sync, on_done=on_done))
         self._log.apply_batch(batch)
         return future
 

@@ -11,7 +11,7 @@ every operation raises `StorageFailedError`, like `DiskStorage` after an `OSErro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from kvraft.raft.messages import Entry, HardState, SnapshotMeta
 from kvraft.storage.api import RecoveredState, StorageError, StorageFailedError
@@ -90,16 +90,24 @@ class MemoryStorage:
         self._save(entries, hard_state)
 
     def start_save(
-        self, entries: Sequence[Entry], hard_state: HardState | None, sync: bool = True
+        self,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+        sync: bool = True,
+        on_done: Callable[[], object] | None = None,
     ) -> asyncio.Future[None]:
-        """Done at once, as `save`: memory has nothing to wait for."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done at once, as `save`: memory has nothing to wait for (`on_done` is called at the
+        loop's next turn, never from inside this call)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         try:
             self._save(entries, hard_state)
         except Exception as error:
             future.set_exception(error)
         else:
             future.set_result(None)
+        if on_done is not None:
+            loop.call_soon(on_done)
         return future
 
     def _save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
