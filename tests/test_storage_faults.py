@@ -176,6 +176,28 @@ async def test_a_failed_fsync_is_never_retried_and_the_save_is_not_reported_dura
     assert file_ops.syncs == syncs
 
 
+async def test_a_failed_save_runs_its_on_done_with_the_failure_already_in_its_future(
+    tmp_path: Path,
+) -> None:
+    """The driver learns of a failed write from `on_done` (and then fails the node): it runs
+    once, with the error already in the future."""
+    file_ops = FailingFileOps()
+    storage = await DiskStorage.open(tmp_path, file_ops=file_ops)
+    file_ops.fail_syncs(errno.EIO)
+    seen: list[BaseException | None] = []
+    save = storage.start_save(
+        make_entries(1, 1), HardState(1, 1, 0), on_done=lambda: seen.append(save.exception())
+    )
+    with pytest.raises(StorageFailedError):
+        await save
+    await wait_until(lambda: len(seen) == 1)
+    assert isinstance(seen[0], StorageFailedError)
+    assert isinstance(seen[0].__cause__, OSError) and seen[0].__cause__.errno == errno.EIO
+    with pytest.raises(StorageFailedError):
+        await storage.close()
+    assert len(seen) == 1
+
+
 async def test_every_operation_queued_behind_the_failure_fails_too(tmp_path: Path) -> None:
     file_ops = FailingFileOps()
     storage = await DiskStorage.open(tmp_path, file_ops=file_ops)

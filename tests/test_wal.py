@@ -1128,6 +1128,36 @@ async def test_an_installed_snapshot_is_ordered_before_saves_called_after_it(
     await storage.close()
 
 
+async def test_start_save_calls_on_done_once_each_in_order_with_the_future_already_settled(
+    open_storage: Opener,
+) -> None:
+    """The driver sends a follower's acknowledgement from `on_done`: it must find its write
+    done, never run inside `start_save`, and run before the future's own callbacks (that is
+    the loop turn it saves). A failed write: `tests/test_storage_faults.py`."""
+    storage = await open_storage()
+    seen: list[tuple[str, int, bool]] = []
+    saves: list[asyncio.Future[None]] = []
+
+    def on_done(number: int) -> Callable[[], None]:
+        return lambda: seen.append(("on_done", number, saves[number - 1].done()))
+
+    for number in (1, 2, 3):
+        save = storage.start_save(make_entries(number, 1, 1), None, on_done=on_done(number))
+        save.add_done_callback(lambda _, number=number: seen.append(("callback", number, True)))
+        saves.append(save)
+    assert seen == []  # not called from inside start_save
+    await asyncio.gather(*saves)
+    await wait_until(lambda: len(seen) == 6)
+    assert [event for event in seen if event[0] == "on_done"] == [
+        ("on_done", 1, True),
+        ("on_done", 2, True),
+        ("on_done", 3, True),
+    ]
+    for number in (1, 2, 3):
+        assert seen.index(("on_done", number, True)) < seen.index(("callback", number, True))
+    await storage.close()
+
+
 async def test_queued_saves_are_written_with_one_write_and_one_fsync(tmp_path: Path) -> None:
     file_ops = GatedFileOps()
     storage = await DiskStorage.open(tmp_path, file_ops=file_ops)
