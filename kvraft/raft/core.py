@@ -421,6 +421,9 @@ class RaftCore:
         return ready
 
     def has_ready(self) -> bool:
+        # Called on every turn of the driver: the HardState is compared field by field, not
+        # built and compared as a dataclass.
+        last = self._last_hard_state
         return bool(
             self._messages
             or self._messages_after_persist
@@ -431,7 +434,9 @@ class RaftCore:
             or self.reads_unassigned
             or self.log.unstable_index <= self.log.last_index()
             or self.log.applied_index < self.log.commit_index
-            or HardState(self.term, self.voted_for, self.log.commit_index) != self._last_hard_state
+            or self.log.commit_index != last.commit_index
+            or self.term != last.term
+            or self.voted_for != last.voted_for
         )
 
     def status(self) -> Status:
