@@ -635,16 +635,16 @@ class RaftNode:
                         # arrives meanwhile (WRITES_IN_FLIGHT_MAX).
                         write = self._start_write(persist)
                         writes.append((persist.token, write, loop.time()))
+                    # Let HTTP, ticks and peers in between Readies: a long backlog of
+                    # committed entries (a restart) must not starve them. Under load this turn
+                    # is also what gathers the next Ready's requests: without it when nothing
+                    # more was due, linearizable gets at 16-64 connections started 40 % more
+                    # read rounds (BENCHMARKS.md, "One connection: where a put's time goes").
+                    await asyncio.sleep(0)
                     self._maybe_snapshot(shell)
                     # Waiters (a transfer, a catch-up, a new leader) cannot wait for a quiet
                     # moment: under steady load this loop may not end for a long time.
                     self._notify_state_changed()
-                    if shell.wants_advance:
-                        # Let HTTP, ticks and peers in between Readies: a long backlog of
-                        # committed entries (a restart) must not starve them. (With nothing
-                        # more to do the loop goes idle at once, below: the writer thread
-                        # needs the GIL that this thread holds until then.)
-                        await asyncio.sleep(0)
                 self.address_book.follow_configuration(core.log.configuration())
                 self._observe_leader(core)
                 self._notify_state_changed()
