@@ -1754,7 +1754,7 @@ class _Authorizer:
     @property
     def enabled(self) -> bool:
         """Whether requests are checked at all (`check` passes every one while not)."""
-        return self.node.state_machine.auth.enabled
+        return self.state.enabled
 
     def user_of(self, request: web.BaseRequest) -> str | None:
         """The authenticated user, or None while auth is off."""
