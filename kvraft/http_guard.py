@@ -234,6 +234,12 @@ class GuardedRequestHandler(web.RequestHandler):
         self._start_head_deadline()
 
     def data_received(self, data: bytes) -> None:
+        if not data:
+            # Not from the network: aiohttp calls this with b"" to resume parsing once a
+            # handler has read a body. No byte of a next request came, so no deadline starts
+            # (else a connection left idle after any PUT was closed as a slow head).
+            super().data_received(data)
+            return
         request = self._request
         if request is not None:
             # Bytes after the current request's body belong to a next one (pipelining,
