@@ -719,20 +719,19 @@ class RaftNode:
                 loop.call_soon(on_done)
             return done
         observer = self.fsync_observer
-        if observer is None or not persist.sync:
-            return storage.start_save(
-                persist.entries, persist.hard_state, sync=persist.sync, on_done=on_done
-            )
-        started = time.perf_counter()
+        when_done = on_done
+        if observer is not None and persist.sync:
+            started = time.perf_counter()
 
-        def observed() -> None:
-            if saved.exception() is None:  # (never called for a cancelled write)
-                observer(time.perf_counter() - started)
-            if on_done is not None:
-                on_done()
+            def observed() -> None:
+                if saved.exception() is None:  # (never called for a cancelled write)
+                    observer(time.perf_counter() - started)
+                if on_done is not None:
+                    on_done()
 
+            when_done = observed
         saved = storage.start_save(
-            persist.entries, persist.hard_state, sync=persist.sync, on_done=observed
+            persist.entries, persist.hard_state, sync=persist.sync, on_done=when_done
         )
         return saved
 
